@@ -1,0 +1,168 @@
+//! The append path up to the queue: validate, encode, reserve, frame, hand off.
+//!
+//! 1. Outside the lock: validate ids and sizes, encode each event (the CPU-heavy part,
+//!    done in parallel by concurrent callers).
+//! 2. Under the store lock: check that the store accepts writes and that the tenant
+//!    owns the execution, assign sequences and a timestamp, reserve log space, frame
+//!    the records (header, CRC), update the reserved side of the index, and send the
+//!    bytes to the commit thread. Nothing in this step can fail after the first
+//!    mutation, so a rejected append leaves no trace.
+//! 3. The caller waits on the returned ticket (see `queue.rs`).
+
+use crate::codec::{self, Declaration};
+use crate::error::{Error, Result};
+use crate::event::ExecutionEventData;
+use crate::ids::{ExecutionId, TenantId, validate_id};
+use crate::queue::{Pending, Ticket};
+use crate::record::{self, Header, Pos};
+use crate::state::Shared;
+
+/// Queues `events` as one atomic batch; returns the first sequence and the ticket that
+/// completes once they are durable.
+pub(crate) fn submit(
+    shared: &Shared,
+    execution_id: &ExecutionId,
+    tenant_id: &TenantId,
+    events: Vec<ExecutionEventData>,
+) -> Result<(u64, Ticket)> {
+    validate_id("execution", execution_id.as_str())?;
+    validate_id("tenant", tenant_id.as_str())?;
+    if events.is_empty() {
+        return Err(Error::InvalidArgument(
+            "append_batch needs at least one event; nothing was stored".into(),
+        ));
+    }
+    let count = events.len();
+    let bodies = encode_all(shared, events)?;
+
+    let mut state = shared.state.lock();
+    let state = &mut *state;
+    let writer = &mut state.writer;
+    if let Some(cause) = &writer.poisoned {
+        return Err(Error::Poisoned {
+            cause: cause.clone(),
+        });
+    }
+    if writer.tx.is_none() {
+        return Err(Error::Closed);
+    }
+    let existing = state.index.lookup(execution_id);
+    let (execution, first_sequence, mut prev, declaration) = match existing {
+        Some(no) => {
+            let Some(e) = state.index.get(no) else {
+                return Err(Error::InvalidArgument("index lost an execution".into()));
+            };
+            let owner = state.index.tenant_of(e);
+            if owner != tenant_id {
+                return Err(Error::TenantMismatch {
+                    execution_id: execution_id.to_string(),
+                    owner: owner.to_string(),
+                    given: tenant_id.to_string(),
+                });
+            }
+            (no, e.reserved_seq + 1, Some(e.reserved_pos), None)
+        }
+        None => {
+            let Some(no) = state.index.next_exec_no() else {
+                return Err(Error::InvalidArgument("too many executions in one store".into()));
+            };
+            let declaration = Declaration {
+                execution_id: execution_id.as_str().to_owned(),
+                tenant_id: tenant_id.as_str().to_owned(),
+            };
+            (no, 1, None, Some(declaration))
+        }
+    };
+    let mut declaration_bytes = Vec::new();
+    codec::encode_declaration(declaration.as_ref(), &mut declaration_bytes);
+    let mut absent = Vec::new();
+    codec::encode_declaration(None, &mut absent);
+
+    let total: usize = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let decl = if i == 0 { &declaration_bytes } else { &absent };
+            record::framed_len(decl.len() + b.len())
+        })
+        .sum();
+    let reservation = writer.reserve(total as u64, shared.options.segment_size_bytes);
+    let timestamp_ns = writer.next_timestamp_ns();
+
+    let mut bytes = Vec::with_capacity(total);
+    let mut last_pos = Pos {
+        segment: reservation.segment,
+        offset: reservation.offset,
+    };
+    for (i, body) in bodies.iter().enumerate() {
+        let pos = Pos {
+            segment: reservation.segment,
+            offset: reservation.offset + bytes.len() as u32,
+        };
+        let sequence = first_sequence + i as u64;
+        let header = Header {
+            execution: u64::from(execution),
+            sequence,
+            timestamp_ns,
+            prev,
+            batch_remaining: (count - 1 - i) as u32,
+        };
+        let decl = if i == 0 { &declaration_bytes } else { &absent };
+        record::encode(&header, &[decl, body], &mut bytes);
+        if sequence == 1 {
+            state.index.create(execution_id.clone(), tenant_id, pos);
+        } else {
+            state.index.reserve(execution, sequence, pos);
+        }
+        prev = Some(pos);
+        last_pos = pos;
+    }
+    debug_assert_eq!(bytes.len(), total);
+
+    let ticket = Ticket::default();
+    let pending = Pending {
+        segment: reservation.segment,
+        offset: reservation.offset,
+        new_segment_capacity: reservation.new_segment_capacity,
+        bytes,
+        execution,
+        last_sequence: first_sequence + count as u64 - 1,
+        last_pos,
+        ticket: ticket.clone(),
+    };
+    let sent = writer.tx.as_ref().map(|tx| tx.send(pending));
+    if !matches!(sent, Some(Ok(()))) {
+        // The commit thread is gone only after a panic, which poisoned the store.
+        let cause = "commit thread stopped".to_string();
+        writer.poisoned.get_or_insert(cause.clone());
+        return Err(Error::Poisoned { cause });
+    }
+    Ok((first_sequence, ticket))
+}
+
+/// Encodes every event, enforcing the per-event and per-batch limits.
+fn encode_all(shared: &Shared, events: Vec<ExecutionEventData>) -> Result<Vec<Vec<u8>>> {
+    let options = &shared.options;
+    let mut total = 0usize;
+    let mut bodies = Vec::with_capacity(events.len());
+    for event in events {
+        let mut body = Vec::new();
+        codec::encode_event(event, &mut body).map_err(Error::InvalidArgument)?;
+        if body.len() > options.max_event_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "event encodes to {} bytes; the limit (Options::max_event_bytes) is {}",
+                body.len(),
+                options.max_event_bytes
+            )));
+        }
+        total = total.saturating_add(record::framed_len(body.len()));
+        if total > options.max_batch_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "batch exceeds {} encoded bytes (Options::max_batch_bytes)",
+                options.max_batch_bytes
+            )));
+        }
+        bodies.push(body);
+    }
+    Ok(bodies)
+}

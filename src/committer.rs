@@ -1,0 +1,201 @@
+//! The group-commit thread: the only writer of segment files while a store is open.
+//!
+//! Loop: take the first queued append (blocking), gather whatever else is queued up to
+//! `group_commit_max_bytes`, write the group's bytes with one positioned write per
+//! segment, fdatasync once, then publish the new durable ends (segments first, then the
+//! index) and complete every ticket of the group. While one fdatasync runs, new appends
+//! queue up and form the next group, so the number of syncs per second stays bounded
+//! by the disk while the number of appends per sync grows with load.
+//!
+//! Rolling: when a group reaches an append addressed to the next segment, the current
+//! segment is fdatasynced first, then the new one is created with its header and its
+//! directory entry durable (`segment::create`), so no acknowledged record ever depends
+//! on a file that a crash could lose.
+//!
+//! Failure: the first failed write, sync or file creation poisons the store. Every
+//! append of that group and every later one fails with `Error::Poisoned`; none is
+//! acknowledged, and the durable ends do not move, so readers keep seeing exactly the
+//! acknowledged data. A panic in this thread poisons the store the same way.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use crate::error::{Error, Result};
+use crate::io::IoFile;
+use crate::queue::{Pending, fail_all};
+use crate::segment;
+use crate::state::Shared;
+
+/// The commit thread's own state.
+pub(crate) struct Committer {
+    shared: Arc<Shared>,
+    rx: Receiver<Pending>,
+    segment: u32,
+    file: Arc<dyn IoFile>,
+    buf: Vec<u8>,
+}
+
+impl Committer {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        rx: Receiver<Pending>,
+        segment: u32,
+        file: Arc<dyn IoFile>,
+    ) -> Self {
+        Self {
+            shared,
+            rx,
+            segment,
+            file,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Runs until the store closes (the sender is dropped and the queue is empty).
+    pub(crate) fn run(mut self) {
+        let mut group = Vec::new();
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.run_groups(&mut group)));
+        if outcome.is_err() {
+            let error = poison(&self.shared, "the commit thread panicked".into());
+            fail_all(group.drain(..), &error);
+            // Appends queued before the poison was visible still wait: fail them.
+            fail_all(self.rx.iter(), &error);
+        }
+    }
+
+    fn run_groups(&mut self, group: &mut Vec<Pending>) {
+        while let Ok(first) = self.rx.recv() {
+            group.push(first);
+            self.gather(group);
+            let poisoned = self.shared.state.lock().writer.poisoned.clone();
+            let result = match poisoned {
+                Some(cause) => Err(Error::Poisoned { cause }),
+                None => self.commit(group),
+            };
+            match result {
+                Ok(()) => {
+                    self.publish(group);
+                    for p in group.drain(..) {
+                        p.ticket.complete(Ok(()));
+                    }
+                }
+                Err(Error::Poisoned { cause }) => {
+                    fail_all(group.drain(..), &Error::Poisoned { cause });
+                }
+                Err(e) => {
+                    let error = poison(&self.shared, e.to_string());
+                    fail_all(group.drain(..), &error);
+                }
+            }
+            if self.buf.capacity() > 2 * self.shared.options.group_commit_max_bytes {
+                self.buf = Vec::new();
+            }
+        }
+    }
+
+    /// Adds queued appends to `group` until it holds `group_commit_max_bytes` or the
+    /// queue is empty (after waiting up to `commit_delay_us` for more).
+    fn gather(&self, group: &mut Vec<Pending>) {
+        let options = &self.shared.options;
+        let mut bytes: usize = group.iter().map(|p| p.bytes.len()).sum();
+        let deadline = Instant::now() + Duration::from_micros(options.commit_delay_us);
+        while bytes < options.group_commit_max_bytes {
+            let next = if options.commit_delay_us == 0 {
+                self.rx.try_recv().ok()
+            } else {
+                match self.rx.recv_deadline(deadline) {
+                    Ok(p) => Some(p),
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
+                }
+            };
+            let Some(p) = next else { break };
+            bytes += p.bytes.len();
+            group.push(p);
+        }
+    }
+
+    /// Writes and syncs the group. Nothing is published here.
+    fn commit(&mut self, group: &[Pending]) -> Result<()> {
+        let mut rest = group;
+        while let Some(first) = rest.first() {
+            if first.segment != self.segment {
+                self.roll(first)?;
+            }
+            let run = rest
+                .iter()
+                .take_while(|p| p.segment == self.segment)
+                .count();
+            let (this, next) = rest.split_at(run);
+            self.buf.clear();
+            for p in this {
+                debug_assert_eq!(
+                    u64::from(first.offset) + self.buf.len() as u64,
+                    u64::from(p.offset),
+                    "queued appends must be contiguous"
+                );
+                self.buf.extend_from_slice(&p.bytes);
+            }
+            let path = segment::path(&self.shared.dir, self.segment);
+            self.file
+                .write_at(&self.buf, u64::from(first.offset))
+                .map_err(|e| Error::io("write", &path, e))?;
+            rest = next;
+            if !rest.is_empty() {
+                // The next append is in another segment: make this one durable first.
+                self.file
+                    .sync_data()
+                    .map_err(|e| Error::io("fdatasync", &path, e))?;
+            }
+        }
+        let path = segment::path(&self.shared.dir, self.segment);
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io("fdatasync", &path, e))
+    }
+
+    /// Creates the segment `first` is addressed to and makes it current.
+    fn roll(&mut self, first: &Pending) -> Result<()> {
+        debug_assert_eq!(first.segment, self.segment + 1);
+        debug_assert!(first.new_segment_capacity.is_some());
+        let capacity = first
+            .new_segment_capacity
+            .unwrap_or(self.shared.options.segment_size_bytes);
+        let file = segment::create(
+            self.shared.io.as_ref(),
+            &self.shared.dir,
+            first.segment,
+            capacity,
+        )?;
+        self.shared.segments.push(
+            first.segment,
+            Arc::clone(&file),
+            segment::SEGMENT_HEADER_LEN as u64,
+        );
+        self.segment = first.segment;
+        self.file = file;
+        Ok(())
+    }
+
+    /// Makes the group visible to readers: segment ends first, then the index.
+    fn publish(&self, group: &[Pending]) {
+        for p in group {
+            self.shared.segments.set_durable_end(p.segment, p.end());
+        }
+        let mut state = self.shared.state.lock();
+        for p in group {
+            state
+                .index
+                .make_durable(p.execution, p.last_sequence, p.last_pos);
+        }
+    }
+}
+
+/// Marks the store poisoned (first cause wins) and returns the error waiters get.
+pub(crate) fn poison(shared: &Shared, cause: String) -> Error {
+    let mut state = shared.state.lock();
+    let cause = state.writer.poisoned.get_or_insert(cause).clone();
+    Error::Poisoned { cause }
+}

@@ -1,0 +1,181 @@
+//! The engine's one error type.
+//!
+//! Every failure the engine can report is a variant of [`Error`], with the context a
+//! user needs to act on it: the path for I/O, the segment and offset for corruption.
+//! `Display` says what happened and what to do next; `source()` exposes the underlying
+//! `std::io::Error` where there is one. The `EventStore` trait wraps these in
+//! `anyhow::Error`, from which `err.downcast_ref::<execlog::Error>()` recovers them.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// Result alias used throughout the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in execlog.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system I/O call failed.
+    Io {
+        /// What the engine was doing, e.g. "fdatasync".
+        op: &'static str,
+        /// The file or directory it was doing it to.
+        path: PathBuf,
+        /// The error the operating system returned.
+        source: std::io::Error,
+    },
+    /// Stored bytes are damaged somewhere other than a torn tail.
+    Corrupt {
+        /// The segment file's id (its file name without extension).
+        segment: u32,
+        /// Byte offset of the damaged record or header inside that segment.
+        offset: u64,
+        /// What exactly is wrong.
+        reason: String,
+    },
+    /// A segment was written by a format version this build does not read.
+    UnsupportedFormat {
+        /// The segment file.
+        path: PathBuf,
+        /// The version found in its header.
+        version: u32,
+    },
+    /// Another `LogStore` (in this process or another) holds the directory lock.
+    Locked {
+        /// The store directory.
+        path: PathBuf,
+    },
+    /// An earlier write or fsync failed; the store refuses further writes.
+    Poisoned {
+        /// A description of the failure that poisoned the store.
+        cause: String,
+    },
+    /// The execution belongs to another tenant.
+    TenantMismatch {
+        /// The execution appended to.
+        execution_id: String,
+        /// The tenant that owns it (the tenant of its first event).
+        owner: String,
+        /// The tenant named in the rejected append.
+        given: String,
+    },
+    /// The store was closed.
+    Closed,
+    /// An argument was rejected before anything was written.
+    InvalidArgument(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { op, path, source } => write!(
+                f,
+                "I/O error during {op} on {}: {source}; check the disk and permissions, then reopen the store",
+                path.display()
+            ),
+            Error::Corrupt {
+                segment,
+                offset,
+                reason,
+            } => write!(
+                f,
+                "corrupt store: segment {segment} at offset {offset}: {reason}; acknowledged data is damaged, \
+                 restore the segment from a backup or inspect it with `execlog verify`"
+            ),
+            Error::UnsupportedFormat { path, version } => write!(
+                f,
+                "{} has format version {version}, which this build of execlog cannot read; \
+                 open it with a newer execlog",
+                path.display()
+            ),
+            Error::Locked { path } => write!(
+                f,
+                "store {} is locked by another LogStore (in this or another process); \
+                 close that one first",
+                path.display()
+            ),
+            Error::Poisoned { cause } => write!(
+                f,
+                "store is poisoned after a failed write or sync ({cause}); nothing uncertain was \
+                 acknowledged: close and reopen the store to recover"
+            ),
+            Error::TenantMismatch {
+                execution_id,
+                owner,
+                given,
+            } => write!(
+                f,
+                "execution {execution_id:?} belongs to tenant {owner:?}, not {given:?}; nothing was written"
+            ),
+            Error::Closed => write!(f, "store is closed; open it again to continue"),
+            Error::InvalidArgument(what) => write!(f, "invalid argument: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl Error {
+    /// Builds an [`Error::Io`] from its parts.
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Builds an [`Error::Corrupt`] from its parts.
+    pub(crate) fn corrupt(segment: u32, offset: u64, reason: impl Into<String>) -> Self {
+        Error::Corrupt {
+            segment,
+            offset,
+            reason: reason.into(),
+        }
+    }
+
+    /// A copy of this error for another waiter of the same failed commit.
+    ///
+    /// `std::io::Error` is not `Clone`; the copy keeps its kind and message.
+    pub(crate) fn duplicate(&self) -> Self {
+        match self {
+            Error::Io { op, path, source } => Error::Io {
+                op,
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            Error::Corrupt {
+                segment,
+                offset,
+                reason,
+            } => Error::corrupt(*segment, *offset, reason.clone()),
+            Error::UnsupportedFormat { path, version } => Error::UnsupportedFormat {
+                path: path.clone(),
+                version: *version,
+            },
+            Error::Locked { path } => Error::Locked { path: path.clone() },
+            Error::Poisoned { cause } => Error::Poisoned {
+                cause: cause.clone(),
+            },
+            Error::TenantMismatch {
+                execution_id,
+                owner,
+                given,
+            } => Error::TenantMismatch {
+                execution_id: execution_id.clone(),
+                owner: owner.clone(),
+                given: given.clone(),
+            },
+            Error::Closed => Error::Closed,
+            Error::InvalidArgument(what) => Error::InvalidArgument(what.clone()),
+        }
+    }
+}

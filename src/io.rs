@@ -1,0 +1,138 @@
+//! All file-system access of the engine, behind two small traits.
+//!
+//! [`Io`] is the directory-level half (list, open, remove, fsync a directory, lock) and
+//! [`IoFile`] the file-level half (positioned write, length, fdatasync, map a
+//! prefix read-only). [`RealIo`] implements them on `std::fs`; the test-only simulated
+//! file system in `fault.rs` implements them in memory so that tests can inject
+//! failures and power losses. No other module touches `std::fs`.
+//!
+//! Invariant: every method is a thin pass-through. Policy (what to sync, when to poison)
+//! lives in the callers, so that a fault injected here exercises the real policy.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Read-only bytes of a file prefix, as returned by [`IoFile::map`].
+pub type Mapped = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// A held directory lock; dropping it releases the lock.
+pub type LockGuard = Box<dyn std::any::Any + Send + Sync>;
+
+/// Directory-level file-system operations.
+pub trait Io: Send + Sync + fmt::Debug {
+    /// Creates `dir` and its parents if missing.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Names of the entries in `dir`.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Opens an existing file for reading, and for writing unless `read_only`.
+    fn open(&self, path: &Path, read_only: bool) -> io::Result<Arc<dyn IoFile>>;
+    /// Creates a new file for reading and writing; fails if it exists.
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn IoFile>>;
+    /// Removes a file.
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Makes the directory's entries (created and removed files) durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Takes an exclusive lock on `path` (created if missing) without waiting; a lock
+    /// held elsewhere gives an error of kind `WouldBlock`.
+    fn try_lock(&self, path: &Path) -> io::Result<LockGuard>;
+}
+
+/// Operations on one open file.
+pub trait IoFile: Send + Sync {
+    /// Current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Writes all of `buf` at `offset`.
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Truncates or extends (with zeros) to `len`.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// fdatasync: the written bytes and the length are durable when this returns.
+    fn sync_data(&self) -> io::Result<()>;
+    /// The first `len` bytes, read-only. The caller promises that those bytes are not
+    /// rewritten or truncated while the returned value lives (see `mmap.rs`).
+    fn map(&self, len: u64) -> io::Result<Mapped>;
+}
+
+/// The real file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RealIo;
+
+struct RealFile(File);
+
+impl Io for RealIo {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            names.push(entry?.file_name().to_string_lossy().into_owned());
+        }
+        Ok(names)
+    }
+
+    fn open(&self, path: &Path, read_only: bool) -> io::Result<Arc<dyn IoFile>> {
+        let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
+        Ok(Arc::new(RealFile(file)))
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn IoFile>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        Ok(Arc::new(RealFile(file)))
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+
+    fn try_lock(&self, path: &Path) -> io::Result<LockGuard> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Box::new(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+}
+
+impl IoFile for RealFile {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.0.write_all_at(buf, offset)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+
+    fn map(&self, len: u64) -> io::Result<Mapped> {
+        if len == 0 {
+            return Ok(Arc::new(Vec::<u8>::new()));
+        }
+        Ok(Arc::new(crate::mmap::map_prefix(&self.0, len)?))
+    }
+}

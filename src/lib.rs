@@ -1,0 +1,59 @@
+//! execlog: an embedded, durable, append-only store for the execution histories of AI
+//! agents (steps, tool calls, checkpoints, goal evaluations), for many tenants at once.
+//!
+//! Three flows, each visible in the file list:
+//! - **append** → `append.rs` (validate, `codec.rs` encode, reserve, `record.rs` frame)
+//!   → `queue.rs` → `committer.rs` (one write + one fdatasync per group) → segment files
+//!   (`segment.rs`, `segments.rs`).
+//! - **open** → `recovery.rs` (list, `scan.rs` every record, verify CRCs, cut a torn
+//!   tail, refuse corruption) → `index.rs` rebuilt in memory.
+//! - **read** → `index.rs` entry point → `reader.rs` walks the execution's own records
+//!   back through `mmap.rs` views → `codec.rs` decode.
+//!
+//! Durability promise: `append` and `append_batch` return `Ok` only after an fdatasync
+//! covering the event's bytes returned (and, for a new segment, after its directory
+//! entry was fsynced). Readers see only such events. A failed write or sync poisons the
+//! store ([`Error::Poisoned`]) instead of acknowledging anything uncertain.
+//!
+//! ```no_run
+//! use execlog::{ExecutionEventData, ExecutionId, LogStore, TenantId};
+//!
+//! let store = LogStore::open("/tmp/agent-history")?;
+//! let run = ExecutionId::new();
+//! let tenant = TenantId::from("acme");
+//! let seq = store.append_blocking(&run, &tenant, ExecutionEventData::ExecutionResumed)?;
+//! assert_eq!(store.load_events_blocking(&run)?[0].sequence, seq);
+//! # Ok::<(), execlog::Error>(())
+//! ```
+
+mod append;
+mod codec;
+mod committer;
+mod error;
+mod event;
+mod event_store;
+mod ids;
+mod index;
+mod io;
+mod log_store;
+mod mmap;
+mod options;
+mod queue;
+mod reader;
+mod record;
+mod recovery;
+mod scan;
+mod segment;
+mod segments;
+mod state;
+
+pub use error::{Error, Result};
+pub use event::{
+    ExecutionError, ExecutionErrorKind, ExecutionEventData, ParentLink, ParentRelation,
+    StepSourceType, StepType, StoredEvent,
+};
+pub use event_store::{EventStore, StorageBackend};
+pub use ids::{ExecutionId, MAX_ID_BYTES, StepId, TenantId};
+pub use log_store::{LogStore, Stats};
+pub use options::Options;
+pub use recovery::RecoveryReport;

@@ -1,0 +1,317 @@
+//! [`LogStore`]: opening, closing, and the blocking API. Wires the parts together and
+//! holds no format logic.
+//!
+//! Threads: the caller's threads run validation, encoding, reservation and reads; one
+//! commit thread per store (`committer.rs`) writes and syncs. Open takes the directory
+//! lock, recovers (`recovery.rs`), creates the first segment of an empty store, and
+//! starts the commit thread. Close (or drop) stops accepting appends, lets the commit
+//! thread finish what is queued, joins it, and releases the lock.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use parking_lot::Mutex;
+
+use crate::committer::Committer;
+use crate::error::{Error, Result};
+use crate::event::{ExecutionEventData, StoredEvent};
+use crate::ids::{ExecutionId, TenantId, validate_id};
+use crate::index::Index;
+use crate::io::LockGuard;
+use crate::options::Options;
+use crate::queue::Ticket;
+use crate::recovery::{self, RecoveryReport};
+use crate::segment::{self, SEGMENT_HEADER_LEN};
+use crate::segments::Segments;
+use crate::state::{Shared, State, Writer};
+use crate::{append, reader};
+
+/// Name of the lock file inside a store directory.
+pub(crate) const LOCK_FILE: &str = "LOCK";
+
+/// A durable event log in one directory. Share it with `Arc<LogStore>`.
+///
+/// Implements [`EventStore`](crate::EventStore) (async) and offers the same operations
+/// as blocking methods (`*_blocking`) for callers without an async runtime.
+pub struct LogStore {
+    shared: Arc<Shared>,
+    committer: Mutex<Option<JoinHandle<()>>>,
+    lock: Mutex<Option<LockGuard>>,
+    report: RecoveryReport,
+}
+
+/// Sizes and counts of an open store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Segment files.
+    pub segments: usize,
+    /// Durable events.
+    pub events: u64,
+    /// Executions (with at least one durable event, or being created).
+    pub executions: usize,
+    /// Tenants.
+    pub tenants: usize,
+    /// Durable bytes in segments (headers and padding included; preallocated space not).
+    pub data_bytes: u64,
+    /// Approximate memory of the in-memory index.
+    pub index_bytes: usize,
+    /// Approximate memory of the sparse entry points alone (the per-event part).
+    pub sparse_index_bytes: usize,
+}
+
+impl std::fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore")
+            .field("dir", &self.shared.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogStore {
+    /// Opens (creating if needed) the store in `dir` with default [`Options`].
+    pub fn open(dir: impl AsRef<Path>) -> Result<LogStore> {
+        Self::open_with(dir, Options::default())
+    }
+
+    /// Opens (creating if needed) the store in `dir`.
+    ///
+    /// Fails with [`Error::Locked`] at once if another `LogStore` has it open, with
+    /// [`Error::Corrupt`] if acknowledged data is damaged. A torn tail left by a crash is
+    /// cut and described in [`LogStore::recovery_report`].
+    pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<LogStore> {
+        options.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        let io = Arc::clone(&options.io);
+        io.create_dir_all(&dir)
+            .map_err(|e| Error::io("create directory", &dir, e))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = io.try_lock(&lock_path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                Error::Locked { path: dir.clone() }
+            } else {
+                Error::io("lock", &lock_path, e)
+            }
+        })?;
+        let mut recovered = recovery::recover(io.as_ref(), &dir, &options, false)?;
+        if recovered.report.truncated_at.is_some() || !recovered.report.removed_segments.is_empty() {
+            eprintln!(
+                "execlog: recovered {}: cut torn tail at {:?} ({} bytes, {}), removed blank segments {:?}",
+                dir.display(),
+                recovered.report.truncated_at,
+                recovered.report.bytes_truncated,
+                recovered.report.torn_reason.as_deref().unwrap_or("-"),
+                recovered.report.removed_segments
+            );
+        }
+        if recovered.segments.is_empty() {
+            let capacity = options.segment_size_bytes;
+            let file = segment::create(io.as_ref(), &dir, 1, capacity)?;
+            recovered.segments.push(recovery::RecoveredSegment {
+                id: 1,
+                file,
+                data_end: SEGMENT_HEADER_LEN as u64,
+                capacity,
+            });
+        }
+        let segments = Segments::new(&dir, 1);
+        for s in &recovered.segments {
+            segments.push(s.id, Arc::clone(&s.file), s.data_end);
+        }
+        let Some(last) = recovered.segments.pop() else {
+            return Err(Error::InvalidArgument("no segment after recovery".into()));
+        };
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let writer = Writer {
+            segment: last.id,
+            tail: last.data_end,
+            capacity: last.capacity,
+            tx: Some(tx),
+            poisoned: None,
+            last_timestamp_ns: recovered.last_timestamp_ns,
+        };
+        let shared = Arc::new(Shared {
+            dir,
+            io,
+            options,
+            state: Mutex::new(State {
+                index: recovered.index,
+                writer,
+            }),
+            segments,
+            closed: AtomicBool::new(false),
+        });
+        let committer = Committer::new(Arc::clone(&shared), rx, last.id, last.file);
+        let handle = std::thread::Builder::new()
+            .name("execlog-commit".into())
+            .spawn(move || committer.run())
+            .map_err(|e| Error::io("spawn commit thread", &shared.dir, e))?;
+        Ok(LogStore {
+            shared,
+            committer: Mutex::new(Some(handle)),
+            lock: Mutex::new(Some(lock)),
+            report: recovered.report,
+        })
+    }
+
+    /// Stops accepting appends, commits what is queued, and releases the directory
+    /// lock. Later calls on this store fail with [`Error::Closed`]. Idempotent; also
+    /// done on drop.
+    pub fn close(&self) -> Result<()> {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        drop(self.shared.state.lock().writer.tx.take());
+        if let Some(handle) = self.committer.lock().take() {
+            if handle.join().is_err() {
+                return Err(Error::Poisoned {
+                    cause: "the commit thread panicked".into(),
+                });
+            }
+        }
+        drop(self.lock.lock().take());
+        Ok(())
+    }
+
+    /// What the open that created this store found and did.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    /// The store's directory.
+    pub fn path(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Counts and sizes, for monitoring.
+    pub fn stats(&self) -> Stats {
+        let (index_bytes, sparse_index_bytes, (executions, events, tenants)) = {
+            let state = self.shared.state.lock();
+            let index: &Index = &state.index;
+            (index.memory_bytes(), index.sparse_bytes(), index.counts())
+        };
+        Stats {
+            segments: self.shared.segments.count(),
+            events,
+            executions,
+            tenants,
+            data_bytes: self.shared.segments.durable_bytes(),
+            index_bytes,
+            sparse_index_bytes,
+        }
+    }
+
+    /// Fails if the store is closed or poisoned.
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        self.check_open()?;
+        match &self.shared.state.lock().writer.poisoned {
+            Some(cause) => Err(Error::Poisoned {
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// Queues an append and returns its first sequence and completion ticket.
+    pub(crate) fn submit(
+        &self,
+        execution_id: &ExecutionId,
+        tenant_id: &TenantId,
+        events: Vec<ExecutionEventData>,
+    ) -> Result<(u64, Ticket)> {
+        self.check_open()?;
+        append::submit(&self.shared, execution_id, tenant_id, events)
+    }
+
+    /// Appends one event; returns its sequence once it is durable.
+    pub fn append_blocking(
+        &self,
+        execution_id: &ExecutionId,
+        tenant_id: &TenantId,
+        event: ExecutionEventData,
+    ) -> Result<u64> {
+        let (sequence, ticket) = self.submit(execution_id, tenant_id, vec![event])?;
+        ticket.wait()?;
+        Ok(sequence)
+    }
+
+    /// Appends events atomically with consecutive sequences; returns the first one
+    /// once all are durable. An empty batch is [`Error::InvalidArgument`].
+    pub fn append_batch_blocking(
+        &self,
+        execution_id: &ExecutionId,
+        tenant_id: &TenantId,
+        events: Vec<ExecutionEventData>,
+    ) -> Result<u64> {
+        let (sequence, ticket) = self.submit(execution_id, tenant_id, events)?;
+        ticket.wait()?;
+        Ok(sequence)
+    }
+
+    /// All durable events of an execution, in sequence order (empty if unknown).
+    pub fn load_events_blocking(&self, execution_id: &ExecutionId) -> Result<Vec<StoredEvent>> {
+        self.read_range_blocking(execution_id, 0, usize::MAX)
+    }
+
+    /// Durable events with sequence greater than `after_seq`, in order.
+    pub fn load_events_after_blocking(
+        &self,
+        execution_id: &ExecutionId,
+        after_seq: u64,
+    ) -> Result<Vec<StoredEvent>> {
+        self.read_range_blocking(execution_id, after_seq, usize::MAX)
+    }
+
+    /// At most `limit` durable events with sequence greater than `after_seq`, in order:
+    /// a page of a long execution, read without touching the rest of it.
+    pub fn read_range_blocking(
+        &self,
+        execution_id: &ExecutionId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        self.check_open()?;
+        validate_id("execution", execution_id.as_str())?;
+        reader::read(&self.shared, execution_id, after_seq, limit)
+    }
+
+    /// The latest durable sequence of an execution, `None` if it has no events.
+    pub fn get_latest_sequence_blocking(&self, execution_id: &ExecutionId) -> Result<Option<u64>> {
+        self.check_open()?;
+        validate_id("execution", execution_id.as_str())?;
+        let state = self.shared.state.lock();
+        Ok(state
+            .index
+            .lookup(execution_id)
+            .and_then(|no| state.index.get(no))
+            .map(|e| e.durable_seq)
+            .filter(|&s| s > 0))
+    }
+
+    /// A tenant's executions, newest first by creation (log order), paged.
+    pub fn list_executions_blocking(
+        &self,
+        tenant_id: &TenantId,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<ExecutionId>> {
+        self.check_open()?;
+        validate_id("tenant", tenant_id.as_str())?;
+        Ok(self.shared.state.lock().index.list(tenant_id, limit, offset))
+    }
+}
+
+impl Drop for LogStore {
+    fn drop(&mut self) {
+        // Errors cannot be returned from drop; every acknowledged append is durable
+        // already, so nothing is lost if closing fails here.
+        let _ = self.close();
+    }
+}

@@ -1,0 +1,145 @@
+//! [`Options`]: every tunable of a store, with production defaults, checked once at open.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::io::{Io, RealIo};
+
+/// Smallest accepted segment size.
+pub const MIN_SEGMENT_SIZE_BYTES: u64 = 64 * 1024;
+/// Largest accepted segment size (positions keep offsets in 32 bits).
+pub const MAX_SEGMENT_SIZE_BYTES: u64 = 1 << 30;
+/// Largest accepted event or batch limit: a segment made for one batch must stay
+/// addressable with 32-bit offsets.
+pub const MAX_BATCH_LIMIT_BYTES: usize = 1 << 30;
+
+/// How a store is opened. Build with [`Options::default`] and the setters.
+///
+/// ```
+/// let options = execlog::Options::default()
+///     .segment_size_bytes(16 << 20)
+///     .index_stride(32);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub(crate) segment_size_bytes: u64,
+    pub(crate) max_event_bytes: usize,
+    pub(crate) max_batch_bytes: usize,
+    pub(crate) group_commit_max_bytes: usize,
+    pub(crate) commit_delay_us: u64,
+    pub(crate) index_stride: u32,
+    pub(crate) io: Arc<dyn Io>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            segment_size_bytes: 64 << 20,
+            max_event_bytes: (16 << 20) + (64 << 10),
+            max_batch_bytes: 256 << 20,
+            group_commit_max_bytes: 8 << 20,
+            commit_delay_us: 0,
+            index_stride: 16,
+            io: Arc::new(RealIo),
+        }
+    }
+}
+
+impl Options {
+    /// Size at which the log rolls to a new segment file. Each segment is preallocated
+    /// to this size when created. Default 64 MiB; from 64 KiB to 1 GiB. A single batch
+    /// larger than this gets a segment of its own, sized to fit.
+    #[must_use]
+    pub fn segment_size_bytes(mut self, bytes: u64) -> Self {
+        self.segment_size_bytes = bytes;
+        self
+    }
+
+    /// Largest accepted event, measured as its encoded record body. Default 16 MiB +
+    /// 64 KiB, so that an event carrying 16 MiB of payload fits. Larger events are
+    /// rejected with [`Error::InvalidArgument`] before anything is written.
+    #[must_use]
+    pub fn max_event_bytes(mut self, bytes: usize) -> Self {
+        self.max_event_bytes = bytes;
+        self
+    }
+
+    /// Largest accepted `append_batch`, summed over its encoded records. Default 256 MiB;
+    /// at most 1 GiB. Must be at least `max_event_bytes`.
+    #[must_use]
+    pub fn max_batch_bytes(mut self, bytes: usize) -> Self {
+        self.max_batch_bytes = bytes;
+        self
+    }
+
+    /// Most bytes one group commit (one write and one fdatasync) gathers before it
+    /// starts. Default 8 MiB. A single append larger than this still commits, alone.
+    #[must_use]
+    pub fn group_commit_max_bytes(mut self, bytes: usize) -> Self {
+        self.group_commit_max_bytes = bytes;
+        self
+    }
+
+    /// How long the commit thread waits for more appends to join a group before it
+    /// writes, in microseconds. Default 0: a group is whatever queued while the previous
+    /// fdatasync ran, which already batches well under load without adding latency.
+    #[must_use]
+    pub fn commit_delay_us(mut self, micros: u64) -> Self {
+        self.commit_delay_us = micros;
+        self
+    }
+
+    /// Every how many events of an execution the index keeps an entry point. Default 16
+    /// (8 bytes per 16 events). A read of a range walks back at most `stride - 1` extra
+    /// records. At least 1.
+    #[must_use]
+    pub fn index_stride(mut self, events: u32) -> Self {
+        self.index_stride = events;
+        self
+    }
+
+    /// Replaces the file-system layer, e.g. with the simulated one of
+    /// `execlog::fault` (feature `fault-injection`).
+    #[cfg(feature = "fault-injection")]
+    #[must_use]
+    pub fn io(mut self, io: Arc<dyn Io>) -> Self {
+        self.io = io;
+        self
+    }
+
+    /// Rejects values outside their documented ranges.
+    pub(crate) fn validate(&self) -> Result<()> {
+        let bad = |what: String| Err(Error::InvalidArgument(what));
+        if !(MIN_SEGMENT_SIZE_BYTES..=MAX_SEGMENT_SIZE_BYTES).contains(&self.segment_size_bytes) {
+            return bad(format!(
+                "segment_size_bytes {} is outside {MIN_SEGMENT_SIZE_BYTES}..={MAX_SEGMENT_SIZE_BYTES}",
+                self.segment_size_bytes
+            ));
+        }
+        if self.max_event_bytes == 0 || self.max_event_bytes > self.max_batch_bytes {
+            return bad(format!(
+                "max_event_bytes {} must be between 1 and max_batch_bytes {}",
+                self.max_event_bytes, self.max_batch_bytes
+            ));
+        }
+        if self.max_batch_bytes > MAX_BATCH_LIMIT_BYTES {
+            return bad(format!(
+                "max_batch_bytes {} exceeds {MAX_BATCH_LIMIT_BYTES}",
+                self.max_batch_bytes
+            ));
+        }
+        if self.group_commit_max_bytes == 0 {
+            return bad("group_commit_max_bytes must be at least 1".into());
+        }
+        if self.commit_delay_us > 1_000_000 {
+            return bad(format!(
+                "commit_delay_us {} exceeds one second",
+                self.commit_delay_us
+            ));
+        }
+        if self.index_stride == 0 {
+            return bad("index_stride must be at least 1".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,142 @@
+//! The hand-off from appenders to the commit thread.
+//!
+//! An appender reserves its place in the log under the store lock and sends one
+//! [`Pending`] down the channel while still holding that lock, so the channel's order
+//! is the log's order. It then waits on its [`Ticket`]: blocking callers park on a
+//! condition variable, async callers poll [`TicketFuture`], which registers a waker and
+//! never blocks the executor. The commit thread completes each ticket exactly once,
+//! after the fdatasync that covers its bytes returned, or with the error that
+//! poisoned the store.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::error::{Error, Result};
+use crate::index::ExecNo;
+use crate::record::Pos;
+
+/// One append's encoded records, on their way to the commit thread.
+pub(crate) struct Pending {
+    /// Segment the records go to; a new id means "create it first".
+    pub(crate) segment: u32,
+    /// Offset of the first record in that segment.
+    pub(crate) offset: u32,
+    /// Capacity to preallocate if this append opens a new segment.
+    pub(crate) new_segment_capacity: Option<u64>,
+    /// The framed records, contiguous.
+    pub(crate) bytes: Vec<u8>,
+    /// What becomes durable: the execution, its last sequence in this append and the
+    /// position of that record.
+    pub(crate) execution: ExecNo,
+    pub(crate) last_sequence: u64,
+    pub(crate) last_pos: Pos,
+    /// Completed when durable (or failed).
+    pub(crate) ticket: Ticket,
+}
+
+impl Pending {
+    /// Offset just past this append's bytes.
+    pub(crate) fn end(&self) -> u64 {
+        u64::from(self.offset) + self.bytes.len() as u64
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    result: Option<Result<()>>,
+    waker: Option<Waker>,
+}
+
+#[derive(Default)]
+struct TicketInner {
+    slot: Mutex<Slot>,
+    done: Condvar,
+}
+
+/// Completion handle of one append; cloned between the appender and the commit thread.
+#[derive(Clone, Default)]
+pub(crate) struct Ticket(Arc<TicketInner>);
+
+impl Ticket {
+    /// Completes the ticket; later completions are ignored.
+    pub(crate) fn complete(&self, result: Result<()>) {
+        let waker = {
+            let mut slot = self.0.slot.lock();
+            if slot.result.is_some() {
+                debug_assert!(false, "ticket completed twice");
+                return;
+            }
+            slot.result = Some(result);
+            slot.waker.take()
+        };
+        self.0.done.notify_all();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Blocks until the ticket is completed.
+    pub(crate) fn wait(self) -> Result<()> {
+        let mut slot = self.0.slot.lock();
+        loop {
+            if let Some(result) = slot.result.take() {
+                return result;
+            }
+            self.0.done.wait(&mut slot);
+        }
+    }
+
+    /// A future that resolves when the ticket is completed.
+    pub(crate) fn into_future(self) -> TicketFuture {
+        TicketFuture(self)
+    }
+}
+
+/// Resolves with the commit result of one append. Works under any executor.
+pub(crate) struct TicketFuture(Ticket);
+
+impl Future for TicketFuture {
+    type Output = Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let mut slot = self.0.0.slot.lock();
+        match slot.result.take() {
+            Some(result) => Poll::Ready(result),
+            None => {
+                slot.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// Fails a batch of pending appends with copies of `error`.
+pub(crate) fn fail_all(pending: impl IntoIterator<Item = Pending>, error: &Error) {
+    for p in pending {
+        p.ticket.complete(Err(error.duplicate()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocking_and_async_waiters_see_the_result() {
+        let t = Ticket::default();
+        let t2 = t.clone();
+        let h = std::thread::spawn(move || t2.wait());
+        t.complete(Ok(()));
+        assert!(matches!(h.join().ok(), Some(Ok(()))));
+
+        let t = Ticket::default();
+        let f = t.clone().into_future();
+        let h = std::thread::spawn(move || futures::executor::block_on(f));
+        t.complete(Err(Error::Closed));
+        assert!(matches!(h.join().ok(), Some(Err(Error::Closed))));
+    }
+}

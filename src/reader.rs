@@ -1,0 +1,127 @@
+//! The read path: index -> entry point -> walk back along `prev` -> decode.
+//!
+//! A read of sequences `(after, to]` takes a snapshot of the execution's durable cursor
+//! and nearest sparse entry under the store lock, then releases it and works on mapped
+//! bytes only. It walks back from the entry point (at most `stride - 1` records above
+//! `to`, header only), then through the wanted records, decoding each, and returns them
+//! in sequence order. It never touches another execution's records, and never reads
+//! beyond the durable end, so it sees only acknowledged events.
+//!
+//! Paired assertion across the disk boundary: every record read is CRC-checked again
+//! and must carry the execution number and sequence the chain predicts.
+
+use chrono::{DateTime, Utc};
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::event::StoredEvent;
+use crate::ids::ExecutionId;
+use crate::io::Mapped;
+use crate::record::{self, Decoded, HEADER_LEN, Pos};
+use crate::state::Shared;
+
+/// Events of `execution_id` with sequence in `(after, after + limit]`, in order.
+pub(crate) fn read(
+    shared: &Shared,
+    execution_id: &ExecutionId,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<StoredEvent>> {
+    let (no, to, entry, tenant_id) = {
+        let state = shared.state.lock();
+        let Some(no) = state.index.lookup(execution_id) else {
+            return Ok(Vec::new());
+        };
+        let Some(e) = state.index.get(no) else {
+            return Ok(Vec::new());
+        };
+        if e.durable_seq <= after || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let to = e
+            .durable_seq
+            .min(after.saturating_add(u64::try_from(limit).unwrap_or(u64::MAX)));
+        let entry = state.index.entry_point(e, to);
+        (no, to, entry, state.index.tenant_of(e).clone())
+    };
+    let mut events = Vec::with_capacity(usize::try_from(to - after).unwrap_or(0));
+    let mut cursor = Cursor::default();
+    let mut sequence = entry.sequence;
+    let mut pos = Some(entry.pos);
+    while sequence > after {
+        let Some(at) = pos else {
+            return Err(Error::corrupt(
+                entry.pos.segment,
+                u64::from(entry.pos.offset),
+                "execution chain ends before sequence 1",
+            ));
+        };
+        let (header, body) = cursor.record(shared, at)?;
+        let mismatch = |why: &str| Error::corrupt(at.segment, u64::from(at.offset), why);
+        if header.execution != u64::from(no) || header.sequence != sequence {
+            return Err(mismatch("record is not the one the execution chain points to"));
+        }
+        if sequence <= to {
+            let (_, event) = codec::decode_body(body).map_err(|why| mismatch(&why))?;
+            events.push(StoredEvent {
+                sequence,
+                execution_id: execution_id.clone(),
+                tenant_id: tenant_id.clone(),
+                event,
+                timestamp: timestamp(header.timestamp_ns),
+            });
+        }
+        pos = header.prev;
+        sequence -= 1;
+    }
+    events.reverse();
+    debug_assert!(events.windows(2).all(|w| w[0].sequence + 1 == w[1].sequence));
+    Ok(events)
+}
+
+/// Converts stored nanoseconds to a UTC time.
+pub(crate) fn timestamp(ns: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_nanos(ns)
+}
+
+/// The current segment view of a walk, kept while consecutive records share it.
+#[derive(Default)]
+struct Cursor {
+    segment: Option<u32>,
+    view: Option<Mapped>,
+}
+
+impl Cursor {
+    fn bytes(&mut self, shared: &Shared, segment: u32, end: u64) -> Result<&[u8]> {
+        let covered = match (&self.view, self.segment) {
+            (Some(v), Some(s)) => s == segment && v.as_ref().as_ref().len() as u64 >= end,
+            _ => false,
+        };
+        if !covered {
+            self.view = Some(shared.segments.view(segment, end)?);
+            self.segment = Some(segment);
+        }
+        Ok(self.view.as_ref().map_or(&[][..], |v| v.as_ref().as_ref()))
+    }
+
+    /// The record at `pos`, CRC-checked.
+    fn record(&mut self, shared: &Shared, pos: Pos) -> Result<(record::Header, &[u8])> {
+        let offset = u64::from(pos.offset);
+        let corrupt = |why: String| Error::corrupt(pos.segment, offset, why);
+        let head_end = offset + HEADER_LEN as u64;
+        let head = self
+            .bytes(shared, pos.segment, head_end)?
+            .get(pos.offset as usize..head_end as usize)
+            .ok_or_else(|| corrupt("record header outside its segment".into()))?;
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&head[record::BODY_LEN_OFFSET..record::BODY_LEN_OFFSET + 4]);
+        let end = offset + record::framed_len(u32::from_le_bytes(len) as usize) as u64;
+        let bytes = self.bytes(shared, pos.segment, end)?;
+        let slice = bytes.get(pos.offset as usize..).unwrap_or_default();
+        match record::decode(slice) {
+            Decoded::Record { header, body, .. } => Ok((header, body)),
+            Decoded::Empty => Err(corrupt("no record where the index points".into())),
+            Decoded::Invalid(why) => Err(corrupt(why.to_string())),
+        }
+    }
+}

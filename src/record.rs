@@ -1,0 +1,320 @@
+//! The record frame: one event on disk. Pure byte logic, no I/O; fuzzed.
+//!
+//! ```text
+//! offset size field
+//!  0     4    crc             CRC-32 (IEEE, crc32fast) of bytes [4, 48 + body_len)
+//!  4     4    body_len        length of the body in bytes (> 0)
+//!  8     8    execution       execution number: dense, in order of creation
+//! 16     8    sequence        1, 2, 3, … within the execution
+//! 24     8    timestamp_ns    append time, nanoseconds since the Unix epoch (UTC), signed
+//! 32     8    prev            position of the execution's previous record, or NO_PREV
+//! 40     4    batch_remaining records after this one in the same atomic batch
+//! 44     2    kind            KIND_EVENT
+//! 46     2    reserved        zero
+//! 48     …    body            codec.rs: optional declaration, then the event
+//!        …    padding         zeros up to the next multiple of RECORD_ALIGN
+//! ```
+//! All integers are little-endian. A position packs (segment id, offset) into a u64.
+//!
+//! Invariants: the decoder never reads past the slice it is given and never allocates;
+//! a forged `body_len` is checked against the bytes actually present before use. The
+//! encoder checks its own output with the decoder in debug builds (paired assertion).
+
+use crate::codec;
+
+/// Offset of the CRC field.
+pub(crate) const CRC_OFFSET: usize = 0;
+/// Offset of the body length field.
+pub(crate) const BODY_LEN_OFFSET: usize = CRC_OFFSET + 4;
+/// Offset of the execution number.
+pub(crate) const EXECUTION_OFFSET: usize = BODY_LEN_OFFSET + 4;
+/// Offset of the sequence number.
+pub(crate) const SEQUENCE_OFFSET: usize = EXECUTION_OFFSET + 8;
+/// Offset of the timestamp.
+pub(crate) const TIMESTAMP_OFFSET: usize = SEQUENCE_OFFSET + 8;
+/// Offset of the previous-record position.
+pub(crate) const PREV_OFFSET: usize = TIMESTAMP_OFFSET + 8;
+/// Offset of the batch-remaining counter.
+pub(crate) const BATCH_REMAINING_OFFSET: usize = PREV_OFFSET + 8;
+/// Offset of the record kind.
+pub(crate) const KIND_OFFSET: usize = BATCH_REMAINING_OFFSET + 4;
+/// Offset of the reserved field.
+pub(crate) const RESERVED_OFFSET: usize = KIND_OFFSET + 2;
+/// Length of the fixed header; the body starts here.
+pub(crate) const HEADER_LEN: usize = RESERVED_OFFSET + 2;
+/// Records start at multiples of this inside a segment.
+pub(crate) const RECORD_ALIGN: usize = 8;
+/// The only record kind of format version 1: one event.
+pub(crate) const KIND_EVENT: u16 = 1;
+/// `prev` of an execution's first record.
+pub(crate) const NO_PREV: u64 = u64::MAX;
+
+const _: () = assert!(HEADER_LEN == 48);
+const _: () = assert!(HEADER_LEN % RECORD_ALIGN == 0);
+
+/// Where a record starts: segment id and byte offset inside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Pos {
+    pub(crate) segment: u32,
+    pub(crate) offset: u32,
+}
+
+impl Pos {
+    pub(crate) fn pack(self) -> u64 {
+        (u64::from(self.segment) << 32) | u64::from(self.offset)
+    }
+
+    pub(crate) fn unpack(packed: u64) -> Option<Pos> {
+        (packed != NO_PREV).then(|| Pos {
+            segment: (packed >> 32) as u32,
+            offset: packed as u32,
+        })
+    }
+}
+
+/// The fixed fields of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub(crate) execution: u64,
+    pub(crate) sequence: u64,
+    pub(crate) timestamp_ns: i64,
+    pub(crate) prev: Option<Pos>,
+    pub(crate) batch_remaining: u32,
+}
+
+/// Bytes a record with a body of `body_len` bytes occupies, padding included.
+pub(crate) fn framed_len(body_len: usize) -> usize {
+    (HEADER_LEN + body_len).next_multiple_of(RECORD_ALIGN)
+}
+
+/// Appends a complete record (header, body, padding) to `out`.
+///
+/// The body is given in parts (declaration, event) so that the caller can build it
+/// without concatenating first.
+pub(crate) fn encode(header: &Header, body_parts: &[&[u8]], out: &mut Vec<u8>) {
+    let body_len: usize = body_parts.iter().map(|p| p.len()).sum();
+    debug_assert!(body_len > 0, "a record body is never empty");
+    let start = out.len();
+    let mut head = [0u8; HEADER_LEN];
+    head[BODY_LEN_OFFSET..EXECUTION_OFFSET].copy_from_slice(&(body_len as u32).to_le_bytes());
+    head[EXECUTION_OFFSET..SEQUENCE_OFFSET].copy_from_slice(&header.execution.to_le_bytes());
+    head[SEQUENCE_OFFSET..TIMESTAMP_OFFSET].copy_from_slice(&header.sequence.to_le_bytes());
+    head[TIMESTAMP_OFFSET..PREV_OFFSET].copy_from_slice(&header.timestamp_ns.to_le_bytes());
+    let prev = header.prev.map_or(NO_PREV, Pos::pack);
+    head[PREV_OFFSET..BATCH_REMAINING_OFFSET].copy_from_slice(&prev.to_le_bytes());
+    head[BATCH_REMAINING_OFFSET..KIND_OFFSET]
+        .copy_from_slice(&header.batch_remaining.to_le_bytes());
+    head[KIND_OFFSET..RESERVED_OFFSET].copy_from_slice(&KIND_EVENT.to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&head[BODY_LEN_OFFSET..]);
+    for part in body_parts {
+        crc.update(part);
+    }
+    head[CRC_OFFSET..BODY_LEN_OFFSET].copy_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(&head);
+    for part in body_parts {
+        out.extend_from_slice(part);
+    }
+    out.resize(start + framed_len(body_len), 0);
+    #[cfg(debug_assertions)]
+    {
+        let written = out.get(start..).unwrap_or_default();
+        debug_assert!(matches!(decode(written), Decoded::Record { header: h, .. } if h == *header));
+    }
+}
+
+/// What the bytes at a record boundary hold.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Decoded<'a> {
+    /// A complete record whose CRC matches.
+    Record {
+        header: Header,
+        body: &'a [u8],
+        /// Bytes from this record's start to the next record boundary.
+        framed_len: usize,
+    },
+    /// A zero length field: no record was ever written here (preallocated zeros).
+    Empty,
+    /// Something is wrong; the reason says what.
+    Invalid(Invalid),
+}
+
+/// Why the bytes at a record boundary are not a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Invalid {
+    /// The slice ends inside the header or body.
+    Truncated,
+    /// The CRC does not match the bytes.
+    BadCrc { stored: u32, computed: u32 },
+    /// The CRC matches but a field is impossible.
+    BadField(&'static str),
+}
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Invalid::Truncated => write!(f, "record is cut short"),
+            Invalid::BadCrc { stored, computed } => {
+                write!(f, "CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")
+            }
+            Invalid::BadField(what) => write!(f, "impossible field: {what}"),
+        }
+    }
+}
+
+fn le_u16(bytes: &[u8], at: usize) -> u16 {
+    let mut b = [0u8; 2];
+    b.copy_from_slice(bytes.get(at..at + 2).unwrap_or(&[0; 2]));
+    u16::from_le_bytes(b)
+}
+
+fn le_u32(bytes: &[u8], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(bytes.get(at..at + 4).unwrap_or(&[0; 4]));
+    u32::from_le_bytes(b)
+}
+
+fn le_u64(bytes: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(bytes.get(at..at + 8).unwrap_or(&[0; 8]));
+    u64::from_le_bytes(b)
+}
+
+/// Decodes the record that starts at `bytes[0]`; `bytes` ends where valid data may end.
+pub(crate) fn decode(bytes: &[u8]) -> Decoded<'_> {
+    let Some(head) = bytes.get(..HEADER_LEN) else {
+        return if bytes.iter().all(|&b| b == 0) {
+            Decoded::Empty
+        } else {
+            Decoded::Invalid(Invalid::Truncated)
+        };
+    };
+    let body_len = le_u32(head, BODY_LEN_OFFSET) as usize;
+    if body_len == 0 {
+        return if le_u32(head, CRC_OFFSET) == 0 {
+            Decoded::Empty
+        } else {
+            Decoded::Invalid(Invalid::BadField("zero body length"))
+        };
+    }
+    let Some(body) = bytes.get(HEADER_LEN..HEADER_LEN.saturating_add(body_len)) else {
+        return Decoded::Invalid(Invalid::Truncated);
+    };
+    let stored = le_u32(head, CRC_OFFSET);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&head[BODY_LEN_OFFSET..]);
+    crc.update(body);
+    let computed = crc.finalize();
+    if stored != computed {
+        return Decoded::Invalid(Invalid::BadCrc { stored, computed });
+    }
+    let header = Header {
+        execution: le_u64(head, EXECUTION_OFFSET),
+        sequence: le_u64(head, SEQUENCE_OFFSET),
+        timestamp_ns: le_u64(head, TIMESTAMP_OFFSET) as i64,
+        prev: Pos::unpack(le_u64(head, PREV_OFFSET)),
+        batch_remaining: le_u32(head, BATCH_REMAINING_OFFSET),
+    };
+    if le_u16(head, KIND_OFFSET) != KIND_EVENT {
+        return Decoded::Invalid(Invalid::BadField("unknown record kind"));
+    }
+    if le_u16(head, RESERVED_OFFSET) != 0 {
+        return Decoded::Invalid(Invalid::BadField("reserved bits set"));
+    }
+    if header.sequence == 0 {
+        return Decoded::Invalid(Invalid::BadField("sequence 0"));
+    }
+    if (header.sequence == 1) != header.prev.is_none() {
+        return Decoded::Invalid(Invalid::BadField("prev does not match sequence"));
+    }
+    Decoded::Record {
+        header,
+        body,
+        framed_len: framed_len(body_len),
+    }
+}
+
+/// Decodes a record and its body into an event: the fuzzed entry point of the decoder.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn decode_event(
+    bytes: &[u8],
+) -> Result<(Header, Option<codec::Declaration>, crate::ExecutionEventData), String> {
+    match decode(bytes) {
+        Decoded::Record { header, body, .. } => {
+            let (declaration, event) = codec::decode_body(body)?;
+            if declaration.is_some() != (header.sequence == 1) {
+                return Err("declaration must be present exactly in sequence 1".into());
+            }
+            Ok((header, declaration, event))
+        }
+        Decoded::Empty => Err("no record here".into()),
+        Decoded::Invalid(why) => Err(why.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> (Header, Vec<u8>) {
+        let header = Header {
+            execution: 7,
+            sequence: 2,
+            timestamp_ns: 1_700_000_000_000_000_001,
+            prev: Some(Pos {
+                segment: 3,
+                offset: 4096,
+            }),
+            batch_remaining: 0,
+        };
+        let mut out = Vec::new();
+        encode(&header, &[b"abc", b"de"], &mut out);
+        (header, out)
+    }
+
+    #[test]
+    fn round_trip_and_padding() {
+        let (header, out) = sample();
+        assert_eq!(out.len(), 56);
+        assert_eq!(
+            decode(&out),
+            Decoded::Record {
+                header,
+                body: b"abcde",
+                framed_len: 56
+            }
+        );
+    }
+
+    #[test]
+    fn every_truncation_is_detected() {
+        let (_, out) = sample();
+        for cut in 1..HEADER_LEN + 5 {
+            let got = decode(out.get(..cut).unwrap_or_default());
+            assert!(matches!(got, Decoded::Invalid(_)), "cut at {cut}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn every_bit_flip_is_detected() {
+        let (_, out) = sample();
+        for bit in 0..(HEADER_LEN + 5) * 8 {
+            let mut bad = out.clone();
+            if let Some(b) = bad.get_mut(bit / 8) {
+                *b ^= 1 << (bit % 8);
+            }
+            assert!(
+                !matches!(decode(&bad), Decoded::Record { .. }),
+                "flip of bit {bit} went unnoticed"
+            );
+        }
+    }
+
+    #[test]
+    fn forged_length_reads_nothing_out_of_bounds() {
+        let mut bytes = vec![0u8; 64];
+        bytes[CRC_OFFSET] = 1;
+        bytes[BODY_LEN_OFFSET..BODY_LEN_OFFSET + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode(&bytes), Decoded::Invalid(Invalid::Truncated));
+    }
+}

@@ -1,0 +1,308 @@
+//! Opening a store: list, scan and verify every segment, cut a torn tail, rebuild the
+//! index.
+//!
+//! Rules (docs/DESIGN.md, "Recovery"):
+//! - Segment ids must be contiguous from 1. Files that are not segments are ignored and
+//!   listed in the report.
+//! - Every record's CRC is verified, and every record must continue its execution's
+//!   chain (sequence + 1, `prev` pointing at the previous record). A batch counts only
+//!   when its last record (`batch_remaining == 0`) is present.
+//! - Torn tail: in the newest segment only, a record that is cut short or fails its
+//!   checks, or a batch left incomplete, with no valid record anywhere after it. It is
+//!   cut (the bytes zeroed up to the preallocated length) and reported. The cut starts
+//!   at the incomplete batch's first record, so no part of a batch survives.
+//! - Anything else that is wrong is `Error::Corrupt` with segment and offset, and open
+//!   fails: acknowledged data is never dropped silently.
+//! - A newest segment whose header is all zeros was being created when the process
+//!   died (nothing in it was acknowledged, see `segment::create`); it is removed.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::ids::TenantId;
+use crate::index::Index;
+use crate::io::{Io, IoFile};
+use crate::options::Options;
+use crate::record::{Header, Pos};
+use crate::scan::{Scanner, Step, first_nonzero, valid_record_after};
+use crate::segment::{self, HeaderCheck, SEGMENT_HEADER_LEN};
+
+/// What the last open found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecoveryReport {
+    /// Segment files scanned.
+    pub segments_scanned: u32,
+    /// Valid records found (and indexed).
+    pub records: u64,
+    /// Executions found.
+    pub executions: u64,
+    /// Bytes of data scanned, segment headers included.
+    pub bytes_scanned: u64,
+    /// Where a torn tail was cut: (segment id, offset), if one was.
+    pub truncated_at: Option<(u32, u64)>,
+    /// How many nonzero bytes the cut removed.
+    pub bytes_truncated: u64,
+    /// Why the tail counted as torn.
+    pub torn_reason: Option<String>,
+    /// Segments removed because their header never became durable.
+    pub removed_segments: Vec<u32>,
+    /// Files in the directory that are not segments (left alone).
+    pub ignored_files: Vec<String>,
+    /// How long the scan took.
+    pub duration: Duration,
+}
+
+/// One recovered segment, ready to be opened for reads (and the last for appends).
+pub(crate) struct RecoveredSegment {
+    pub(crate) id: u32,
+    pub(crate) file: Arc<dyn IoFile>,
+    pub(crate) data_end: u64,
+    pub(crate) capacity: u64,
+}
+
+/// The result of a successful recovery.
+pub(crate) struct Recovered {
+    pub(crate) index: Index,
+    pub(crate) segments: Vec<RecoveredSegment>,
+    pub(crate) last_timestamp_ns: i64,
+    pub(crate) report: RecoveryReport,
+}
+
+/// A record waiting for the rest of its batch.
+struct Waiting {
+    header: Header,
+    pos: Pos,
+    tenant: Option<TenantId>,
+    execution_id: Option<String>,
+}
+
+/// Rebuilds the index from the records, batch by batch.
+struct Rebuild {
+    index: Index,
+    batch: Vec<Waiting>,
+    batch_start: Option<u64>,
+    last_timestamp_ns: i64,
+    records: u64,
+}
+
+/// Scans `dir`. With `read_only`, a torn tail is reported but not cut, and a blank
+/// newest segment is reported but not removed.
+pub(crate) fn recover(io: &dyn Io, dir: &Path, options: &Options, read_only: bool) -> Result<Recovered> {
+    let started = Instant::now();
+    let mut report = RecoveryReport::default();
+    let mut ids = Vec::new();
+    for name in io.list(dir).map_err(|e| Error::io("list directory", dir, e))? {
+        match segment::parse_file_name(&name) {
+            Some(id) => ids.push(id),
+            None if name == crate::log_store::LOCK_FILE => {}
+            None => report.ignored_files.push(name),
+        }
+    }
+    ids.sort_unstable();
+    report.ignored_files.sort();
+    for (i, &id) in ids.iter().enumerate() {
+        if id as usize != i + 1 {
+            return Err(Error::corrupt(i as u32 + 1, 0, "segment file is missing"));
+        }
+    }
+    let mut rebuild = Rebuild {
+        index: Index::new(options.index_stride),
+        batch: Vec::new(),
+        batch_start: None,
+        last_timestamp_ns: 0,
+        records: 0,
+    };
+    let mut segments = Vec::new();
+    for &id in &ids {
+        let newest = Some(&id) == ids.last();
+        let path = segment::path(dir, id);
+        let file = io
+            .open(&path, read_only)
+            .map_err(|e| Error::io("open segment", &path, e))?;
+        let capacity = file.len().map_err(|e| Error::io("stat segment", &path, e))?;
+        let data_end = {
+            let view = file
+                .map(capacity)
+                .map_err(|e| Error::io("mmap segment", &path, e))?;
+            let bytes = view.as_ref().as_ref();
+            report.segments_scanned += 1;
+            match segment::check_header(bytes, id) {
+                HeaderCheck::Valid => {}
+                HeaderCheck::Blank if newest => {
+                    report.removed_segments.push(id);
+                    break;
+                }
+                HeaderCheck::Blank => {
+                    return Err(Error::corrupt(id, 0, "segment header is blank"));
+                }
+                HeaderCheck::Version(version) => {
+                    return Err(Error::UnsupportedFormat { path, version });
+                }
+                HeaderCheck::Bad(why) => return Err(Error::corrupt(id, 0, why)),
+            }
+            scan_segment(&mut rebuild, &mut report, bytes, id, newest)?
+        };
+        report.bytes_scanned += data_end;
+        if let Some((_, cut)) = report.truncated_at.filter(|&(s, _)| s == id) {
+            if !read_only {
+                cut_tail(file.as_ref(), &path, cut, capacity)?;
+            }
+        }
+        segments.push(RecoveredSegment {
+            id,
+            file,
+            data_end,
+            capacity,
+        });
+    }
+    if !read_only {
+        for &id in &report.removed_segments {
+            let path = segment::path(dir, id);
+            io.remove(&path)
+                .map_err(|e| Error::io("remove blank segment", &path, e))?;
+            io.sync_dir(dir)
+                .map_err(|e| Error::io("fsync directory", dir, e))?;
+        }
+    }
+    report.records = rebuild.records;
+    report.executions = rebuild.index.len() as u64;
+    report.duration = started.elapsed();
+    Ok(Recovered {
+        index: rebuild.index,
+        segments,
+        last_timestamp_ns: rebuild.last_timestamp_ns,
+        report,
+    })
+}
+
+/// Scans one segment into `rebuild`; returns where its data ends (after any cut).
+fn scan_segment(
+    rebuild: &mut Rebuild,
+    report: &mut RecoveryReport,
+    bytes: &[u8],
+    id: u32,
+    newest: bool,
+) -> Result<u64> {
+    let mut stop = None;
+    for step in Scanner::new(bytes, SEGMENT_HEADER_LEN) {
+        match step {
+            Step::Record {
+                offset,
+                header,
+                body,
+            } => rebuild.add(id, offset as u64, header, body)?,
+            Step::End { offset } => stop = Some((offset, None)),
+            Step::Invalid { offset, why } => stop = Some((offset, Some(why.to_string()))),
+        }
+    }
+    let (stop, invalid) = stop.unwrap_or((bytes.len(), None));
+    let garbage = first_nonzero(bytes, stop);
+    if invalid.is_none() && garbage.is_none() && rebuild.batch.is_empty() {
+        return Ok(stop as u64);
+    }
+    let why = match (&invalid, garbage) {
+        (Some(why), _) => why.clone(),
+        (None, Some(at)) => format!("unexpected bytes at offset {at} after the last record"),
+        (None, None) => "the last batch is incomplete".to_string(),
+    };
+    if let Some(next) = valid_record_after(bytes, stop) {
+        return Err(Error::corrupt(
+            id,
+            stop as u64,
+            format!("{why}, yet a valid record follows at offset {next}"),
+        ));
+    }
+    if !newest {
+        return Err(Error::corrupt(id, stop as u64, format!("{why} in a sealed segment")));
+    }
+    let cut = rebuild.batch_start.unwrap_or(stop as u64);
+    let last_nonzero = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i as u64 + 1);
+    rebuild.batch.clear();
+    rebuild.batch_start = None;
+    report.truncated_at = Some((id, cut));
+    report.bytes_truncated = last_nonzero.saturating_sub(cut);
+    report.torn_reason = Some(why);
+    Ok(cut)
+}
+
+/// Zeroes `[cut, capacity)` of a segment durably, keeping its preallocated length.
+fn cut_tail(file: &dyn IoFile, path: &Path, cut: u64, capacity: u64) -> Result<()> {
+    file.set_len(cut)
+        .map_err(|e| Error::io("truncate torn tail", path, e))?;
+    file.set_len(capacity)
+        .map_err(|e| Error::io("re-extend segment", path, e))?;
+    file.sync_data()
+        .map_err(|e| Error::io("fdatasync after truncation", path, e))
+}
+
+impl Rebuild {
+    /// Takes one valid record; applies its batch once the batch is complete.
+    fn add(&mut self, segment: u32, offset: u64, header: Header, body: &[u8]) -> Result<()> {
+        let corrupt = |why: &str| Error::corrupt(segment, offset, why);
+        if let Some(last) = self.batch.last() {
+            if header.batch_remaining + 1 != last.header.batch_remaining
+                || header.execution != last.header.execution
+            {
+                return Err(corrupt("record breaks the batch before it"));
+            }
+        } else {
+            self.batch_start = Some(offset);
+        }
+        let (tenant, execution_id) = if header.sequence == 1 {
+            match codec::decode_declaration(body) {
+                Ok(Some(d)) => (Some(TenantId::from(d.tenant_id)), Some(d.execution_id)),
+                Ok(None) => return Err(corrupt("first record of an execution has no declaration")),
+                Err(why) => return Err(Error::corrupt(segment, offset, why)),
+            }
+        } else {
+            (None, None)
+        };
+        let pos = Pos {
+            segment,
+            offset: u32::try_from(offset).map_err(|_| corrupt("offset beyond 4 GiB"))?,
+        };
+        self.batch.push(Waiting {
+            header,
+            pos,
+            tenant,
+            execution_id,
+        });
+        if header.batch_remaining == 0 {
+            self.apply_batch()?;
+        }
+        Ok(())
+    }
+
+    fn apply_batch(&mut self) -> Result<()> {
+        for w in std::mem::take(&mut self.batch) {
+            let h = w.header;
+            let corrupt = |why: &str| Error::corrupt(w.pos.segment, u64::from(w.pos.offset), why);
+            if let (Some(id), Some(tenant)) = (w.execution_id, w.tenant) {
+                let id = crate::ExecutionId::from(id);
+                if h.execution != self.index.len() as u64 || self.index.lookup(&id).is_some() {
+                    return Err(corrupt("execution declared out of order or twice"));
+                }
+                let no = self.index.create(id, &tenant, w.pos);
+                self.index.make_durable(no, 1, w.pos);
+            } else {
+                let no = u32::try_from(h.execution).map_err(|_| corrupt("unknown execution"))?;
+                let Some(e) = self.index.get(no) else {
+                    return Err(corrupt("record of an unknown execution"));
+                };
+                if h.sequence != e.reserved_seq + 1 || h.prev != Some(e.reserved_pos) {
+                    return Err(corrupt("record does not continue its execution's chain"));
+                }
+                self.index.reserve(no, h.sequence, w.pos);
+                self.index.make_durable(no, h.sequence, w.pos);
+            }
+            self.last_timestamp_ns = self.last_timestamp_ns.max(h.timestamp_ns);
+            self.records += 1;
+        }
+        self.batch_start = None;
+        Ok(())
+    }
+}

@@ -1,0 +1,168 @@
+//! Walking the records of one segment's bytes, front to back. Pure; fuzzed via recovery.
+//!
+//! A scan yields every valid record in order and ends with the reason it stopped:
+//! [`Stop::End`] where a zero length field says nothing was written, or
+//! [`Stop::Invalid`] at the first record that is cut short or fails its checks. What a
+//! stop means (clean end, torn tail, corruption) is decided by `recovery.rs`, which also
+//! uses [`valid_record_after`] to tell a torn tail from damage followed by good data.
+
+use crate::record::{self, Decoded, Header, Invalid, RECORD_ALIGN};
+
+/// One step of a scan.
+#[derive(Debug)]
+pub(crate) enum Step<'a> {
+    /// A valid record at `offset`.
+    Record {
+        offset: usize,
+        header: Header,
+        body: &'a [u8],
+    },
+    /// No record at `offset`: the length field is zero.
+    End { offset: usize },
+    /// A damaged or incomplete record at `offset`.
+    Invalid { offset: usize, why: Invalid },
+}
+
+/// Iterates over the records of `bytes` starting at `offset`.
+pub(crate) struct Scanner<'a> {
+    bytes: &'a [u8],
+    offset: usize,
+    stopped: bool,
+}
+
+impl<'a> Scanner<'a> {
+    pub(crate) fn new(bytes: &'a [u8], offset: usize) -> Self {
+        debug_assert_eq!(offset % RECORD_ALIGN, 0);
+        Self {
+            bytes,
+            offset,
+            stopped: false,
+        }
+    }
+}
+
+impl<'a> Iterator for Scanner<'a> {
+    type Item = Step<'a>;
+
+    fn next(&mut self) -> Option<Step<'a>> {
+        if self.stopped {
+            return None;
+        }
+        let offset = self.offset;
+        let rest = self.bytes.get(offset..).unwrap_or_default();
+        let step = match record::decode(rest) {
+            Decoded::Record {
+                header,
+                body,
+                framed_len,
+            } => {
+                // Padding must be zero: it is covered by no CRC, so check it here.
+                let padding = rest
+                    .get(record::HEADER_LEN + body.len()..framed_len)
+                    .unwrap_or_default();
+                if padding.iter().any(|&b| b != 0) {
+                    Step::Invalid {
+                        offset,
+                        why: Invalid::BadField("nonzero padding"),
+                    }
+                } else {
+                    self.offset += framed_len;
+                    return Some(Step::Record {
+                        offset,
+                        header,
+                        body,
+                    });
+                }
+            }
+            Decoded::Empty => Step::End { offset },
+            Decoded::Invalid(why) => Step::Invalid { offset, why },
+        };
+        self.stopped = true;
+        Some(step)
+    }
+}
+
+/// Offset of the first byte at or after `from` that is not zero.
+pub(crate) fn first_nonzero(bytes: &[u8], from: usize) -> Option<usize> {
+    let tail = bytes.get(from..)?;
+    let mut chunks = tail.chunks_exact(8);
+    let mut at = from;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        if u64::from_le_bytes(word) != 0 {
+            return chunk.iter().position(|&b| b != 0).map(|i| at + i);
+        }
+        at += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b != 0)
+        .map(|i| at + i)
+}
+
+/// Offset of the first valid record strictly after `from` (at aligned offsets), if any.
+///
+/// Used once per open at most, on the bytes after a bad record, to decide between a torn
+/// tail (nothing valid follows) and corruption (valid data follows). Zero words are
+/// skipped without decoding.
+pub(crate) fn valid_record_after(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut at = (from + 1).next_multiple_of(RECORD_ALIGN);
+    while at + record::HEADER_LEN <= bytes.len() {
+        // A record's first word holds its nonzero length, so zero words are skipped.
+        let nonzero = first_nonzero(bytes, at)?;
+        at = nonzero - nonzero % RECORD_ALIGN;
+        let rest = bytes.get(at..).unwrap_or_default();
+        if matches!(record::decode(rest), Decoded::Record { .. }) {
+            return Some(at);
+        }
+        at += RECORD_ALIGN;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Header, encode};
+
+    fn record(seq: u64) -> Vec<u8> {
+        let h = Header {
+            execution: 0,
+            sequence: seq,
+            timestamp_ns: 1,
+            prev: (seq > 1).then_some(crate::record::Pos {
+                segment: 1,
+                offset: 32,
+            }),
+            batch_remaining: 0,
+        };
+        let mut out = Vec::new();
+        encode(&h, &[b"payload"], &mut out);
+        out
+    }
+
+    #[test]
+    fn scan_stops_at_zeros() {
+        let mut bytes = record(1);
+        bytes.extend(record(2));
+        let len = bytes.len();
+        bytes.extend([0u8; 100]);
+        let steps: Vec<_> = Scanner::new(&bytes, 0).collect();
+        assert_eq!(steps.len(), 3);
+        assert!(matches!(steps[2], Step::End { offset } if offset == len));
+    }
+
+    #[test]
+    fn finds_valid_record_after_damage() {
+        let mut bytes = record(1);
+        let second = bytes.len();
+        bytes.extend(record(2));
+        bytes.extend([0u8; 64]);
+        bytes[4] ^= 0xFF;
+        assert_eq!(valid_record_after(&bytes, 0), Some(second));
+        assert_eq!(valid_record_after(&bytes, second), None);
+        assert_eq!(first_nonzero(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 7], 0), Some(9));
+    }
+}

@@ -1,0 +1,167 @@
+//! One segment file: its name, its header, and how it is created.
+//!
+//! ```text
+//! offset size field
+//!  0     8    magic           b"EXECLOG\0"
+//!  8     4    format_version  FORMAT_VERSION
+//! 12     4    segment_id      equals the number in the file name
+//! 16    12    reserved        zero
+//! 28     4    crc             CRC-32 of bytes [0, 28)
+//! 32     …    records         record.rs, starting at offset 32
+//! ```
+//! A segment is preallocated to its capacity with zeros when created, so appends never
+//! grow the file and a map of any durable prefix stays inside it. Records never span
+//! two segments, and neither do batches.
+//!
+//! Invariant: a segment's header is durable (fdatasync of the file, fsync of the
+//! directory) before any record is written into it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::io::{Io, IoFile};
+
+/// First bytes of every segment file.
+pub(crate) const MAGIC: [u8; 8] = *b"EXECLOG\0";
+/// The on-disk format version this build writes and reads.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+const VERSION_OFFSET: usize = MAGIC.len();
+const ID_OFFSET: usize = VERSION_OFFSET + 4;
+const RESERVED_OFFSET: usize = ID_OFFSET + 4;
+const CRC_OFFSET: usize = RESERVED_OFFSET + 12;
+/// Length of the segment header; the first record starts here.
+pub(crate) const SEGMENT_HEADER_LEN: usize = CRC_OFFSET + 4;
+/// File name extension of segment files.
+pub(crate) const EXTENSION: &str = "seg";
+/// Digits in a segment file name: enough for every u32, so names sort as numbers do.
+const NAME_DIGITS: usize = 10;
+
+const _: () = assert!(SEGMENT_HEADER_LEN == 32);
+const _: () = assert!(SEGMENT_HEADER_LEN % crate::record::RECORD_ALIGN == 0);
+const _: () = assert!(crate::codec::CODEC_VERSION == FORMAT_VERSION);
+
+/// `0000000042.seg` for segment 42.
+pub(crate) fn file_name(id: u32) -> String {
+    format!("{id:0NAME_DIGITS$}.{EXTENSION}")
+}
+
+/// The id in a segment file name, or `None` for any other file.
+pub(crate) fn parse_file_name(name: &str) -> Option<u32> {
+    let digits = name.strip_suffix(EXTENSION)?.strip_suffix('.')?;
+    if digits.len() != NAME_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Path of segment `id` in `dir`.
+pub(crate) fn path(dir: &Path, id: u32) -> PathBuf {
+    dir.join(file_name(id))
+}
+
+/// The header bytes of segment `id`.
+pub(crate) fn encode_header(id: u32) -> [u8; SEGMENT_HEADER_LEN] {
+    let mut h = [0u8; SEGMENT_HEADER_LEN];
+    h[..VERSION_OFFSET].copy_from_slice(&MAGIC);
+    h[VERSION_OFFSET..ID_OFFSET].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[ID_OFFSET..RESERVED_OFFSET].copy_from_slice(&id.to_le_bytes());
+    let crc = crc32fast::hash(&h[..CRC_OFFSET]);
+    h[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// What a segment's first bytes say.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum HeaderCheck {
+    /// A valid header for the expected id and this format version.
+    Valid,
+    /// All zeros or shorter than a header and all zeros: the file was created but its
+    /// header never became durable.
+    Blank,
+    /// A well-formed header of another format version.
+    Version(u32),
+    /// Anything else.
+    Bad(&'static str),
+}
+
+/// Checks the header at the start of `bytes` for segment `id`.
+pub(crate) fn check_header(bytes: &[u8], id: u32) -> HeaderCheck {
+    let Some(h) = bytes.get(..SEGMENT_HEADER_LEN) else {
+        return if bytes.iter().all(|&b| b == 0) {
+            HeaderCheck::Blank
+        } else {
+            HeaderCheck::Bad("file is shorter than a segment header")
+        };
+    };
+    if h.iter().all(|&b| b == 0) {
+        return HeaderCheck::Blank;
+    }
+    if h[..VERSION_OFFSET] != MAGIC {
+        return HeaderCheck::Bad("wrong magic: not an execlog segment");
+    }
+    let field = |at: usize| {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&h[at..at + 4]);
+        u32::from_le_bytes(b)
+    };
+    if field(CRC_OFFSET) != crc32fast::hash(&h[..CRC_OFFSET]) {
+        return HeaderCheck::Bad("segment header CRC mismatch");
+    }
+    if field(VERSION_OFFSET) != FORMAT_VERSION {
+        return HeaderCheck::Version(field(VERSION_OFFSET));
+    }
+    if field(ID_OFFSET) != id {
+        return HeaderCheck::Bad("segment id in header differs from file name");
+    }
+    if h[RESERVED_OFFSET..CRC_OFFSET].iter().any(|&b| b != 0) {
+        return HeaderCheck::Bad("reserved header bytes are not zero");
+    }
+    HeaderCheck::Valid
+}
+
+/// Creates segment `id` with `capacity` bytes, its header durable and its directory
+/// entry durable, ready for records at [`SEGMENT_HEADER_LEN`].
+pub(crate) fn create(io: &dyn Io, dir: &Path, id: u32, capacity: u64) -> Result<Arc<dyn IoFile>> {
+    let path = path(dir, id);
+    let file = io
+        .create(&path)
+        .map_err(|e| Error::io("create segment", &path, e))?;
+    file.set_len(capacity)
+        .map_err(|e| Error::io("preallocate segment", &path, e))?;
+    file.write_at(&encode_header(id), 0)
+        .map_err(|e| Error::io("write segment header", &path, e))?;
+    file.sync_data()
+        .map_err(|e| Error::io("fdatasync segment header", &path, e))?;
+    io.sync_dir(dir)
+        .map_err(|e| Error::io("fsync directory", dir, e))?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_sort_numerically_and_parse_back() {
+        assert_eq!(file_name(42), "0000000042.seg");
+        assert_eq!(parse_file_name("0000000042.seg"), Some(42));
+        assert_eq!(parse_file_name(&file_name(u32::MAX)), Some(u32::MAX));
+        assert!(file_name(9) < file_name(10));
+        for bad in ["42.seg", "000000004x.seg", "0000000042.seg.tmp", "LOCK", "0000000042"] {
+            assert_eq!(parse_file_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn header_checks() {
+        let h = encode_header(5);
+        assert_eq!(check_header(&h, 5), HeaderCheck::Valid);
+        assert!(matches!(check_header(&h, 6), HeaderCheck::Bad(_)));
+        assert_eq!(check_header(&[0; 10], 5), HeaderCheck::Blank);
+        assert_eq!(check_header(&[0; 64], 5), HeaderCheck::Blank);
+        let mut wrong = h;
+        wrong[0] = b'X';
+        assert!(matches!(check_header(&wrong, 5), HeaderCheck::Bad(_)));
+    }
+}

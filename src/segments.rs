@@ -1,0 +1,108 @@
+//! The store's open segment files, in order, with the read-only views readers use.
+//!
+//! Segment ids are contiguous, starting at `first_id`; slot `i` holds segment
+//! `first_id + i`. Each slot knows its durable end (the commit thread raises it after
+//! each fdatasync). A reader asks for a view covering a byte range below that end;
+//! the view is a mapped prefix, remapped (larger) only when a read needs bytes beyond
+//! the current one. Views are shared (`Arc`), so a remap never invalidates a view a
+//! reader still holds.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::error::{Error, Result};
+use crate::io::{IoFile, Mapped};
+
+struct Slot {
+    file: Arc<dyn IoFile>,
+    durable_end: u64,
+    view: Option<Mapped>,
+}
+
+/// Open segments and their views.
+pub(crate) struct Segments {
+    first_id: u32,
+    slots: RwLock<Vec<Slot>>,
+    dir: std::path::PathBuf,
+}
+
+impl Segments {
+    pub(crate) fn new(dir: &Path, first_id: u32) -> Self {
+        Self {
+            first_id,
+            slots: RwLock::new(Vec::new()),
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Adds the next segment with `durable_end` bytes already durable.
+    pub(crate) fn push(&self, id: u32, file: Arc<dyn IoFile>, durable_end: u64) {
+        let mut slots = self.slots.write();
+        debug_assert_eq!(id as usize, self.first_id as usize + slots.len());
+        slots.push(Slot {
+            file,
+            durable_end,
+            view: None,
+        });
+    }
+
+    /// Raises segment `id`'s durable end after an fdatasync.
+    pub(crate) fn set_durable_end(&self, id: u32, end: u64) {
+        let mut slots = self.slots.write();
+        if let Some(slot) = slots.get_mut(id.wrapping_sub(self.first_id) as usize) {
+            debug_assert!(end >= slot.durable_end);
+            slot.durable_end = end;
+        }
+    }
+
+    /// Number of segments.
+    pub(crate) fn count(&self) -> usize {
+        self.slots.read().len()
+    }
+
+    /// Durable bytes in all segments (headers included).
+    pub(crate) fn durable_bytes(&self) -> u64 {
+        self.slots.read().iter().map(|s| s.durable_end).sum()
+    }
+
+    /// A view of segment `id` that covers at least `[0, end)`; `end` must be durable.
+    pub(crate) fn view(&self, id: u32, end: u64) -> Result<Mapped> {
+        let slot_no = id.wrapping_sub(self.first_id) as usize;
+        {
+            let slots = self.slots.read();
+            let Some(slot) = slots.get(slot_no) else {
+                return Err(Error::corrupt(id, 0, "record points into a missing segment"));
+            };
+            if let Some(view) = &slot.view {
+                if view.as_ref().as_ref().len() as u64 >= end {
+                    return Ok(Arc::clone(view));
+                }
+            }
+        }
+        let mut slots = self.slots.write();
+        let Some(slot) = slots.get_mut(slot_no) else {
+            return Err(Error::corrupt(id, 0, "record points into a missing segment"));
+        };
+        if end > slot.durable_end {
+            return Err(Error::corrupt(
+                id,
+                end,
+                "record points beyond the durable end of its segment",
+            ));
+        }
+        if let Some(view) = &slot.view {
+            if view.as_ref().as_ref().len() as u64 >= end {
+                return Ok(Arc::clone(view));
+            }
+        }
+        let path = crate::segment::path(&self.dir, id);
+        let view = slot
+            .file
+            .map(slot.durable_end)
+            .map_err(|e| Error::io("mmap segment", path, e))?;
+        slot.view = Some(Arc::clone(&view));
+        Ok(view)
+    }
+}

@@ -1,0 +1,93 @@
+//! The state shared by appenders, readers and the commit thread.
+//!
+//! One mutex guards [`State`]: the index and the writer's reservation cursor. Holding it
+//! is what makes "reserve a sequence, reserve log space, queue the bytes" one atomic
+//! step, so sequence order, log order and channel order agree. Everything slow (encoding
+//! events, copying bytes, writing, fdatasync, decoding) happens outside it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::Sender;
+use parking_lot::Mutex;
+
+use crate::index::Index;
+use crate::io::Io;
+use crate::options::Options;
+use crate::queue::Pending;
+use crate::segment::SEGMENT_HEADER_LEN;
+use crate::segments::Segments;
+
+/// Everything the parts of one open store share.
+pub(crate) struct Shared {
+    pub(crate) dir: PathBuf,
+    pub(crate) io: Arc<dyn Io>,
+    pub(crate) options: Options,
+    pub(crate) state: Mutex<State>,
+    pub(crate) segments: Segments,
+    pub(crate) closed: AtomicBool,
+}
+
+/// The mutable core behind the store mutex.
+pub(crate) struct State {
+    pub(crate) index: Index,
+    pub(crate) writer: Writer,
+}
+
+/// Where the next append goes, and whether appends are still allowed.
+pub(crate) struct Writer {
+    /// Segment receiving appends.
+    pub(crate) segment: u32,
+    /// Offset in it where the next record goes (reserved, not necessarily durable).
+    pub(crate) tail: u64,
+    /// The segment's preallocated length.
+    pub(crate) capacity: u64,
+    /// Channel to the commit thread; `None` once the store is closing.
+    pub(crate) tx: Option<Sender<Pending>>,
+    /// Why the store was poisoned, if it was.
+    pub(crate) poisoned: Option<String>,
+    /// Timestamp of the latest append, to keep timestamps non-decreasing.
+    pub(crate) last_timestamp_ns: i64,
+}
+
+/// Space reserved in the log for one append.
+pub(crate) struct Reservation {
+    pub(crate) segment: u32,
+    pub(crate) offset: u32,
+    pub(crate) new_segment_capacity: Option<u64>,
+}
+
+impl Writer {
+    /// Reserves `len` contiguous bytes, rolling to a new segment when the current one
+    /// cannot hold them. A new segment gets `segment_size` bytes, or more if `len`
+    /// needs it, so that an append never spans two segments.
+    pub(crate) fn reserve(&mut self, len: u64, segment_size: u64) -> Reservation {
+        let header = SEGMENT_HEADER_LEN as u64;
+        let mut new_segment_capacity = None;
+        if self.tail + len > self.capacity {
+            self.segment += 1;
+            self.capacity = segment_size.max(header + len);
+            self.tail = header;
+            new_segment_capacity = Some(self.capacity);
+        }
+        let offset = self.tail;
+        self.tail += len;
+        debug_assert!(self.tail <= self.capacity && self.capacity <= u64::from(u32::MAX));
+        Reservation {
+            segment: self.segment,
+            offset: offset as u32,
+            new_segment_capacity,
+        }
+    }
+
+    /// The timestamp for the next append: now, but never before the previous one.
+    pub(crate) fn next_timestamp_ns(&mut self) -> i64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        self.last_timestamp_ns = self.last_timestamp_ns.max(now);
+        self.last_timestamp_ns
+    }
+}
