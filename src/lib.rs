@@ -32,6 +32,8 @@ mod committer;
 mod error;
 mod event;
 mod event_store;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 mod ids;
 mod index;
 mod io;
@@ -55,5 +57,7 @@ pub use event::{
 pub use event_store::{EventStore, StorageBackend};
 pub use ids::{ExecutionId, MAX_ID_BYTES, StepId, TenantId};
 pub use log_store::{LogStore, Stats};
+#[cfg(feature = "fault-injection")]
+pub use io::{Io, IoFile, LockGuard, Mapped};
 pub use options::Options;
 pub use recovery::RecoveryReport;

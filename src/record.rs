@@ -20,8 +20,6 @@
 //! a forged `body_len` is checked against the bytes actually present before use. The
 //! encoder checks its own output with the decoder in debug builds (paired assertion).
 
-use crate::codec;
-
 /// Offset of the CRC field.
 pub(crate) const CRC_OFFSET: usize = 0;
 /// Offset of the body length field.
@@ -238,10 +236,10 @@ pub(crate) fn decode(bytes: &[u8]) -> Decoded<'_> {
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn decode_event(
     bytes: &[u8],
-) -> Result<(Header, Option<codec::Declaration>, crate::ExecutionEventData), String> {
+) -> Result<(Header, Option<crate::codec::Declaration>, crate::ExecutionEventData), String> {
     match decode(bytes) {
         Decoded::Record { header, body, .. } => {
-            let (declaration, event) = codec::decode_body(body)?;
+            let (declaration, event) = crate::codec::decode_body(body)?;
             if declaration.is_some() != (header.sequence == 1) {
                 return Err("declaration must be present exactly in sequence 1".into());
             }

@@ -1,0 +1,433 @@
+//! A simulated file system for crash and fault tests (feature `fault-injection`).
+//!
+//! Fault model (after SQLite's crash-test VFS and TigerBeetle's simulated storage):
+//! - Every file keeps its live bytes (what reads see) and its durable bytes (what
+//!   survives a power loss). `sync_data` makes the live bytes and length durable.
+//!   Directory entries are live until `sync_dir` of their directory makes them durable.
+//! - [`SimIo::power_loss`] returns the file system as it comes back after a power cut:
+//!   each unsynced write, per 512-byte sector, is kept, dropped, zero-filled or filled
+//!   with garbage; an unsynced length change is kept or dropped (a file may grow without
+//!   its data); each unsynced directory change is kept or undone. All choices come
+//!   from a seed, so a failure replays exactly.
+//! - [`SimIo::fail_at`] makes the k-th I/O call (counting every call) fail with EIO,
+//!   once or from then on. [`SimIo::cut_power_at`] makes the k-th call and every later
+//!   one fail, as if the machine died just before it; `power_loss` then gives what the
+//!   disk held.
+//! - A handle from before a power loss belongs to the dead machine: all its calls fail.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::io::{Io, IoFile, LockGuard, Mapped};
+
+/// Sector size of the simulated disk: the unit in which unsynced writes survive.
+pub const SECTOR_BYTES: usize = 512;
+
+/// How an injected failure repeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Only the k-th call fails.
+    Once,
+    /// The k-th call and every later one fail.
+    Persistent,
+}
+
+/// Which kinds of call an injected failure counts and hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Any call.
+    Any,
+    /// `write_at`.
+    Write,
+    /// `sync_data`.
+    Sync,
+    /// `sync_dir`.
+    SyncDir,
+    /// `create` or `open`.
+    Open,
+    /// `map`.
+    Map,
+    /// `set_len`.
+    SetLen,
+}
+
+#[derive(Default, Clone)]
+struct Inode {
+    live: Vec<u8>,
+    durable: Vec<u8>,
+    /// Unsynced writes since the last sync: (offset, len).
+    dirty: Vec<(usize, usize)>,
+}
+
+#[derive(Default)]
+struct World {
+    inodes: Vec<Inode>,
+    live_dir: BTreeMap<PathBuf, usize>,
+    durable_dir: BTreeMap<PathBuf, usize>,
+    dirs: HashSet<PathBuf>,
+    locks: HashSet<PathBuf>,
+    calls: u64,
+    fail: Option<(u64, Op, Fault)>,
+    dead: bool,
+    epoch: u64,
+}
+
+/// The simulated file system. Clones share it.
+#[derive(Clone)]
+pub struct SimIo {
+    world: Arc<Mutex<World>>,
+    epoch: u64,
+}
+
+impl fmt::Debug for SimIo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimIo").field("epoch", &self.epoch).finish()
+    }
+}
+
+impl Default for SimIo {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn eio(what: &str) -> io::Error {
+    io::Error::other(format!("simulated I/O error: {what}"))
+}
+
+/// SplitMix64: small, fast, and good enough to drive fault choices from a seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+impl SimIo {
+    /// An empty file system.
+    pub fn new() -> Self {
+        Self {
+            world: Arc::new(Mutex::new(World::default())),
+            epoch: 0,
+        }
+    }
+
+    /// Makes the `k`-th call from now (1-based) of kind `op` fail.
+    pub fn fail_at(&self, k: u64, op: Op, fault: Fault) {
+        let mut w = self.world.lock();
+        w.calls = 0;
+        w.fail = Some((k, op, fault));
+    }
+
+    /// Makes the `k`-th call from now (1-based, any kind) and all later ones fail, as if
+    /// power were cut just before it.
+    pub fn cut_power_at(&self, k: u64) {
+        self.fail_at(k, Op::Any, Fault::Persistent);
+    }
+
+    /// Calls counted since the last `fail_at` (or since creation).
+    pub fn calls(&self) -> u64 {
+        self.world.lock().calls
+    }
+
+    /// The file system after a power cut now, with unsynced state resolved by `seed`.
+    /// Handles from before (this one included) stop working.
+    pub fn power_loss(&self, seed: u64) -> SimIo {
+        let mut rng = Rng::new(seed);
+        let mut w = self.world.lock();
+        let mut inodes = Vec::with_capacity(w.inodes.len());
+        for inode in &w.inodes {
+            inodes.push(Inode {
+                live: crash_bytes(inode, &mut rng),
+                durable: Vec::new(),
+                dirty: Vec::new(),
+            });
+        }
+        for inode in &mut inodes {
+            inode.durable = inode.live.clone();
+        }
+        let mut dir = w.durable_dir.clone();
+        let names: HashSet<PathBuf> = w.live_dir.keys().chain(w.durable_dir.keys()).cloned().collect();
+        let mut names: Vec<PathBuf> = names.into_iter().collect();
+        names.sort();
+        for name in names {
+            let live = w.live_dir.get(&name);
+            if live != w.durable_dir.get(&name) && rng.below(2) == 0 {
+                match live {
+                    Some(&ino) => dir.insert(name, ino),
+                    None => dir.remove(&name),
+                };
+            }
+        }
+        let world = World {
+            inodes,
+            live_dir: dir.clone(),
+            durable_dir: dir,
+            dirs: w.dirs.clone(),
+            locks: HashSet::new(),
+            calls: 0,
+            fail: None,
+            dead: false,
+            epoch: w.epoch + 1,
+        };
+        w.dead = true;
+        let epoch = world.epoch;
+        SimIo {
+            world: Arc::new(Mutex::new(world)),
+            epoch,
+        }
+    }
+
+    /// The live bytes of a file, for tests that damage or inspect files.
+    pub fn read_file(&self, path: &Path) -> Option<Vec<u8>> {
+        let w = self.world.lock();
+        w.live_dir.get(path).map(|&i| w.inodes[i].live.clone())
+    }
+
+    /// Replaces a file's bytes, durably (a test's stand-in for disk damage).
+    pub fn write_file(&self, path: &Path, bytes: Vec<u8>) {
+        let mut w = self.world.lock();
+        let ino = match w.live_dir.get(path) {
+            Some(&i) => i,
+            None => {
+                w.inodes.push(Inode::default());
+                let i = w.inodes.len() - 1;
+                w.live_dir.insert(path.to_path_buf(), i);
+                w.durable_dir.insert(path.to_path_buf(), i);
+                i
+            }
+        };
+        w.inodes[ino] = Inode {
+            live: bytes.clone(),
+            durable: bytes,
+            dirty: Vec::new(),
+        };
+    }
+
+    /// Counts a call of kind `op` and decides whether it fails.
+    fn enter(&self, op: Op) -> io::Result<parking_lot::MutexGuard<'_, World>> {
+        let mut w = self.world.lock();
+        if w.dead || w.epoch != self.epoch {
+            return Err(eio("the machine lost power"));
+        }
+        if let Some((k, fop, fault)) = w.fail {
+            if fop == Op::Any || fop == op {
+                w.calls += 1;
+                let hit = match fault {
+                    Fault::Once => w.calls == k,
+                    Fault::Persistent => w.calls >= k,
+                };
+                if hit {
+                    return Err(eio("injected failure"));
+                }
+            }
+        } else {
+            w.calls += 1;
+        }
+        Ok(w)
+    }
+}
+
+/// The bytes an inode holds after a power cut.
+fn crash_bytes(inode: &Inode, rng: &mut Rng) -> Vec<u8> {
+    let mut out = inode.durable.clone();
+    let len = if inode.live.len() != inode.durable.len() && rng.below(2) == 0 {
+        inode.live.len()
+    } else {
+        inode.durable.len()
+    };
+    out.resize(len, 0);
+    let mut sectors: Vec<usize> = inode
+        .dirty
+        .iter()
+        .flat_map(|&(off, n)| (off / SECTOR_BYTES)..(off + n).div_ceil(SECTOR_BYTES))
+        .collect();
+    sectors.sort_unstable();
+    sectors.dedup();
+    for s in sectors {
+        let start = s * SECTOR_BYTES;
+        let end = (start + SECTOR_BYTES).min(len);
+        if start >= end {
+            continue;
+        }
+        match rng.below(4) {
+            0 => {
+                for i in start..end {
+                    out[i] = inode.live.get(i).copied().unwrap_or(0);
+                }
+            }
+            1 => {}
+            2 => out[start..end].fill(0),
+            _ => out[start..end].iter_mut().for_each(|b| *b = rng.next_u64() as u8),
+        }
+    }
+    out
+}
+
+struct SimFile {
+    io: SimIo,
+    ino: usize,
+}
+
+struct SimLock {
+    io: SimIo,
+    path: PathBuf,
+}
+
+impl Drop for SimLock {
+    fn drop(&mut self) {
+        let mut w = self.io.world.lock();
+        if w.epoch == self.io.epoch {
+            w.locks.remove(&self.path);
+        }
+    }
+}
+
+impl Io for SimIo {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        let mut w = self.enter(Op::Any)?;
+        w.dirs.insert(dir.to_path_buf());
+        Ok(())
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let w = self.enter(Op::Any)?;
+        if !w.dirs.contains(dir) {
+            return Err(io::ErrorKind::NotFound.into());
+        }
+        Ok(w.live_dir
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect())
+    }
+
+    fn open(&self, path: &Path, _read_only: bool) -> io::Result<Arc<dyn IoFile>> {
+        let w = self.enter(Op::Open)?;
+        let Some(&ino) = w.live_dir.get(path) else {
+            return Err(io::ErrorKind::NotFound.into());
+        };
+        Ok(Arc::new(SimFile {
+            io: self.clone(),
+            ino,
+        }))
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn IoFile>> {
+        let mut w = self.enter(Op::Open)?;
+        if w.live_dir.contains_key(path) {
+            return Err(io::ErrorKind::AlreadyExists.into());
+        }
+        w.inodes.push(Inode::default());
+        let ino = w.inodes.len() - 1;
+        w.live_dir.insert(path.to_path_buf(), ino);
+        Ok(Arc::new(SimFile {
+            io: self.clone(),
+            ino,
+        }))
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        let mut w = self.enter(Op::Any)?;
+        w.live_dir
+            .remove(path)
+            .map(|_| ())
+            .ok_or_else(|| io::ErrorKind::NotFound.into())
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut w = self.enter(Op::SyncDir)?;
+        let w = &mut *w;
+        w.durable_dir.retain(|p, _| p.parent() != Some(dir));
+        for (p, &ino) in &w.live_dir {
+            if p.parent() == Some(dir) {
+                w.durable_dir.insert(p.clone(), ino);
+            }
+        }
+        Ok(())
+    }
+
+    fn try_lock(&self, path: &Path) -> io::Result<LockGuard> {
+        let mut w = self.enter(Op::Any)?;
+        if !w.locks.insert(path.to_path_buf()) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(Box::new(SimLock {
+            io: self.clone(),
+            path: path.to_path_buf(),
+        }))
+    }
+}
+
+impl IoFile for SimFile {
+    fn len(&self) -> io::Result<u64> {
+        let w = self.io.enter(Op::Any)?;
+        Ok(w.inodes[self.ino].live.len() as u64)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let mut w = self.io.enter(Op::Write)?;
+        let inode = &mut w.inodes[self.ino];
+        let off = offset as usize;
+        if inode.live.len() < off + buf.len() {
+            inode.live.resize(off + buf.len(), 0);
+        }
+        inode.live[off..off + buf.len()].copy_from_slice(buf);
+        inode.dirty.push((off, buf.len()));
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut w = self.io.enter(Op::SetLen)?;
+        let inode = &mut w.inodes[self.ino];
+        let len = len as usize;
+        if len < inode.live.len() {
+            inode.dirty.push((len, inode.live.len() - len));
+        }
+        inode.live.resize(len, 0);
+        Ok(())
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        let mut w = self.io.enter(Op::Sync)?;
+        let inode = &mut w.inodes[self.ino];
+        let len = inode.live.len();
+        inode.durable.resize(len, 0);
+        for (off, n) in std::mem::take(&mut inode.dirty) {
+            let end = (off + n).min(len);
+            if off < end {
+                inode.durable[off..end].copy_from_slice(&inode.live[off..end]);
+            }
+        }
+        Ok(())
+    }
+
+    fn map(&self, len: u64) -> io::Result<Mapped> {
+        let w = self.io.enter(Op::Map)?;
+        let live = &w.inodes[self.ino].live;
+        let len = (len as usize).min(live.len());
+        Ok(Arc::new(live[..len].to_vec()))
+    }
+}

@@ -1,0 +1,129 @@
+//! Helpers shared by the integration tests: sample events of every variant, stores in
+//! temporary directories.
+
+#![allow(dead_code)]
+
+use execlog::*;
+use serde_json::json;
+
+/// One event of each of the 17 variants, with every optional field set, nested JSON,
+/// awkward floats and unicode.
+pub fn every_variant() -> Vec<ExecutionEventData> {
+    use ExecutionEventData as E;
+    let step = StepId::from("step-ü/1");
+    let err = ExecutionError {
+        kind: ExecutionErrorKind::Tool,
+        message: "tool timed out ⏱".into(),
+        retryable: true,
+        code: Some("E_TIMEOUT".into()),
+    };
+    vec![
+        E::ExecutionStarted {
+            parent: Some(ParentLink {
+                execution_id: ExecutionId::from("parent"),
+                step_id: Some(step.clone()),
+                relation: ParentRelation::Child,
+            }),
+            metadata: Some(json!({"model": "m", "temp": 0.1, "tags": ["a", {"b": null}], "big": u64::MAX, "neg": -5})),
+        },
+        E::StepStarted {
+            step_id: step.clone(),
+            parent_step_id: Some(StepId::from("root")),
+            step_type: StepType::FunctionNode,
+            name: "plan".into(),
+        },
+        E::StepCompleted {
+            step_id: step.clone(),
+            output: Some("done".into()),
+            duration_ms: 42,
+        },
+        E::StepFailed {
+            step_id: step.clone(),
+            error: err.clone(),
+        },
+        E::ExecutionPaused {
+            reason: "waiting for approval".into(),
+        },
+        E::ExecutionResumed,
+        E::ExecutionCompleted {
+            output: None,
+            duration_ms: u64::MAX,
+        },
+        E::ExecutionFailed { error: err },
+        E::ExecutionCancelled {
+            reason: "user".into(),
+        },
+        E::ArtifactStored {
+            artifact_id: "art".into(),
+            step_id: step.clone(),
+            content_hash: "sha256:00".into(),
+            size_bytes: 1 << 40,
+        },
+        E::StepDiscovered {
+            step_id: StepId::from("found"),
+            discovered_by: Some(step.clone()),
+            source_type: StepSourceType::LlmOutput,
+            reason: "model proposed".into(),
+            depth: 3,
+        },
+        E::ToolCallStarted {
+            step_id: Some(step.clone()),
+            tool_call_id: "call-1".into(),
+            tool_name: "search".into(),
+            input: json!({"q": "rust", "k": 1e-300, "pi": std::f64::consts::PI}),
+        },
+        E::ToolCallCompleted {
+            step_id: None,
+            tool_call_id: "call-1".into(),
+            output: json!([1, 2.5, "three", [true, false], {}]),
+        },
+        E::CheckpointSaved {
+            step_id: None,
+            checkpoint_id: "cp".into(),
+            state_hash: "h".into(),
+        },
+        E::GoalEvaluated {
+            step_id: Some(step),
+            goal_id: "g".into(),
+            status: "progressing".into(),
+            score: Some(0.1 + 0.2),
+            reason: Some("closer".into()),
+        },
+        E::Custom {
+            event_type: "x.custom".into(),
+            data: json!({"nested": {"deep": [0.30000000000000004, -0.0, 5e-324]}}),
+        },
+        E::Custom {
+            event_type: String::new(),
+            data: serde_json::Value::Null,
+        },
+    ]
+}
+
+/// A small event with a distinguishing number.
+pub fn step_event(n: u64) -> ExecutionEventData {
+    ExecutionEventData::StepCompleted {
+        step_id: StepId::from(format!("s{n}")),
+        output: Some(format!("output {n}")),
+        duration_ms: n,
+    }
+}
+
+/// The number `step_event` put in an event.
+pub fn event_number(e: &ExecutionEventData) -> Option<u64> {
+    match e {
+        ExecutionEventData::StepCompleted { duration_ms, .. } => Some(*duration_ms),
+        _ => None,
+    }
+}
+
+/// Options with small segments, so tests cross segment boundaries.
+pub fn small_segments() -> Options {
+    Options::default().segment_size_bytes(64 * 1024).index_stride(4)
+}
+
+/// The `execlog::Error` inside an `anyhow::Error`.
+pub fn engine_error(e: &anyhow::Error) -> &Error {
+    e.downcast_ref::<Error>()
+        .unwrap_or_else(|| panic!("not an execlog::Error: {e:?}"))
+}
