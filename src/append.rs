@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::event::ExecutionEventData;
 use crate::ids::{ExecutionId, TenantId, validate_id};
 use crate::queue::{Pending, Ticket};
-use crate::record::{self, Header, Pos};
+use crate::record::{self, Header, Kind, Pos};
 use crate::state::Shared;
 
 /// Queues `events` as one atomic batch; returns the first sequence and the ticket that
@@ -101,6 +101,9 @@ pub(crate) fn submit(
         };
         let sequence = first_sequence + i as u64;
         let header = Header {
+            kind: Kind::Event,
+            // Known only to the commit thread, which stamps it (record::stamp_group).
+            group_start: 0,
             execution: u64::from(execution),
             sequence,
             timestamp_ns,

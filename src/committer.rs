@@ -26,6 +26,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use crate::error::{Error, Result};
 use crate::io::IoFile;
 use crate::queue::{Pending, fail_all};
+use crate::record;
 use crate::segment;
 use crate::state::Shared;
 
@@ -36,6 +37,8 @@ pub(crate) struct Committer {
     segment: u32,
     file: Arc<dyn IoFile>,
     buf: Vec<u8>,
+    /// Whether a group was committed since open (a seal is then due at close).
+    wrote: bool,
 }
 
 impl Committer {
@@ -51,6 +54,7 @@ impl Committer {
             segment,
             file,
             buf: Vec::new(),
+            wrote: false,
         }
     }
 
@@ -77,6 +81,7 @@ impl Committer {
             };
             match result {
                 Ok(()) => {
+                    self.wrote = true;
                     self.publish(group);
                     for p in group.drain(..) {
                         p.ticket.complete(Ok(()));
@@ -94,6 +99,39 @@ impl Committer {
                 self.buf = Vec::new();
             }
         }
+        if self.wrote {
+            if let Err(e) = self.seal() {
+                // Not fatal: an unsealed tail only means the next open cannot prove the
+                // last group was synced, and treats damage in it as a torn tail.
+                eprintln!("execlog: could not seal the log at close: {e}");
+            }
+        }
+    }
+
+    /// Writes a seal record after the last group at clean close (see `record.rs`).
+    fn seal(&mut self) -> Result<()> {
+        let (tail, capacity, poisoned, timestamp_ns) = {
+            let mut state = self.shared.state.lock();
+            let w = &mut state.writer;
+            debug_assert_eq!(w.segment, self.segment);
+            (w.tail, w.capacity, w.poisoned.is_some(), w.next_timestamp_ns())
+        };
+        let len = record::framed_len(8) as u64;
+        if poisoned || tail + len > capacity {
+            return Ok(());
+        }
+        self.buf.clear();
+        record::encode_seal(tail as u32, timestamp_ns, &mut self.buf);
+        let path = segment::path(&self.shared.dir, self.segment);
+        self.file
+            .write_at(&self.buf, tail)
+            .map_err(|e| Error::io("write seal", &path, e))?;
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io("fdatasync seal", &path, e))?;
+        let mut state = self.shared.state.lock();
+        state.writer.tail = tail + len;
+        Ok(())
     }
 
     /// Adds queued appends to `group` until it holds `group_commit_max_bytes` or the
@@ -138,6 +176,7 @@ impl Committer {
                 );
                 self.buf.extend_from_slice(&p.bytes);
             }
+            record::stamp_group(&mut self.buf, first.offset);
             let path = segment::path(&self.shared.dir, self.segment);
             self.file
                 .write_at(&self.buf, u64::from(first.offset))

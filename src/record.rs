@@ -1,20 +1,28 @@
-//! The record frame: one event on disk. Pure byte logic, no I/O; fuzzed.
+//! The record frame: one event (or one seal) on disk. Pure byte logic, no I/O; fuzzed.
 //!
 //! ```text
 //! offset size field
-//!  0     4    crc             CRC-32 (IEEE, crc32fast) of bytes [4, 48 + body_len)
+//!  0     4    crc             CRC-32 (IEEE, crc32fast) of bytes [4, 56 + body_len)
 //!  4     4    body_len        length of the body in bytes (> 0)
 //!  8     8    execution       execution number: dense, in order of creation
 //! 16     8    sequence        1, 2, 3, … within the execution
 //! 24     8    timestamp_ns    append time, nanoseconds since the Unix epoch (UTC), signed
 //! 32     8    prev            position of the execution's previous record, or NO_PREV
 //! 40     4    batch_remaining records after this one in the same atomic batch
-//! 44     2    kind            KIND_EVENT
-//! 46     2    reserved        zero
-//! 48     …    body            codec.rs: optional declaration, then the event
+//! 44     4    group_start     offset of the first record of this record's commit group
+//! 48     2    kind            KIND_EVENT or KIND_SEAL
+//! 50     6    reserved        zero
+//! 56     …    body            event: codec.rs (optional declaration, then the event);
+//!                             seal: the seal's own offset as a u64
 //!        …    padding         zeros up to the next multiple of RECORD_ALIGN
 //! ```
 //! All integers are little-endian. A position packs (segment id, offset) into a u64.
+//!
+//! A commit group is what the commit thread wrote with one write and made durable with
+//! one fdatasync. `group_start` lets recovery tell damage inside the last, possibly
+//! unsynced group (a torn tail, whatever survived of it) from damage to data that a
+//! later group proves was synced (corruption). A seal is a one-record group written at
+//! clean close: it proves the group before it was synced.
 //!
 //! Invariants: the decoder never reads past the slice it is given and never allocates;
 //! a forged `body_len` is checked against the bytes actually present before use. The
@@ -34,20 +42,24 @@ pub(crate) const TIMESTAMP_OFFSET: usize = SEQUENCE_OFFSET + 8;
 pub(crate) const PREV_OFFSET: usize = TIMESTAMP_OFFSET + 8;
 /// Offset of the batch-remaining counter.
 pub(crate) const BATCH_REMAINING_OFFSET: usize = PREV_OFFSET + 8;
+/// Offset of the commit group's start.
+pub(crate) const GROUP_START_OFFSET: usize = BATCH_REMAINING_OFFSET + 4;
 /// Offset of the record kind.
-pub(crate) const KIND_OFFSET: usize = BATCH_REMAINING_OFFSET + 4;
-/// Offset of the reserved field.
+pub(crate) const KIND_OFFSET: usize = GROUP_START_OFFSET + 4;
+/// Offset of the reserved bytes.
 pub(crate) const RESERVED_OFFSET: usize = KIND_OFFSET + 2;
 /// Length of the fixed header; the body starts here.
-pub(crate) const HEADER_LEN: usize = RESERVED_OFFSET + 2;
+pub(crate) const HEADER_LEN: usize = RESERVED_OFFSET + 6;
 /// Records start at multiples of this inside a segment.
 pub(crate) const RECORD_ALIGN: usize = 8;
-/// The only record kind of format version 1: one event.
+/// Record kind: one event.
 pub(crate) const KIND_EVENT: u16 = 1;
+/// Record kind: a seal written at clean close.
+pub(crate) const KIND_SEAL: u16 = 2;
 /// `prev` of an execution's first record.
 pub(crate) const NO_PREV: u64 = u64::MAX;
 
-const _: () = assert!(HEADER_LEN == 48);
+const _: () = assert!(HEADER_LEN == 56);
 const _: () = assert!(HEADER_LEN % RECORD_ALIGN == 0);
 
 /// Where a record starts: segment id and byte offset inside it.
@@ -70,9 +82,20 @@ impl Pos {
     }
 }
 
+/// What a record holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// One event of one execution.
+    Event,
+    /// The end of a clean session; carries no event.
+    Seal,
+}
+
 /// The fixed fields of a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Header {
+    pub(crate) kind: Kind,
+    pub(crate) group_start: u32,
     pub(crate) execution: u64,
     pub(crate) sequence: u64,
     pub(crate) timestamp_ns: i64,
@@ -100,25 +123,69 @@ pub(crate) fn encode(header: &Header, body_parts: &[&[u8]], out: &mut Vec<u8>) {
     head[TIMESTAMP_OFFSET..PREV_OFFSET].copy_from_slice(&header.timestamp_ns.to_le_bytes());
     let prev = header.prev.map_or(NO_PREV, Pos::pack);
     head[PREV_OFFSET..BATCH_REMAINING_OFFSET].copy_from_slice(&prev.to_le_bytes());
-    head[BATCH_REMAINING_OFFSET..KIND_OFFSET]
+    head[BATCH_REMAINING_OFFSET..GROUP_START_OFFSET]
         .copy_from_slice(&header.batch_remaining.to_le_bytes());
-    head[KIND_OFFSET..RESERVED_OFFSET].copy_from_slice(&KIND_EVENT.to_le_bytes());
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&head[BODY_LEN_OFFSET..]);
-    for part in body_parts {
-        crc.update(part);
-    }
-    head[CRC_OFFSET..BODY_LEN_OFFSET].copy_from_slice(&crc.finalize().to_le_bytes());
+    head[GROUP_START_OFFSET..KIND_OFFSET].copy_from_slice(&header.group_start.to_le_bytes());
+    let kind = match header.kind {
+        Kind::Event => KIND_EVENT,
+        Kind::Seal => KIND_SEAL,
+    };
+    head[KIND_OFFSET..RESERVED_OFFSET].copy_from_slice(&kind.to_le_bytes());
     out.extend_from_slice(&head);
     for part in body_parts {
         out.extend_from_slice(part);
     }
     out.resize(start + framed_len(body_len), 0);
-    #[cfg(debug_assertions)]
-    {
-        let written = out.get(start..).unwrap_or_default();
-        debug_assert!(matches!(decode(written), Decoded::Record { header: h, .. } if h == *header));
+    if let Some(record) = out.get_mut(start..) {
+        stamp_crc(record, body_len);
     }
+    debug_assert!(matches!(
+        decode(out.get(start..).unwrap_or_default()),
+        Decoded::Record { header: h, .. } if h == *header
+    ));
+}
+
+/// Computes and stores the CRC of the record at the start of `record`.
+fn stamp_crc(record: &mut [u8], body_len: usize) {
+    let covered = record.get(BODY_LEN_OFFSET..HEADER_LEN + body_len).unwrap_or_default();
+    let crc = crc32fast::hash(covered);
+    if let Some(field) = record.get_mut(CRC_OFFSET..BODY_LEN_OFFSET) {
+        field.copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
+/// Sets `group_start` in every record of `records` (framed records back to back, as
+/// queued) and recomputes their CRCs. Called by the commit thread, which alone knows
+/// where a group starts.
+pub(crate) fn stamp_group(records: &mut [u8], group_start: u32) {
+    let mut at = 0;
+    while at + HEADER_LEN <= records.len() {
+        let body_len = le_u32(&records[at..], BODY_LEN_OFFSET) as usize;
+        let len = framed_len(body_len);
+        let Some(record) = records.get_mut(at..at + len) else {
+            debug_assert!(false, "queued records are whole");
+            return;
+        };
+        record[GROUP_START_OFFSET..KIND_OFFSET].copy_from_slice(&group_start.to_le_bytes());
+        stamp_crc(record, body_len);
+        debug_assert!(matches!(decode(record), Decoded::Record { .. }));
+        at += len;
+    }
+    debug_assert_eq!(at, records.len());
+}
+
+/// A seal record for offset `offset` of a segment.
+pub(crate) fn encode_seal(offset: u32, timestamp_ns: i64, out: &mut Vec<u8>) {
+    let header = Header {
+        kind: Kind::Seal,
+        group_start: offset,
+        execution: 0,
+        sequence: 0,
+        timestamp_ns,
+        prev: None,
+        batch_remaining: 0,
+    };
+    encode(&header, &[&u64::from(offset).to_le_bytes()], out);
 }
 
 /// What the bytes at a record boundary hold.
@@ -206,24 +273,37 @@ pub(crate) fn decode(bytes: &[u8]) -> Decoded<'_> {
     if stored != computed {
         return Decoded::Invalid(Invalid::BadCrc { stored, computed });
     }
+    let kind = match le_u16(head, KIND_OFFSET) {
+        KIND_EVENT => Kind::Event,
+        KIND_SEAL => Kind::Seal,
+        _ => return Decoded::Invalid(Invalid::BadField("unknown record kind")),
+    };
     let header = Header {
+        kind,
+        group_start: le_u32(head, GROUP_START_OFFSET),
         execution: le_u64(head, EXECUTION_OFFSET),
         sequence: le_u64(head, SEQUENCE_OFFSET),
         timestamp_ns: le_u64(head, TIMESTAMP_OFFSET) as i64,
         prev: Pos::unpack(le_u64(head, PREV_OFFSET)),
         batch_remaining: le_u32(head, BATCH_REMAINING_OFFSET),
     };
-    if le_u16(head, KIND_OFFSET) != KIND_EVENT {
-        return Decoded::Invalid(Invalid::BadField("unknown record kind"));
+    if head[RESERVED_OFFSET..HEADER_LEN].iter().any(|&b| b != 0) {
+        return Decoded::Invalid(Invalid::BadField("reserved bytes set"));
     }
-    if le_u16(head, RESERVED_OFFSET) != 0 {
-        return Decoded::Invalid(Invalid::BadField("reserved bits set"));
-    }
-    if header.sequence == 0 {
-        return Decoded::Invalid(Invalid::BadField("sequence 0"));
-    }
-    if (header.sequence == 1) != header.prev.is_none() {
-        return Decoded::Invalid(Invalid::BadField("prev does not match sequence"));
+    match kind {
+        Kind::Event => {
+            if header.sequence == 0 {
+                return Decoded::Invalid(Invalid::BadField("sequence 0"));
+            }
+            if (header.sequence == 1) != header.prev.is_none() {
+                return Decoded::Invalid(Invalid::BadField("prev does not match sequence"));
+            }
+        }
+        Kind::Seal => {
+            if header.sequence != 0 || header.prev.is_some() || header.batch_remaining != 0 {
+                return Decoded::Invalid(Invalid::BadField("seal with event fields"));
+            }
+        }
     }
     Decoded::Record {
         header,
@@ -238,6 +318,7 @@ pub(crate) fn decode_event(
     bytes: &[u8],
 ) -> Result<(Header, Option<crate::codec::Declaration>, crate::ExecutionEventData), String> {
     match decode(bytes) {
+        Decoded::Record { header, .. } if header.kind == Kind::Seal => Err("a seal, not an event".into()),
         Decoded::Record { header, body, .. } => {
             let (declaration, event) = crate::codec::decode_body(body)?;
             if declaration.is_some() != (header.sequence == 1) {
@@ -256,6 +337,8 @@ mod tests {
 
     fn sample() -> (Header, Vec<u8>) {
         let header = Header {
+            kind: Kind::Event,
+            group_start: 32,
             execution: 7,
             sequence: 2,
             timestamp_ns: 1_700_000_000_000_000_001,
@@ -273,13 +356,13 @@ mod tests {
     #[test]
     fn round_trip_and_padding() {
         let (header, out) = sample();
-        assert_eq!(out.len(), 56);
+        assert_eq!(out.len(), 64);
         assert_eq!(
             decode(&out),
             Decoded::Record {
                 header,
                 body: b"abcde",
-                framed_len: 56
+                framed_len: 64
             }
         );
     }
@@ -306,6 +389,16 @@ mod tests {
                 "flip of bit {bit} went unnoticed"
             );
         }
+    }
+
+    #[test]
+    fn decode_event_refuses_non_event_bodies() {
+        let (_, out) = sample();
+        assert!(decode_event(&out).is_err(), "body is not a codec body");
+        let mut seal = Vec::new();
+        encode_seal(64, 1, &mut seal);
+        assert!(matches!(decode(&seal), Decoded::Record { header, .. } if header.kind == Kind::Seal));
+        assert!(decode_event(&seal).is_err());
     }
 
     #[test]

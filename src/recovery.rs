@@ -8,9 +8,11 @@
 //!   chain (sequence + 1, `prev` pointing at the previous record). A batch counts only
 //!   when its last record (`batch_remaining == 0`) is present.
 //! - Torn tail: in the newest segment only, a record that is cut short or fails its
-//!   checks, or a batch left incomplete, with no valid record anywhere after it. It is
-//!   cut (the bytes zeroed up to the preallocated length) and reported. The cut starts
-//!   at the incomplete batch's first record, so no part of a batch survives.
+//!   checks, or a batch left incomplete, with no valid record of a *later commit group*
+//!   after it (valid records of the same, last group may follow: a power cut keeps or
+//!   loses unsynced sectors in any order). It is cut (the bytes zeroed up to the
+//!   preallocated length) and reported. The cut starts at the incomplete batch's first
+//!   record, so no part of a batch survives.
 //! - Anything else that is wrong is `Error::Corrupt` with segment and offset, and open
 //!   fails: acknowledged data is never dropped silently.
 //! - A newest segment whose header is all zeros was being created when the process
@@ -26,7 +28,7 @@ use crate::ids::TenantId;
 use crate::index::Index;
 use crate::io::{Io, IoFile};
 use crate::options::Options;
-use crate::record::{Header, Pos};
+use crate::record::{Header, Kind, Pos};
 use crate::scan::{Scanner, Step, first_nonzero, valid_record_after};
 use crate::segment::{self, HeaderCheck, SEGMENT_HEADER_LEN};
 
@@ -209,12 +211,19 @@ fn scan_segment(
         (None, Some(at)) => format!("unexpected bytes at offset {at} after the last record"),
         (None, None) => "the last batch is incomplete".to_string(),
     };
-    if let Some(next) = valid_record_after(bytes, stop) {
-        return Err(Error::corrupt(
-            id,
-            stop as u64,
-            format!("{why}, yet a valid record follows at offset {next}"),
-        ));
+    // Damage inside the last commit group is what a crash leaves of a group whose
+    // fdatasync never returned: nothing in it was acknowledged. A valid record of a
+    // later group proves the damaged group was synced: that is corruption.
+    let mut from = stop;
+    while let Some((next, header)) = valid_record_after(bytes, from) {
+        if header.group_start as usize > stop {
+            return Err(Error::corrupt(
+                id,
+                stop as u64,
+                format!("{why}, yet a later commit group follows at offset {next}"),
+            ));
+        }
+        from = next;
     }
     if !newest {
         return Err(Error::corrupt(id, stop as u64, format!("{why} in a sealed segment")));
@@ -243,6 +252,12 @@ impl Rebuild {
     /// Takes one valid record; applies its batch once the batch is complete.
     fn add(&mut self, segment: u32, offset: u64, header: Header, body: &[u8]) -> Result<()> {
         let corrupt = |why: &str| Error::corrupt(segment, offset, why);
+        if header.kind == Kind::Seal {
+            if !self.batch.is_empty() {
+                return Err(corrupt("seal inside a batch"));
+            }
+            return Ok(());
+        }
         if let Some(last) = self.batch.last() {
             if header.batch_remaining + 1 != last.header.batch_remaining
                 || header.execution != last.header.execution

@@ -65,6 +65,11 @@ impl<'a> Iterator for Scanner<'a> {
                         offset,
                         why: Invalid::BadField("nonzero padding"),
                     }
+                } else if header.group_start as usize > offset {
+                    Step::Invalid {
+                        offset,
+                        why: Invalid::BadField("commit group starts after its record"),
+                    }
                 } else {
                     self.offset += framed_len;
                     return Some(Step::Record {
@@ -102,20 +107,23 @@ pub(crate) fn first_nonzero(bytes: &[u8], from: usize) -> Option<usize> {
         .map(|i| at + i)
 }
 
-/// Offset of the first valid record strictly after `from` (at aligned offsets), if any.
+/// The first valid record strictly after `from` (at aligned offsets), if any, with its
+/// header.
 ///
-/// Used once per open at most, on the bytes after a bad record, to decide between a torn
-/// tail (nothing valid follows) and corruption (valid data follows). Zero words are
-/// skipped without decoding.
-pub(crate) fn valid_record_after(bytes: &[u8], from: usize) -> Option<usize> {
+/// Used at most once per open, on the bytes after a bad record, to decide between a
+/// torn tail and corruption (see `recovery.rs`). Zero words are skipped without
+/// decoding.
+pub(crate) fn valid_record_after(bytes: &[u8], from: usize) -> Option<(usize, Header)> {
     let mut at = (from + 1).next_multiple_of(RECORD_ALIGN);
     while at + record::HEADER_LEN <= bytes.len() {
         // A record's first word holds its nonzero length, so zero words are skipped.
         let nonzero = first_nonzero(bytes, at)?;
         at = nonzero - nonzero % RECORD_ALIGN;
         let rest = bytes.get(at..).unwrap_or_default();
-        if matches!(record::decode(rest), Decoded::Record { .. }) {
-            return Some(at);
+        if let Decoded::Record { header, .. } = record::decode(rest) {
+            if header.group_start as usize <= at {
+                return Some((at, header));
+            }
         }
         at += RECORD_ALIGN;
     }
@@ -129,6 +137,8 @@ mod tests {
 
     fn record(seq: u64) -> Vec<u8> {
         let h = Header {
+            kind: crate::record::Kind::Event,
+            group_start: 0,
             execution: 0,
             sequence: seq,
             timestamp_ns: 1,
@@ -161,7 +171,7 @@ mod tests {
         bytes.extend(record(2));
         bytes.extend([0u8; 64]);
         bytes[4] ^= 0xFF;
-        assert_eq!(valid_record_after(&bytes, 0), Some(second));
+        assert_eq!(valid_record_after(&bytes, 0).map(|r| r.0), Some(second));
         assert_eq!(valid_record_after(&bytes, second), None);
         assert_eq!(first_nonzero(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 7], 0), Some(9));
     }
