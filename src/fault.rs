@@ -5,8 +5,9 @@
 //!   survives a power loss). `sync_data` makes the live bytes and length durable.
 //!   Directory entries are live until `sync_dir` of their directory makes them durable.
 //! - [`SimIo::power_loss`] returns the file system as it comes back after a power cut:
-//!   each unsynced write, per 512-byte sector, is kept, dropped, zero-filled or filled
-//!   with garbage; an unsynced length change is kept or dropped (a file may grow without
+//!   the bytes of each unsynced write, per 512-byte sector, are kept, dropped,
+//!   zero-filled or filled with garbage (bytes no write touched never change: the
+//!   "powersafe overwrite" assumption of docs/FORMAT.md); an unsynced length change is kept or dropped (a file may grow without
 //!   its data); each unsynced directory change is kept or undone. All choices come
 //!   from a seed, so a failure replays exactly.
 //! - [`SimIo::fail_at`] makes the k-th I/O call (counting every call) fail with EIO,
@@ -141,6 +142,12 @@ impl SimIo {
         w.fail = Some((k, op, fault));
     }
 
+    /// Removes any injected failure.
+    pub fn clear_faults(&self) {
+        let mut w = self.world.lock();
+        w.fail = None;
+    }
+
     /// Makes the `k`-th call from now (1-based, any kind) and all later ones fail, as if
     /// power were cut just before it.
     pub fn cut_power_at(&self, k: u64) {
@@ -251,6 +258,10 @@ impl SimIo {
 }
 
 /// The bytes an inode holds after a power cut.
+///
+/// Only bytes that unsynced writes touched can change ("powersafe overwrite", as
+/// SQLite assumes by default): per 512-byte sector, the touched bytes keep their new
+/// value, keep their old one, become zeros or become garbage.
 fn crash_bytes(inode: &Inode, rng: &mut Rng) -> Vec<u8> {
     let mut out = inode.durable.clone();
     let len = if inode.live.len() != inode.durable.len() && rng.below(2) == 0 {
@@ -259,28 +270,25 @@ fn crash_bytes(inode: &Inode, rng: &mut Rng) -> Vec<u8> {
         inode.durable.len()
     };
     out.resize(len, 0);
-    let mut sectors: Vec<usize> = inode
-        .dirty
-        .iter()
-        .flat_map(|&(off, n)| (off / SECTOR_BYTES)..(off + n).div_ceil(SECTOR_BYTES))
-        .collect();
-    sectors.sort_unstable();
-    sectors.dedup();
-    for s in sectors {
-        let start = s * SECTOR_BYTES;
-        let end = (start + SECTOR_BYTES).min(len);
-        if start >= end {
+    let mut touched = vec![false; len];
+    for &(off, n) in &inode.dirty {
+        for t in touched.iter_mut().skip(off).take(n) {
+            *t = true;
+        }
+    }
+    for (sector, flags) in touched.chunks(SECTOR_BYTES).enumerate() {
+        if !flags.contains(&true) {
             continue;
         }
-        match rng.below(4) {
-            0 => {
-                for i in start..end {
-                    out[i] = inode.live.get(i).copied().unwrap_or(0);
-                }
-            }
-            1 => {}
-            2 => out[start..end].fill(0),
-            _ => out[start..end].iter_mut().for_each(|b| *b = rng.next_u64() as u8),
+        let action = rng.below(4);
+        for (i, _) in flags.iter().enumerate().filter(|(_, t)| **t) {
+            let at = sector * SECTOR_BYTES + i;
+            out[at] = match action {
+                0 => inode.live.get(at).copied().unwrap_or(0),
+                1 => out[at],
+                2 => 0,
+                _ => rng.next_u64() as u8,
+            };
         }
     }
     out
@@ -355,6 +363,13 @@ impl Io for SimIo {
             .remove(path)
             .map(|_| ())
             .ok_or_else(|| io::ErrorKind::NotFound.into())
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut w = self.enter(Op::Any)?;
+        let ino = w.live_dir.remove(from).ok_or(io::ErrorKind::NotFound)?;
+        w.live_dir.insert(to.to_path_buf(), ino);
+        Ok(())
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {

@@ -50,7 +50,8 @@ pub struct RecoveryReport {
     pub bytes_truncated: u64,
     /// Why the tail counted as torn.
     pub torn_reason: Option<String>,
-    /// Segments removed because their header never became durable.
+    /// Newest segments whose header never became durable and that hold no valid
+    /// record: an all-zero one is removed, any other is renamed to `<name>.broken`.
     pub removed_segments: Vec<u32>,
     /// Files in the directory that are not segments (left alone).
     pub ignored_files: Vec<String>,
@@ -119,6 +120,7 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, options: &Options, read_only: boo
         records: 0,
     };
     let mut segments = Vec::new();
+    let mut blank = false;
     for &id in &ids {
         let newest = Some(&id) == ids.last();
         let path = segment::path(dir, id);
@@ -132,17 +134,23 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, options: &Options, read_only: boo
                 .map_err(|e| Error::io("mmap segment", &path, e))?;
             let bytes = view.as_ref().as_ref();
             report.segments_scanned += 1;
-            match segment::check_header(bytes, id) {
+            let check = segment::check_header(bytes, id);
+            match check {
                 HeaderCheck::Valid => {}
-                HeaderCheck::Blank if newest => {
+                HeaderCheck::Version(version) => {
+                    return Err(Error::UnsupportedFormat { path, version });
+                }
+                HeaderCheck::Blank | HeaderCheck::Bad(_)
+                    if newest && valid_record_after(bytes, 0).is_none() =>
+                {
+                    // `segment::create` syncs the header before any record is written,
+                    // so this file was still being created: nothing in it was acked.
                     report.removed_segments.push(id);
+                    blank = check == HeaderCheck::Blank;
                     break;
                 }
                 HeaderCheck::Blank => {
                     return Err(Error::corrupt(id, 0, "segment header is blank"));
-                }
-                HeaderCheck::Version(version) => {
-                    return Err(Error::UnsupportedFormat { path, version });
                 }
                 HeaderCheck::Bad(why) => return Err(Error::corrupt(id, 0, why)),
             }
@@ -164,8 +172,14 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, options: &Options, read_only: boo
     if !read_only {
         for &id in &report.removed_segments {
             let path = segment::path(dir, id);
-            io.remove(&path)
-                .map_err(|e| Error::io("remove blank segment", &path, e))?;
+            if blank {
+                io.remove(&path)
+                    .map_err(|e| Error::io("remove blank segment", &path, e))?;
+            } else {
+                let aside = path.with_extension("seg.broken");
+                io.rename(&path, &aside)
+                    .map_err(|e| Error::io("set aside unfinished segment", &path, e))?;
+            }
             io.sync_dir(dir)
                 .map_err(|e| Error::io("fsync directory", dir, e))?;
         }
