@@ -56,11 +56,14 @@ impl<'a> Iterator for Scanner<'a> {
                 body,
                 framed_len,
             } => {
-                // Padding must be zero: it is covered by no CRC, so check it here.
-                let padding = rest
-                    .get(record::HEADER_LEN + body.len()..framed_len)
-                    .unwrap_or_default();
-                if padding.iter().any(|&b| b != 0) {
+                // Padding must be present and zero: no CRC covers it, so check it here.
+                let padding = rest.get(record::HEADER_LEN + body.len()..framed_len);
+                if padding.is_none() {
+                    Step::Invalid {
+                        offset,
+                        why: Invalid::Truncated,
+                    }
+                } else if padding.unwrap_or_default().iter().any(|&b| b != 0) {
                     Step::Invalid {
                         offset,
                         why: Invalid::BadField("nonzero padding"),
