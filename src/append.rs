@@ -32,6 +32,11 @@ pub(crate) fn submit(
             "append_batch needs at least one event; nothing was stored".into(),
         ));
     }
+    if shared.read_only {
+        return Err(Error::InvalidArgument(
+            "the store was opened read-only; open it with LogStore::open to append".into(),
+        ));
+    }
     let count = events.len();
     let bodies = encode_all(shared, events)?;
 

@@ -173,6 +173,15 @@ impl Index {
             .collect()
     }
 
+    /// Durable executions with their durable sequence, in creation order.
+    pub(crate) fn durable_executions(&self) -> Vec<(ExecutionId, u64)> {
+        self.executions
+            .iter()
+            .filter(|e| e.durable_seq > 0)
+            .map(|e| (e.id.clone(), e.durable_seq))
+            .collect()
+    }
+
     /// Counts for statistics: (executions, durable events, tenants).
     pub(crate) fn counts(&self) -> (usize, u64, usize) {
         let events = self.executions.iter().map(|e| e.durable_seq).sum();

@@ -48,6 +48,7 @@ mod scan;
 mod segment;
 mod segments;
 mod state;
+mod verify;
 
 pub use error::{Error, Result};
 pub use event::{
@@ -61,3 +62,4 @@ pub use log_store::{LogStore, Stats};
 pub use io::{Io, IoFile, LockGuard, Mapped};
 pub use options::Options;
 pub use recovery::RecoveryReport;
+pub use verify::VerifyReport;

@@ -82,11 +82,40 @@ impl LogStore {
     /// [`Error::Corrupt`] if acknowledged data is damaged. A torn tail left by a crash is
     /// cut and described in [`LogStore::recovery_report`].
     pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<LogStore> {
+        Self::open_mode(dir.as_ref(), options, false)
+    }
+
+    /// Opens an existing store for reading only: nothing on disk changes (a torn tail
+    /// is reported in [`LogStore::recovery_report`] and hidden from reads, not cut), no
+    /// commit thread runs, and appends fail with [`Error::InvalidArgument`]. The
+    /// directory lock is still taken, so a store in use elsewhere is [`Error::Locked`].
+    /// A directory without segment files is not a store: [`Error::InvalidArgument`].
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<LogStore> {
+        Self::open_mode(dir.as_ref(), Options::default(), true)
+    }
+
+    fn open_mode(dir: &Path, options: Options, read_only: bool) -> Result<LogStore> {
         options.validate()?;
-        let dir = dir.as_ref().to_path_buf();
+        let dir = dir.to_path_buf();
         let io = Arc::clone(&options.io);
-        io.create_dir_all(&dir)
-            .map_err(|e| Error::io("create directory", &dir, e))?;
+        if read_only {
+            let names = io.list(&dir).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Error::InvalidArgument(format!(
+                    "{} does not exist: not an execlog store",
+                    dir.display()
+                )),
+                _ => Error::io("list directory", &dir, e),
+            })?;
+            if !names.iter().any(|n| segment::parse_file_name(n).is_some()) {
+                return Err(Error::InvalidArgument(format!(
+                    "{} is not an execlog store (it holds no segment files)",
+                    dir.display()
+                )));
+            }
+        } else {
+            io.create_dir_all(&dir)
+                .map_err(|e| Error::io("create directory", &dir, e))?;
+        }
         let lock_path = dir.join(LOCK_FILE);
         let lock = io.try_lock(&lock_path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::WouldBlock {
@@ -95,8 +124,11 @@ impl LogStore {
                 Error::io("lock", &lock_path, e)
             }
         })?;
-        let mut recovered = recovery::recover(io.as_ref(), &dir, &options, false)?;
-        if recovered.report.truncated_at.is_some() || !recovered.report.removed_segments.is_empty() {
+        let mut recovered = recovery::recover(io.as_ref(), &dir, &options, read_only)?;
+        if !read_only
+            && (recovered.report.truncated_at.is_some()
+                || !recovered.report.removed_segments.is_empty())
+        {
             eprintln!(
                 "execlog: recovered {}: cut torn tail at {:?} ({} bytes, {}), removed blank segments {:?}",
                 dir.display(),
@@ -105,6 +137,12 @@ impl LogStore {
                 recovered.report.torn_reason.as_deref().unwrap_or("-"),
                 recovered.report.removed_segments
             );
+        }
+        if recovered.segments.is_empty() && read_only {
+            return Err(Error::InvalidArgument(format!(
+                "{} holds no readable segment",
+                dir.display()
+            )));
         }
         if recovered.segments.is_empty() {
             let capacity = options.segment_size_bytes;
@@ -124,11 +162,12 @@ impl LogStore {
             return Err(Error::InvalidArgument("no segment after recovery".into()));
         };
         let (tx, rx) = crossbeam_channel::unbounded();
+        let tx = (!read_only).then_some(tx);
         let writer = Writer {
             segment: last.id,
             tail: last.data_end,
             capacity: last.capacity,
-            tx: Some(tx),
+            tx,
             poisoned: None,
             last_timestamp_ns: recovered.last_timestamp_ns,
         };
@@ -142,7 +181,16 @@ impl LogStore {
             }),
             segments,
             closed: AtomicBool::new(false),
+            read_only,
         });
+        if read_only {
+            return Ok(LogStore {
+                shared,
+                committer: Mutex::new(None),
+                lock: Mutex::new(Some(lock)),
+                report: recovered.report,
+            });
+        }
         let committer = Committer::new(Arc::clone(&shared), rx, last.id, last.file);
         let handle = std::thread::Builder::new()
             .name("execlog-commit".into())
@@ -210,6 +258,11 @@ impl LogStore {
             }),
             None => Ok(()),
         }
+    }
+
+    /// Every execution with its durable event count, in creation order.
+    pub(crate) fn execution_ids(&self) -> Vec<(ExecutionId, u64)> {
+        self.shared.state.lock().index.durable_executions()
     }
 
     fn check_open(&self) -> Result<()> {

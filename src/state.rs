@@ -28,6 +28,8 @@ pub(crate) struct Shared {
     pub(crate) state: Mutex<State>,
     pub(crate) segments: Segments,
     pub(crate) closed: AtomicBool,
+    /// Opened with [`LogStore::open_read_only`](crate::LogStore::open_read_only).
+    pub(crate) read_only: bool,
 }
 
 /// The mutable core behind the store mutex.

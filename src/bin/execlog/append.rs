@@ -1,0 +1,63 @@
+//! `execlog append`: events as JSON lines from stdin into a store.
+//!
+//! All lines are parsed before anything is written, so malformed input (reported with
+//! its line number) stores nothing. With `--batch` the events form one atomic batch.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use execlog::{ExecutionEventData, ExecutionId, LogStore, TenantId};
+
+// Arguments of `execlog append` (its help text is the variant doc in main.rs).
+#[derive(clap::Args)]
+pub struct Args {
+    /// The store directory (created if missing).
+    dir: PathBuf,
+    /// The execution to append to.
+    #[arg(long)]
+    execution: String,
+    /// The tenant that owns (or will own) the execution.
+    #[arg(long)]
+    tenant: String,
+    /// Store all events as one atomic batch.
+    #[arg(long)]
+    batch: bool,
+}
+
+pub fn run(args: &Args) -> Result<ExitCode, String> {
+    let mut events = Vec::new();
+    for (n, line) in std::io::stdin().lock().lines().enumerate() {
+        let line = line.map_err(|e| format!("cannot read stdin: {e}"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let event: ExecutionEventData = serde_json::from_str(&line)
+            .map_err(|e| format!("line {}: not a valid event: {e}; nothing was stored", n + 1))?;
+        events.push(event);
+    }
+    if events.is_empty() {
+        return Err("no events on stdin; nothing was stored".into());
+    }
+    let store = LogStore::open(&args.dir).map_err(|e| e.to_string())?;
+    let execution = ExecutionId::from(args.execution.as_str());
+    let tenant = TenantId::from(args.tenant.as_str());
+    if args.batch {
+        let count = events.len() as u64;
+        let first = store
+            .append_batch_blocking(&execution, &tenant, events)
+            .map_err(|e| e.to_string())?;
+        for seq in first..first + count {
+            println!("{seq}");
+        }
+    } else {
+        for event in events {
+            let seq = store
+                .append_blocking(&execution, &tenant, event)
+                .map_err(|e| e.to_string())?;
+            println!("{seq}");
+        }
+    }
+    store.close().map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,150 @@
+//! `execlog events | list | stats | verify`: read-only views of a store.
+//!
+//! Each opens the store with `LogStore::open_read_only`, so none of them changes a
+//! byte on disk, and a store in use by another process is reported as locked.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use execlog::{ExecutionEventData, ExecutionId, LogStore, StoredEvent, TenantId};
+
+fn open(dir: &Path) -> Result<LogStore, String> {
+    LogStore::open_read_only(dir).map_err(|e| e.to_string())
+}
+
+pub fn events(dir: &Path, execution: &str, after: u64, pretty: bool) -> Result<ExitCode, String> {
+    let store = open(dir)?;
+    let events = store
+        .load_events_after_blocking(&ExecutionId::from(execution), after)
+        .map_err(|e| e.to_string())?;
+    let mut lines = Vec::with_capacity(events.len() + 1);
+    if pretty {
+        lines.push(format!("{:>6}  {:<30}  {:<20}  summary", "seq", "time (UTC)", "type"));
+        for e in &events {
+            let (kind, summary) = describe(&e.event);
+            lines.push(format!(
+                "{:>6}  {:<30}  {:<20}  {summary}",
+                e.sequence,
+                e.timestamp.format("%Y-%m-%d %H:%M:%S%.6f"),
+                kind
+            ));
+        }
+    } else {
+        for e in &events {
+            lines.push(json_line(e)?);
+        }
+    }
+    emit(lines)
+}
+
+/// Writes lines to stdout; a closed pipe (`| head`) ends the output quietly.
+fn emit(lines: impl IntoIterator<Item = String>) -> Result<ExitCode, String> {
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        match writeln!(out, "{line}") {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+            Err(e) => return Err(format!("cannot write to stdout: {e}")),
+        }
+    }
+    match out.flush() {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(format!("cannot write to stdout: {e}"))
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+fn json_line(e: &StoredEvent) -> Result<String, String> {
+    serde_json::to_string(e).map_err(|e| format!("cannot print event: {e}"))
+}
+
+/// The event's type tag and a one-line summary.
+fn describe(event: &ExecutionEventData) -> (String, String) {
+    let value = serde_json::to_value(event).unwrap_or_default();
+    let kind = value["type"].as_str().unwrap_or("?").to_string();
+    use ExecutionEventData as E;
+    let summary = match event {
+        E::StepStarted { name, step_type, .. } => format!("{name} ({step_type:?})"),
+        E::StepCompleted { step_id, duration_ms, .. } => format!("{step_id} in {duration_ms} ms"),
+        E::StepFailed { step_id, error } => format!("{step_id}: {}", error.message),
+        E::ExecutionFailed { error } => error.message.clone(),
+        E::ExecutionPaused { reason } | E::ExecutionCancelled { reason } => reason.clone(),
+        E::ToolCallStarted { tool_name, tool_call_id, .. } => format!("{tool_name} [{tool_call_id}]"),
+        E::ToolCallCompleted { tool_call_id, .. } => format!("[{tool_call_id}]"),
+        E::CheckpointSaved { checkpoint_id, .. } => checkpoint_id.clone(),
+        E::GoalEvaluated { goal_id, status, score, .. } => match score {
+            Some(s) => format!("{goal_id}: {status} ({s:.2})"),
+            None => format!("{goal_id}: {status}"),
+        },
+        E::Custom { event_type, .. } => event_type.clone(),
+        E::ArtifactStored { artifact_id, size_bytes, .. } => format!("{artifact_id} ({size_bytes} bytes)"),
+        E::StepDiscovered { step_id, reason, .. } => format!("{step_id}: {reason}"),
+        E::ExecutionCompleted { duration_ms, .. } => format!("in {duration_ms} ms"),
+        E::ExecutionStarted { .. } | E::ExecutionResumed => String::new(),
+    };
+    let mut summary: String = summary.chars().take(80).collect();
+    summary = summary.replace('\n', " ");
+    (kind, summary)
+}
+
+pub fn list(dir: &Path, tenant: &str, limit: usize, offset: usize) -> Result<ExitCode, String> {
+    let store = open(dir)?;
+    let ids = store
+        .list_executions_blocking(&TenantId::from(tenant), limit, offset)
+        .map_err(|e| e.to_string())?;
+    emit(
+        ids.into_iter()
+            .map(|id| serde_json::json!({ "execution_id": id }).to_string()),
+    )
+}
+
+pub fn stats(dir: &Path) -> Result<ExitCode, String> {
+    let store = open(dir)?;
+    let s = store.stats();
+    let r = store.recovery_report();
+    println!("segments:          {}", s.segments);
+    println!("events:            {}", s.events);
+    println!("executions:        {}", s.executions);
+    println!("tenants:           {}", s.tenants);
+    println!("data bytes:        {}", s.data_bytes);
+    println!("index bytes:       {} ({} in sparse entries)", s.index_bytes, s.sparse_index_bytes);
+    println!("recovery:          scanned {} segments, {} records, {} bytes in {:?}", r.segments_scanned, r.records, r.bytes_scanned, r.duration);
+    match r.truncated_at {
+        Some((seg, off)) => println!(
+            "torn tail:         segment {seg} offset {off}: {} (not cut: read-only)",
+            r.torn_reason.as_deref().unwrap_or("")
+        ),
+        None => println!("torn tail:         none"),
+    }
+    if !r.ignored_files.is_empty() {
+        println!("ignored files:     {}", r.ignored_files.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn verify(dir: &Path) -> Result<ExitCode, String> {
+    let store = open(dir)?;
+    let bar = crate::progress(0, "verifying");
+    let report = store.verify(|done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    for p in &report.problems {
+        println!("problem: {p}");
+    }
+    eprintln!(
+        "execlog: verified {} executions, {} events, {} records scanned: {}",
+        report.executions,
+        report.events,
+        store.recovery_report().records,
+        if report.is_clean() { "clean" } else { "PROBLEMS FOUND" }
+    );
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
