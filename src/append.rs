@@ -69,7 +69,9 @@ pub(crate) fn submit(
         }
         None => {
             let Some(no) = state.index.next_exec_no() else {
-                return Err(Error::InvalidArgument("too many executions in one store".into()));
+                return Err(Error::InvalidArgument(
+                    "too many executions in one store".into(),
+                ));
             };
             let declaration = Declaration {
                 execution_id: execution_id.as_str().to_owned(),

@@ -18,9 +18,7 @@
 use bincode::Options as _;
 use serde::{Deserialize, Serialize};
 
-use crate::event::{
-    ExecutionError, ExecutionEventData, ParentLink, StepSourceType, StepType,
-};
+use crate::event::{ExecutionError, ExecutionEventData, ParentLink, StepSourceType, StepType};
 use crate::ids::StepId;
 
 /// Version of the payload encoding; part of the segment header's format version.

@@ -21,7 +21,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::Receiver;
 
 use crate::error::{Error, Result};
 use crate::io::IoFile;
@@ -99,12 +99,12 @@ impl Committer {
                 self.buf = Vec::new();
             }
         }
-        if self.wrote {
-            if let Err(e) = self.seal() {
-                // Not fatal: an unsealed tail only means the next open cannot prove the
-                // last group was synced, and treats damage in it as a torn tail.
-                eprintln!("execlog: could not seal the log at close: {e}");
-            }
+        if self.wrote
+            && let Err(e) = self.seal()
+        {
+            // Not fatal: an unsealed tail only means the next open cannot prove the
+            // last group was synced, and treats damage in it as a torn tail.
+            eprintln!("execlog: could not seal the log at close: {e}");
         }
     }
 
@@ -114,7 +114,12 @@ impl Committer {
             let mut state = self.shared.state.lock();
             let w = &mut state.writer;
             debug_assert_eq!(w.segment, self.segment);
-            (w.tail, w.capacity, w.poisoned.is_some(), w.next_timestamp_ns())
+            (
+                w.tail,
+                w.capacity,
+                w.poisoned.is_some(),
+                w.next_timestamp_ns(),
+            )
         };
         let len = record::framed_len(8) as u64;
         if poisoned || tail + len > capacity {
@@ -144,10 +149,7 @@ impl Committer {
             let next = if options.commit_delay_us == 0 {
                 self.rx.try_recv().ok()
             } else {
-                match self.rx.recv_deadline(deadline) {
-                    Ok(p) => Some(p),
-                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-                }
+                self.rx.recv_deadline(deadline).ok()
             };
             let Some(p) = next else { break };
             bytes += p.bytes.len();

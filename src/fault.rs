@@ -176,7 +176,12 @@ impl SimIo {
             inode.durable = inode.live.clone();
         }
         let mut dir = w.durable_dir.clone();
-        let names: HashSet<PathBuf> = w.live_dir.keys().chain(w.durable_dir.keys()).cloned().collect();
+        let names: HashSet<PathBuf> = w
+            .live_dir
+            .keys()
+            .chain(w.durable_dir.keys())
+            .cloned()
+            .collect();
         let mut names: Vec<PathBuf> = names.into_iter().collect();
         names.sort();
         for name in names {
@@ -397,7 +402,7 @@ impl Io for SimIo {
 }
 
 impl IoFile for SimFile {
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         let w = self.io.enter(Op::Any)?;
         Ok(w.inodes[self.ino].live.len() as u64)
     }

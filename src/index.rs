@@ -124,7 +124,7 @@ impl Index {
         debug_assert_eq!(sequence, e.reserved_seq + 1);
         e.reserved_seq = sequence;
         e.reserved_pos = pos;
-        if (sequence - 1) % stride == 0 {
+        if (sequence - 1).is_multiple_of(stride) {
             debug_assert_eq!(e.sparse.len() as u64, (sequence - 1) / stride);
             e.sparse.push(pos);
         }

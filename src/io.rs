@@ -46,7 +46,7 @@ pub trait Io: Send + Sync + fmt::Debug {
 /// Operations on one open file.
 pub trait IoFile: Send + Sync {
     /// Current length in bytes.
-    fn len(&self) -> io::Result<u64>;
+    fn size(&self) -> io::Result<u64>;
     /// Writes all of `buf` at `offset`.
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Truncates or extends (with zeros) to `len`.
@@ -119,7 +119,7 @@ impl Io for RealIo {
 }
 
 impl IoFile for RealFile {
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
 

@@ -57,9 +57,9 @@ pub use event::{
 };
 pub use event_store::{EventStore, StorageBackend};
 pub use ids::{ExecutionId, MAX_ID_BYTES, StepId, TenantId};
-pub use log_store::{LogStore, Stats};
 #[cfg(feature = "fault-injection")]
 pub use io::{Io, IoFile, LockGuard, Mapped};
+pub use log_store::{LogStore, Stats};
 pub use options::Options;
 pub use recovery::RecoveryReport;
 pub use verify::VerifyReport;

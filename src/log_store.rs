@@ -210,12 +210,12 @@ impl LogStore {
     pub fn close(&self) -> Result<()> {
         self.shared.closed.store(true, Ordering::SeqCst);
         drop(self.shared.state.lock().writer.tx.take());
-        if let Some(handle) = self.committer.lock().take() {
-            if handle.join().is_err() {
-                return Err(Error::Poisoned {
-                    cause: "the commit thread panicked".into(),
-                });
-            }
+        if let Some(handle) = self.committer.lock().take()
+            && handle.join().is_err()
+        {
+            return Err(Error::Poisoned {
+                cause: "the commit thread panicked".into(),
+            });
         }
         drop(self.lock.lock().take());
         Ok(())
@@ -357,7 +357,12 @@ impl LogStore {
     ) -> Result<Vec<ExecutionId>> {
         self.check_open()?;
         validate_id("tenant", tenant_id.as_str())?;
-        Ok(self.shared.state.lock().index.list(tenant_id, limit, offset))
+        Ok(self
+            .shared
+            .state
+            .lock()
+            .index
+            .list(tenant_id, limit, offset))
     }
 }
 

@@ -59,7 +59,9 @@ pub(crate) fn read(
         let (header, body) = cursor.record(shared, at)?;
         let mismatch = |why: &str| Error::corrupt(at.segment, u64::from(at.offset), why);
         if header.execution != u64::from(no) || header.sequence != sequence {
-            return Err(mismatch("record is not the one the execution chain points to"));
+            return Err(mismatch(
+                "record is not the one the execution chain points to",
+            ));
         }
         if sequence <= to {
             let (_, event) = codec::decode_body(body).map_err(|why| mismatch(&why))?;
@@ -75,7 +77,11 @@ pub(crate) fn read(
         sequence -= 1;
     }
     events.reverse();
-    debug_assert!(events.windows(2).all(|w| w[0].sequence + 1 == w[1].sequence));
+    debug_assert!(
+        events
+            .windows(2)
+            .all(|w| w[0].sequence + 1 == w[1].sequence)
+    );
     Ok(events)
 }
 

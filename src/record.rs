@@ -60,7 +60,7 @@ pub(crate) const KIND_SEAL: u16 = 2;
 pub(crate) const NO_PREV: u64 = u64::MAX;
 
 const _: () = assert!(HEADER_LEN == 56);
-const _: () = assert!(HEADER_LEN % RECORD_ALIGN == 0);
+const _: () = assert!(HEADER_LEN.is_multiple_of(RECORD_ALIGN));
 
 /// Where a record starts: segment id and byte offset inside it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -75,7 +75,7 @@ impl Pos {
     }
 
     pub(crate) fn unpack(packed: u64) -> Option<Pos> {
-        (packed != NO_PREV).then(|| Pos {
+        (packed != NO_PREV).then_some(Pos {
             segment: (packed >> 32) as u32,
             offset: packed as u32,
         })
@@ -147,7 +147,9 @@ pub(crate) fn encode(header: &Header, body_parts: &[&[u8]], out: &mut Vec<u8>) {
 
 /// Computes and stores the CRC of the record at the start of `record`.
 fn stamp_crc(record: &mut [u8], body_len: usize) {
-    let covered = record.get(BODY_LEN_OFFSET..HEADER_LEN + body_len).unwrap_or_default();
+    let covered = record
+        .get(BODY_LEN_OFFSET..HEADER_LEN + body_len)
+        .unwrap_or_default();
     let crc = crc32fast::hash(covered);
     if let Some(field) = record.get_mut(CRC_OFFSET..BODY_LEN_OFFSET) {
         field.copy_from_slice(&crc.to_le_bytes());
@@ -220,7 +222,10 @@ impl std::fmt::Display for Invalid {
         match self {
             Invalid::Truncated => write!(f, "record is cut short"),
             Invalid::BadCrc { stored, computed } => {
-                write!(f, "CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")
+                write!(
+                    f,
+                    "CRC mismatch: stored {stored:#010x}, computed {computed:#010x}"
+                )
             }
             Invalid::BadField(what) => write!(f, "impossible field: {what}"),
         }
@@ -316,9 +321,18 @@ pub(crate) fn decode(bytes: &[u8]) -> Decoded<'_> {
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn decode_event(
     bytes: &[u8],
-) -> Result<(Header, Option<crate::codec::Declaration>, crate::ExecutionEventData), String> {
+) -> Result<
+    (
+        Header,
+        Option<crate::codec::Declaration>,
+        crate::ExecutionEventData,
+    ),
+    String,
+> {
     match decode(bytes) {
-        Decoded::Record { header, .. } if header.kind == Kind::Seal => Err("a seal, not an event".into()),
+        Decoded::Record { header, .. } if header.kind == Kind::Seal => {
+            Err("a seal, not an event".into())
+        }
         Decoded::Record { header, body, .. } => {
             let (declaration, event) = crate::codec::decode_body(body)?;
             if declaration.is_some() != (header.sequence == 1) {
@@ -397,7 +411,9 @@ mod tests {
         assert!(decode_event(&out).is_err(), "body is not a codec body");
         let mut seal = Vec::new();
         encode_seal(64, 1, &mut seal);
-        assert!(matches!(decode(&seal), Decoded::Record { header, .. } if header.kind == Kind::Seal));
+        assert!(
+            matches!(decode(&seal), Decoded::Record { header, .. } if header.kind == Kind::Seal)
+        );
         assert!(decode_event(&seal).is_err());
     }
 

@@ -94,11 +94,19 @@ struct Rebuild {
 
 /// Scans `dir`. With `read_only`, a torn tail is reported but not cut, and a blank
 /// newest segment is reported but not removed.
-pub(crate) fn recover(io: &dyn Io, dir: &Path, options: &Options, read_only: bool) -> Result<Recovered> {
+pub(crate) fn recover(
+    io: &dyn Io,
+    dir: &Path,
+    options: &Options,
+    read_only: bool,
+) -> Result<Recovered> {
     let started = Instant::now();
     let mut report = RecoveryReport::default();
     let mut ids = Vec::new();
-    for name in io.list(dir).map_err(|e| Error::io("list directory", dir, e))? {
+    for name in io
+        .list(dir)
+        .map_err(|e| Error::io("list directory", dir, e))?
+    {
         match segment::parse_file_name(&name) {
             Some(id) => ids.push(id),
             None if name == crate::log_store::LOCK_FILE => {}
@@ -127,7 +135,9 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, options: &Options, read_only: boo
         let file = io
             .open(&path, read_only)
             .map_err(|e| Error::io("open segment", &path, e))?;
-        let capacity = file.len().map_err(|e| Error::io("stat segment", &path, e))?;
+        let capacity = file
+            .size()
+            .map_err(|e| Error::io("stat segment", &path, e))?;
         let data_end = {
             let view = file
                 .map(capacity)
@@ -157,10 +167,10 @@ pub(crate) fn recover(io: &dyn Io, dir: &Path, options: &Options, read_only: boo
             scan_segment(&mut rebuild, &mut report, bytes, id, newest)?
         };
         report.bytes_scanned += data_end;
-        if let Some((_, cut)) = report.truncated_at.filter(|&(s, _)| s == id) {
-            if !read_only {
-                cut_tail(file.as_ref(), &path, cut, capacity)?;
-            }
+        if let Some((_, cut)) = report.truncated_at.filter(|&(s, _)| s == id)
+            && !read_only
+        {
+            cut_tail(file.as_ref(), &path, cut, capacity)?;
         }
         segments.push(RecoveredSegment {
             id,
@@ -240,10 +250,17 @@ fn scan_segment(
         from = next;
     }
     if !newest {
-        return Err(Error::corrupt(id, stop as u64, format!("{why} in a sealed segment")));
+        return Err(Error::corrupt(
+            id,
+            stop as u64,
+            format!("{why} in a sealed segment"),
+        ));
     }
     let cut = rebuild.batch_start.unwrap_or(stop as u64);
-    let last_nonzero = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i as u64 + 1);
+    let last_nonzero = bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |i| i as u64 + 1);
     rebuild.batch.clear();
     rebuild.batch_start = None;
     report.truncated_at = Some((id, cut));

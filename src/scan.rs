@@ -123,10 +123,10 @@ pub(crate) fn valid_record_after(bytes: &[u8], from: usize) -> Option<(usize, He
         let nonzero = first_nonzero(bytes, at)?;
         at = nonzero - nonzero % RECORD_ALIGN;
         let rest = bytes.get(at..).unwrap_or_default();
-        if let Decoded::Record { header, .. } = record::decode(rest) {
-            if header.group_start as usize <= at {
-                return Some((at, header));
-            }
+        if let Decoded::Record { header, .. } = record::decode(rest)
+            && header.group_start as usize <= at
+        {
+            return Some((at, header));
         }
         at += RECORD_ALIGN;
     }

@@ -38,7 +38,7 @@ pub(crate) const EXTENSION: &str = "seg";
 const NAME_DIGITS: usize = 10;
 
 const _: () = assert!(SEGMENT_HEADER_LEN == 32);
-const _: () = assert!(SEGMENT_HEADER_LEN % crate::record::RECORD_ALIGN == 0);
+const _: () = assert!(SEGMENT_HEADER_LEN.is_multiple_of(crate::record::RECORD_ALIGN));
 const _: () = assert!(crate::codec::CODEC_VERSION == FORMAT_VERSION);
 
 /// `0000000042.seg` for segment 42.
@@ -148,7 +148,13 @@ mod tests {
         assert_eq!(parse_file_name("0000000042.seg"), Some(42));
         assert_eq!(parse_file_name(&file_name(u32::MAX)), Some(u32::MAX));
         assert!(file_name(9) < file_name(10));
-        for bad in ["42.seg", "000000004x.seg", "0000000042.seg.tmp", "LOCK", "0000000042"] {
+        for bad in [
+            "42.seg",
+            "000000004x.seg",
+            "0000000042.seg.tmp",
+            "LOCK",
+            "0000000042",
+        ] {
             assert_eq!(parse_file_name(bad), None, "{bad}");
         }
     }

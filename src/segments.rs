@@ -73,17 +73,25 @@ impl Segments {
         {
             let slots = self.slots.read();
             let Some(slot) = slots.get(slot_no) else {
-                return Err(Error::corrupt(id, 0, "record points into a missing segment"));
+                return Err(Error::corrupt(
+                    id,
+                    0,
+                    "record points into a missing segment",
+                ));
             };
-            if let Some(view) = &slot.view {
-                if view.as_ref().as_ref().len() as u64 >= end {
-                    return Ok(Arc::clone(view));
-                }
+            if let Some(view) = &slot.view
+                && view.as_ref().as_ref().len() as u64 >= end
+            {
+                return Ok(Arc::clone(view));
             }
         }
         let mut slots = self.slots.write();
         let Some(slot) = slots.get_mut(slot_no) else {
-            return Err(Error::corrupt(id, 0, "record points into a missing segment"));
+            return Err(Error::corrupt(
+                id,
+                0,
+                "record points into a missing segment",
+            ));
         };
         if end > slot.durable_end {
             return Err(Error::corrupt(
@@ -92,10 +100,10 @@ impl Segments {
                 "record points beyond the durable end of its segment",
             ));
         }
-        if let Some(view) = &slot.view {
-            if view.as_ref().as_ref().len() as u64 >= end {
-                return Ok(Arc::clone(view));
-            }
+        if let Some(view) = &slot.view
+            && view.as_ref().as_ref().len() as u64 >= end
+        {
+            return Ok(Arc::clone(view));
         }
         let path = crate::segment::path(&self.dir, id);
         let view = slot

@@ -53,8 +53,14 @@ impl LogStore {
                             events.len()
                         ));
                     }
-                    if events.iter().zip(1..).any(|(e, s)| e.sequence != s || e.execution_id != id) {
-                        report.problems.push(format!("execution {id}: events out of order"));
+                    if events
+                        .iter()
+                        .zip(1..)
+                        .any(|(e, s)| e.sequence != s || e.execution_id != id)
+                    {
+                        report
+                            .problems
+                            .push(format!("execution {id}: events out of order"));
                     }
                 }
                 Err(Error::Corrupt {

@@ -15,7 +15,12 @@ fn execlog(args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -35,7 +40,20 @@ fn one_error_line(out: &Output) {
 fn demo_then_inspect() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    let out = execlog(&["demo", "--dir", d, "--executions", "40", "--writers", "4", "--tenants", "3"], "");
+    let out = execlog(
+        &[
+            "demo",
+            "--dir",
+            d,
+            "--executions",
+            "40",
+            "--writers",
+            "4",
+            "--tenants",
+            "3",
+        ],
+        "",
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let summary = text(&out.stdout);
     for field in ["events (durable)", "events/s", "p50/p99", "disk bytes"] {
@@ -53,7 +71,12 @@ fn demo_then_inspect() {
     // 40 executions, tenant-1 owns runs 1, 4, …, 37: which is created last depends on
     // thread timing, so just check it is one of them.
     assert!(first.starts_with("run-0000"));
-    let page2 = execlog(&["list", d, "--tenant", "tenant-1", "--limit", "5", "--offset", "5"], "");
+    let page2 = execlog(
+        &[
+            "list", d, "--tenant", "tenant-1", "--limit", "5", "--offset", "5",
+        ],
+        "",
+    );
     assert!(!text(&page2.stdout).contains(&first));
 
     let out = execlog(&["events", d, &first], "");
@@ -86,7 +109,10 @@ fn append_single_and_batch() {
     let out = execlog(&["append", d, "--execution", "e1", "--tenant", "t"], input);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "1\n2\n");
-    let out = execlog(&["append", d, "--execution", "e1", "--tenant", "t", "--batch"], input);
+    let out = execlog(
+        &["append", d, "--execution", "e1", "--tenant", "t", "--batch"],
+        input,
+    );
     assert_eq!(text(&out.stdout), "3\n4\n");
     let out = execlog(&["events", d, "e1"], "");
     assert_eq!(text(&out.stdout).lines().count(), 4);
@@ -100,18 +126,31 @@ fn bad_input_gets_one_clear_line() {
     execlog(&["append", d, "--execution", "e", "--tenant", "t"], good);
 
     // Malformed JSON: line number, nothing of that batch stored.
-    let out = execlog(&["append", d, "--execution", "e", "--tenant", "t", "--batch"], "{\"type\":\"execution_resumed\"}\n{oops\n");
+    let out = execlog(
+        &["append", d, "--execution", "e", "--tenant", "t", "--batch"],
+        "{\"type\":\"execution_resumed\"}\n{oops\n",
+    );
     one_error_line(&out);
     assert!(text(&out.stderr).contains("line 2"));
     // Unknown event type.
-    let out = execlog(&["append", d, "--execution", "e", "--tenant", "t"], "{\"type\":\"nope\"}\n");
+    let out = execlog(
+        &["append", d, "--execution", "e", "--tenant", "t"],
+        "{\"type\":\"nope\"}\n",
+    );
     one_error_line(&out);
     assert!(text(&out.stderr).contains("line 1"));
     let out = execlog(&["events", d, "e"], "");
-    assert_eq!(text(&out.stdout).lines().count(), 1, "nothing of the bad input stored");
+    assert_eq!(
+        text(&out.stdout).lines().count(),
+        1,
+        "nothing of the bad input stored"
+    );
 
     // Tenant mismatch.
-    let out = execlog(&["append", d, "--execution", "e", "--tenant", "other"], good);
+    let out = execlog(
+        &["append", d, "--execution", "e", "--tenant", "other"],
+        good,
+    );
     one_error_line(&out);
     assert!(text(&out.stderr).contains("tenant"));
 
@@ -126,7 +165,11 @@ fn bad_input_gets_one_clear_line() {
     ] {
         let out = execlog(&args, "");
         one_error_line(&out);
-        assert!(text(&out.stderr).contains("not an execlog store"), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("not an execlog store"),
+            "{}",
+            text(&out.stderr)
+        );
     }
 
     // Locked by another process.
@@ -143,8 +186,15 @@ fn bad_input_gets_one_clear_line() {
     let before = std::fs::read(dir.path().join("0000000001.seg")).unwrap();
     let out = execlog(&["verify", d], "");
     one_error_line(&out);
-    assert!(text(&out.stderr).contains("segment 1 at offset"), "{}", text(&out.stderr));
-    assert_eq!(std::fs::read(dir.path().join("0000000001.seg")).unwrap(), before);
+    assert!(
+        text(&out.stderr).contains("segment 1 at offset"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("0000000001.seg")).unwrap(),
+        before
+    );
 }
 
 /// Flips a byte in the first record (more records follow it).
@@ -153,7 +203,9 @@ fn corrupt_middle(dir: &Path) {
     let t = execlog::TenantId::from("t");
     let store = execlog::LogStore::open(dir).unwrap();
     for _ in 0..3 {
-        store.append_blocking(&e, &t, execlog::ExecutionEventData::ExecutionResumed).unwrap();
+        store
+            .append_blocking(&e, &t, execlog::ExecutionEventData::ExecutionResumed)
+            .unwrap();
     }
     drop(store);
     let path = dir.join("0000000001.seg");
@@ -168,6 +220,9 @@ fn help_has_examples() {
         let out = execlog(&[cmd, "--help"], "");
         assert!(out.status.success());
         let help = text(&out.stdout);
-        assert!(help.contains("Example:") && help.contains(&format!("execlog {cmd}")), "{cmd}");
+        assert!(
+            help.contains("Example:") && help.contains(&format!("execlog {cmd}")),
+            "{cmd}"
+        );
     }
 }

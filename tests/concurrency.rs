@@ -18,7 +18,7 @@ use execlog::*;
 fn batch(len: u64, tag: &str) -> Vec<ExecutionEventData> {
     (0..len)
         .map(|i| ExecutionEventData::StepCompleted {
-            step_id: StepId::from(format!("{tag}")),
+            step_id: StepId::from(tag.to_string()),
             output: Some(format!("{i}")),
             duration_ms: len,
         })
@@ -45,7 +45,12 @@ fn check_history(events: &[StoredEvent]) {
             .iter()
             .take_while(|e| matches!(&e.event, ExecutionEventData::StepCompleted { step_id: s, .. } if s == step_id))
             .count() as u64;
-        assert_eq!(run, *duration_ms, "partial batch visible at sequence {}", i + 1);
+        assert_eq!(
+            run,
+            *duration_ms,
+            "partial batch visible at sequence {}",
+            i + 1
+        );
         i += run as usize;
     }
 }
@@ -83,9 +88,13 @@ fn sixty_four_threads_with_readers() {
                     let tag = format!("w{w}i{i}");
                     let len = 1 + (w + i) % 4;
                     let first = if len == 1 {
-                        store.append_blocking(e, &t, batch(1, &tag).remove(0)).unwrap()
+                        store
+                            .append_blocking(e, &t, batch(1, &tag).remove(0))
+                            .unwrap()
                     } else {
-                        store.append_batch_blocking(e, &t, batch(len, &tag)).unwrap()
+                        store
+                            .append_batch_blocking(e, &t, batch(len, &tag))
+                            .unwrap()
                     };
                     acked.push((e.clone(), first, len, tag));
                 }
@@ -93,7 +102,10 @@ fn sixty_four_threads_with_readers() {
             })
         })
         .collect();
-    let acked: Vec<_> = writers.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let acked: Vec<_> = writers
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
     stop.store(true, Ordering::Relaxed);
     for r in readers {
         r.join().unwrap();
@@ -109,7 +121,9 @@ fn sixty_four_threads_with_readers() {
             let h = &histories[e];
             for s in *first..first + len {
                 let ev = &h[(s - 1) as usize];
-                assert!(matches!(&ev.event, ExecutionEventData::StepCompleted { step_id, .. } if step_id.as_str() == tag));
+                assert!(
+                    matches!(&ev.event, ExecutionEventData::StepCompleted { step_id, .. } if step_id.as_str() == tag)
+                );
             }
         }
         let total: usize = histories.values().map(Vec::len).sum();

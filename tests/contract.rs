@@ -45,9 +45,18 @@ async fn sequences_start_at_one_and_are_consecutive() {
     assert_eq!(store.get_latest_sequence(&e).await.unwrap(), Some(15));
     assert!(store.execution_exists(&e).await.unwrap());
     let after = store.load_events_after(&e, 12).await.unwrap();
-    assert_eq!(after.iter().map(|e| e.sequence).collect::<Vec<_>>(), vec![13, 14, 15]);
+    assert_eq!(
+        after.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        vec![13, 14, 15]
+    );
     assert!(store.load_events_after(&e, 15).await.unwrap().is_empty());
-    assert!(store.load_events_after(&e, u64::MAX).await.unwrap().is_empty());
+    assert!(
+        store
+            .load_events_after(&e, u64::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// Semantic 5: unknown executions read as empty.
@@ -137,16 +146,37 @@ async fn list_executions_pages_newest_first() {
     }
     assert_eq!(paged, created);
     assert_eq!(store.list_executions(&b, 100, 0).await.unwrap().len(), 5);
-    assert_eq!(store.list_executions(&a, usize::MAX, 0).await.unwrap(), created);
-    assert!(store.list_executions(&a, usize::MAX, usize::MAX).await.unwrap().is_empty());
+    assert_eq!(
+        store.list_executions(&a, usize::MAX, 0).await.unwrap(),
+        created
+    );
+    assert!(
+        store
+            .list_executions(&a, usize::MAX, usize::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(store.list_executions(&a, 0, 0).await.unwrap().is_empty());
-    assert_eq!(store.list_executions(&a, 1, 0).await.unwrap(), vec![created[0].clone()]);
+    assert_eq!(
+        store.list_executions(&a, 1, 0).await.unwrap(),
+        vec![created[0].clone()]
+    );
     // Appending to an old execution does not make it newer.
-    store.append(&created[19], &a, step_event(99)).await.unwrap();
-    assert_eq!(store.list_executions(&a, 1, 0).await.unwrap(), vec![created[0].clone()]);
+    store
+        .append(&created[19], &a, step_event(99))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.list_executions(&a, 1, 0).await.unwrap(),
+        vec![created[0].clone()]
+    );
     drop(store);
     let store = open(dir.path());
-    assert_eq!(store.list_executions(&a, usize::MAX, 0).await.unwrap(), created);
+    assert_eq!(
+        store.list_executions(&a, usize::MAX, 0).await.unwrap(),
+        created
+    );
 }
 
 /// Semantic 7 and 8: timestamps are UTC append times, non-decreasing, and everything
@@ -189,15 +219,30 @@ async fn reopen_preserves_everything() {
         let new = store.load_events(e).await.unwrap();
         assert_eq!(&new, old);
         assert!(new.windows(2).all(|w| w[0].timestamp <= w[1].timestamp));
-        assert!(new.iter().all(|ev| ev.timestamp >= before && ev.timestamp <= after));
-        assert!(new.iter().all(|ev| ev.tenant_id == t && &ev.execution_id == e));
+        assert!(
+            new.iter()
+                .all(|ev| ev.timestamp >= before && ev.timestamp <= after)
+        );
+        assert!(
+            new.iter()
+                .all(|ev| ev.tenant_id == t && &ev.execution_id == e)
+        );
     }
-    assert_eq!(store.list_executions(&t, usize::MAX, 0).await.unwrap(), listed);
+    assert_eq!(
+        store.list_executions(&t, usize::MAX, 0).await.unwrap(),
+        listed
+    );
     let next = snapshot[0].len() as u64 + 1;
-    assert_eq!(store.append(&execs[0], &t, step_event(0)).await.unwrap(), next);
+    assert_eq!(
+        store.append(&execs[0], &t, step_event(0)).await.unwrap(),
+        next
+    );
     let report = store.recovery_report();
     assert_eq!(report.truncated_at, None);
-    assert_eq!(report.records, snapshot.iter().map(|s| s.len() as u64).sum::<u64>());
+    assert_eq!(
+        report.records,
+        snapshot.iter().map(|s| s.len() as u64).sum::<u64>()
+    );
 }
 
 /// Semantic 10: every variant round-trips through the disk, JSON values and floats bit
@@ -270,7 +315,11 @@ async fn id_limits() {
             .unwrap_err();
         assert!(matches!(engine_error(&err), Error::InvalidArgument(_)));
         let err = store
-            .append(&ExecutionId::new(), &TenantId::from(bad.as_str()), step_event(1))
+            .append(
+                &ExecutionId::new(),
+                &TenantId::from(bad.as_str()),
+                step_event(1),
+            )
             .await
             .unwrap_err();
         assert!(matches!(engine_error(&err), Error::InvalidArgument(_)));
@@ -300,9 +349,19 @@ async fn large_events_and_the_limit() {
     drop(store);
     let store = open(dir.path());
     assert_eq!(store.load_events(&e).await.unwrap()[0].event, big);
-    let small = LogStore::open_with(tempfile::tempdir().unwrap().path(), Options::default().max_event_bytes(100)).unwrap();
+    let small = LogStore::open_with(
+        tempfile::tempdir().unwrap().path(),
+        Options::default().max_event_bytes(100),
+    )
+    .unwrap();
     let err = small
-        .append_blocking(&e, &t, ExecutionEventData::ExecutionPaused { reason: "y".repeat(200) })
+        .append_blocking(
+            &e,
+            &t,
+            ExecutionEventData::ExecutionPaused {
+                reason: "y".repeat(200),
+            },
+        )
         .unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)));
 }
@@ -333,7 +392,12 @@ fn lock_holds_across_processes() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "lock_holds_across_processes", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "lock_holds_across_processes",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("EXECLOG_HOLD_LOCK", dir.path())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -368,7 +432,8 @@ async fn errors_are_typed_and_readable() {
         .await
         .unwrap_err();
     assert!(matches!(engine_error(&err), Error::Closed));
-    let bad = LogStore::open_with(dir.path(), Options::default().segment_size_bytes(1)).unwrap_err();
+    let bad =
+        LogStore::open_with(dir.path(), Options::default().segment_size_bytes(1)).unwrap_err();
     assert!(matches!(bad, Error::InvalidArgument(_)));
 }
 
@@ -385,4 +450,28 @@ fn works_under_any_executor() {
     assert_eq!(seq, 1);
     futures::executor::block_on(store.health_check()).unwrap();
     assert_eq!(store.backend_name(), "execlog");
+}
+
+/// Index budget: at most about 1 byte per event plus a constant per execution.
+#[test]
+fn index_memory_per_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(dir.path()).unwrap();
+    let t = TenantId::from("t");
+    let long = ExecutionId::from("long");
+    for chunk in 0..200u64 {
+        let events = (0..500).map(|i| step_event(chunk * 500 + i)).collect();
+        store.append_batch_blocking(&long, &t, events).unwrap();
+    }
+    let stats = store.stats();
+    assert_eq!(stats.events, 100_000);
+    let per_event = stats.sparse_index_bytes as f64 / stats.events as f64;
+    println!("sparse index: {per_event:.3} bytes per event; whole index {} bytes", stats.index_bytes);
+    assert!(per_event <= 1.0, "{per_event} bytes per event");
+    // Reads of a page deep inside the execution use the sparse entries.
+    let page = store.read_range_blocking(&long, 54_321, 7).unwrap();
+    assert_eq!(
+        page.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        (54_322..=54_328).collect::<Vec<_>>()
+    );
 }

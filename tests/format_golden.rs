@@ -24,15 +24,20 @@ const SEGMENT: &str = "0000000001.seg";
 
 fn write_fixture() {
     let dir = tempfile::tempdir().unwrap();
-    let store = LogStore::open_with(dir.path(), Options::default().segment_size_bytes(64 * 1024)).unwrap();
+    let store =
+        LogStore::open_with(dir.path(), Options::default().segment_size_bytes(64 * 1024)).unwrap();
     let (a, b) = (ExecutionId::from("exec-a"), ExecutionId::from("exec-ü/b"));
     let (ta, tb) = (TenantId::from("tenant-1"), TenantId::from("tenant-2"));
     let events = common::every_variant();
     for ev in &events[..5] {
         store.append_blocking(&a, &ta, ev.clone()).unwrap();
     }
-    store.append_batch_blocking(&b, &tb, events[5..12].to_vec()).unwrap();
-    store.append_batch_blocking(&a, &ta, events[12..].to_vec()).unwrap();
+    store
+        .append_batch_blocking(&b, &tb, events[5..12].to_vec())
+        .unwrap();
+    store
+        .append_batch_blocking(&a, &ta, events[12..].to_vec())
+        .unwrap();
     let mut expected = store.load_events_blocking(&a).unwrap();
     expected.extend(store.load_events_blocking(&b).unwrap());
     store.close().unwrap();
@@ -42,7 +47,11 @@ fn write_fixture() {
     let bytes = fs::read(dir.path().join(SEGMENT)).unwrap();
     let end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
     fs::write(out.join(SEGMENT), &bytes[..end.next_multiple_of(8)]).unwrap();
-    fs::write(out.join("expected.json"), serde_json::to_string_pretty(&expected).unwrap()).unwrap();
+    fs::write(
+        out.join("expected.json"),
+        serde_json::to_string_pretty(&expected).unwrap(),
+    )
+    .unwrap();
 }
 
 fn le32(b: &[u8], at: usize) -> u32 {
@@ -58,16 +67,25 @@ fn format_v1_fixture_still_decodes() {
         write_fixture();
     }
     let expected: Vec<StoredEvent> =
-        serde_json::from_str(&fs::read_to_string(fixture().join("expected.json")).unwrap()).unwrap();
+        serde_json::from_str(&fs::read_to_string(fixture().join("expected.json")).unwrap())
+            .unwrap();
     let work = tempfile::tempdir().unwrap();
     fs::copy(fixture().join(SEGMENT), work.path().join(SEGMENT)).unwrap();
     let store = LogStore::open(work.path()).unwrap();
     assert_eq!(store.recovery_report().truncated_at, None);
-    let mut got = store.load_events_blocking(&ExecutionId::from("exec-a")).unwrap();
-    got.extend(store.load_events_blocking(&ExecutionId::from("exec-ü/b")).unwrap());
+    let mut got = store
+        .load_events_blocking(&ExecutionId::from("exec-a"))
+        .unwrap();
+    got.extend(
+        store
+            .load_events_blocking(&ExecutionId::from("exec-ü/b"))
+            .unwrap(),
+    );
     assert_eq!(got, expected);
     assert_eq!(
-        store.list_executions_blocking(&TenantId::from("tenant-2"), 10, 0).unwrap(),
+        store
+            .list_executions_blocking(&TenantId::from("tenant-2"), 10, 0)
+            .unwrap(),
         vec![ExecutionId::from("exec-ü/b")]
     );
 }
@@ -88,14 +106,29 @@ fn fixture_bytes_match_format_md() {
     while at < bytes.len() {
         let body_len = le32(&bytes, at + 4) as usize;
         assert!(body_len > 0);
-        assert_eq!(le32(&bytes, at), crc32fast::hash(&bytes[at + 4..at + 56 + body_len]), "crc at {at}");
+        assert_eq!(
+            le32(&bytes, at),
+            crc32fast::hash(&bytes[at + 4..at + 56 + body_len]),
+            "crc at {at}"
+        );
         let kind = u16::from_le_bytes([bytes[at + 48], bytes[at + 49]]);
         let group_start = le32(&bytes, at + 44) as usize;
         assert!(group_start <= at && group_start >= 32);
         assert!(bytes[at + 50..at + 56].iter().all(|&b| b == 0));
         let framed = (56 + body_len).next_multiple_of(8);
-        assert!(bytes[at + 56 + body_len..at + framed].iter().all(|&b| b == 0), "padding");
-        seen.push((kind, le64(&bytes, at + 8), le64(&bytes, at + 16), le32(&bytes, at + 40), le64(&bytes, at + 32)));
+        assert!(
+            bytes[at + 56 + body_len..at + framed]
+                .iter()
+                .all(|&b| b == 0),
+            "padding"
+        );
+        seen.push((
+            kind,
+            le64(&bytes, at + 8),
+            le64(&bytes, at + 16),
+            le32(&bytes, at + 40),
+            le64(&bytes, at + 32),
+        ));
         if kind == 1 && le64(&bytes, at + 16) == 1 {
             // The declaration: Some (1), varint length, execution id, tenant id.
             assert_eq!(bytes[at + 56], 1);
@@ -110,7 +143,15 @@ fn fixture_bytes_match_format_md() {
     assert_eq!(events.len(), 17);
     assert_eq!(seen.last().unwrap().0, 2, "clean close ends with a seal");
     assert_eq!(events[0].4, u64::MAX, "first record has no prev");
-    assert_eq!((events[5].1, events[5].2, events[5].3), (1, 1, 6), "batch of 7 starts");
-    assert_eq!((events[11].1, events[11].2, events[11].3), (1, 7, 0), "batch of 7 ends");
+    assert_eq!(
+        (events[5].1, events[5].2, events[5].3),
+        (1, 1, 6),
+        "batch of 7 starts"
+    );
+    assert_eq!(
+        (events[11].1, events[11].2, events[11].3),
+        (1, 7, 0),
+        "batch of 7 ends"
+    );
     assert_eq!(events[12].4 >> 32, 1, "prev points into segment 1");
 }

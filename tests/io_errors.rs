@@ -63,13 +63,20 @@ fn run(k: u64, op: Op, fault: Fault) -> u64 {
                     let before = sim.calls();
                     let again = store.append_blocking(&e, &t, event(999, 1));
                     assert!(matches!(again, Err(Error::Poisoned { .. })), "{ctx}");
-                    assert_eq!(sim.calls(), before, "{ctx}: poisoned store touched the disk");
+                    assert_eq!(
+                        sim.calls(),
+                        before,
+                        "{ctx}: poisoned store touched the disk"
+                    );
                 }
                 Err(other) => panic!("{ctx}: append failed with {other:?}"),
             }
             // Acknowledged data stays readable (a failing map may refuse, never lie).
             if let Ok(events) = store.load_events_blocking(&e) {
-                assert!(events.len() as u64 >= acked.iter().map(|a| a.1).sum::<u64>(), "{ctx}");
+                assert!(
+                    events.len() as u64 >= acked.iter().map(|a| a.1).sum::<u64>(),
+                    "{ctx}"
+                );
             }
         }
         drop(store);
@@ -91,7 +98,12 @@ fn run(k: u64, op: Op, fault: Fault) -> u64 {
     // Whole batches only, acknowledged or not.
     let mut i = 0;
     while i < events.len() {
-        let ExecutionEventData::StepCompleted { step_id, duration_ms, .. } = &events[i].event else {
+        let ExecutionEventData::StepCompleted {
+            step_id,
+            duration_ms,
+            ..
+        } = &events[i].event
+        else {
             panic!("{ctx}: unexpected event")
         };
         let run = events[i..]
@@ -107,7 +119,15 @@ fn run(k: u64, op: Op, fault: Fault) -> u64 {
 #[test]
 fn every_failing_call_is_handled() {
     let mut runs = 0;
-    for op in [Op::Any, Op::Write, Op::Sync, Op::SyncDir, Op::Open, Op::Map, Op::SetLen] {
+    for op in [
+        Op::Any,
+        Op::Write,
+        Op::Sync,
+        Op::SyncDir,
+        Op::Open,
+        Op::Map,
+        Op::SetLen,
+    ] {
         for fault in [Fault::Once, Fault::Persistent] {
             // Count the calls of this kind in a clean run, then fail each in turn.
             let total = run(u64::MAX, op, fault);

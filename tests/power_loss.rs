@@ -58,7 +58,12 @@ fn check_whole_batches(events: &[StoredEvent], seed: u64) {
                 matches!(&e.event, ExecutionEventData::StepCompleted { step_id: s, .. } if s == step_id)
             })
             .count();
-        assert_eq!(run as u64, *duration_ms, "seed {seed}: partial batch at sequence {}", i + 1);
+        assert_eq!(
+            run as u64,
+            *duration_ms,
+            "seed {seed}: partial batch at sequence {}",
+            i + 1
+        );
         i += run;
     }
 }
@@ -82,7 +87,11 @@ fn run_seed(seed: u64) {
             store = LogStore::open_with(dir, options(&sim)).ok();
             continue;
         }
-        let len = if roll <= 3 { 1 + rng.below(6) as usize } else { 1 };
+        let len = if roll <= 3 {
+            1 + rng.below(6) as usize
+        } else {
+            1
+        };
         let events: Vec<_> = (0..len)
             .map(|i| event(&tag, len, i, rng.below(3000) as usize))
             .collect();
@@ -133,7 +142,9 @@ fn run_seed(seed: u64) {
     let e = &execs[0];
     let next = histories[e].len() as u64 + 1;
     assert_eq!(
-        store.append_blocking(e, &tenant, event("after", 1, 0, 10)).unwrap(),
+        store
+            .append_blocking(e, &tenant, event("after", 1, 0, 10))
+            .unwrap(),
         next,
         "seed {seed}"
     );

@@ -25,7 +25,9 @@ fn store_with(n: u64, options: Options) -> (tempfile::TempDir, ExecutionId) {
     let store = LogStore::open_with(dir.path(), options).unwrap();
     let e = ExecutionId::from("e");
     for i in 1..=n {
-        store.append_blocking(&e, &TenantId::from("t"), step_event(i)).unwrap();
+        store
+            .append_blocking(&e, &TenantId::from("t"), step_event(i))
+            .unwrap();
     }
     store.close().unwrap();
     (dir, e)
@@ -74,7 +76,12 @@ fn truncation_at_every_offset_of_the_last_records() {
     for cut in from..=end {
         let copy = copy_dir(dir.path());
         let path = seg(copy.path(), 1);
-        fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(cut as u64).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(cut as u64)
+            .unwrap();
         let store = LogStore::open(copy.path()).unwrap_or_else(|err| panic!("cut {cut}: {err}"));
         let events = store.load_events_blocking(&e).unwrap();
         let whole = offsets.iter().filter(|&&o| o < cut).count();
@@ -87,14 +94,28 @@ fn truncation_at_every_offset_of_the_last_records() {
             })
             .count()
             .min(12);
-        assert_eq!(events.len(), expected, "cut {cut} ({whole} records started)");
-        assert!(events.iter().enumerate().all(|(i, ev)| event_number(&ev.event) == Some(i as u64 + 1)));
+        assert_eq!(
+            events.len(),
+            expected,
+            "cut {cut} ({whole} records started)"
+        );
+        assert!(
+            events
+                .iter()
+                .enumerate()
+                .all(|(i, ev)| event_number(&ev.event) == Some(i as u64 + 1))
+        );
         let report = store.recovery_report();
         if !offsets.contains(&cut) && cut != end {
-            assert!(report.truncated_at.is_some(), "cut {cut}: torn tail not reported");
+            assert!(
+                report.truncated_at.is_some(),
+                "cut {cut}: torn tail not reported"
+            );
         }
         // Appends continue right after what survived.
-        let next = store.append_blocking(&e, &TenantId::from("t"), step_event(99)).unwrap();
+        let next = store
+            .append_blocking(&e, &TenantId::from("t"), step_event(99))
+            .unwrap();
         assert_eq!(next, events.len() as u64 + 1);
     }
 }
@@ -116,12 +137,17 @@ fn bit_flips_in_the_last_records() {
             match LogStore::open(copy.path()) {
                 Ok(store) => {
                     // Only damage to the seal (nothing valid after it) may be cut.
-                    assert!(at >= seal, "flip at {at} in an event followed by a seal was accepted");
+                    assert!(
+                        at >= seal,
+                        "flip at {at} in an event followed by a seal was accepted"
+                    );
                     assert_eq!(store.recovery_report().truncated_at, Some((1, seal as u64)));
                     let events = store.load_events_blocking(&e).unwrap();
                     assert_eq!(events.len(), 6);
                 }
-                Err(Error::Corrupt { segment, offset, .. }) => {
+                Err(Error::Corrupt {
+                    segment, offset, ..
+                }) => {
                     assert!(at < seal, "flip at {at} in the seal: {offset}");
                     assert_eq!((segment, offset), (1, last_event as u64));
                 }
@@ -141,7 +167,9 @@ fn corruption_in_the_middle_is_reported_with_segment_and_offset() {
     fs::write(seg(dir.path(), 1), &bytes).unwrap();
     let err = LogStore::open(dir.path()).unwrap_err();
     match &err {
-        Error::Corrupt { segment, offset, .. } => assert_eq!((*segment, *offset), (1, victim as u64)),
+        Error::Corrupt {
+            segment, offset, ..
+        } => assert_eq!((*segment, *offset), (1, victim as u64)),
         other => panic!("{other:?}"),
     }
     assert!(err.to_string().contains("segment 1"));
@@ -177,10 +205,18 @@ fn a_torn_batch_disappears_whole() {
     // Cut inside the 4th record of the batch (seal gone too, as after a crash).
     let cut = offsets[4] + 10;
     let copy = copy_dir(dir.path());
-    fs::OpenOptions::new().write(true).open(seg(copy.path(), 1)).unwrap().set_len(cut as u64).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(seg(copy.path(), 1))
+        .unwrap()
+        .set_len(cut as u64)
+        .unwrap();
     let store = LogStore::open(copy.path()).unwrap();
     assert_eq!(store.load_events_blocking(&e).unwrap().len(), 1);
-    assert_eq!(store.recovery_report().truncated_at, Some((1, offsets[1] as u64)));
+    assert_eq!(
+        store.recovery_report().truncated_at,
+        Some((1, offsets[1] as u64))
+    );
 }
 
 #[test]
@@ -190,7 +226,14 @@ fn hostile_files() {
     let mut bytes = fs::read(seg(dir.path(), 1)).unwrap();
     bytes[0] = b'X';
     fs::write(seg(dir.path(), 1), &bytes).unwrap();
-    assert!(matches!(LogStore::open(dir.path()), Err(Error::Corrupt { segment: 1, offset: 0, .. })));
+    assert!(matches!(
+        LogStore::open(dir.path()),
+        Err(Error::Corrupt {
+            segment: 1,
+            offset: 0,
+            ..
+        })
+    ));
 
     // A future format version.
     let (dir, _) = store_with(3, small_segments());
@@ -200,7 +243,10 @@ fn hostile_files() {
     bytes[28..32].copy_from_slice(&crc.to_le_bytes());
     fs::write(seg(dir.path(), 1), &bytes).unwrap();
     let err = LogStore::open(dir.path()).unwrap_err();
-    assert!(matches!(err, Error::UnsupportedFormat { version: 9, .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::UnsupportedFormat { version: 9, .. }),
+        "{err:?}"
+    );
 
     // A zero-length newest segment: a creation that never became durable.
     let (dir, e) = store_with(3, small_segments());
@@ -239,7 +285,10 @@ fn hostile_files() {
     fs::write(dir.path().join("notes.txt"), b"hello").unwrap();
     fs::write(dir.path().join("42.seg"), b"x").unwrap();
     let store = LogStore::open(dir.path()).unwrap();
-    assert_eq!(store.recovery_report().ignored_files, vec!["42.seg".to_string(), "notes.txt".to_string()]);
+    assert_eq!(
+        store.recovery_report().ignored_files,
+        vec!["42.seg".to_string(), "notes.txt".to_string()]
+    );
     assert_eq!(store.load_events_blocking(&e).unwrap().len(), 3);
 
     // Random garbage replacing the whole segment: never a panic.
@@ -265,7 +314,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc

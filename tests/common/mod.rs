@@ -24,7 +24,9 @@ pub fn every_variant() -> Vec<ExecutionEventData> {
                 step_id: Some(step.clone()),
                 relation: ParentRelation::Child,
             }),
-            metadata: Some(json!({"model": "m", "temp": 0.1, "tags": ["a", {"b": null}], "big": u64::MAX, "neg": -5})),
+            metadata: Some(
+                json!({"model": "m", "temp": 0.1, "tags": ["a", {"b": null}], "big": u64::MAX, "neg": -5}),
+            ),
         },
         E::StepStarted {
             step_id: step.clone(),
@@ -119,7 +121,9 @@ pub fn event_number(e: &ExecutionEventData) -> Option<u64> {
 
 /// Options with small segments, so tests cross segment boundaries.
 pub fn small_segments() -> Options {
-    Options::default().segment_size_bytes(64 * 1024).index_stride(4)
+    Options::default()
+        .segment_size_bytes(64 * 1024)
+        .index_stride(4)
 }
 
 /// The `execlog::Error` inside an `anyhow::Error`.

@@ -62,7 +62,11 @@ fn plan(n: u64) -> Vec<Vec<E>> {
         out.push(vec![E::StepStarted {
             step_id: step.clone(),
             parent_step_id: None,
-            step_type: if s % 2 == 0 { StepType::LlmCall } else { StepType::ToolCall },
+            step_type: if s % 2 == 0 {
+                StepType::LlmCall
+            } else {
+                StepType::ToolCall
+            },
             name: format!("step {s}"),
         }]);
         let call = format!("call-{n}-{s}");
@@ -160,7 +164,9 @@ pub fn run(args: &Args) -> Result<ExitCode, String> {
                         let t0 = Instant::now();
                         events += group.len() as u64;
                         let result = if group.len() == 1 {
-                            group.into_iter().try_for_each(|ev| store.append_blocking(&e, &t, ev).map(drop))
+                            group
+                                .into_iter()
+                                .try_for_each(|ev| store.append_blocking(&e, &t, ev).map(drop))
                         } else {
                             store.append_batch_blocking(&e, &t, group).map(drop)
                         };
@@ -175,7 +181,9 @@ pub fn run(args: &Args) -> Result<ExitCode, String> {
     let mut latencies = Vec::new();
     let mut events = 0;
     for w in workers {
-        let (l, n) = w.join().map_err(|_| "a writer thread panicked".to_string())??;
+        let (l, n) = w
+            .join()
+            .map_err(|_| "a writer thread panicked".to_string())??;
         latencies.extend(l);
         events += n;
     }
@@ -209,11 +217,34 @@ pub fn run(args: &Args) -> Result<ExitCode, String> {
     println!("  {:<28} {}", "writers (threads)", args.writers);
     println!("  {:<28} {}", "events (durable)", events);
     println!("  {:<28} {}", "appends (single or batch)", latencies.len());
-    println!("  {:<28} {:.0}", "events/s (durable)", events as f64 / elapsed.as_secs_f64());
-    println!("  {:<28} {:.0} / {:.0}", "append latency p50/p99 (µs)", pct(0.5), pct(0.99));
-    println!("  {:<28} {:.0}", "read-back events/s", events as f64 / check.as_secs_f64());
-    println!("  {:<28} {} ({:.0} per event)", "disk bytes (data)", stats.data_bytes, stats.data_bytes as f64 / events.max(1) as f64);
-    println!("  {:<28} {} ({:.2} per event)", "index bytes", stats.index_bytes, stats.index_bytes as f64 / events.max(1) as f64);
+    println!(
+        "  {:<28} {:.0}",
+        "events/s (durable)",
+        events as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "  {:<28} {:.0} / {:.0}",
+        "append latency p50/p99 (µs)",
+        pct(0.5),
+        pct(0.99)
+    );
+    println!(
+        "  {:<28} {:.0}",
+        "read-back events/s",
+        events as f64 / check.as_secs_f64()
+    );
+    println!(
+        "  {:<28} {} ({:.0} per event)",
+        "disk bytes (data)",
+        stats.data_bytes,
+        stats.data_bytes as f64 / events.max(1) as f64
+    );
+    println!(
+        "  {:<28} {} ({:.2} per event)",
+        "index bytes",
+        stats.index_bytes,
+        stats.index_bytes as f64 / events.max(1) as f64
+    );
     println!("  {:<28} {}", "store", dir.display());
     Ok(ExitCode::SUCCESS)
 }

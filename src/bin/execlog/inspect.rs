@@ -20,7 +20,10 @@ pub fn events(dir: &Path, execution: &str, after: u64, pretty: bool) -> Result<E
         .map_err(|e| e.to_string())?;
     let mut lines = Vec::with_capacity(events.len() + 1);
     if pretty {
-        lines.push(format!("{:>6}  {:<30}  {:<20}  summary", "seq", "time (UTC)", "type"));
+        lines.push(format!(
+            "{:>6}  {:<30}  {:<20}  summary",
+            "seq", "time (UTC)", "type"
+        ));
         for e in &events {
             let (kind, summary) = describe(&e.event);
             lines.push(format!(
@@ -66,21 +69,42 @@ fn describe(event: &ExecutionEventData) -> (String, String) {
     let kind = value["type"].as_str().unwrap_or("?").to_string();
     use ExecutionEventData as E;
     let summary = match event {
-        E::StepStarted { name, step_type, .. } => format!("{name} ({step_type:?})"),
-        E::StepCompleted { step_id, duration_ms, .. } => format!("{step_id} in {duration_ms} ms"),
+        E::StepStarted {
+            name, step_type, ..
+        } => format!("{name} ({step_type:?})"),
+        E::StepCompleted {
+            step_id,
+            duration_ms,
+            ..
+        } => format!("{step_id} in {duration_ms} ms"),
         E::StepFailed { step_id, error } => format!("{step_id}: {}", error.message),
         E::ExecutionFailed { error } => error.message.clone(),
         E::ExecutionPaused { reason } | E::ExecutionCancelled { reason } => reason.clone(),
-        E::ToolCallStarted { tool_name, tool_call_id, .. } => format!("{tool_name} [{tool_call_id}]"),
+        E::ToolCallStarted {
+            tool_name,
+            tool_call_id,
+            ..
+        } => format!("{tool_name} [{tool_call_id}]"),
         E::ToolCallCompleted { tool_call_id, .. } => format!("[{tool_call_id}]"),
         E::CheckpointSaved { checkpoint_id, .. } => checkpoint_id.clone(),
-        E::GoalEvaluated { goal_id, status, score, .. } => match score {
+        E::GoalEvaluated {
+            goal_id,
+            status,
+            score,
+            ..
+        } => match score {
             Some(s) => format!("{goal_id}: {status} ({s:.2})"),
             None => format!("{goal_id}: {status}"),
         },
         E::Custom { event_type, .. } => event_type.clone(),
-        E::ArtifactStored { artifact_id, size_bytes, .. } => format!("{artifact_id} ({size_bytes} bytes)"),
-        E::StepDiscovered { step_id, reason, .. } => format!("{step_id}: {reason}"),
+        E::ArtifactStored {
+            artifact_id,
+            size_bytes,
+            ..
+        } => format!("{artifact_id} ({size_bytes} bytes)"),
+        E::StepDiscovered {
+            step_id, reason, ..
+        } => format!("{step_id}: {reason}"),
         E::ExecutionCompleted { duration_ms, .. } => format!("in {duration_ms} ms"),
         E::ExecutionStarted { .. } | E::ExecutionResumed => String::new(),
     };
@@ -109,8 +133,14 @@ pub fn stats(dir: &Path) -> Result<ExitCode, String> {
     println!("executions:        {}", s.executions);
     println!("tenants:           {}", s.tenants);
     println!("data bytes:        {}", s.data_bytes);
-    println!("index bytes:       {} ({} in sparse entries)", s.index_bytes, s.sparse_index_bytes);
-    println!("recovery:          scanned {} segments, {} records, {} bytes in {:?}", r.segments_scanned, r.records, r.bytes_scanned, r.duration);
+    println!(
+        "index bytes:       {} ({} in sparse entries)",
+        s.index_bytes, s.sparse_index_bytes
+    );
+    println!(
+        "recovery:          scanned {} segments, {} records, {} bytes in {:?}",
+        r.segments_scanned, r.records, r.bytes_scanned, r.duration
+    );
     match r.truncated_at {
         Some((seg, off)) => println!(
             "torn tail:         segment {seg} offset {off}: {} (not cut: read-only)",
@@ -140,7 +170,11 @@ pub fn verify(dir: &Path) -> Result<ExitCode, String> {
         report.executions,
         report.events,
         store.recovery_report().records,
-        if report.is_clean() { "clean" } else { "PROBLEMS FOUND" }
+        if report.is_clean() {
+            "clean"
+        } else {
+            "PROBLEMS FOUND"
+        }
     );
     Ok(if report.is_clean() {
         ExitCode::SUCCESS
