@@ -32,6 +32,8 @@ mod committer;
 mod error;
 mod event;
 mod event_store;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 mod ids;
