@@ -113,7 +113,6 @@ impl Committer {
         let (tail, capacity, poisoned, timestamp_ns) = {
             let mut state = self.shared.state.lock();
             let w = &mut state.writer;
-            debug_assert_eq!(w.segment, self.segment);
             (
                 w.tail,
                 w.capacity,
@@ -125,6 +124,11 @@ impl Committer {
         if poisoned || tail + len > capacity {
             return Ok(());
         }
+        debug_assert_eq!(
+            self.shared.state.lock().writer.segment,
+            self.segment,
+            "an unpoisoned store has committed every reserved segment"
+        );
         self.buf.clear();
         record::encode_seal(tail as u32, timestamp_ns, &mut self.buf);
         let path = segment::path(&self.shared.dir, self.segment);

@@ -53,8 +53,6 @@ pub enum Op {
     Open,
     /// `map`.
     Map,
-    /// `set_len`.
-    SetLen,
 }
 
 #[derive(Default, Clone)]
@@ -416,17 +414,6 @@ impl IoFile for SimFile {
         }
         inode.live[off..off + buf.len()].copy_from_slice(buf);
         inode.dirty.push((off, buf.len()));
-        Ok(())
-    }
-
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        let mut w = self.io.enter(Op::SetLen)?;
-        let inode = &mut w.inodes[self.ino];
-        let len = len as usize;
-        if len < inode.live.len() {
-            inode.dirty.push((len, inode.live.len() - len));
-        }
-        inode.live.resize(len, 0);
         Ok(())
     }
 

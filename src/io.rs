@@ -49,8 +49,6 @@ pub trait IoFile: Send + Sync {
     fn size(&self) -> io::Result<u64>;
     /// Writes all of `buf` at `offset`.
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
-    /// Truncates or extends (with zeros) to `len`.
-    fn set_len(&self, len: u64) -> io::Result<()>;
     /// fdatasync: the written bytes and the length are durable when this returns.
     fn sync_data(&self) -> io::Result<()>;
     /// The first `len` bytes, read-only. The caller promises that those bytes are not
@@ -125,10 +123,6 @@ impl IoFile for RealFile {
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.0.write_all_at(buf, offset)
-    }
-
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.0.set_len(len)
     }
 
     fn sync_data(&self) -> io::Result<()> {

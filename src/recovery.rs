@@ -170,7 +170,7 @@ pub(crate) fn recover(
         if let Some((_, cut)) = report.truncated_at.filter(|&(s, _)| s == id)
             && !read_only
         {
-            cut_tail(file.as_ref(), &path, cut, capacity)?;
+            cut_tail(file.as_ref(), &path, cut, cut + report.bytes_truncated)?;
         }
         segments.push(RecoveredSegment {
             id,
@@ -270,13 +270,12 @@ fn scan_segment(
 }
 
 /// Zeroes `[cut, capacity)` of a segment durably, keeping its preallocated length.
-fn cut_tail(file: &dyn IoFile, path: &Path, cut: u64, capacity: u64) -> Result<()> {
-    file.set_len(cut)
-        .map_err(|e| Error::io("truncate torn tail", path, e))?;
-    file.set_len(capacity)
-        .map_err(|e| Error::io("re-extend segment", path, e))?;
+/// Zeroes `[cut, end)` of a segment durably, by overwriting (see `segment.rs` for why
+/// not by truncating).
+fn cut_tail(file: &dyn IoFile, path: &Path, cut: u64, end: u64) -> Result<()> {
+    segment::write_zeros(file, cut, end).map_err(|e| Error::io("zero torn tail", path, e))?;
     file.sync_data()
-        .map_err(|e| Error::io("fdatasync after truncation", path, e))
+        .map_err(|e| Error::io("fdatasync after cutting the tail", path, e))
 }
 
 impl Rebuild {

@@ -1,5 +1,5 @@
 //! I/O errors through the simulated file system: for every k, the k-th call of each
-//! kind (any, write, fdatasync, directory fsync, open/create, mmap, set_len) fails, once
+//! kind (any, write, fdatasync, directory fsync, open/create, mmap) fails, once
 //! or persistently, during a small workload that rolls segments and reopens.
 //!
 //! Asserts: never a panic (the commit thread's included); an append is acknowledged
@@ -126,7 +126,6 @@ fn every_failing_call_is_handled() {
         Op::SyncDir,
         Op::Open,
         Op::Map,
-        Op::SetLen,
     ] {
         for fault in [Fault::Once, Fault::Persistent] {
             // Count the calls of this kind in a clean run, then fail each in turn.

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod writer;
+
 use execlog::*;
 use serde_json::json;
 
