@@ -32,10 +32,10 @@ mod committer;
 mod error;
 mod event;
 mod event_store;
-#[cfg(feature = "fuzzing")]
-pub mod fuzzing;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod ids;
 mod index;
 mod io;

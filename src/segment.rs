@@ -148,7 +148,8 @@ const ZERO_CHUNK: usize = 1 << 20;
 
 /// Writes zeros over `[from, to)` (allocating the blocks; not synced).
 pub(crate) fn write_zeros(file: &dyn IoFile, from: u64, to: u64) -> std::io::Result<()> {
-    let zeros = vec![0u8; ZERO_CHUNK.min(usize::try_from(to.saturating_sub(from)).unwrap_or(ZERO_CHUNK))];
+    let zeros =
+        vec![0u8; ZERO_CHUNK.min(usize::try_from(to.saturating_sub(from)).unwrap_or(ZERO_CHUNK))];
     let mut at = from;
     while at < to {
         let n = (to - at).min(zeros.len() as u64) as usize;

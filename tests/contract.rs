@@ -466,7 +466,10 @@ fn index_memory_per_event() {
     let stats = store.stats();
     assert_eq!(stats.events, 100_000);
     let per_event = stats.sparse_index_bytes as f64 / stats.events as f64;
-    println!("sparse index: {per_event:.3} bytes per event; whole index {} bytes", stats.index_bytes);
+    println!(
+        "sparse index: {per_event:.3} bytes per event; whole index {} bytes",
+        stats.index_bytes
+    );
     assert!(per_event <= 1.0, "{per_event} bytes per event");
     // Reads of a page deep inside the execution use the sparse entries.
     let page = store.read_range_blocking(&long, 54_321, 7).unwrap();

@@ -119,14 +119,7 @@ fn run(k: u64, op: Op, fault: Fault) -> u64 {
 #[test]
 fn every_failing_call_is_handled() {
     let mut runs = 0;
-    for op in [
-        Op::Any,
-        Op::Write,
-        Op::Sync,
-        Op::SyncDir,
-        Op::Open,
-        Op::Map,
-    ] {
+    for op in [Op::Any, Op::Write, Op::Sync, Op::SyncDir, Op::Open, Op::Map] {
         for fault in [Fault::Once, Fault::Persistent] {
             // Count the calls of this kind in a clean run, then fail each in turn.
             let total = run(u64::MAX, op, fault);

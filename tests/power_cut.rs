@@ -73,7 +73,11 @@ impl LoopFs {
     }
 
     fn cut_power(&self) -> Result<(), String> {
-        run("xfs_io", &["-x", "-c", "shutdown", self.mount.to_str().unwrap()]).map(drop)
+        run(
+            "xfs_io",
+            &["-x", "-c", "shutdown", self.mount.to_str().unwrap()],
+        )
+        .map(drop)
     }
 }
 
@@ -89,8 +93,17 @@ fn prerequisites() -> Result<(), String> {
     if uid != "0" {
         return Err(format!("needs root (uid is {uid})"));
     }
-    for tool in ["losetup", "mkfs.ext4", "mkfs.xfs", "xfs_io", "mount", "umount", "truncate"] {
-        run("sh", &["-c", &format!("command -v {tool}")]).map_err(|_| format!("{tool} is missing"))?;
+    for tool in [
+        "losetup",
+        "mkfs.ext4",
+        "mkfs.xfs",
+        "xfs_io",
+        "mount",
+        "umount",
+        "truncate",
+    ] {
+        run("sh", &["-c", &format!("command -v {tool}")])
+            .map_err(|_| format!("{tool} is missing"))?;
     }
     run("losetup", &["-f"]).map_err(|e| format!("no free loop device: {e}"))?;
     Ok(())
@@ -117,7 +130,8 @@ fn cuts_on(kind: &str, cuts: u64, rng: &mut u64) -> Vec<String> {
         *rng ^= *rng >> 7;
         *rng ^= *rng << 17;
         std::thread::sleep(Duration::from_millis(150 + *rng % 250));
-        fs.cut_power().unwrap_or_else(|e| panic!("{kind} cut {n}: {e}"));
+        fs.cut_power()
+            .unwrap_or_else(|e| panic!("{kind} cut {n}: {e}"));
         child.kill().unwrap();
         child.wait().unwrap();
         let lines = reader.join().unwrap();
@@ -125,18 +139,23 @@ fn cuts_on(kind: &str, cuts: u64, rng: &mut u64) -> Vec<String> {
         // Only this cut's acknowledgements: an earlier failure is not counted twice.
         let mut acks = writer::Acks::new();
         writer::record(&lines, &mut acks);
-        fs.unmount().unwrap_or_else(|e| panic!("{kind} cut {n}: {e}"));
+        fs.unmount()
+            .unwrap_or_else(|e| panic!("{kind} cut {n}: {e}"));
         fs.mount().unwrap_or_else(|e| panic!("{kind} cut {n}: {e}"));
         match writer::verify(&dir, &acks) {
             Ok(store) => {
-                if let Err(e) = writer::append_continues(&store, &format!("parent-{n}"), &mut acks) {
+                if let Err(e) = writer::append_continues(&store, &format!("parent-{n}"), &mut acks)
+                {
                     failures.push(format!("{kind} cut {n}: {e}"));
                 }
             }
             Err(e) => failures.push(format!("{kind} cut {n} ({} acks): {e}", lines.len())),
         }
     }
-    println!("{kind}: {cuts} power cuts, {total} acknowledged appends, {} cuts lost data", failures.len());
+    println!(
+        "{kind}: {cuts} power cuts, {total} acknowledged appends, {} cuts lost data",
+        failures.len()
+    );
     failures
 }
 
@@ -146,9 +165,16 @@ fn kernel_power_cuts_lose_nothing() {
     if let Err(why) = prerequisites() {
         panic!("NOT RUN: the kernel power-cut test cannot run here: {why}");
     }
-    let per_fs: Option<u64> = std::env::var("EXECLOG_POWER_CUTS").ok().and_then(|s| s.parse().ok());
+    let per_fs: Option<u64> = std::env::var("EXECLOG_POWER_CUTS")
+        .ok()
+        .and_then(|s| s.parse().ok());
     let mut rng = 0x9E37_79B9_7F4A_7C15_u64 ^ u64::from(std::process::id());
     let mut failures = cuts_on("ext4", per_fs.unwrap_or(20), &mut rng);
     failures.extend(cuts_on("xfs", per_fs.unwrap_or(10), &mut rng));
-    assert!(failures.is_empty(), "{} cuts lost data:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} cuts lost data:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

@@ -59,7 +59,11 @@ pub fn child(dir: &Path) {
                     x ^= x << 17;
                     let e = ExecutionId::from(format!("exec-{}", x % EXECUTIONS));
                     let t = TenantId::from(format!("tenant-{}", (x % EXECUTIONS) % 3));
-                    let len = if x % 3 == 0 { 1 + (x >> 8) as usize % 7 } else { 1 };
+                    let len = if x % 3 == 0 {
+                        1 + (x >> 8) as usize % 7
+                    } else {
+                        1
+                    };
                     let tag = format!("{nonce}-{w}-{n}");
                     let events: Vec<_> = (0..len).map(|i| event(&tag, len, i)).collect();
                     let first = if len == 1 {
@@ -72,7 +76,8 @@ pub fn child(dir: &Path) {
                         return;
                     };
                     let mut out = out.lock();
-                    if writeln!(out, "ACK {e} {first} {len} {tag}").is_err() || out.flush().is_err() {
+                    if writeln!(out, "ACK {e} {first} {len} {tag}").is_err() || out.flush().is_err()
+                    {
                         return;
                     }
                 }
@@ -167,7 +172,9 @@ pub fn verify(dir: &Path, acks: &Acks) -> Result<LogStore, String> {
             for k in 0..a.len {
                 let got = events.get(a.first as usize - 1 + k).map(|ev| &ev.event);
                 if got != Some(&event(&a.tag, a.len, k)) {
-                    let found = events.get(a.first as usize - 1 + k).map(|ev| batch_tag(&ev.event));
+                    let found = events
+                        .get(a.first as usize - 1 + k)
+                        .map(|ev| batch_tag(&ev.event));
                     return Err(format!(
                         "{e}: acknowledged sequence {} ({}, batch of {}) lost: holds {} events, found {found:?}; recovery {:?}",
                         a.first as usize + k,
@@ -187,10 +194,18 @@ pub fn verify(dir: &Path, acks: &Acks) -> Result<LogStore, String> {
 pub fn append_continues(store: &LogStore, tag: &str, acks: &mut Acks) -> Result<(), String> {
     let e = ExecutionId::from("exec-0");
     let t = TenantId::from("tenant-0");
-    let next = store.get_latest_sequence_blocking(&e).map_err(|e| e.to_string())?.unwrap_or(0) + 1;
-    let got = store.append_blocking(&e, &t, event(tag, 1, 0)).map_err(|e| e.to_string())?;
+    let next = store
+        .get_latest_sequence_blocking(&e)
+        .map_err(|e| e.to_string())?
+        .unwrap_or(0)
+        + 1;
+    let got = store
+        .append_blocking(&e, &t, event(tag, 1, 0))
+        .map_err(|e| e.to_string())?;
     if got != next {
-        return Err(format!("append after recovery got sequence {got}, expected {next}"));
+        return Err(format!(
+            "append after recovery got sequence {got}, expected {next}"
+        ));
     }
     acks.entry(e.to_string()).or_default().push(Ack {
         first: next,
