@@ -3,7 +3,8 @@
 //! down with `xfs_io -x -c shutdown` (FS_IOC_SHUTDOWN without flushing: everything not
 //! yet durable is lost, as in a power cut), the writer is killed, the file system is
 //! unmounted and mounted again, and every acknowledged event must be there, whole
-//! batches only, appends continuing at the right sequence.
+//! batches only, appends continuing at the right sequence. The store accumulates across
+//! 25 cuts on one file system, then a fresh one is made.
 //!
 //! Needs root, a free loop device, mkfs.ext4, mkfs.xfs and xfs_io (xfsprogs, installed
 //! by `.ci/run`). It is `#[ignore]`d so that a plain `cargo test` never reports it as
@@ -21,6 +22,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::writer;
+
+/// Cuts on one file system (and store) before a fresh one is made.
+const CUTS_PER_FS: u64 = 25;
 
 fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
     let out = Command::new(cmd)
@@ -119,11 +123,17 @@ fn power_cut_child_writer() {
 
 /// Runs `cuts` power cuts on one file system of `kind`; returns the failed cuts.
 fn cuts_on(kind: &str, cuts: u64, rng: &mut u64) -> Vec<String> {
-    let fs = LoopFs::new(kind).unwrap_or_else(|e| panic!("{kind}: cannot set up: {e}"));
-    let dir = fs.mount.join("store");
+    let mut fs = LoopFs::new(kind).unwrap_or_else(|e| panic!("{kind}: cannot set up: {e}"));
+    let mut dir = fs.mount.join("store");
     let mut failures = Vec::new();
     let mut total = 0;
     for n in 0..cuts {
+        if n % CUTS_PER_FS == 0 && n > 0 {
+            // Keep the image from filling up and verification linear: a fresh one.
+            drop(fs);
+            fs = LoopFs::new(kind).unwrap_or_else(|e| panic!("{kind}: cannot set up: {e}"));
+            dir = fs.mount.join("store");
+        }
         let mut child = writer::spawn("power_cut_child_writer", "EXECLOG_POWER_CUT_CHILD", &dir);
         let reader = writer::collect_acks(&mut child);
         *rng ^= *rng << 13;

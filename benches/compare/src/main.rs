@@ -1,0 +1,341 @@
+//! execlog side by side with SQLite, redb and the disk's own limits, in one run.
+//!
+//! `cargo run --release --manifest-path benches/compare/Cargo.toml -- [--quick] [--events N]
+//! [--seconds S] [--repeats R] [--writers 1,16,64,256] [--out docs/BENCHMARKS.md]`
+//!
+//! Systems alternate within each repeat and medians are reported, because the machine
+//! is shared and noisy. Every figure is also given as a ratio to the ideal group-commit
+//! loop and to SQLite measured in the same run.
+
+mod baseline;
+mod report;
+mod systems;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use execlog::{ExecutionEventData, StepId};
+
+/// One measurement: events done in `elapsed`, with per-operation latencies.
+#[derive(Clone, Debug, Default)]
+pub struct Sample {
+    pub events: u64,
+    pub elapsed: Duration,
+    pub latencies: Vec<Duration>,
+}
+
+impl Sample {
+    pub fn new(events: u64, elapsed: Duration, mut latencies: Vec<Duration>) -> Self {
+        latencies.sort_unstable();
+        Sample {
+            events,
+            elapsed,
+            latencies,
+        }
+    }
+    pub fn rate(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+    pub fn pct_us(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.latencies.len() as f64 * p) as usize).min(self.latencies.len() - 1);
+        self.latencies[i].as_secs_f64() * 1e6
+    }
+}
+
+/// The median sample by rate.
+pub fn median(mut samples: Vec<Sample>) -> Sample {
+    samples.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+    samples.swap_remove(samples.len() / 2)
+}
+
+pub struct Config {
+    pub quick: bool,
+    pub seconds: f64,
+    pub repeats: usize,
+    pub writers: Vec<usize>,
+    pub read_events: u64,
+    pub out: PathBuf,
+    pub dir: PathBuf,
+}
+
+fn parse_args() -> Config {
+    let mut c = Config {
+        quick: false,
+        seconds: 2.0,
+        repeats: 3,
+        writers: vec![1, 16, 64, 256],
+        read_events: 1_000_000,
+        out: PathBuf::from("docs/BENCHMARKS.md"),
+        dir: PathBuf::from("target/compare-data"),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
+        match a.as_str() {
+            "--quick" => {
+                c.quick = true;
+                c.seconds = 0.3;
+                c.repeats = 1;
+                c.writers = vec![1, 16];
+                c.read_events = 20_000;
+            }
+            "--seconds" => c.seconds = value().parse().expect("--seconds"),
+            "--repeats" => c.repeats = value().parse().expect("--repeats"),
+            "--events" => c.read_events = value().parse().expect("--events"),
+            "--writers" => {
+                c.writers = value()
+                    .split(',')
+                    .map(|w| w.parse().expect("--writers"))
+                    .collect()
+            }
+            "--out" => c.out = PathBuf::from(value()),
+            "--dir" => c.dir = PathBuf::from(value()),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    c
+}
+
+/// ~250 bytes stored: a StepCompleted with a 150-byte output.
+pub fn event(n: u64) -> ExecutionEventData {
+    ExecutionEventData::StepCompleted {
+        step_id: StepId::from(format!("step-{n:08}")),
+        output: Some(format!("{n:08}{}", "o".repeat(142))),
+        duration_ms: n,
+    }
+}
+
+fn fresh(dir: &Path) -> PathBuf {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).expect("bench dir");
+    dir.to_path_buf()
+}
+
+/// W writers, each appending single durable events to its own executions of 100.
+fn ingest(sys: &dyn systems::System, writers: usize, seconds: f64) -> Sample {
+    let stop = AtomicBool::new(false);
+    let start = Instant::now();
+    let results: Vec<(u64, Vec<Duration>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                let stop = &stop;
+                s.spawn(move || {
+                    let mut lat = Vec::new();
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let exec = format!("w{w}-e{}", n / 100);
+                        let tenant = format!("tenant-{}", w % 10);
+                        let t = Instant::now();
+                        sys.append(&exec, &tenant, &event(n));
+                        lat.push(t.elapsed());
+                        n += 1;
+                    }
+                    (n, lat)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs_f64(seconds));
+        stop.store(true, Ordering::Relaxed);
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("writer"))
+            .collect()
+    });
+    let elapsed = start.elapsed();
+    let events = results.iter().map(|r| r.0).sum();
+    Sample::new(
+        events,
+        elapsed,
+        results.into_iter().flat_map(|r| r.1).collect(),
+    )
+}
+
+/// One writer appending batches of 100.
+fn batch_ingest(sys: &dyn systems::System, seconds: f64) -> Sample {
+    let start = Instant::now();
+    let mut lat = Vec::new();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < seconds {
+        let batch: Vec<_> = (0..100).map(|i| event(n + i)).collect();
+        let t = Instant::now();
+        sys.append_batch(&format!("b-{}", n / 100), "tenant-b", &batch);
+        lat.push(t.elapsed());
+        n += 100;
+    }
+    Sample::new(n, start.elapsed(), lat)
+}
+
+/// Fills a store with `events` events in executions of 100 (batches of 100).
+fn fill(sys: &dyn systems::System, events: u64) {
+    for e in 0..events / 100 {
+        let batch: Vec<_> = (0..100).map(|i| event(e * 100 + i)).collect();
+        sys.append_batch(&format!("r-{e}"), &format!("tenant-{}", e % 10), &batch);
+    }
+}
+
+fn reads(sys: &dyn systems::System, executions: u64, seconds: f64, after_last: bool) -> Sample {
+    let start = Instant::now();
+    let mut lat = Vec::new();
+    let mut events = 0;
+    let mut x = 0x9E37_79B9_7F4A_7C15_u64;
+    while start.elapsed().as_secs_f64() < seconds {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let exec = format!("r-{}", x % executions);
+        let t = Instant::now();
+        events += if after_last {
+            sys.load_after(&exec, 90)
+        } else {
+            sys.load(&exec)
+        } as u64;
+        lat.push(t.elapsed());
+    }
+    Sample::new(events, start.elapsed(), lat)
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|it| {
+            it.filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn main() {
+    let c = parse_args();
+    std::fs::create_dir_all(&c.dir).expect("bench dir");
+    let mut r = report::Report::new(&c);
+    let event_bytes = 250;
+
+    eprintln!("baselines…");
+    r.raw_fdatasync = median(
+        (0..c.repeats)
+            .map(|_| baseline::raw_fdatasync(&fresh(&c.dir.join("base")), event_bytes, c.seconds))
+            .collect(),
+    );
+    r.seq_mb_s = baseline::sequential_write_mb_s(
+        &fresh(&c.dir.join("base")),
+        if c.quick { 64 } else { 512 },
+    );
+
+    for &w in &c.writers {
+        eprintln!("durable ingest, {w} writers…");
+        let mut per: Vec<Vec<Sample>> = vec![Vec::new(); systems::NAMES.len() + 1];
+        for _ in 0..c.repeats {
+            per[0].push(baseline::ideal_group_commit(
+                &fresh(&c.dir.join("base")),
+                w,
+                event_bytes,
+                c.seconds,
+            ));
+            for (i, name) in systems::NAMES.iter().enumerate() {
+                let dir = fresh(&c.dir.join(name));
+                let sys = systems::open(name, &dir);
+                per[i + 1].push(ingest(sys.as_ref(), w, c.seconds));
+            }
+        }
+        r.ingest.push((w, per.into_iter().map(median).collect()));
+    }
+
+    for name in systems::NAMES {
+        eprintln!("{name}: batch ingest, reads, open, footprint, list…");
+        let dir = fresh(&c.dir.join(name));
+        let sys = systems::open(name, &dir);
+        let batch = median(
+            (0..c.repeats)
+                .map(|_| batch_ingest(sys.as_ref(), c.seconds))
+                .collect(),
+        );
+        drop(sys);
+        let dir = fresh(&c.dir.join(name));
+        let sys = systems::open(name, &dir);
+        let t = Instant::now();
+        fill(sys.as_ref(), c.read_events);
+        let fill_time = t.elapsed();
+        let executions = c.read_events / 100;
+        let load = median(
+            (0..c.repeats)
+                .map(|_| reads(sys.as_ref(), executions, c.seconds, false))
+                .collect(),
+        );
+        let after = median(
+            (0..c.repeats)
+                .map(|_| reads(sys.as_ref(), executions, c.seconds, true))
+                .collect(),
+        );
+        let list_start = Instant::now();
+        let mut listed = 0;
+        for i in 0..100 {
+            listed += sys.list(&format!("tenant-{}", i % 10), 50, 0);
+        }
+        let list_us = list_start.elapsed().as_secs_f64() * 1e6 / 100.0;
+        drop(sys);
+        let disk = dir_bytes(&dir);
+        let t = Instant::now();
+        let sys = systems::open(name, &dir);
+        let _ = sys.load("r-0");
+        let open = t.elapsed();
+        drop(sys);
+        r.systems.push(report::SystemResult {
+            name: name.to_string(),
+            batch,
+            fill_time,
+            load,
+            after,
+            list_us,
+            listed,
+            disk_bytes: disk,
+            open,
+        });
+    }
+
+    // execlog specifics: open vs raw scan of the same bytes, after a clean close and
+    // after a torn tail; index memory.
+    let dir = c.dir.join("execlog");
+    let (scan, scanned) = baseline::raw_scan(&dir);
+    r.raw_scan = (scan, scanned);
+    {
+        let store = execlog::LogStore::open(&dir).expect("open");
+        r.execlog_stats = Some(store.stats());
+        r.recovery = Some(store.recovery_report().clone());
+    }
+    r.torn_open = torn_open(&dir);
+    r.write(&c.out);
+    eprintln!("wrote {}", c.out.display());
+}
+
+/// Appends garbage after the newest segment's data (a torn tail), then times open to
+/// the first read.
+fn torn_open(dir: &Path) -> Duration {
+    use std::os::unix::fs::FileExt;
+    let mut segs: Vec<_> = std::fs::read_dir(dir)
+        .expect("list")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segs.sort();
+    let last = segs.last().expect("a segment");
+    let bytes = std::fs::read(last).expect("read");
+    let end = bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(32, |i| i + 1)
+        .next_multiple_of(8);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(last)
+        .expect("open");
+    f.write_all_at(&[0xAB; 100], end as u64).expect("tear");
+    f.sync_all().expect("sync");
+    let t = Instant::now();
+    let store = execlog::LogStore::open(dir).expect("open torn");
+    let _ = store.load_events_blocking(&execlog::ExecutionId::from("r-0"));
+    t.elapsed()
+}
