@@ -118,7 +118,7 @@ pub(crate) fn submit(
             batch_remaining: (count - 1 - i) as u32,
         };
         let decl = if i == 0 { &declaration_bytes } else { &absent };
-        record::encode(&header, &[decl, body], &mut bytes);
+        record::encode_unsealed(&header, &[decl, body], &mut bytes);
         if sequence == 1 {
             state.index.create(execution_id.clone(), tenant_id, pos);
         } else {

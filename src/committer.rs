@@ -21,7 +21,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, TryRecvError};
 
 use crate::error::{Error, Result};
 use crate::io::IoFile;
@@ -29,6 +29,9 @@ use crate::queue::{Pending, fail_all};
 use crate::record;
 use crate::segment;
 use crate::state::Shared;
+
+/// How long an idle commit thread polls the queue before it sleeps.
+const IDLE_SPIN: Duration = Duration::from_micros(60);
 
 /// The commit thread's own state.
 pub(crate) struct Committer {
@@ -71,7 +74,7 @@ impl Committer {
     }
 
     fn run_groups(&mut self, group: &mut Vec<Pending>) {
-        while let Ok(first) = self.rx.recv() {
+        while let Some(first) = self.next_first() {
             group.push(first);
             self.gather(group);
             let poisoned = self.shared.state.lock().writer.poisoned.clone();
@@ -141,6 +144,25 @@ impl Committer {
         let mut state = self.shared.state.lock();
         state.writer.tail = tail + len;
         Ok(())
+    }
+
+    /// Waits for the first append of the next group. Spins for up to [`IDLE_SPIN`]
+    /// before sleeping: a writer that appends again right after its acknowledgement
+    /// is then picked up at once instead of paying a thread wake-up (tens of
+    /// microseconds on a virtual machine) on every append. Under load the queue is never
+    /// empty here and nothing spins.
+    fn next_first(&self) -> Option<Pending> {
+        let spin_until = Instant::now() + IDLE_SPIN;
+        loop {
+            match self.rx.try_recv() {
+                Ok(p) => return Some(p),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) if Instant::now() >= spin_until => {
+                    return self.rx.recv().ok();
+                }
+                Err(TryRecvError::Empty) => std::hint::spin_loop(),
+            }
+        }
     }
 
     /// Adds queued appends to `group` until it holds `group_commit_max_bytes` or the
@@ -226,8 +248,14 @@ impl Committer {
 
     /// Makes the group visible to readers: segment ends first, then the index.
     fn publish(&self, group: &[Pending]) {
-        for p in group {
-            self.shared.segments.set_durable_end(p.segment, p.end());
+        // Pendings are in log order: the last one of each segment holds its end.
+        for (i, p) in group.iter().enumerate() {
+            if group
+                .get(i + 1)
+                .is_none_or(|next| next.segment != p.segment)
+            {
+                self.shared.segments.set_durable_end(p.segment, p.end());
+            }
         }
         let mut state = self.shared.state.lock();
         for p in group {

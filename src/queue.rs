@@ -13,11 +13,22 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::Backoff;
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
 use crate::index::ExecNo;
 use crate::record::Pos;
+
+/// Blocking waiters in this process, for the lone-waiter heuristic of `Ticket::wait`.
+static WAITERS: AtomicUsize = AtomicUsize::new(0);
+/// At most this many concurrent waiters poll instead of sleeping.
+const LONE_WAITERS: usize = 2;
+/// How long a lone waiter polls before it sleeps.
+const LONE_WAITER_POLL: Duration = Duration::from_millis(1);
 
 /// One append's encoded records, on their way to the commit thread.
 pub(crate) struct Pending {
@@ -54,6 +65,8 @@ struct Slot {
 #[derive(Default)]
 struct TicketInner {
     slot: Mutex<Slot>,
+    /// Set (after the result is stored) so that blocking waiters can poll it cheaply.
+    completed: AtomicBool,
     done: Condvar,
 }
 
@@ -71,6 +84,7 @@ impl Ticket {
                 return;
             }
             slot.result = Some(result);
+            self.0.completed.store(true, Ordering::Release);
             slot.waker.take()
         };
         self.0.done.notify_all();
@@ -80,7 +94,29 @@ impl Ticket {
     }
 
     /// Blocks until the ticket is completed.
+    ///
+    /// Spins, then yields, then sleeps (crossbeam's `Backoff`): with many writers on few
+    /// cores, yielding waiters are rescheduled cheaply, while a futex sleep and wake per
+    /// append made context switches the bottleneck at 64 writers (perf: 50% of CPU
+    /// time in the scheduler).
+    ///
+    /// A waiter that is alone (or nearly) keeps yield-polling for up to
+    /// [`LONE_WAITER_POLL`]: one fdatasync is shorter than that, and the sleep/wake pair
+    /// it avoids costs a third of a 200 µs append on a virtual machine. With more
+    /// waiters the core is better left to the commit thread.
     pub(crate) fn wait(self) -> Result<()> {
+        let waiting = WAITERS.fetch_add(1, Ordering::Relaxed) + 1;
+        let backoff = Backoff::new();
+        while !self.0.completed.load(Ordering::Acquire) && !backoff.is_completed() {
+            backoff.snooze();
+        }
+        if waiting <= LONE_WAITERS {
+            let until = Instant::now() + LONE_WAITER_POLL;
+            while !self.0.completed.load(Ordering::Acquire) && Instant::now() < until {
+                std::thread::yield_now();
+            }
+        }
+        WAITERS.fetch_sub(1, Ordering::Relaxed);
         let mut slot = self.0.slot.lock();
         loop {
             if let Some(result) = slot.result.take() {

@@ -108,11 +108,26 @@ pub(crate) fn framed_len(body_len: usize) -> usize {
     (HEADER_LEN + body_len).next_multiple_of(RECORD_ALIGN)
 }
 
-/// Appends a complete record (header, body, padding) to `out`.
+/// Appends a complete record (header, body, padding, CRC) to `out`.
 ///
 /// The body is given in parts (declaration, event) so that the caller can build it
 /// without concatenating first.
 pub(crate) fn encode(header: &Header, body_parts: &[&[u8]], out: &mut Vec<u8>) {
+    let start = out.len();
+    encode_unsealed(header, body_parts, out);
+    if let Some(record) = out.get_mut(start..) {
+        let body_len = le_u32(record, BODY_LEN_OFFSET) as usize;
+        stamp_crc(record, body_len);
+    }
+    debug_assert!(matches!(
+        decode(out.get(start..).unwrap_or_default()),
+        Decoded::Record { header: h, .. } if h == *header
+    ));
+}
+
+/// Appends a record without its CRC (zero): for records queued to the commit thread,
+/// which stamps `group_start` and the CRC in one pass (`stamp_group`).
+pub(crate) fn encode_unsealed(header: &Header, body_parts: &[&[u8]], out: &mut Vec<u8>) {
     let body_len: usize = body_parts.iter().map(|p| p.len()).sum();
     debug_assert!(body_len > 0, "a record body is never empty");
     let start = out.len();
@@ -136,13 +151,6 @@ pub(crate) fn encode(header: &Header, body_parts: &[&[u8]], out: &mut Vec<u8>) {
         out.extend_from_slice(part);
     }
     out.resize(start + framed_len(body_len), 0);
-    if let Some(record) = out.get_mut(start..) {
-        stamp_crc(record, body_len);
-    }
-    debug_assert!(matches!(
-        decode(out.get(start..).unwrap_or_default()),
-        Decoded::Record { header: h, .. } if h == *header
-    ));
 }
 
 /// Computes and stores the CRC of the record at the start of `record`.

@@ -62,8 +62,7 @@ impl LoopFs {
             _work: work,
         };
         let mkfs = format!("mkfs.{kind}");
-        let quiet = if kind == "xfs" { "-q" } else { "-q" };
-        run(&mkfs, &[quiet, &fs.device])?;
+        run(&mkfs, &["-q", &fs.device])?;
         fs.mount()?;
         Ok(fs)
     }

@@ -1,7 +1,7 @@
 //! execlog side by side with SQLite, redb and the disk's own limits, in one run.
 //!
 //! `cargo run --release --manifest-path benches/compare/Cargo.toml -- [--quick] [--events N]
-//! [--seconds S] [--repeats R] [--writers 1,16,64,256] [--out docs/BENCHMARKS.md]`
+//! [--seconds S] [--repeats R] [--writers 1,16,64,256] [--ingest-only] [--out docs/BENCHMARKS.md]`
 //!
 //! Systems alternate within each repeat and medians are reported, because the machine
 //! is shared and noisy. Every figure is also given as a ratio to the ideal group-commit
@@ -54,6 +54,9 @@ pub fn median(mut samples: Vec<Sample>) -> Sample {
 
 pub struct Config {
     pub quick: bool,
+    pub ingest_only: bool,
+    /// Profile one system alone (no baselines, no report).
+    pub only: Option<String>,
     pub seconds: f64,
     pub repeats: usize,
     pub writers: Vec<usize>,
@@ -65,6 +68,8 @@ pub struct Config {
 fn parse_args() -> Config {
     let mut c = Config {
         quick: false,
+        ingest_only: false,
+        only: None,
         seconds: 2.0,
         repeats: 3,
         writers: vec![1, 16, 64, 256],
@@ -83,6 +88,8 @@ fn parse_args() -> Config {
                 c.writers = vec![1, 16];
                 c.read_events = 20_000;
             }
+            "--ingest-only" => c.ingest_only = true,
+            "--only" => c.only = Some(value()),
             "--seconds" => c.seconds = value().parse().expect("--seconds"),
             "--repeats" => c.repeats = value().parse().expect("--repeats"),
             "--events" => c.read_events = value().parse().expect("--events"),
@@ -126,11 +133,16 @@ fn ingest(sys: &dyn systems::System, writers: usize, seconds: f64) -> Sample {
                 s.spawn(move || {
                     let mut lat = Vec::new();
                     let mut n = 0u64;
+                    // Built once per writer so the harness adds little work per append.
+                    let tenant = format!("tenant-{}", w % 10);
+                    let ev = event(w as u64);
+                    let mut exec = String::new();
                     while !stop.load(Ordering::Relaxed) {
-                        let exec = format!("w{w}-e{}", n / 100);
-                        let tenant = format!("tenant-{}", w % 10);
+                        if n % 100 == 0 {
+                            exec = format!("w{w}-e{}", n / 100);
+                        }
                         let t = Instant::now();
-                        sys.append(&exec, &tenant, &event(n));
+                        sys.append(&exec, &tenant, &ev);
                         lat.push(t.elapsed());
                         n += 1;
                     }
@@ -211,6 +223,19 @@ fn dir_bytes(dir: &Path) -> u64 {
 fn main() {
     let c = parse_args();
     std::fs::create_dir_all(&c.dir).expect("bench dir");
+    if let Some(name) = &c.only {
+        for &w in &c.writers {
+            let sys = systems::open(name, &fresh(&c.dir.join(name)));
+            let s = ingest(sys.as_ref(), w, c.seconds);
+            println!(
+                "{name} {w} writers: {:.0} events/s, p50 {:.0} µs, p99 {:.0} µs",
+                s.rate(),
+                s.pct_us(0.5),
+                s.pct_us(0.99)
+            );
+        }
+        return;
+    }
     let mut r = report::Report::new(&c);
     let event_bytes = 250;
 
@@ -244,6 +269,11 @@ fn main() {
         r.ingest.push((w, per.into_iter().map(median).collect()));
     }
 
+    if c.ingest_only {
+        r.write(&c.out);
+        eprintln!("wrote {}", c.out.display());
+        return;
+    }
     for name in systems::NAMES {
         eprintln!("{name}: batch ingest, reads, open, footprint, list…");
         let dir = fresh(&c.dir.join(name));
