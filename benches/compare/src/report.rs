@@ -235,6 +235,11 @@ impl Report {
                 self.torn_open.as_secs_f64() * 1e3
             );
         }
+        // The hand-written findings of the last profiling pass, kept beside the harness.
+        let notes = Path::new(env!("CARGO_MANIFEST_DIR")).join("NOTES.md");
+        if let Ok(text) = std::fs::read_to_string(notes) {
+            let _ = writeln!(w, "\n{text}");
+        }
         let _ = std::fs::create_dir_all(out.parent().unwrap_or(Path::new(".")));
         std::fs::write(out, md).expect("write report");
         std::fs::write(out.with_file_name("ingest.svg"), self.svg()).expect("write chart");
