@@ -42,6 +42,9 @@ pub(crate) struct Committer {
     buf: Vec<u8>,
     /// Whether a group was committed since open (a seal is then due at close).
     wrote: bool,
+    /// How far the current segment is zeroed (durably), and where it ends.
+    zeroed_end: u64,
+    capacity: u64,
 }
 
 impl Committer {
@@ -50,6 +53,7 @@ impl Committer {
         rx: Receiver<Pending>,
         segment: u32,
         file: Arc<dyn IoFile>,
+        (zeroed_end, capacity): (u64, u64),
     ) -> Self {
         Self {
             shared,
@@ -58,6 +62,8 @@ impl Committer {
             file,
             buf: Vec::new(),
             wrote: false,
+            zeroed_end,
+            capacity,
         }
     }
 
@@ -135,6 +141,7 @@ impl Committer {
         self.buf.clear();
         record::encode_seal(tail as u32, timestamp_ns, &mut self.buf);
         let path = segment::path(&self.shared.dir, self.segment);
+        self.ensure_zeroed(tail + len, &path)?;
         self.file
             .write_at(&self.buf, tail)
             .map_err(|e| Error::io("write seal", &path, e))?;
@@ -206,6 +213,7 @@ impl Committer {
             }
             record::stamp_group(&mut self.buf, first.offset);
             let path = segment::path(&self.shared.dir, self.segment);
+            self.ensure_zeroed(u64::from(first.offset) + self.buf.len() as u64, &path)?;
             self.file
                 .write_at(&self.buf, u64::from(first.offset))
                 .map_err(|e| Error::io("write", &path, e))?;
@@ -223,6 +231,25 @@ impl Committer {
             .map_err(|e| Error::io("fdatasync", &path, e))
     }
 
+    /// Makes sure `[.., end)` of the current segment was zeroed durably before records
+    /// are written there, zeroing up to [`segment::ZERO_AHEAD`] further (see
+    /// `segment.rs` for why records never go into a hole).
+    fn ensure_zeroed(&mut self, end: u64, path: &std::path::Path) -> Result<()> {
+        if end <= self.zeroed_end {
+            return Ok(());
+        }
+        let target = (self.zeroed_end + segment::ZERO_AHEAD)
+            .min(self.capacity)
+            .max(end);
+        segment::write_zeros(self.file.as_ref(), self.zeroed_end, target)
+            .map_err(|e| Error::io("zero segment ahead", path, e))?;
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io("fdatasync zeroed segment", path, e))?;
+        self.zeroed_end = target;
+        Ok(())
+    }
+
     /// Creates the segment `first` is addressed to and makes it current.
     fn roll(&mut self, first: &Pending) -> Result<()> {
         debug_assert_eq!(first.segment, self.segment + 1);
@@ -230,11 +257,12 @@ impl Committer {
         let capacity = first
             .new_segment_capacity
             .unwrap_or(self.shared.options.segment_size_bytes);
+        let zeroed = capacity.min(segment::ZERO_AHEAD);
         let file = segment::create(
             self.shared.io.as_ref(),
             &self.shared.dir,
             first.segment,
-            capacity,
+            zeroed,
         )?;
         self.shared.segments.push(
             first.segment,
@@ -243,6 +271,8 @@ impl Committer {
         );
         self.segment = first.segment;
         self.file = file;
+        self.zeroed_end = zeroed;
+        self.capacity = capacity;
         Ok(())
     }
 

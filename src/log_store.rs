@@ -146,12 +146,13 @@ impl LogStore {
         }
         if recovered.segments.is_empty() {
             let capacity = options.segment_size_bytes;
-            let file = segment::create(io.as_ref(), &dir, 1, capacity)?;
+            let zeroed = capacity.min(segment::ZERO_AHEAD);
+            let file = segment::create(io.as_ref(), &dir, 1, zeroed)?;
             recovered.segments.push(recovery::RecoveredSegment {
                 id: 1,
                 file,
                 data_end: SEGMENT_HEADER_LEN as u64,
-                capacity,
+                file_len: zeroed,
             });
         }
         let segments = Segments::new(&dir, 1);
@@ -166,7 +167,9 @@ impl LogStore {
         let writer = Writer {
             segment: last.id,
             tail: last.data_end,
-            capacity: last.capacity,
+            // The file may end before a full segment (zeroing goes ahead lazily): the
+            // segment's capacity is the configured size, or the file if larger.
+            capacity: last.file_len.max(options.segment_size_bytes),
             tx,
             poisoned: None,
             last_timestamp_ns: recovered.last_timestamp_ns,
@@ -191,7 +194,14 @@ impl LogStore {
                 report: recovered.report,
             });
         }
-        let committer = Committer::new(Arc::clone(&shared), rx, last.id, last.file);
+        let capacity = last.file_len.max(shared.options.segment_size_bytes);
+        let committer = Committer::new(
+            Arc::clone(&shared),
+            rx,
+            last.id,
+            last.file,
+            (last.file_len, capacity),
+        );
         let handle = std::thread::Builder::new()
             .name("execlog-commit".into())
             .spawn(move || committer.run())

@@ -64,7 +64,8 @@ pub(crate) struct RecoveredSegment {
     pub(crate) id: u32,
     pub(crate) file: Arc<dyn IoFile>,
     pub(crate) data_end: u64,
-    pub(crate) capacity: u64,
+    /// The file's length: how far it is zeroed (or written).
+    pub(crate) file_len: u64,
 }
 
 /// The result of a successful recovery.
@@ -176,7 +177,7 @@ pub(crate) fn recover(
             id,
             file,
             data_end,
-            capacity,
+            file_len: capacity,
         });
     }
     if !read_only {
@@ -269,7 +270,7 @@ fn scan_segment(
     Ok(cut)
 }
 
-/// Zeroes `[cut, capacity)` of a segment durably, keeping its preallocated length.
+/// Zeroes `[cut, end)` of a segment durably, keeping its length.
 /// Zeroes `[cut, end)` of a segment durably, by overwriting (see `segment.rs` for why
 /// not by truncating).
 fn cut_tail(file: &dyn IoFile, path: &Path, cut: u64, end: u64) -> Result<()> {

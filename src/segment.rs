@@ -9,14 +9,16 @@
 //! 28     4    crc             CRC-32 of bytes [0, 28)
 //! 32     …    records         record.rs, starting at offset 32
 //! ```
-//! A segment is preallocated to its capacity by writing zeros when it is created, so
-//! appends never grow the file, never write into a hole, and a map of any durable
-//! prefix stays inside it. Writing real zeros (not `ftruncate`, not `fallocate`) makes
-//! every later append a pure overwrite of allocated, initialized blocks: its
-//! fdatasync then has no allocation or unwritten-extent metadata to commit. With sparse
-//! preallocation the kernel power-cut test (tests/power_cut.rs) lost acknowledged
-//! appends that crossed into a new block on both ext4 and XFS. Records never span two
-//! segments, and neither do batches.
+//! Records are only ever written over zeros that were written and made durable
+//! beforehand: the commit thread keeps the zeroed region ahead of the records
+//! ([`ZERO_AHEAD`] at a time, up to the segment's capacity) and fdatasyncs it before any
+//! record goes there. Writing real zeros (not `ftruncate`, not `fallocate`) makes every
+//! append a pure overwrite of allocated, initialized blocks: its fdatasync has no
+//! allocation or unwritten-extent metadata to commit. With sparse preallocation the
+//! kernel power-cut test (tests/power_cut.rs) lost acknowledged appends that crossed
+//! into a new block on both ext4 and XFS. A segment's file length is its zeroed end; its
+//! capacity (`Options::segment_size_bytes`, or more for one large batch) is where the
+//! writer rolls. Records never span two segments, and neither do batches.
 //!
 //! Invariant: a segment's header is durable (fdatasync of the file, fsync of the
 //! directory) before any record is written into it.
@@ -125,14 +127,18 @@ pub(crate) fn check_header(bytes: &[u8], id: u32) -> HeaderCheck {
     HeaderCheck::Valid
 }
 
-/// Creates segment `id` with `capacity` bytes, its header durable and its directory
-/// entry durable, ready for records at [`SEGMENT_HEADER_LEN`].
-pub(crate) fn create(io: &dyn Io, dir: &Path, id: u32, capacity: u64) -> Result<Arc<dyn IoFile>> {
+/// How far ahead of the records the commit thread zeroes a segment, at most.
+pub(crate) const ZERO_AHEAD: u64 = 4 << 20;
+
+/// Creates segment `id` with its first `zeroed` bytes written (header, then zeros),
+/// durable, and its directory entry durable, ready for records at
+/// [`SEGMENT_HEADER_LEN`].
+pub(crate) fn create(io: &dyn Io, dir: &Path, id: u32, zeroed: u64) -> Result<Arc<dyn IoFile>> {
     let path = path(dir, id);
     let file = io
         .create(&path)
         .map_err(|e| Error::io("create segment", &path, e))?;
-    write_zeros(file.as_ref(), SEGMENT_HEADER_LEN as u64, capacity)
+    write_zeros(file.as_ref(), SEGMENT_HEADER_LEN as u64, zeroed)
         .map_err(|e| Error::io("preallocate segment", &path, e))?;
     file.write_at(&encode_header(id), 0)
         .map_err(|e| Error::io("write segment header", &path, e))?;
