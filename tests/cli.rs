@@ -191,6 +191,19 @@ fn bad_input_gets_one_clear_line() {
         "{}",
         text(&out.stderr)
     );
+    for args in [
+        vec!["events", d, "e"],
+        vec!["list", d, "--tenant", "t"],
+        vec!["stats", d],
+    ] {
+        let out = execlog(&args, "");
+        one_error_line(&out);
+        assert!(
+            text(&out.stderr).contains("corrupt store"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
     assert_eq!(
         std::fs::read(dir.path().join("0000000001.seg")).unwrap(),
         before
