@@ -30,29 +30,7 @@ fn check_history(events: &[StoredEvent]) {
         assert_eq!(ev.sequence, i as u64 + 1, "gap or duplicate");
     }
     assert!(events.windows(2).all(|w| w[0].timestamp <= w[1].timestamp));
-    // Every batch is whole: consecutive runs with the same tag have the stated length.
-    let mut i = 0;
-    while i < events.len() {
-        let ExecutionEventData::StepCompleted {
-            step_id,
-            duration_ms,
-            ..
-        } = &events[i].event
-        else {
-            panic!("unexpected event")
-        };
-        let run = events[i..]
-            .iter()
-            .take_while(|e| matches!(&e.event, ExecutionEventData::StepCompleted { step_id: s, .. } if s == step_id))
-            .count() as u64;
-        assert_eq!(
-            run,
-            *duration_ms,
-            "partial batch visible at sequence {}",
-            i + 1
-        );
-        i += run as usize;
-    }
+    assert_whole_batches(events, "history");
 }
 
 #[test]

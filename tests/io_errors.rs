@@ -14,6 +14,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
+mod common;
+
 use execlog::fault::{Fault, Op, SimIo};
 use execlog::*;
 
@@ -96,23 +98,7 @@ fn run(k: u64, op: Op, fault: Fault) -> u64 {
         }
     }
     // Whole batches only, acknowledged or not.
-    let mut i = 0;
-    while i < events.len() {
-        let ExecutionEventData::StepCompleted {
-            step_id,
-            duration_ms,
-            ..
-        } = &events[i].event
-        else {
-            panic!("{ctx}: unexpected event")
-        };
-        let run = events[i..]
-            .iter()
-            .take_while(|e| matches!(&e.event, ExecutionEventData::StepCompleted { step_id: s, .. } if s == step_id))
-            .count();
-        assert_eq!(run as u64, *duration_ms, "{ctx}: partial batch");
-        i += run;
-    }
+    common::assert_whole_batches(&events, &ctx);
     calls
 }
 

@@ -16,6 +16,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+mod common;
+
 use execlog::fault::{Rng, SimIo};
 use execlog::*;
 
@@ -38,34 +40,6 @@ fn options(io: &SimIo) -> Options {
         .segment_size_bytes(64 * 1024)
         .index_stride(3)
         .io(Arc::new(io.clone()))
-}
-
-/// Checks that every batch visible in `events` is whole (tags as in `event`).
-fn check_whole_batches(events: &[StoredEvent], seed: u64) {
-    let mut i = 0;
-    while i < events.len() {
-        let ExecutionEventData::StepCompleted {
-            step_id,
-            duration_ms,
-            ..
-        } = &events[i].event
-        else {
-            panic!("seed {seed}: unexpected event")
-        };
-        let run = events[i..]
-            .iter()
-            .take_while(|e| {
-                matches!(&e.event, ExecutionEventData::StepCompleted { step_id: s, .. } if s == step_id)
-            })
-            .count();
-        assert_eq!(
-            run as u64,
-            *duration_ms,
-            "seed {seed}: partial batch at sequence {}",
-            i + 1
-        );
-        i += run;
-    }
 }
 
 fn run_seed(seed: u64) {
@@ -123,7 +97,7 @@ fn run_seed(seed: u64) {
     let mut histories = HashMap::new();
     for e in &execs {
         let events = store.load_events_blocking(e).unwrap();
-        check_whole_batches(&events, seed);
+        common::assert_whole_batches(&events, &format!("seed {seed}"));
         histories.insert(e.clone(), events);
     }
     for a in &acked {

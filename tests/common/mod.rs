@@ -133,3 +133,33 @@ pub fn engine_error(e: &anyhow::Error) -> &Error {
     e.downcast_ref::<Error>()
         .unwrap_or_else(|| panic!("not an execlog::Error: {e:?}"))
 }
+
+/// Asserts that every batch visible in `events` is whole. Tests tag the events of one
+/// append as `StepCompleted { step_id: <tag of the append>, duration_ms: <its length> }`,
+/// so a run of equal tags must be exactly that long.
+pub fn assert_whole_batches(events: &[StoredEvent], context: &str) {
+    let mut i = 0;
+    while i < events.len() {
+        let ExecutionEventData::StepCompleted {
+            step_id,
+            duration_ms,
+            ..
+        } = &events[i].event
+        else {
+            panic!("{context}: unexpected event at sequence {}", i + 1)
+        };
+        let run = events[i..]
+            .iter()
+            .take_while(|e| {
+                matches!(&e.event, ExecutionEventData::StepCompleted { step_id: s, .. } if s == step_id)
+            })
+            .count();
+        assert_eq!(
+            run as u64,
+            *duration_ms,
+            "{context}: partial batch at sequence {}",
+            i + 1
+        );
+        i += run;
+    }
+}
