@@ -49,7 +49,12 @@ fn killed_writers_lose_nothing() {
             dir = tempfile::tempdir().unwrap();
             acks.clear();
         }
-        let mut child = writer::spawn("crash_child_writer", "EXECLOG_CRASH_CHILD", dir.path());
+        let mut child = writer::spawn(
+            "crash_child_writer",
+            "EXECLOG_CRASH_CHILD",
+            dir.path(),
+            256 * 1024,
+        );
         let reader = writer::collect_acks(&mut child);
         rng ^= rng << 13;
         rng ^= rng >> 7;

@@ -133,7 +133,14 @@ fn cuts_on(kind: &str, cuts: u64, rng: &mut u64) -> Vec<String> {
             fs = LoopFs::new(kind).unwrap_or_else(|e| panic!("{kind}: cannot set up: {e}"));
             dir = fs.mount.join("store");
         }
-        let mut child = writer::spawn("power_cut_child_writer", "EXECLOG_POWER_CUT_CHILD", &dir);
+        // Alternate small segments (rolls) and large ones (zeroing ahead mid-segment).
+        let segment_bytes = if n % 2 == 0 { 256 << 10 } else { 24 << 20 };
+        let mut child = writer::spawn(
+            "power_cut_child_writer",
+            "EXECLOG_POWER_CUT_CHILD",
+            &dir,
+            segment_bytes,
+        );
         let reader = writer::collect_acks(&mut child);
         *rng ^= *rng << 13;
         *rng ^= *rng >> 7;

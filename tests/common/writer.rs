@@ -13,8 +13,14 @@ use execlog::*;
 pub const EXECUTIONS: u64 = 24;
 const WRITERS: u64 = 16;
 
+/// Small segments (many rolls) unless `EXECLOG_SEGMENT_BYTES` asks for others (large
+/// ones exercise zeroing ahead inside a segment).
 pub fn options() -> Options {
-    Options::default().segment_size_bytes(256 * 1024)
+    let bytes = std::env::var("EXECLOG_SEGMENT_BYTES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(256 * 1024);
+    Options::default().segment_size_bytes(bytes)
 }
 
 /// The content of event `i` of an append tagged `tag`: every field derives from the
@@ -101,10 +107,11 @@ pub type Acks = HashMap<String, Vec<Ack>>;
 
 /// Starts the child writer: this test binary, running only `test_name`, with
 /// `env_var` set to the store directory.
-pub fn spawn(test_name: &str, env_var: &str, dir: &Path) -> Child {
+pub fn spawn(test_name: &str, env_var: &str, dir: &Path, segment_bytes: u64) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
         .env(env_var, dir)
+        .env("EXECLOG_SEGMENT_BYTES", segment_bytes.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
