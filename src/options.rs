@@ -46,9 +46,9 @@ impl Default for Options {
 }
 
 impl Options {
-    /// Size at which the log rolls to a new segment file. Each segment is preallocated
-    /// to this size when created. Default 64 MiB; from 64 KiB to 1 GiB. A single batch
-    /// larger than this gets a segment of its own, sized to fit.
+    /// Size at which the log rolls to a new segment file. A segment's file grows to it
+    /// in zero-filled steps of 4 MiB ahead of the records. Default 64 MiB; from 64 KiB
+    /// to 1 GiB. A single batch larger than this gets a segment of its own, sized to fit.
     #[must_use]
     pub fn segment_size_bytes(mut self, bytes: u64) -> Self {
         self.segment_size_bytes = bytes;
