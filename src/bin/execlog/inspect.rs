@@ -133,6 +133,15 @@ pub fn stats(dir: &Path) -> Result<ExitCode, String> {
     println!("executions:        {}", s.executions);
     println!("tenants:           {}", s.tenants);
     println!("data bytes:        {}", s.data_bytes);
+    let file_bytes: u64 = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0);
+    println!("file bytes:        {file_bytes} (segments are zero-filled ahead of the data)");
     println!(
         "index bytes:       {} ({} in sparse entries)",
         s.index_bytes, s.sparse_index_bytes
