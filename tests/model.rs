@@ -46,6 +46,24 @@ struct Model {
     created: Vec<u8>,
 }
 
+impl Model {
+    /// Checks the store's answer to an append of `events` and updates the model.
+    fn apply(&mut self, exec: u8, t: u8, events: Vec<ExecutionEventData>, got: Result<u64, Error>) {
+        if self.owner.get(&exec).is_some_and(|&owner| owner != t) {
+            assert!(matches!(got, Err(Error::TenantMismatch { .. })), "{got:?}");
+            return;
+        }
+        if !self.owner.contains_key(&exec) {
+            self.owner.insert(exec, t);
+            self.created.push(exec);
+        }
+        let history = self.events.entry(exec).or_default();
+        let first = history.len() as u64 + 1;
+        history.extend(events);
+        assert_eq!(got.unwrap(), first);
+    }
+}
+
 fn ev(n: usize, size: u16) -> ExecutionEventData {
     ExecutionEventData::Custom {
         event_type: format!("e{n}"),
@@ -75,20 +93,7 @@ fn run(ops: &[Op], open: &dyn Fn() -> LogStore) {
                 counter += 1;
                 let e = ev(counter, size);
                 let got = store.append_blocking(&id(exec), &tenant(t), e.clone());
-                match model.owner.get(&exec) {
-                    Some(&owner) if owner != t => {
-                        assert!(matches!(got, Err(Error::TenantMismatch { .. })))
-                    }
-                    _ => {
-                        model.owner.entry(exec).or_insert_with(|| {
-                            model.created.push(exec);
-                            t
-                        });
-                        let h = model.events.entry(exec).or_default();
-                        h.push(e);
-                        assert_eq!(got.unwrap(), h.len() as u64);
-                    }
-                }
+                model.apply(exec, t, vec![e], got);
             }
             Op::Batch {
                 exec,
@@ -102,21 +107,7 @@ fn run(ops: &[Op], open: &dyn Fn() -> LogStore) {
                     assert!(matches!(got, Err(Error::InvalidArgument(_))));
                     continue;
                 }
-                match model.owner.get(&exec) {
-                    Some(&owner) if owner != t => {
-                        assert!(matches!(got, Err(Error::TenantMismatch { .. })))
-                    }
-                    _ => {
-                        model.owner.entry(exec).or_insert_with(|| {
-                            model.created.push(exec);
-                            t
-                        });
-                        let h = model.events.entry(exec).or_default();
-                        let first = h.len() as u64 + 1;
-                        h.extend(events);
-                        assert_eq!(got.unwrap(), first);
-                    }
-                }
+                model.apply(exec, t, events, got);
             }
             Op::Read { exec } => {
                 let got = store.load_events_blocking(&id(exec)).unwrap();
