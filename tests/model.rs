@@ -53,8 +53,8 @@ impl Model {
             assert!(matches!(got, Err(Error::TenantMismatch { .. })), "{got:?}");
             return;
         }
-        if !self.owner.contains_key(&exec) {
-            self.owner.insert(exec, t);
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.owner.entry(exec) {
+            slot.insert(t);
             self.created.push(exec);
         }
         let history = self.events.entry(exec).or_default();
