@@ -50,6 +50,7 @@ mod scan;
 mod segment;
 mod segments;
 mod state;
+mod sync;
 mod verify;
 
 pub use error::{Error, Result};

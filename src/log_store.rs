@@ -9,10 +9,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
-
-use parking_lot::Mutex;
+use std::sync::atomic::Ordering;
 
 use crate::committer::Committer;
 use crate::error::{Error, Result};
@@ -26,6 +23,7 @@ use crate::recovery::{self, RecoveryReport};
 use crate::segment::{self, SEGMENT_HEADER_LEN};
 use crate::segments::Segments;
 use crate::state::{Shared, State, Writer};
+use crate::sync::{self, AtomicBool, JoinHandle, Mutex};
 use crate::{append, reader};
 
 /// Name of the lock file inside a store directory.
@@ -162,7 +160,7 @@ impl LogStore {
         let Some(last) = recovered.segments.pop() else {
             return Err(Error::InvalidArgument("no segment after recovery".into()));
         };
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (tx, rx) = sync::channel();
         let tx = (!read_only).then_some(tx);
         let writer = Writer {
             segment: last.id,
@@ -202,7 +200,7 @@ impl LogStore {
             last.file,
             (last.file_len, capacity),
         );
-        let handle = std::thread::Builder::new()
+        let handle = sync::Builder::new()
             .name("execlog-commit".into())
             .spawn(move || committer.run())
             .map_err(|e| Error::io("spawn commit thread", &shared.dir, e))?;

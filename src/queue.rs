@@ -13,15 +13,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::Backoff;
-use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
 use crate::index::ExecNo;
 use crate::record::Pos;
+use crate::sync::{AtomicBool, Condvar, MODEL_CHECKED, Mutex};
 
 /// Blocking waiters in this process, for the lone-waiter heuristic of `Ticket::wait`.
 static WAITERS: AtomicUsize = AtomicUsize::new(0);
@@ -105,6 +105,20 @@ impl Ticket {
     /// it avoids costs a third of a 200 µs append on a virtual machine. With more
     /// waiters the core is better left to the commit thread.
     pub(crate) fn wait(self) -> Result<()> {
+        if !MODEL_CHECKED {
+            self.spin_until_completed();
+        }
+        let mut slot = self.0.slot.lock();
+        loop {
+            if let Some(result) = slot.result.take() {
+                return result;
+            }
+            self.0.done.wait(&mut slot);
+        }
+    }
+
+    /// The busy-wait part of [`Ticket::wait`]; returns early or when it gives up.
+    fn spin_until_completed(&self) {
         let waiting = WAITERS.fetch_add(1, Ordering::Relaxed) + 1;
         let backoff = Backoff::new();
         while !self.0.completed.load(Ordering::Acquire) && !backoff.is_completed() {
@@ -117,13 +131,6 @@ impl Ticket {
             }
         }
         WAITERS.fetch_sub(1, Ordering::Relaxed);
-        let mut slot = self.0.slot.lock();
-        loop {
-            if let Some(result) = slot.result.take() {
-                return result;
-            }
-            self.0.done.wait(&mut slot);
-        }
     }
 
     /// A future that resolves when the ticket is completed.

@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use crate::sync::RwLock;
 
 use crate::error::{Error, Result};
 use crate::io::{IoFile, Mapped};

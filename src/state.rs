@@ -7,11 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{SystemTime, UNIX_EPOCH};
-
-use crossbeam_channel::Sender;
-use parking_lot::Mutex;
 
 use crate::index::Index;
 use crate::io::Io;
@@ -19,6 +15,7 @@ use crate::options::Options;
 use crate::queue::Pending;
 use crate::segment::SEGMENT_HEADER_LEN;
 use crate::segments::Segments;
+use crate::sync::{AtomicBool, Mutex, Sender};
 
 /// Everything the parts of one open store share.
 pub(crate) struct Shared {
