@@ -1,6 +1,6 @@
-//! Entry points for cargo-fuzz (feature `fuzzing`): the record decoder and a whole open
-//! on hostile bytes. Both must return, never panic, and never allocate more than their
-//! input justifies.
+//! Entry points for cargo-fuzz and the codec micro-benchmarks (feature `fuzzing`): the
+//! record encoder and decoder, and a whole open on hostile bytes. The decoding entry
+//! points must return, never panic, and never allocate more than their input justifies.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,6 +20,35 @@ pub fn decode_record(bytes: &[u8]) -> usize {
         }
     }
     decoded
+}
+
+/// Frames `event` as the first record of an execution, exactly as the append path
+/// does (body encoding, header, CRC), appending it to `out`.
+pub fn encode_event_record(event: ExecutionEventData, out: &mut Vec<u8>) -> Result<(), String> {
+    let mut body = Vec::new();
+    crate::codec::encode_event(event, &mut body)?;
+    let declaration = crate::codec::Declaration {
+        execution_id: "exec".into(),
+        tenant_id: "tenant".into(),
+    };
+    let mut decl = Vec::new();
+    crate::codec::encode_declaration(Some(&declaration), &mut decl);
+    let header = record::Header {
+        kind: record::Kind::Event,
+        group_start: 0,
+        execution: 1,
+        sequence: 1,
+        timestamp_ns: 0,
+        prev: None,
+        batch_remaining: 0,
+    };
+    record::encode(&header, &[&decl, &body], out);
+    Ok(())
+}
+
+/// Verifies and decodes one record into its typed event, as a read does.
+pub fn decode_event_record(bytes: &[u8]) -> Result<ExecutionEventData, String> {
+    record::decode_event(bytes).map(|(_, _, event)| event)
 }
 
 /// Builds a small valid store in a simulated file system, appends `bytes` to the end

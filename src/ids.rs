@@ -1,6 +1,10 @@
 //! String identifiers: [`ExecutionId`], [`TenantId`], [`StepId`].
 //!
-//! Each is a newtype over `String` that serializes as a plain string. The engine
+//! Each is a newtype that serializes as a plain string. Execution and tenant ids hold an
+//! `Arc<str>`: every event a read returns carries both, and sharing them makes that a
+//! reference-count increment instead of two allocations per event (a sixth of a read's
+//! instructions, measured with callgrind). Step ids, decoded once per event anyway,
+//! hold a `String`. The engine
 //! validates ids where they enter a store (non-empty, at most [`MAX_ID_BYTES`]); the
 //! types themselves accept any string so that ids read back from JSON never fail to
 //! construct. `ExecutionId::new()` and `StepId::new()` return fresh ids in the
@@ -9,6 +13,7 @@
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -20,11 +25,11 @@ use crate::error::{Error, Result};
 pub const MAX_ID_BYTES: usize = 1024;
 
 macro_rules! string_id {
-    ($(#[$doc:meta])* $name:ident) => {
+    ($(#[$doc:meta])* $name:ident($storage:ty)) => {
         $(#[$doc])*
         #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(transparent)]
-        pub struct $name(String);
+        pub struct $name($storage);
 
         impl $name {
             /// The id as a string slice.
@@ -35,13 +40,13 @@ macro_rules! string_id {
 
         impl From<&str> for $name {
             fn from(s: &str) -> Self {
-                Self(s.to_owned())
+                Self(s.into())
             }
         }
 
         impl From<String> for $name {
             fn from(s: String) -> Self {
-                Self(s)
+                Self(s.into())
             }
         }
 
@@ -55,22 +60,22 @@ macro_rules! string_id {
 
 string_id!(
     /// Identifies one execution (one run of an agent). Its events form one ordered log.
-    ExecutionId
+    ExecutionId(Arc<str>)
 );
 string_id!(
     /// Identifies the tenant that owns an execution.
-    TenantId
+    TenantId(Arc<str>)
 );
 string_id!(
     /// Identifies one step inside an execution.
-    StepId
+    StepId(String)
 );
 
 impl ExecutionId {
     /// A fresh random id, unique with overwhelming probability.
     #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
-        Self(random_uuid())
+        Self(random_uuid().into())
     }
 }
 
