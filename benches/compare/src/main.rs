@@ -138,7 +138,7 @@ fn ingest(sys: &dyn systems::System, writers: usize, seconds: f64) -> Sample {
                     let ev = event(w as u64);
                     let mut exec = String::new();
                     while !stop.load(Ordering::Relaxed) {
-                        if n % 100 == 0 {
+                        if n.is_multiple_of(100) {
                             exec = format!("w{w}-e{}", n / 100);
                         }
                         let t = Instant::now();
@@ -166,19 +166,45 @@ fn ingest(sys: &dyn systems::System, writers: usize, seconds: f64) -> Sample {
     )
 }
 
-/// One writer appending batches of 100.
-fn batch_ingest(sys: &dyn systems::System, seconds: f64) -> Sample {
+/// Batch writers, each appending batches of 100 events to its own executions.
+const BATCH_WRITERS: usize = 16;
+
+/// `writers` threads appending batches of 100, each durable before it returns.
+fn batch_ingest(sys: &dyn systems::System, writers: usize, seconds: f64) -> Sample {
+    let stop = AtomicBool::new(false);
     let start = Instant::now();
-    let mut lat = Vec::new();
-    let mut n = 0u64;
-    while start.elapsed().as_secs_f64() < seconds {
-        let batch: Vec<_> = (0..100).map(|i| event(n + i)).collect();
-        let t = Instant::now();
-        sys.append_batch(&format!("b-{}", n / 100), "tenant-b", &batch);
-        lat.push(t.elapsed());
-        n += 100;
-    }
-    Sample::new(n, start.elapsed(), lat)
+    let results: Vec<(u64, Vec<Duration>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                let stop = &stop;
+                s.spawn(move || {
+                    let mut lat = Vec::new();
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let batch: Vec<_> = (0..100).map(|i| event(n + i)).collect();
+                        let t = Instant::now();
+                        sys.append_batch(&format!("b-{w}-{}", n / 100), "tenant-b", &batch);
+                        lat.push(t.elapsed());
+                        n += 100;
+                    }
+                    (n, lat)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs_f64(seconds));
+        stop.store(true, Ordering::Relaxed);
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("batch writer"))
+            .collect()
+    });
+    let elapsed = start.elapsed();
+    let events = results.iter().map(|r| r.0).sum();
+    Sample::new(
+        events,
+        elapsed,
+        results.into_iter().flat_map(|r| r.1).collect(),
+    )
 }
 
 /// Fills a store with `events` events in executions of 100 (batches of 100).
@@ -210,11 +236,16 @@ fn reads(sys: &dyn systems::System, executions: u64, seconds: f64, after_last: b
     Sample::new(events, start.elapsed(), lat)
 }
 
+/// Bytes of every file under `dir` (RocksDB keeps its files in a subdirectory).
 fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|it| {
-            it.filter_map(|e| e.ok()?.metadata().ok())
-                .map(|m| m.len())
+            it.filter_map(|e| e.ok())
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
                 .sum()
         })
         .unwrap_or(0)
@@ -252,7 +283,7 @@ fn main() {
 
     for &w in &c.writers {
         eprintln!("durable ingest, {w} writers…");
-        let mut per: Vec<Vec<Sample>> = vec![Vec::new(); systems::NAMES.len() + 1];
+        let mut per: Vec<Vec<Sample>> = vec![Vec::new(); systems::names().len() + 1];
         for _ in 0..c.repeats {
             per[0].push(baseline::ideal_group_commit(
                 &fresh(&c.dir.join("base")),
@@ -260,7 +291,7 @@ fn main() {
                 event_bytes,
                 c.seconds,
             ));
-            for (i, name) in systems::NAMES.iter().enumerate() {
+            for (i, name) in systems::names().into_iter().enumerate() {
                 let dir = fresh(&c.dir.join(name));
                 let sys = systems::open(name, &dir);
                 per[i + 1].push(ingest(sys.as_ref(), w, c.seconds));
@@ -274,13 +305,18 @@ fn main() {
         eprintln!("wrote {}", c.out.display());
         return;
     }
-    for name in systems::NAMES {
+    for name in systems::names() {
         eprintln!("{name}: batch ingest, reads, open, footprint, list…");
         let dir = fresh(&c.dir.join(name));
         let sys = systems::open(name, &dir);
         let batch = median(
             (0..c.repeats)
-                .map(|_| batch_ingest(sys.as_ref(), c.seconds))
+                .map(|_| batch_ingest(sys.as_ref(), 1, c.seconds))
+                .collect(),
+        );
+        let batch_many = median(
+            (0..c.repeats)
+                .map(|_| batch_ingest(sys.as_ref(), BATCH_WRITERS, c.seconds))
                 .collect(),
         );
         drop(sys);
@@ -316,6 +352,7 @@ fn main() {
         r.systems.push(report::SystemResult {
             name: name.to_string(),
             batch,
+            batch_many,
             fill_time,
             load,
             after,

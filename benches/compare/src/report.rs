@@ -4,11 +4,13 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::{Config, Sample};
+use crate::{Config, Sample, systems};
 
 pub struct SystemResult {
     pub name: String,
+    /// One writer, then `BATCH_WRITERS` writers.
     pub batch: Sample,
+    pub batch_many: Sample,
     pub fill_time: Duration,
     pub load: Sample,
     pub after: Sample,
@@ -25,7 +27,7 @@ pub struct Report {
     repeats: usize,
     pub raw_fdatasync: Sample,
     pub seq_mb_s: f64,
-    /// (writers, [ideal, execlog, sqlite, redb])
+    /// (writers, [ideal, then `systems::names()` in order])
     pub ingest: Vec<(usize, Vec<Sample>)>,
     pub systems: Vec<SystemResult>,
     pub raw_scan: (Duration, u64),
@@ -91,10 +93,17 @@ impl Report {
             sh("git rev-parse --short HEAD"),
             rusqlite::version()
         );
-        let _ = writeln!(
-            w,
-            "- RocksDB: not measured in this run (its C++ build is not part of this harness yet).\n"
-        );
+        if cfg!(feature = "rocksdb") {
+            let _ = writeln!(
+                w,
+                "- RocksDB 10.4.2 (rust-rocksdb 0.24, LZ4), one WriteBatch with sync=true per append\n"
+            );
+        } else {
+            let _ = writeln!(
+                w,
+                "- RocksDB: not in this run (build the harness with `--features rocksdb`).\n"
+            );
+        }
 
         let _ = writeln!(w, "## Physical limits measured in the same run\n");
         let _ = writeln!(w, "| baseline | figure |\n|---|---|");
@@ -122,14 +131,25 @@ impl Report {
             w,
             "## 1. Durable ingest: W writers, single events, each durable before it returns\n"
         );
+        let names = systems::names();
+        let peers: Vec<usize> = (1..names.len()).collect();
         let _ = writeln!(
             w,
-            "events/s (p50 / p99 latency µs); ratios: execlog ÷ ideal group commit, execlog ÷ SQLite, execlog ÷ redb\n"
+            "events/s (p50 / p99 latency µs); ratios are execlog's events/s divided by each other system's\n"
         );
-        let _ = writeln!(
-            w,
-            "| writers | ideal group commit | execlog | SQLite | redb | ÷ ideal | ÷ SQLite | ÷ redb |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
-        );
+        let mut head = String::from("| writers | ideal group commit |");
+        let mut rule = String::from("|---:|---:|");
+        for name in &names {
+            let _ = write!(head, " {} |", systems::display_name(name));
+            rule.push_str("---:|");
+        }
+        head.push_str(" ÷ ideal |");
+        rule.push_str("---:|");
+        for &p in &peers {
+            let _ = write!(head, " ÷ {} |", systems::display_name(names[p]));
+            rule.push_str("---:|");
+        }
+        let _ = writeln!(w, "{head}\n{rule}");
         for (writers, s) in &self.ingest {
             let cell = |x: &Sample| {
                 format!(
@@ -139,17 +159,15 @@ impl Report {
                     x.pct_us(0.99)
                 )
             };
-            let _ = writeln!(
-                w,
-                "| {writers} | {} | {} | {} | {} | {:.2} | {:.1} | {:.1} |",
-                cell(&s[0]),
-                cell(&s[1]),
-                cell(&s[2]),
-                cell(&s[3]),
-                s[1].rate() / s[0].rate(),
-                s[1].rate() / s[2].rate(),
-                s[1].rate() / s[3].rate()
-            );
+            let mut line = format!("| {writers} |");
+            for x in s {
+                let _ = write!(line, " {} |", cell(x));
+            }
+            let _ = write!(line, " {:.2} |", s[1].rate() / s[0].rate());
+            for &p in &peers {
+                let _ = write!(line, " {:.1} |", s[1].rate() / s[p + 1].rate());
+            }
+            let _ = writeln!(w, "{line}");
         }
         if let Some((_, s)) = self.ingest.iter().find(|(w, _)| *w == 1) {
             let _ = writeln!(
@@ -184,12 +202,34 @@ impl Report {
                 self.systems.iter().map(f).collect::<Vec<_>>().join(" | ")
             );
         };
-        row(w, "batch ingest (100/append), events/s", &|s| {
-            format!("{:.0}", s.batch.rate())
+        row(
+            w,
+            "batch ingest (100/append), 1 writer, events/s (MB/s)",
+            &|s| {
+                format!(
+                    "{:.0} ({:.1})",
+                    s.batch.rate(),
+                    s.batch.rate() * 250.0 / 1e6
+                )
+            },
+        );
+        row(w, "batch ingest p50 / p99 per append, µs", &|s| {
+            format!("{:.0} / {:.0}", s.batch.pct_us(0.5), s.batch.pct_us(0.99))
         });
-        row(w, "batch ingest, MB/s of ~250-byte events", &|s| {
-            format!("{:.1}", s.batch.rate() * 250.0 / 1e6)
-        });
+        row(
+            w,
+            &format!(
+                "batch ingest, {} writers, events/s (MB/s)",
+                crate::BATCH_WRITERS
+            ),
+            &|s| {
+                format!(
+                    "{:.0} ({:.1})",
+                    s.batch_many.rate(),
+                    s.batch_many.rate() * 250.0 / 1e6
+                )
+            },
+        );
         row(w, "fill time for the read store", &|s| {
             format!("{:.1} s", s.fill_time.as_secs_f64())
         });
@@ -214,6 +254,76 @@ impl Report {
         row(w, "list_executions, page of 50, µs", &|s| {
             format!("{:.0} ({} rows)", s.list_us, s.listed / 100)
         });
+        if let Some((execlog, others)) = self.systems.split_first() {
+            let _ = writeln!(
+                w,
+                "\nexeclog against each peer (above 1 means execlog is better):\n"
+            );
+            let _ = writeln!(
+                w,
+                "| measure | {} |\n|---|{}",
+                others
+                    .iter()
+                    .map(|o| format!("÷ {}", systems::display_name(&o.name)))
+                    .collect::<Vec<_>>()
+                    .join(" | "),
+                "---:|".repeat(others.len())
+            );
+            let ratio =
+                |w: &mut String, label: &str, f: &dyn Fn(&SystemResult) -> f64, higher: bool| {
+                    let cells: Vec<String> = others
+                        .iter()
+                        .map(|o| {
+                            let r = if higher {
+                                f(execlog) / f(o)
+                            } else {
+                                f(o) / f(execlog)
+                            };
+                            format!("{r:.2}")
+                        })
+                        .collect();
+                    let _ = writeln!(w, "| {label} | {} |", cells.join(" | "));
+                };
+            ratio(
+                w,
+                "batch ingest events/s, 1 writer",
+                &|s| s.batch.rate(),
+                true,
+            );
+            ratio(
+                w,
+                &format!("batch ingest events/s, {} writers", crate::BATCH_WRITERS),
+                &|s| s.batch_many.rate(),
+                true,
+            );
+            ratio(w, "load_events events/s", &|s| s.load.rate(), true);
+            ratio(
+                w,
+                "load_events_after p50 (inverse)",
+                &|s| s.after.pct_us(0.5),
+                false,
+            );
+            ratio(
+                w,
+                "open + first read (inverse)",
+                &|s| s.open.as_secs_f64(),
+                false,
+            );
+            ratio(
+                w,
+                "disk bytes per event (inverse)",
+                &|s| s.disk_bytes as f64,
+                false,
+            );
+            ratio(w, "list_executions page (inverse)", &|s| s.list_us, false);
+            let _ = writeln!(
+                w,
+                "\nexeclog batch ingest ÷ sequential write bandwidth: {:.2} with 1 writer (one fdatasync per 25 KB append bounds it), {:.2} with {} writers.",
+                execlog.batch.rate() * 250.0 / 1e6 / self.seq_mb_s.max(1e-9),
+                execlog.batch_many.rate() * 250.0 / 1e6 / self.seq_mb_s.max(1e-9),
+                crate::BATCH_WRITERS
+            );
+        }
         if let Some(st) = &self.execlog_stats {
             let _ = writeln!(
                 w,
@@ -246,8 +356,9 @@ impl Report {
     }
 
     fn svg(&self) -> String {
-        let names = ["ideal group commit", "execlog", "SQLite", "redb"];
-        let colors = ["#888888", "#d62728", "#1f77b4", "#2ca02c"];
+        let mut names = vec!["ideal group commit"];
+        names.extend(systems::names().into_iter().map(systems::display_name));
+        let colors = ["#888888", "#d62728", "#1f77b4", "#2ca02c", "#9467bd"];
         let max = self
             .ingest
             .iter()

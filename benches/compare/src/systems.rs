@@ -19,7 +19,23 @@ pub trait System: Sync {
     fn list(&self, tenant: &str, limit: usize, offset: usize) -> usize;
 }
 
-pub const NAMES: [&str; 3] = ["execlog", "sqlite", "redb"];
+/// The systems of this build, execlog first; RocksDB with feature `rocksdb`.
+pub fn names() -> Vec<&'static str> {
+    let mut names = vec!["execlog", "sqlite", "redb"];
+    if cfg!(feature = "rocksdb") {
+        names.push("rocksdb");
+    }
+    names
+}
+
+/// How a system is called in the report.
+pub fn display_name(name: &str) -> &str {
+    match name {
+        "sqlite" => "SQLite",
+        "rocksdb" => "RocksDB",
+        other => other,
+    }
+}
 
 pub fn open(name: &str, dir: &Path) -> Box<dyn System> {
     std::fs::create_dir_all(dir).expect("create bench dir");
@@ -27,6 +43,8 @@ pub fn open(name: &str, dir: &Path) -> Box<dyn System> {
         "execlog" => Box::new(Execlog(LogStore::open(dir).expect("open execlog"))),
         "sqlite" => Box::new(Sqlite::open(dir)),
         "redb" => Box::new(Redb::open(dir)),
+        #[cfg(feature = "rocksdb")]
+        "rocksdb" => Box::new(rocks::Rocks::open(dir)),
         other => panic!("unknown system {other}"),
     }
 }
@@ -144,7 +162,7 @@ impl Sqlite {
         let mut stmt = c
             .prepare_cached("SELECT seq, tenant_id, ts, event FROM events WHERE execution_id = ?1 AND seq > ?2 ORDER BY seq")
             .expect("prepare");
-        let rows = stmt
+        let mut rows = stmt
             .query_map(rusqlite::params![exec, after], |r| {
                 let json: String = r.get(3)?;
                 let _seq: u64 = r.get(0)?;
@@ -153,7 +171,7 @@ impl Sqlite {
                 Ok(decode_typed(&json))
             })
             .expect("query");
-        rows.map(|r| r.expect("row")).count()
+        rows.try_fold(0, |n, r| r.map(|_| n + 1)).expect("row")
     }
 }
 
@@ -180,13 +198,13 @@ impl System for Sqlite {
         let mut stmt = c
             .prepare_cached("SELECT execution_id FROM executions WHERE tenant_id = ?1 ORDER BY created DESC LIMIT ?2 OFFSET ?3")
             .expect("prepare");
-        let rows = stmt
+        let mut rows = stmt
             .query_map(
                 rusqlite::params![tenant, limit as i64, offset as i64],
                 |r| r.get::<_, String>(0),
             )
             .expect("query");
-        rows.map(|r| r.expect("row")).count()
+        rows.try_fold(0, |n, r| r.map(|_| n + 1)).expect("row")
     }
 }
 
@@ -280,5 +298,186 @@ impl System for Redb {
             .skip(offset)
             .take(limit)
             .count()
+    }
+}
+
+/// RocksDB as an application would use it for this workload.
+#[cfg(feature = "rocksdb")]
+mod rocks {
+    use std::collections::HashMap;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use execlog::ExecutionEventData;
+    use parking_lot::Mutex;
+    use rocksdb::{DB, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions};
+
+    /// Keys: `e` exec 0 seq(be) -> ts(le) + event JSON; `x` exec -> tenant 0 created(be);
+    /// `t` tenant 0 created(be) -> exec. One WriteBatch per append with `sync = true`
+    /// (RocksDB groups concurrent synced writes into one WAL fsync). The last sequence of
+    /// each execution is cached in memory (as an application would) and each append
+    /// holds its execution's lock across the write, so sequences stay consecutive.
+    pub struct Rocks {
+        db: DB,
+        execs: Mutex<HashMap<String, Arc<Mutex<Exec>>>>,
+        /// Executions created so far, persisted under key `c`. Held across the write
+        /// of a batch that creates an execution, so the persisted count never goes back.
+        created: Mutex<u64>,
+    }
+
+    struct Exec {
+        tenant: String,
+        last: u64,
+        known: bool,
+    }
+
+    fn event_key(exec: &str, seq: u64) -> Vec<u8> {
+        let mut k = Vec::with_capacity(exec.len() + 10);
+        k.push(b'e');
+        k.extend_from_slice(exec.as_bytes());
+        k.push(0);
+        k.extend_from_slice(&seq.to_be_bytes());
+        k
+    }
+
+    impl Rocks {
+        pub fn open(dir: &Path) -> Self {
+            let mut o = Options::default();
+            o.create_if_missing(true);
+            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            o.increase_parallelism(2);
+            let db = DB::open(&o, dir.join("rocksdb")).expect("rocksdb open");
+            let created = db
+                .get(b"c")
+                .expect("get")
+                .and_then(|v| Some(u64::from_be_bytes(v.as_slice().try_into().ok()?)))
+                .unwrap_or(0);
+            Rocks {
+                db,
+                execs: Mutex::new(HashMap::new()),
+                created: Mutex::new(created),
+            }
+        }
+
+        fn exec(&self, exec: &str, tenant: &str) -> Arc<Mutex<Exec>> {
+            let mut map = self.execs.lock();
+            Arc::clone(map.entry(exec.to_string()).or_insert_with(|| {
+                Arc::new(Mutex::new(Exec {
+                    tenant: tenant.to_string(),
+                    last: 0,
+                    known: false,
+                }))
+            }))
+        }
+
+        fn insert(&self, exec: &str, tenant: &str, events: &[ExecutionEventData]) {
+            let state = self.exec(exec, tenant);
+            let mut state = state.lock();
+            let mut batch = WriteBatch::default();
+            let mut creating = None;
+            if !state.known {
+                let mut xk = vec![b'x'];
+                xk.extend_from_slice(exec.as_bytes());
+                match self.db.get(&xk).expect("get") {
+                    Some(v) => {
+                        let owner = v.split(|&b| b == 0).next().unwrap_or_default();
+                        assert_eq!(owner, tenant.as_bytes(), "tenant mismatch");
+                        state.last = self.last_seq(exec);
+                    }
+                    None => {
+                        let mut count = self.created.lock();
+                        *count += 1;
+                        let created = *count;
+                        batch.put(b"c", created.to_be_bytes());
+                        creating = Some(count);
+                        let mut xv = tenant.as_bytes().to_vec();
+                        xv.push(0);
+                        xv.extend_from_slice(&created.to_be_bytes());
+                        batch.put(&xk, &xv);
+                        let mut tk = vec![b't'];
+                        tk.extend_from_slice(tenant.as_bytes());
+                        tk.push(0);
+                        tk.extend_from_slice(&created.to_be_bytes());
+                        batch.put(&tk, exec.as_bytes());
+                    }
+                }
+                state.known = true;
+            }
+            assert_eq!(state.tenant, tenant, "tenant mismatch");
+            let ts = super::now_ns();
+            let mut seq = state.last;
+            for e in events {
+                seq += 1;
+                let mut v = ts.to_le_bytes().to_vec();
+                serde_json::to_writer(&mut v, e).expect("json");
+                batch.put(event_key(exec, seq), v);
+            }
+            let mut wo = WriteOptions::default();
+            wo.set_sync(true);
+            self.db.write_opt(batch, &wo).expect("write");
+            drop(creating);
+            state.last = seq;
+        }
+
+        fn last_seq(&self, exec: &str) -> u64 {
+            let upper = event_key(exec, u64::MAX);
+            let mut it = self
+                .db
+                .iterator(IteratorMode::From(&upper, Direction::Reverse));
+            match it.next() {
+                Some(Ok((k, _))) if k.starts_with(&event_key(exec, 0)[..exec.len() + 2]) => {
+                    let mut be = [0u8; 8];
+                    be.copy_from_slice(&k[k.len() - 8..]);
+                    u64::from_be_bytes(be)
+                }
+                _ => 0,
+            }
+        }
+
+        fn read(&self, exec: &str, after: u64) -> usize {
+            let mut ro = ReadOptions::default();
+            ro.set_iterate_upper_bound(event_key(exec, u64::MAX));
+            let start = event_key(exec, after + 1);
+            let mut n = 0;
+            for item in self
+                .db
+                .iterator_opt(IteratorMode::From(&start, Direction::Forward), ro)
+            {
+                let (_, v) = item.expect("row");
+                let _ts = i64::from_le_bytes(v[..8].try_into().expect("ts"));
+                let _event: ExecutionEventData =
+                    serde_json::from_slice(&v[8..]).expect("stored JSON");
+                n += 1;
+            }
+            n
+        }
+    }
+
+    impl super::System for Rocks {
+        fn append(&self, exec: &str, tenant: &str, event: &ExecutionEventData) {
+            self.insert(exec, tenant, std::slice::from_ref(event));
+        }
+        fn append_batch(&self, exec: &str, tenant: &str, events: &[ExecutionEventData]) {
+            self.insert(exec, tenant, events);
+        }
+        fn load(&self, exec: &str) -> usize {
+            self.read(exec, 0)
+        }
+        fn load_after(&self, exec: &str, after: u64) -> usize {
+            self.read(exec, after)
+        }
+        fn list(&self, tenant: &str, limit: usize, offset: usize) -> usize {
+            let mut prefix = vec![b't'];
+            prefix.extend_from_slice(tenant.as_bytes());
+            prefix.push(0);
+            let mut upper = prefix.clone();
+            upper.extend_from_slice(&u64::MAX.to_be_bytes());
+            self.db
+                .iterator(IteratorMode::From(&upper, Direction::Reverse))
+                .map_while(|item| item.ok().filter(|(k, _)| k.starts_with(&prefix)))
+                .skip(offset)
+                .take(limit)
+                .count()
+        }
     }
 }
