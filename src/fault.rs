@@ -210,6 +210,29 @@ impl SimIo {
         }
     }
 
+    /// An independent copy of the file system as it is now (live state, no locks held,
+    /// no faults armed): lets a fuzzer build a store once and damage a fresh copy of it
+    /// on every run.
+    pub fn snapshot(&self) -> SimIo {
+        let w = self.world.lock();
+        let world = World {
+            inodes: w.inodes.clone(),
+            live_dir: w.live_dir.clone(),
+            durable_dir: w.durable_dir.clone(),
+            dirs: w.dirs.clone(),
+            locks: HashSet::new(),
+            calls: 0,
+            fail: None,
+            dead: false,
+            epoch: w.epoch + 1,
+        };
+        let epoch = world.epoch;
+        SimIo {
+            world: Arc::new(Mutex::new(world)),
+            epoch,
+        }
+    }
+
     /// The live bytes of a file, for tests that damage or inspect files.
     pub fn read_file(&self, path: &Path) -> Option<Vec<u8>> {
         let w = self.world.lock();

@@ -34,7 +34,7 @@ mod event;
 mod event_store;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
-#[cfg(feature = "fuzzing")]
+#[cfg(any(feature = "fuzzing", all(test, feature = "fault-injection")))]
 pub mod fuzzing;
 mod ids;
 mod index;

@@ -29,7 +29,7 @@ use crate::index::Index;
 use crate::io::{Io, IoFile};
 use crate::options::Options;
 use crate::record::{Header, Kind, Pos};
-use crate::scan::{Scanner, Step, first_nonzero, valid_record_after};
+use crate::scan::{Scanner, Step, first_nonzero, last_nonzero, valid_record_after};
 use crate::segment::{self, HeaderCheck, SEGMENT_HEADER_LEN};
 
 /// What the last open found and did.
@@ -258,19 +258,15 @@ fn scan_segment(
         ));
     }
     let cut = rebuild.batch_start.unwrap_or(stop as u64);
-    let last_nonzero = bytes
-        .iter()
-        .rposition(|&b| b != 0)
-        .map_or(0, |i| i as u64 + 1);
+    let data_end = last_nonzero(bytes).map_or(0, |i| i as u64 + 1);
     rebuild.batch.clear();
     rebuild.batch_start = None;
     report.truncated_at = Some((id, cut));
-    report.bytes_truncated = last_nonzero.saturating_sub(cut);
+    report.bytes_truncated = data_end.saturating_sub(cut);
     report.torn_reason = Some(why);
     Ok(cut)
 }
 
-/// Zeroes `[cut, end)` of a segment durably, keeping its length.
 /// Zeroes `[cut, end)` of a segment durably, by overwriting (see `segment.rs` for why
 /// not by truncating).
 fn cut_tail(file: &dyn IoFile, path: &Path, cut: u64, end: u64) -> Result<()> {
