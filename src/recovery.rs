@@ -320,7 +320,10 @@ impl Rebuild {
     }
 
     fn apply_batch(&mut self) -> Result<()> {
-        for w in std::mem::take(&mut self.batch) {
+        // Drained, not taken: the buffer keeps its capacity, so recovery does not
+        // allocate once per batch (once per record for single-event appends).
+        let mut batch = std::mem::take(&mut self.batch);
+        for w in batch.drain(..) {
             let h = w.header;
             let corrupt = |why: &str| Error::corrupt(w.pos.segment, u64::from(w.pos.offset), why);
             if let (Some(id), Some(tenant)) = (w.execution_id, w.tenant) {
@@ -344,6 +347,7 @@ impl Rebuild {
             self.last_timestamp_ns = self.last_timestamp_ns.max(h.timestamp_ns);
             self.records += 1;
         }
+        self.batch = batch;
         self.batch_start = None;
         Ok(())
     }
