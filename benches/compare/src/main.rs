@@ -108,10 +108,25 @@ fn parse_args() -> Config {
 }
 
 /// ~250 bytes stored: a StepCompleted with a 150-byte output.
+///
+/// The output is pseudo-random lowercase text with spaces, so that a compressing peer
+/// (RocksDB with LZ4) is not flattered by a run of one repeated letter.
 pub fn event(n: u64) -> ExecutionEventData {
+    let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let text: String = (0..142)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            match x % 32 {
+                0..=25 => char::from(b'a' + (x % 32) as u8),
+                _ => ' ',
+            }
+        })
+        .collect();
     ExecutionEventData::StepCompleted {
         step_id: StepId::from(format!("step-{n:08}")),
-        output: Some(format!("{n:08}{}", "o".repeat(142))),
+        output: Some(format!("{n:08}{text}")),
         duration_ms: n,
     }
 }
