@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::io::{Io, IoFile};
+use crate::record;
 
 /// First bytes of every segment file.
 pub(crate) const MAGIC: [u8; 8] = *b"EXECLOG\0";
@@ -73,7 +74,7 @@ pub(crate) fn encode_header(id: u32) -> [u8; SEGMENT_HEADER_LEN] {
     h[..VERSION_OFFSET].copy_from_slice(&MAGIC);
     h[VERSION_OFFSET..ID_OFFSET].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     h[ID_OFFSET..RESERVED_OFFSET].copy_from_slice(&id.to_le_bytes());
-    let crc = crc32fast::hash(&h[..CRC_OFFSET]);
+    let crc = record::crc32(&h[..CRC_OFFSET]);
     h[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
     h
 }
@@ -112,7 +113,7 @@ pub(crate) fn check_header(bytes: &[u8], id: u32) -> HeaderCheck {
         b.copy_from_slice(&h[at..at + 4]);
         u32::from_le_bytes(b)
     };
-    if field(CRC_OFFSET) != crc32fast::hash(&h[..CRC_OFFSET]) {
+    if field(CRC_OFFSET) != record::crc32(&h[..CRC_OFFSET]) {
         return HeaderCheck::Bad("segment header CRC mismatch");
     }
     if field(VERSION_OFFSET) != FORMAT_VERSION {
