@@ -391,6 +391,16 @@ mod tests {
     }
 
     #[test]
+    fn the_shared_hasher_computes_plain_crc32() {
+        for len in [0usize, 1, 7, 52, 64, 250, 4096] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            assert_eq!(crc32(&bytes), crc32fast::hash(&bytes), "len {len}");
+            // The prototype is cloned, never consumed: a second call agrees.
+            assert_eq!(crc32(&bytes), crc32fast::hash(&bytes), "len {len}");
+        }
+    }
+
+    #[test]
     fn round_trip_and_padding() {
         let (header, out) = sample();
         assert_eq!(out.len(), 64);
