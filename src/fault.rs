@@ -191,23 +191,8 @@ impl SimIo {
                 };
             }
         }
-        let world = World {
-            inodes,
-            live_dir: dir.clone(),
-            durable_dir: dir,
-            dirs: w.dirs.clone(),
-            locks: HashSet::new(),
-            calls: 0,
-            fail: None,
-            dead: false,
-            epoch: w.epoch + 1,
-        };
         w.dead = true;
-        let epoch = world.epoch;
-        SimIo {
-            world: Arc::new(Mutex::new(world)),
-            epoch,
-        }
+        SimIo::boot(inodes, dir.clone(), dir, w.dirs.clone(), w.epoch + 1)
     }
 
     /// An independent copy of the file system as it is now (live state, no locks held,
@@ -215,18 +200,34 @@ impl SimIo {
     /// on every run.
     pub fn snapshot(&self) -> SimIo {
         let w = self.world.lock();
+        SimIo::boot(
+            w.inodes.clone(),
+            w.live_dir.clone(),
+            w.durable_dir.clone(),
+            w.dirs.clone(),
+            w.epoch + 1,
+        )
+    }
+
+    /// A machine starting on the given disk state: no locks held, no faults armed.
+    fn boot(
+        inodes: Vec<Inode>,
+        live_dir: BTreeMap<PathBuf, usize>,
+        durable_dir: BTreeMap<PathBuf, usize>,
+        dirs: HashSet<PathBuf>,
+        epoch: u64,
+    ) -> SimIo {
         let world = World {
-            inodes: w.inodes.clone(),
-            live_dir: w.live_dir.clone(),
-            durable_dir: w.durable_dir.clone(),
-            dirs: w.dirs.clone(),
+            inodes,
+            live_dir,
+            durable_dir,
+            dirs,
             locks: HashSet::new(),
             calls: 0,
             fail: None,
             dead: false,
-            epoch: w.epoch + 1,
+            epoch,
         };
-        let epoch = world.epoch;
         SimIo {
             world: Arc::new(Mutex::new(world)),
             epoch,

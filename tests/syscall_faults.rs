@@ -7,8 +7,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+mod common;
+
+use std::process::Command;
+
+use common::output_with_stdin;
 
 fn has_strace() -> bool {
     Command::new("strace")
@@ -28,29 +31,20 @@ fn injected_eio_is_never_acknowledged() {
         for n in 1..=12 {
             let dir = tempfile::tempdir().unwrap();
             let d = dir.path().to_str().unwrap();
-            let mut child = Command::new("strace")
-                .args([
-                    "-f",
-                    "-qq",
-                    "-o",
-                    "/dev/null",
-                    "-e",
-                    &format!("inject={syscall}:error=EIO:when={n}"),
-                    bin,
-                ])
-                .args(["append", d, "--execution", "e", "--tenant", "t"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
-            let out = child.wait_with_output().unwrap();
+            let out = output_with_stdin(
+                Command::new("strace")
+                    .args([
+                        "-f",
+                        "-qq",
+                        "-o",
+                        "/dev/null",
+                        "-e",
+                        &format!("inject={syscall}:error=EIO:when={n}"),
+                        bin,
+                    ])
+                    .args(["append", d, "--execution", "e", "--tenant", "t"]),
+                &input,
+            );
             let stderr = String::from_utf8_lossy(&out.stderr).to_string();
             assert!(!stderr.contains("panicked"), "{syscall} #{n}: {stderr}");
             let acked: Vec<u64> = String::from_utf8_lossy(&out.stdout)

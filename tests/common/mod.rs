@@ -5,8 +5,28 @@
 
 pub mod writer;
 
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
 use execlog::*;
 use serde_json::json;
+
+/// Runs `command` with `stdin` as its standard input and collects what it printed.
+pub fn output_with_stdin(command: &mut Command, stdin: &str) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+    if let Some(mut pipe) = child.stdin.take() {
+        pipe.write_all(stdin.as_bytes())
+            .unwrap_or_else(|e| panic!("cannot feed {command:?}: {e}"));
+    }
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("{command:?} did not finish: {e}"))
+}
 
 /// One event of each of the 17 variants, with every optional field set, nested JSON,
 /// awkward floats and unicode.

@@ -137,32 +137,19 @@ fn fresh(dir: &Path) -> PathBuf {
     dir.to_path_buf()
 }
 
-/// W writers, each appending single durable events to its own executions of 100.
-fn ingest(sys: &dyn systems::System, writers: usize, seconds: f64) -> Sample {
+/// Runs `writer(w, stop)` on `writers` threads for `seconds`, then merges what each
+/// returns (events written, one latency per append) into one sample.
+fn run_writers<F>(writers: usize, seconds: f64, writer: F) -> Sample
+where
+    F: Fn(usize, &AtomicBool) -> (u64, Vec<Duration>) + Sync,
+{
     let stop = AtomicBool::new(false);
     let start = Instant::now();
     let results: Vec<(u64, Vec<Duration>)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..writers)
             .map(|w| {
-                let stop = &stop;
-                s.spawn(move || {
-                    let mut lat = Vec::new();
-                    let mut n = 0u64;
-                    // Built once per writer so the harness adds little work per append.
-                    let tenant = format!("tenant-{}", w % 10);
-                    let ev = event(w as u64);
-                    let mut exec = String::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        if n.is_multiple_of(100) {
-                            exec = format!("w{w}-e{}", n / 100);
-                        }
-                        let t = Instant::now();
-                        sys.append(&exec, &tenant, &ev);
-                        lat.push(t.elapsed());
-                        n += 1;
-                    }
-                    (n, lat)
-                })
+                let (stop, writer) = (&stop, &writer);
+                s.spawn(move || writer(w, stop))
             })
             .collect();
         std::thread::sleep(Duration::from_secs_f64(seconds));
@@ -181,55 +168,55 @@ fn ingest(sys: &dyn systems::System, writers: usize, seconds: f64) -> Sample {
     )
 }
 
+/// W writers, each appending single durable events to its own executions of 100.
+fn ingest(sys: &dyn systems::System, writers: usize, seconds: f64) -> Sample {
+    run_writers(writers, seconds, |w, stop| {
+        let mut lat = Vec::new();
+        let mut n = 0u64;
+        // Built once per writer so the harness adds little work per append.
+        let tenant = format!("tenant-{}", w % 10);
+        let ev = event(w as u64);
+        let mut exec = String::new();
+        while !stop.load(Ordering::Relaxed) {
+            if n.is_multiple_of(100) {
+                exec = format!("w{w}-e{}", n / 100);
+            }
+            let t = Instant::now();
+            sys.append(&exec, &tenant, &ev);
+            lat.push(t.elapsed());
+            n += 1;
+        }
+        (n, lat)
+    })
+}
+
 /// Batch writers, each appending batches of 100 events to its own executions.
 const BATCH_WRITERS: usize = 16;
 
 /// `writers` threads appending batches of 100, each durable before it returns.
 fn batch_ingest(sys: &dyn systems::System, writers: usize, seconds: f64) -> Sample {
-    let stop = AtomicBool::new(false);
-    let start = Instant::now();
-    let results: Vec<(u64, Vec<Duration>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..writers)
-            .map(|w| {
-                let stop = &stop;
-                s.spawn(move || {
-                    let mut lat = Vec::new();
-                    let mut n = 0u64;
-                    // Built once per writer (under a millisecond): generating 100 events'
-                    // text per append cost the harness as much as the fastest system. Eight
-                    // distinct batches (200 KB) rotate, more than LZ4's 64 KB window,
-                    // so RocksDB's compression sees no repeats it would not see in use.
-                    let pool: Vec<Vec<_>> = (0..8u64)
-                        .map(|b| {
-                            let base = (w as u64 * 8 + b) * 100;
-                            (0..100).map(|i| event(base + i)).collect()
-                        })
-                        .collect();
-                    while !stop.load(Ordering::Relaxed) {
-                        let batch = &pool[(n / 100) as usize % pool.len()];
-                        let t = Instant::now();
-                        sys.append_batch(&format!("b-{w}-{}", n / 100), "tenant-b", batch);
-                        lat.push(t.elapsed());
-                        n += 100;
-                    }
-                    (n, lat)
-                })
+    run_writers(writers, seconds, |w, stop| {
+        let mut lat = Vec::new();
+        let mut n = 0u64;
+        // Built once per writer (under a millisecond): generating 100 events' text per
+        // append cost the harness as much as the fastest system. Eight distinct batches
+        // (200 KB) rotate, more than LZ4's 64 KB window, so RocksDB's compression sees
+        // no repeats it would not see in use.
+        let pool: Vec<Vec<_>> = (0..8u64)
+            .map(|b| {
+                let base = (w as u64 * 8 + b) * 100;
+                (0..100).map(|i| event(base + i)).collect()
             })
             .collect();
-        std::thread::sleep(Duration::from_secs_f64(seconds));
-        stop.store(true, Ordering::Relaxed);
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("batch writer"))
-            .collect()
-    });
-    let elapsed = start.elapsed();
-    let events = results.iter().map(|r| r.0).sum();
-    Sample::new(
-        events,
-        elapsed,
-        results.into_iter().flat_map(|r| r.1).collect(),
-    )
+        while !stop.load(Ordering::Relaxed) {
+            let batch = &pool[(n / 100) as usize % pool.len()];
+            let t = Instant::now();
+            sys.append_batch(&format!("b-{w}-{}", n / 100), "tenant-b", batch);
+            lat.push(t.elapsed());
+            n += 100;
+        }
+        (n, lat)
+    })
 }
 
 /// Fills a store with `events` events in executions of 100 (batches of 100).

@@ -9,10 +9,16 @@ use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 /// One storage system under test.
 pub trait System: Sync {
-    fn append(&self, exec: &str, tenant: &str, event: &ExecutionEventData);
+    /// One event, durable before it returns. By default a batch of one, which is how
+    /// the peers without a single-event call write it.
+    fn append(&self, exec: &str, tenant: &str, event: &ExecutionEventData) {
+        self.append_batch(exec, tenant, std::slice::from_ref(event));
+    }
     fn append_batch(&self, exec: &str, tenant: &str, events: &[ExecutionEventData]);
     /// All events of an execution, decoded; returns how many.
-    fn load(&self, exec: &str) -> usize;
+    fn load(&self, exec: &str) -> usize {
+        self.load_after(exec, 0)
+    }
     /// Events after `after`, decoded; returns how many.
     fn load_after(&self, exec: &str, after: u64) -> usize;
     /// One page of a tenant's executions, newest first; returns how many.
@@ -181,14 +187,8 @@ fn decode_typed(json: &str) -> ExecutionEventData {
 }
 
 impl System for Sqlite {
-    fn append(&self, exec: &str, tenant: &str, event: &ExecutionEventData) {
-        self.insert(exec, tenant, std::slice::from_ref(event));
-    }
     fn append_batch(&self, exec: &str, tenant: &str, events: &[ExecutionEventData]) {
         self.insert(exec, tenant, events);
-    }
-    fn load(&self, exec: &str) -> usize {
-        self.read(exec, 0)
     }
     fn load_after(&self, exec: &str, after: u64) -> usize {
         self.read(exec, after)
@@ -276,14 +276,8 @@ impl Redb {
 }
 
 impl System for Redb {
-    fn append(&self, exec: &str, tenant: &str, event: &ExecutionEventData) {
-        self.insert(exec, tenant, std::slice::from_ref(event));
-    }
     fn append_batch(&self, exec: &str, tenant: &str, events: &[ExecutionEventData]) {
         self.insert(exec, tenant, events);
-    }
-    fn load(&self, exec: &str) -> usize {
-        self.read(exec, 0)
     }
     fn load_after(&self, exec: &str, after: u64) -> usize {
         self.read(exec, after)
@@ -454,14 +448,8 @@ mod rocks {
     }
 
     impl super::System for Rocks {
-        fn append(&self, exec: &str, tenant: &str, event: &ExecutionEventData) {
-            self.insert(exec, tenant, std::slice::from_ref(event));
-        }
         fn append_batch(&self, exec: &str, tenant: &str, events: &[ExecutionEventData]) {
             self.insert(exec, tenant, events);
-        }
-        fn load(&self, exec: &str) -> usize {
-            self.read(exec, 0)
         }
         fn load_after(&self, exec: &str, after: u64) -> usize {
             self.read(exec, after)
