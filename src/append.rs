@@ -150,29 +150,51 @@ pub(crate) fn submit(
     Ok((first_sequence, ticket))
 }
 
+/// The encoded events of one append, back to back in one buffer: one allocation per
+/// append instead of one (and its regrowths) per event, which was a fifth of the CPU
+/// time of batch ingest (perf).
+struct Bodies {
+    bytes: Vec<u8>,
+    /// Where each body ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl Bodies {
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(self.ends.iter().copied())
+            .map(|(start, end)| self.bytes.get(start..end).unwrap_or_default())
+    }
+}
+
 /// Encodes every event, enforcing the per-event and per-batch limits.
-fn encode_all(shared: &Shared, events: Vec<ExecutionEventData>) -> Result<Vec<Vec<u8>>> {
+fn encode_all(shared: &Shared, events: Vec<ExecutionEventData>) -> Result<Bodies> {
     let options = &shared.options;
     let mut total = 0usize;
-    let mut bodies = Vec::with_capacity(events.len());
+    let mut bodies = Bodies {
+        // A guess that fits typical events without regrowing; it only grows if wrong.
+        bytes: Vec::with_capacity(events.len() * 256),
+        ends: Vec::with_capacity(events.len()),
+    };
     for event in events {
-        let mut body = Vec::new();
-        codec::encode_event(event, &mut body).map_err(Error::InvalidArgument)?;
-        if body.len() > options.max_event_bytes {
+        let start = bodies.bytes.len();
+        codec::encode_event(event, &mut bodies.bytes).map_err(Error::InvalidArgument)?;
+        let len = bodies.bytes.len() - start;
+        if len > options.max_event_bytes {
             return Err(Error::InvalidArgument(format!(
                 "event encodes to {} bytes; the limit (Options::max_event_bytes) is {}",
-                body.len(),
-                options.max_event_bytes
+                len, options.max_event_bytes
             )));
         }
-        total = total.saturating_add(record::framed_len(body.len()));
+        total = total.saturating_add(record::framed_len(len));
         if total > options.max_batch_bytes {
             return Err(Error::InvalidArgument(format!(
                 "batch exceeds {} encoded bytes (Options::max_batch_bytes)",
                 options.max_batch_bytes
             )));
         }
-        bodies.push(body);
+        bodies.ends.push(bodies.bytes.len());
     }
     Ok(bodies)
 }

@@ -18,7 +18,7 @@ use crate::ids::{ExecutionId, TenantId, validate_id};
 use crate::index::Index;
 use crate::io::LockGuard;
 use crate::options::Options;
-use crate::queue::Ticket;
+use crate::queue::{Appending, Ticket};
 use crate::recovery::{self, RecoveryReport};
 use crate::segment::{self, SEGMENT_HEADER_LEN};
 use crate::segments::Segments;
@@ -298,6 +298,7 @@ impl LogStore {
         tenant_id: &TenantId,
         event: ExecutionEventData,
     ) -> Result<u64> {
+        let _appending = Appending::start();
         let (sequence, ticket) = self.submit(execution_id, tenant_id, vec![event])?;
         ticket.wait()?;
         Ok(sequence)
@@ -311,6 +312,7 @@ impl LogStore {
         tenant_id: &TenantId,
         events: Vec<ExecutionEventData>,
     ) -> Result<u64> {
+        let _appending = Appending::start();
         let (sequence, ticket) = self.submit(execution_id, tenant_id, events)?;
         ticket.wait()?;
         Ok(sequence)

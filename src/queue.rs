@@ -23,9 +23,13 @@ use crate::index::ExecNo;
 use crate::record::Pos;
 use crate::sync::{AtomicBool, Condvar, MODEL_CHECKED, Mutex};
 
-/// Blocking waiters in this process, for the lone-waiter heuristic of `Ticket::wait`.
-static WAITERS: AtomicUsize = AtomicUsize::new(0);
-/// At most this many concurrent waiters poll instead of sleeping.
+/// Blocking appends in progress in this process (from encoding to acknowledgement),
+/// for the lone-waiter heuristic of `Ticket::wait`. Counting whole appends, not only
+/// waiters: right after a group completes, its writers are busy encoding their next
+/// append, and a writer that finds no one else *waiting* is not alone. Counting
+/// waiters made two writers yield-poll through every group at 16 batch writers.
+static APPENDERS: AtomicUsize = AtomicUsize::new(0);
+/// At most this many concurrent appenders poll instead of sleeping.
 const LONE_WAITERS: usize = 2;
 /// How long a lone waiter polls before it sleeps.
 const LONE_WAITER_POLL: Duration = Duration::from_millis(1);
@@ -100,7 +104,7 @@ impl Ticket {
     /// append made context switches the bottleneck at 64 writers (perf: 50% of CPU
     /// time in the scheduler).
     ///
-    /// A waiter that is alone (or nearly) keeps yield-polling for up to
+    /// A waiter whose append is alone (or nearly) keeps yield-polling for up to
     /// [`LONE_WAITER_POLL`]: one fdatasync is shorter than that, and the sleep/wake pair
     /// it avoids costs a third of a 200 µs append on a virtual machine. With more
     /// waiters the core is better left to the commit thread.
@@ -119,23 +123,38 @@ impl Ticket {
 
     /// The busy-wait part of [`Ticket::wait`]; returns early or when it gives up.
     fn spin_until_completed(&self) {
-        let waiting = WAITERS.fetch_add(1, Ordering::Relaxed) + 1;
+        let appenders = APPENDERS.load(Ordering::Relaxed);
         let backoff = Backoff::new();
         while !self.0.completed.load(Ordering::Acquire) && !backoff.is_completed() {
             backoff.snooze();
         }
-        if waiting <= LONE_WAITERS {
+        if appenders <= LONE_WAITERS {
             let until = Instant::now() + LONE_WAITER_POLL;
             while !self.0.completed.load(Ordering::Acquire) && Instant::now() < until {
                 std::thread::yield_now();
             }
         }
-        WAITERS.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// A future that resolves when the ticket is completed.
     pub(crate) fn into_future(self) -> TicketFuture {
         TicketFuture(self)
+    }
+}
+
+/// Counts one blocking append (see [`APPENDERS`]) for as long as it lives.
+pub(crate) struct Appending(());
+
+impl Appending {
+    pub(crate) fn start() -> Self {
+        APPENDERS.fetch_add(1, Ordering::Relaxed);
+        Appending(())
+    }
+}
+
+impl Drop for Appending {
+    fn drop(&mut self) {
+        APPENDERS.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

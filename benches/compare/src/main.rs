@@ -1,7 +1,7 @@
 //! execlog side by side with SQLite, redb and the disk's own limits, in one run.
 //!
 //! `cargo run --release --manifest-path benches/compare/Cargo.toml -- [--quick] [--events N]
-//! [--seconds S] [--repeats R] [--writers 1,16,64,256] [--ingest-only] [--out docs/BENCHMARKS.md]`
+//! [--seconds S] [--repeats R] [--writers 1,16,64,256] [--ingest-only] [--only SYSTEM [--batch]] [--out docs/BENCHMARKS.md]`
 //!
 //! Systems alternate within each repeat and medians are reported, because the machine
 //! is shared and noisy. Every figure is also given as a ratio to the ideal group-commit
@@ -55,6 +55,8 @@ pub fn median(mut samples: Vec<Sample>) -> Sample {
 pub struct Config {
     pub quick: bool,
     pub ingest_only: bool,
+    /// With `only`: profile batch ingest instead of single appends.
+    pub batch: bool,
     /// Profile one system alone (no baselines, no report).
     pub only: Option<String>,
     pub seconds: f64,
@@ -69,6 +71,7 @@ fn parse_args() -> Config {
     let mut c = Config {
         quick: false,
         ingest_only: false,
+        batch: false,
         only: None,
         seconds: 2.0,
         repeats: 3,
@@ -90,6 +93,7 @@ fn parse_args() -> Config {
             }
             "--ingest-only" => c.ingest_only = true,
             "--only" => c.only = Some(value()),
+            "--batch" => c.batch = true,
             "--seconds" => c.seconds = value().parse().expect("--seconds"),
             "--repeats" => c.repeats = value().parse().expect("--repeats"),
             "--events" => c.read_events = value().parse().expect("--events"),
@@ -269,9 +273,13 @@ fn main() {
     if let Some(name) = &c.only {
         for &w in &c.writers {
             let sys = systems::open(name, &fresh(&c.dir.join(name)));
-            let s = ingest(sys.as_ref(), w, c.seconds);
+            let (s, kind) = if c.batch {
+                (batch_ingest(sys.as_ref(), w, c.seconds), "batch")
+            } else {
+                (ingest(sys.as_ref(), w, c.seconds), "single")
+            };
             println!(
-                "{name} {w} writers: {:.0} events/s, p50 {:.0} µs, p99 {:.0} µs",
+                "{name} {w} writers, {kind}: {:.0} events/s, p50 {:.0} µs, p99 {:.0} µs",
                 s.rate(),
                 s.pct_us(0.5),
                 s.pct_us(0.99)
