@@ -41,8 +41,7 @@ pub(crate) struct Committer {
     buf: Vec<u8>,
     /// Whether a group was committed since open (a seal is then due at close).
     wrote: bool,
-    /// How far the current segment's file is written (zeros or records): its length.
-    /// Durable once the group in progress is synced.
+    /// How far the current segment is zeroed (durably), and where it ends.
     zeroed_end: u64,
     capacity: u64,
 }
@@ -202,10 +201,8 @@ impl Committer {
                 .take_while(|p| p.segment == first.segment)
                 .count();
             let (this, next) = rest.split_at(run);
-            let grow = this.iter().map(|p| p.bytes.len()).sum::<usize>()
-                >= self.shared.options.grow_write_bytes;
             if first.segment != self.segment {
-                self.roll(first, grow)?;
+                self.roll(first)?;
             }
             self.buf.clear();
             for p in this {
@@ -218,16 +215,7 @@ impl Committer {
             }
             record::stamp_group(&mut self.buf, first.offset);
             let path = segment::path(&self.shared.dir, self.segment);
-            let end = u64::from(first.offset) + self.buf.len() as u64;
-            if grow {
-                // Written once, growing the file where it passes the zeroed end; the
-                // fdatasync below commits the new length with the data. No hole can
-                // form: the group starts at the tail, which is never past that end.
-                debug_assert!(u64::from(first.offset) <= self.zeroed_end);
-                self.zeroed_end = self.zeroed_end.max(end);
-            } else {
-                self.ensure_zeroed(end, &path)?;
-            }
+            self.ensure_zeroed(u64::from(first.offset) + self.buf.len() as u64, &path)?;
             self.file
                 .write_at(&self.buf, u64::from(first.offset))
                 .map_err(|e| Error::io("write", &path, e))?;
@@ -264,19 +252,14 @@ impl Committer {
         Ok(())
     }
 
-    /// Creates the segment `first` is addressed to and makes it current; zeroed ahead
-    /// unless its first group will `grow` the file anyway.
-    fn roll(&mut self, first: &Pending, grow: bool) -> Result<()> {
+    /// Creates the segment `first` is addressed to and makes it current.
+    fn roll(&mut self, first: &Pending) -> Result<()> {
         debug_assert_eq!(first.segment, self.segment + 1);
         debug_assert!(first.new_segment_capacity.is_some());
         let capacity = first
             .new_segment_capacity
             .unwrap_or(self.shared.options.segment_size_bytes);
-        let zeroed = if grow {
-            segment::SEGMENT_HEADER_LEN as u64
-        } else {
-            capacity.min(segment::ZERO_AHEAD)
-        };
+        let zeroed = capacity.min(segment::ZERO_AHEAD);
         let file = segment::create(
             self.shared.io.as_ref(),
             &self.shared.dir,

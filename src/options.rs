@@ -27,7 +27,6 @@ pub struct Options {
     pub(crate) max_batch_bytes: usize,
     pub(crate) group_commit_max_bytes: usize,
     pub(crate) commit_delay_us: u64,
-    pub(crate) grow_write_bytes: usize,
     pub(crate) index_stride: u32,
     pub(crate) io: Arc<dyn Io>,
 }
@@ -40,7 +39,6 @@ impl Default for Options {
             max_batch_bytes: 256 << 20,
             group_commit_max_bytes: 8 << 20,
             commit_delay_us: 0,
-            grow_write_bytes: 256 << 10,
             index_stride: 16,
             io: Arc::new(RealIo),
         }
@@ -88,21 +86,6 @@ impl Options {
     #[must_use]
     pub fn commit_delay_us(mut self, micros: u64) -> Self {
         self.commit_delay_us = micros;
-        self
-    }
-
-    /// Commit groups of at least this many bytes are written past the zeroed part of
-    /// their segment, growing the file, instead of over zeros written (and synced)
-    /// beforehand. Default 256 KiB.
-    ///
-    /// Small groups go over zeros: their fdatasync is then a pure overwrite with no
-    /// metadata to commit, the cheapest durable write there is. A large group would pay
-    /// for its bytes twice that way (once as zeros, once as records), which halves bulk
-    /// ingest; growing the file costs its fdatasync one metadata commit instead, small
-    /// next to the data. `usize::MAX` always writes over zeros; 0 always grows.
-    #[must_use]
-    pub fn grow_write_bytes(mut self, bytes: usize) -> Self {
-        self.grow_write_bytes = bytes;
         self
     }
 

@@ -19,13 +19,10 @@ mod common;
 use execlog::fault::{Fault, Op, SimIo};
 use execlog::*;
 
-/// `grow`: `Options::grow_write_bytes`, so that both ways of writing a group (over
-/// zeros written ahead, or growing the file) meet every fault.
-fn options(io: &SimIo, grow: usize) -> Options {
+fn options(io: &SimIo) -> Options {
     Options::default()
         .segment_size_bytes(64 * 1024)
         .index_stride(2)
-        .grow_write_bytes(grow)
         .io(Arc::new(io.clone()))
 }
 
@@ -38,7 +35,7 @@ fn event(tag: u64, len: u64) -> ExecutionEventData {
 }
 
 /// Runs the workload with the k-th `op` call failing; returns how many calls it made.
-fn run(k: u64, op: Op, fault: Fault, grow: usize) -> u64 {
+fn run(k: u64, op: Op, fault: Fault) -> u64 {
     let dir = Path::new("/s");
     let sim = SimIo::new();
     sim.fail_at(k, op, fault);
@@ -46,9 +43,9 @@ fn run(k: u64, op: Op, fault: Fault, grow: usize) -> u64 {
     let t = TenantId::from("t");
     let mut acked: Vec<(u64, u64)> = Vec::new(); // (first sequence, batch length)
     let mut poisoned = false;
-    let ctx = format!("k={k} op={op:?} fault={fault:?} grow={grow}");
+    let ctx = format!("k={k} op={op:?} fault={fault:?}");
     for round in 0..2u64 {
-        let store = match LogStore::open_with(dir, options(&sim, grow)) {
+        let store = match LogStore::open_with(dir, options(&sim)) {
             Ok(s) => s,
             Err(Error::Io { .. }) => continue,
             Err(other) => panic!("{ctx}: open failed with {other:?}"),
@@ -89,8 +86,7 @@ fn run(k: u64, op: Op, fault: Fault, grow: usize) -> u64 {
     }
     let calls = sim.calls();
     sim.clear_faults();
-    let store =
-        LogStore::open_with(dir, options(&sim, grow)).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+    let store = LogStore::open_with(dir, options(&sim)).unwrap_or_else(|e| panic!("{ctx}: {e}"));
     let events = store.load_events_blocking(&e).unwrap();
     for &(first, len) in &acked {
         for s in first..first + len {
@@ -109,16 +105,14 @@ fn run(k: u64, op: Op, fault: Fault, grow: usize) -> u64 {
 #[test]
 fn every_failing_call_is_handled() {
     let mut runs = 0;
-    for grow in [usize::MAX, 0] {
-        for op in [Op::Any, Op::Write, Op::Sync, Op::SyncDir, Op::Open, Op::Map] {
-            for fault in [Fault::Once, Fault::Persistent] {
-                // Count the calls of this kind in a clean run, then fail each in turn.
-                let total = run(u64::MAX, op, fault, grow);
-                assert!(total > 0, "{op:?} never called");
-                for k in 1..=total + 1 {
-                    run(k, op, fault, grow);
-                    runs += 1;
-                }
+    for op in [Op::Any, Op::Write, Op::Sync, Op::SyncDir, Op::Open, Op::Map] {
+        for fault in [Fault::Once, Fault::Persistent] {
+            // Count the calls of this kind in a clean run, then fail each in turn.
+            let total = run(u64::MAX, op, fault);
+            assert!(total > 0, "{op:?} never called");
+            for k in 1..=total + 1 {
+                run(k, op, fault);
+                runs += 1;
             }
         }
     }

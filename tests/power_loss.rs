@@ -35,15 +35,10 @@ fn event(tag: &str, len: usize, i: usize, size: usize) -> ExecutionEventData {
     }
 }
 
-/// Seeds alternate between the ways a group reaches the disk
-/// (`Options::grow_write_bytes`): always over zeros written ahead, growing the file
-/// for larger groups only, always growing the file.
-fn options(io: &SimIo, seed: u64) -> Options {
-    let grow = [usize::MAX, 8 << 10, 0][(seed % 3) as usize];
+fn options(io: &SimIo) -> Options {
     Options::default()
         .segment_size_bytes(64 * 1024)
         .index_stride(3)
-        .grow_write_bytes(grow)
         .io(Arc::new(io.clone()))
 }
 
@@ -55,7 +50,7 @@ fn run_seed(seed: u64) {
     let execs: Vec<ExecutionId> = (0..5).map(|i| ExecutionId::from(format!("e{i}"))).collect();
     let tenant = TenantId::from("t");
     let mut acked: Vec<Acked> = Vec::new();
-    let mut store = LogStore::open_with(dir, options(&sim, seed)).ok();
+    let mut store = LogStore::open_with(dir, options(&sim)).ok();
     for op in 0..90 {
         let Some(s) = &store else { break };
         let e = &execs[rng.below(execs.len() as u64) as usize];
@@ -63,7 +58,7 @@ fn run_seed(seed: u64) {
         let roll = rng.below(10);
         if roll == 0 {
             drop(store.take());
-            store = LogStore::open_with(dir, options(&sim, seed)).ok();
+            store = LogStore::open_with(dir, options(&sim)).ok();
             continue;
         }
         let len = if roll <= 3 {
@@ -95,7 +90,7 @@ fn run_seed(seed: u64) {
     let after = sim.power_loss(rng.next_u64());
     drop(store);
 
-    let store = match LogStore::open_with(dir, options(&after, seed)) {
+    let store = match LogStore::open_with(dir, options(&after)) {
         Ok(s) => s,
         Err(e) => panic!("seed {seed}: reopen after power loss failed: {e}"),
     };
