@@ -18,9 +18,9 @@
 //! kernel power-cut test (tests/power_cut.rs) lost acknowledged appends that crossed
 //! into a new block on both ext4 and XFS. Growing the file with the records themselves
 //! (no zeros first, as most logs append) failed the same way: with every commit group
-//! growing the file, 3 of 120 cuts (2 on ext4, 1 on XFS) lost the last acknowledged
-//! append, although its fdatasync had returned; writing over zeros lost none in the same
-//! runs. So bulk appends pay for their bytes twice (docs/DESIGN.md, "Known limits").
+//! growing the file, 3 of 160 cuts (2 of 80 on ext4, 1 of 80 on XFS) lost the last
+//! acknowledged append, although its fdatasync had returned; writing over zeros lost
+//! none of 80 cuts the same hour. So bulk appends pay for their bytes twice (docs/DESIGN.md, "Known limits").
 //! A segment's file length is its zeroed end; its
 //! capacity (`Options::segment_size_bytes`, or more for one large batch) is where the
 //! writer rolls. Records never span two segments, and neither do batches.
