@@ -1,7 +1,7 @@
 //! execlog side by side with SQLite, redb and the disk's own limits, in one run.
 //!
 //! `cargo run --release --manifest-path benches/compare/Cargo.toml -- [--quick] [--events N]
-//! [--seconds S] [--repeats R] [--writers 1,16,64,256] [--ingest-only] [--only SYSTEM [--batch]] [--out docs/BENCHMARKS.md]`
+//! [--seconds S] [--repeats R] [--writers 1,16,64,256] [--ingest-only] [--only SYSTEM [--batch | --open]] [--out docs/BENCHMARKS.md]`
 //!
 //! Systems alternate within each repeat and medians are reported, because the machine
 //! is shared and noisy. Every figure is also given as a ratio to the ideal group-commit
@@ -57,6 +57,8 @@ pub struct Config {
     pub ingest_only: bool,
     /// With `only`: profile batch ingest instead of single appends.
     pub batch: bool,
+    /// With `only execlog`: fill `--events`, then time open against the raw scan.
+    pub open: bool,
     /// Profile one system alone (no baselines, no report).
     pub only: Option<String>,
     pub seconds: f64,
@@ -72,6 +74,7 @@ fn parse_args() -> Config {
         quick: false,
         ingest_only: false,
         batch: false,
+        open: false,
         only: None,
         seconds: 2.0,
         repeats: 3,
@@ -94,6 +97,7 @@ fn parse_args() -> Config {
             "--ingest-only" => c.ingest_only = true,
             "--only" => c.only = Some(value()),
             "--batch" => c.batch = true,
+            "--open" => c.open = true,
             "--seconds" => c.seconds = value().parse().expect("--seconds"),
             "--repeats" => c.repeats = value().parse().expect("--repeats"),
             "--events" => c.read_events = value().parse().expect("--events"),
@@ -273,6 +277,21 @@ fn main() {
     if let Some(name) = &c.only {
         for &w in &c.writers {
             let sys = systems::open(name, &fresh(&c.dir.join(name)));
+            if c.open {
+                let dir = fresh(&c.dir.join(name));
+                fill(systems::open(name, &dir).as_ref(), c.read_events);
+                let o = open_vs_scan(&dir, c.repeats.max(3));
+                println!(
+                    "{name} open of {} events: recovery {:.1} ms for {:.1} MB, raw read + CRC {:.1} ms for {:.1} MB: {:.2}x",
+                    c.read_events,
+                    o.recovery.duration.as_secs_f64() * 1e3,
+                    o.recovery.bytes_scanned as f64 / 1e6,
+                    o.scan.0.as_secs_f64() * 1e3,
+                    o.scan.1 as f64 / 1e6,
+                    o.recovery.duration.as_secs_f64() / o.scan.0.as_secs_f64()
+                );
+                return;
+            }
             let (s, kind) = if c.batch {
                 (batch_ingest(sys.as_ref(), w, c.seconds), "batch")
             } else {
@@ -386,16 +405,40 @@ fn main() {
     // execlog specifics: open vs raw scan of the same bytes, after a clean close and
     // after a torn tail; index memory.
     let dir = c.dir.join("execlog");
-    let (scan, scanned) = baseline::raw_scan(&dir);
-    r.raw_scan = (scan, scanned);
-    {
-        let store = execlog::LogStore::open(&dir).expect("open");
-        r.execlog_stats = Some(store.stats());
-        r.recovery = Some(store.recovery_report().clone());
-    }
+    let opens = open_vs_scan(&dir, c.repeats.max(3));
+    r.raw_scan = opens.scan;
+    r.recovery = Some(opens.recovery);
+    r.execlog_stats = Some(execlog::LogStore::open(&dir).expect("open").stats());
     r.torn_open = torn_open(&dir);
     r.write(&c.out);
     eprintln!("wrote {}", c.out.display());
+}
+
+/// Medians of alternating raw scans and opens of the same execlog store.
+struct Opens {
+    /// Raw read + CRC of the segment files: time, bytes.
+    scan: (Duration, u64),
+    /// The recovery report of the median open.
+    recovery: execlog::RecoveryReport,
+}
+
+/// Alternates `repeats` raw scans with as many opens (to the first read), so that both
+/// see the page cache in the same state, and returns the medians.
+fn open_vs_scan(dir: &Path, repeats: usize) -> Opens {
+    let mut scans = Vec::new();
+    let mut recoveries = Vec::new();
+    for _ in 0..repeats {
+        scans.push(baseline::raw_scan(dir));
+        let store = execlog::LogStore::open(dir).expect("open");
+        let _ = store.load_events_blocking(&execlog::ExecutionId::from("r-0"));
+        recoveries.push(store.recovery_report().clone());
+    }
+    scans.sort_by_key(|s| s.0);
+    recoveries.sort_by_key(|r| r.duration);
+    Opens {
+        scan: scans[scans.len() / 2],
+        recovery: recoveries.swap_remove(recoveries.len() / 2),
+    }
 }
 
 /// Appends garbage after the newest segment's data (a torn tail), then times open to
