@@ -42,6 +42,7 @@ mod io;
 mod log_store;
 mod mmap;
 mod options;
+mod prescan;
 mod queue;
 mod reader;
 mod record;

@@ -28,6 +28,7 @@ use crate::ids::TenantId;
 use crate::index::Index;
 use crate::io::{Io, IoFile};
 use crate::options::Options;
+use crate::prescan::Prescan;
 use crate::record::{Header, Kind, Pos};
 use crate::scan::{Scanner, Step, first_nonzero, last_nonzero, valid_record_after};
 use crate::segment::{self, HeaderCheck, SEGMENT_HEADER_LEN};
@@ -128,10 +129,10 @@ pub(crate) fn recover(
         last_timestamp_ns: 0,
         records: 0,
     };
-    let mut segments = Vec::new();
-    let mut blank = false;
+    // Every segment is opened and mapped before the scan: the I/O calls keep one order,
+    // and the prescan helper gets the maps to check CRCs ahead of the scan.
+    let mut opened = Vec::with_capacity(ids.len());
     for &id in &ids {
-        let newest = Some(&id) == ids.last();
         let path = segment::path(dir, id);
         let file = io
             .open(&path, read_only)
@@ -139,10 +140,27 @@ pub(crate) fn recover(
         let capacity = file
             .size()
             .map_err(|e| Error::io("stat segment", &path, e))?;
+        let view = file
+            .map(capacity)
+            .map_err(|e| Error::io("mmap segment", &path, e))?;
+        opened.push((id, path, file, capacity, Some(view)));
+    }
+    let prescan = Prescan::start(
+        opened
+            .iter()
+            .filter_map(|o| o.4.as_ref().map(Arc::clone))
+            .collect(),
+    );
+    let mut segments = Vec::new();
+    let mut blank = false;
+    let mut torn = None;
+    let count = opened.len();
+    for (i, (id, path, file, capacity, view)) in opened.into_iter().enumerate() {
+        let newest = i + 1 == count;
         let data_end = {
-            let view = file
-                .map(capacity)
-                .map_err(|e| Error::io("mmap segment", &path, e))?;
+            let Some(view) = view else {
+                return Err(Error::corrupt(id, 0, "segment map missing"));
+            };
             let bytes = view.as_ref().as_ref();
             report.segments_scanned += 1;
             let check = segment::check_header(bytes, id);
@@ -165,13 +183,19 @@ pub(crate) fn recover(
                 }
                 HeaderCheck::Bad(why) => return Err(Error::corrupt(id, 0, why)),
             }
-            scan_segment(&mut rebuild, &mut report, bytes, id, newest)?
+            let scan = SegmentScan {
+                bytes,
+                id,
+                newest,
+                prescan: (&prescan, i),
+            };
+            scan_segment(&mut rebuild, &mut report, &scan)?
         };
         report.bytes_scanned += data_end;
         if let Some((_, cut)) = report.truncated_at.filter(|&(s, _)| s == id)
             && !read_only
         {
-            cut_tail(file.as_ref(), &path, cut, cut + report.bytes_truncated)?;
+            torn = Some((Arc::clone(&file), path, cut));
         }
         segments.push(RecoveredSegment {
             id,
@@ -179,6 +203,11 @@ pub(crate) fn recover(
             data_end,
             file_len: capacity,
         });
+    }
+    // The helper reads the maps: it stops before anything writes to a segment.
+    prescan.finish();
+    if let Some((file, path, cut)) = torn {
+        cut_tail(file.as_ref(), &path, cut, cut + report.bytes_truncated)?;
     }
     if !read_only {
         for &id in &report.removed_segments {
@@ -206,16 +235,34 @@ pub(crate) fn recover(
     })
 }
 
+/// One segment to scan.
+struct SegmentScan<'a> {
+    bytes: &'a [u8],
+    id: u32,
+    newest: bool,
+    /// The helper checking CRCs ahead, and this segment's position in the scan.
+    prescan: (&'a Prescan, usize),
+}
+
 /// Scans one segment into `rebuild`; returns where its data ends (after any cut).
 fn scan_segment(
     rebuild: &mut Rebuild,
     report: &mut RecoveryReport,
-    bytes: &[u8],
-    id: u32,
-    newest: bool,
+    scan: &SegmentScan<'_>,
 ) -> Result<u64> {
+    let SegmentScan {
+        bytes, id, newest, ..
+    } = *scan;
+    let (prescan, position) = scan.prescan;
     let mut stop = None;
-    for step in Scanner::new(bytes, SEGMENT_HEADER_LEN) {
+    let mut scanner = Scanner::trusting(bytes, SEGMENT_HEADER_LEN, prescan.verified(position));
+    prescan.scanning(position, SEGMENT_HEADER_LEN);
+    let mut n = 0usize;
+    while let Some(step) = scanner.next() {
+        n += 1;
+        if n.is_multiple_of(64) {
+            prescan.scanning(position, scanner.offset());
+        }
         match step {
             Step::Record {
                 offset,

@@ -6,6 +6,8 @@
 //! stop means (clean end, torn tail, corruption) is decided by `recovery.rs`, which also
 //! uses [`valid_record_after`] to tell a torn tail from damage followed by good data.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use crate::record::{self, Decoded, Header, Invalid, RECORD_ALIGN};
 
 /// One step of a scan.
@@ -28,6 +30,10 @@ pub(crate) struct Scanner<'a> {
     bytes: &'a [u8],
     offset: usize,
     stopped: bool,
+    /// Where another thread has verified these bytes up to (`prescan.rs`), if one is.
+    verified: Option<&'a AtomicUsize>,
+    /// The last value read from `verified`: records ending before it skip their CRC.
+    known: usize,
 }
 
 impl<'a> Scanner<'a> {
@@ -37,7 +43,25 @@ impl<'a> Scanner<'a> {
             bytes,
             offset,
             stopped: false,
+            verified: None,
+            known: 0,
         }
+    }
+
+    /// A scanner that skips the CRC of records below `verified`, which another thread
+    /// raises as it checks the same bytes with full decodes. It is read again only once
+    /// the scan passes the value last read, so the two threads share one cache line
+    /// rarely, not once per record.
+    pub(crate) fn trusting(bytes: &'a [u8], offset: usize, verified: &'a AtomicUsize) -> Self {
+        Self {
+            verified: Some(verified),
+            ..Self::new(bytes, offset)
+        }
+    }
+
+    /// Offset of the next record boundary the scan will look at.
+    pub(crate) fn offset(&self) -> usize {
+        self.offset
     }
 }
 
@@ -50,7 +74,12 @@ impl<'a> Iterator for Scanner<'a> {
         }
         let offset = self.offset;
         let rest = self.bytes.get(offset..).unwrap_or_default();
-        let step = match record::decode(rest) {
+        if let Some(verified) = self.verified
+            && self.known <= offset
+        {
+            self.known = verified.load(Ordering::Acquire);
+        }
+        let step = match record::decode_trusting(rest, self.known.saturating_sub(offset)) {
             Decoded::Record {
                 header,
                 body,
