@@ -55,6 +55,16 @@ pub fn decode_event_record(bytes: &[u8]) -> Result<ExecutionEventData, String> {
 /// works on a fresh copy), writes `bytes` over the end of its newest segment's data (as
 /// a crash or an attacker might leave it), opens it, and reads every execution back.
 /// Returns the number of events read, or the error.
+///
+/// Seven inputs in eight (by their first byte) open read-only: the same recovery scan,
+/// torn-tail and corruption rules, without the commit thread, whose start and stop
+/// (a thread and its stack each time) took more time than the recovery itself. The
+/// eighth opens for writing, which also cuts the tail and starts the commit thread.
+///
+/// The segment file ends where `bytes` end, as if zeroing ahead had reached no
+/// further (a file is always zeroed to its length, in steps): recovery's zero scans then
+/// cover the input, not 64 KiB of zeros, which under coverage instrumentation was most
+/// of the time of an execution, and each run copies a few hundred bytes, not 64 KiB.
 pub fn open_with_damaged_tail(bytes: &[u8]) -> Result<usize, crate::Error> {
     static BASE: OnceLock<Result<(SimIo, usize), String>> = OnceLock::new();
     let (base, end) = match BASE.get_or_init(|| build_base().map_err(|e| e.to_string())) {
@@ -64,13 +74,12 @@ pub fn open_with_damaged_tail(bytes: &[u8]) -> Result<usize, crate::Error> {
     let sim = base.snapshot();
     let path = base_dir().join(crate::segment::file_name(1));
     let mut file = sim.read_file(&path).unwrap_or_default();
-    let tail_at = (*end).min(file.len());
-    let stop = (tail_at + bytes.len()).min(file.len());
-    if let (Some(dst), Some(src)) = (file.get_mut(tail_at..stop), bytes.get(..stop - tail_at)) {
-        dst.copy_from_slice(src);
-    }
+    debug_assert_eq!(file.len(), *end);
+    file.extend_from_slice(bytes);
+    file.resize(file.len().next_multiple_of(crate::record::RECORD_ALIGN), 0);
     sim.write_file(&path, file);
-    let store = LogStore::open_with(base_dir(), base_options(&sim))?;
+    let read_only = bytes.first().is_some_and(|b| b % 8 != 0);
+    let store = LogStore::open_mode(base_dir(), base_options(&sim), read_only)?;
     let mut read = 0;
     for id in base_ids() {
         read += store.load_events_blocking(&id)?.len();
@@ -109,6 +118,11 @@ fn build_base() -> Result<(SimIo, usize), crate::Error> {
     }
     let end = store.stats().data_bytes as usize;
     store.close()?;
+    // Cut after the data (the seal and the zeros go): each run copies only this much.
+    let path = base_dir().join(crate::segment::file_name(1));
+    let mut file = sim.read_file(&path).unwrap_or_default();
+    file.truncate(end);
+    sim.write_file(&path, file);
     Ok((sim, end))
 }
 
@@ -120,6 +134,7 @@ mod tests {
     fn a_damaged_tail_keeps_the_acknowledged_events() {
         assert_eq!(open_with_damaged_tail(&[]).ok(), Some(6));
         assert_eq!(open_with_damaged_tail(&[0xAB; 300]).ok(), Some(6));
+        assert_eq!(open_with_damaged_tail(&[0xA8; 300]).ok(), Some(6));
         // Each call starts from the same base: damage does not accumulate.
         assert_eq!(open_with_damaged_tail(&[0; 8]).ok(), Some(6));
     }

@@ -92,7 +92,7 @@ impl LogStore {
         Self::open_mode(dir.as_ref(), Options::default(), true)
     }
 
-    fn open_mode(dir: &Path, options: Options, read_only: bool) -> Result<LogStore> {
+    pub(crate) fn open_mode(dir: &Path, options: Options, read_only: bool) -> Result<LogStore> {
         options.validate()?;
         let dir = dir.to_path_buf();
         let io = Arc::clone(&options.io);
