@@ -11,7 +11,10 @@
 //! - The helper only reads maps it was given: no I/O call (the simulated file system's
 //!   call order, which makes its seeds replayable, is the same with or without it).
 //! - A published end only grows, and lies on the boundary after records that
-//!   `record::decode` accepted in full, CRC included, from the start of the segment.
+//!   `record::decode` accepted in full, CRC included, from the start of the segment or
+//!   from a record boundary the scan had already passed (where the helper restarts when
+//!   the scan catches up with it): every record between the scan's position and the
+//!   published end was checked.
 //! - The maps do not change while the helper runs: nothing writes a segment during the
 //!   scan, and recovery stops and joins the helper ([`Prescan::finish`], or on drop)
 //!   before it cuts a torn tail.
