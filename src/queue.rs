@@ -112,7 +112,7 @@ impl Ticket {
     /// waiters the core is better left to the commit thread.
     pub(crate) fn wait(self) -> Result<()> {
         if !MODEL_CHECKED {
-            self.spin_until_completed();
+            self.poll_until_completed();
         }
         let mut slot = self.0.slot.lock();
         loop {
@@ -123,8 +123,8 @@ impl Ticket {
         }
     }
 
-    /// The busy-wait part of [`Ticket::wait`]; returns early or when it gives up.
-    fn spin_until_completed(&self) {
+    /// The polling part of [`Ticket::wait`]; returns when completed or when it gives up.
+    fn poll_until_completed(&self) {
         let appenders = APPENDERS.load(Ordering::Relaxed);
         for _ in 0..WAIT_YIELDS {
             if self.0.completed.load(Ordering::Acquire) {
