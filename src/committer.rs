@@ -196,14 +196,14 @@ impl Committer {
     fn commit(&mut self, group: &[Pending]) -> Result<()> {
         let mut rest = group;
         while let Some(first) = rest.first() {
-            let run = rest
-                .iter()
-                .take_while(|p| p.segment == first.segment)
-                .count();
-            let (this, next) = rest.split_at(run);
             if first.segment != self.segment {
                 self.roll(first)?;
             }
+            let run = rest
+                .iter()
+                .take_while(|p| p.segment == self.segment)
+                .count();
+            let (this, next) = rest.split_at(run);
             self.buf.clear();
             for p in this {
                 debug_assert_eq!(

@@ -37,7 +37,8 @@ const MIN_BYTES: u64 = 4 << 20;
 const PUBLISH_EVERY: usize = 64;
 
 struct Progress {
-    /// Per segment (by position in the scan): bytes verified from its start.
+    /// Per segment (by position in the scan): the end of its records checked so far
+    /// (see the module's invariants for what lies before it).
     verified: Vec<AtomicUsize>,
     /// Where the scan is: segment position in the high 32 bits, offset in the low ones.
     scan_at: AtomicU64,

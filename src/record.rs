@@ -279,7 +279,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Decoded<'_> {
 
 /// [`decode`], except that the CRC is not recomputed when the record lies within the
 /// first `verified` bytes: bytes that a full [`decode`] already accepted, record by
-/// record, in the same immutable map (recovery's verifying helper, `scan.rs`).
+/// record, in the same immutable map (recovery's helper thread, `prescan.rs`).
 pub(crate) fn decode_trusting(bytes: &[u8], verified: usize) -> Decoded<'_> {
     let Some(head) = bytes.get(..HEADER_LEN) else {
         return if bytes.iter().all(|&b| b == 0) {

@@ -143,14 +143,9 @@ pub(crate) fn recover(
         let view = file
             .map(capacity)
             .map_err(|e| Error::io("mmap segment", &path, e))?;
-        opened.push((id, path, file, capacity, Some(view)));
+        opened.push((id, path, file, capacity, view));
     }
-    let prescan = Prescan::start(
-        opened
-            .iter()
-            .filter_map(|o| o.4.as_ref().map(Arc::clone))
-            .collect(),
-    );
+    let prescan = Prescan::start(opened.iter().map(|o| Arc::clone(&o.4)).collect());
     let mut segments = Vec::new();
     let mut blank = false;
     let mut torn = None;
@@ -158,9 +153,6 @@ pub(crate) fn recover(
     for (i, (id, path, file, capacity, view)) in opened.into_iter().enumerate() {
         let newest = i + 1 == count;
         let data_end = {
-            let Some(view) = view else {
-                return Err(Error::corrupt(id, 0, "segment map missing"));
-            };
             let bytes = view.as_ref().as_ref();
             report.segments_scanned += 1;
             let check = segment::check_header(bytes, id);
