@@ -21,6 +21,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::checkpoint::{self, SegmentDigest};
 use crate::error::{Error, Result};
 use crate::io::IoFile;
 use crate::queue::{Pending, fail_all};
@@ -44,16 +45,23 @@ pub(crate) struct Committer {
     /// How far the current segment is zeroed (durably), and where it ends.
     zeroed_end: u64,
     capacity: u64,
+    /// Every segment's records end and checksum, the current one's last; kept as
+    /// groups are written, for the checkpoint at close.
+    digests: Vec<SegmentDigest>,
+    /// Whether close must write a checkpoint even if nothing was appended (open
+    /// found none, or one that does not cover the whole log).
+    checkpoint_due: bool,
 }
 
 impl Committer {
     pub(crate) fn new(
         shared: Arc<Shared>,
         rx: Receiver<Pending>,
-        segment: u32,
-        file: Arc<dyn IoFile>,
+        (segment, file): (u32, Arc<dyn IoFile>),
         (zeroed_end, capacity): (u64, u64),
+        (digests, checkpoint_due): (Vec<SegmentDigest>, bool),
     ) -> Self {
+        debug_assert_eq!(digests.len(), segment as usize);
         Self {
             shared,
             rx,
@@ -63,6 +71,8 @@ impl Committer {
             wrote: false,
             zeroed_end,
             capacity,
+            digests,
+            checkpoint_due,
         }
     }
 
@@ -114,6 +124,33 @@ impl Committer {
             // last group was synced, and treats damage in it as a torn tail.
             eprintln!("execlog: could not seal the log at close: {e}");
         }
+        if (self.wrote || self.checkpoint_due)
+            && let Err(e) = self.checkpoint()
+        {
+            // Not fatal either: the next open rebuilds the index from the records.
+            eprintln!("execlog: could not write the index checkpoint at close: {e}");
+        }
+    }
+
+    /// Saves the index for the next open (see `checkpoint.rs`). Only for a store whose
+    /// every reserved append is durable: a poisoned one gets none.
+    fn checkpoint(&self) -> Result<()> {
+        if !self.shared.options.index_checkpoint {
+            return Ok(());
+        }
+        let bytes = {
+            let state = self.shared.state.lock();
+            if state.writer.poisoned.is_some() {
+                return Ok(());
+            }
+            debug_assert_eq!(
+                self.digests.last().map(|d| d.end),
+                Some(state.writer.tail),
+                "the digests cover every record"
+            );
+            checkpoint::encode(&state.index, &self.digests, state.writer.last_timestamp_ns)
+        };
+        checkpoint::write(self.shared.io.as_ref(), &self.shared.dir, &bytes)
     }
 
     /// Writes a seal record after the last group at clean close (see `record.rs`).
@@ -147,6 +184,7 @@ impl Committer {
         self.file
             .sync_data()
             .map_err(|e| Error::io("fdatasync seal", &path, e))?;
+        note_written(&mut self.digests, tail, &self.buf);
         let mut state = self.shared.state.lock();
         state.writer.tail = tail + len;
         Ok(())
@@ -219,6 +257,7 @@ impl Committer {
             self.file
                 .write_at(&self.buf, u64::from(first.offset))
                 .map_err(|e| Error::io("write", &path, e))?;
+            note_written(&mut self.digests, u64::from(first.offset), &self.buf);
             rest = next;
             if !rest.is_empty() {
                 // The next append is in another segment: make this one durable first.
@@ -273,6 +312,7 @@ impl Committer {
         );
         self.segment = first.segment;
         self.file = file;
+        self.digests.push(SegmentDigest::EMPTY);
         self.zeroed_end = zeroed;
         self.capacity = capacity;
         Ok(())
@@ -295,6 +335,15 @@ impl Committer {
                 .index
                 .make_durable(p.execution, p.last_sequence, p.last_pos);
         }
+    }
+}
+
+/// Records in the current segment's digest (the last) that `bytes` were written at
+/// `at`, its end.
+fn note_written(digests: &mut [SegmentDigest], at: u64, bytes: &[u8]) {
+    if let Some(d) = digests.last_mut() {
+        debug_assert_eq!(d.end, at, "records are written contiguously");
+        *d = d.extend(bytes);
     }
 }
 

@@ -21,7 +21,7 @@ use crate::record::Pos;
 pub(crate) type ExecNo = u32;
 
 /// One execution's index entry.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Execution {
     pub(crate) id: ExecutionId,
     pub(crate) tenant: u32,
@@ -32,6 +32,13 @@ pub(crate) struct Execution {
     sparse: Vec<Pos>,
 }
 
+impl Execution {
+    /// Positions of sequences `1, 1 + stride, …` up to the reserved one.
+    pub(crate) fn sparse(&self) -> &[Pos] {
+        &self.sparse
+    }
+}
+
 /// Where a read starts walking back from.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct EntryPoint {
@@ -40,7 +47,7 @@ pub(crate) struct EntryPoint {
 }
 
 /// All executions of a store.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Index {
     stride: u64,
     by_id: HashMap<ExecutionId, ExecNo>,
@@ -186,6 +193,70 @@ impl Index {
     pub(crate) fn counts(&self) -> (usize, u64, usize) {
         let events = self.executions.iter().map(|e| e.durable_seq).sum();
         (self.executions.len(), events, self.tenant_ids.len())
+    }
+
+    /// Every how many events an entry point is kept.
+    pub(crate) fn stride(&self) -> u64 {
+        self.stride
+    }
+
+    /// Tenants by number.
+    pub(crate) fn tenants(&self) -> &[TenantId] {
+        &self.tenant_ids
+    }
+
+    /// Executions by number.
+    pub(crate) fn executions(&self) -> &[Execution] {
+        &self.executions
+    }
+
+    /// Adds the next tenant (a checkpoint lists them by number); fails on a repeat.
+    pub(crate) fn restore_tenant(&mut self, tenant: TenantId) -> Result<(), String> {
+        if self.tenant_by_id.contains_key(&tenant) {
+            return Err(format!("tenant {tenant} listed twice"));
+        }
+        self.tenant_by_id
+            .insert(tenant.clone(), self.tenant_ids.len() as u32);
+        self.tenant_ids.push(tenant);
+        self.tenant_executions.push(Vec::new());
+        Ok(())
+    }
+
+    /// Adds the next execution as a checkpoint saved it: durable up to
+    /// `durable_seq` at `durable_pos`, nothing reserved beyond. Fails on anything the
+    /// invariants forbid (a repeated id, an unknown tenant, a wrong number of entries).
+    pub(crate) fn restore_execution(
+        &mut self,
+        id: ExecutionId,
+        tenant: u32,
+        (durable_seq, durable_pos): (u64, Pos),
+        sparse: Vec<Pos>,
+    ) -> Result<(), String> {
+        let no = self
+            .next_exec_no()
+            .ok_or_else(|| "too many executions".to_string())?;
+        if durable_seq == 0 || sparse.len() as u64 != (durable_seq - 1) / self.stride + 1 {
+            return Err(format!(
+                "execution {id}: entry points do not match its length"
+            ));
+        }
+        let Some(list) = self.tenant_executions.get_mut(tenant as usize) else {
+            return Err(format!("execution {id}: unknown tenant {tenant}"));
+        };
+        if self.by_id.insert(id.clone(), no).is_some() {
+            return Err(format!("execution {id} listed twice"));
+        }
+        list.push(no);
+        self.executions.push(Execution {
+            id,
+            tenant,
+            reserved_seq: durable_seq,
+            reserved_pos: durable_pos,
+            durable_seq,
+            durable_pos,
+            sparse,
+        });
+        Ok(())
     }
 
     /// Approximate heap and inline bytes the index uses.

@@ -5,8 +5,9 @@
 //! - **append** → `append.rs` (validate, `codec.rs` encode, reserve, `record.rs` frame)
 //!   → `queue.rs` → `committer.rs` (one write + one fdatasync per group) → segment files
 //!   (`segment.rs`, `segments.rs`).
-//! - **open** → `recovery.rs` (list, `scan.rs` every record, verify CRCs, cut a torn
-//!   tail, refuse corruption) → `index.rs` rebuilt in memory.
+//! - **open** → `recovery.rs` (list, load a `checkpoint.rs` if its segment checksums
+//!   match, `scan.rs` every record after it, verify CRCs, cut a torn tail, refuse
+//!   corruption) → `index.rs` rebuilt in memory.
 //! - **read** → `index.rs` entry point → `reader.rs` walks the execution's own records
 //!   back through `mmap.rs` views → `codec.rs` decode.
 //!
@@ -27,6 +28,7 @@
 //! ```
 
 mod append;
+mod checkpoint;
 mod codec;
 mod committer;
 mod error;

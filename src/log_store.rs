@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::checkpoint::SegmentDigest;
 use crate::committer::Committer;
 use crate::error::{Error, Result};
 use crate::event::{ExecutionEventData, StoredEvent};
@@ -151,6 +152,7 @@ impl LogStore {
                 file,
                 data_end: SEGMENT_HEADER_LEN as u64,
                 file_len: zeroed,
+                digest: SegmentDigest::EMPTY,
             });
         }
         let segments = Segments::new(&dir, 1);
@@ -193,12 +195,14 @@ impl LogStore {
             });
         }
         let capacity = last.file_len.max(shared.options.segment_size_bytes);
+        let mut digests: Vec<SegmentDigest> = recovered.segments.iter().map(|s| s.digest).collect();
+        digests.push(last.digest);
         let committer = Committer::new(
             Arc::clone(&shared),
             rx,
-            last.id,
-            last.file,
+            (last.id, last.file),
             (last.file_len, capacity),
+            (digests, !recovered.checkpoint_current),
         );
         let handle = sync::Builder::new()
             .name("execlog-commit".into())

@@ -28,6 +28,7 @@ pub struct Options {
     pub(crate) group_commit_max_bytes: usize,
     pub(crate) commit_delay_us: u64,
     pub(crate) index_stride: u32,
+    pub(crate) index_checkpoint: bool,
     pub(crate) io: Arc<dyn Io>,
 }
 
@@ -40,6 +41,7 @@ impl Default for Options {
             group_commit_max_bytes: 8 << 20,
             commit_delay_us: 0,
             index_stride: 16,
+            index_checkpoint: true,
             io: Arc::new(RealIo),
         }
     }
@@ -95,6 +97,17 @@ impl Options {
     #[must_use]
     pub fn index_stride(mut self, events: u32) -> Self {
         self.index_stride = events;
+        self
+    }
+
+    /// Whether a clean close saves the index in a checkpoint file (`checkpoint.idx`)
+    /// and open loads it instead of rebuilding the index from every record. Default
+    /// on. Open uses a checkpoint only after checking the checksums it holds of every
+    /// segment it covers, so what open accepts or refuses is the same either way; off,
+    /// open rebuilds from the records and close writes none.
+    #[must_use]
+    pub fn index_checkpoint(mut self, enabled: bool) -> Self {
+        self.index_checkpoint = enabled;
         self
     }
 

@@ -26,7 +26,6 @@ use std::thread::JoinHandle;
 use crate::io::Mapped;
 use crate::record;
 use crate::scan::{Scanner, Step};
-use crate::segment::SEGMENT_HEADER_LEN;
 use crate::sync::MODEL_CHECKED;
 
 /// Stores smaller than this are scanned without a helper: a thread costs more than it
@@ -52,14 +51,18 @@ pub(crate) struct Prescan {
 }
 
 impl Prescan {
-    /// Starts a helper over `maps`, the segments in scan order, if worth it.
-    pub(crate) fn start(maps: Vec<Mapped>) -> Self {
+    /// Starts a helper over `maps`, the segments in scan order with the offset where
+    /// the scan of each starts, if worth it.
+    pub(crate) fn start(maps: Vec<(Mapped, usize)>) -> Self {
         let progress = Arc::new(Progress {
             verified: maps.iter().map(|_| AtomicUsize::new(0)).collect(),
             scan_at: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
-        let total: u64 = maps.iter().map(|m| m.as_ref().as_ref().len() as u64).sum();
+        let total: u64 = maps
+            .iter()
+            .map(|(m, start)| m.as_ref().as_ref().len().saturating_sub(*start) as u64)
+            .sum();
         let handle = if cfg!(debug_assertions) {
             // Debug builds (all tests, the fuzz targets) prescan everything before the
             // scan, on this thread: the scan then trusts every CRC the helper accepted,
@@ -103,7 +106,7 @@ impl Prescan {
 
 /// Runs the helper on its own thread; `None` if no thread could be made (the scan then
 /// checks every CRC itself).
-fn spawn(maps: Vec<Mapped>, progress: &Arc<Progress>) -> Option<JoinHandle<()>> {
+fn spawn(maps: Vec<(Mapped, usize)>, progress: &Arc<Progress>) -> Option<JoinHandle<()>> {
     let shared = Arc::clone(progress);
     std::thread::Builder::new()
         .name("execlog-prescan".into())
@@ -121,13 +124,13 @@ impl Drop for Prescan {
 /// inside a segment, the helper starts again from the scan's position (a record
 /// boundary it publishes): everything before it the scan has checked itself, and the
 /// helper, doing less per record, soon leads again.
-fn run(maps: &[Mapped], progress: &Progress) {
-    for (i, map) in maps.iter().enumerate() {
+fn run(maps: &[(Mapped, usize)], progress: &Progress) {
+    for (i, (map, first)) in maps.iter().enumerate() {
         let Some(verified) = progress.verified.get(i) else {
             return;
         };
         let bytes = map.as_ref().as_ref();
-        let mut start = SEGMENT_HEADER_LEN;
+        let mut start = *first;
         'segment: loop {
             let mut end = start;
             for (n, step) in Scanner::new(bytes, start).enumerate() {
@@ -171,6 +174,7 @@ fn scan_position(progress: &Progress) -> Option<(usize, usize)> {
 mod tests {
     use super::*;
     use crate::record::{Header, Kind, Pos, encode};
+    use crate::segment::SEGMENT_HEADER_LEN;
 
     /// A segment image: header space, `records` records, then one with a bad CRC at
     /// `bad` (if any) and more records after it.
@@ -226,7 +230,7 @@ mod tests {
                 stop: AtomicBool::new(false),
             });
             let prescan = Prescan {
-                handle: spawn(vec![map], &progress),
+                handle: spawn(vec![(map, SEGMENT_HEADER_LEN)], &progress),
                 progress,
             };
             assert_eq!(scan(&bytes, Some(&prescan)), expected, "round {round}");
@@ -238,7 +242,7 @@ mod tests {
     fn the_helper_stops_before_a_bad_record() {
         let bytes = segment(300, Some(200));
         let map: Mapped = Arc::new(bytes.clone());
-        let prescan = Prescan::start(vec![map]);
+        let prescan = Prescan::start(vec![(map, SEGMENT_HEADER_LEN)]);
         let verified = prescan.verified(0).load(Ordering::Acquire);
         let bad_at = Scanner::new(&bytes, SEGMENT_HEADER_LEN)
             .find_map(|step| match step {

@@ -117,6 +117,13 @@ pub(crate) fn crc32(bytes: &[u8]) -> u32 {
     hasher.finalize()
 }
 
+/// The CRC-32 of `a` followed by `bytes`, given `crc`, the CRC-32 of `a`.
+pub(crate) fn crc32_extend(crc: u32, bytes: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new_with_initial(crc);
+    hasher.update(bytes);
+    hasher.finalize()
+}
+
 /// Bytes a record with a body of `body_len` bytes occupies, padding included.
 pub(crate) fn framed_len(body_len: usize) -> usize {
     (HEADER_LEN + body_len).next_multiple_of(RECORD_ALIGN)

@@ -17,11 +17,15 @@
 //!   fails: acknowledged data is never dropped silently.
 //! - A newest segment whose header is all zeros was being created when the process
 //!   died (nothing in it was acknowledged, see `segment::create`); it is removed.
+//! - A checkpoint (`checkpoint.rs`) whose segment digests all match replaces the scan
+//!   of the records it covers; the scan continues where it ends, under the same rules.
+//!   One that does not match is ignored and reported, and the whole log is scanned.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::checkpoint::{self, Checkpoint, SegmentDigest};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::ids::TenantId;
@@ -32,6 +36,7 @@ use crate::prescan::Prescan;
 use crate::record::{Header, Kind, Pos};
 use crate::scan::{Scanner, Step, first_nonzero, last_nonzero, valid_record_after};
 use crate::segment::{self, HeaderCheck, SEGMENT_HEADER_LEN};
+use crate::sync::MODEL_CHECKED;
 
 /// What the last open found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -56,6 +61,11 @@ pub struct RecoveryReport {
     pub removed_segments: Vec<u32>,
     /// Files in the directory that are not segments (left alone).
     pub ignored_files: Vec<String>,
+    /// Bytes of records whose index came from a checkpoint (their segments'
+    /// checksums verified instead of every record); 0 when none was used.
+    pub checkpoint_bytes: u64,
+    /// Why a checkpoint present in the directory was not used, if one was not.
+    pub checkpoint_ignored: Option<String>,
     /// How long the scan took.
     pub duration: Duration,
 }
@@ -67,6 +77,8 @@ pub(crate) struct RecoveredSegment {
     pub(crate) data_end: u64,
     /// The file's length: how far it is zeroed (or written).
     pub(crate) file_len: u64,
+    /// Where its records end (`data_end`) and their checksum.
+    pub(crate) digest: SegmentDigest,
 }
 
 /// The result of a successful recovery.
@@ -75,6 +87,8 @@ pub(crate) struct Recovered {
     pub(crate) segments: Vec<RecoveredSegment>,
     pub(crate) last_timestamp_ns: i64,
     pub(crate) report: RecoveryReport,
+    /// Whether a checkpoint described the whole log as found (nothing after it).
+    pub(crate) checkpoint_current: bool,
 }
 
 /// A record waiting for the rest of its batch.
@@ -111,7 +125,12 @@ pub(crate) fn recover(
     {
         match segment::parse_file_name(&name) {
             Some(id) => ids.push(id),
-            None if name == crate::log_store::LOCK_FILE => {}
+            None if [
+                crate::log_store::LOCK_FILE,
+                checkpoint::FILE_NAME,
+                checkpoint::TMP_NAME,
+            ]
+            .contains(&name.as_str()) => {}
             None => report.ignored_files.push(name),
         }
     }
@@ -122,12 +141,13 @@ pub(crate) fn recover(
             return Err(Error::corrupt(i as u32 + 1, 0, "segment file is missing"));
         }
     }
-    let mut rebuild = Rebuild {
-        index: Index::new(options.index_stride),
-        batch: Vec::new(),
-        batch_start: None,
-        last_timestamp_ns: 0,
-        records: 0,
+    let saved = if options.index_checkpoint {
+        checkpoint::load(io, dir, options.index_stride).unwrap_or_else(|why| {
+            report.checkpoint_ignored = Some(why);
+            None
+        })
+    } else {
+        None
     };
     // Every segment is opened and mapped before the scan: the I/O calls keep one order,
     // and the prescan helper gets the maps to check CRCs ahead of the scan.
@@ -145,14 +165,65 @@ pub(crate) fn recover(
             .map_err(|e| Error::io("mmap segment", &path, e))?;
         opened.push((id, path, file, capacity, view));
     }
-    let prescan = Prescan::start(opened.iter().map(|o| Arc::clone(&o.4)).collect());
+    let saved = saved.and_then(|c| {
+        let maps: Vec<&[u8]> = opened.iter().map(|o| o.4.as_ref().as_ref()).collect();
+        match verify_digests(&c.segments, &maps) {
+            Ok(()) => {
+                #[cfg(debug_assertions)]
+                assert_checkpoint_matches_log(&c, &maps);
+                Some(c)
+            }
+            Err(why) => {
+                report.checkpoint_ignored = Some(why);
+                None
+            }
+        }
+    });
+    let (mut rebuild, covered) = match saved {
+        Some(c) => {
+            report.checkpoint_bytes = c.segments.iter().map(|d| d.end).sum();
+            (Rebuild::resume(c.index, c.last_timestamp_ns), c.segments)
+        }
+        None => (
+            Rebuild::resume(Index::new(options.index_stride), 0),
+            Vec::new(),
+        ),
+    };
+    // Where the scan of each segment starts: after what the checkpoint covers.
+    let start_of = |i: usize| {
+        covered
+            .get(i)
+            .map_or(SEGMENT_HEADER_LEN, |d| d.end as usize)
+    };
+    let prescan = Prescan::start(
+        opened
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (Arc::clone(&o.4), start_of(i)))
+            .collect(),
+    );
     let mut segments = Vec::new();
     let mut blank = false;
     let mut torn = None;
     let count = opened.len();
     for (i, (id, path, file, capacity, view)) in opened.into_iter().enumerate() {
         let newest = i + 1 == count;
-        let data_end = {
+        if let Some(&digest) = covered.get(i)
+            && i + 1 < covered.len()
+        {
+            // Wholly covered by the checkpoint, its checksum and zero tail verified.
+            report.segments_scanned += 1;
+            report.bytes_scanned += digest.end;
+            segments.push(RecoveredSegment {
+                id,
+                file,
+                data_end: digest.end,
+                file_len: capacity,
+                digest,
+            });
+            continue;
+        }
+        let (data_end, digest) = {
             let bytes = view.as_ref().as_ref();
             report.segments_scanned += 1;
             let check = segment::check_header(bytes, id);
@@ -177,11 +248,21 @@ pub(crate) fn recover(
             }
             let scan = SegmentScan {
                 bytes,
+                start: start_of(i),
                 id,
                 newest,
                 prescan: (&prescan, i),
             };
-            scan_segment(&mut rebuild, &mut report, &scan)?
+            let data_end = scan_segment(&mut rebuild, &mut report, &scan)?;
+            let digest = match covered.get(i) {
+                Some(&d) => d.extend(
+                    bytes
+                        .get(d.end as usize..data_end as usize)
+                        .unwrap_or_default(),
+                ),
+                None => SegmentDigest::of(bytes, data_end),
+            };
+            (data_end, digest)
         };
         report.bytes_scanned += data_end;
         if let Some((_, cut)) = report.truncated_at.filter(|&(s, _)| s == id)
@@ -194,6 +275,7 @@ pub(crate) fn recover(
             file,
             data_end,
             file_len: capacity,
+            digest,
         });
     }
     // The helper reads the maps: it stops before anything writes to a segment.
@@ -219,17 +301,106 @@ pub(crate) fn recover(
     report.records = rebuild.records;
     report.executions = rebuild.index.len() as u64;
     report.duration = started.elapsed();
+    let checkpoint_current = covered.len() == segments.len()
+        && segments.last().map(|s| s.data_end) == covered.last().map(|d| d.end)
+        && report.removed_segments.is_empty();
     Ok(Recovered {
         index: rebuild.index,
         segments,
         last_timestamp_ns: rebuild.last_timestamp_ns,
         report,
+        checkpoint_current,
     })
+}
+
+/// Checks a checkpoint's segment digests against the mapped segments: the checksum of
+/// each covered segment's records, and zeros after the records of each covered segment
+/// but the last (the rule a full scan applies to sealed segments). `Err` says what
+/// differs; the caller then scans everything.
+fn verify_digests(digests: &[SegmentDigest], maps: &[&[u8]]) -> std::result::Result<(), String> {
+    if digests.len() > maps.len() {
+        return Err(format!(
+            "covers {} segments, the directory holds {}",
+            digests.len(),
+            maps.len()
+        ));
+    }
+    let check = |i: usize, d: SegmentDigest, bytes: &[u8]| {
+        let id = i as u32 + 1;
+        if segment::check_header(bytes, id) != HeaderCheck::Valid {
+            return Err(format!("segment {id}: header is not valid"));
+        }
+        if d.end > bytes.len() as u64 {
+            return Err(format!("segment {id}: shorter than the covered records"));
+        }
+        if SegmentDigest::of(bytes, d.end) != d {
+            return Err(format!("segment {id}: checksum of the records differs"));
+        }
+        if i + 1 < digests.len() && first_nonzero(bytes, d.end as usize).is_some() {
+            return Err(format!("segment {id}: bytes after the covered records"));
+        }
+        Ok(())
+    };
+    let work: Vec<(usize, SegmentDigest, &[u8])> = digests
+        .iter()
+        .zip(maps)
+        .enumerate()
+        .map(|(i, (&d, &bytes))| (i, d, bytes))
+        .collect();
+    let total: u64 = digests.iter().map(|d| d.end).sum();
+    if cfg!(debug_assertions) || MODEL_CHECKED || total < PARALLEL_DIGEST_BYTES {
+        return work.into_iter().try_for_each(|(i, d, b)| check(i, d, b));
+    }
+    // Two halves of the work, one on a helper thread: checksums are memory-bound and
+    // the machine has a second core. Segments alternate so that sizes even out.
+    let (mine, theirs): (Vec<_>, Vec<_>) = work.into_iter().partition(|w| w.0 % 2 == 0);
+    std::thread::scope(|scope| {
+        let helper = scope.spawn(|| theirs.into_iter().try_for_each(|(i, d, b)| check(i, d, b)));
+        let here = mine.into_iter().try_for_each(|(i, d, b)| check(i, d, b));
+        let there = helper
+            .join()
+            .unwrap_or_else(|_| Err("checksum thread panicked".into()));
+        here.and(there)
+    })
+}
+
+/// Stores smaller than this verify checkpoint digests on one thread.
+const PARALLEL_DIGEST_BYTES: u64 = 8 << 20;
+
+/// Debug builds: the index a checkpoint restores equals the one a scan of the records
+/// it covers rebuilds (the checkpoint changes speed, never results).
+#[cfg(debug_assertions)]
+fn assert_checkpoint_matches_log(c: &Checkpoint, maps: &[&[u8]]) {
+    let mut rebuild = Rebuild::resume(Index::new(c.index.stride() as u32), 0);
+    for (i, (d, bytes)) in c.segments.iter().zip(maps).enumerate() {
+        let records = bytes.get(..d.end as usize).unwrap_or_default();
+        for step in Scanner::new(records, SEGMENT_HEADER_LEN) {
+            match step {
+                Step::Record {
+                    offset,
+                    header,
+                    body,
+                } => {
+                    let added = rebuild.add(i as u32 + 1, offset as u64, header, body);
+                    assert!(added.is_ok(), "checkpointed records rebuild: {added:?}");
+                }
+                Step::End { offset } if offset as u64 == d.end => {}
+                other => panic!("checkpointed records end early: {other:?}"),
+            }
+        }
+    }
+    assert!(rebuild.batch.is_empty(), "checkpoint ends inside a batch");
+    assert_eq!(
+        rebuild.index, c.index,
+        "checkpoint differs from its records"
+    );
 }
 
 /// One segment to scan.
 struct SegmentScan<'a> {
     bytes: &'a [u8],
+    /// Where its first record not covered by a checkpoint starts.
+    start: usize,
     id: u32,
     newest: bool,
     /// The helper checking CRCs ahead, and this segment's position in the scan.
@@ -243,12 +414,16 @@ fn scan_segment(
     scan: &SegmentScan<'_>,
 ) -> Result<u64> {
     let SegmentScan {
-        bytes, id, newest, ..
+        bytes,
+        start,
+        id,
+        newest,
+        ..
     } = *scan;
     let (prescan, position) = scan.prescan;
     let mut stop = None;
-    let mut scanner = Scanner::trusting(bytes, SEGMENT_HEADER_LEN, prescan.verified(position));
-    prescan.scanning(position, SEGMENT_HEADER_LEN);
+    let mut scanner = Scanner::trusting(bytes, start, prescan.verified(position));
+    prescan.scanning(position, start);
     let mut n = 0usize;
     while let Some(step) = scanner.next() {
         n += 1;
@@ -315,6 +490,18 @@ fn cut_tail(file: &dyn IoFile, path: &Path, cut: u64, end: u64) -> Result<()> {
 }
 
 impl Rebuild {
+    /// Continues from `index` (empty, or restored from a checkpoint).
+    fn resume(index: Index, last_timestamp_ns: i64) -> Self {
+        let records = index.counts().1;
+        Self {
+            index,
+            batch: Vec::new(),
+            batch_start: None,
+            last_timestamp_ns,
+            records,
+        }
+    }
+
     /// Takes one valid record; applies its batch once the batch is complete.
     fn add(&mut self, segment: u32, offset: u64, header: Header, body: &[u8]) -> Result<()> {
         let corrupt = |why: &str| Error::corrupt(segment, offset, why);

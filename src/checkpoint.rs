@@ -1,0 +1,422 @@
+//! Index checkpoints: the index as a clean close left it, so that the next open loads
+//! it instead of rebuilding it record by record.
+//!
+//! A checkpoint is a cache, never a source of truth. Besides the index it records, per
+//! segment it covers, where the records end and the CRC-32 of the segment's bytes from
+//! its first record to that end (a [`SegmentDigest`]). Open (`recovery.rs`) recomputes
+//! those CRCs over the mapped segments, one pass over large spans instead of one
+//! decode per record, and uses the checkpoint only if all of them match and every
+//! covered segment except the last is zero after its end, as a full scan demands. The
+//! scan then continues where the checkpoint ends. Anything else (no file, a bad CRC,
+//! another stride, a digest that differs) and the checkpoint is ignored: the full scan
+//! runs and reaches the verdict it would have reached without one, so a checkpoint
+//! changes how fast open is, never what it finds. Debug builds check that on every
+//! open that uses one (`recovery.rs` rebuilds the covered part and compares).
+//!
+//! The file (`checkpoint.idx`, layout in docs/FORMAT.md) is written at clean close by
+//! the commit thread after the seal: to `checkpoint.idx.tmp`, fdatasync, rename,
+//! directory fsync. A crash at any point leaves the old checkpoint, the new one, or
+//! none, each of them a valid description of a prefix of the log: records are only
+//! ever appended after the end a checkpoint covers, and a torn-tail cut only ever
+//! happens after acknowledged records.
+//!
+//! Invariants: a decoded checkpoint satisfies the index's invariants (dense execution
+//! numbers, entry points at every `stride`-th sequence, known tenants, unique ids) and
+//! every position it holds lies inside the records of a covered segment.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::ids::{ExecutionId, MAX_ID_BYTES, TenantId};
+use crate::index::Index;
+use crate::io::Io;
+use crate::record::{self, Pos};
+use crate::segment::{FORMAT_VERSION, SEGMENT_HEADER_LEN};
+
+/// File name of the checkpoint in a store's directory.
+pub(crate) const FILE_NAME: &str = "checkpoint.idx";
+/// File name a new checkpoint is written under before it replaces the old one.
+pub(crate) const TMP_NAME: &str = "checkpoint.idx.tmp";
+/// First bytes of a checkpoint file.
+pub(crate) const MAGIC: [u8; 8] = *b"EXLGCKPT";
+/// Length of the fixed header.
+const HEADER_LEN: usize = 40;
+/// Bytes of one segment digest.
+const DIGEST_LEN: usize = 12;
+/// Fewest bytes one execution takes (no id bytes, one entry point).
+const MIN_EXECUTION_LEN: usize = 4 + 8 + 8 + 4 + 8;
+
+/// Where a segment's records end and the CRC-32 of its bytes `[32, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SegmentDigest {
+    pub(crate) end: u64,
+    pub(crate) crc: u32,
+}
+
+impl SegmentDigest {
+    /// The digest of a segment that holds no record yet.
+    pub(crate) const EMPTY: Self = Self {
+        end: SEGMENT_HEADER_LEN as u64,
+        crc: 0,
+    };
+
+    /// The digest of the segment `bytes`, whose records end at `end`.
+    pub(crate) fn of(bytes: &[u8], end: u64) -> Self {
+        Self::EMPTY.extend(
+            bytes
+                .get(SEGMENT_HEADER_LEN..end as usize)
+                .unwrap_or_default(),
+        )
+    }
+
+    /// The digest after `bytes` were written at the current end.
+    #[must_use]
+    pub(crate) fn extend(self, bytes: &[u8]) -> Self {
+        Self {
+            end: self.end + bytes.len() as u64,
+            crc: record::crc32_extend(self.crc, bytes),
+        }
+    }
+}
+
+/// A decoded checkpoint.
+#[derive(Debug)]
+pub(crate) struct Checkpoint {
+    /// Digests of segments `1..=segments.len()`.
+    pub(crate) segments: Vec<SegmentDigest>,
+    pub(crate) last_timestamp_ns: i64,
+    pub(crate) index: Index,
+}
+
+/// Path of the checkpoint in `dir`.
+pub(crate) fn path(dir: &Path) -> PathBuf {
+    dir.join(FILE_NAME)
+}
+
+/// Encodes a checkpoint of `index`, which must hold nothing reserved beyond what is
+/// durable (a clean close), over the segments `segments` describes.
+pub(crate) fn encode(index: &Index, segments: &[SegmentDigest], last_timestamp_ns: i64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + 64 * index.len());
+    out.extend_from_slice(&MAGIC);
+    put_u32(&mut out, FORMAT_VERSION);
+    put_u32(&mut out, index.stride() as u32);
+    out.extend_from_slice(&last_timestamp_ns.to_le_bytes());
+    put_u32(&mut out, segments.len() as u32);
+    put_u32(&mut out, index.tenants().len() as u32);
+    put_u32(&mut out, index.len() as u32);
+    put_u32(&mut out, 0);
+    debug_assert_eq!(out.len(), HEADER_LEN);
+    for d in segments {
+        put_u64(&mut out, d.end);
+        put_u32(&mut out, d.crc);
+    }
+    for tenant in index.tenants() {
+        put_str(&mut out, tenant.as_str());
+    }
+    for e in index.executions() {
+        debug_assert_eq!(e.durable_seq, e.reserved_seq, "checkpoint of a busy index");
+        put_u32(&mut out, e.tenant);
+        put_u64(&mut out, e.durable_seq);
+        put_pos(&mut out, e.durable_pos);
+        put_str(&mut out, e.id.as_str());
+        for &pos in e.sparse() {
+            put_pos(&mut out, pos);
+        }
+    }
+    let crc = record::crc32(&out);
+    put_u32(&mut out, crc);
+    out
+}
+
+/// Decodes a checkpoint written for an index of `stride`. Any deviation from the
+/// format is an error naming it; nothing is allocated beyond what the bytes hold.
+pub(crate) fn decode(bytes: &[u8], stride: u32) -> std::result::Result<Checkpoint, String> {
+    let Some((body, crc)) = bytes.split_last_chunk::<4>() else {
+        return Err("file is too short".into());
+    };
+    if body.len() < HEADER_LEN || body[..MAGIC.len()] != MAGIC {
+        return Err("not a checkpoint (wrong magic or too short)".into());
+    }
+    if u32::from_le_bytes(*crc) != record::crc32(body) {
+        return Err("CRC mismatch".into());
+    }
+    let mut r = Reader {
+        bytes: body,
+        at: MAGIC.len(),
+    };
+    let version = r.u32()?;
+    if version != FORMAT_VERSION {
+        return Err(format!(
+            "format version {version}, expected {FORMAT_VERSION}"
+        ));
+    }
+    let saved_stride = r.u32()?;
+    if saved_stride != stride {
+        return Err(format!(
+            "written for index stride {saved_stride}, opened with {stride}"
+        ));
+    }
+    let last_timestamp_ns = r.u64()? as i64;
+    let segment_count = r.count(DIGEST_LEN)?;
+    let tenant_count = r.count(4)?;
+    let execution_count = r.count(MIN_EXECUTION_LEN)?;
+    if r.u32()? != 0 {
+        return Err("reserved header bytes are not zero".into());
+    }
+    if segment_count == 0 {
+        return Err("covers no segment".into());
+    }
+    let mut segments = Vec::with_capacity(segment_count);
+    for _ in 0..segment_count {
+        let d = SegmentDigest {
+            end: r.u64()?,
+            crc: r.u32()?,
+        };
+        if d.end < SEGMENT_HEADER_LEN as u64 || d.end > u64::from(u32::MAX) {
+            return Err(format!("segment end {} out of range", d.end));
+        }
+        segments.push(d);
+    }
+    let mut index = Index::new(stride);
+    for _ in 0..tenant_count {
+        index.restore_tenant(TenantId::from(r.id()?))?;
+    }
+    let inside = |pos: Pos| {
+        let end = segments
+            .get((pos.segment as usize).wrapping_sub(1))
+            .map_or(0, |d| d.end);
+        pos.offset as usize >= SEGMENT_HEADER_LEN && u64::from(pos.offset) < end
+    };
+    for _ in 0..execution_count {
+        let tenant = r.u32()?;
+        let durable_seq = r.u64()?;
+        let durable_pos = r.pos()?;
+        let id = ExecutionId::from(r.id()?);
+        let entries = durable_seq
+            .checked_sub(1)
+            .map(|s| s / u64::from(stride) + 1)
+            .ok_or_else(|| format!("execution {id} has no events"))?;
+        let entries = usize::try_from(entries)
+            .ok()
+            .filter(|&n| n <= r.remaining() / 8)
+            .ok_or_else(|| format!("execution {id}: more entry points than bytes"))?;
+        let mut sparse = Vec::with_capacity(entries);
+        for _ in 0..entries {
+            sparse.push(r.pos()?);
+        }
+        if !inside(durable_pos) || !sparse.iter().all(|&p| inside(p)) {
+            return Err(format!(
+                "execution {id}: position outside the covered records"
+            ));
+        }
+        index.restore_execution(id, tenant, (durable_seq, durable_pos), sparse)?;
+    }
+    if r.remaining() != 0 {
+        return Err(format!("{} bytes after the last execution", r.remaining()));
+    }
+    Ok(Checkpoint {
+        segments,
+        last_timestamp_ns,
+        index,
+    })
+}
+
+/// Reads and decodes the checkpoint of `dir`: `Ok(None)` if there is none, `Err(why)`
+/// if there is one that cannot be used.
+pub(crate) fn load(
+    io: &dyn Io,
+    dir: &Path,
+    stride: u32,
+) -> std::result::Result<Option<Checkpoint>, String> {
+    let path = path(dir);
+    let file = match io.open(&path, true) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("open: {e}")),
+    };
+    let len = file.size().map_err(|e| format!("stat: {e}"))?;
+    let map = file.map(len).map_err(|e| format!("mmap: {e}"))?;
+    decode(map.as_ref().as_ref(), stride).map(Some)
+}
+
+/// Replaces the checkpoint of `dir` with `bytes`, durably (see the module docs).
+pub(crate) fn write(io: &dyn Io, dir: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = dir.join(TMP_NAME);
+    // Left over from a close that failed or crashed half way; never read.
+    let _ = io.remove(&tmp);
+    let file = io
+        .create(&tmp)
+        .map_err(|e| Error::io("create checkpoint", &tmp, e))?;
+    file.write_at(bytes, 0)
+        .map_err(|e| Error::io("write checkpoint", &tmp, e))?;
+    file.sync_data()
+        .map_err(|e| Error::io("fdatasync checkpoint", &tmp, e))?;
+    let path = path(dir);
+    io.rename(&tmp, &path)
+        .map_err(|e| Error::io("rename checkpoint", &path, e))?;
+    io.sync_dir(dir)
+        .map_err(|e| Error::io("fsync directory", dir, e))
+}
+
+fn put_u32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_pos(out: &mut Vec<u8>, pos: Pos) {
+    put_u32(out, pos.segment);
+    put_u32(out, pos.offset);
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_u32(out, s.len() as u32);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// A cursor over a checkpoint's bytes; every read is bounds-checked.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> std::result::Result<[u8; N], String> {
+        let b = self
+            .bytes
+            .get(self.at..)
+            .and_then(|rest| rest.first_chunk::<N>())
+            .ok_or_else(|| format!("cut short at byte {}", self.at))?;
+        self.at += N;
+        Ok(*b)
+    }
+
+    fn u32(&mut self) -> std::result::Result<u32, String> {
+        self.take().map(u32::from_le_bytes)
+    }
+
+    fn u64(&mut self) -> std::result::Result<u64, String> {
+        self.take().map(u64::from_le_bytes)
+    }
+
+    fn pos(&mut self) -> std::result::Result<Pos, String> {
+        Ok(Pos {
+            segment: self.u32()?,
+            offset: self.u32()?,
+        })
+    }
+
+    fn remaining(&self) -> usize {
+        self.bytes.len().saturating_sub(self.at)
+    }
+
+    /// A count of items of at least `min_len` bytes each, checked against what is left.
+    fn count(&mut self, min_len: usize) -> std::result::Result<usize, String> {
+        let n = self.u32()? as usize;
+        if n > self.remaining() / min_len {
+            return Err(format!("count {n} exceeds the file at byte {}", self.at));
+        }
+        Ok(n)
+    }
+
+    /// A length-prefixed id: valid UTF-8, 1 to [`MAX_ID_BYTES`] bytes.
+    fn id(&mut self) -> std::result::Result<String, String> {
+        let len = self.u32()? as usize;
+        if len == 0 || len > MAX_ID_BYTES {
+            return Err(format!("id length {len} at byte {}", self.at));
+        }
+        let bytes = self
+            .bytes
+            .get(self.at..self.at + len)
+            .ok_or_else(|| format!("id cut short at byte {}", self.at))?;
+        self.at += len;
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| format!("id is not UTF-8 at byte {}", self.at))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(segment: u32, offset: u32) -> Pos {
+        Pos { segment, offset }
+    }
+
+    fn sample() -> (Index, Vec<SegmentDigest>) {
+        let mut index = Index::new(4);
+        let a = index.create(
+            ExecutionId::from("run-a"),
+            &TenantId::from("acme"),
+            pos(1, 32),
+        );
+        index.make_durable(a, 1, pos(1, 32));
+        for (seq, offset) in (2..=9).zip((96..).step_by(64)) {
+            index.reserve(a, seq, pos(1, offset));
+            index.make_durable(a, seq, pos(1, offset));
+        }
+        let b = index.create(
+            ExecutionId::from("run-b"),
+            &TenantId::from("beta"),
+            pos(2, 32),
+        );
+        index.make_durable(b, 1, pos(2, 32));
+        let segments = vec![
+            SegmentDigest { end: 4096, crc: 7 },
+            SegmentDigest { end: 96, crc: 9 },
+        ];
+        (index, segments)
+    }
+
+    #[test]
+    fn an_index_round_trips() {
+        let (index, segments) = sample();
+        let bytes = encode(&index, &segments, 42);
+        let c = decode(&bytes, 4).expect("decodes");
+        assert_eq!(c.index, index);
+        assert_eq!(c.segments, segments);
+        assert_eq!(c.last_timestamp_ns, 42);
+        assert!(decode(&bytes, 8).is_err(), "another stride");
+    }
+
+    #[test]
+    fn every_cut_and_every_flipped_bit_is_refused() {
+        let (index, segments) = sample();
+        let bytes = encode(&index, &segments, 42);
+        for len in 0..bytes.len() {
+            assert!(decode(&bytes[..len], 4).is_err(), "cut at {len}");
+        }
+        for i in 0..bytes.len() * 8 {
+            let mut b = bytes.clone();
+            b[i / 8] ^= 1 << (i % 8);
+            assert!(decode(&b, 4).is_err(), "bit {i}");
+        }
+    }
+
+    /// Damage behind a valid CRC (a bug, or a forged file): every field is checked.
+    #[test]
+    fn forged_fields_with_a_valid_crc_are_refused() {
+        let (index, segments) = sample();
+        let good = encode(&index, &segments, 42);
+        let body_len = good.len() - 4;
+        let mut refused = 0;
+        for i in 8..body_len {
+            for value in [0u8, 1, 0x7f, 0xff] {
+                let mut b = good.clone();
+                if b[i] == value {
+                    continue;
+                }
+                b[i] = value;
+                let crc = record::crc32(&b[..body_len]);
+                b[body_len..].copy_from_slice(&crc.to_le_bytes());
+                // Must never panic or allocate absurdly; most changes are refused.
+                if decode(&b, 4).is_err() {
+                    refused += 1;
+                }
+            }
+        }
+        assert!(refused > body_len, "only {refused} forgeries refused");
+    }
+}
