@@ -45,9 +45,10 @@ pub(crate) struct Committer {
     /// How far the current segment is zeroed (durably), and where it ends.
     zeroed_end: u64,
     capacity: u64,
-    /// Every segment's records end and checksum, the current one's last; kept as
-    /// groups are written, for the checkpoint at close.
-    digests: Vec<SegmentDigest>,
+    /// Every segment's records end and checksum, the current one's last (always
+    /// known), kept as groups are written, for the checkpoint at close. A sealed
+    /// segment's is unknown after an open without a checkpoint; close computes it.
+    digests: Vec<Option<SegmentDigest>>,
     /// Whether close must write a checkpoint even if nothing was appended (open
     /// found none, or one that does not cover the whole log).
     checkpoint_due: bool,
@@ -59,9 +60,10 @@ impl Committer {
         rx: Receiver<Pending>,
         (segment, file): (u32, Arc<dyn IoFile>),
         (zeroed_end, capacity): (u64, u64),
-        (digests, checkpoint_due): (Vec<SegmentDigest>, bool),
+        (digests, checkpoint_due): (Vec<Option<SegmentDigest>>, bool),
     ) -> Self {
         debug_assert_eq!(digests.len(), segment as usize);
+        debug_assert!(digests.last().is_some_and(Option::is_some));
         Self {
             shared,
             rx,
@@ -138,17 +140,28 @@ impl Committer {
         if !self.shared.options.index_checkpoint {
             return Ok(());
         }
+        let mut digests = Vec::with_capacity(self.digests.len());
+        for (id, digest) in (1..).zip(&self.digests) {
+            digests.push(match *digest {
+                Some(d) => d,
+                None => {
+                    let end = self.shared.segments.durable_end(id);
+                    let view = self.shared.segments.view(id, end)?;
+                    SegmentDigest::of(view.as_ref().as_ref(), end)
+                }
+            });
+        }
         let bytes = {
             let state = self.shared.state.lock();
             if state.writer.poisoned.is_some() {
                 return Ok(());
             }
             debug_assert_eq!(
-                self.digests.last().map(|d| d.end),
+                digests.last().map(|d| d.end),
                 Some(state.writer.tail),
                 "the digests cover every record"
             );
-            checkpoint::encode(&state.index, &self.digests, state.writer.last_timestamp_ns)
+            checkpoint::encode(&state.index, &digests, state.writer.last_timestamp_ns)
         };
         checkpoint::write(self.shared.io.as_ref(), &self.shared.dir, &bytes)
     }
@@ -312,7 +325,7 @@ impl Committer {
         );
         self.segment = first.segment;
         self.file = file;
-        self.digests.push(SegmentDigest::EMPTY);
+        self.digests.push(Some(SegmentDigest::EMPTY));
         self.zeroed_end = zeroed;
         self.capacity = capacity;
         Ok(())
@@ -340,8 +353,9 @@ impl Committer {
 
 /// Records in the current segment's digest (the last) that `bytes` were written at
 /// `at`, its end.
-fn note_written(digests: &mut [SegmentDigest], at: u64, bytes: &[u8]) {
-    if let Some(d) = digests.last_mut() {
+fn note_written(digests: &mut [Option<SegmentDigest>], at: u64, bytes: &[u8]) {
+    debug_assert!(digests.last().is_some_and(Option::is_some));
+    if let Some(Some(d)) = digests.last_mut() {
         debug_assert_eq!(d.end, at, "records are written contiguously");
         *d = d.extend(bytes);
     }

@@ -152,7 +152,7 @@ impl LogStore {
                 file,
                 data_end: SEGMENT_HEADER_LEN as u64,
                 file_len: zeroed,
-                digest: SegmentDigest::EMPTY,
+                digest: Some(SegmentDigest::EMPTY),
             });
         }
         let segments = Segments::new(&dir, 1);
@@ -195,7 +195,8 @@ impl LogStore {
             });
         }
         let capacity = last.file_len.max(shared.options.segment_size_bytes);
-        let mut digests: Vec<SegmentDigest> = recovered.segments.iter().map(|s| s.digest).collect();
+        let mut digests: Vec<Option<SegmentDigest>> =
+            recovered.segments.iter().map(|s| s.digest).collect();
         digests.push(last.digest);
         let committer = Committer::new(
             Arc::clone(&shared),

@@ -25,7 +25,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::checkpoint::{self, Checkpoint, SegmentDigest};
+use crate::checkpoint::{self, SegmentDigest};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::ids::TenantId;
@@ -77,8 +77,11 @@ pub(crate) struct RecoveredSegment {
     pub(crate) data_end: u64,
     /// The file's length: how far it is zeroed (or written).
     pub(crate) file_len: u64,
-    /// Where its records end (`data_end`) and their checksum.
-    pub(crate) digest: SegmentDigest,
+    /// Where its records end (`data_end`) and their checksum, if known: from a
+    /// checkpoint, or computed for the newest segment (which appends continue). A
+    /// sealed segment's is computed only when a checkpoint needs it (at close), so
+    /// that an open without a checkpoint makes one pass over the bytes, not two.
+    pub(crate) digest: Option<SegmentDigest>,
 }
 
 /// The result of a successful recovery.
@@ -206,6 +209,7 @@ pub(crate) fn recover(
     let mut blank = false;
     let mut torn = None;
     let count = opened.len();
+    let mut last_view = None;
     for (i, (id, path, file, capacity, view)) in opened.into_iter().enumerate() {
         let newest = i + 1 == count;
         if let Some(&digest) = covered.get(i)
@@ -219,8 +223,9 @@ pub(crate) fn recover(
                 file,
                 data_end: digest.end,
                 file_len: capacity,
-                digest,
+                digest: Some(digest),
             });
+            last_view = Some(view);
             continue;
         }
         let (data_end, digest) = {
@@ -255,12 +260,15 @@ pub(crate) fn recover(
             };
             let data_end = scan_segment(&mut rebuild, &mut report, &scan)?;
             let digest = match covered.get(i) {
-                Some(&d) => d.extend(
-                    bytes
-                        .get(d.end as usize..data_end as usize)
-                        .unwrap_or_default(),
+                Some(&d) => Some(
+                    d.extend(
+                        bytes
+                            .get(d.end as usize..data_end as usize)
+                            .unwrap_or_default(),
+                    ),
                 ),
-                None => SegmentDigest::of(bytes, data_end),
+                None if newest => Some(SegmentDigest::of(bytes, data_end)),
+                None => None,
             };
             (data_end, digest)
         };
@@ -277,6 +285,14 @@ pub(crate) fn recover(
             file_len: capacity,
             digest,
         });
+        last_view = Some(view);
+    }
+    // Appends continue in the last segment kept, which needs its digest: it is not the
+    // newest file if a blank newest one was removed.
+    if let (Some(last), Some(view)) = (segments.last_mut(), &last_view)
+        && last.digest.is_none()
+    {
+        last.digest = Some(SegmentDigest::of(view.as_ref().as_ref(), last.data_end));
     }
     // The helper reads the maps: it stops before anything writes to a segment.
     prescan.finish();
@@ -370,7 +386,7 @@ const PARALLEL_DIGEST_BYTES: u64 = 8 << 20;
 /// Debug builds: the index a checkpoint restores equals the one a scan of the records
 /// it covers rebuilds (the checkpoint changes speed, never results).
 #[cfg(debug_assertions)]
-fn assert_checkpoint_matches_log(c: &Checkpoint, maps: &[&[u8]]) {
+fn assert_checkpoint_matches_log(c: &checkpoint::Checkpoint, maps: &[&[u8]]) {
     let mut rebuild = Rebuild::resume(Index::new(c.index.stride() as u32), 0);
     for (i, (d, bytes)) in c.segments.iter().zip(maps).enumerate() {
         let records = bytes.get(..d.end as usize).unwrap_or_default();

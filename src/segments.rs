@@ -57,6 +57,14 @@ impl Segments {
         }
     }
 
+    /// Segment `id`'s durable end (0 for a segment it does not hold).
+    pub(crate) fn durable_end(&self, id: u32) -> u64 {
+        self.slots
+            .read()
+            .get(id.wrapping_sub(self.first_id) as usize)
+            .map_or(0, |s| s.durable_end)
+    }
+
     /// Number of segments.
     pub(crate) fn count(&self) -> usize {
         self.slots.read().len()

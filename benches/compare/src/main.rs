@@ -281,14 +281,17 @@ fn main() {
                 let dir = fresh(&c.dir.join(name));
                 fill(systems::open(name, &dir).as_ref(), c.read_events);
                 let o = open_vs_scan(&dir, c.repeats.max(3));
+                let scan = o.scan.0.as_secs_f64();
                 println!(
-                    "{name} open of {} events: recovery {:.1} ms for {:.1} MB, raw read + CRC {:.1} ms for {:.1} MB: {:.2}x",
+                    "{name} open of {} events: raw read + CRC {:.1} ms for {:.1} MB; with checkpoint {:.1} ms ({:.1} MB from it): {:.2}x; rebuilt from every record {:.1} ms: {:.2}x",
                     c.read_events,
-                    o.recovery.duration.as_secs_f64() * 1e3,
-                    o.recovery.bytes_scanned as f64 / 1e6,
-                    o.scan.0.as_secs_f64() * 1e3,
+                    scan * 1e3,
                     o.scan.1 as f64 / 1e6,
-                    o.recovery.duration.as_secs_f64() / o.scan.0.as_secs_f64()
+                    o.recovery.duration.as_secs_f64() * 1e3,
+                    o.recovery.checkpoint_bytes as f64 / 1e6,
+                    o.recovery.duration.as_secs_f64() / scan,
+                    o.rebuild.duration.as_secs_f64() * 1e3,
+                    o.rebuild.duration.as_secs_f64() / scan,
                 );
                 return;
             }
@@ -408,6 +411,7 @@ fn main() {
     let opens = open_vs_scan(&dir, c.repeats.max(3));
     r.raw_scan = opens.scan;
     r.recovery = Some(opens.recovery);
+    r.rebuild = Some(opens.rebuild);
     r.execlog_stats = Some(execlog::LogStore::open(&dir).expect("open").stats());
     r.torn_open = torn_open(&dir);
     r.write(&c.out);
@@ -418,26 +422,39 @@ fn main() {
 struct Opens {
     /// Raw read + CRC of the segment files: time, bytes.
     scan: (Duration, u64),
-    /// The recovery report of the median open.
+    /// The recovery report of the median open (index checkpoint on, the default).
     recovery: execlog::RecoveryReport,
+    /// The same with the checkpoint off: the index rebuilt from every record, as after
+    /// a crash of a store never closed cleanly.
+    rebuild: execlog::RecoveryReport,
 }
 
-/// Alternates `repeats` raw scans with as many opens (to the first read), so that both
-/// see the page cache in the same state, and returns the medians.
+/// Alternates `repeats` raw scans with as many opens of each kind (to the first read),
+/// so that all see the page cache in the same state, and returns the medians.
 fn open_vs_scan(dir: &Path, repeats: usize) -> Opens {
     let mut scans = Vec::new();
     let mut recoveries = Vec::new();
+    let mut rebuilds = Vec::new();
+    let open = |checkpoint: bool| {
+        let options = execlog::Options::default().index_checkpoint(checkpoint);
+        let store = execlog::LogStore::open_with(dir, options).expect("open");
+        let _ = store.load_events_blocking(&execlog::ExecutionId::from("r-0"));
+        store.recovery_report().clone()
+    };
+    // A clean close with checkpoints on, so that the first timed open has one.
+    drop(open(true));
     for _ in 0..repeats {
         scans.push(baseline::raw_scan(dir));
-        let store = execlog::LogStore::open(dir).expect("open");
-        let _ = store.load_events_blocking(&execlog::ExecutionId::from("r-0"));
-        recoveries.push(store.recovery_report().clone());
+        recoveries.push(open(true));
+        rebuilds.push(open(false));
     }
     scans.sort_by_key(|s| s.0);
     recoveries.sort_by_key(|r| r.duration);
+    rebuilds.sort_by_key(|r| r.duration);
     Opens {
         scan: scans[scans.len() / 2],
         recovery: recoveries.swap_remove(recoveries.len() / 2),
+        rebuild: rebuilds.swap_remove(rebuilds.len() / 2),
     }
 }
 

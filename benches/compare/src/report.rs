@@ -34,6 +34,8 @@ pub struct Report {
     pub execlog_stats: Option<execlog::Stats>,
     pub recovery: Option<execlog::RecoveryReport>,
     pub torn_open: Duration,
+    /// Open with the index checkpoint off (full rebuild).
+    pub rebuild: Option<execlog::RecoveryReport>,
 }
 
 fn sh(cmd: &str) -> String {
@@ -59,6 +61,7 @@ impl Report {
             execlog_stats: None,
             recovery: None,
             torn_open: Duration::ZERO,
+            rebuild: None,
         }
     }
 
@@ -335,13 +338,19 @@ impl Report {
                 st.sparse_index_bytes as f64 / st.events.max(1) as f64
             );
         }
-        if let Some(rec) = &self.recovery {
+        if let (Some(rec), Some(full)) = (&self.recovery, &self.rebuild) {
+            let scan = scan.as_secs_f64().max(1e-9);
             let _ = writeln!(
                 w,
-                "execlog open after clean close: recovery scan {:.1} ms for {:.1} MB ({:.2}× the raw read + CRC); after a torn tail: {:.1} ms to the first read.",
+                "execlog open after clean close: {:.1} ms for {:.1} MB ({:.2}× the raw read + CRC), the index loaded from its checkpoint ({:.1} MB of records covered, their segment checksums verified); \
+                with the checkpoint off (the index rebuilt from every record, as after a crash of a store never closed cleanly): {:.1} ms ({:.2}×); \
+                after a torn tail behind a checkpoint: {:.1} ms to the first read.",
                 rec.duration.as_secs_f64() * 1e3,
                 rec.bytes_scanned as f64 / 1e6,
-                rec.duration.as_secs_f64() / scan.as_secs_f64().max(1e-9),
+                rec.duration.as_secs_f64() / scan,
+                rec.checkpoint_bytes as f64 / 1e6,
+                full.duration.as_secs_f64() * 1e3,
+                full.duration.as_secs_f64() / scan,
                 self.torn_open.as_secs_f64() * 1e3
             );
         }
