@@ -21,6 +21,16 @@ fn fixture() -> PathBuf {
 }
 
 const SEGMENT: &str = "0000000001.seg";
+const CHECKPOINT: &str = "checkpoint.idx";
+
+/// The fixture's checkpoint: what a clean close (default options) writes for the
+/// fixture's segment. Regenerated with `EXECLOG_WRITE_FIXTURE=checkpoint`.
+fn write_checkpoint_fixture() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::copy(fixture().join(SEGMENT), dir.path().join(SEGMENT)).unwrap();
+    LogStore::open(dir.path()).unwrap().close().unwrap();
+    fs::copy(dir.path().join(CHECKPOINT), fixture().join(CHECKPOINT)).unwrap();
+}
 
 fn write_fixture() {
     let dir = tempfile::tempdir().unwrap();
@@ -63,8 +73,10 @@ fn le64(b: &[u8], at: usize) -> u64 {
 
 #[test]
 fn format_v1_fixture_still_decodes() {
-    if std::env::var("EXECLOG_WRITE_FIXTURE").is_ok() {
-        write_fixture();
+    match std::env::var("EXECLOG_WRITE_FIXTURE").as_deref() {
+        Ok("checkpoint") => write_checkpoint_fixture(),
+        Ok(_) => write_fixture(),
+        Err(_) => {}
     }
     let expected: Vec<StoredEvent> =
         serde_json::from_str(&fs::read_to_string(fixture().join("expected.json")).unwrap())
@@ -154,4 +166,78 @@ fn fixture_bytes_match_format_md() {
         "batch of 7 ends"
     );
     assert_eq!(events[12].4 >> 32, 1, "prev points into segment 1");
+}
+
+/// The checkpoint fixture, parsed by hand at the offsets of docs/FORMAT.md, and used by
+/// open (its digest matches the fixture segment) with the same answers.
+#[test]
+fn checkpoint_fixture_matches_format_md() {
+    let b = fs::read(fixture().join(CHECKPOINT)).unwrap();
+    let segment = fs::read(fixture().join(SEGMENT)).unwrap();
+    assert_eq!(&b[0..8], b"EXLGCKPT");
+    assert_eq!(le32(&b, 8), 1, "format version");
+    assert_eq!(le32(&b, 12), 16, "index stride");
+    assert!(
+        le64(&b, 16) > 1_600_000_000_000_000_000,
+        "last timestamp, ns"
+    );
+    let (segments, tenants, executions) = (le32(&b, 24), le32(&b, 28), le32(&b, 32));
+    assert_eq!((segments, tenants, executions), (1, 2, 2));
+    assert_eq!(le32(&b, 36), 0, "reserved");
+    let end = le64(&b, 40) as usize;
+    assert_eq!(end, segment.len(), "the fixture segment ends with its seal");
+    assert_eq!(le32(&b, 48), crc32fast::hash(&segment[32..end]), "digest");
+    let mut at = 52;
+    let mut text = |at: &mut usize| {
+        let len = le32(&b, *at) as usize;
+        let s = std::str::from_utf8(&b[*at + 4..*at + 4 + len])
+            .unwrap()
+            .to_string();
+        *at += 4 + len;
+        s
+    };
+    assert_eq!(text(&mut at), "tenant-1");
+    assert_eq!(text(&mut at), "tenant-2");
+    for (id, tenant, last_seq) in [("exec-a", 0, 10), ("exec-ü/b", 1, 7)] {
+        assert_eq!(le32(&b, at), tenant);
+        assert_eq!(le64(&b, at + 4), last_seq);
+        let (seg, offset) = (le32(&b, at + 12), le32(&b, at + 16) as usize);
+        assert_eq!(seg, 1);
+        // The position holds that execution's last record.
+        assert_eq!(
+            le64(&segment, offset + 16),
+            last_seq,
+            "sequence at {offset}"
+        );
+        at += 20;
+        assert_eq!(text(&mut at), id);
+        // One entry point (sequence 1): its record is the declaration.
+        assert_eq!(le32(&b, at), 1);
+        let first = le32(&b, at + 4) as usize;
+        assert_eq!(le64(&segment, first + 16), 1);
+        at += 8;
+    }
+    assert_eq!(at + 4, b.len());
+    assert_eq!(le32(&b, at), crc32fast::hash(&b[..at]));
+
+    let work = tempfile::tempdir().unwrap();
+    for name in [SEGMENT, CHECKPOINT] {
+        fs::copy(fixture().join(name), work.path().join(name)).unwrap();
+    }
+    let store = LogStore::open_read_only(work.path()).unwrap();
+    let report = store.recovery_report();
+    assert_eq!(report.checkpoint_bytes, end as u64, "{report:?}");
+    assert_eq!(report.records, 17);
+    let expected: Vec<StoredEvent> =
+        serde_json::from_str(&fs::read_to_string(fixture().join("expected.json")).unwrap())
+            .unwrap();
+    let mut got = store
+        .load_events_blocking(&ExecutionId::from("exec-a"))
+        .unwrap();
+    got.extend(
+        store
+            .load_events_blocking(&ExecutionId::from("exec-ü/b"))
+            .unwrap(),
+    );
+    assert_eq!(got, expected);
 }
