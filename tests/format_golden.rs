@@ -188,7 +188,7 @@ fn checkpoint_fixture_matches_format_md() {
     assert_eq!(end, segment.len(), "the fixture segment ends with its seal");
     assert_eq!(le32(&b, 48), crc32fast::hash(&segment[32..end]), "digest");
     let mut at = 52;
-    let mut text = |at: &mut usize| {
+    let text = |at: &mut usize| {
         let len = le32(&b, *at) as usize;
         let s = std::str::from_utf8(&b[*at + 4..*at + 4 + len])
             .unwrap()
