@@ -10,8 +10,10 @@ use crate::record;
 use crate::scan::{Scanner, Step};
 use crate::{ExecutionEventData, ExecutionId, LogStore, Options, StepId, TenantId};
 
-/// Decodes `bytes` as one record (header, CRC, body) and, separately, scans them as a
-/// segment's record area. Returns how many records decoded.
+/// Decodes `bytes` as one record (header, CRC, body), scans them as a segment's record
+/// area, and decodes them as an index checkpoint whose trailing CRC is made to match
+/// (so that the fuzzer explores the checkpoint's fields, not its CRC). Returns how many
+/// decodes succeeded.
 pub fn decode_record(bytes: &[u8]) -> usize {
     let mut decoded = usize::from(record::decode_event(bytes).is_ok());
     for step in Scanner::new(bytes, 0) {
@@ -19,7 +21,9 @@ pub fn decode_record(bytes: &[u8]) -> usize {
             decoded += usize::from(crate::codec::decode_body(body).is_ok());
         }
     }
-    decoded
+    let mut checkpoint = bytes.to_vec();
+    checkpoint.extend_from_slice(&record::crc32(bytes).to_le_bytes());
+    decoded + usize::from(crate::checkpoint::decode(&checkpoint, 16).is_ok())
 }
 
 /// Frames `event` as the first record of an execution, exactly as the append path
@@ -101,12 +105,20 @@ fn base_ids() -> Vec<ExecutionId> {
     (0..3).map(|i| ExecutionId::from(format!("e{i}"))).collect()
 }
 
-/// Three executions of 1, 2 and 3 events, closed cleanly; returns the file system and
-/// where the data ends.
+/// Three executions of 1, 2 and 3 events; returns the file system and where the data
+/// ends. The first two are covered by an index checkpoint (a clean close), the third
+/// was appended after it (closed without writing a new one): opens verify and load the
+/// checkpoint, then scan the rest and the fuzzer's bytes, or, when the damage reaches
+/// the covered records, ignore it and scan everything.
 fn build_base() -> Result<(SimIo, usize), crate::Error> {
     let sim = SimIo::new();
-    let store = LogStore::open_with(base_dir(), base_options(&sim))?;
+    let mut store = LogStore::open_with(base_dir(), base_options(&sim))?;
     for (i, id) in base_ids().iter().enumerate() {
+        if i == 2 {
+            store.close()?;
+            drop(store);
+            store = LogStore::open_with(base_dir(), base_options(&sim).index_checkpoint(false))?;
+        }
         let events = (0..=i)
             .map(|k| ExecutionEventData::StepCompleted {
                 step_id: StepId::from(format!("s{k}")),
@@ -137,5 +149,15 @@ mod tests {
         assert_eq!(open_with_damaged_tail(&[0xA8; 300]).ok(), Some(6));
         // Each call starts from the same base: damage does not accumulate.
         assert_eq!(open_with_damaged_tail(&[0; 8]).ok(), Some(6));
+    }
+
+    #[test]
+    fn the_base_store_opens_from_its_checkpoint() {
+        let (sim, _) = build_base().unwrap_or_else(|e| panic!("{e}"));
+        let store = LogStore::open_mode(base_dir(), base_options(&sim), true)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let report = store.recovery_report();
+        assert!(report.checkpoint_bytes > 0, "{report:?}");
+        assert_eq!(report.records, 6);
     }
 }

@@ -150,6 +150,13 @@ pub fn stats(dir: &Path) -> Result<ExitCode, String> {
         "recovery:          scanned {} segments, {} records, {} bytes in {:?}",
         r.segments_scanned, r.records, r.bytes_scanned, r.duration
     );
+    match (&r.checkpoint_ignored, r.checkpoint_bytes) {
+        (Some(why), _) => println!("checkpoint:        ignored: {why} (every record scanned)"),
+        (None, 0) => println!("checkpoint:        none (every record scanned)"),
+        (None, covered) => println!(
+            "checkpoint:        index loaded for {covered} bytes of records (their checksums verified)"
+        ),
+    }
     match r.truncated_at {
         Some((seg, off)) => println!(
             "torn tail:         segment {seg} offset {off}: {} (not cut: read-only)",
