@@ -168,18 +168,17 @@ pub(crate) fn recover(
             .map_err(|e| Error::io("mmap segment", &path, e))?;
         opened.push((id, path, file, capacity, view));
     }
-    let saved = saved.and_then(|c| {
-        let maps: Vec<&[u8]> = opened.iter().map(|o| o.4.as_ref().as_ref()).collect();
-        match verify_digests(&c.segments, &maps) {
-            Ok(()) => {
-                #[cfg(debug_assertions)]
-                assert_checkpoint_matches_log(&c, &maps);
-                Some(c)
-            }
-            Err(why) => {
-                report.checkpoint_ignored = Some(why);
-                None
-            }
+    // Used only if its digests match the segments (`checkpoint.rs`).
+    let maps: Vec<&[u8]> = opened.iter().map(|o| o.4.as_ref().as_ref()).collect();
+    let saved = saved.and_then(|c| match verify_digests(&c.segments, &maps) {
+        Ok(()) => {
+            #[cfg(debug_assertions)]
+            assert_checkpoint_matches_log(&c, &maps);
+            Some(c)
+        }
+        Err(why) => {
+            report.checkpoint_ignored = Some(why);
+            None
         }
     });
     let (mut rebuild, covered) = match saved {
