@@ -126,6 +126,7 @@ fn cuts_on(kind: &str, cuts: u64, rng: &mut u64) -> Vec<String> {
     let mut dir = fs.mount.join("store");
     let mut failures = Vec::new();
     let mut total = 0;
+    let mut from_checkpoint = 0;
     for n in 0..cuts {
         if n % CUTS_PER_FS == 0 && n > 0 {
             // Keep the image from filling up and verification linear: a fresh one.
@@ -160,6 +161,9 @@ fn cuts_on(kind: &str, cuts: u64, rng: &mut u64) -> Vec<String> {
         fs.mount().unwrap_or_else(|e| panic!("{kind} cut {n}: {e}"));
         match writer::verify(&dir, &acks) {
             Ok(store) => {
+                // The previous cut's verification closed the store cleanly: its
+                // checkpoint covers a prefix, the scan the writer's appends since.
+                from_checkpoint += usize::from(store.recovery_report().checkpoint_bytes > 0);
                 if let Err(e) = writer::append_continues(&store, &format!("parent-{n}"), &mut acks)
                 {
                     failures.push(format!("{kind} cut {n}: {e}"));
@@ -169,7 +173,8 @@ fn cuts_on(kind: &str, cuts: u64, rng: &mut u64) -> Vec<String> {
         }
     }
     println!(
-        "{kind}: {cuts} power cuts, {total} acknowledged appends, {} cuts lost data",
+        "{kind}: {cuts} power cuts, {total} acknowledged appends, {} cuts lost data; \
+         {from_checkpoint} reopens started from an index checkpoint",
         failures.len()
     );
     failures
