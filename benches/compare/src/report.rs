@@ -27,6 +27,10 @@ pub struct Report {
     repeats: usize,
     pub raw_fdatasync: Sample,
     pub seq_mb_s: f64,
+    /// The first sequential-bandwidth measurement, before any ingest.
+    pub seq_start_mb_s: f64,
+    /// How many sequential-bandwidth measurements `seq_mb_s` is the median of.
+    pub seq_samples: usize,
     /// (writers, [ideal, then `systems::names()` in order])
     pub ingest: Vec<(usize, Vec<Sample>)>,
     pub systems: Vec<SystemResult>,
@@ -55,6 +59,8 @@ impl Report {
             repeats: c.repeats,
             raw_fdatasync: Sample::default(),
             seq_mb_s: 0.0,
+            seq_start_mb_s: 0.0,
+            seq_samples: 1,
             ingest: Vec::new(),
             systems: Vec::new(),
             raw_scan: (Duration::ZERO, 0),
@@ -119,8 +125,8 @@ impl Report {
         );
         let _ = writeln!(
             w,
-            "| sequential write bandwidth (1 MiB writes, fdatasync every 16 MiB) | {:.0} MB/s |",
-            self.seq_mb_s
+            "| sequential write bandwidth (1 MiB writes, fdatasync every 16 MiB), median of {} runs: one at the start, one before each batch-ingest run | {:.0} MB/s (at the start: {:.0}) |",
+            self.seq_samples, self.seq_mb_s, self.seq_start_mb_s
         );
         let (scan, bytes) = self.raw_scan;
         let _ = writeln!(
