@@ -137,7 +137,9 @@ impl Committer {
     /// Saves the index for the next open (see `checkpoint.rs`). Only for a store whose
     /// every reserved append is durable: a poisoned one gets none.
     fn checkpoint(&self) -> Result<()> {
-        if !self.shared.options.index_checkpoint {
+        if !self.shared.options.index_checkpoint
+            || self.shared.state.lock().writer.poisoned.is_some()
+        {
             return Ok(());
         }
         let mut digests = Vec::with_capacity(self.digests.len());
@@ -153,9 +155,6 @@ impl Committer {
         }
         let bytes = {
             let state = self.shared.state.lock();
-            if state.writer.poisoned.is_some() {
-                return Ok(());
-            }
             debug_assert_eq!(
                 digests.last().map(|d| d.end),
                 Some(state.writer.tail),
