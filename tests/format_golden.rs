@@ -64,6 +64,24 @@ fn write_fixture() {
     .unwrap();
 }
 
+/// The fixture's events as `expected.json` holds them.
+fn expected_events() -> Vec<StoredEvent> {
+    serde_json::from_str(&fs::read_to_string(fixture().join("expected.json")).unwrap()).unwrap()
+}
+
+/// Both fixture executions' events, read back in the order `expected.json` holds them.
+fn fixture_events(store: &LogStore) -> Vec<StoredEvent> {
+    let mut got = store
+        .load_events_blocking(&ExecutionId::from("exec-a"))
+        .unwrap();
+    got.extend(
+        store
+            .load_events_blocking(&ExecutionId::from("exec-ü/b"))
+            .unwrap(),
+    );
+    got
+}
+
 fn le32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
 }
@@ -78,22 +96,12 @@ fn format_v1_fixture_still_decodes() {
         Ok(_) => write_fixture(),
         Err(_) => {}
     }
-    let expected: Vec<StoredEvent> =
-        serde_json::from_str(&fs::read_to_string(fixture().join("expected.json")).unwrap())
-            .unwrap();
+    let expected = expected_events();
     let work = tempfile::tempdir().unwrap();
     fs::copy(fixture().join(SEGMENT), work.path().join(SEGMENT)).unwrap();
     let store = LogStore::open(work.path()).unwrap();
     assert_eq!(store.recovery_report().truncated_at, None);
-    let mut got = store
-        .load_events_blocking(&ExecutionId::from("exec-a"))
-        .unwrap();
-    got.extend(
-        store
-            .load_events_blocking(&ExecutionId::from("exec-ü/b"))
-            .unwrap(),
-    );
-    assert_eq!(got, expected);
+    assert_eq!(fixture_events(&store), expected);
     assert_eq!(
         store
             .list_executions_blocking(&TenantId::from("tenant-2"), 10, 0)
@@ -228,16 +236,6 @@ fn checkpoint_fixture_matches_format_md() {
     let report = store.recovery_report();
     assert_eq!(report.checkpoint_bytes, end as u64, "{report:?}");
     assert_eq!(report.records, 17);
-    let expected: Vec<StoredEvent> =
-        serde_json::from_str(&fs::read_to_string(fixture().join("expected.json")).unwrap())
-            .unwrap();
-    let mut got = store
-        .load_events_blocking(&ExecutionId::from("exec-a"))
-        .unwrap();
-    got.extend(
-        store
-            .load_events_blocking(&ExecutionId::from("exec-ü/b"))
-            .unwrap(),
-    );
-    assert_eq!(got, expected);
+    let expected = expected_events();
+    assert_eq!(fixture_events(&store), expected);
 }
