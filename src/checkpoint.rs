@@ -26,11 +26,12 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::codec;
 use crate::error::{Error, Result};
 use crate::ids::{ExecutionId, MAX_ID_BYTES, TenantId};
 use crate::index::Index;
 use crate::io::Io;
-use crate::record::{self, Pos};
+use crate::record::{self, Decoded, Header, Kind, Pos};
 use crate::segment::{FORMAT_VERSION, SEGMENT_HEADER_LEN};
 
 /// File name of the checkpoint in a store's directory.
@@ -172,7 +173,10 @@ pub(crate) fn decode(bytes: &[u8], stride: u32) -> std::result::Result<Checkpoin
             end: r.u64()?,
             crc: r.u32()?,
         };
-        if d.end < SEGMENT_HEADER_LEN as u64 || d.end > u64::from(u32::MAX) {
+        if d.end < SEGMENT_HEADER_LEN as u64
+            || d.end > u64::from(u32::MAX)
+            || !d.end.is_multiple_of(record::RECORD_ALIGN as u64)
+        {
             return Err(format!("segment end {} out of range", d.end));
         }
         segments.push(d);
@@ -237,6 +241,153 @@ pub(crate) fn load(
     let len = file.size().map_err(|e| format!("stat: {e}"))?;
     let map = file.map(len).map_err(|e| format!("mmap: {e}"))?;
     decode(map.as_ref().as_ref(), stride).map(Some)
+}
+
+/// Checks that `c`'s index describes the records it covers, in `maps` (the segments,
+/// whose digests already matched): every covered record, in log order, continues its
+/// execution's chain; each execution's first record declares its id and tenant, in
+/// creation order; every entry point and durable cursor is where its record is; no
+/// record is younger than the saved timestamp; batches are whole; every tenant owns an
+/// execution. One walk over the record headers without CRCs (the digests covered the
+/// bytes) and one declaration decode per execution.
+///
+/// The digests prove the segment bytes unchanged, not that the index describes them:
+/// without this, an edited checkpoint with its CRC recomputed could serve one
+/// execution's events under another id, accept a tenant's append to another tenant's
+/// execution, or hide acknowledged events.
+pub(crate) fn check_records(c: &Checkpoint, maps: &[&[u8]]) -> std::result::Result<(), String> {
+    let mut walk = Walk::new(c);
+    for (i, (d, bytes)) in c.segments.iter().zip(maps).enumerate() {
+        let segment = u32::try_from(i + 1).map_err(|_| "too many segments".to_string())?;
+        let records = bytes
+            .get(..d.end as usize)
+            .ok_or_else(|| format!("segment {segment}: shorter than the covered records"))?;
+        let mut at = SEGMENT_HEADER_LEN;
+        while at < records.len() {
+            let rest = records.get(at..).unwrap_or_default();
+            let Decoded::Record {
+                header,
+                body,
+                framed_len,
+            } = record::decode_trusting(rest, usize::MAX)
+            else {
+                return Err(format!("segment {segment}: no record at offset {at}"));
+            };
+            let pos = Pos {
+                segment,
+                offset: u32::try_from(at).map_err(|_| "offset beyond 4 GiB".to_string())?,
+            };
+            walk.record(pos, &header, body)
+                .map_err(|why| format!("segment {segment} offset {at}: {why}"))?;
+            at += framed_len;
+        }
+        if at != records.len() {
+            return Err(format!(
+                "segment {segment}: covered end is not a record boundary"
+            ));
+        }
+    }
+    walk.finish()
+}
+
+/// The state of [`check_records`]' walk: what each execution's chain reached.
+struct Walk<'a> {
+    checkpoint: &'a Checkpoint,
+    /// Per execution: last sequence seen and its position.
+    reached: Vec<(u64, Option<Pos>)>,
+    /// Executions declared so far (they are numbered in declaration order).
+    declared: usize,
+    /// The open batch: execution and its last record's `batch_remaining`.
+    batch: Option<(u64, u32)>,
+    tenant_owns: Vec<bool>,
+}
+
+impl<'a> Walk<'a> {
+    fn new(checkpoint: &'a Checkpoint) -> Self {
+        Self {
+            checkpoint,
+            reached: vec![(0, None); checkpoint.index.len()],
+            declared: 0,
+            batch: None,
+            tenant_owns: vec![false; checkpoint.index.tenants().len()],
+        }
+    }
+
+    fn record(&mut self, pos: Pos, h: &Header, body: &[u8]) -> std::result::Result<(), String> {
+        if let Some((execution, remaining)) = self.batch
+            && (h.kind != Kind::Event
+                || h.execution != execution
+                || h.batch_remaining.checked_add(1) != Some(remaining))
+        {
+            return Err("record breaks the batch before it".into());
+        }
+        if h.kind == Kind::Seal {
+            return Ok(());
+        }
+        self.batch = (h.batch_remaining > 0).then_some((h.execution, h.batch_remaining));
+        let index = &self.checkpoint.index;
+        let no = usize::try_from(h.execution).unwrap_or(usize::MAX);
+        let (Some(e), Some(reached)) = (index.executions().get(no), self.reached.get_mut(no))
+        else {
+            return Err(format!(
+                "record of execution {} not in the index",
+                h.execution
+            ));
+        };
+        if h.sequence != reached.0 + 1 || h.prev != reached.1 {
+            return Err("record does not continue its execution's chain".into());
+        }
+        if h.sequence == 1 {
+            let declared = codec::decode_declaration(body)?
+                .ok_or_else(|| "first record of an execution has no declaration".to_string())?;
+            if no != self.declared
+                || declared.execution_id != e.id.as_str()
+                || declared.tenant_id != index.tenant_of(e).as_str()
+            {
+                return Err(format!(
+                    "the record declares another execution or tenant than the index's {}",
+                    e.id
+                ));
+            }
+            self.declared += 1;
+            if let Some(owns) = self.tenant_owns.get_mut(e.tenant as usize) {
+                *owns = true;
+            }
+        }
+        let stride = index.stride();
+        if (h.sequence - 1).is_multiple_of(stride) {
+            let k = usize::try_from((h.sequence - 1) / stride).unwrap_or(usize::MAX);
+            if e.sparse().get(k) != Some(&pos) {
+                return Err(format!(
+                    "entry point of {} sequence {} differs",
+                    e.id, h.sequence
+                ));
+            }
+        }
+        if h.timestamp_ns > self.checkpoint.last_timestamp_ns {
+            return Err("a record is younger than the saved last timestamp".into());
+        }
+        *reached = (h.sequence, Some(pos));
+        Ok(())
+    }
+
+    fn finish(self) -> std::result::Result<(), String> {
+        if self.batch.is_some() {
+            return Err("the covered records end inside a batch".into());
+        }
+        for (e, reached) in self.checkpoint.index.executions().iter().zip(&self.reached) {
+            if *reached != (e.durable_seq, Some(e.durable_pos)) {
+                return Err(format!(
+                    "execution {}: the index says {} events, the records hold {}",
+                    e.id, e.durable_seq, reached.0
+                ));
+            }
+        }
+        if self.tenant_owns.contains(&false) {
+            return Err("a tenant owns no execution".into());
+        }
+        Ok(())
+    }
 }
 
 /// Replaces the checkpoint of `dir` with `bytes`, durably (see the module docs).

@@ -44,7 +44,9 @@ pub(crate) fn read(
         let entry = state.index.entry_point(e, to);
         (no, to, entry, state.index.tenant_of(e).clone())
     };
-    let mut events = Vec::with_capacity(usize::try_from(to - after).unwrap_or(0));
+    // Bounded: the sequence comes from the index, the events from the records.
+    let wanted = usize::try_from(to - after).unwrap_or(usize::MAX);
+    let mut events = Vec::with_capacity(wanted.min(MAX_PREALLOCATED_EVENTS));
     let mut cursor = Cursor::default();
     let mut sequence = entry.sequence;
     let mut pos = Some(entry.pos);
@@ -84,6 +86,9 @@ pub(crate) fn read(
     );
     Ok(events)
 }
+
+/// Most events a read reserves room for before it has read them.
+const MAX_PREALLOCATED_EVENTS: usize = 4096;
 
 /// Converts stored nanoseconds to a UTC time.
 pub(crate) fn timestamp(ns: i64) -> DateTime<Utc> {

@@ -317,10 +317,35 @@ pub(crate) fn decode_trusting(bytes: &[u8], verified: usize) -> Decoded<'_> {
             return Decoded::Invalid(Invalid::BadCrc { stored, computed });
         }
     }
+    match fields(head) {
+        Ok(header) => Decoded::Record {
+            header,
+            body,
+            framed_len: framed_len(body_len),
+        },
+        Err(why) => Decoded::Invalid(why),
+    }
+}
+
+/// The header of the record at `bytes[0]` if every check but the CRC passes: length
+/// present and within `bytes`, known kind, zero reserved bytes, fields consistent with
+/// the kind. Costs a few loads, whatever the length field claims, so that a search
+/// through damaged bytes computes a CRC only for candidates that pass it.
+pub(crate) fn plausible(bytes: &[u8]) -> Option<Header> {
+    let head = bytes.get(..HEADER_LEN)?;
+    let body_len = le_u32(head, BODY_LEN_OFFSET) as usize;
+    if body_len == 0 || bytes.len() - HEADER_LEN < body_len {
+        return None;
+    }
+    fields(head).ok()
+}
+
+/// Decodes and checks the fixed fields of a header (everything but length and CRC).
+fn fields(head: &[u8]) -> Result<Header, Invalid> {
     let kind = match le_u16(head, KIND_OFFSET) {
         KIND_EVENT => Kind::Event,
         KIND_SEAL => Kind::Seal,
-        _ => return Decoded::Invalid(Invalid::BadField("unknown record kind")),
+        _ => return Err(Invalid::BadField("unknown record kind")),
     };
     let header = Header {
         kind,
@@ -331,29 +356,28 @@ pub(crate) fn decode_trusting(bytes: &[u8], verified: usize) -> Decoded<'_> {
         prev: Pos::unpack(le_u64(head, PREV_OFFSET)),
         batch_remaining: le_u32(head, BATCH_REMAINING_OFFSET),
     };
-    if head[RESERVED_OFFSET..HEADER_LEN].iter().any(|&b| b != 0) {
-        return Decoded::Invalid(Invalid::BadField("reserved bytes set"));
+    if head
+        .get(RESERVED_OFFSET..HEADER_LEN)
+        .is_none_or(|r| r.iter().any(|&b| b != 0))
+    {
+        return Err(Invalid::BadField("reserved bytes set"));
     }
     match kind {
         Kind::Event => {
             if header.sequence == 0 {
-                return Decoded::Invalid(Invalid::BadField("sequence 0"));
+                return Err(Invalid::BadField("sequence 0"));
             }
             if (header.sequence == 1) != header.prev.is_none() {
-                return Decoded::Invalid(Invalid::BadField("prev does not match sequence"));
+                return Err(Invalid::BadField("prev does not match sequence"));
             }
         }
         Kind::Seal => {
             if header.sequence != 0 || header.prev.is_some() || header.batch_remaining != 0 {
-                return Decoded::Invalid(Invalid::BadField("seal with event fields"));
+                return Err(Invalid::BadField("seal with event fields"));
             }
         }
     }
-    Decoded::Record {
-        header,
-        body,
-        framed_len: framed_len(body_len),
-    }
+    Ok(header)
 }
 
 /// Decodes a record and its body into an event: the fuzzed entry point of the decoder.

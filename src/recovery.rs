@@ -34,7 +34,9 @@ use crate::io::{Io, IoFile};
 use crate::options::Options;
 use crate::prescan::Prescan;
 use crate::record::{Header, Kind, Pos};
-use crate::scan::{Scanner, Step, first_nonzero, last_nonzero, valid_record_after};
+use crate::scan::{
+    Later, Scanner, SearchWork, Step, first_nonzero, last_nonzero, later_group_record,
+};
 use crate::segment::{self, HeaderCheck, SEGMENT_HEADER_LEN};
 use crate::sync::MODEL_CHECKED;
 
@@ -66,6 +68,12 @@ pub struct RecoveryReport {
     pub checkpoint_bytes: u64,
     /// Why a checkpoint present in the directory was not used, if one was not.
     pub checkpoint_ignored: Option<String>,
+    /// Records checksummed while looking past a damaged record for a later commit
+    /// group (0 when nothing was damaged).
+    pub search_candidates: u64,
+    /// Bytes those checksums covered: at most twice the segment searched, whatever
+    /// its bytes (`scan::CRC_BUDGET_PER_BYTE`).
+    pub search_bytes_checksummed: u64,
     /// How long the scan took.
     pub duration: Duration,
 }
@@ -163,6 +171,17 @@ pub(crate) fn recover(
         let capacity = file
             .size()
             .map_err(|e| Error::io("stat segment", &path, e))?;
+        if capacity > MAX_SEGMENT_FILE_BYTES {
+            // Positions keep offsets in 32 bits: past 4 GiB they would wrap.
+            return Err(Error::corrupt(
+                id,
+                MAX_SEGMENT_FILE_BYTES,
+                format!(
+                    "segment file is {capacity} bytes, longer than the 4 GiB a segment can \
+                     address; it was not written by execlog"
+                ),
+            ));
+        }
         let view = file
             .map(capacity)
             .map_err(|e| Error::io("mmap segment", &path, e))?;
@@ -170,15 +189,14 @@ pub(crate) fn recover(
     }
     // Used only if its digests match the segments (`checkpoint.rs`).
     let maps: Vec<&[u8]> = opened.iter().map(|o| o.4.as_ref().as_ref()).collect();
-    let saved = saved.and_then(|c| match verify_digests(&c.segments, &maps) {
-        Ok(()) => {
-            #[cfg(debug_assertions)]
-            assert_checkpoint_matches_log(&c, &maps);
-            Some(c)
-        }
-        Err(why) => {
-            report.checkpoint_ignored = Some(why);
-            None
+    let saved = saved.and_then(|c| {
+        match verify_digests(&c.segments, &maps).and_then(|()| checkpoint::check_records(&c, &maps))
+        {
+            Ok(()) => Some(c),
+            Err(why) => {
+                report.checkpoint_ignored = Some(why);
+                None
+            }
         }
     });
     let (mut rebuild, covered) = match saved {
@@ -237,7 +255,7 @@ pub(crate) fn recover(
                     return Err(Error::UnsupportedFormat { path, version });
                 }
                 HeaderCheck::Blank | HeaderCheck::Bad(_)
-                    if newest && valid_record_after(bytes, 0).is_none() =>
+                    if newest && search_after(&mut report, bytes, 0) == Later::None =>
                 {
                     // `segment::create` syncs the header before any record is written,
                     // so this file was still being created: nothing in it was acked.
@@ -379,37 +397,11 @@ fn verify_digests(digests: &[SegmentDigest], maps: &[&[u8]]) -> std::result::Res
     })
 }
 
+/// Longest segment file open accepts: record offsets are 32-bit.
+const MAX_SEGMENT_FILE_BYTES: u64 = u32::MAX as u64;
+
 /// Stores smaller than this verify checkpoint digests on one thread.
 const PARALLEL_DIGEST_BYTES: u64 = 8 << 20;
-
-/// Debug builds: the index a checkpoint restores equals the one a scan of the records
-/// it covers rebuilds (the checkpoint changes speed, never results).
-#[cfg(debug_assertions)]
-fn assert_checkpoint_matches_log(c: &checkpoint::Checkpoint, maps: &[&[u8]]) {
-    let mut rebuild = Rebuild::resume(Index::new(c.index.stride() as u32), 0);
-    for (i, (d, bytes)) in c.segments.iter().zip(maps).enumerate() {
-        let records = bytes.get(..d.end as usize).unwrap_or_default();
-        for step in Scanner::new(records, SEGMENT_HEADER_LEN) {
-            match step {
-                Step::Record {
-                    offset,
-                    header,
-                    body,
-                } => {
-                    let added = rebuild.add(i as u32 + 1, offset as u64, header, body);
-                    assert!(added.is_ok(), "checkpointed records rebuild: {added:?}");
-                }
-                Step::End { offset } if offset as u64 == d.end => {}
-                other => panic!("checkpointed records end early: {other:?}"),
-            }
-        }
-    }
-    assert!(rebuild.batch.is_empty(), "checkpoint ends inside a batch");
-    assert_eq!(
-        rebuild.index, c.index,
-        "checkpoint differs from its records"
-    );
-}
 
 /// One segment to scan.
 struct SegmentScan<'a> {
@@ -468,16 +460,25 @@ fn scan_segment(
     // Damage inside the last commit group is what a crash leaves of a group whose
     // fdatasync never returned: nothing in it was acknowledged. A valid record of a
     // later group proves the damaged group was synced: that is corruption.
-    let mut from = stop;
-    while let Some((next, header)) = valid_record_after(bytes, from) {
-        if header.group_start as usize > stop {
+    match search_after(report, bytes, stop) {
+        Later::None => {}
+        Later::Found { offset, .. } => {
             return Err(Error::corrupt(
                 id,
                 stop as u64,
-                format!("{why}, yet a later commit group follows at offset {next}"),
+                format!("{why}, yet a later commit group follows at offset {offset}"),
             ));
         }
-        from = next;
+        Later::Undecided => {
+            return Err(Error::corrupt(
+                id,
+                stop as u64,
+                format!(
+                    "{why}, followed by more plausible record headers than a log holds \
+                     (crafted or garbage bytes); cannot tell a torn tail from corruption"
+                ),
+            ));
+        }
     }
     if !newest {
         return Err(Error::corrupt(
@@ -494,6 +495,16 @@ fn scan_segment(
     report.bytes_truncated = data_end.saturating_sub(cut);
     report.torn_reason = Some(why);
     Ok(cut)
+}
+
+/// Looks for a record of a commit group that started after `damaged`, counting the
+/// work in the report.
+fn search_after(report: &mut RecoveryReport, bytes: &[u8], damaged: usize) -> Later {
+    let mut work = SearchWork::default();
+    let later = later_group_record(bytes, damaged, &mut work);
+    report.search_candidates += work.candidates;
+    report.search_bytes_checksummed += work.bytes_checksummed;
+    later
 }
 
 /// Zeroes `[cut, end)` of a segment durably, by overwriting (see `segment.rs` for why
@@ -527,7 +538,7 @@ impl Rebuild {
             return Ok(());
         }
         if let Some(last) = self.batch.last() {
-            if header.batch_remaining + 1 != last.header.batch_remaining
+            if header.batch_remaining.checked_add(1) != Some(last.header.batch_remaining)
                 || header.execution != last.header.execution
             {
                 return Err(corrupt("record breaks the batch before it"));

@@ -38,7 +38,6 @@ pub(crate) struct Scanner<'a> {
 
 impl<'a> Scanner<'a> {
     pub(crate) fn new(bytes: &'a [u8], offset: usize) -> Self {
-        debug_assert_eq!(offset % RECORD_ALIGN, 0);
         Self {
             bytes,
             offset,
@@ -79,7 +78,12 @@ impl<'a> Iterator for Scanner<'a> {
         {
             self.known = verified.load(Ordering::Acquire);
         }
-        let step = match record::decode_trusting(rest, self.known.saturating_sub(offset)) {
+        let decoded = if offset.is_multiple_of(RECORD_ALIGN) {
+            record::decode_trusting(rest, self.known.saturating_sub(offset))
+        } else {
+            Decoded::Invalid(Invalid::BadField("record boundary not aligned"))
+        };
+        let step = match decoded {
             Decoded::Record {
                 header,
                 body,
@@ -162,27 +166,77 @@ pub(crate) fn last_nonzero(bytes: &[u8]) -> Option<usize> {
     None
 }
 
-/// The first valid record strictly after `from` (at aligned offsets), if any, with its
-/// header.
+/// What [`later_group_record`] found after a damaged record.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Later {
+    /// A valid record of a commit group that started after the damage.
+    Found { offset: usize, header: Header },
+    /// No such record: the damage may be a torn last group.
+    None,
+    /// The bytes hold more plausible-looking headers than a log ever writes, and
+    /// checking them all would cost more than [`CRC_BUDGET_PER_BYTE`] allows.
+    Undecided,
+}
+
+/// The work a search did, counted so that tests can prove it linear in the bytes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SearchWork {
+    /// Candidates whose cheap header fields passed and whose CRC was computed.
+    pub(crate) candidates: u64,
+    /// Bytes those CRCs covered.
+    pub(crate) bytes_checksummed: u64,
+}
+
+/// A search may checksum at most this many bytes per byte it searches (plus one
+/// maximal record). A log written by execlog needs one CRC: its first candidate after
+/// damage is either a genuine later record or fails a cheap field check; only crafted
+/// bytes make many candidates pass them.
+pub(crate) const CRC_BUDGET_PER_BYTE: u64 = 2;
+
+/// The first valid record after the damaged record at `damaged` that belongs to a
+/// commit group starting after it (`damaged < group_start <= its offset`), if any.
 ///
-/// Used at most once per open, on the bytes after a bad record, to decide between a
-/// torn tail and corruption (see `recovery.rs`). Zero words are skipped without
-/// decoding.
-pub(crate) fn valid_record_after(bytes: &[u8], from: usize) -> Option<(usize, Header)> {
-    let mut at = (from + 1).next_multiple_of(RECORD_ALIGN);
+/// Used once per open, on the bytes after a bad record, to decide between a torn tail
+/// (records of the same, last group may follow, whatever survived of it) and
+/// corruption (a later group proves the damaged one was synced), see `recovery.rs`.
+/// Linear in `bytes`: zero words are skipped without decoding, every candidate's cheap
+/// fields are checked before its CRC, and the CRC work is bounded by
+/// [`CRC_BUDGET_PER_BYTE`]; past it the answer is [`Later::Undecided`].
+pub(crate) fn later_group_record(bytes: &[u8], damaged: usize, work: &mut SearchWork) -> Later {
+    let budget = CRC_BUDGET_PER_BYTE * bytes.len() as u64;
+    let mut at = (damaged + 1).next_multiple_of(RECORD_ALIGN);
     while at + record::HEADER_LEN <= bytes.len() {
         // A record's first word holds its nonzero length, so zero words are skipped.
-        let nonzero = first_nonzero(bytes, at)?;
+        let Some(nonzero) = first_nonzero(bytes, at) else {
+            return Later::None;
+        };
         at = nonzero - nonzero % RECORD_ALIGN;
         let rest = bytes.get(at..).unwrap_or_default();
-        if let Decoded::Record { header, .. } = record::decode(rest)
-            && header.group_start as usize <= at
+        if let Some(header) = record::plausible(rest)
+            && (damaged + 1..=at).contains(&(header.group_start as usize))
         {
-            return Some((at, header));
+            let body_len = rest.len().min(record::framed_len(body_len_of(rest)));
+            work.candidates += 1;
+            work.bytes_checksummed += body_len as u64;
+            if work.bytes_checksummed > budget {
+                return Later::Undecided;
+            }
+            if let Decoded::Record { header, .. } = record::decode(rest) {
+                return Later::Found { offset: at, header };
+            }
         }
         at += RECORD_ALIGN;
     }
-    None
+    Later::None
+}
+
+/// The length field of the record at `bytes[0]` (0 if cut short).
+fn body_len_of(bytes: &[u8]) -> usize {
+    let mut len = [0u8; 4];
+    if let Some(field) = bytes.get(record::BODY_LEN_OFFSET..record::BODY_LEN_OFFSET + 4) {
+        len.copy_from_slice(field);
+    }
+    u32::from_le_bytes(len) as usize
 }
 
 #[cfg(test)]
@@ -208,10 +262,10 @@ mod tests {
         }
     }
 
-    fn record(seq: u64) -> Vec<u8> {
+    fn record_in_group(seq: u64, group_start: u32) -> Vec<u8> {
         let h = Header {
             kind: crate::record::Kind::Event,
-            group_start: 0,
+            group_start,
             execution: 0,
             sequence: seq,
             timestamp_ns: 1,
@@ -226,6 +280,10 @@ mod tests {
         out
     }
 
+    fn record(seq: u64) -> Vec<u8> {
+        record_in_group(seq, 0)
+    }
+
     #[test]
     fn scan_stops_at_zeros() {
         let mut bytes = record(1);
@@ -238,14 +296,74 @@ mod tests {
     }
 
     #[test]
-    fn finds_valid_record_after_damage() {
+    fn finds_a_later_group_after_damage_but_not_the_same_group() {
         let mut bytes = record(1);
         let second = bytes.len();
-        bytes.extend(record(2));
+        // Same group as the first record: not evidence of a later sync.
+        bytes.extend(record_in_group(2, 0));
+        let third = bytes.len();
+        bytes.extend(record_in_group(3, third as u32));
         bytes.extend([0u8; 64]);
         bytes[4] ^= 0xFF;
-        assert_eq!(valid_record_after(&bytes, 0).map(|r| r.0), Some(second));
-        assert_eq!(valid_record_after(&bytes, second), None);
-        assert_eq!(first_nonzero(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 7], 0), Some(9));
+        let mut work = SearchWork::default();
+        let found = later_group_record(&bytes, 0, &mut work);
+        assert!(
+            matches!(found, Later::Found { offset, .. } if offset == third),
+            "{found:?}"
+        );
+        assert_eq!(work.candidates, 1, "same-group records cost no CRC");
+        assert_eq!(later_group_record(&bytes, third, &mut work), Later::None);
+        assert!(second < third);
+    }
+
+    /// A header that passes every cheap check at `at` and claims the rest of `bytes`.
+    fn plausible_header_at(bytes: &mut [u8], at: usize) {
+        let body_len = (bytes.len() - at - crate::record::HEADER_LEN) as u32;
+        let h = &mut bytes[at..at + crate::record::HEADER_LEN];
+        h.fill(0);
+        h[0] = 0xAB; // a CRC that will not match
+        h[crate::record::BODY_LEN_OFFSET..crate::record::BODY_LEN_OFFSET + 4]
+            .copy_from_slice(&body_len.to_le_bytes());
+        h[crate::record::SEQUENCE_OFFSET] = 1;
+        h[crate::record::PREV_OFFSET..crate::record::PREV_OFFSET + 8].fill(0xFF);
+        h[crate::record::GROUP_START_OFFSET..crate::record::GROUP_START_OFFSET + 4]
+            .copy_from_slice(&(at as u32).to_le_bytes());
+        h[crate::record::KIND_OFFSET] = crate::record::KIND_EVENT as u8;
+    }
+
+    /// Crafted bytes with a plausible header at every record boundary: the search
+    /// stays within its CRC budget (it was quadratic: each candidate checksummed the
+    /// rest of the segment).
+    #[test]
+    fn a_search_through_crafted_headers_is_linear() {
+        for len in [64usize << 10, 256 << 10, 1 << 20] {
+            let mut bytes = vec![0u8; len];
+            let mut at = 0;
+            while at + crate::record::HEADER_LEN + 8 <= len {
+                plausible_header_at(&mut bytes, at);
+                at += 8 * 8;
+            }
+            let mut work = SearchWork::default();
+            let found = later_group_record(&bytes, 0, &mut work);
+            assert_eq!(found, Later::Undecided, "len {len}");
+            assert!(
+                work.bytes_checksummed <= CRC_BUDGET_PER_BYTE * len as u64 + len as u64,
+                "len {len}: {work:?}"
+            );
+        }
+    }
+
+    /// Ordinary damage: a large last group whose first record is damaged. Its other
+    /// records fail the cheap group check, so no CRC is computed at all.
+    #[test]
+    fn a_damaged_first_record_of_a_large_group_costs_no_crc() {
+        let mut bytes = Vec::new();
+        for seq in 1..=20_000u64 {
+            bytes.extend(record_in_group(seq, 0));
+        }
+        bytes[4] ^= 0xFF;
+        let mut work = SearchWork::default();
+        assert_eq!(later_group_record(&bytes, 0, &mut work), Later::None);
+        assert_eq!(work, SearchWork::default());
     }
 }

@@ -360,3 +360,107 @@ fn crc32(bytes: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// A crash during a large batch: the last commit group (8 MiB, one batch) lost its
+/// first record. The search for a later group must not checksum the group's own
+/// records, nor the payload bytes between them (it took 33 s for a 32 MiB group when
+/// every offset whose bytes read as a plausible length was checksummed).
+#[test]
+fn a_large_last_group_with_a_damaged_first_record_is_cut_with_bounded_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = ExecutionId::from("e");
+    let t = TenantId::from("t");
+    {
+        let store = LogStore::open(dir.path()).unwrap();
+        store.append_blocking(&e, &t, step_event(1)).unwrap();
+        let batch = (2..4000).map(|n| ExecutionEventData::StepCompleted {
+            step_id: StepId::from(format!("s{n}")),
+            output: Some(format!("{n:>2000}")),
+            duration_ms: n,
+        });
+        store
+            .append_batch_blocking(&e, &t, batch.collect())
+            .unwrap();
+        store.close().unwrap();
+    }
+    let mut bytes = fs::read(seg(dir.path(), 1)).unwrap();
+    let offsets = record_offsets(&bytes);
+    // The seal goes (as after a crash) and the batch's first record is damaged.
+    let seal = *offsets.last().unwrap();
+    bytes[seal..seal + 64].fill(0);
+    bytes[offsets[1] + 100] ^= 0x55;
+    fs::write(seg(dir.path(), 1), &bytes).unwrap();
+    fs::remove_file(dir.path().join("checkpoint.idx")).unwrap();
+    let store = LogStore::open(dir.path()).unwrap();
+    let report = store.recovery_report();
+    assert_eq!(report.truncated_at, Some((1, offsets[1] as u64)));
+    assert_eq!(store.load_events_blocking(&e).unwrap().len(), 1);
+    assert!(
+        report.search_bytes_checksummed <= 2 * bytes.len() as u64,
+        "{report:?}"
+    );
+}
+
+/// Damage followed by crafted bytes: a plausible record header (right kind, reserved
+/// bytes zero, group starting after the damage) every 4 KiB, each claiming the rest of
+/// the segment and failing its CRC. Checking them all is quadratic; open gives up
+/// within its budget and refuses, rather than guess "torn tail" and cut.
+#[test]
+fn crafted_plausible_headers_after_damage_are_refused() {
+    let options = Options::default().segment_size_bytes(2 << 20);
+    let (dir, _) = store_with(3, options.clone());
+    fs::remove_file(dir.path().join("checkpoint.idx")).unwrap();
+    let mut bytes = fs::read(seg(dir.path(), 1)).unwrap();
+    assert_eq!(bytes.len(), 2 << 20);
+    let damaged = data_end(&bytes);
+    bytes[damaged..damaged + 8].fill(0xEE);
+    let mut at = (damaged + 4096).next_multiple_of(8);
+    while at + 4096 < bytes.len() {
+        let body_len = (bytes.len() - at - 56) as u32;
+        let h = &mut bytes[at..at + 56];
+        h.fill(0);
+        h[0] = 1;
+        h[4..8].copy_from_slice(&body_len.to_le_bytes());
+        h[16] = 1; // sequence 1
+        h[32..40].fill(0xFF); // no prev
+        h[44..48].copy_from_slice(&(at as u32).to_le_bytes()); // group starts here
+        h[48] = 1; // an event
+        at += 4096;
+    }
+    fs::write(seg(dir.path(), 1), &bytes).unwrap();
+    match LogStore::open_with(dir.path(), options) {
+        Err(Error::Corrupt {
+            segment: 1,
+            offset,
+            reason,
+        }) => {
+            assert_eq!(offset, damaged as u64);
+            assert!(reason.contains("plausible"), "{reason}");
+        }
+        Err(other) => panic!("unexpected error: {other}"),
+        Ok(s) => panic!(
+            "crafted bytes taken for a torn tail: {:?}",
+            s.recovery_report()
+        ),
+    }
+}
+
+/// A segment file longer than 32-bit offsets can address (grown by something else):
+/// refused with a clear error before its offsets could wrap.
+#[test]
+fn a_segment_longer_than_4_gib_is_refused() {
+    let (dir, _) = store_with(3, small_segments());
+    fs::OpenOptions::new()
+        .write(true)
+        .open(seg(dir.path(), 1))
+        .unwrap()
+        .set_len(5 << 30) // sparse: no disk space used
+        .unwrap();
+    match LogStore::open(dir.path()) {
+        Err(Error::Corrupt {
+            segment: 1, reason, ..
+        }) => assert!(reason.contains("4 GiB"), "{reason}"),
+        Err(other) => panic!("unexpected error: {other}"),
+        Ok(_) => panic!("a 5 GiB segment was opened"),
+    }
+}
