@@ -11,9 +11,18 @@
 //!   its data); each unsynced directory change is kept or undone. All choices come
 //!   from a seed, so a failure replays exactly.
 //! - [`SimIo::fail_at`] makes the k-th I/O call (counting every call) fail with EIO,
-//!   once or from then on. [`SimIo::cut_power_at`] makes the k-th call and every later
-//!   one fail, as if the machine died just before it; `power_loss` then gives what the
-//!   disk held.
+//!   once or from then on; [`SimIo::also_fail_at`] arms another such failure beside it.
+//!   [`SimIo::cut_power_at`] makes the k-th call and every later one fail, as if the
+//!   machine died just before it; `power_loss` then gives what the disk held.
+//! - A failed `sync_data` behaves as Linux's writeback error handling does
+//!   ("fsyncgate"): the file's unsynced writes are dropped from the cache (reads see
+//!   the disk's old bytes again, as XFS does), or kept in the cache but marked clean
+//!   (ext4: a later successful sync does not write them, a power loss loses them while
+//!   reads still see them), or a mix of both per 512-byte sector. The choice is
+//!   random, from a seed ([`SimIo::seed_writeback_errors`]).
+//! - `read_durable` returns what the disk holds (O_DIRECT), after writing back the
+//!   range's dirty (not the fsyncgate-clean) bytes, as the kernel does before a direct
+//!   read.
 //! - A handle from before a power loss belongs to the dead machine: all its calls fail.
 
 use std::collections::{BTreeMap, HashSet};
@@ -53,6 +62,50 @@ pub enum Op {
     Open,
     /// `map`.
     Map,
+    /// `read_durable`.
+    Read,
+}
+
+/// One armed failure and how many calls of its kind it has counted.
+#[derive(Debug, Clone, Copy)]
+struct Armed {
+    k: u64,
+    op: Op,
+    fault: Fault,
+    seen: u64,
+    /// The machine dies here (no writeback-error behaviour: nothing runs after it).
+    power_cut: bool,
+}
+
+impl Armed {
+    /// Counts a call of kind `op`; whether it fails.
+    fn hit(&mut self, op: Op) -> bool {
+        if self.op != Op::Any && self.op != op {
+            return false;
+        }
+        self.seen += 1;
+        match self.fault {
+            Fault::Once => self.seen == self.k,
+            Fault::Persistent => self.seen >= self.k,
+        }
+    }
+}
+
+/// Why a call failed.
+enum Failed {
+    /// The machine is off, or the handle is from before a power loss.
+    Dead,
+    /// An injected failure; `power_cut` if it stands for the machine dying.
+    Injected { power_cut: bool },
+}
+
+impl From<Failed> for io::Error {
+    fn from(f: Failed) -> io::Error {
+        match f {
+            Failed::Dead | Failed::Injected { power_cut: true } => eio("the machine lost power"),
+            Failed::Injected { power_cut: false } => eio("injected failure"),
+        }
+    }
 }
 
 #[derive(Default, Clone)]
@@ -71,9 +124,11 @@ struct World {
     dirs: HashSet<PathBuf>,
     locks: HashSet<PathBuf>,
     calls: u64,
-    fail: Option<(u64, Op, Fault)>,
+    armed: Vec<Armed>,
     dead: bool,
     epoch: u64,
+    /// Drives the fsyncgate choices of failed syncs.
+    writeback: Rng,
 }
 
 /// The simulated file system. Clones share it.
@@ -100,7 +155,7 @@ fn eio(what: &str) -> io::Error {
 }
 
 /// SplitMix64: small, fast, and good enough to drive fault choices from a seed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Rng(u64);
 
 impl Rng {
@@ -133,26 +188,51 @@ impl SimIo {
         }
     }
 
-    /// Makes the `k`-th call from now (1-based) of kind `op` fail.
+    /// Makes the `k`-th call from now (1-based) of kind `op` fail, replacing any failure
+    /// armed before.
     pub fn fail_at(&self, k: u64, op: Op, fault: Fault) {
+        self.arm(k, op, fault, false, true);
+    }
+
+    /// Arms one more failure beside those armed already, counting calls from now.
+    pub fn also_fail_at(&self, k: u64, op: Op, fault: Fault) {
+        self.arm(k, op, fault, false, false);
+    }
+
+    fn arm(&self, k: u64, op: Op, fault: Fault, power_cut: bool, replace: bool) {
         let mut w = self.world.lock();
-        w.calls = 0;
-        w.fail = Some((k, op, fault));
+        if replace {
+            w.armed.clear();
+            w.calls = 0;
+        }
+        w.armed.push(Armed {
+            k,
+            op,
+            fault,
+            seen: 0,
+            power_cut,
+        });
     }
 
     /// Removes any injected failure.
     pub fn clear_faults(&self) {
         let mut w = self.world.lock();
-        w.fail = None;
+        w.armed.clear();
     }
 
     /// Makes the `k`-th call from now (1-based, any kind) and all later ones fail, as if
-    /// power were cut just before it.
+    /// power were cut just before it, replacing any failure armed before.
     pub fn cut_power_at(&self, k: u64) {
-        self.fail_at(k, Op::Any, Fault::Persistent);
+        self.arm(k, Op::Any, Fault::Persistent, true, true);
     }
 
-    /// Calls counted since the last `fail_at` (or since creation).
+    /// Seeds the choices a failed sync makes (drop or keep-clean, per sector).
+    pub fn seed_writeback_errors(&self, seed: u64) {
+        self.world.lock().writeback = Rng::new(seed);
+    }
+
+    /// Calls counted since the last `fail_at` (or since creation): of the kind of the
+    /// first armed failure, or of every kind if none is armed.
     pub fn calls(&self) -> u64 {
         self.world.lock().calls
     }
@@ -224,9 +304,10 @@ impl SimIo {
             dirs,
             locks: HashSet::new(),
             calls: 0,
-            fail: None,
+            armed: Vec::new(),
             dead: false,
             epoch,
+            writeback: Rng::default(),
         };
         SimIo {
             world: Arc::new(Mutex::new(world)),
@@ -262,25 +343,33 @@ impl SimIo {
 
     /// Counts a call of kind `op` and decides whether it fails.
     fn enter(&self, op: Op) -> io::Result<parking_lot::MutexGuard<'_, World>> {
+        self.try_enter(op).map_err(io::Error::from)
+    }
+
+    /// [`SimIo::enter`], telling an injected failure from a dead machine.
+    fn try_enter(&self, op: Op) -> Result<parking_lot::MutexGuard<'_, World>, Failed> {
         let mut w = self.world.lock();
         if w.dead || w.epoch != self.epoch {
-            return Err(eio("the machine lost power"));
+            return Err(Failed::Dead);
         }
-        if let Some((k, fop, fault)) = w.fail {
-            if fop == Op::Any || fop == op {
-                w.calls += 1;
-                let hit = match fault {
-                    Fault::Once => w.calls == k,
-                    Fault::Persistent => w.calls >= k,
-                };
-                if hit {
-                    return Err(eio("injected failure"));
-                }
-            }
-        } else {
+        if w.armed
+            .first()
+            .is_none_or(|a| a.op == Op::Any || a.op == op)
+        {
             w.calls += 1;
         }
-        Ok(w)
+        let mut failed = None;
+        for armed in &mut w.armed {
+            if armed.hit(op) && failed.is_none() {
+                failed = Some(Failed::Injected {
+                    power_cut: armed.power_cut,
+                });
+            }
+        }
+        match failed {
+            Some(f) => Err(f),
+            None => Ok(w),
+        }
     }
 }
 
@@ -442,7 +531,14 @@ impl IoFile for SimFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        let mut w = self.io.enter(Op::Sync)?;
+        let mut w = match self.io.try_enter(Op::Sync) {
+            Ok(w) => w,
+            Err(Failed::Injected { power_cut: false }) => {
+                self.io.writeback_failed(self.ino);
+                return Err(eio("injected failure: writeback failed"));
+            }
+            Err(other) => return Err(other.into()),
+        };
         let inode = &mut w.inodes[self.ino];
         let len = inode.live.len();
         inode.durable.resize(len, 0);
@@ -460,5 +556,82 @@ impl IoFile for SimFile {
         let live = &w.inodes[self.ino].live;
         let len = (len as usize).min(live.len());
         Ok(Arc::new(live[..len].to_vec()))
+    }
+
+    fn read_durable(&self, offset: u64, len: usize) -> io::Result<Option<Vec<u8>>> {
+        let mut w = self.io.enter(Op::Read)?;
+        let inode = &mut w.inodes[self.ino];
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let end = start.saturating_add(len);
+        inode.write_back(start, end);
+        let mut out = vec![0u8; len];
+        if let Some(bytes) = inode.durable.get(start..end.min(inode.durable.len())) {
+            out[..bytes.len()].copy_from_slice(bytes);
+        }
+        Ok(Some(out))
+    }
+}
+
+impl Inode {
+    /// Makes the dirty bytes within `[start, end)` durable, as the kernel writes back
+    /// the cached pages of a range before a direct read of it.
+    fn write_back(&mut self, start: usize, end: usize) {
+        let mut rest = Vec::with_capacity(self.dirty.len());
+        for (off, n) in std::mem::take(&mut self.dirty) {
+            let (lo, hi) = (off.max(start), (off + n).min(end));
+            if lo >= hi {
+                rest.push((off, n));
+                continue;
+            }
+            if self.durable.len() < hi {
+                self.durable.resize(hi, 0);
+            }
+            self.durable[lo..hi].copy_from_slice(&self.live[lo..hi]);
+            if off < lo {
+                rest.push((off, lo - off));
+            }
+            if off + n > hi {
+                rest.push((hi, off + n - hi));
+            }
+        }
+        self.dirty = rest;
+    }
+}
+
+impl SimIo {
+    /// A failed writeback of inode `ino` ("fsyncgate"): per sector of its unsynced
+    /// writes, the cache drops the new bytes (reads see the disk again) or keeps them
+    /// marked clean (a later sync will not write them). Either way they are no longer
+    /// dirty, and the disk keeps its old bytes.
+    fn writeback_failed(&self, ino: usize) {
+        let mut w = self.world.lock();
+        let w = &mut *w;
+        let Some(inode) = w.inodes.get_mut(ino) else {
+            return;
+        };
+        let mut sectors: Vec<usize> = std::mem::take(&mut inode.dirty)
+            .into_iter()
+            .flat_map(|(off, n)| (off / SECTOR_BYTES)..(off + n).div_ceil(SECTOR_BYTES))
+            .collect();
+        sectors.sort_unstable();
+        sectors.dedup();
+        // XFS drops a failed range from the cache, ext4 keeps it marked clean; a
+        // failure within a range may leave a mix. All three, at random.
+        let mode = w.writeback.below(3);
+        for sector in sectors {
+            let drop = match mode {
+                0 => true,
+                1 => false,
+                _ => w.writeback.below(2) == 0,
+            };
+            if !drop {
+                continue; // kept in the cache, clean: never written
+            }
+            let lo = sector * SECTOR_BYTES;
+            let hi = (lo + SECTOR_BYTES).min(inode.live.len());
+            for at in lo..hi {
+                inode.live[at] = inode.durable.get(at).copied().unwrap_or(0);
+            }
+        }
     }
 }

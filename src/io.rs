@@ -12,8 +12,8 @@
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Read-only bytes of a file prefix, as returned by [`IoFile::map`].
@@ -54,13 +54,26 @@ pub trait IoFile: Send + Sync {
     /// The first `len` bytes, read-only. The caller promises that those bytes are not
     /// rewritten or truncated while the returned value lives (see `mmap.rs`).
     fn map(&self, len: u64) -> io::Result<Mapped>;
+    /// The bytes `[offset, offset + len)` as the storage device holds them, read past
+    /// the page cache (`O_DIRECT`; the kernel first writes back the range's dirty
+    /// pages). Bytes beyond the end of the file read as zeros. `Ok(None)` if the file
+    /// system cannot bypass its cache (tmpfs: there the cache is all there is).
+    fn read_durable(&self, offset: u64, len: usize) -> io::Result<Option<Vec<u8>>>;
 }
+
+/// Offsets, lengths and buffers of direct reads are multiples of this: the largest
+/// logical block size of common devices.
+const DIRECT_ALIGN: u64 = 4096;
 
 /// The real file system.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RealIo;
 
-struct RealFile(File);
+struct RealFile {
+    file: File,
+    /// Where it was opened, for the direct reads, which need a descriptor of their own.
+    path: PathBuf,
+}
 
 impl Io for RealIo {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
@@ -77,7 +90,10 @@ impl Io for RealIo {
 
     fn open(&self, path: &Path, read_only: bool) -> io::Result<Arc<dyn IoFile>> {
         let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
-        Ok(Arc::new(RealFile(file)))
+        Ok(Arc::new(RealFile {
+            file,
+            path: path.to_path_buf(),
+        }))
     }
 
     fn create(&self, path: &Path) -> io::Result<Arc<dyn IoFile>> {
@@ -86,7 +102,10 @@ impl Io for RealIo {
             .write(true)
             .create_new(true)
             .open(path)?;
-        Ok(Arc::new(RealFile(file)))
+        Ok(Arc::new(RealFile {
+            file,
+            path: path.to_path_buf(),
+        }))
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
@@ -118,21 +137,59 @@ impl Io for RealIo {
 
 impl IoFile for RealFile {
     fn size(&self) -> io::Result<u64> {
-        Ok(self.0.metadata()?.len())
+        Ok(self.file.metadata()?.len())
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.0.write_all_at(buf, offset)
+        self.file.write_all_at(buf, offset)
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        self.0.sync_data()
+        self.file.sync_data()
     }
 
     fn map(&self, len: u64) -> io::Result<Mapped> {
         if len == 0 {
             return Ok(Arc::new(Vec::<u8>::new()));
         }
-        Ok(Arc::new(crate::mmap::map_prefix(&self.0, len)?))
+        Ok(Arc::new(crate::mmap::map_prefix(&self.file, len)?))
+    }
+
+    fn read_durable(&self, offset: u64, len: usize) -> io::Result<Option<Vec<u8>>> {
+        let unsupported = |e: &io::Error| e.raw_os_error() == Some(libc::EINVAL);
+        let direct = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&self.path)
+        {
+            Ok(file) => file,
+            Err(e) if unsupported(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let start = offset - offset % DIRECT_ALIGN;
+        let end = (offset + len as u64).next_multiple_of(DIRECT_ALIGN);
+        let span = usize::try_from(end - start).map_err(io::Error::other)?;
+        let align = DIRECT_ALIGN as usize;
+        let mut buf = vec![0u8; span + align];
+        // The buffer's address must be aligned too: start where the Vec's is.
+        let pad = buf.as_ptr().align_offset(align);
+        let Some(aligned) = buf.get_mut(pad..pad + span) else {
+            return Err(io::Error::other("cannot align a direct-read buffer"));
+        };
+        let mut done = 0;
+        while done < span {
+            match direct.read_at(&mut aligned[done..], start + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if unsupported(&e) && done == 0 => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+        let from = (offset - start) as usize;
+        let mut out = vec![0u8; len];
+        let got = done.saturating_sub(from).min(len);
+        out[..got].copy_from_slice(&aligned[from..from + got]);
+        Ok(Some(out))
     }
 }

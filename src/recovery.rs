@@ -74,8 +74,30 @@ pub struct RecoveryReport {
     /// Bytes those checksums covered: at most twice the segment searched, whatever
     /// its bytes (`scan::CRC_BUDGET_PER_BYTE`).
     pub search_bytes_checksummed: u64,
+    /// How open established that the end of the log it serves is on the disk.
+    pub tail_check: TailCheck,
     /// How long the scan took.
     pub duration: Duration,
+}
+
+/// How open made sure that the end of the log is on the disk, not only in the page
+/// cache, before serving it (docs/DESIGN.md, "What was served survives").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TailCheck {
+    /// Nothing to check: a checkpoint written after the last clean close's final
+    /// fdatasync covers the end of the log (or the store is empty).
+    #[default]
+    Covered,
+    /// The last commit group (or the newest segment's header) was fdatasynced and read
+    /// back past the page cache (`O_DIRECT`); `bytes` were compared with the cache.
+    Verified {
+        /// Bytes compared.
+        bytes: u64,
+    },
+    /// The file system cannot read past its page cache (tmpfs): the cache is all the
+    /// storage there is, and the fdatasync is all open can do.
+    CacheOnly,
 }
 
 /// One recovered segment, ready to be opened for reads (and the last for appends).
@@ -117,10 +139,18 @@ struct Rebuild {
     batch_start: Option<u64>,
     last_timestamp_ns: i64,
     records: u64,
+    /// The segment and commit group start of the last record kept (seal included).
+    tail: Option<(u32, u32)>,
 }
 
 /// Scans `dir`. With `read_only`, a torn tail is reported but not cut, and a blank
 /// newest segment is reported but not removed.
+///
+/// The end of the log is served only once it is known to be on the disk (see
+/// [`TailCheck`]). If it is not, a read-write open zeroes it durably (or removes a
+/// segment whose header never reached the disk) and scans again; a read-only open
+/// scans again with it hidden. Only the last commit group can be affected, so a second
+/// pass finds the end durable; a third is never needed.
 pub(crate) fn recover(
     io: &dyn Io,
     dir: &Path,
@@ -128,6 +158,73 @@ pub(crate) fn recover(
     read_only: bool,
 ) -> Result<Recovered> {
     let started = Instant::now();
+    let mut hidden = None;
+    let mut dropped: Option<Unestablished> = None;
+    for _ in 0..3 {
+        match pass(io, dir, options, read_only, hidden)? {
+            Pass::Done(recovered) => {
+                let mut recovered = *recovered;
+                let report = &mut recovered.report;
+                if let Some(d) = dropped
+                    && report
+                        .truncated_at
+                        .is_none_or(|(s, at)| (s, at) > (d.segment, d.from))
+                {
+                    report.truncated_at = Some((d.segment, d.from));
+                    report.bytes_truncated = d.end - d.from;
+                    report.torn_reason = Some(d.reason);
+                }
+                report.duration = started.elapsed();
+                return Ok(recovered);
+            }
+            Pass::NotOnDisk(u) => {
+                if !read_only && u.from > 0 {
+                    cut_tail(u.file.as_ref(), &u.path, u.from, u.end)?;
+                } else {
+                    // Read-only: hide it. A segment whose header is not on the disk
+                    // is treated as one still being created (removed when writable).
+                    hidden = Some((u.segment, u.from));
+                }
+                dropped = Some(u);
+            }
+        }
+    }
+    Err(Error::corrupt(
+        dropped.map_or(0, |d| d.segment),
+        0,
+        "the end of the log still differs from the disk after it was cut",
+    ))
+}
+
+/// What one recovery pass ended with.
+enum Pass {
+    Done(Box<Recovered>),
+    /// The end of the log in the page cache is not what the disk holds.
+    NotOnDisk(Unestablished),
+}
+
+/// The part of the log's end that is in the page cache but not on the disk: the last
+/// commit group, from its start, or (`from == 0`) a new segment's header. Nothing in
+/// it was acknowledged: its fdatasync failed, and the kernel then marked the pages
+/// clean ("fsyncgate"), so no later fdatasync would write them.
+struct Unestablished {
+    segment: u32,
+    from: u64,
+    /// Where the nonzero bytes of the segment end.
+    end: u64,
+    file: Arc<dyn IoFile>,
+    path: std::path::PathBuf,
+    reason: String,
+}
+
+/// One scan of `dir`, with the bytes of `hidden` (segment, from) left out.
+fn pass(
+    io: &dyn Io,
+    dir: &Path,
+    options: &Options,
+    read_only: bool,
+    hidden: Option<(u32, u64)>,
+) -> Result<Pass> {
     let mut report = RecoveryReport::default();
     let mut ids = Vec::new();
     for name in io
@@ -247,6 +344,10 @@ pub(crate) fn recover(
         }
         let (data_end, digest) = {
             let bytes = view.as_ref().as_ref();
+            let bytes = match hidden {
+                Some((s, from)) if s == id => bytes.get(..from as usize).unwrap_or(bytes),
+                _ => bytes,
+            };
             report.segments_scanned += 1;
             let check = segment::check_header(bytes, id);
             match check {
@@ -313,6 +414,19 @@ pub(crate) fn recover(
     }
     // The helper reads the maps: it stops before anything writes to a segment.
     prescan.finish();
+    if let (Some(last), Some(view)) = (segments.last(), &last_view) {
+        let end = LogEnd {
+            segment: last,
+            bytes: view.as_ref().as_ref(),
+            group_start: rebuild.tail.filter(|t| t.0 == last.id).map(|t| t.1),
+            covered: covered.len() == segments.len(),
+        };
+        let (check, unestablished) = establish(&end, dir, read_only)?;
+        report.tail_check = check;
+        if let Some(u) = unestablished {
+            return Ok(Pass::NotOnDisk(u));
+        }
+    }
     if let Some((file, path, cut)) = torn {
         cut_tail(file.as_ref(), &path, cut, cut + report.bytes_truncated)?;
     }
@@ -333,17 +447,97 @@ pub(crate) fn recover(
     }
     report.records = rebuild.records;
     report.executions = rebuild.index.len() as u64;
-    report.duration = started.elapsed();
     let checkpoint_current = covered.len() == segments.len()
         && segments.last().map(|s| s.data_end) == covered.last().map(|d| d.end)
         && report.removed_segments.is_empty();
-    Ok(Recovered {
+    Ok(Pass::Done(Box::new(Recovered {
         index: rebuild.index,
         segments,
         last_timestamp_ns: rebuild.last_timestamp_ns,
         report,
         checkpoint_current,
-    })
+    })))
+}
+
+/// The end of the log as a pass found it: the last segment kept.
+struct LogEnd<'a> {
+    segment: &'a RecoveredSegment,
+    bytes: &'a [u8],
+    /// Where the last commit group with a record this pass scanned starts, if the
+    /// segment holds one.
+    group_start: Option<u32>,
+    /// Whether a checkpoint covers the segment (and so the records before any scanned).
+    covered: bool,
+}
+
+/// Bytes compared per direct read.
+const CHECK_CHUNK_BYTES: u64 = 1 << 20;
+
+/// Establishes that the end of the log is on the disk before open serves it.
+///
+/// Every commit group but the last was fdatasynced successfully before the next one
+/// was written, and a new segment's header before any record went in. So only the
+/// last group (or, in a segment without records, its header) can be in the page cache
+/// without being on the disk: after a crash between write and fdatasync (the pages
+/// are dirty: the fdatasync here writes them), or after a failed fdatasync (the
+/// kernel may have marked them clean without writing them: no fdatasync will). Those
+/// bytes are read back past the cache and compared; a difference is returned, to be
+/// cut. A checkpoint that covers the segment was written after the clean close's last
+/// fdatasync succeeded, so then nothing needs checking.
+fn establish(
+    end: &LogEnd<'_>,
+    dir: &Path,
+    read_only: bool,
+) -> Result<(TailCheck, Option<Unestablished>)> {
+    let last = end.segment;
+    let (from, what) = match end.group_start {
+        Some(g) => (u64::from(g), "the last commit group"),
+        None if end.covered => return Ok((TailCheck::Covered, None)),
+        None => (0, "the segment header"),
+    };
+    let to = if end.group_start.is_some() {
+        last.data_end
+    } else {
+        SEGMENT_HEADER_LEN as u64
+    };
+    let path = segment::path(dir, last.id);
+    if !read_only {
+        last.file
+            .sync_data()
+            .map_err(|e| Error::io("fdatasync the end of the log", &path, e))?;
+    }
+    let mut at = from;
+    while at < to {
+        let len = (to - at).min(CHECK_CHUNK_BYTES) as usize;
+        let disk = last
+            .file
+            .read_durable(at, len)
+            .map_err(|e| Error::io("read the end of the log past the page cache", &path, e))?;
+        let Some(disk) = disk else {
+            return Ok((TailCheck::CacheOnly, None));
+        };
+        if end.bytes.get(at as usize..at as usize + len) != Some(&disk[..]) {
+            let unestablished = Unestablished {
+                segment: last.id,
+                from,
+                end: last_nonzero(end.bytes)
+                    .map_or(from, |i| i as u64 + 1)
+                    .max(from),
+                file: Arc::clone(&last.file),
+                path,
+                reason: format!(
+                    "{what} (from offset {from}) is in the page cache but not on the disk: \
+                     its fdatasync failed, so it was never acknowledged"
+                ),
+            };
+            return Ok((
+                TailCheck::Verified { bytes: at - from },
+                Some(unestablished),
+            ));
+        }
+        at += len as u64;
+    }
+    Ok((TailCheck::Verified { bytes: to - from }, None))
 }
 
 /// Checks a checkpoint's segment digests against the mapped segments: the checksum of
@@ -525,6 +719,7 @@ impl Rebuild {
             batch_start: None,
             last_timestamp_ns,
             records,
+            tail: None,
         }
     }
 
@@ -535,6 +730,7 @@ impl Rebuild {
             if !self.batch.is_empty() {
                 return Err(corrupt("seal inside a batch"));
             }
+            self.tail = Some((segment, header.group_start));
             return Ok(());
         }
         if let Some(last) = self.batch.last() {
@@ -598,6 +794,7 @@ impl Rebuild {
             }
             self.last_timestamp_ns = self.last_timestamp_ns.max(h.timestamp_ns);
             self.records += 1;
+            self.tail = Some((w.pos.segment, h.group_start));
         }
         self.batch = batch;
         self.batch_start = None;

@@ -183,3 +183,19 @@ pub fn assert_whole_batches(events: &[StoredEvent], context: &str) {
         i += run;
     }
 }
+
+/// Every event in `served` (what an open returned) is in `survived` (what an open
+/// after a later power cut returns), with the same sequence and content.
+pub fn assert_served_survived(served: &[StoredEvent], survived: &[StoredEvent], ctx: &str) {
+    for s in served {
+        let after = survived.get(s.sequence as usize - 1);
+        assert!(
+            after.is_some_and(|a| a.sequence == s.sequence
+                && a.event == s.event
+                && a.timestamp == s.timestamp),
+            "{ctx}: served event {} of {} lost or changed by a later power cut",
+            s.sequence,
+            s.execution_id
+        );
+    }
+}
