@@ -28,9 +28,11 @@ use crate::record;
 use crate::scan::{Scanner, Step};
 use crate::sync::MODEL_CHECKED;
 
-/// Stores smaller than this are scanned without a helper: a thread costs more than it
-/// saves.
-const MIN_BYTES: u64 = 4 << 20;
+/// Stores smaller than this are prescanned on the opening thread, before the scan: a
+/// thread costs more than it saves there. Release and debug builds decide alike, by
+/// size, so tests of large stores (`tests/recovery.rs`) run the thread and every
+/// smaller test runs the trusted path deterministically.
+pub(crate) const THREAD_MIN_BYTES: u64 = 4 << 20;
 
 /// How many records pass between two publications of a position (by either thread).
 const PUBLISH_EVERY: usize = 64;
@@ -63,13 +65,10 @@ impl Prescan {
             .iter()
             .map(|(m, start)| m.as_ref().as_ref().len().saturating_sub(*start) as u64)
             .sum();
-        let handle = if cfg!(debug_assertions) {
-            // Debug builds (all tests, the fuzz targets) prescan everything before the
-            // scan, on this thread: the scan then trusts every CRC the helper accepted,
-            // deterministically, so that the tests exercise the trusted path in full.
+        let handle = if MODEL_CHECKED || total < THREAD_MIN_BYTES {
+            // Everything is prescanned before the scan, on this thread: the scan then
+            // trusts every CRC the prescan accepted, deterministically.
             run(&maps, &progress);
-            None
-        } else if MODEL_CHECKED || total < MIN_BYTES {
             None
         } else {
             spawn(maps, &progress)
