@@ -1,6 +1,11 @@
 //! The crash-test writer shared by `crash_kill.rs` and `power_cut.rs`: a child process
 //! (the test binary re-run) appends from many threads and prints one `ACK` line per
 //! acknowledged append; the parent collects the lines and checks the store afterwards.
+//!
+//! An `ACK` line is `ACK <ns> <execution> <first sequence> <length> <tag>`, where `<ns>`
+//! is the CLOCK_MONOTONIC reading (`monotonic_ns`) taken as soon as the append returned
+//! `Ok`. The clock is system-wide, so the parent compares it with its own readings:
+//! `power_cut.rs` counts only appends that returned before it issued the shutdown.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -46,6 +51,13 @@ fn batch_tag(e: &ExecutionEventData) -> Option<(String, usize, usize)> {
     Some((s.to_string(), i.parse().ok()?, len.parse().ok()?))
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every process on the machine (std's
+/// `Instant` reads it too on Linux, but offers no value comparable across processes).
+pub fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(t.tv_sec).unwrap() * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap()
+}
+
 /// The child's body: append until killed (or until the file system fails).
 pub fn child(dir: &Path) {
     let Ok(store) = LogStore::open_with(dir, options()) else {
@@ -81,8 +93,11 @@ pub fn child(dir: &Path) {
                     let Ok(first) = futures::executor::block_on(first) else {
                         return;
                     };
+                    // Read before waiting for the output lock: when the append returned.
+                    let at = monotonic_ns();
                     let mut out = out.lock();
-                    if writeln!(out, "ACK {e} {first} {len} {tag}").is_err() || out.flush().is_err()
+                    if writeln!(out, "ACK {at} {e} {first} {len} {tag}").is_err()
+                        || out.flush().is_err()
                     {
                         return;
                     }
@@ -97,6 +112,8 @@ pub fn child(dir: &Path) {
 
 /// One acknowledged append.
 pub struct Ack {
+    /// CLOCK_MONOTONIC (`monotonic_ns`) when the append returned.
+    pub at_ns: u64,
     pub first: u64,
     pub len: usize,
     pub tag: String,
@@ -136,16 +153,63 @@ pub fn collect_acks(child: &mut Child) -> std::thread::JoinHandle<Vec<String>> {
     })
 }
 
+/// An `ACK` line as its execution and acknowledged append.
+fn parse(line: &str) -> (String, Ack) {
+    let parts: Vec<&str> = line.splitn(6, ' ').collect();
+    assert!(
+        parts.len() == 6 && parts[0] == "ACK",
+        "bad ACK line {line:?}"
+    );
+    let ack = Ack {
+        at_ns: parts[1].parse().unwrap(),
+        first: parts[3].parse().unwrap(),
+        len: parts[4].parse().unwrap(),
+        tag: parts[5].to_string(),
+    };
+    (parts[2].to_string(), ack)
+}
+
 /// Adds `lines` to `acks`.
 pub fn record(lines: &[String], acks: &mut Acks) {
     for l in lines {
-        let parts: Vec<&str> = l.splitn(5, ' ').collect();
-        acks.entry(parts[1].to_string()).or_default().push(Ack {
-            first: parts[2].parse().unwrap(),
-            len: parts[3].parse().unwrap(),
-            tag: parts[4].to_string(),
-        });
+        let (e, a) = parse(l);
+        acks.entry(e).or_default().push(a);
     }
+}
+
+/// Adds to `counted` the appends of `lines` that returned before `cutoff_ns`
+/// (CLOCK_MONOTONIC), to `excluded` the others.
+pub fn record_before(lines: &[String], cutoff_ns: u64, counted: &mut Acks, excluded: &mut Acks) {
+    for l in lines {
+        let (e, a) = parse(l);
+        let to = if a.at_ns < cutoff_ns {
+            &mut *counted
+        } else {
+            &mut *excluded
+        };
+        to.entry(e).or_default().push(a);
+    }
+}
+
+/// Whether every event of `a` is in `events` (an execution's), at its sequence, with
+/// its content.
+fn present(events: &[StoredEvent], a: &Ack) -> bool {
+    (0..a.len).all(|k| {
+        events.get(a.first as usize - 1 + k).map(|ev| &ev.event) == Some(&event(&a.tag, a.len, k))
+    })
+}
+
+/// How many appends of `acks` are not wholly in `store`: for appends that were not
+/// acknowledged in time, where absence is allowed and only reported.
+pub fn count_missing(store: &LogStore, acks: &Acks) -> Result<usize, String> {
+    let mut missing = 0;
+    for (e, list) in acks {
+        let events = store
+            .load_events_blocking(&ExecutionId::from(e.as_str()))
+            .map_err(|e| e.to_string())?;
+        missing += list.iter().filter(|a| !present(&events, a)).count();
+    }
+    Ok(missing)
 }
 
 /// Opens the store and checks: sequences contiguous, no partial batch, every
@@ -215,6 +279,7 @@ pub fn append_continues(store: &LogStore, tag: &str, acks: &mut Acks) -> Result<
         ));
     }
     acks.entry(e.to_string()).or_default().push(Ack {
+        at_ns: monotonic_ns(),
         first: next,
         len: 1,
         tag: tag.to_string(),
