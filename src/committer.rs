@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use crate::checkpoint::{self, SegmentDigest};
 use crate::error::{Error, Result};
 use crate::io::IoFile;
+use crate::options::WritePath;
 use crate::queue::{Pending, fail_all};
 use crate::record;
 use crate::segment;
@@ -291,10 +292,18 @@ impl Committer {
         if end <= self.zeroed_end {
             return Ok(());
         }
-        let target = (self.zeroed_end + segment::ZERO_AHEAD)
-            .min(self.capacity)
-            .max(end);
-        segment::write_zeros(self.file.as_ref(), self.zeroed_end, target)
+        let write_path = self.shared.options.write_path;
+        let target = match write_path {
+            WritePath::ZerosAhead => (self.zeroed_end + segment::ZERO_AHEAD).min(self.capacity),
+            WritePath::Fallocate => self.capacity,
+            WritePath::Grow => {
+                // The records themselves extend the file; their fdatasync covers it.
+                self.zeroed_end = end;
+                return Ok(());
+            }
+        }
+        .max(end);
+        segment::prepare(self.file.as_ref(), self.zeroed_end, target, write_path)
             .map_err(|e| Error::io("zero segment ahead", path, e))?;
         self.file
             .sync_data()
@@ -310,12 +319,13 @@ impl Committer {
         let capacity = first
             .new_segment_capacity
             .unwrap_or(self.shared.options.segment_size_bytes);
-        let zeroed = capacity.min(segment::ZERO_AHEAD);
+        let write_path = self.shared.options.write_path;
+        let zeroed = segment::initial_len(capacity, write_path);
         let file = segment::create(
             self.shared.io.as_ref(),
             &self.shared.dir,
             first.segment,
-            zeroed,
+            (zeroed, write_path),
         )?;
         self.shared.segments.push(
             first.segment,

@@ -558,6 +558,12 @@ impl IoFile for SimFile {
         Ok(Arc::new(live[..len].to_vec()))
     }
 
+    fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        // Blocks that read as zeros: modelled as an unsynced write of zeros.
+        let zeros = vec![0u8; usize::try_from(len).unwrap_or(0)];
+        self.write_at(&zeros, offset)
+    }
+
     fn read_durable(&self, offset: u64, len: usize) -> io::Result<Option<Vec<u8>>> {
         let mut w = self.io.enter(Op::Read)?;
         let inode = &mut w.inodes[self.ino];

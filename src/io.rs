@@ -59,6 +59,9 @@ pub trait IoFile: Send + Sync {
     /// pages). Bytes beyond the end of the file read as zeros. `Ok(None)` if the file
     /// system cannot bypass its cache (tmpfs: there the cache is all there is).
     fn read_durable(&self, offset: u64, len: usize) -> io::Result<Option<Vec<u8>>>;
+    /// Allocates `[offset, offset + len)` (`fallocate`, mode 0: blocks reserved and
+    /// reading as zeros, the length extended; not synced).
+    fn allocate(&self, offset: u64, len: u64) -> io::Result<()>;
 }
 
 /// Offsets, lengths and buffers of direct reads are multiples of this: the largest
@@ -156,10 +159,13 @@ impl IoFile for RealFile {
     }
 
     fn read_durable(&self, offset: u64, len: usize) -> io::Result<Option<Vec<u8>>> {
-        let unsupported = |e: &io::Error| e.raw_os_error() == Some(libc::EINVAL);
+        let einval = rustix::io::Errno::INVAL.raw_os_error();
+        let unsupported = |e: &io::Error| e.raw_os_error() == Some(einval);
+        // The flag's bits fit an i32 (`open(2)` takes an int).
+        let o_direct = i32::try_from(rustix::fs::OFlags::DIRECT.bits()).unwrap_or(0);
         let direct = match OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_DIRECT)
+            .custom_flags(o_direct)
             .open(&self.path)
         {
             Ok(file) => file,
@@ -191,5 +197,10 @@ impl IoFile for RealFile {
         let got = done.saturating_sub(from).min(len);
         out[..got].copy_from_slice(&aligned[from..from + got]);
         Ok(Some(out))
+    }
+
+    fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        rustix::fs::fallocate(&self.file, rustix::fs::FallocateFlags::empty(), offset, len)
+            .map_err(io::Error::from)
     }
 }

@@ -67,5 +67,7 @@ pub use ids::{ExecutionId, MAX_ID_BYTES, StepId, TenantId};
 pub use io::{Io, IoFile, LockGuard, Mapped};
 pub use log_store::{LogStore, Stats};
 pub use options::Options;
+#[doc(hidden)]
+pub use options::WritePath;
 pub use recovery::{RecoveryReport, TailCheck};
 pub use verify::VerifyReport;

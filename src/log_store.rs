@@ -145,8 +145,8 @@ impl LogStore {
         }
         if recovered.segments.is_empty() {
             let capacity = options.segment_size_bytes;
-            let zeroed = capacity.min(segment::ZERO_AHEAD);
-            let file = segment::create(io.as_ref(), &dir, 1, zeroed)?;
+            let zeroed = segment::initial_len(capacity, options.write_path);
+            let file = segment::create(io.as_ref(), &dir, 1, (zeroed, options.write_path))?;
             recovered.segments.push(recovery::RecoveredSegment {
                 id: 1,
                 file,

@@ -13,6 +13,20 @@ pub const MAX_SEGMENT_SIZE_BYTES: u64 = 1 << 30;
 /// addressable with 32-bit offsets.
 pub const MAX_BATCH_LIMIT_BYTES: usize = 1 << 30;
 
+/// How the commit thread prepares segment space before records are written there.
+/// Compared under real kernel power cuts in docs/DESIGN.md ("Write path variants").
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WritePath {
+    /// Zeros written and fdatasynced ahead of the records, 4 MiB at a time: every
+    /// append overwrites initialized blocks. The default.
+    ZerosAhead,
+    /// No preparation: the records themselves grow the file.
+    Grow,
+    /// The segment's capacity `fallocate`d at creation (unwritten extents).
+    Fallocate,
+}
+
 /// How a store is opened. Build with [`Options::default`] and the setters.
 ///
 /// ```
@@ -29,6 +43,7 @@ pub struct Options {
     pub(crate) commit_delay_us: u64,
     pub(crate) index_stride: u32,
     pub(crate) index_checkpoint: bool,
+    pub(crate) write_path: WritePath,
     pub(crate) io: Arc<dyn Io>,
 }
 
@@ -42,6 +57,7 @@ impl Default for Options {
             commit_delay_us: 0,
             index_stride: 16,
             index_checkpoint: true,
+            write_path: WritePath::ZerosAhead,
             io: Arc::new(RealIo),
         }
     }
@@ -108,6 +124,16 @@ impl Options {
     #[must_use]
     pub fn index_checkpoint(mut self, enabled: bool) -> Self {
         self.index_checkpoint = enabled;
+        self
+    }
+
+    /// How segment space is prepared before records go there (see [`WritePath`]).
+    /// Experimental: only [`WritePath::ZerosAhead`], the default, is supported; the
+    /// others exist so that the kernel power-cut test can compare them.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn write_path(mut self, path: WritePath) -> Self {
+        self.write_path = path;
         self
     }
 

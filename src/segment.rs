@@ -33,6 +33,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::io::{Io, IoFile};
+use crate::options::WritePath;
 use crate::record;
 
 /// First bytes of every segment file.
@@ -139,12 +140,17 @@ pub(crate) const ZERO_AHEAD: u64 = 4 << 20;
 /// Creates segment `id` with its first `zeroed` bytes written (header, then zeros),
 /// durable, and its directory entry durable, ready for records at
 /// [`SEGMENT_HEADER_LEN`].
-pub(crate) fn create(io: &dyn Io, dir: &Path, id: u32, zeroed: u64) -> Result<Arc<dyn IoFile>> {
+pub(crate) fn create(
+    io: &dyn Io,
+    dir: &Path,
+    id: u32,
+    (zeroed, write_path): (u64, WritePath),
+) -> Result<Arc<dyn IoFile>> {
     let path = path(dir, id);
     let file = io
         .create(&path)
         .map_err(|e| Error::io("create segment", &path, e))?;
-    write_zeros(file.as_ref(), SEGMENT_HEADER_LEN as u64, zeroed)
+    prepare(file.as_ref(), SEGMENT_HEADER_LEN as u64, zeroed, write_path)
         .map_err(|e| Error::io("preallocate segment", &path, e))?;
     file.write_at(&encode_header(id), 0)
         .map_err(|e| Error::io("write segment header", &path, e))?;
@@ -153,6 +159,29 @@ pub(crate) fn create(io: &dyn Io, dir: &Path, id: u32, zeroed: u64) -> Result<Ar
     io.sync_dir(dir)
         .map_err(|e| Error::io("fsync directory", dir, e))?;
     Ok(file)
+}
+
+/// How far a new segment of `capacity` is prepared at creation.
+pub(crate) fn initial_len(capacity: u64, write_path: WritePath) -> u64 {
+    match write_path {
+        WritePath::ZerosAhead => capacity.min(ZERO_AHEAD),
+        WritePath::Fallocate => capacity,
+        WritePath::Grow => SEGMENT_HEADER_LEN as u64,
+    }
+}
+
+/// Prepares `[from, to)` for records as `write_path` says (not synced).
+pub(crate) fn prepare(
+    file: &dyn IoFile,
+    from: u64,
+    to: u64,
+    write_path: WritePath,
+) -> std::io::Result<()> {
+    match write_path {
+        WritePath::ZerosAhead => write_zeros(file, from, to),
+        WritePath::Fallocate if to > from => file.allocate(from, to - from),
+        WritePath::Fallocate | WritePath::Grow => Ok(()),
+    }
 }
 
 /// Size of the zero buffer used to preallocate and to clear torn tails.

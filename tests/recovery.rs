@@ -464,3 +464,29 @@ fn a_segment_longer_than_4_gib_is_refused() {
         Ok(_) => panic!("a 5 GiB segment was opened"),
     }
 }
+
+/// On a real file system the end of the log is read back past the page cache after an
+/// unclean end (here: a store copied without its checkpoint, as after a crash), and
+/// not at all after a clean close, whose checkpoint covers it.
+#[test]
+fn the_end_of_the_log_is_read_back_from_the_disk_after_an_unclean_end() {
+    let (dir, e) = store_with(5, small_segments());
+    let clean = LogStore::open_with(dir.path(), small_segments()).unwrap();
+    assert_eq!(clean.recovery_report().tail_check, TailCheck::Covered);
+    drop(clean);
+    fs::remove_file(dir.path().join("checkpoint.idx")).unwrap();
+    let store = LogStore::open_with(dir.path(), small_segments()).unwrap();
+    // /tmp here is ext4, which reads O_DIRECT; tmpfs would report CacheOnly.
+    assert!(
+        matches!(store.recovery_report().tail_check, TailCheck::Verified { bytes } if bytes > 0),
+        "{:?}",
+        store.recovery_report()
+    );
+    assert_eq!(store.load_events_blocking(&e).unwrap().len(), 5);
+    drop(store);
+    let read_only = LogStore::open_read_only(dir.path()).unwrap();
+    assert!(matches!(
+        read_only.recovery_report().tail_check,
+        TailCheck::Verified { .. } | TailCheck::Covered
+    ));
+}

@@ -25,7 +25,15 @@ pub fn options() -> Options {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(256 * 1024);
-    Options::default().segment_size_bytes(bytes)
+    let write_path = match std::env::var("EXECLOG_WRITE_PATH").as_deref() {
+        Ok("grow") => WritePath::Grow,
+        Ok("fallocate") => WritePath::Fallocate,
+        Ok("zeros") | Err(_) => WritePath::ZerosAhead,
+        Ok(other) => panic!("EXECLOG_WRITE_PATH={other}: expected zeros, grow or fallocate"),
+    };
+    Options::default()
+        .segment_size_bytes(bytes)
+        .write_path(write_path)
 }
 
 /// The content of event `i` of an append tagged `tag`: every field derives from the
