@@ -57,11 +57,9 @@ pub(crate) fn submit(
             let Some(e) = state.index.get(no) else {
                 return Err(Error::InvalidArgument("index lost an execution".into()));
             };
-            let owner = state.index.tenant_of(e);
-            if owner != tenant_id {
+            if state.index.tenant_of(e) != tenant_id {
                 return Err(Error::TenantMismatch {
                     execution_id: execution_id.to_string(),
-                    owner: owner.to_string(),
                     given: tenant_id.to_string(),
                 });
             }
