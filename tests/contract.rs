@@ -108,7 +108,11 @@ async fn tenant_mismatch_writes_nothing() {
     assert!(matches!(engine_error(&err), Error::TenantMismatch { .. }));
     let message = err.to_string();
     assert!(message.contains("another tenant"), "{message}");
-    for text in [message, format!("{err:?}"), format!("{:?}", engine_error(&err))] {
+    for text in [
+        message,
+        format!("{err:?}"),
+        format!("{:?}", engine_error(&err)),
+    ] {
         assert!(!text.contains(a.as_str()), "the owner's id leaked: {text}");
     }
     let err = store
