@@ -2,10 +2,11 @@
 //! holds no format logic.
 //!
 //! Threads: the caller's threads run validation, encoding, reservation and reads; one
-//! commit thread per store (`committer.rs`) writes and syncs. Open takes the directory
-//! lock, recovers (`recovery.rs`), creates the first segment of an empty store, and
-//! starts the commit thread. Close (or drop) stops accepting appends, lets the commit
-//! thread finish what is queued, joins it, and releases the lock.
+//! commit thread per store (`committer.rs`) writes and syncs. Open creates the
+//! directory if needed (durably: the new directory and its parent are fsynced), takes
+//! the directory lock, recovers (`recovery.rs`), creates the first segment of an empty
+//! store, and starts the commit thread. Close (or drop) stops accepting appends, lets
+//! the commit thread finish what is queued, joins it, and releases the lock.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::event::{ExecutionEventData, StoredEvent};
 use crate::ids::{ExecutionId, TenantId, validate_id};
 use crate::index::Index;
-use crate::io::LockGuard;
+use crate::io::{Io, LockGuard};
 use crate::options::Options;
 use crate::queue::{Admit, Admitted, Appending, QueueBound, Ticket};
 use crate::reader;
@@ -124,8 +125,7 @@ impl LogStore {
                 )));
             }
         } else {
-            io.create_dir_all(&dir)
-                .map_err(|e| Error::io("create directory", &dir, e))?;
+            create_dir_durably(io.as_ref(), &dir)?;
         }
         let lock_path = dir.join(LOCK_FILE);
         let lock = io.try_lock(&lock_path).map_err(|e| {
@@ -429,6 +429,43 @@ impl LogStore {
             .index
             .list(tenant_id, limit, offset))
     }
+}
+
+/// Creates `dir` and its missing parents; when it did not exist, fsyncs it and the
+/// parent of every directory created, so that the store's path, and with it every
+/// later acknowledged append, does not depend on a directory entry a crash could lose.
+/// Existence is probed with [`Io::list`]: any answer but "not found" counts as
+/// existing (an unreadable ancestor is left alone).
+fn create_dir_durably(io: &dyn Io, dir: &Path) -> Result<()> {
+    let missing =
+        |d: &Path| matches!(io.list(d), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+    // The directories to create, deepest first.
+    let mut created = Vec::new();
+    let mut next = Some(dir);
+    while let Some(d) = next.filter(|d| !d.as_os_str().is_empty())
+        && missing(d)
+    {
+        created.push(d);
+        next = d.parent();
+    }
+    io.create_dir_all(dir)
+        .map_err(|e| Error::io("create directory", dir, e))?;
+    if created.is_empty() {
+        return Ok(());
+    }
+    io.sync_dir(dir)
+        .map_err(|e| Error::io("fsync new store directory", dir, e))?;
+    for d in created {
+        let Some(parent) = d.parent() else { continue };
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        io.sync_dir(parent)
+            .map_err(|e| Error::io("fsync parent of new directory", parent, e))?;
+    }
+    Ok(())
 }
 
 impl Drop for LogStore {
