@@ -1,30 +1,54 @@
-//! The append path up to the queue: validate, encode, reserve, frame, hand off.
+//! The append path up to the queue: validate, encode, admit, reserve, frame, hand off.
 //!
-//! 1. Outside the lock: validate ids and sizes, encode each event (the CPU-heavy part,
-//!    done in parallel by concurrent callers).
-//! 2. Under the store lock: check that the store accepts writes and that the tenant
-//!    owns the execution, assign sequences and a timestamp, reserve log space, frame
-//!    the records (header, CRC), update the reserved side of the index, and send the
-//!    bytes to the commit thread. Nothing in this step can fail after the first
-//!    mutation, so a rejected append leaves no trace.
-//! 3. The caller waits on the returned ticket (see `queue.rs`).
+//! 1. [`prepare`], outside the lock: validate ids and sizes, encode each event and the
+//!    execution's declaration (the CPU-heavy part, done in parallel by concurrent
+//!    callers).
+//! 2. Admission, outside the lock: wait until the bytes fit under
+//!    `Options::max_queued_bytes` (`queue::QueueBound`; blocking callers on a
+//!    condition variable, async callers on a future).
+//! 3. [`enqueue`], under the store lock: check that the store accepts writes and that
+//!    the tenant owns the execution, assign sequences and a timestamp, reserve log
+//!    space, frame the records (header, CRC), update the reserved side of the index,
+//!    and send the bytes to the commit thread. Nothing in this step can fail after the
+//!    first mutation, so a rejected append leaves no trace (and its admission is
+//!    released at once).
+//! 4. The caller waits on the returned ticket (see `queue.rs`).
 
 use crate::codec::{self, Declaration};
 use crate::error::{Error, Result};
 use crate::event::ExecutionEventData;
 use crate::ids::{ExecutionId, TenantId, validate_id};
-use crate::queue::{Pending, Ticket};
+use crate::queue::{Admitted, Pending, Ticket};
 use crate::record::{self, Header, Kind, Pos};
 use crate::state::Shared;
 
-/// Queues `events` as one atomic batch; returns the first sequence and the ticket that
-/// completes once they are durable.
-pub(crate) fn submit(
+/// An append validated and encoded, not yet admitted nor queued.
+pub(crate) struct Prepared {
+    count: usize,
+    bodies: Bodies,
+    /// The execution's declaration, encoded, for its first record if it is new.
+    declaration: Vec<u8>,
+    /// "No declaration", encoded, for every other record.
+    absent: Vec<u8>,
+    /// The framed records' length if the execution is new, an upper bound otherwise:
+    /// what the queue bound counts.
+    queued_bytes: usize,
+}
+
+impl Prepared {
+    /// The bytes this append occupies in the queue to the commit thread.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+}
+
+/// Validates and encodes an append. Changes nothing.
+pub(crate) fn prepare(
     shared: &Shared,
     execution_id: &ExecutionId,
     tenant_id: &TenantId,
     events: Vec<ExecutionEventData>,
-) -> Result<(u64, Ticket)> {
+) -> Result<Prepared> {
     validate_id("execution", execution_id.as_str())?;
     validate_id("tenant", tenant_id.as_str())?;
     if events.is_empty() {
@@ -39,7 +63,56 @@ pub(crate) fn submit(
     }
     let count = events.len();
     let bodies = encode_all(shared, events)?;
+    let mut declaration = Vec::new();
+    codec::encode_declaration(
+        Some(&Declaration {
+            execution_id: execution_id.as_str().to_owned(),
+            tenant_id: tenant_id.as_str().to_owned(),
+        }),
+        &mut declaration,
+    );
+    let mut absent = Vec::new();
+    codec::encode_declaration(None, &mut absent);
+    let queued_bytes = framed_total(&bodies, &declaration, &absent);
+    Ok(Prepared {
+        count,
+        bodies,
+        declaration,
+        absent,
+        queued_bytes,
+    })
+}
 
+/// The framed length of the records: `first_declaration` in the first, `absent` in
+/// the others.
+fn framed_total(bodies: &Bodies, first_declaration: &[u8], absent: &[u8]) -> usize {
+    bodies
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let decl = if i == 0 { first_declaration } else { absent };
+            record::framed_len(decl.len() + b.len())
+        })
+        .sum()
+}
+
+/// Queues an admitted append as one atomic batch; returns the first sequence and the
+/// ticket that completes once it is durable. On error nothing changed and `admitted`
+/// is released.
+pub(crate) fn enqueue(
+    shared: &Shared,
+    execution_id: &ExecutionId,
+    tenant_id: &TenantId,
+    prepared: Prepared,
+    admitted: Admitted,
+) -> Result<(u64, Ticket)> {
+    let Prepared {
+        count,
+        bodies,
+        declaration,
+        absent,
+        ..
+    } = prepared;
     let mut state = shared.state.lock();
     let state = &mut *state;
     let writer = &mut state.writer;
@@ -52,20 +125,18 @@ pub(crate) fn submit(
         return Err(Error::Closed);
     }
     let existing = state.index.lookup(execution_id);
-    let (execution, first_sequence, mut prev, declaration) = match existing {
+    let (execution, first_sequence, mut prev, declaration_bytes) = match existing {
         Some(no) => {
             let Some(e) = state.index.get(no) else {
                 return Err(Error::InvalidArgument("index lost an execution".into()));
             };
-            let owner = state.index.tenant_of(e);
-            if owner != tenant_id {
+            if state.index.tenant_of(e) != tenant_id {
                 return Err(Error::TenantMismatch {
                     execution_id: execution_id.to_string(),
-                    owner: owner.to_string(),
                     given: tenant_id.to_string(),
                 });
             }
-            (no, e.reserved_seq + 1, Some(e.reserved_pos), None)
+            (no, e.reserved_seq + 1, Some(e.reserved_pos), &absent)
         }
         None => {
             let Some(no) = state.index.next_exec_no() else {
@@ -73,26 +144,11 @@ pub(crate) fn submit(
                     "too many executions in one store".into(),
                 ));
             };
-            let declaration = Declaration {
-                execution_id: execution_id.as_str().to_owned(),
-                tenant_id: tenant_id.as_str().to_owned(),
-            };
-            (no, 1, None, Some(declaration))
+            (no, 1, None, &declaration)
         }
     };
-    let mut declaration_bytes = Vec::new();
-    codec::encode_declaration(declaration.as_ref(), &mut declaration_bytes);
-    let mut absent = Vec::new();
-    codec::encode_declaration(None, &mut absent);
 
-    let total: usize = bodies
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            let decl = if i == 0 { &declaration_bytes } else { &absent };
-            record::framed_len(decl.len() + b.len())
-        })
-        .sum();
+    let total = framed_total(&bodies, declaration_bytes, &absent);
     let reservation = writer.reserve(total as u64, shared.options.segment_size_bytes);
     let timestamp_ns = writer.next_timestamp_ns();
 
@@ -117,7 +173,7 @@ pub(crate) fn submit(
             prev,
             batch_remaining: (count - 1 - i) as u32,
         };
-        let decl = if i == 0 { &declaration_bytes } else { &absent };
+        let decl = if i == 0 { declaration_bytes } else { &absent };
         record::encode_unsealed(&header, &[decl, body], &mut bytes);
         if sequence == 1 {
             state.index.create(execution_id.clone(), tenant_id, pos);
@@ -139,12 +195,16 @@ pub(crate) fn submit(
         last_sequence: first_sequence + count as u64 - 1,
         last_pos,
         ticket: ticket.clone(),
+        admitted,
     };
     let sent = writer.tx.as_ref().map(|tx| tx.send(pending));
     if !matches!(sent, Some(Ok(()))) {
         // The commit thread is gone only after a panic, which poisoned the store.
         let cause = "commit thread stopped".to_string();
         writer.poisoned.get_or_insert(cause.clone());
+        // (The returned `Pending`, with its admission, is dropped here.)
+        drop(sent);
+        shared.queue_bound.stop();
         return Err(Error::Poisoned { cause });
     }
     Ok((first_sequence, ticket))

@@ -105,7 +105,7 @@ impl Committer {
                     self.wrote = true;
                     self.publish(group);
                     for p in group.drain(..) {
-                        p.ticket.complete(Ok(()));
+                        p.complete(Ok(()));
                     }
                 }
                 Err(Error::Poisoned { cause }) => {
@@ -370,9 +370,13 @@ fn note_written(digests: &mut [Option<SegmentDigest>], at: u64, bytes: &[u8]) {
     }
 }
 
-/// Marks the store poisoned (first cause wins) and returns the error waiters get.
+/// Marks the store poisoned (first cause wins), wakes appenders waiting for queue
+/// space (they are then refused), and returns the error waiters get.
 pub(crate) fn poison(shared: &Shared, cause: String) -> Error {
-    let mut state = shared.state.lock();
-    let cause = state.writer.poisoned.get_or_insert(cause).clone();
+    let cause = {
+        let mut state = shared.state.lock();
+        state.writer.poisoned.get_or_insert(cause).clone()
+    };
+    shared.queue_bound.stop();
     Error::Poisoned { cause }
 }

@@ -51,12 +51,11 @@ pub enum Error {
         /// A description of the failure that poisoned the store.
         cause: String,
     },
-    /// The execution belongs to another tenant.
+    /// The execution belongs to another tenant. Which tenant owns it is not said: the
+    /// caller may not know it, and the execution may not even be acknowledged yet.
     TenantMismatch {
         /// The execution appended to.
         execution_id: String,
-        /// The tenant that owns it (the tenant of its first event).
-        owner: String,
         /// The tenant named in the rejected append.
         given: String,
     },
@@ -102,11 +101,10 @@ impl fmt::Display for Error {
             ),
             Error::TenantMismatch {
                 execution_id,
-                owner,
                 given,
             } => write!(
                 f,
-                "execution {execution_id:?} belongs to tenant {owner:?}, not {given:?}; nothing was written"
+                "execution {execution_id:?} belongs to another tenant than {given:?}; nothing was written"
             ),
             Error::Closed => write!(f, "store is closed; open it again to continue"),
             Error::InvalidArgument(what) => write!(f, "invalid argument: {what}"),
@@ -167,11 +165,9 @@ impl Error {
             },
             Error::TenantMismatch {
                 execution_id,
-                owner,
                 given,
             } => Error::TenantMismatch {
                 execution_id: execution_id.clone(),
-                owner: owner.clone(),
                 given: given.clone(),
             },
             Error::Closed => Error::Closed,

@@ -5,8 +5,10 @@
 //! every error inside is an [`execlog::Error`](crate::Error), recoverable with
 //! `err.downcast_ref::<execlog::Error>()`.
 //!
-//! Appends never block the executor: the future registers a waker on the append's
-//! ticket and the commit thread wakes it after the fdatasync. Reads run on the calling
+//! Appends never block the executor: while the queue to the commit thread is full
+//! (`Options::max_queued_bytes`), the future waits for admission with a registered
+//! waker, woken when space frees; then it registers a waker on the append's ticket and
+//! the commit thread wakes it after the fdatasync. Reads run on the calling
 //! task; they touch only memory-mapped, already durable bytes.
 
 use async_trait::async_trait;
@@ -100,7 +102,9 @@ impl EventStore for LogStore {
         tenant_id: &TenantId,
         event: ExecutionEventData,
     ) -> anyhow::Result<u64> {
-        let (sequence, ticket) = self.submit(execution_id, tenant_id, vec![event])?;
+        let prepared = self.prepare(execution_id, tenant_id, vec![event])?;
+        let admitted = self.admit(&prepared).await;
+        let (sequence, ticket) = self.enqueue(execution_id, tenant_id, prepared, admitted)?;
         ticket.into_future().await?;
         Ok(sequence)
     }
@@ -111,7 +115,9 @@ impl EventStore for LogStore {
         tenant_id: &TenantId,
         events: Vec<ExecutionEventData>,
     ) -> anyhow::Result<u64> {
-        let (sequence, ticket) = self.submit(execution_id, tenant_id, events)?;
+        let prepared = self.prepare(execution_id, tenant_id, events)?;
+        let admitted = self.admit(&prepared).await;
+        let (sequence, ticket) = self.enqueue(execution_id, tenant_id, prepared, admitted)?;
         ticket.into_future().await?;
         Ok(sequence)
     }

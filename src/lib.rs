@@ -64,7 +64,7 @@ pub use event::{
 pub use event_store::{EventStore, StorageBackend};
 pub use ids::{ExecutionId, MAX_ID_BYTES, StepId, TenantId};
 #[cfg(feature = "fault-injection")]
-pub use io::{Io, IoFile, LockGuard, Mapped};
+pub use io::{Io, IoFile, LockGuard, Mapped, RealIo};
 pub use log_store::{LogStore, Stats};
 pub use options::Options;
 #[doc(hidden)]

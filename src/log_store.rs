@@ -2,30 +2,32 @@
 //! holds no format logic.
 //!
 //! Threads: the caller's threads run validation, encoding, reservation and reads; one
-//! commit thread per store (`committer.rs`) writes and syncs. Open takes the directory
-//! lock, recovers (`recovery.rs`), creates the first segment of an empty store, and
-//! starts the commit thread. Close (or drop) stops accepting appends, lets the commit
-//! thread finish what is queued, joins it, and releases the lock.
+//! commit thread per store (`committer.rs`) writes and syncs. Open creates the
+//! directory if needed (durably: the new directory and its parent are fsynced), takes
+//! the directory lock, recovers (`recovery.rs`), creates the first segment of an empty
+//! store, and starts the commit thread. Close (or drop) stops accepting appends, lets
+//! the commit thread finish what is queued, joins it, and releases the lock.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::append::{self, Prepared};
 use crate::checkpoint::SegmentDigest;
 use crate::committer::Committer;
 use crate::error::{Error, Result};
 use crate::event::{ExecutionEventData, StoredEvent};
 use crate::ids::{ExecutionId, TenantId, validate_id};
 use crate::index::Index;
-use crate::io::LockGuard;
+use crate::io::{Io, LockGuard};
 use crate::options::Options;
-use crate::queue::{Appending, Ticket};
+use crate::queue::{Admit, Admitted, Appending, QueueBound, Ticket};
+use crate::reader;
 use crate::recovery::{self, RecoveryReport};
 use crate::segment::{self, SEGMENT_HEADER_LEN};
 use crate::segments::Segments;
 use crate::state::{Shared, State, Writer};
 use crate::sync::{self, AtomicBool, JoinHandle, Mutex};
-use crate::{append, reader};
 
 /// Name of the lock file inside a store directory.
 pub(crate) const LOCK_FILE: &str = "LOCK";
@@ -59,6 +61,17 @@ pub struct Stats {
     pub index_bytes: usize,
     /// Approximate memory of the sparse entry points alone (the per-event part).
     pub sparse_index_bytes: usize,
+    /// Bytes of encoded records now admitted to the queue to the commit thread and not
+    /// yet completed (see [`Options::max_queued_bytes`]). An append is counted from its
+    /// admission, before it takes the store lock, with its first record's execution
+    /// declaration included even when the execution exists (an upper bound of its
+    /// bytes by that declaration's length).
+    pub queued_bytes: usize,
+    /// The highest `queued_bytes` since open: at most `max_queued_bytes`, or one
+    /// append's bytes when a single append is larger.
+    pub peak_queued_bytes: usize,
+    /// Appends now waiting for room in the queue.
+    pub queue_waiters: usize,
 }
 
 impl std::fmt::Debug for LogStore {
@@ -112,8 +125,7 @@ impl LogStore {
                 )));
             }
         } else {
-            io.create_dir_all(&dir)
-                .map_err(|e| Error::io("create directory", &dir, e))?;
+            create_dir_durably(io.as_ref(), &dir)?;
         }
         let lock_path = dir.join(LOCK_FILE);
         let lock = io.try_lock(&lock_path).map_err(|e| {
@@ -174,6 +186,7 @@ impl LogStore {
             poisoned: None,
             last_timestamp_ns: recovered.last_timestamp_ns,
         };
+        let queue_bound = QueueBound::new(options.max_queued_bytes);
         let shared = Arc::new(Shared {
             dir,
             io,
@@ -183,6 +196,7 @@ impl LogStore {
                 writer,
             }),
             segments,
+            queue_bound,
             closed: AtomicBool::new(false),
             read_only,
         });
@@ -223,6 +237,8 @@ impl LogStore {
     pub fn close(&self) -> Result<()> {
         self.shared.closed.store(true, Ordering::SeqCst);
         drop(self.shared.state.lock().writer.tx.take());
+        // Appenders waiting for queue space are refused (Error::Closed) now.
+        self.shared.queue_bound.stop();
         if let Some(handle) = self.committer.lock().take()
             && handle.join().is_err()
         {
@@ -259,6 +275,9 @@ impl LogStore {
             data_bytes: self.shared.segments.durable_bytes(),
             index_bytes,
             sparse_index_bytes,
+            queued_bytes: self.shared.queue_bound.queued(),
+            peak_queued_bytes: self.shared.queue_bound.peak(),
+            queue_waiters: self.shared.queue_bound.waiting(),
         }
     }
 
@@ -285,15 +304,46 @@ impl LogStore {
         Ok(())
     }
 
-    /// Queues an append and returns its first sequence and completion ticket.
-    pub(crate) fn submit(
+    /// Validates and encodes an append (step 1 of `append.rs`).
+    pub(crate) fn prepare(
+        &self,
+        execution_id: &ExecutionId,
+        tenant_id: &TenantId,
+        events: Vec<ExecutionEventData>,
+    ) -> Result<Prepared> {
+        self.check_open()?;
+        append::prepare(&self.shared, execution_id, tenant_id, events)
+    }
+
+    /// Waits, without blocking the thread, until `prepared` fits in the queue.
+    pub(crate) fn admit(&self, prepared: &Prepared) -> Admit {
+        self.shared.queue_bound.admit(prepared.queued_bytes())
+    }
+
+    /// Queues an admitted append; returns its first sequence and completion ticket.
+    pub(crate) fn enqueue(
+        &self,
+        execution_id: &ExecutionId,
+        tenant_id: &TenantId,
+        prepared: Prepared,
+        admitted: Admitted,
+    ) -> Result<(u64, Ticket)> {
+        append::enqueue(&self.shared, execution_id, tenant_id, prepared, admitted)
+    }
+
+    /// Prepares, admits (sleeping while the queue is full) and queues an append.
+    fn submit_blocking(
         &self,
         execution_id: &ExecutionId,
         tenant_id: &TenantId,
         events: Vec<ExecutionEventData>,
     ) -> Result<(u64, Ticket)> {
-        self.check_open()?;
-        append::submit(&self.shared, execution_id, tenant_id, events)
+        let prepared = self.prepare(execution_id, tenant_id, events)?;
+        let admitted = self
+            .shared
+            .queue_bound
+            .admit_blocking(prepared.queued_bytes());
+        self.enqueue(execution_id, tenant_id, prepared, admitted)
     }
 
     /// Appends one event; returns its sequence once it is durable.
@@ -304,7 +354,7 @@ impl LogStore {
         event: ExecutionEventData,
     ) -> Result<u64> {
         let _appending = Appending::start();
-        let (sequence, ticket) = self.submit(execution_id, tenant_id, vec![event])?;
+        let (sequence, ticket) = self.submit_blocking(execution_id, tenant_id, vec![event])?;
         ticket.wait()?;
         Ok(sequence)
     }
@@ -318,7 +368,7 @@ impl LogStore {
         events: Vec<ExecutionEventData>,
     ) -> Result<u64> {
         let _appending = Appending::start();
-        let (sequence, ticket) = self.submit(execution_id, tenant_id, events)?;
+        let (sequence, ticket) = self.submit_blocking(execution_id, tenant_id, events)?;
         ticket.wait()?;
         Ok(sequence)
     }
@@ -379,6 +429,43 @@ impl LogStore {
             .index
             .list(tenant_id, limit, offset))
     }
+}
+
+/// Creates `dir` and its missing parents; when it did not exist, fsyncs it and the
+/// parent of every directory created, so that the store's path, and with it every
+/// later acknowledged append, does not depend on a directory entry a crash could lose.
+/// Existence is probed with [`Io::list`]: any answer but "not found" counts as
+/// existing (an unreadable ancestor is left alone).
+fn create_dir_durably(io: &dyn Io, dir: &Path) -> Result<()> {
+    let missing =
+        |d: &Path| matches!(io.list(d), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+    // The directories to create, deepest first.
+    let mut created = Vec::new();
+    let mut next = Some(dir);
+    while let Some(d) = next.filter(|d| !d.as_os_str().is_empty())
+        && missing(d)
+    {
+        created.push(d);
+        next = d.parent();
+    }
+    io.create_dir_all(dir)
+        .map_err(|e| Error::io("create directory", dir, e))?;
+    if created.is_empty() {
+        return Ok(());
+    }
+    io.sync_dir(dir)
+        .map_err(|e| Error::io("fsync new store directory", dir, e))?;
+    for d in created {
+        let Some(parent) = d.parent() else { continue };
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        io.sync_dir(parent)
+            .map_err(|e| Error::io("fsync parent of new directory", parent, e))?;
+    }
+    Ok(())
 }
 
 impl Drop for LogStore {

@@ -40,6 +40,7 @@ pub struct Options {
     pub(crate) max_event_bytes: usize,
     pub(crate) max_batch_bytes: usize,
     pub(crate) group_commit_max_bytes: usize,
+    pub(crate) max_queued_bytes: usize,
     pub(crate) commit_delay_us: u64,
     pub(crate) index_stride: u32,
     pub(crate) index_checkpoint: bool,
@@ -54,6 +55,7 @@ impl Default for Options {
             max_event_bytes: (16 << 20) + (64 << 10),
             max_batch_bytes: 256 << 20,
             group_commit_max_bytes: 8 << 20,
+            max_queued_bytes: 64 << 20,
             commit_delay_us: 0,
             index_stride: 16,
             index_checkpoint: true,
@@ -95,6 +97,19 @@ impl Options {
     #[must_use]
     pub fn group_commit_max_bytes(mut self, bytes: usize) -> Self {
         self.group_commit_max_bytes = bytes;
+        self
+    }
+
+    /// Most bytes of encoded records queued to the commit thread and not yet completed
+    /// by it (appends waiting for their group's fdatasync included). Default 64 MiB; at
+    /// least 1. An append that would exceed it waits until earlier appends complete:
+    /// blocking appends sleep, async appends await (without blocking the executor's
+    /// thread). An append is always admitted when nothing is queued, so a batch larger
+    /// than this still goes through, alone. Once anyone waits, appends are admitted in
+    /// arrival order. This bounds the memory many concurrent large appends can hold.
+    #[must_use]
+    pub fn max_queued_bytes(mut self, bytes: usize) -> Self {
+        self.max_queued_bytes = bytes;
         self
     }
 
@@ -169,6 +184,9 @@ impl Options {
         }
         if self.group_commit_max_bytes == 0 {
             return bad("group_commit_max_bytes must be at least 1".into());
+        }
+        if self.max_queued_bytes == 0 {
+            return bad("max_queued_bytes must be at least 1".into());
         }
         if self.commit_delay_us > 1_000_000 {
             return bad(format!(

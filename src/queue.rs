@@ -1,5 +1,13 @@
 //! The hand-off from appenders to the commit thread.
 //!
+//! Before it takes the store lock, an appender is admitted by the [`QueueBound`]: the
+//! bytes of encoded records queued to the commit thread and not yet completed stay
+//! within `Options::max_queued_bytes` (an append is always admitted when nothing is
+//! queued, so one larger than the bound goes through, alone). Blocking callers wait on
+//! a condition variable, async callers on [`Admit`], a future that registers a waker.
+//! The [`Admitted`] guard travels inside the [`Pending`] and releases the bytes when
+//! it is dropped: when the append completes, fails, or is discarded.
+//!
 //! An appender reserves its place in the log under the store lock and sends one
 //! [`Pending`] down the channel while still holding that lock, so the channel's order
 //! is the log's order. It then waits on its [`Ticket`]: blocking callers park on a
@@ -8,6 +16,7 @@
 //! after the fdatasync that covers its bytes returned, or with the error that
 //! poisoned the store.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,7 +28,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::index::ExecNo;
 use crate::record::Pos;
-use crate::sync::{AtomicBool, Condvar, MODEL_CHECKED, Mutex};
+use crate::sync::{AtomicBool, AtomicUsize as SyncAtomicUsize, Condvar, MODEL_CHECKED, Mutex};
 
 /// Blocking appends in progress in this process (from encoding to acknowledgement),
 /// for the lone-waiter heuristic of `Ticket::wait`. Counting whole appends, not only
@@ -51,12 +60,25 @@ pub(crate) struct Pending {
     pub(crate) last_pos: Pos,
     /// Completed when durable (or failed).
     pub(crate) ticket: Ticket,
+    /// This append's place under the queue bound, released when the `Pending` is
+    /// completed or dropped.
+    pub(crate) admitted: Admitted,
 }
 
 impl Pending {
     /// Offset just past this append's bytes.
     pub(crate) fn end(&self) -> u64 {
         u64::from(self.offset) + self.bytes.len() as u64
+    }
+
+    /// Releases the append's queued bytes, then completes its ticket (so that its
+    /// appender, woken, finds its bytes already released).
+    pub(crate) fn complete(self, result: Result<()>) {
+        let Pending {
+            ticket, admitted, ..
+        } = self;
+        drop(admitted);
+        ticket.complete(result);
     }
 }
 
@@ -183,7 +205,310 @@ impl Future for TicketFuture {
 /// Fails a batch of pending appends with copies of `error`.
 pub(crate) fn fail_all(pending: impl IntoIterator<Item = Pending>, error: &Error) {
     for p in pending {
-        p.ticket.complete(Err(error.duplicate()));
+        p.complete(Err(error.duplicate()));
+    }
+}
+
+/// Bounds the bytes queued to the commit thread (`Options::max_queued_bytes`).
+///
+/// An append is admitted when its bytes fit under the bound, or when nothing is
+/// queued. The fast path (nobody waiting, the bytes fit) is one compare-and-swap on
+/// `queued`; releasing is one subtraction, plus a look at the line of waiters only
+/// when someone waits. Waiters are admitted first come, first served, and while anyone
+/// waits new appends join the line instead of overtaking it, so a large batch waiting
+/// for an empty queue is not starved by a stream of small appends.
+///
+/// No wake-up is lost: a waiter joins the line (`waiting` + 1) and then tries to fit,
+/// both under the line's lock; a release subtracts from `queued` and then reads
+/// `waiting` (all `SeqCst`): either the waiter sees the freed bytes, or the release
+/// sees the waiter and admits it under the lock.
+///
+/// Once stopped (the store closed or was poisoned), every waiter is admitted with no
+/// bytes counted; the store lock then refuses its append with `Closed` or `Poisoned`.
+/// Lock order: the store lock may be held when this one is taken, never the reverse.
+pub(crate) struct QueueBound {
+    limit: usize,
+    /// Bytes admitted and not yet released.
+    queued: SyncAtomicUsize,
+    /// The highest `queued` since open (for `Stats`).
+    peak: SyncAtomicUsize,
+    /// Waiters in the line not yet admitted.
+    waiting: SyncAtomicUsize,
+    line: Mutex<Line>,
+}
+
+#[derive(Default)]
+struct Line {
+    stopped: bool,
+    next_id: u64,
+    waiters: VecDeque<Waiter>,
+}
+
+struct Waiter {
+    id: u64,
+    bytes: usize,
+    /// The bytes counted for it once admitted (0 if admitted because of a stop); the
+    /// waiter removes its entry when it sees this.
+    admitted: Option<usize>,
+    wake: Wake,
+}
+
+enum Wake {
+    Thread(Arc<Condvar>),
+    Task(Option<Waker>),
+}
+
+impl QueueBound {
+    pub(crate) fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            queued: SyncAtomicUsize::new(0),
+            peak: SyncAtomicUsize::new(0),
+            waiting: SyncAtomicUsize::new(0),
+            line: Mutex::new(Line::default()),
+        })
+    }
+
+    /// Bytes admitted and not yet released.
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+
+    /// The most bytes admitted at once since open.
+    pub(crate) fn peak(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
+
+    /// Appenders waiting to be admitted.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Admits `bytes`, waiting on a condition variable while the queue is full.
+    pub(crate) fn admit_blocking(self: &Arc<Self>, bytes: usize) -> Admitted {
+        if let Some(admitted) = self.admit_now(bytes) {
+            return admitted;
+        }
+        let signal = Arc::new(Condvar::default());
+        let mut line = self.line.lock();
+        let id = self.join(&mut line, bytes, Wake::Thread(Arc::clone(&signal)));
+        let mut wakers = self.admit_waiting(&mut line);
+        loop {
+            if let Some(counted) = take_admitted(&mut line, id) {
+                drop(line);
+                wakers.into_iter().for_each(Waker::wake);
+                return self.admitted(counted);
+            }
+            if wakers.is_empty() {
+                signal.wait(&mut line);
+            } else {
+                // Wake the tasks admitted ahead of us outside the lock, then look again.
+                drop(line);
+                wakers.drain(..).for_each(Waker::wake);
+                line = self.line.lock();
+            }
+        }
+    }
+
+    /// A future that admits `bytes` without blocking its thread.
+    pub(crate) fn admit(self: &Arc<Self>, bytes: usize) -> Admit {
+        Admit {
+            bound: Arc::clone(self),
+            bytes,
+            id: None,
+        }
+    }
+
+    /// Stops bounding: every waiter, now and later, is admitted with no bytes counted.
+    /// Called once appends are refused (closed or poisoned).
+    pub(crate) fn stop(&self) {
+        let wakers = {
+            let mut line = self.line.lock();
+            line.stopped = true;
+            self.admit_waiting(&mut line)
+        };
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// The fast path: admitted at once if nobody waits and the bytes fit.
+    fn admit_now(self: &Arc<Self>, bytes: usize) -> Option<Admitted> {
+        (self.waiting.load(Ordering::SeqCst) == 0 && self.try_add(bytes))
+            .then(|| self.admitted(bytes))
+    }
+
+    fn admitted(self: &Arc<Self>, bytes: usize) -> Admitted {
+        Admitted {
+            bound: Arc::clone(self),
+            bytes,
+        }
+    }
+
+    /// Counts `bytes` as queued if they fit (or nothing is queued).
+    fn try_add(&self, bytes: usize) -> bool {
+        let mut current = self.queued.load(Ordering::SeqCst);
+        loop {
+            let next = current.saturating_add(bytes);
+            if current != 0 && next > self.limit {
+                return false;
+            }
+            match self
+                .queued
+                .compare_exchange(current, next, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => {
+                    if next > self.peak.load(Ordering::Relaxed) {
+                        self.peak.fetch_max(next, Ordering::Relaxed);
+                    }
+                    return true;
+                }
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Puts a waiter at the back of the line; returns its id.
+    fn join(&self, line: &mut Line, bytes: usize, wake: Wake) -> u64 {
+        let id = line.next_id;
+        line.next_id += 1;
+        line.waiters.push_back(Waiter {
+            id,
+            bytes,
+            admitted: None,
+            wake,
+        });
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        id
+    }
+
+    /// Admits waiters from the front of the line while their bytes fit (all of them
+    /// once stopped). Threads are notified here; the wakers of tasks are returned, to
+    /// be woken once the lock is released.
+    fn admit_waiting(&self, line: &mut Line) -> Vec<Waker> {
+        let mut wakers = Vec::new();
+        let stopped = line.stopped;
+        for waiter in line.waiters.iter_mut().filter(|w| w.admitted.is_none()) {
+            if stopped {
+                waiter.admitted = Some(0);
+            } else if self.try_add(waiter.bytes) {
+                waiter.admitted = Some(waiter.bytes);
+            } else {
+                break;
+            }
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            match &mut waiter.wake {
+                Wake::Thread(signal) => {
+                    signal.notify_all();
+                }
+                Wake::Task(waker) => wakers.extend(waker.take()),
+            }
+        }
+        wakers
+    }
+
+    /// Releases `bytes` and admits whoever now fits.
+    fn release(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        self.queued.fetch_sub(bytes, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) != 0 {
+            let wakers = self.admit_waiting(&mut self.line.lock());
+            wakers.into_iter().for_each(Waker::wake);
+        }
+    }
+}
+
+/// Removes waiter `id` from the line if it was admitted; returns its counted bytes.
+fn take_admitted(line: &mut Line, id: u64) -> Option<usize> {
+    let at = line.waiters.iter().position(|w| w.id == id)?;
+    let counted = line.waiters.get(at)?.admitted?;
+    line.waiters.remove(at);
+    Some(counted)
+}
+
+/// One append's place under the [`QueueBound`]; releases its bytes when dropped.
+pub(crate) struct Admitted {
+    bound: Arc<QueueBound>,
+    bytes: usize,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.bound.release(self.bytes);
+    }
+}
+
+/// Resolves once the append is admitted; registers its waker meanwhile, so the
+/// executor's thread is never blocked. Dropped before it resolves (or after being
+/// admitted but before it was polled again), it leaves the line and releases what it
+/// was admitted with.
+pub(crate) struct Admit {
+    bound: Arc<QueueBound>,
+    bytes: usize,
+    /// Its place in the line, once it joined.
+    id: Option<u64>,
+}
+
+impl Future for Admit {
+    type Output = Admitted;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Admitted> {
+        let this = self.get_mut();
+        if this.id.is_none()
+            && let Some(admitted) = this.bound.admit_now(this.bytes)
+        {
+            return Poll::Ready(admitted);
+        }
+        let bound = Arc::clone(&this.bound);
+        let mut line = bound.line.lock();
+        let id = match this.id {
+            Some(id) => id,
+            None => {
+                let id = bound.join(&mut line, this.bytes, Wake::Task(None));
+                this.id = Some(id);
+                id
+            }
+        };
+        let wakers = bound.admit_waiting(&mut line);
+        let ready = take_admitted(&mut line, id);
+        if ready.is_none()
+            && let Some(waiter) = line.waiters.iter_mut().find(|w| w.id == id)
+        {
+            waiter.wake = Wake::Task(Some(cx.waker().clone()));
+        }
+        drop(line);
+        wakers.into_iter().for_each(Waker::wake);
+        match ready {
+            Some(counted) => {
+                this.id = None;
+                Poll::Ready(bound.admitted(counted))
+            }
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Admit {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else { return };
+        let wakers = {
+            let mut line = self.bound.line.lock();
+            if let Some(at) = line.waiters.iter().position(|w| w.id == id)
+                && let Some(waiter) = line.waiters.remove(at)
+            {
+                match waiter.admitted {
+                    Some(counted) => {
+                        self.bound.queued.fetch_sub(counted, Ordering::SeqCst);
+                    }
+                    None => {
+                        self.bound.waiting.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+            }
+            // Bytes it leaves behind, or its place at the front, may let others in.
+            self.bound.admit_waiting(&mut line)
+        };
+        wakers.into_iter().for_each(Waker::wake);
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::index::Index;
 use crate::io::Io;
 use crate::options::Options;
-use crate::queue::Pending;
+use crate::queue::{Pending, QueueBound};
 use crate::segment::SEGMENT_HEADER_LEN;
 use crate::segments::Segments;
 use crate::sync::{AtomicBool, Mutex, Sender};
@@ -24,6 +24,9 @@ pub(crate) struct Shared {
     pub(crate) options: Options,
     pub(crate) state: Mutex<State>,
     pub(crate) segments: Segments,
+    /// Admits appends while the bytes queued to the commit thread fit
+    /// `Options::max_queued_bytes`.
+    pub(crate) queue_bound: Arc<QueueBound>,
     pub(crate) closed: AtomicBool,
     /// Opened with [`LogStore::open_read_only`](crate::LogStore::open_read_only).
     pub(crate) read_only: bool,

@@ -1,6 +1,6 @@
 //! The synchronization primitives the engine's threads meet through: locks, the
-//! condition variable and atomics of the tickets, the appender -> commit thread channel,
-//! and thread spawning.
+//! condition variable and atomics of the tickets and of the queue bound, the appender ->
+//! commit thread channel, and thread spawning.
 //!
 //! Normally these are parking_lot's locks, crossbeam's channel and std's threads. With
 //! the `shuttle` feature they become thin wrappers over shuttle's, so that
@@ -21,7 +21,7 @@ pub(crate) const MODEL_CHECKED: bool = cfg!(feature = "shuttle");
 mod imp {
     pub(crate) use crossbeam_channel::{Receiver, Sender, TryRecvError, unbounded as channel};
     pub(crate) use parking_lot::{Condvar, Mutex, RwLock};
-    pub(crate) use std::sync::atomic::AtomicBool;
+    pub(crate) use std::sync::atomic::{AtomicBool, AtomicUsize};
     pub(crate) use std::thread::{Builder, JoinHandle};
 }
 
@@ -31,7 +31,7 @@ mod imp {
     use std::sync::PoisonError;
     use std::time::Instant;
 
-    pub(crate) use shuttle::sync::atomic::AtomicBool;
+    pub(crate) use shuttle::sync::atomic::{AtomicBool, AtomicUsize};
     pub(crate) use shuttle::sync::mpsc::{Sender, TryRecvError};
     pub(crate) use shuttle::thread::{Builder, JoinHandle};
 

@@ -95,16 +95,26 @@ async fn empty_batch_is_rejected_without_trace() {
     assert_eq!(store.append(&e, &t, step_event(3)).await.unwrap(), 3);
 }
 
-/// Semantic 6: tenant ownership and mismatch.
+/// Semantic 6: tenant ownership and mismatch. The error does not name the owning
+/// tenant (the caller belongs to another one).
 #[tokio::test]
 async fn tenant_mismatch_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let e = ExecutionId::new();
-    let (a, b) = (TenantId::from("a"), TenantId::from("b"));
+    let (a, b) = (TenantId::from("owner-tenant-7f3a"), TenantId::from("b"));
     store.append(&e, &a, step_event(1)).await.unwrap();
     let err = store.append(&e, &b, step_event(2)).await.unwrap_err();
     assert!(matches!(engine_error(&err), Error::TenantMismatch { .. }));
+    let message = err.to_string();
+    assert!(message.contains("another tenant"), "{message}");
+    for text in [
+        message,
+        format!("{err:?}"),
+        format!("{:?}", engine_error(&err)),
+    ] {
+        assert!(!text.contains(a.as_str()), "the owner's id leaked: {text}");
+    }
     let err = store
         .append_batch(&e, &b, vec![step_event(2), step_event(3)])
         .await

@@ -10,6 +10,11 @@
 //! (random and PCT schedules), fails on any deadlock (a ticket nobody completes, a
 //! close that never returns) and prints a schedule that replays a failure exactly.
 //!
+//! The bounded-queue scenarios set `Options::max_queued_bytes` to 1 byte, so every
+//! append waits for an empty queue, and make one writer async (its futures run on
+//! shuttle's `block_on`): they check admission (condition variable and waker) for
+//! lost wake-ups, and that closing or poisoning releases the waiters.
+//!
 //! Asserts, in every interleaving: each append returns (no lost wake-up); sequences
 //! of one execution are handed out without gap or duplicate; a reader sees whole
 //! batches, in sequence order, and only events that survive a power cut taken right
@@ -65,13 +70,32 @@ enum Twist {
     FailWrite(u64),
 }
 
-fn scenario(twist: Twist) {
+/// Appends a batch, blocking or through the async API on shuttle's executor.
+fn append(
+    store: &LogStore,
+    exec: usize,
+    events: Vec<ExecutionEventData>,
+    async_api: bool,
+) -> Result<u64> {
+    if async_api {
+        shuttle::future::block_on(store.append_batch(&execution(exec), &tenant(), events))
+            .map_err(|e| e.downcast::<Error>().unwrap())
+    } else {
+        store.append_batch_blocking(&execution(exec), &tenant(), events)
+    }
+}
+
+/// `bounded`: a 1-byte `max_queued_bytes` and writer 2 async.
+fn scenario(twist: Twist, bounded: bool) {
     let dir = Path::new("/store");
     let sim = SimIo::new();
-    let options = Options::default()
+    let mut options = Options::default()
         .segment_size_bytes(64 * 1024)
         .index_stride(2)
         .io(Arc::new(sim.clone()));
+    if bounded {
+        options = options.max_queued_bytes(1);
+    }
     let store = Arc::new(LogStore::open_with(dir, options).unwrap());
     match twist {
         Twist::FailSync(k) => sim.fail_at(k, Op::Sync, Fault::Persistent),
@@ -89,11 +113,7 @@ fn scenario(twist: Twist) {
             let exec = w % 2;
             for (round, len) in [1u64, 2].into_iter().enumerate() {
                 let tag = format!("w{w}r{round}");
-                match store.append_batch_blocking(
-                    &execution(exec),
-                    &tenant(),
-                    append_events(&tag, len),
-                ) {
+                match append(&store, exec, append_events(&tag, len), bounded && w == 2) {
                     Ok(first) => acks.push((exec, first, tag, len)),
                     Err(Error::Closed | Error::Poisoned { .. }) if may_fail => {}
                     Err(other) => panic!("append failed: {other:?}"),
@@ -204,24 +224,42 @@ fn iterations(default: usize) -> usize {
 
 #[test]
 fn appenders_reader_and_commit_thread_random_schedules() {
-    shuttle::check_random(|| scenario(Twist::None), iterations(1500));
+    shuttle::check_random(|| scenario(Twist::None, false), iterations(1500));
 }
 
 #[test]
 fn appenders_reader_and_commit_thread_pct_schedules() {
-    shuttle::check_pct(|| scenario(Twist::None), iterations(1500), 3);
+    shuttle::check_pct(|| scenario(Twist::None, false), iterations(1500), 3);
 }
 
 #[test]
 fn close_races_appenders() {
-    shuttle::check_random(|| scenario(Twist::Close), iterations(1000));
-    shuttle::check_pct(|| scenario(Twist::Close), iterations(1000), 3);
+    shuttle::check_random(|| scenario(Twist::Close, false), iterations(1000));
+    shuttle::check_pct(|| scenario(Twist::Close, false), iterations(1000), 3);
 }
 
 #[test]
 fn io_failures_poison_without_lost_wakeups() {
     for k in 1..=4 {
-        shuttle::check_random(move || scenario(Twist::FailSync(k)), iterations(400));
-        shuttle::check_random(move || scenario(Twist::FailWrite(k)), iterations(400));
+        shuttle::check_random(move || scenario(Twist::FailSync(k), false), iterations(400));
+        shuttle::check_random(
+            move || scenario(Twist::FailWrite(k), false),
+            iterations(400),
+        );
+    }
+}
+
+#[test]
+fn bounded_queue_appenders_wait_without_lost_wakeups() {
+    shuttle::check_random(|| scenario(Twist::None, true), iterations(1500));
+    shuttle::check_pct(|| scenario(Twist::None, true), iterations(1500), 3);
+}
+
+#[test]
+fn bounded_queue_close_and_poison_release_waiters() {
+    shuttle::check_random(|| scenario(Twist::Close, true), iterations(1000));
+    shuttle::check_pct(|| scenario(Twist::Close, true), iterations(1000), 3);
+    for k in 1..=2 {
+        shuttle::check_random(move || scenario(Twist::FailSync(k), true), iterations(400));
     }
 }

@@ -1,0 +1,217 @@
+//! Opening a store in a directory that does not exist creates it durably: before open
+//! returns, the new directory and the parent of every directory it created are
+//! fsynced (`Io::sync_dir`), so the first acknowledged appends do not depend on a
+//! directory entry a crash could lose. Opening an existing directory fsyncs no parent.
+//!
+//! The simulated file system (`execlog::fault::SimIo`) keeps directories themselves
+//! across a power loss (only file entries are modelled as durable or not), so these
+//! tests record the calls the store makes instead of cutting power.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use execlog::fault::SimIo;
+use execlog::*;
+
+/// A call the store made: ("create_dir_all" | "sync_dir", path).
+type Call = (&'static str, PathBuf);
+
+/// [`SimIo`], recording directory calls, and failing `sync_dir` of one path if asked.
+#[derive(Clone)]
+struct Recorder {
+    sim: SimIo,
+    calls: Arc<Mutex<Vec<Call>>>,
+    fail_sync_of: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Recorder")
+    }
+}
+
+impl Recorder {
+    fn new(sim: &SimIo) -> Self {
+        Self {
+            sim: sim.clone(),
+            calls: Arc::default(),
+            fail_sync_of: None,
+        }
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn synced(&self) -> Vec<PathBuf> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.0 == "sync_dir")
+            .map(|c| c.1)
+            .collect()
+    }
+
+    fn open(&self, dir: &Path) -> Result<LogStore> {
+        LogStore::open_with(dir, Options::default().io(Arc::new(self.clone())))
+    }
+}
+
+impl Io for Recorder {
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(("create_dir_all", dir.to_path_buf()));
+        self.sim.create_dir_all(dir)
+    }
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        self.sim.list(dir)
+    }
+    fn open(&self, path: &Path, read_only: bool) -> std::io::Result<Arc<dyn IoFile>> {
+        self.sim.open(path, read_only)
+    }
+    fn create(&self, path: &Path) -> std::io::Result<Arc<dyn IoFile>> {
+        self.sim.create(path)
+    }
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        self.sim.remove(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        self.sim.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(("sync_dir", dir.to_path_buf()));
+        if self.fail_sync_of.as_deref() == Some(dir) {
+            return Err(std::io::Error::other("injected sync_dir failure"));
+        }
+        self.sim.sync_dir(dir)
+    }
+    fn try_lock(&self, path: &Path) -> std::io::Result<LockGuard> {
+        self.sim.try_lock(path)
+    }
+}
+
+/// Whether `path` was fsynced after the store directory was created.
+fn synced_after_create(calls: &[Call], path: &str) -> bool {
+    let Some(created) = calls.iter().position(|c| c.0 == "create_dir_all") else {
+        return false;
+    };
+    calls[created..]
+        .iter()
+        .any(|c| c.0 == "sync_dir" && c.1 == Path::new(path))
+}
+
+#[test]
+fn a_new_store_directory_and_its_parent_are_fsynced() {
+    let sim = SimIo::new();
+    sim.create_dir_all(Path::new("/data")).unwrap();
+    let rec = Recorder::new(&sim);
+    let store = rec.open(Path::new("/data/store")).unwrap();
+    let calls = rec.calls();
+    assert!(
+        synced_after_create(&calls, "/data"),
+        "parent not fsynced: {calls:?}"
+    );
+    assert!(synced_after_create(&calls, "/data/store"), "{calls:?}");
+    store
+        .append_blocking(
+            &ExecutionId::from("e"),
+            &TenantId::from("t"),
+            ExecutionEventData::ExecutionResumed,
+        )
+        .unwrap();
+    drop(store);
+
+    // Reopening the existing store fsyncs no parent.
+    let rec = Recorder::new(&sim);
+    drop(rec.open(Path::new("/data/store")).unwrap());
+    assert!(
+        !rec.synced().contains(&PathBuf::from("/data")),
+        "{:?}",
+        rec.calls()
+    );
+}
+
+#[test]
+fn every_directory_created_is_fsynced_in_its_parent() {
+    let sim = SimIo::new();
+    sim.create_dir_all(Path::new("/data")).unwrap();
+    let rec = Recorder::new(&sim);
+    drop(rec.open(Path::new("/data/a/b/store")).unwrap());
+    let calls = rec.calls();
+    for dir in ["/data/a/b/store", "/data/a/b", "/data/a", "/data"] {
+        assert!(
+            synced_after_create(&calls, dir),
+            "{dir} not fsynced: {calls:?}"
+        );
+    }
+}
+
+#[test]
+fn a_failed_parent_fsync_fails_the_open() {
+    let sim = SimIo::new();
+    sim.create_dir_all(Path::new("/data")).unwrap();
+    let mut rec = Recorder::new(&sim);
+    rec.fail_sync_of = Some(PathBuf::from("/data"));
+    let err = rec.open(Path::new("/data/store")).unwrap_err();
+    assert!(
+        matches!(&err, Error::Io { path, .. } if path == Path::new("/data")),
+        "{err:?}"
+    );
+}
+
+/// The same on the real file system: a store opened in a new directory of a
+/// temporary directory fsyncs that temporary directory.
+#[test]
+fn a_new_store_directory_is_fsynced_on_the_real_file_system() {
+    let tmp = tempfile::tempdir().unwrap();
+    let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
+
+    #[derive(Debug)]
+    struct RealRecorder(Arc<Mutex<Vec<Call>>>);
+    impl Io for RealRecorder {
+        fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+            self.0.lock().unwrap().push(("create_dir_all", dir.into()));
+            RealIo.create_dir_all(dir)
+        }
+        fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+            RealIo.list(dir)
+        }
+        fn open(&self, path: &Path, read_only: bool) -> std::io::Result<Arc<dyn IoFile>> {
+            RealIo.open(path, read_only)
+        }
+        fn create(&self, path: &Path) -> std::io::Result<Arc<dyn IoFile>> {
+            RealIo.create(path)
+        }
+        fn remove(&self, path: &Path) -> std::io::Result<()> {
+            RealIo.remove(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+            RealIo.rename(from, to)
+        }
+        fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+            self.0.lock().unwrap().push(("sync_dir", dir.into()));
+            RealIo.sync_dir(dir)
+        }
+        fn try_lock(&self, path: &Path) -> std::io::Result<LockGuard> {
+            RealIo.try_lock(path)
+        }
+    }
+
+    let dir = tmp.path().join("new").join("store");
+    let options = Options::default().io(Arc::new(RealRecorder(Arc::clone(&calls))));
+    drop(LogStore::open_with(&dir, options).unwrap());
+    let calls = calls.lock().unwrap().clone();
+    for d in [dir.as_path(), &tmp.path().join("new"), tmp.path()] {
+        assert!(
+            synced_after_create(&calls, d.to_str().unwrap()),
+            "{} not fsynced: {calls:?}",
+            d.display()
+        );
+    }
+}
