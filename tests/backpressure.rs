@@ -173,6 +173,12 @@ impl IoFile for HeldFile {
     fn map(&self, len: u64) -> std::io::Result<Mapped> {
         self.inner.map(len)
     }
+    fn read_durable(&self, offset: u64, len: usize) -> std::io::Result<Option<Vec<u8>>> {
+        self.inner.read_durable(offset, len)
+    }
+    fn allocate(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.inner.allocate(offset, len)
+    }
 }
 
 impl HeldIo {
