@@ -125,13 +125,13 @@ impl Committer {
         {
             // Not fatal: an unsealed tail only means the next open cannot prove the
             // last group was synced, and treats damage in it as a torn tail.
-            eprintln!("execlog: could not seal the log at close: {e}");
+            log::warn!("could not seal the log at close: {e}");
         }
         if (self.wrote || self.checkpoint_due)
             && let Err(e) = self.checkpoint()
         {
             // Not fatal either: the next open rebuilds the index from the records.
-            eprintln!("execlog: could not write the index checkpoint at close: {e}");
+            log::warn!("could not write the index checkpoint at close: {e}");
         }
     }
 

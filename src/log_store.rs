@@ -140,8 +140,8 @@ impl LogStore {
             && (recovered.report.truncated_at.is_some()
                 || !recovered.report.removed_segments.is_empty())
         {
-            eprintln!(
-                "execlog: recovered {}: cut torn tail at {:?} ({} bytes, {}), removed blank segments {:?}",
+            log::warn!(
+                "recovered {}: cut torn tail at {:?} ({} bytes, {}), removed blank segments {:?}",
                 dir.display(),
                 recovered.report.truncated_at,
                 recovered.report.bytes_truncated,
