@@ -246,9 +246,9 @@ pub(crate) fn load(
 /// Checks that `c`'s index describes the records it covers, in `maps` (the segments,
 /// whose digests already matched): every covered record, in log order, continues its
 /// execution's chain; each execution's first record declares its id and tenant, in
-/// creation order; every entry point and durable cursor is where its record is; no
-/// record is younger than the saved timestamp; batches are whole; every tenant owns an
-/// execution. One walk over the record headers without CRCs (the digests covered the
+/// creation order; every entry point and durable cursor is where its record is; the
+/// saved last timestamp is the newest record's; batches are whole; every tenant owns
+/// an execution. One walk over the record headers without CRCs (the digests covered the
 /// bytes) and one declaration decode per execution.
 ///
 /// The digests prove the segment bytes unchanged, not that the index describes them:
@@ -299,6 +299,8 @@ struct Walk<'a> {
     declared: usize,
     /// The open batch: execution and its last record's `batch_remaining`.
     batch: Option<(u64, u32)>,
+    /// The newest timestamp of any covered record, seals included.
+    newest_ns: i64,
     tenant_owns: Vec<bool>,
 }
 
@@ -309,6 +311,7 @@ impl<'a> Walk<'a> {
             reached: vec![(0, None); checkpoint.index.len()],
             declared: 0,
             batch: None,
+            newest_ns: 0,
             tenant_owns: vec![false; checkpoint.index.tenants().len()],
         }
     }
@@ -321,6 +324,7 @@ impl<'a> Walk<'a> {
         {
             return Err("record breaks the batch before it".into());
         }
+        self.newest_ns = self.newest_ns.max(h.timestamp_ns);
         if h.kind == Kind::Seal {
             return Ok(());
         }
@@ -364,9 +368,6 @@ impl<'a> Walk<'a> {
                 ));
             }
         }
-        if h.timestamp_ns > self.checkpoint.last_timestamp_ns {
-            return Err("a record is younger than the saved last timestamp".into());
-        }
         *reached = (h.sequence, Some(pos));
         Ok(())
     }
@@ -382,6 +383,14 @@ impl<'a> Walk<'a> {
                     e.id, e.durable_seq, reached.0
                 ));
             }
+        }
+        // The close that wrote the checkpoint stamped its seal last: the saved timestamp
+        // is the newest of the records, or later appends would be stamped by a lie.
+        if self.newest_ns != self.checkpoint.last_timestamp_ns {
+            return Err(format!(
+                "saved last timestamp {} is not the newest record's {}",
+                self.checkpoint.last_timestamp_ns, self.newest_ns
+            ));
         }
         if self.tenant_owns.contains(&false) {
             return Err("a tenant owns no execution".into());

@@ -266,7 +266,12 @@ impl Committer {
             }
             record::stamp_group(&mut self.buf, first.offset);
             let path = segment::path(&self.shared.dir, self.segment);
-            self.ensure_zeroed(u64::from(first.offset) + self.buf.len() as u64, &path)?;
+            let end = u64::from(first.offset) + self.buf.len() as u64;
+            if self.buf.len() as u64 >= self.shared.options.grow_group_min_bytes {
+                // A large group writes its own bytes past the zeroed end (once).
+                self.zeroed_end = self.zeroed_end.max(end);
+            }
+            self.ensure_zeroed(end, &path)?;
             self.file
                 .write_at(&self.buf, u64::from(first.offset))
                 .map_err(|e| Error::io("write", &path, e))?;

@@ -49,6 +49,7 @@ mod queue;
 mod reader;
 mod record;
 mod recovery;
+mod repair;
 mod scan;
 mod segment;
 mod segments;

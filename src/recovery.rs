@@ -34,6 +34,7 @@ use crate::io::{Io, IoFile};
 use crate::options::Options;
 use crate::prescan::Prescan;
 use crate::record::{Header, Kind, Pos};
+use crate::repair::{self, Cut};
 use crate::scan::{
     Later, Scanner, SearchWork, Step, first_nonzero, last_nonzero, later_group_record,
 };
@@ -159,38 +160,60 @@ pub(crate) fn recover(
 ) -> Result<Recovered> {
     let started = Instant::now();
     let mut hidden = None;
-    let mut dropped: Option<Unestablished> = None;
+    let mut dropped: Option<(Cut, String)> = None;
+    // A cut an earlier open could not make durable: redone first, or hidden.
+    let unfinished = if read_only {
+        repair::pending(io, dir)?
+    } else {
+        repair::finish_pending(io, dir)?
+    };
+    if let Some(cut) = unfinished {
+        hidden = read_only.then_some((cut.segment, cut.from));
+        let why = "an earlier open's cut of a torn tail was not durable; it was redone";
+        dropped = Some((cut, why.to_string()));
+    }
     for _ in 0..3 {
         match pass(io, dir, options, read_only, hidden)? {
             Pass::Done(recovered) => {
                 let mut recovered = *recovered;
                 let report = &mut recovered.report;
-                if let Some(d) = dropped
+                if let Some((d, reason)) = dropped
                     && report
                         .truncated_at
                         .is_none_or(|(s, at)| (s, at) > (d.segment, d.from))
                 {
                     report.truncated_at = Some((d.segment, d.from));
                     report.bytes_truncated = d.end - d.from;
-                    report.torn_reason = Some(d.reason);
+                    report.torn_reason = Some(reason);
+                }
+                if !read_only {
+                    // Segment files a crashed or failed open created, or kept, reach
+                    // the directory durably before anything is served from them.
+                    io.sync_dir(dir)
+                        .map_err(|e| Error::io("fsync directory", dir, e))?;
                 }
                 report.duration = started.elapsed();
                 return Ok(recovered);
             }
             Pass::NotOnDisk(u) => {
+                let cut = Cut {
+                    segment: u.segment,
+                    from: u.from,
+                    end: u.end,
+                };
                 if !read_only && u.from > 0 {
-                    cut_tail(u.file.as_ref(), &u.path, u.from, u.end)?;
+                    repair::cut(io, dir, u.file.as_ref(), cut)?;
                 } else {
                     // Read-only: hide it. A segment whose header is not on the disk
                     // is treated as one still being created (removed when writable).
                     hidden = Some((u.segment, u.from));
                 }
-                dropped = Some(u);
+                dropped = Some((cut, u.reason));
             }
         }
     }
     Err(Error::corrupt(
-        dropped.map_or(0, |d| d.segment),
+        dropped.map_or(0, |d| d.0.segment),
         0,
         "the end of the log still differs from the disk after it was cut",
     ))
@@ -213,7 +236,6 @@ struct Unestablished {
     /// Where the nonzero bytes of the segment end.
     end: u64,
     file: Arc<dyn IoFile>,
-    path: std::path::PathBuf,
     reason: String,
 }
 
@@ -237,6 +259,7 @@ fn pass(
                 crate::log_store::LOCK_FILE,
                 checkpoint::FILE_NAME,
                 checkpoint::TMP_NAME,
+                repair::MARKER_NAME,
             ]
             .contains(&name.as_str()) => {}
             None => report.ignored_files.push(name),
@@ -394,7 +417,7 @@ fn pass(
         if let Some((_, cut)) = report.truncated_at.filter(|&(s, _)| s == id)
             && !read_only
         {
-            torn = Some((Arc::clone(&file), path, cut));
+            torn = Some((Arc::clone(&file), id, cut));
         }
         segments.push(RecoveredSegment {
             id,
@@ -427,8 +450,9 @@ fn pass(
             return Ok(Pass::NotOnDisk(u));
         }
     }
-    if let Some((file, path, cut)) = torn {
-        cut_tail(file.as_ref(), &path, cut, cut + report.bytes_truncated)?;
+    if let Some((file, segment, from)) = torn {
+        let end = from + report.bytes_truncated;
+        repair::cut(io, dir, file.as_ref(), Cut { segment, from, end })?;
     }
     if !read_only {
         for &id in &report.removed_segments {
@@ -524,7 +548,6 @@ fn establish(
                     .map_or(from, |i| i as u64 + 1)
                     .max(from),
                 file: Arc::clone(&last.file),
-                path,
                 reason: format!(
                     "{what} (from offset {from}) is in the page cache but not on the disk: \
                      its fdatasync failed, so it was never acknowledged"
@@ -702,14 +725,6 @@ fn search_after(report: &mut RecoveryReport, bytes: &[u8], damaged: usize) -> La
     later
 }
 
-/// Zeroes `[cut, end)` of a segment durably, by overwriting (see `segment.rs` for why
-/// not by truncating).
-fn cut_tail(file: &dyn IoFile, path: &Path, cut: u64, end: u64) -> Result<()> {
-    segment::write_zeros(file, cut, end).map_err(|e| Error::io("zero torn tail", path, e))?;
-    file.sync_data()
-        .map_err(|e| Error::io("fdatasync after cutting the tail", path, e))
-}
-
 impl Rebuild {
     /// Continues from `index` (empty, or restored from a checkpoint).
     fn resume(index: Index, last_timestamp_ns: i64) -> Self {
@@ -732,6 +747,8 @@ impl Rebuild {
                 return Err(corrupt("seal inside a batch"));
             }
             self.tail = Some((segment, header.group_start));
+            // A seal's time was handed out too: later appends are not stamped before it.
+            self.last_timestamp_ns = self.last_timestamp_ns.max(header.timestamp_ns);
             return Ok(());
         }
         if let Some(last) = self.batch.last() {

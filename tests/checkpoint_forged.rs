@@ -258,3 +258,20 @@ fn an_unaligned_covered_end_is_refused() {
     f.write(dir.path());
     assert_forgery_ignored(dir.path(), &options);
 }
+
+/// A forged saved timestamp far in the future (no record is younger than it): every
+/// later append would be stamped in 2262. The saved timestamp must be the newest
+/// record's.
+#[test]
+fn a_forged_last_timestamp_is_refused() {
+    let (dir, options) = store(4);
+    let mut f = Forgery::read(dir.path());
+    f.prefix[16..24].copy_from_slice(&(i64::MAX - 1).to_le_bytes());
+    f.write(dir.path());
+    let s = assert_forgery_ignored(dir.path(), &options);
+    s.append_blocking(&ExecutionId::from("run-c"), &tenant(0), step_event(9))
+        .unwrap();
+    let events = s.load_events_blocking(&ExecutionId::from("run-c")).unwrap();
+    let stamped = events.last().unwrap().timestamp;
+    assert!(stamped.timestamp() < 4_000_000_000, "stamped {stamped}");
+}

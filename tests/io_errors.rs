@@ -25,6 +25,8 @@ fn options(io: &SimIo) -> Options {
     Options::default()
         .segment_size_bytes(64 * 1024)
         .index_stride(2)
+        // Batches grow the file, single appends overwrite zeros.
+        .grow_group_min_bytes(16 * 1024)
         .io(Arc::new(io.clone()))
 }
 

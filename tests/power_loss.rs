@@ -44,6 +44,8 @@ fn options(io: &SimIo) -> Options {
     Options::default()
         .segment_size_bytes(64 * 1024)
         .index_stride(3)
+        // Batches of several events grow the file, single appends overwrite zeros.
+        .grow_group_min_bytes(8 * 1024)
         .io(Arc::new(io.clone()))
 }
 

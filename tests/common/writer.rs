@@ -31,9 +31,17 @@ pub fn options() -> Options {
         Ok("zeros") | Err(_) => WritePath::ZerosAhead,
         Ok(other) => panic!("EXECLOG_WRITE_PATH={other}: expected zeros, grow or fallocate"),
     };
-    Options::default()
+    let mut options = Options::default()
         .segment_size_bytes(bytes)
-        .write_path(write_path)
+        .write_path(write_path);
+    // Groups this large grow the file (`Options::grow_group_min_bytes`).
+    if let Some(min) = std::env::var("EXECLOG_GROW_MIN_BYTES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        options = options.grow_group_min_bytes(min);
+    }
+    options
 }
 
 /// The content of event `i` of an append tagged `tag`: every field derives from the
