@@ -247,7 +247,8 @@ pub(crate) fn load(
 /// whose digests already matched): every covered record, in log order, continues its
 /// execution's chain; each execution's first record declares its id and tenant, in
 /// creation order; every entry point and durable cursor is where its record is; the
-/// saved last timestamp is the newest record's; batches are whole; every tenant owns
+/// saved last timestamp lies between the newest event's and the newest record's;
+/// batches are whole; every tenant owns
 /// an execution. One walk over the record headers without CRCs (the digests covered the
 /// bytes) and one declaration decode per execution.
 ///
@@ -299,7 +300,8 @@ struct Walk<'a> {
     declared: usize,
     /// The open batch: execution and its last record's `batch_remaining`.
     batch: Option<(u64, u32)>,
-    /// The newest timestamp of any covered record, seals included.
+    /// The newest timestamp of a covered event, and of any covered record (seals too).
+    newest_event_ns: i64,
     newest_ns: i64,
     tenant_owns: Vec<bool>,
 }
@@ -311,6 +313,7 @@ impl<'a> Walk<'a> {
             reached: vec![(0, None); checkpoint.index.len()],
             declared: 0,
             batch: None,
+            newest_event_ns: 0,
             newest_ns: 0,
             tenant_owns: vec![false; checkpoint.index.tenants().len()],
         }
@@ -328,6 +331,7 @@ impl<'a> Walk<'a> {
         if h.kind == Kind::Seal {
             return Ok(());
         }
+        self.newest_event_ns = self.newest_event_ns.max(h.timestamp_ns);
         self.batch = (h.batch_remaining > 0).then_some((h.execution, h.batch_remaining));
         let index = &self.checkpoint.index;
         let no = usize::try_from(h.execution).unwrap_or(usize::MAX);
@@ -384,12 +388,14 @@ impl<'a> Walk<'a> {
                 ));
             }
         }
-        // The close that wrote the checkpoint stamped its seal last: the saved timestamp
-        // is the newest of the records, or later appends would be stamped by a lie.
-        if self.newest_ns != self.checkpoint.last_timestamp_ns {
+        // The saved timestamp lies between the newest event's and the newest record's
+        // (the seal's; earlier versions saved the last event's), or later appends
+        // would be stamped by it: in the far future, or before existing events.
+        let saved = self.checkpoint.last_timestamp_ns;
+        if saved < self.newest_event_ns || saved > self.newest_ns {
             return Err(format!(
-                "saved last timestamp {} is not the newest record's {}",
-                self.checkpoint.last_timestamp_ns, self.newest_ns
+                "saved last timestamp {saved} is outside the records' {}..={}",
+                self.newest_event_ns, self.newest_ns
             ));
         }
         if self.tenant_owns.contains(&false) {
