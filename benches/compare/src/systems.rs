@@ -43,10 +43,23 @@ pub fn display_name(name: &str) -> &str {
     }
 }
 
+/// execlog's default options, except `EXECLOG_BENCH_GROW_MIN_BYTES` (for A/B runs of
+/// `Options::grow_group_min_bytes`; `max` never grows the file with records).
+fn execlog_options() -> execlog::Options {
+    let options = execlog::Options::default();
+    match std::env::var("EXECLOG_BENCH_GROW_MIN_BYTES").as_deref() {
+        Ok("max") => options.grow_group_min_bytes(u64::MAX),
+        Ok(v) => options.grow_group_min_bytes(v.parse().expect("EXECLOG_BENCH_GROW_MIN_BYTES")),
+        Err(_) => options,
+    }
+}
+
 pub fn open(name: &str, dir: &Path) -> Box<dyn System> {
     std::fs::create_dir_all(dir).expect("create bench dir");
     match name {
-        "execlog" => Box::new(Execlog(LogStore::open(dir).expect("open execlog"))),
+        "execlog" => Box::new(Execlog(
+            LogStore::open_with(dir, execlog_options()).expect("open execlog"),
+        )),
         "sqlite" => Box::new(Sqlite::open(dir)),
         "redb" => Box::new(Redb::open(dir)),
         #[cfg(feature = "rocksdb")]
