@@ -9,18 +9,16 @@
 //! 28     4    crc             CRC-32 of bytes [0, 28)
 //! 32     …    records         record.rs, starting at offset 32
 //! ```
-//! Records are only ever written over zeros that were written and made durable
-//! beforehand: the commit thread keeps the zeroed region ahead of the records
-//! ([`ZERO_AHEAD`] at a time, up to the segment's capacity) and fdatasyncs it before any
-//! record goes there. Writing real zeros (not `ftruncate`, not `fallocate`) makes every
-//! append a pure overwrite of allocated, initialized blocks: its fdatasync has no
-//! allocation or unwritten-extent metadata to commit. With sparse preallocation the
-//! kernel power-cut test (tests/power_cut.rs) lost acknowledged appends that crossed
-//! into a new block on both ext4 and XFS. Growing the file with the records themselves
-//! (no zeros first, as most logs append) failed the same way: with every commit group
-//! growing the file, 3 of 160 cuts (2 of 80 on ext4, 1 of 80 on XFS) lost the last
-//! acknowledged append, although its fdatasync had returned; writing over zeros lost
-//! none of 80 cuts the same hour. So bulk appends pay for their bytes twice (docs/DESIGN.md, "Known limits").
+//! Small commit groups are only ever written over zeros that were written and made
+//! durable beforehand: the commit thread keeps the zeroed region ahead of the records
+//! ([`ZERO_AHEAD`] at a time, up to the segment's capacity) and fdatasyncs it before
+//! such a group goes there, so an append is a pure overwrite of allocated, initialized
+//! blocks and its fdatasync has no allocation or unwritten-extent metadata to commit.
+//! Groups of `Options::grow_group_min_bytes` or more instead grow the file with their
+//! own bytes (each byte written once); their fdatasync commits the new length and
+//! extents too. Both survived hundreds of kernel power cuts each, counted as a real
+//! power cut would acknowledge (docs/DESIGN.md, "Write path variants"); sparse files
+//! and `fallocate` exist only as experimental [`WritePath`] variants.
 //! A segment's file length is its zeroed end; its
 //! capacity (`Options::segment_size_bytes`, or more for one large batch) is where the
 //! writer rolls. Records never span two segments, and neither do batches.
