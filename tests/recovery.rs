@@ -490,3 +490,26 @@ fn the_end_of_the_log_is_read_back_from_the_disk_after_an_unclean_end() {
         TailCheck::Verified { .. } | TailCheck::Covered
     ));
 }
+
+/// Disk bytes never panic a debug build: a valid-CRC record whose `batch_remaining` is
+/// u32::MAX after one that opened a batch (the check once computed `u32::MAX + 1`).
+#[test]
+fn a_forged_batch_countdown_is_an_error_not_an_overflow() {
+    let options = small_segments().index_checkpoint(false);
+    let (dir, _) = store_with(2, options.clone());
+    let path = seg(dir.path(), 1);
+    let mut bytes = fs::read(&path).unwrap();
+    let offsets = record_offsets(&bytes);
+    for (record, remaining) in [(offsets[0], 1u32), (offsets[1], u32::MAX)] {
+        bytes[record + 40..record + 44].copy_from_slice(&remaining.to_le_bytes());
+        let len = u32::from_le_bytes(bytes[record + 4..record + 8].try_into().unwrap()) as usize;
+        let crc = crc32(&bytes[record + 4..record + 56 + len]);
+        bytes[record..record + 4].copy_from_slice(&crc.to_le_bytes());
+    }
+    fs::write(&path, &bytes).unwrap();
+    match LogStore::open_with(dir.path(), options) {
+        Err(Error::Corrupt { reason, .. }) => assert!(reason.contains("batch"), "{reason}"),
+        Err(other) => panic!("unexpected error: {other}"),
+        Ok(s) => panic!("opened: {:?}", s.recovery_report()),
+    }
+}
