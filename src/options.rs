@@ -18,8 +18,8 @@ pub const MAX_BATCH_LIMIT_BYTES: usize = 1 << 30;
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WritePath {
-    /// Zeros written and fdatasynced ahead of the records, 4 MiB at a time: every
-    /// append overwrites initialized blocks. The default.
+    /// Zeros written and fdatasynced ahead of the records, 4 MiB at a time, except
+    /// that groups of `grow_group_min_bytes` or more grow the file. The default.
     ZerosAhead,
     /// No preparation: the records themselves grow the file.
     Grow,
@@ -69,7 +69,8 @@ impl Default for Options {
 
 impl Options {
     /// Size at which the log rolls to a new segment file. A segment's file grows to it
-    /// in zero-filled steps of 4 MiB ahead of the records. Default 64 MiB; from 64 KiB
+    /// in zero-filled steps of 4 MiB ahead of small commit groups (large ones grow it
+    /// with their own bytes, see [`Options::grow_group_min_bytes`]). Default 64 MiB; from 64 KiB
     /// to 1 GiB. A single batch larger than this gets a segment of its own, sized to fit.
     #[must_use]
     pub fn segment_size_bytes(mut self, bytes: u64) -> Self {

@@ -40,6 +40,22 @@ pub fn run(args: &Args) -> Result<ExitCode, String> {
         return Err("no events on stdin; nothing was stored".into());
     }
     let store = LogStore::open(&args.dir).map_err(|e| e.to_string())?;
+    // The library reports repairs through `log`, which this tool does not route: say
+    // here what open cut or removed.
+    let report = store.recovery_report();
+    if let Some((segment, offset)) = report.truncated_at {
+        eprintln!(
+            "execlog: open cut {} bytes at segment {segment} offset {offset}: {}",
+            report.bytes_truncated,
+            report.torn_reason.as_deref().unwrap_or("torn tail")
+        );
+    }
+    if !report.removed_segments.is_empty() {
+        eprintln!(
+            "execlog: open set aside unfinished segments {:?}",
+            report.removed_segments
+        );
+    }
     let execution = ExecutionId::from(args.execution.as_str());
     let tenant = TenantId::from(args.tenant.as_str());
     if args.batch {
