@@ -6,8 +6,10 @@
 //!   → `queue.rs` → `committer.rs` (one write + one fdatasync per group) → segment files
 //!   (`segment.rs`, `segments.rs`).
 //! - **open** → `recovery.rs` (list, load a `checkpoint.rs` if its segment checksums
-//!   match, `scan.rs` every record after it, verify CRCs, cut a torn tail, refuse
-//!   corruption) → `index.rs` rebuilt in memory.
+//!   match and it describes the records, `scan.rs` every record after it, verify CRCs,
+//!   refuse corruption, read the last commit group back past the page cache) →
+//!   `repair.rs` (journaled cuts of a torn or never-synced tail) → `index.rs` rebuilt
+//!   in memory.
 //! - **read** → `index.rs` entry point → `reader.rs` walks the execution's own records
 //!   back through `mmap.rs` views → `codec.rs` decode.
 //!
