@@ -232,3 +232,43 @@ fn help_has_examples() {
         );
     }
 }
+
+/// A closed stdout (`execlog stats DIR | true`) is a normal end: exit 0, no panic, for
+/// every command that writes to stdout.
+#[test]
+fn a_closed_stdout_is_a_normal_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let demo = ["demo", "--dir", d, "--executions", "5", "--writers", "1"];
+    assert!(execlog(&demo, "").status.success());
+    let other = tempfile::tempdir().unwrap();
+    let o = other.path().to_str().unwrap();
+    let commands: [&[&str]; 6] = [
+        &["demo", "--dir", o, "--executions", "5", "--writers", "1"],
+        &["stats", d],
+        &["events", d, "run-000000"],
+        &["list", d, "--tenant", "tenant-0"],
+        &["verify", d],
+        &["append", d, "--execution", "x", "--tenant", "t"],
+    ];
+    for args in commands {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader); // nobody reads: every write to stdout fails with EPIPE
+        let mut child = Command::new(env!("CARGO_BIN_EXE_execlog"))
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write;
+            // Commands other than `append` may exit before reading their stdin.
+            let _ = stdin.write_all(b"{\"type\":\"execution_resumed\"}\n");
+        }
+        let out = child.wait_with_output().unwrap();
+        let err = text(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?} {err}", out.status);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

@@ -64,14 +64,14 @@ pub fn run(args: &Args) -> Result<ExitCode, String> {
             .append_batch_blocking(&execution, &tenant, events)
             .map_err(|e| e.to_string())?;
         for seq in first..first + count {
-            println!("{seq}");
+            out!("{seq}");
         }
     } else {
         for event in events {
             let seq = store
                 .append_blocking(&execution, &tenant, event)
                 .map_err(|e| e.to_string())?;
-            println!("{seq}");
+            out!("{seq}");
         }
     }
     store.close().map_err(|e| e.to_string())?;

@@ -211,40 +211,40 @@ pub fn run(args: &Args) -> Result<ExitCode, String> {
             .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
             .map_or(0.0, |d| d.as_secs_f64() * 1e6)
     };
-    println!("execlog demo: every event read back and checked");
-    println!("  {:<28} {}", "executions", plans);
-    println!("  {:<28} {}", "tenants", args.tenants);
-    println!("  {:<28} {}", "writers (threads)", args.writers);
-    println!("  {:<28} {}", "events (durable)", events);
-    println!("  {:<28} {}", "appends (single or batch)", latencies.len());
-    println!(
+    out!("execlog demo: every event read back and checked");
+    out!("  {:<28} {}", "executions", plans);
+    out!("  {:<28} {}", "tenants", args.tenants);
+    out!("  {:<28} {}", "writers (threads)", args.writers);
+    out!("  {:<28} {}", "events (durable)", events);
+    out!("  {:<28} {}", "appends (single or batch)", latencies.len());
+    out!(
         "  {:<28} {:.0}",
         "events/s (durable)",
         events as f64 / elapsed.as_secs_f64()
     );
-    println!(
+    out!(
         "  {:<28} {:.0} / {:.0}",
         "append latency p50/p99 (µs)",
         pct(0.5),
         pct(0.99)
     );
-    println!(
+    out!(
         "  {:<28} {:.0}",
         "read-back events/s",
         events as f64 / check.as_secs_f64()
     );
-    println!(
+    out!(
         "  {:<28} {} ({:.0} per event)",
         "disk bytes (data)",
         stats.data_bytes,
         stats.data_bytes as f64 / events.max(1) as f64
     );
-    println!(
+    out!(
         "  {:<28} {} ({:.2} per event)",
         "index bytes",
         stats.index_bytes,
         stats.index_bytes as f64 / events.max(1) as f64
     );
-    println!("  {:<28} {}", "store", dir.display());
+    out!("  {:<28} {}", "store", dir.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -128,11 +128,11 @@ pub fn stats(dir: &Path) -> Result<ExitCode, String> {
     let store = open(dir)?;
     let s = store.stats();
     let r = store.recovery_report();
-    println!("segments:          {}", s.segments);
-    println!("events:            {}", s.events);
-    println!("executions:        {}", s.executions);
-    println!("tenants:           {}", s.tenants);
-    println!("data bytes:        {}", s.data_bytes);
+    out!("segments:          {}", s.segments);
+    out!("events:            {}", s.events);
+    out!("executions:        {}", s.executions);
+    out!("tenants:           {}", s.tenants);
+    out!("data bytes:        {}", s.data_bytes);
     let file_bytes: u64 = std::fs::read_dir(dir)
         .map(|entries| {
             entries
@@ -141,31 +141,35 @@ pub fn stats(dir: &Path) -> Result<ExitCode, String> {
                 .sum()
         })
         .unwrap_or(0);
-    println!("file bytes:        {file_bytes} (segments are zero-filled ahead of the data)");
-    println!(
+    out!("file bytes:        {file_bytes} (segments are zero-filled ahead of the data)");
+    out!(
         "index bytes:       {} ({} in sparse entries)",
-        s.index_bytes, s.sparse_index_bytes
+        s.index_bytes,
+        s.sparse_index_bytes
     );
-    println!(
+    out!(
         "recovery:          scanned {} segments, {} records, {} bytes in {:?}",
-        r.segments_scanned, r.records, r.bytes_scanned, r.duration
+        r.segments_scanned,
+        r.records,
+        r.bytes_scanned,
+        r.duration
     );
     match (&r.checkpoint_ignored, r.checkpoint_bytes) {
-        (Some(why), _) => println!("checkpoint:        ignored: {why} (every record scanned)"),
-        (None, 0) => println!("checkpoint:        none (every record scanned)"),
-        (None, covered) => println!(
+        (Some(why), _) => out!("checkpoint:        ignored: {why} (every record scanned)"),
+        (None, 0) => out!("checkpoint:        none (every record scanned)"),
+        (None, covered) => out!(
             "checkpoint:        index loaded for {covered} bytes of records (their checksums verified)"
         ),
     }
     match r.truncated_at {
-        Some((seg, off)) => println!(
+        Some((seg, off)) => out!(
             "torn tail:         segment {seg} offset {off}: {} (not cut: read-only)",
             r.torn_reason.as_deref().unwrap_or("")
         ),
-        None => println!("torn tail:         none"),
+        None => out!("torn tail:         none"),
     }
     if !r.ignored_files.is_empty() {
-        println!("ignored files:     {}", r.ignored_files.join(", "));
+        out!("ignored files:     {}", r.ignored_files.join(", "));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -179,7 +183,7 @@ pub fn verify(dir: &Path) -> Result<ExitCode, String> {
     });
     bar.finish_and_clear();
     for p in &report.problems {
-        println!("problem: {p}");
+        out!("problem: {p}");
     }
     eprintln!(
         "execlog: verified {} executions, {} events, {} records scanned: {}",

@@ -4,9 +4,38 @@
 //! errors go to stderr. Every failure is one line on stderr and a non-zero exit code:
 //! 1 for a problem with the store or the input, 2 for a usage error (clap's).
 
+/// `println!` for the commands' output: a closed stdout (`execlog stats DIR | head`)
+/// ends the process quietly with success, as for other Unix tools, instead of the
+/// panic `println!` raises on a broken pipe. Defined before the command modules so
+/// that they see it.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::write_line(format_args!($($arg)*))
+    };
+}
+
 mod append;
 mod demo;
 mod inspect;
+
+/// Writes one line to stdout (see [`out!`]).
+fn write_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout
+        .write_fmt(line)
+        .and_then(|()| stdout.write_all(b"\n"));
+    match written {
+        Ok(()) => {}
+        // The reader is gone: nothing more to say. Stores opened for writing were
+        // synced before anything was printed about them.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("execlog: cannot write to stdout: {e}");
+            std::process::exit(1);
+        }
+    }
+}
 
 use std::path::PathBuf;
 use std::process::ExitCode;
