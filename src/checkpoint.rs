@@ -10,8 +10,9 @@
 //! scan then continues where the checkpoint ends. Anything else (no file, a bad CRC,
 //! another stride, a digest that differs) and the checkpoint is ignored: the full scan
 //! runs and reaches the verdict it would have reached without one, so a checkpoint
-//! changes how fast open is, never what it finds. Debug builds check that on every
-//! open that uses one (`recovery.rs` rebuilds the covered part and compares).
+//! changes how fast open is, never what it finds. Matching digests prove the bytes
+//! unchanged, not that the index describes them, so [`check_records`] also walks the
+//! covered record headers, in every build, before the index is used.
 //!
 //! The file (`checkpoint.idx`, layout in docs/FORMAT.md) is written at clean close by
 //! the commit thread after the seal: to `checkpoint.idx.tmp`, fdatasync, rename,

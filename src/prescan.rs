@@ -32,7 +32,7 @@ use crate::sync::MODEL_CHECKED;
 /// thread costs more than it saves there. Release and debug builds decide alike, by
 /// size, so tests of large stores (`tests/recovery.rs`) run the thread and every
 /// smaller test runs the trusted path deterministically.
-pub(crate) const THREAD_MIN_BYTES: u64 = 4 << 20;
+const THREAD_MIN_BYTES: u64 = 4 << 20;
 
 /// How many records pass between two publications of a position (by either thread).
 const PUBLISH_EVERY: usize = 64;
@@ -250,7 +250,7 @@ mod tests {
             })
             .unwrap_or(0);
         assert!(bad_at > SEGMENT_HEADER_LEN);
-        // Debug builds prescan before returning: everything up to the bad record.
+        // Small stores are prescanned before `start` returns: up to the bad record.
         assert_eq!(verified, bad_at);
         prescan.finish();
     }

@@ -619,7 +619,7 @@ const MAX_SEGMENT_FILE_BYTES: u64 = u32::MAX as u64;
 
 /// Stores smaller than this verify checkpoint digests on one thread; larger ones on
 /// two, in every build (`tests/checkpoint.rs` opens one that large).
-pub(crate) const PARALLEL_DIGEST_BYTES: u64 = 8 << 20;
+const PARALLEL_DIGEST_BYTES: u64 = 8 << 20;
 
 /// One segment to scan.
 struct SegmentScan<'a> {
