@@ -62,7 +62,8 @@ pub(crate) fn prepare(
         ));
     }
     let count = events.len();
-    let bodies = encode_all(shared, events)?;
+    let options = &shared.options;
+    let bodies = encode_all(options.max_event_bytes, options.max_batch_bytes, events)?;
     let mut declaration = Vec::new();
     codec::encode_declaration(
         Some(&Declaration {
@@ -213,14 +214,26 @@ pub(crate) fn enqueue(
 /// The encoded events of one append, back to back in one buffer: one allocation per
 /// append instead of one (and its regrowths) per event, which was a fifth of the CPU
 /// time of batch ingest (perf).
-struct Bodies {
+pub(crate) struct Bodies {
     bytes: Vec<u8>,
     /// Where each body ends in `bytes`.
     ends: Vec<usize>,
 }
 
 impl Bodies {
-    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+    /// How many events.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Their encoded bytes in all.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn total_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &[u8]> {
         let starts = std::iter::once(0).chain(self.ends.iter().copied());
         starts
             .zip(self.ends.iter().copied())
@@ -228,9 +241,13 @@ impl Bodies {
     }
 }
 
-/// Encodes every event, enforcing the per-event and per-batch limits.
-fn encode_all(shared: &Shared, events: Vec<ExecutionEventData>) -> Result<Bodies> {
-    let options = &shared.options;
+/// Encodes every event, enforcing the per-event and per-batch limits (shared by both
+/// backends, so that both refuse the same appends with the same errors).
+pub(crate) fn encode_all(
+    max_event_bytes: usize,
+    max_batch_bytes: usize,
+    events: Vec<ExecutionEventData>,
+) -> Result<Bodies> {
     let mut total = 0usize;
     let mut bodies = Bodies {
         // A guess that fits typical events without regrowing; it only grows if wrong.
@@ -241,17 +258,15 @@ fn encode_all(shared: &Shared, events: Vec<ExecutionEventData>) -> Result<Bodies
         let start = bodies.bytes.len();
         codec::encode_event(event, &mut bodies.bytes).map_err(Error::InvalidArgument)?;
         let len = bodies.bytes.len() - start;
-        if len > options.max_event_bytes {
+        if len > max_event_bytes {
             return Err(Error::InvalidArgument(format!(
-                "event encodes to {} bytes; the limit (Options::max_event_bytes) is {}",
-                len, options.max_event_bytes
+                "event encodes to {len} bytes; the limit (Options::max_event_bytes) is {max_event_bytes}"
             )));
         }
         total = total.saturating_add(record::framed_len(len));
-        if total > options.max_batch_bytes {
+        if total > max_batch_bytes {
             return Err(Error::InvalidArgument(format!(
-                "batch exceeds {} encoded bytes (Options::max_batch_bytes)",
-                options.max_batch_bytes
+                "batch exceeds {max_batch_bytes} encoded bytes (Options::max_batch_bytes)"
             )));
         }
         bodies.ends.push(bodies.bytes.len());

@@ -74,6 +74,19 @@ pub(crate) fn decode_body(
     Ok((declaration, ExecutionEventData::try_from(wire)?))
 }
 
+/// Decodes an event body without a declaration in front (the PostgreSQL backend's
+/// `body` column holds exactly what [`encode_event`] wrote).
+#[cfg(feature = "postgres")]
+pub(crate) fn decode_event(body: &[u8]) -> Result<ExecutionEventData, String> {
+    let limit = u64::try_from(body.len()).unwrap_or(u64::MAX);
+    let wire: Wire = options()
+        .with_limit(limit)
+        .reject_trailing_bytes()
+        .deserialize(body)
+        .map_err(|e| format!("cannot decode event body: {e}"))?;
+    ExecutionEventData::try_from(wire)
+}
+
 /// Decodes only the declaration at the start of a record body (recovery needs no more).
 pub(crate) fn decode_declaration(body: &[u8]) -> Result<Option<Declaration>, String> {
     let limit = u64::try_from(body.len()).unwrap_or(u64::MAX);

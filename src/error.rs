@@ -63,6 +63,24 @@ pub enum Error {
     Closed,
     /// An argument was rejected before anything was written.
     InvalidArgument(String),
+    /// The database server cannot be reached (PostgreSQL backend): connecting failed,
+    /// or the connection was lost and did not come back within the reconnect timeout.
+    /// An append that fails so was not stored, unless `reason` says its outcome is
+    /// unknown (docs/POSTGRES.md, "In-doubt commits").
+    Unavailable {
+        /// The server, without credentials, e.g. `127.0.0.1:5432/execlog`.
+        server: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The database server refused a request (PostgreSQL backend), e.g. a missing
+    /// privilege or a schema newer than this build.
+    Database {
+        /// The SQLSTATE code, e.g. `42501`; empty when the refusal is execlog's own.
+        code: String,
+        /// The server's message.
+        message: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -108,6 +126,20 @@ impl fmt::Display for Error {
             ),
             Error::Closed => write!(f, "store is closed; open it again to continue"),
             Error::InvalidArgument(what) => write!(f, "invalid argument: {what}"),
+            Error::Unavailable { server, reason } => write!(
+                f,
+                "database server {server} cannot be reached ({reason}); check that the server \
+                 runs and accepts connections, then retry"
+            ),
+            Error::Database { code, message } if code.is_empty() => {
+                write!(f, "database refused the request: {message}")
+            }
+            Error::Database { code, message } => {
+                write!(
+                    f,
+                    "database refused the request (SQLSTATE {code}): {message}"
+                )
+            }
         }
     }
 }
@@ -172,6 +204,14 @@ impl Error {
             },
             Error::Closed => Error::Closed,
             Error::InvalidArgument(what) => Error::InvalidArgument(what.clone()),
+            Error::Unavailable { server, reason } => Error::Unavailable {
+                server: server.clone(),
+                reason: reason.clone(),
+            },
+            Error::Database { code, message } => Error::Database {
+                code: code.clone(),
+                message: message.clone(),
+            },
         }
     }
 }

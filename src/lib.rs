@@ -46,6 +46,8 @@ mod io;
 mod log_store;
 mod mmap;
 mod options;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod prescan;
 mod queue;
 mod reader;

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod writer;
 
 use std::io::Write;

@@ -1,0 +1,453 @@
+//! Client-side group commit: the appends waiting when a write connection is free go
+//! into one transaction, one fsync of the server's WAL for all of them.
+//!
+//! Each write connection runs [`run_writer`]: gather a group, commit it, answer every
+//! append in it, repeat. A group's transaction is two round trips:
+//! 1. `BEGIN; SELECT pg_current_xact_id()`: the transaction's id, known before the
+//!    commit so that a commit whose reply is lost can be resolved (below);
+//! 2. the group statement ([`GROUP_SQL`]) and `COMMIT`, pipelined.
+//!
+//! Invariants:
+//! - Sequences come from the execution's head row, advanced by the upsert in
+//!   [`GROUP_SQL`] under its row lock, held to the commit; the primary key on
+//!   (execution_id, seq) is the backstop. Head rows are locked in one global order
+//!   (execution id bytes, `COLLATE "C"`), so groups never deadlock each other; should
+//!   the server still report one, the group is retried.
+//! - A group holds at most one tenant per execution (an append naming another tenant
+//!   waits for the next group), so a tenant mismatch rejects exactly the appends that
+//!   name the wrong owner, and nothing else in the group.
+//! - An append is answered `Ok` only after its transaction's commit returned, or,
+//!   when the connection broke around the commit, after `pg_xact_status` on a new
+//!   connection said it committed. A group that did not commit is retried until
+//!   `reconnect_timeout`; one whose outcome stays unknown is answered with an error
+//!   that says so.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row, SimpleQueryMessage, Statement};
+
+use super::connect::{Target, is_connection_loss};
+use super::sql_id::escape;
+use crate::append::Bodies;
+use crate::error::{Error, Result};
+use crate::ids::{ExecutionId, TenantId};
+
+/// Advances the head rows of the group's executions and inserts its events, in one
+/// statement. Returns each execution whose owner matched with its new last sequence
+/// and the timestamp given to the group's events.
+const GROUP_SQL: &str = r#"
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) AS i(execution_id, tenant_id, n)
+), heads AS (
+    INSERT INTO execlog_executions AS h (execution_id, tenant_id, last_seq, last_ts_ns)
+    SELECT execution_id, tenant_id, n, $4::bigint FROM input ORDER BY execution_id COLLATE "C"
+    ON CONFLICT (execution_id) DO UPDATE
+        SET last_seq = h.last_seq + excluded.last_seq,
+            last_ts_ns = greatest(h.last_ts_ns, excluded.last_ts_ns)
+        WHERE h.tenant_id = excluded.tenant_id
+    RETURNING h.execution_id, h.last_seq, h.last_ts_ns
+), stored AS (
+    INSERT INTO execlog_events (execution_id, seq, ts_ns, body)
+    SELECT e.execution_id, hd.last_seq - i.n + e.off, hd.last_ts_ns, e.body
+    FROM unnest($5::text[], $6::bigint[], $7::bytea[]) AS e(execution_id, off, body)
+    JOIN heads hd ON hd.execution_id = e.execution_id
+    JOIN input i ON i.execution_id = e.execution_id
+)
+SELECT execution_id, last_seq, last_ts_ns FROM heads
+"#;
+
+/// What a committed group's executions ended at, as [`GROUP_SQL`] returns it, for an
+/// in-doubt commit found committed.
+const COMMITTED_SQL: &str = "
+SELECT execution_id, max(seq), max(ts_ns) FROM execlog_events
+WHERE xid = $1::text::xid8 GROUP BY execution_id";
+
+/// One append waiting for its group.
+pub(crate) struct Request {
+    pub(crate) execution_id: ExecutionId,
+    pub(crate) tenant_id: TenantId,
+    pub(crate) bodies: Bodies,
+    pub(crate) reply: oneshot::Sender<Result<u64>>,
+}
+
+/// How big a group may grow.
+#[derive(Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) max_appends: usize,
+    pub(crate) max_bytes: usize,
+}
+
+/// Timestamps for the events: nanoseconds since the epoch, never decreasing within
+/// this store even if the system clock steps back (the head row keeps them from
+/// decreasing within an execution across stores).
+#[derive(Default)]
+pub(crate) struct Clock {
+    last: AtomicI64,
+}
+
+impl Clock {
+    fn now_ns(&self) -> i64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        self.last.fetch_max(now, Ordering::Relaxed).max(now)
+    }
+}
+
+/// The shared receiving end: the free writer holding it gathers the next group.
+pub(crate) type Inbox = Arc<Mutex<mpsc::Receiver<Request>>>;
+
+/// One write connection's loop; returns when the store closes and the inbox is empty.
+pub(crate) async fn run_writer(
+    target: Arc<Target>,
+    inbox: Inbox,
+    limits: Limits,
+    clock: Arc<Clock>,
+) {
+    let mut writer = Writer { target, conn: None };
+    let mut carry = Vec::new();
+    while let Some(group) = gather(&inbox, &mut carry, limits).await {
+        writer.commit(group, &clock).await;
+    }
+}
+
+/// Takes the appends left over from the last group, then waits for at least one and
+/// takes whatever else is waiting, within `limits`. `None` once the store is closed
+/// and drained.
+async fn gather(inbox: &Inbox, carry: &mut Vec<Request>, limits: Limits) -> Option<Vec<Request>> {
+    let mut group = Group::default();
+    for request in std::mem::take(carry) {
+        group.offer(request, limits, carry);
+    }
+    let mut rx = inbox.lock().await;
+    if group.requests.is_empty() {
+        let first = rx.recv().await?;
+        group.offer(first, limits, carry);
+    }
+    while carry.is_empty() && !group.full(limits) {
+        match rx.try_recv() {
+            Ok(request) => group.offer(request, limits, carry),
+            Err(_) => break,
+        }
+    }
+    Some(group.requests)
+}
+
+#[derive(Default)]
+struct Group {
+    requests: Vec<Request>,
+    bytes: usize,
+    owners: HashMap<ExecutionId, TenantId>,
+}
+
+impl Group {
+    fn full(&self, limits: Limits) -> bool {
+        self.requests.len() >= limits.max_appends || self.bytes >= limits.max_bytes
+    }
+
+    /// Adds the request, or leaves it in `later` when the group is full or already
+    /// holds its execution under another tenant.
+    fn offer(&mut self, request: Request, limits: Limits, later: &mut Vec<Request>) {
+        let size = request.bodies.total_bytes();
+        let too_big = !self.requests.is_empty() && self.bytes + size > limits.max_bytes;
+        let other_owner = self
+            .owners
+            .get(&request.execution_id)
+            .is_some_and(|t| *t != request.tenant_id);
+        if too_big || other_owner || self.requests.len() >= limits.max_appends {
+            later.push(request);
+            return;
+        }
+        self.owners
+            .entry(request.execution_id.clone())
+            .or_insert_with(|| request.tenant_id.clone());
+        self.bytes += size;
+        self.requests.push(request);
+    }
+}
+
+/// The group as statement parameters, and where each append's events sit.
+struct Plan {
+    executions: Vec<String>,
+    tenants: Vec<String>,
+    counts: Vec<i64>,
+    event_executions: Vec<String>,
+    offsets: Vec<i64>,
+    /// Per request (same order as the group): its execution's index in `executions`
+    /// and the offset of its first event within that execution's part of the group.
+    placement: Vec<(usize, i64)>,
+}
+
+impl Plan {
+    fn new(group: &[Request]) -> Plan {
+        let stored: Vec<String> = group
+            .iter()
+            .map(|r| escape(r.execution_id.as_str()).into_owned())
+            .collect();
+        let mut order: Vec<usize> = (0..group.len()).collect();
+        // Stable: an execution's appends keep their arrival order. Byte order is the
+        // order `COLLATE "C"` locks the head rows in.
+        order.sort_by(|&a, &b| stored[a].as_bytes().cmp(stored[b].as_bytes()));
+        let mut plan = Plan {
+            executions: Vec::new(),
+            tenants: Vec::new(),
+            counts: Vec::new(),
+            event_executions: Vec::new(),
+            offsets: Vec::new(),
+            placement: vec![(0, 0); group.len()],
+        };
+        for &r in &order {
+            let request = &group[r];
+            if plan.executions.last() != Some(&stored[r]) {
+                plan.executions.push(stored[r].clone());
+                plan.tenants
+                    .push(escape(request.tenant_id.as_str()).into_owned());
+                plan.counts.push(0);
+            }
+            let e = plan.executions.len() - 1;
+            plan.placement[r] = (e, plan.counts[e] + 1);
+            for _ in 0..request.bodies.len() {
+                plan.counts[e] += 1;
+                plan.event_executions.push(stored[r].clone());
+                plan.offsets.push(plan.counts[e]);
+            }
+        }
+        plan
+    }
+
+    /// The bodies in the order of `event_executions`.
+    fn bodies<'a>(&self, group: &'a [Request]) -> Vec<&'a [u8]> {
+        let mut order: Vec<usize> = (0..group.len()).collect();
+        order.sort_by_key(|&r| self.placement[r]);
+        order.iter().flat_map(|&r| group[r].bodies.iter()).collect()
+    }
+}
+
+/// A write connection and its prepared group statement.
+struct Conn {
+    client: Client,
+    group: Statement,
+}
+
+struct Writer {
+    target: Arc<Target>,
+    conn: Option<Conn>,
+}
+
+/// How one attempt at a group's transaction ended.
+enum Attempt {
+    /// Committed; the rows of [`GROUP_SQL`].
+    Committed(Vec<Row>),
+    /// Certainly not committed; may be retried.
+    NotCommitted(Error),
+    /// Refused by the server for a reason a retry would not change.
+    Refused(Error),
+    /// The connection broke around the commit of this transaction.
+    InDoubt { xid: String, error: Error },
+}
+
+impl Writer {
+    /// Commits the group and answers each of its appends.
+    async fn commit(&mut self, group: Vec<Request>, clock: &Clock) {
+        let plan = Plan::new(&group);
+        let bodies = plan.bodies(&group);
+        let since = Instant::now();
+        let outcome = loop {
+            let attempt = self.attempt(&plan, &bodies, clock.now_ns()).await;
+            let attempt = match attempt {
+                Attempt::InDoubt { xid, error } => self.resolve(&xid, error, since).await,
+                other => other,
+            };
+            match attempt {
+                Attempt::Committed(rows) => break Ok(rows),
+                Attempt::NotCommitted(e) if since.elapsed() < self.target.reconnect_timeout => {
+                    log::debug!("execlog: retrying a group of {} appends: {e}", group.len());
+                }
+                Attempt::NotCommitted(e) | Attempt::Refused(e) => break Err(e),
+                Attempt::InDoubt { error, .. } => break Err(error),
+            }
+        };
+        drop(bodies);
+        answer(group, &plan, outcome);
+    }
+
+    /// One try: connect if needed, then the two round trips.
+    async fn attempt(&mut self, plan: &Plan, bodies: &[&[u8]], now_ns: i64) -> Attempt {
+        let conn = match self.take_connection().await {
+            Ok(conn) => conn,
+            Err(e @ Error::Unavailable { .. }) => return Attempt::NotCommitted(e),
+            Err(e) => return Attempt::Refused(e),
+        };
+        // On every path below that drops `conn`, the session is broken or confused
+        // and is replaced by the next attempt.
+        let xid = match begin(&conn.client).await {
+            Ok(xid) => xid,
+            // Nothing can have committed.
+            Err(e) => return Attempt::NotCommitted(self.target.error(&e)),
+        };
+        let params: [&(dyn ToSql + Sync); 7] = [
+            &plan.executions,
+            &plan.tenants,
+            &plan.counts,
+            &now_ns,
+            &plan.event_executions,
+            &plan.offsets,
+            &bodies,
+        ];
+        let (rows, commit) = tokio::join!(
+            conn.client.query(&conn.group, &params),
+            conn.client.batch_execute("COMMIT"),
+        );
+        let failure = match (rows, commit) {
+            (Ok(rows), Ok(())) => {
+                self.conn = Some(conn);
+                return Attempt::Committed(rows);
+            }
+            (Err(e), _) | (Ok(_), Err(e)) => e,
+        };
+        let error = self.target.error(&failure);
+        if is_connection_loss(&conn.client, &failure) {
+            return Attempt::InDoubt { xid, error };
+        }
+        // A refusal aborted the transaction: the pipelined COMMIT rolled it back.
+        self.conn = Some(conn);
+        if failure
+            .code()
+            .is_some_and(|c| matches!(c.code(), "40001" | "40P01"))
+        {
+            Attempt::NotCommitted(error)
+        } else {
+            Attempt::Refused(error)
+        }
+    }
+
+    /// The live connection, taken out of `self` (put it back when it is still good),
+    /// connecting and preparing if there is none.
+    async fn take_connection(&mut self) -> Result<Conn> {
+        if let Some(conn) = self.conn.take()
+            && !conn.client.is_closed()
+        {
+            return Ok(conn);
+        }
+        let client = self.target.connect().await?;
+        let group = client
+            .prepare(GROUP_SQL)
+            .await
+            .map_err(|e| self.target.error(&e))?;
+        Ok(Conn { client, group })
+    }
+
+    /// Learns, on a new connection, whether the transaction `xid` committed.
+    async fn resolve(&mut self, xid: &str, mut error: Error, since: Instant) -> Attempt {
+        loop {
+            if since.elapsed() >= self.target.reconnect_timeout {
+                return Attempt::InDoubt {
+                    xid: xid.to_owned(),
+                    error: in_doubt(error),
+                };
+            }
+            match self.xact_status(xid).await {
+                Ok(Some(rows)) => return Attempt::Committed(rows),
+                Ok(None) => return Attempt::NotCommitted(error),
+                Err(e) => error = e,
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `Some(rows)` if `xid` committed, `None` if it did not, `Err` if not yet known.
+    async fn xact_status(&mut self, xid: &str) -> Result<Option<Vec<Row>>> {
+        let conn = self.take_connection().await?;
+        let target = &self.target;
+        let err = |e: tokio_postgres::Error| target.error(&e);
+        let status: Option<String> = conn
+            .client
+            .query_one("SELECT pg_xact_status($1::text::xid8)::text", &[&xid])
+            .await
+            .map_err(err)?
+            .get(0);
+        let answer = match status.as_deref() {
+            Some("committed") => Ok(Some(
+                conn.client
+                    .query(COMMITTED_SQL, &[&xid])
+                    .await
+                    .map_err(err)?,
+            )),
+            Some("in progress") => Err(Error::Unavailable {
+                server: target.server.clone(),
+                reason: "the interrupted transaction is still running on the server".into(),
+            }),
+            // "aborted", or unknown to the server: not committed.
+            _ => Ok(None),
+        };
+        self.conn = Some(conn);
+        answer
+    }
+}
+
+fn in_doubt(error: Error) -> Error {
+    match error {
+        Error::Unavailable { server, reason } => Error::Unavailable {
+            server,
+            reason: format!(
+                "{reason}; the connection broke while the append was committing and the \
+                 server could not be asked in time whether it committed: the append may \
+                 or may not be stored"
+            ),
+        },
+        other => other,
+    }
+}
+
+/// `BEGIN` and the transaction id, in one round trip.
+async fn begin(client: &Client) -> std::result::Result<String, tokio_postgres::Error> {
+    let messages = client
+        .simple_query("BEGIN; SELECT pg_current_xact_id()::text")
+        .await?;
+    let xid = messages.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+        _ => None,
+    });
+    Ok(xid.unwrap_or_default())
+}
+
+/// Sends each append its answer: its first sequence, or why it failed.
+fn answer(group: Vec<Request>, plan: &Plan, outcome: Result<Vec<Row>>) {
+    let rows = match outcome {
+        Ok(rows) => rows,
+        Err(e) => {
+            for request in group {
+                let _ = request.reply.send(Err(e.duplicate()));
+            }
+            return;
+        }
+    };
+    let mut last: HashMap<String, i64> = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        last.insert(row.get(0), row.get(1));
+    }
+    for (r, request) in group.into_iter().enumerate() {
+        let (e, offset) = plan.placement[r];
+        let execution = &plan.executions[e];
+        let result = match last.get(execution) {
+            Some(&last_seq) => {
+                let first = last_seq - plan.counts[e] + offset;
+                u64::try_from(first).map_err(|_| Error::Database {
+                    code: String::new(),
+                    message: format!("execution {execution:?} has a negative sequence"),
+                })
+            }
+            None => Err(Error::TenantMismatch {
+                execution_id: request.execution_id.to_string(),
+                given: request.tenant_id.to_string(),
+            }),
+        };
+        // The caller may have stopped waiting (a dropped future); the append stands.
+        let _ = request.reply.send(result);
+    }
+}

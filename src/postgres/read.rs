@@ -1,0 +1,154 @@
+//! Reads: a few shared connections, each pipelining the queries of many callers.
+//!
+//! A read runs in autocommit on a connection that never opens a transaction, so it
+//! sees only committed (durable) rows. A read that loses its connection reconnects
+//! and runs again (reads change nothing, so a retry is always safe) until
+//! `reconnect_timeout`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use tokio::sync::Mutex;
+use tokio_postgres::{Client, Row, Statement};
+
+use super::connect::{Target, is_connection_loss};
+use crate::error::{Error, Result};
+
+const LOAD_SQL: &str = "
+SELECT e.seq, e.ts_ns, e.body, h.tenant_id
+FROM execlog_events e JOIN execlog_executions h ON h.execution_id = e.execution_id
+WHERE e.execution_id = $1 AND e.seq > $2
+ORDER BY e.seq
+LIMIT $3";
+
+const LATEST_SQL: &str = "SELECT last_seq FROM execlog_executions WHERE execution_id = $1";
+
+const LIST_SQL: &str = "
+SELECT execution_id FROM execlog_executions
+WHERE tenant_id = $1
+ORDER BY created DESC
+LIMIT $2 OFFSET $3";
+
+/// A read, with its parameters as the server takes them.
+pub(crate) enum Query {
+    /// Events of `execution` after `after`, at most `limit`.
+    Load {
+        execution: String,
+        after: i64,
+        limit: i64,
+    },
+    /// The head row's last sequence.
+    Latest { execution: String },
+    /// A tenant's executions, newest first.
+    List {
+        tenant: String,
+        limit: i64,
+        offset: i64,
+    },
+    /// `SELECT 1`.
+    Ping,
+}
+
+struct Conn {
+    client: Client,
+    load: Statement,
+    latest: Statement,
+    list: Statement,
+}
+
+/// The read connections, used round robin.
+pub(crate) struct Readers {
+    target: Arc<Target>,
+    slots: Vec<Mutex<Option<Arc<Conn>>>>,
+    next: AtomicUsize,
+}
+
+impl Readers {
+    pub(crate) fn new(target: Arc<Target>, connections: usize) -> Readers {
+        Readers {
+            target,
+            slots: (0..connections).map(|_| Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Runs `query`, reconnecting as needed; must run on the store's runtime.
+    pub(crate) async fn run(&self, query: &Query) -> Result<Vec<Row>> {
+        let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
+        let since = Instant::now();
+        loop {
+            let conn = self.connection(slot, since).await?;
+            let result = match query {
+                Query::Load {
+                    execution,
+                    after,
+                    limit,
+                } => {
+                    conn.client
+                        .query(&conn.load, &[execution, after, limit])
+                        .await
+                }
+                Query::Latest { execution } => conn.client.query(&conn.latest, &[execution]).await,
+                Query::List {
+                    tenant,
+                    limit,
+                    offset,
+                } => {
+                    conn.client
+                        .query(&conn.list, &[tenant, limit, offset])
+                        .await
+                }
+                Query::Ping => conn.client.query("SELECT 1", &[]).await,
+            };
+            match result {
+                Ok(rows) => return Ok(rows),
+                Err(e) if is_connection_loss(&conn.client, &e) => {
+                    if since.elapsed() >= self.target.reconnect_timeout {
+                        return Err(self.target.error(&e));
+                    }
+                    log::debug!("execlog: read lost its connection, retrying: {e}");
+                    let mut guard = slot.lock().await;
+                    if guard.as_ref().is_some_and(|c| Arc::ptr_eq(c, &conn)) {
+                        *guard = None;
+                    }
+                }
+                Err(e) => return Err(self.target.error(&e)),
+            }
+        }
+    }
+
+    async fn connection(
+        &self,
+        slot: &Mutex<Option<Arc<Conn>>>,
+        since: Instant,
+    ) -> Result<Arc<Conn>> {
+        let mut guard = slot.lock().await;
+        if let Some(conn) = guard.as_ref().filter(|c| !c.client.is_closed()) {
+            return Ok(Arc::clone(conn));
+        }
+        let client = self.target.connect_until(since).await?;
+        let err = |e: tokio_postgres::Error| self.target.error(&e);
+        let conn = Arc::new(Conn {
+            load: client.prepare(LOAD_SQL).await.map_err(err)?,
+            latest: client.prepare(LATEST_SQL).await.map_err(err)?,
+            list: client.prepare(LIST_SQL).await.map_err(err)?,
+            client,
+        });
+        *guard = Some(Arc::clone(&conn));
+        Ok(conn)
+    }
+}
+
+/// A read's parameter that the server takes as `bigint`: larger values mean "all".
+pub(crate) fn clamp(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The `Error` for a row the store did not write as it reads it.
+pub(crate) fn bad_row(what: impl Into<String>) -> Error {
+    Error::Database {
+        code: String::new(),
+        message: format!("unexpected row in the execlog tables: {}", what.into()),
+    }
+}

@@ -1,0 +1,133 @@
+//! The tables the PostgreSQL backend owns, and their migrations.
+//!
+//! `execlog_schema` records every migration applied, one row per version. Migrations
+//! are append-only: a released one is never edited, a change is a new version. They
+//! run in one transaction that first locks `execlog_schema`, so two processes
+//! connecting at once apply each migration exactly once (the second waits, then finds
+//! nothing left to do). A database whose newest version is above [`SCHEMA_VERSION`]
+//! was migrated by a newer execlog and is refused rather than misread.
+//! docs/POSTGRES.md explains each table, key and index.
+
+use tokio_postgres::Client;
+
+use super::connect::Target;
+use crate::error::{Error, Result};
+
+/// The newest schema version this build knows.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Each migration: its version, a description, and its SQL.
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "executions (head rows) and events",
+    "
+CREATE TABLE execlog_executions (
+    execution_id text   NOT NULL PRIMARY KEY,
+    tenant_id    text   NOT NULL,
+    last_seq     bigint NOT NULL CHECK (last_seq >= 0),
+    last_ts_ns   bigint NOT NULL,
+    created      bigint GENERATED ALWAYS AS IDENTITY
+);
+CREATE INDEX execlog_executions_by_tenant ON execlog_executions (tenant_id, created DESC);
+CREATE TABLE execlog_events (
+    execution_id text   NOT NULL,
+    seq          bigint NOT NULL CHECK (seq >= 1),
+    ts_ns        bigint NOT NULL,
+    xid          xid8   NOT NULL DEFAULT pg_current_xact_id(),
+    id           bigint GENERATED ALWAYS AS IDENTITY,
+    body         bytea  NOT NULL,
+    PRIMARY KEY (execution_id, seq)
+);
+CREATE INDEX execlog_events_commit_order ON execlog_events (xid, id);
+",
+)];
+
+/// Brings the store's schema to [`SCHEMA_VERSION`] (or, with `apply == false`, only
+/// checks that it is there).
+pub(crate) async fn migrate(client: &mut Client, target: &Target, apply: bool) -> Result<()> {
+    let err = |e: tokio_postgres::Error| target.error(&e);
+    if let Some(schema) = &target.schema
+        && apply
+    {
+        let sql = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
+        create_if_missing(client, &sql, target).await?;
+    }
+    if apply {
+        create_if_missing(
+            client,
+            "CREATE TABLE IF NOT EXISTS execlog_schema (
+                 version     integer     NOT NULL PRIMARY KEY,
+                 description text        NOT NULL,
+                 applied_at  timestamptz NOT NULL DEFAULT now())",
+            target,
+        )
+        .await?;
+    }
+    let tx = client.transaction().await.map_err(err)?;
+    let exists: bool = tx
+        .query_one("SELECT to_regclass('execlog_schema') IS NOT NULL", &[])
+        .await
+        .map_err(err)?
+        .get(0);
+    let current = if exists {
+        tx.batch_execute("LOCK TABLE execlog_schema IN SHARE ROW EXCLUSIVE MODE")
+            .await
+            .map_err(err)?;
+        let row = tx
+            .query_one("SELECT coalesce(max(version), 0) FROM execlog_schema", &[])
+            .await
+            .map_err(err)?;
+        row.get::<_, i32>(0)
+    } else {
+        0
+    };
+    if current > SCHEMA_VERSION {
+        return Err(Error::Database {
+            code: String::new(),
+            message: format!(
+                "the database schema is at version {current}, newer than this build's \
+                 {SCHEMA_VERSION}; use a newer execlog"
+            ),
+        });
+    }
+    if current == SCHEMA_VERSION {
+        return Ok(());
+    }
+    if !apply {
+        return Err(Error::Database {
+            code: String::new(),
+            message: format!(
+                "the database schema is at version {current}, this build needs \
+                 {SCHEMA_VERSION}; run execlog::postgres::migrate (or connect with \
+                 PgOptions::auto_migrate(true))"
+            ),
+        });
+    }
+    for (version, description, sql) in MIGRATIONS.iter().filter(|(v, ..)| *v > current) {
+        tx.batch_execute(sql).await.map_err(err)?;
+        tx.execute(
+            "INSERT INTO execlog_schema (version, description) VALUES ($1, $2)",
+            &[version, description],
+        )
+        .await
+        .map_err(err)?;
+        log::info!("execlog: PostgreSQL schema migrated to version {version}: {description}");
+    }
+    tx.commit().await.map_err(err)
+}
+
+/// Runs a `CREATE … IF NOT EXISTS`, which can still fail with a unique violation when
+/// two sessions create the same object at once; the loser then finds it made.
+async fn create_if_missing(client: &Client, sql: &str, target: &Target) -> Result<()> {
+    match client.batch_execute(sql).await {
+        Ok(()) => Ok(()),
+        Err(e)
+            if e.code().is_some_and(|c| {
+                c.code() == "23505" || c.code() == "42P06" || c.code() == "42P07"
+            }) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(target.error(&e)),
+    }
+}
