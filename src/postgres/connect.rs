@@ -98,15 +98,16 @@ impl Target {
         }
     }
 
-    /// Classifies a client error: the server's refusals keep their SQLSTATE, the rest
-    /// (I/O, a closed connection, a timeout) is [`Error::Unavailable`].
+    /// Classifies a client error: the server's refusals keep their SQLSTATE; the rest
+    /// (I/O, a closed connection, a timeout) and a server shutting down or starting up
+    /// (SQLSTATE classes 57 and 08) is [`Error::Unavailable`], which callers retry.
     pub(crate) fn error(&self, e: &tokio_postgres::Error) -> Error {
         match e.as_db_error() {
-            Some(db) => Error::Database {
+            Some(db) if !is_shutdown(db.code().code()) => Error::Database {
                 code: db.code().code().to_owned(),
                 message: db.message().to_owned(),
             },
-            None => self.unavailable(e),
+            _ => self.unavailable(e),
         }
     }
 }

@@ -257,6 +257,7 @@ impl Writer {
         let plan = Plan::new(&group);
         let bodies = plan.bodies(&group);
         let since = Instant::now();
+        let mut pause = Duration::from_millis(10);
         let outcome = loop {
             let attempt = self.attempt(&plan, &bodies, clock.now_ns()).await;
             let attempt = match attempt {
@@ -267,6 +268,12 @@ impl Writer {
                 Attempt::Committed(rows) => break Ok(rows),
                 Attempt::NotCommitted(e) if since.elapsed() < self.target.reconnect_timeout => {
                     log::debug!("execlog: retrying a group of {} appends: {e}", group.len());
+                    if matches!(e, Error::Unavailable { .. }) {
+                        // A server that is down refuses connections at once: pace the
+                        // attempts instead of spinning.
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(500));
+                    }
                 }
                 Attempt::NotCommitted(e) | Attempt::Refused(e) => break Err(e),
                 Attempt::InDoubt { error, .. } => break Err(error),
