@@ -12,6 +12,9 @@
 mod common;
 
 #[cfg(feature = "postgres")]
+// `turn()`'s guard is held across awaits on purpose: it keeps the tests that disturb
+// the shared server from overlapping; nothing else takes it.
+#[allow(clippy::await_holding_lock)]
 mod server {
     use std::collections::{HashMap, HashSet};
     use std::io::{BufRead, BufReader};
@@ -367,6 +370,85 @@ mod server {
         let acked = writers.await.unwrap();
         cutter.armed.store(false, Ordering::SeqCst);
         check_exactly_once(&store, &execs, &acked).await;
+    }
+
+    /// Another session holds an execution's head row locked: appends to that execution
+    /// wait for it, and appends to other executions do not, even through a single
+    /// write connection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_locked_execution_does_not_stall_unrelated_appends() {
+        let Some(url) = url("a_locked_execution_does_not_stall_unrelated_appends") else {
+            return;
+        };
+        let _turn = turn();
+        let schema = fresh_schema();
+        let options = PgOptions::default().schema(&schema).write_connections(1);
+        let store = Arc::new(PgStore::connect_with(&url, options).unwrap());
+        let (hot, t) = (ExecutionId::from("hot"), TenantId::from("t"));
+        store.append(&hot, &t, step_event(0)).await.unwrap();
+        let mut holder = Command::new("psql")
+            .args([url.as_str(), "-X", "-q", "-v", "ON_ERROR_STOP=1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let sql = format!(
+                "BEGIN; SELECT 1 FROM {schema}.execlog_executions WHERE execution_id = 'hot' FOR UPDATE;\n\
+                 SELECT pg_sleep(30); COMMIT;\n"
+            );
+            holder
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(sql.as_bytes())
+                .unwrap();
+        }
+        // Until the other session holds the lock, the store's appends to `hot` go through.
+        let locked = format!(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+             WHERE a.query LIKE '%pg_sleep(30)%' AND l.mode = 'RowShareLock'"
+        );
+        while psql(&url, &locked).trim() == "0" {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let waiting = tokio::spawn({
+            let (store, hot, t) = (store.clone(), hot.clone(), t.clone());
+            async move { store.append(&hot, &t, step_event(1)).await.unwrap() }
+        });
+        for i in 0..50 {
+            let e = ExecutionId::from(format!("cold-{}", i % 5));
+            store.append(&e, &t, step_event(i)).await.unwrap();
+        }
+        assert!(
+            !waiting.is_finished(),
+            "the append to the locked execution waits"
+        );
+        assert!(
+            holder.try_wait().unwrap().is_none(),
+            "the lock was held throughout"
+        );
+        // Killing psql would leave its backend sleeping with the lock: end the backend.
+        psql(
+            &url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' \
+             AND pid <> pg_backend_pid()",
+        );
+        let _ = holder.kill();
+        holder.wait().unwrap();
+        assert_eq!(
+            waiting.await.unwrap(),
+            2,
+            "and goes through once the lock is gone"
+        );
+        assert_eq!(
+            store
+                .count_events(&ExecutionId::from("cold-4"))
+                .await
+                .unwrap(),
+            10
+        );
     }
 
     const CHILD_SCHEMA: &str = "EXECLOG_PG_CHILD_SCHEMA";

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Row, SimpleQueryMessage, Statement};
+use tokio_postgres::{Client, Row, Statement};
 
 use super::connect::{Target, is_connection_loss};
 use super::sql_id::escape;
@@ -59,6 +59,24 @@ WITH input AS (
     JOIN input i ON i.execution_id = e.execution_id
 )
 SELECT execution_id, last_seq, last_ts_ns FROM heads
+"#;
+
+/// How long a group made only of appends to busy executions waits for their locks
+/// before it steps aside (a PostgreSQL `lock_timeout`).
+const BUSY_WAIT: &str = "50ms";
+
+/// The executions among `$1` whose head row exists but is locked by another
+/// transaction; locks the others' head rows for this one, without waiting.
+const BUSY_SQL: &str = r#"
+WITH locked AS MATERIALIZED (
+    SELECT execution_id FROM execlog_executions
+    WHERE execution_id = ANY($1::text[])
+    ORDER BY execution_id COLLATE "C"
+    FOR UPDATE SKIP LOCKED
+)
+SELECT execution_id FROM execlog_executions
+WHERE execution_id = ANY($1::text[])
+  AND execution_id NOT IN (SELECT execution_id FROM locked)
 "#;
 
 /// What a committed group's executions ended at, as [`GROUP_SQL`] returns it, for an
@@ -112,7 +130,7 @@ pub(crate) async fn run_writer(
     let mut writer = Writer { target, conn: None };
     let mut carry = Vec::new();
     while let Some(group) = gather(&inbox, &mut carry, limits).await {
-        writer.commit(group, &clock).await;
+        writer.commit(group, &clock, &mut carry).await;
     }
 }
 
@@ -232,6 +250,7 @@ impl Plan {
 struct Conn {
     client: Client,
     group: Statement,
+    busy: Statement,
 }
 
 struct Writer {
@@ -249,23 +268,31 @@ enum Attempt {
     Refused(Error),
     /// The connection broke around the commit of this transaction.
     InDoubt { xid: String, error: Error },
+    /// Every head row the group needs stayed locked by other transactions; nothing
+    /// was written.
+    Busy,
 }
 
 impl Writer {
-    /// Commits the group and answers each of its appends.
-    async fn commit(&mut self, group: Vec<Request>, clock: &Clock) {
-        let plan = Plan::new(&group);
-        let bodies = plan.bodies(&group);
+    /// Commits the group and answers each of its appends. Appends to an execution
+    /// whose head row another transaction holds may be moved to `later` (see
+    /// [`Writer::attempt`]).
+    async fn commit(&mut self, mut group: Vec<Request>, clock: &Clock, later: &mut Vec<Request>) {
         let since = Instant::now();
         let mut pause = Duration::from_millis(10);
         let outcome = loop {
-            let attempt = self.attempt(&plan, &bodies, clock.now_ns()).await;
+            let attempt = self.attempt(&mut group, later, clock.now_ns()).await;
             let attempt = match attempt {
                 Attempt::InDoubt { xid, error } => self.resolve(&xid, error, since).await,
                 other => other,
             };
             match attempt {
                 Attempt::Committed(rows) => break Ok(rows),
+                Attempt::Busy => {
+                    // Tried again after whatever else is waiting has had its turn.
+                    later.splice(0..0, group);
+                    return;
+                }
                 Attempt::NotCommitted(e) if since.elapsed() < self.target.reconnect_timeout => {
                     log::debug!("execlog: retrying a group of {} appends: {e}", group.len());
                     if matches!(e, Error::Unavailable { .. }) {
@@ -279,12 +306,27 @@ impl Writer {
                 Attempt::InDoubt { error, .. } => break Err(error),
             }
         };
-        drop(bodies);
+        // The plan the committed attempt used: `Plan::new` depends only on the group.
+        let plan = Plan::new(&group);
         answer(group, &plan, outcome);
     }
 
     /// One try: connect if needed, then the two round trips.
-    async fn attempt(&mut self, plan: &Plan, bodies: &[&[u8]], now_ns: i64) -> Attempt {
+    ///
+    /// The first round trip also locks the head rows of the group's executions that
+    /// are free (`FOR UPDATE SKIP LOCKED`). If another transaction holds some of them
+    /// (a slow append elsewhere, another machine's group, a session holding a lock),
+    /// the appends to those executions go back to `later`, at the front, and the rest
+    /// commit without waiting for them. A group made only of such appends waits for
+    /// the locks at most [`BUSY_WAIT`], so that a lock held for long delays the other
+    /// appends of this connection by at most that, and the busy ones are tried again
+    /// each time.
+    async fn attempt(
+        &mut self,
+        group: &mut Vec<Request>,
+        later: &mut Vec<Request>,
+        now_ns: i64,
+    ) -> Attempt {
         let conn = match self.take_connection().await {
             Ok(conn) => conn,
             Err(e @ Error::Unavailable { .. }) => return Attempt::NotCommitted(e),
@@ -292,11 +334,22 @@ impl Writer {
         };
         // On every path below that drops `conn`, the session is broken or confused
         // and is replaced by the next attempt.
-        let xid = match begin(&conn.client).await {
-            Ok(xid) => xid,
+        let (xid, busy) = match begin(&conn, &Plan::new(group).executions).await {
+            Ok(begun) => begun,
             // Nothing can have committed.
             Err(e) => return Attempt::NotCommitted(self.target.error(&e)),
         };
+        let is_busy = |r: &Request| busy.iter().any(|b| *b == escape(r.execution_id.as_str()));
+        let all_busy = group.iter().all(is_busy);
+        if !busy.is_empty() && !all_busy {
+            let (waiting, free): (Vec<_>, Vec<_>) =
+                std::mem::take(group).into_iter().partition(is_busy);
+            *group = free;
+            later.splice(0..0, waiting);
+        }
+        let lock_wait = if all_busy { BUSY_WAIT } else { "0" };
+        let plan = Plan::new(group);
+        let bodies = plan.bodies(group);
         let params: [&(dyn ToSql + Sync); 7] = [
             &plan.executions,
             &plan.tenants,
@@ -306,10 +359,13 @@ impl Writer {
             &plan.offsets,
             &bodies,
         ];
-        let (rows, commit) = tokio::join!(
+        let set_lock_wait = format!("SET LOCAL lock_timeout = '{lock_wait}'");
+        let (_, rows, commit) = tokio::join!(
+            conn.client.batch_execute(&set_lock_wait),
             conn.client.query(&conn.group, &params),
             conn.client.batch_execute("COMMIT"),
         );
+        drop(bodies);
         let failure = match (rows, commit) {
             (Ok(rows), Ok(())) => {
                 self.conn = Some(conn);
@@ -323,13 +379,12 @@ impl Writer {
         }
         // A refusal aborted the transaction: the pipelined COMMIT rolled it back.
         self.conn = Some(conn);
-        if failure
-            .code()
-            .is_some_and(|c| matches!(c.code(), "40001" | "40P01"))
-        {
-            Attempt::NotCommitted(error)
-        } else {
-            Attempt::Refused(error)
+        match failure.code().map(|c| c.code()) {
+            // The lock wait of a group of busy executions ran out.
+            Some("55P03") => Attempt::Busy,
+            // Serialization failure, deadlock: the transaction was rolled back.
+            Some("40001" | "40P01") => Attempt::NotCommitted(error),
+            _ => Attempt::Refused(error),
         }
     }
 
@@ -342,11 +397,14 @@ impl Writer {
             return Ok(conn);
         }
         let client = self.target.connect().await?;
-        let group = client
-            .prepare(GROUP_SQL)
-            .await
-            .map_err(|e| self.target.error(&e))?;
-        Ok(Conn { client, group })
+        let err = |e: tokio_postgres::Error| self.target.error(&e);
+        let group = client.prepare(GROUP_SQL).await.map_err(err)?;
+        let busy = client.prepare(BUSY_SQL).await.map_err(err)?;
+        Ok(Conn {
+            client,
+            group,
+            busy,
+        })
     }
 
     /// Learns, on a new connection, whether the transaction `xid` committed.
@@ -411,16 +469,27 @@ fn in_doubt(error: Error) -> Error {
     }
 }
 
-/// `BEGIN` and the transaction id, in one round trip.
-async fn begin(client: &Client) -> std::result::Result<String, tokio_postgres::Error> {
-    let messages = client
-        .simple_query("BEGIN; SELECT pg_current_xact_id()::text")
-        .await?;
-    let xid = messages.iter().find_map(|m| match m {
-        SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
-        _ => None,
-    });
-    Ok(xid.unwrap_or_default())
+/// `BEGIN`, the transaction id, and the executions among `executions` whose head row
+/// another transaction holds (the others are now locked by this one), in one round
+/// trip.
+async fn begin(
+    conn: &Conn,
+    executions: &[String],
+) -> std::result::Result<(String, Vec<String>), tokio_postgres::Error> {
+    let params: [&(dyn ToSql + Sync); 1] = [&executions];
+    let (begun, xid, busy) = tokio::join!(
+        conn.client.batch_execute("BEGIN"),
+        conn.client
+            .query_one("SELECT pg_current_xact_id()::text", &[]),
+        conn.client.query(&conn.busy, &params),
+    );
+    begun?;
+    let xid: String = xid?.try_get(0)?;
+    let busy = busy?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?;
+    Ok((xid, busy))
 }
 
 /// Sends each append its answer: its first sequence, or why it failed.
