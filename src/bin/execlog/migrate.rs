@@ -138,8 +138,15 @@ mod with_postgres {
             }
             (None, Some(url)) => {
                 // The source's tables must exist: connecting must not create them.
-                let source = PgStore::connect_with(url, options.auto_migrate(false))
-                    .map_err(|e| format!("cannot open the source: {e}"))?;
+                let source = PgStore::connect_with(url, options.auto_migrate(false)).map_err(
+                    |e| match e {
+                        Error::Database { .. } => format!(
+                            "cannot open the source: {e} (is it an execlog database? name \
+                             the schema holding its tables with --schema)"
+                        ),
+                        e => format!("cannot open the source: {e}"),
+                    },
+                )?;
                 let dest = LogStore::open(&args.dir)
                     .map_err(|e| format!("cannot open the destination {local}: {e}"))?;
                 let names = (describe(&source, args), local);
