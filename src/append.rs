@@ -7,7 +7,8 @@
 //!    `Options::max_queued_bytes` (`queue::QueueBound`; blocking callers on a
 //!    condition variable, async callers on a future).
 //! 3. [`enqueue`], under the store lock: check that the store accepts writes and that
-//!    the tenant owns the execution, assign sequences and a timestamp, reserve log
+//!    the tenant owns the execution, assign sequences and a timestamp (an import,
+//!    `import.rs`, brings its own: they are checked instead), reserve log
 //!    space, frame the records (header, CRC), update the reserved side of the index,
 //!    and send the bytes to the commit thread. Nothing in this step can fail after the
 //!    first mutation, so a rejected append leaves no trace (and its admission is
@@ -97,6 +98,14 @@ fn framed_total(bodies: &Bodies, first_declaration: &[u8], absent: &[u8]) -> usi
         .sum()
 }
 
+/// Sequences and timestamps an import (`import.rs`) brings along instead of having
+/// them assigned: the batch must continue its execution at `first_sequence`, and its
+/// records carry `timestamps_ns`, one per event.
+pub(crate) struct Given<'a> {
+    pub(crate) first_sequence: u64,
+    pub(crate) timestamps_ns: &'a [i64],
+}
+
 /// Queues an admitted append as one atomic batch; returns the first sequence and the
 /// ticket that completes once it is durable. On error nothing changed and `admitted`
 /// is released.
@@ -106,6 +115,17 @@ pub(crate) fn enqueue(
     tenant_id: &TenantId,
     prepared: Prepared,
     admitted: Admitted,
+) -> Result<(u64, Ticket)> {
+    enqueue_as(shared, (execution_id, tenant_id), prepared, admitted, None)
+}
+
+/// [`enqueue`], with the sequences and timestamps `given` when it is `Some`.
+pub(crate) fn enqueue_as(
+    shared: &Shared,
+    (execution_id, tenant_id): (&ExecutionId, &TenantId),
+    prepared: Prepared,
+    admitted: Admitted,
+    given: Option<Given<'_>>,
 ) -> Result<(u64, Ticket)> {
     let Prepared {
         count,
@@ -149,9 +169,36 @@ pub(crate) fn enqueue(
         }
     };
 
+    debug_assert!(
+        given
+            .as_ref()
+            .is_none_or(|g| g.timestamps_ns.len() == count)
+    );
+    if let Some(g) = &given
+        && g.first_sequence != first_sequence
+    {
+        return Err(crate::import::not_next(
+            execution_id,
+            first_sequence,
+            g.first_sequence,
+        ));
+    }
+
     let total = framed_total(&bodies, declaration_bytes, &absent);
     let reservation = writer.reserve(total as u64, shared.options.segment_size_bytes);
-    let timestamp_ns = writer.next_timestamp_ns();
+    // An import keeps its events' times, and the store's clock moves up to the newest
+    // of them: later appends to the same execution are not stamped before its last
+    // imported event, and the clock agrees with what recovery derives from the
+    // records (the newest timestamp of any), so a checkpoint written at close passes
+    // `checkpoint::check_records`.
+    let timestamp_ns = match &given {
+        None => writer.next_timestamp_ns(),
+        Some(g) => {
+            let newest = g.timestamps_ns.iter().copied().max().unwrap_or(i64::MIN);
+            writer.last_timestamp_ns = writer.last_timestamp_ns.max(newest);
+            newest
+        }
+    };
 
     let mut bytes = Vec::with_capacity(total);
     let mut last_pos = Pos {
@@ -170,7 +217,10 @@ pub(crate) fn enqueue(
             group_start: 0,
             execution: u64::from(execution),
             sequence,
-            timestamp_ns,
+            timestamp_ns: given
+                .as_ref()
+                .and_then(|g| g.timestamps_ns.get(i).copied())
+                .unwrap_or(timestamp_ns),
             prev,
             batch_remaining: (count - 1 - i) as u32,
         };

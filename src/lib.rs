@@ -41,6 +41,7 @@ pub mod fault;
 #[cfg(any(feature = "fuzzing", all(test, feature = "fault-injection")))]
 pub mod fuzzing;
 mod ids;
+mod import;
 mod index;
 mod io;
 mod log_store;

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::append::{self, Prepared};
+use crate::append::{self, Given, Prepared};
 use crate::checkpoint::SegmentDigest;
 use crate::committer::Committer;
 use crate::error::{Error, Result};
@@ -297,7 +297,7 @@ impl LogStore {
         self.shared.state.lock().index.durable_executions()
     }
 
-    fn check_open(&self) -> Result<()> {
+    pub(crate) fn check_open(&self) -> Result<()> {
         if self.shared.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
@@ -331,19 +331,22 @@ impl LogStore {
         append::enqueue(&self.shared, execution_id, tenant_id, prepared, admitted)
     }
 
-    /// Prepares, admits (sleeping while the queue is full) and queues an append.
-    fn submit_blocking(
+    /// Prepares, admits (sleeping while the queue is full) and queues an append, with
+    /// the sequences and timestamps `given` by an import (`import.rs`) if any.
+    pub(crate) fn submit_blocking(
         &self,
         execution_id: &ExecutionId,
         tenant_id: &TenantId,
         events: Vec<ExecutionEventData>,
+        given: Option<Given<'_>>,
     ) -> Result<(u64, Ticket)> {
         let prepared = self.prepare(execution_id, tenant_id, events)?;
         let admitted = self
             .shared
             .queue_bound
             .admit_blocking(prepared.queued_bytes());
-        self.enqueue(execution_id, tenant_id, prepared, admitted)
+        let ids = (execution_id, tenant_id);
+        append::enqueue_as(&self.shared, ids, prepared, admitted, given)
     }
 
     /// Appends one event; returns its sequence once it is durable.
@@ -354,7 +357,8 @@ impl LogStore {
         event: ExecutionEventData,
     ) -> Result<u64> {
         let _appending = Appending::start();
-        let (sequence, ticket) = self.submit_blocking(execution_id, tenant_id, vec![event])?;
+        let (sequence, ticket) =
+            self.submit_blocking(execution_id, tenant_id, vec![event], None)?;
         ticket.wait()?;
         Ok(sequence)
     }
@@ -368,7 +372,7 @@ impl LogStore {
         events: Vec<ExecutionEventData>,
     ) -> Result<u64> {
         let _appending = Appending::start();
-        let (sequence, ticket) = self.submit_blocking(execution_id, tenant_id, events)?;
+        let (sequence, ticket) = self.submit_blocking(execution_id, tenant_id, events, None)?;
         ticket.wait()?;
         Ok(sequence)
     }

@@ -16,6 +16,7 @@
 mod block_on;
 mod connect;
 mod group_commit;
+mod import;
 mod options;
 mod read;
 mod schema;
@@ -56,6 +57,8 @@ pub struct PgStore {
     sender: Mutex<Option<mpsc::Sender<Request>>>,
     writers: Mutex<Vec<JoinHandle<()>>>,
     readers: Arc<Readers>,
+    /// `import.rs`: the migration path's own connection.
+    importer: Arc<import::Importer>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -135,6 +138,7 @@ impl PgStore {
             sender: Mutex::new(Some(sender)),
             writers: Mutex::new(writers),
             readers,
+            importer: Arc::default(),
         })
     }
 

@@ -1,4 +1,5 @@
-//! `execlog`: run the demo workload, append events, and look inside a store.
+//! `execlog`: run the demo workload, append events, look inside a store, and move it
+//! to PostgreSQL and back.
 //!
 //! Output that scripts read (JSON lines) goes to stdout; logs, progress bars and
 //! errors go to stderr. Every failure is one line on stderr and a non-zero exit code:
@@ -17,6 +18,7 @@ macro_rules! out {
 mod append;
 mod demo;
 mod inspect;
+mod migrate;
 
 /// Writes one line to stdout (see [`out!`]).
 fn write_line(line: std::fmt::Arguments<'_>) {
@@ -42,7 +44,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Durable execution histories for AI agents: demo, append, inspect, verify.
+/// Durable execution histories for AI agents: demo, append, inspect, verify, migrate.
 #[derive(Parser)]
 #[command(name = "execlog", version, about)]
 struct Cli {
@@ -99,6 +101,13 @@ enum Command {
         /// The store directory.
         dir: PathBuf,
     },
+    /// Copy a store into PostgreSQL (--to) or from PostgreSQL into a local store
+    /// (--from), keeping sequences, tenants and timestamps; resumable (run it again after
+    /// an interruption), and ends by comparing counts and a content hash per execution.
+    /// Needs a build with --features postgres.
+    ///
+    /// Example: execlog migrate /tmp/agents --to postgres://execlog@127.0.0.1:5432/execlog
+    Migrate(migrate::Args),
     /// Read every record without modifying anything, check every CRC and that the
     /// index agrees with the log; exit 0 when clean, 1 when not.
     ///
@@ -128,6 +137,7 @@ fn main() -> ExitCode {
         } => inspect::list(&dir, &tenant, limit, offset),
         Command::Stats { dir } => inspect::stats(&dir),
         Command::Verify { dir } => inspect::verify(&dir),
+        Command::Migrate(args) => migrate::run(&args),
     };
     match result {
         Ok(code) => code,
