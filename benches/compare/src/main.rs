@@ -3,11 +3,18 @@
 //! `cargo run --release --manifest-path benches/compare/Cargo.toml -- [--quick] [--events N]
 //! [--seconds S] [--repeats R] [--writers 1,16,64,256] [--ingest-only] [--only SYSTEM [--batch | --open]] [--out docs/BENCHMARKS.md]`
 //!
+//! With `--features postgres` and `--pg-url URL` (or `EXECLOG_PG_URL`), also the
+//! PostgreSQL backend beside a naive client (`src/pg.rs`): `--pg-only` runs only those
+//! and rewrites only their section of `--out`; `--pg-writers 1,16,64`,
+//! `--pg-write-connections N`; `--only pgstore|pg-naive` profiles one of them.
+//!
 //! Systems alternate within each repeat and medians are reported, because the machine
 //! is shared and noisy. Every figure is also given as a ratio to the ideal group-commit
 //! loop and to SQLite measured in the same run.
 
 mod baseline;
+#[cfg(feature = "postgres")]
+mod pg;
 mod report;
 mod systems;
 
@@ -67,6 +74,14 @@ pub struct Config {
     pub read_events: u64,
     pub out: PathBuf,
     pub dir: PathBuf,
+    /// The PostgreSQL server to measure the PostgreSQL systems against, if any.
+    pub pg_url: Option<String>,
+    /// Only the PostgreSQL systems: rewrite only their section of `out`.
+    pub pg_only: bool,
+    /// Writer counts of the PostgreSQL ingest cells (single events and batches).
+    pub pg_writers: Vec<usize>,
+    /// `PgOptions::write_connections` for PgStore (its default if `None`).
+    pub pg_write_connections: Option<usize>,
 }
 
 fn parse_args() -> Config {
@@ -82,6 +97,10 @@ fn parse_args() -> Config {
         read_events: 1_000_000,
         out: PathBuf::from("docs/BENCHMARKS.md"),
         dir: PathBuf::from("target/compare-data"),
+        pg_url: None,
+        pg_only: false,
+        pg_writers: vec![1, 16, 64],
+        pg_write_connections: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -109,8 +128,27 @@ fn parse_args() -> Config {
             }
             "--out" => c.out = PathBuf::from(value()),
             "--dir" => c.dir = PathBuf::from(value()),
+            "--pg-url" => c.pg_url = Some(value()),
+            "--pg-only" => c.pg_only = true,
+            "--pg-writers" => {
+                c.pg_writers = value()
+                    .split(',')
+                    .map(|w| w.parse().expect("--pg-writers"))
+                    .collect()
+            }
+            "--pg-write-connections" => {
+                c.pg_write_connections = Some(value().parse().expect("--pg-write-connections"))
+            }
             other => panic!("unknown argument {other}"),
         }
+    }
+    if cfg!(feature = "postgres") {
+        c.pg_url = c.pg_url.or_else(|| std::env::var("EXECLOG_PG_URL").ok());
+    } else if c.pg_url.is_some() || c.pg_only {
+        panic!("the PostgreSQL systems need a build with `--features postgres`");
+    }
+    if c.pg_only && c.pg_url.is_none() {
+        panic!("--pg-only needs --pg-url URL or EXECLOG_PG_URL");
     }
     c
 }
@@ -201,8 +239,21 @@ fn ingest(sys: &dyn systems::System, writers: usize, seconds: f64) -> Sample {
 /// Batch writers, each appending batches of 100 events to its own executions.
 const BATCH_WRITERS: usize = 16;
 
-/// `writers` threads appending batches of 100, each durable before it returns.
-fn batch_ingest(sys: &dyn systems::System, writers: usize, seconds: f64) -> Sample {
+/// Events per append of the batch-ingest cells.
+const BATCH_EVENTS: u64 = 100;
+
+/// `writers` threads appending batches of `per_append` events (a divisor of 100, so
+/// that executions keep 100 events), each durable before it returns.
+fn batch_ingest(
+    sys: &dyn systems::System,
+    writers: usize,
+    seconds: f64,
+    per_append: u64,
+) -> Sample {
+    assert!(
+        100 % per_append == 0,
+        "batch size {per_append} must divide 100"
+    );
     run_writers(writers, seconds, |w, stop| {
         let mut lat = Vec::new();
         let mut n = 0u64;
@@ -212,16 +263,16 @@ fn batch_ingest(sys: &dyn systems::System, writers: usize, seconds: f64) -> Samp
         // no repeats it would not see in use.
         let pool: Vec<Vec<_>> = (0..8u64)
             .map(|b| {
-                let base = (w as u64 * 8 + b) * 100;
-                (0..100).map(|i| event(base + i)).collect()
+                let base = (w as u64 * 8 + b) * per_append;
+                (0..per_append).map(|i| event(base + i)).collect()
             })
             .collect();
         while !stop.load(Ordering::Relaxed) {
-            let batch = &pool[(n / 100) as usize % pool.len()];
+            let batch = &pool[(n / per_append) as usize % pool.len()];
             let t = Instant::now();
             sys.append_batch(&format!("b-{w}-{}", n / 100), "tenant-b", batch);
             lat.push(t.elapsed());
-            n += 100;
+            n += per_append;
         }
         (n, lat)
     })
@@ -274,6 +325,18 @@ fn dir_bytes(dir: &Path) -> u64 {
 fn main() {
     let c = parse_args();
     std::fs::create_dir_all(&c.dir).expect("bench dir");
+    #[cfg(feature = "postgres")]
+    if let Some(name) = c.only.as_deref().filter(|n| pg::NAMES.contains(n)) {
+        pg::profile(&c, name);
+        return;
+    }
+    #[cfg(feature = "postgres")]
+    if c.pg_only {
+        let section = pg::run(&c);
+        report::write_pg_section(&c.out, &section);
+        eprintln!("wrote the PostgreSQL section of {}", c.out.display());
+        return;
+    }
     if let Some(name) = &c.only {
         for &w in &c.writers {
             let sys = systems::open(name, &fresh(&c.dir.join(name)));
@@ -296,7 +359,10 @@ fn main() {
                 return;
             }
             let (s, kind) = if c.batch {
-                (batch_ingest(sys.as_ref(), w, c.seconds), "batch")
+                (
+                    batch_ingest(sys.as_ref(), w, c.seconds, BATCH_EVENTS),
+                    "batch",
+                )
             } else {
                 (ingest(sys.as_ref(), w, c.seconds), "single")
             };
@@ -364,9 +430,14 @@ fn main() {
         let mut manys = Vec::new();
         for _ in 0..c.repeats {
             seq_samples.push(sequential_write(&c));
-            singles.push(batch_ingest(sys.as_ref(), 1, c.seconds));
+            singles.push(batch_ingest(sys.as_ref(), 1, c.seconds, BATCH_EVENTS));
             seq_samples.push(sequential_write(&c));
-            manys.push(batch_ingest(sys.as_ref(), BATCH_WRITERS, c.seconds));
+            manys.push(batch_ingest(
+                sys.as_ref(),
+                BATCH_WRITERS,
+                c.seconds,
+                BATCH_EVENTS,
+            ));
         }
         let batch = median(singles);
         let batch_many = median(manys);
@@ -429,6 +500,10 @@ fn main() {
     r.rebuild = Some(opens.rebuild);
     r.execlog_stats = Some(execlog::LogStore::open(&dir).expect("open").stats());
     r.torn_open = torn_open(&dir);
+    #[cfg(feature = "postgres")]
+    if c.pg_url.is_some() {
+        r.pg_section = Some(pg::run(&c));
+    }
     r.write(&c.out);
     eprintln!("wrote {}", c.out.display());
 }

@@ -44,9 +44,66 @@ pub struct Report {
     pub torn_open: Duration,
     /// Open with the index checkpoint off (full rebuild).
     pub rebuild: Option<execlog::RecoveryReport>,
+    /// The PostgreSQL section measured in this run (feature `postgres` and a server
+    /// URL); without it, the section of the previous report is kept.
+    pub pg_section: Option<String>,
 }
 
-fn sh(cmd: &str) -> String {
+/// The PostgreSQL section sits between these markers, so that `--pg-only` can rewrite
+/// it alone and a run without a server keeps the last one.
+const PG_BEGIN: &str = "<!-- postgres:begin -->";
+const PG_END: &str = "<!-- postgres:end -->";
+
+/// The hand-written findings of the last profiling pass, kept beside the harness.
+fn notes() -> Option<String> {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("NOTES.md")).ok()
+}
+
+/// The PostgreSQL section of the report at `out`, markers included, if it has one.
+fn existing_pg_section(out: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(out).ok()?;
+    let begin = text.find(PG_BEGIN)?;
+    let end = begin + text[begin..].find(PG_END)? + PG_END.len();
+    Some(text[begin..end].to_string())
+}
+
+/// What follows the measured sections: the PostgreSQL section (`pg`, markers
+/// included), then the notes.
+fn tail(pg: Option<&str>) -> String {
+    let mut md = String::new();
+    if let Some(pg) = pg {
+        let _ = writeln!(md, "\n{}", pg.trim_end());
+    }
+    if let Some(text) = notes() {
+        let _ = writeln!(md, "\n{text}");
+    }
+    md
+}
+
+/// Rewrites only the PostgreSQL section of the report at `out` (and the notes after
+/// it, from NOTES.md), keeping every other figure as the last full run wrote it.
+#[cfg(feature = "postgres")]
+pub fn write_pg_section(out: &Path, body: &str) {
+    let old = std::fs::read_to_string(out).unwrap_or_default();
+    let notes_start = notes()
+        .and_then(|n| n.lines().next().map(str::to_string))
+        .filter(|first| !first.is_empty())
+        .and_then(|first| old.find(&first));
+    let keep = match (old.find(PG_BEGIN), notes_start) {
+        (Some(at), _) | (None, Some(at)) => &old[..at],
+        (None, None) => &old[..],
+    };
+    let mut md = keep.trim_end().to_string();
+    md.push('\n');
+    md.push_str(&tail(Some(&format!(
+        "{PG_BEGIN}\n{}\n{PG_END}",
+        body.trim_end()
+    ))));
+    let _ = std::fs::create_dir_all(out.parent().unwrap_or(Path::new(".")));
+    std::fs::write(out, md.trim_start()).expect("write report");
+}
+
+pub(crate) fn sh(cmd: &str) -> String {
     std::process::Command::new("sh")
         .args(["-c", cmd])
         .output()
@@ -74,6 +131,7 @@ impl Report {
             recovery: None,
             torn_open: Duration::ZERO,
             rebuild: None,
+            pg_section: None,
         }
     }
 
@@ -378,11 +436,11 @@ impl Report {
                 self.torn_open.as_secs_f64() * 1e3
             );
         }
-        // The hand-written findings of the last profiling pass, kept beside the harness.
-        let notes = Path::new(env!("CARGO_MANIFEST_DIR")).join("NOTES.md");
-        if let Ok(text) = std::fs::read_to_string(notes) {
-            let _ = writeln!(w, "\n{text}");
-        }
+        let pg = match &self.pg_section {
+            Some(body) => Some(format!("{PG_BEGIN}\n{}\n{PG_END}", body.trim_end())),
+            None => existing_pg_section(out),
+        };
+        w.push_str(&tail(pg.as_deref()));
         let _ = std::fs::create_dir_all(out.parent().unwrap_or(Path::new(".")));
         std::fs::write(out, md).expect("write report");
         std::fs::write(out.with_file_name("ingest.svg"), self.svg()).expect("write chart");
