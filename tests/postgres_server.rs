@@ -406,11 +406,9 @@ mod server {
                 .unwrap();
         }
         // Until the other session holds the lock, the store's appends to `hot` go through.
-        let locked = format!(
-            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
-             WHERE a.query LIKE '%pg_sleep(30)%' AND l.mode = 'RowShareLock'"
-        );
-        while psql(&url, &locked).trim() == "0" {
+        let locked = "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+             WHERE a.query LIKE '%pg_sleep(30)%' AND l.mode = 'RowShareLock'";
+        while psql(&url, locked).trim() == "0" {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let waiting = tokio::spawn({

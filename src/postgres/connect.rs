@@ -20,6 +20,7 @@ pub(crate) struct Target {
     /// `host:port/dbname`, for messages (never the password).
     pub(crate) server: String,
     pub(crate) schema: Option<String>,
+    pub(crate) connect_timeout: Duration,
     pub(crate) reconnect_timeout: Duration,
 }
 
@@ -34,23 +35,43 @@ impl Target {
             .map_err(|e| Error::InvalidArgument(format!("cannot parse PostgreSQL URL: {e}")))?;
         config.connect_timeout(connect_timeout);
         config.application_name("execlog");
+        // A peer that vanishes (a partition, a powered-off host) is noticed by the
+        // kernel within seconds instead of the default two hours.
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(5));
+        config.keepalives_interval(Duration::from_secs(2));
+        config.keepalives_retries(3);
+        config.tcp_user_timeout(Duration::from_secs(15));
         let server = describe(&config);
         Ok(Target {
             config,
             server,
             schema,
+            connect_timeout,
             reconnect_timeout: Duration::from_secs(30),
         })
     }
 
-    /// One connection attempt; must run on the store's runtime (it spawns the
-    /// connection's I/O task there).
+    /// One connection attempt, startup and session setup included, within
+    /// `connect_timeout`; must run on the store's runtime (it spawns the connection's
+    /// I/O task there).
     pub(crate) async fn connect(&self) -> Result<Client> {
+        let timeout = self.connect_timeout;
+        match tokio::time::timeout(timeout, self.connect_now()).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Unavailable {
+                server: self.server.clone(),
+                reason: format!("no answer within {timeout:?} (connect_timeout)"),
+            }),
+        }
+    }
+
+    async fn connect_now(&self) -> Result<Client> {
         let (client, connection) = self
             .config
             .connect(NoTls)
             .await
-            .map_err(|e| self.unavailable(&e))?;
+            .map_err(|e| self.connect_error(&e))?;
         tokio::spawn(async move {
             // The error, if any, reaches every request of this client as "closed".
             if let Err(e) = connection.await {
@@ -85,9 +106,36 @@ impl Target {
         let mut sql = String::from("SET synchronous_commit = on;");
         if let Some(schema) = &self.schema {
             // The name was checked by `PgOptions::validate`: [a-z_][a-z0-9_]*.
-            sql.push_str(&format!("SET search_path = {schema};"));
+            sql.push_str(&format!("SET search_path = \"{schema}\";"));
         }
         sql
+    }
+
+    /// A failed connection attempt: wrong credentials, an unknown database or role,
+    /// or a refused privilege are the server's refusals ([`Error::Database`], not
+    /// retried); a configuration the client cannot use is [`Error::InvalidArgument`];
+    /// anything else is [`Error::Unavailable`].
+    fn connect_error(&self, e: &tokio_postgres::Error) -> Error {
+        if let Some(db) = e.as_db_error()
+            && !is_shutdown(db.code().code())
+        {
+            return self.error(e);
+        }
+        let text = e.to_string();
+        if text.starts_with("invalid configuration") {
+            return Error::InvalidArgument(format!(
+                "PostgreSQL connection settings: {}",
+                reason(e)
+            ));
+        }
+        if text.contains("TLS") {
+            return Error::InvalidArgument(format!(
+                "{}: this build of execlog connects without TLS; use sslmode=disable or prefer, \
+                 or a TLS-terminating proxy",
+                reason(e)
+            ));
+        }
+        self.unavailable(e)
     }
 
     /// An [`Error::Unavailable`] for this server.
@@ -120,9 +168,11 @@ pub(crate) fn is_connection_loss(client: &Client, e: &tokio_postgres::Error) -> 
             .is_none_or(|db| is_shutdown(db.code().code()))
 }
 
-/// SQLSTATE class 57 (operator intervention: shutdown, crash) and 08 (connection).
+/// The server going away: SQLSTATE 57P01 to 57P05 (shutdown, crash, cannot connect
+/// now, idle timeout) and class 08 (connection exceptions). Not 57014 (a cancelled
+/// statement), which is a refusal.
 fn is_shutdown(code: &str) -> bool {
-    code.starts_with("57") || code.starts_with("08")
+    matches!(code, "57P01" | "57P02" | "57P03" | "57P04" | "57P05") || code.starts_with("08")
 }
 
 /// The error's message with its sources, e.g. "error connecting to server: Connection

@@ -51,6 +51,8 @@ WITH input AS (
             last_ts_ns = greatest(h.last_ts_ns, excluded.last_ts_ns)
         WHERE h.tenant_id = excluded.tenant_id
     RETURNING h.execution_id, h.last_seq, h.last_ts_ns
+), token AS (
+    INSERT INTO execlog_commits (token) VALUES ($8::text)
 ), stored AS (
     INSERT INTO execlog_events (execution_id, seq, ts_ns, body)
     SELECT e.execution_id, hd.last_seq - i.n + e.off, hd.last_ts_ns, e.body
@@ -60,10 +62,6 @@ WITH input AS (
 )
 SELECT execution_id, last_seq, last_ts_ns FROM heads
 "#;
-
-/// How long a group made only of appends to busy executions waits for their locks
-/// before it steps aside (a PostgreSQL `lock_timeout`).
-const BUSY_WAIT: &str = "50ms";
 
 /// The executions among `$1` whose head row exists but is locked by another
 /// transaction; locks the others' head rows for this one, without waiting.
@@ -80,13 +78,25 @@ WHERE execution_id = ANY($1::text[])
 "#;
 
 /// What a committed group's executions ended at, as [`GROUP_SQL`] returns it, for an
-/// in-doubt commit found committed.
+/// in-doubt commit found committed: the events its transaction (found by its token)
+/// wrote.
 const COMMITTED_SQL: &str = "
 SELECT execution_id, max(seq), max(ts_ns) FROM execlog_events
-WHERE xid = $1::text::xid8 GROUP BY execution_id";
+WHERE xid = (SELECT xid FROM execlog_commits WHERE token = $1)
+GROUP BY execution_id";
+
+/// How long a group made only of appends to busy executions waits for their locks
+/// before it steps aside (a PostgreSQL `lock_timeout`).
+const BUSY_WAIT: &str = "50ms";
+
+/// Every this many committed groups, a writer deletes old commit tokens.
+const PRUNE_EVERY: u64 = 1024;
 
 /// One append waiting for its group.
 pub(crate) struct Request {
+    /// Goes in a group of its own: set after a group holding it was refused, so that
+    /// one bad append fails alone.
+    pub(crate) solo: bool,
     pub(crate) execution_id: ExecutionId,
     pub(crate) tenant_id: TenantId,
     pub(crate) bodies: Bodies,
@@ -127,7 +137,11 @@ pub(crate) async fn run_writer(
     limits: Limits,
     clock: Arc<Clock>,
 ) {
-    let mut writer = Writer { target, conn: None };
+    let mut writer = Writer {
+        target,
+        conn: None,
+        groups: 0,
+    };
     let mut carry = Vec::new();
     while let Some(group) = gather(&inbox, &mut carry, limits).await {
         writer.commit(group, &clock, &mut carry).await;
@@ -142,11 +156,19 @@ async fn gather(inbox: &Inbox, carry: &mut Vec<Request>, limits: Limits) -> Opti
     for request in std::mem::take(carry) {
         group.offer(request, limits, carry);
     }
-    let mut rx = inbox.lock().await;
-    if group.requests.is_empty() {
+    let mut rx = if group.requests.is_empty() {
+        let mut rx = inbox.lock().await;
         let first = rx.recv().await?;
         group.offer(first, limits, carry);
-    }
+        rx
+    } else {
+        // Appends carried over are answered now, not when new ones arrive: if another
+        // writer is waiting on the inbox, go without.
+        match inbox.try_lock() {
+            Ok(rx) => rx,
+            Err(_) => return Some(group.requests),
+        }
+    };
     while carry.is_empty() && !group.full(limits) {
         match rx.try_recv() {
             Ok(request) => group.offer(request, limits, carry),
@@ -165,7 +187,9 @@ struct Group {
 
 impl Group {
     fn full(&self, limits: Limits) -> bool {
-        self.requests.len() >= limits.max_appends || self.bytes >= limits.max_bytes
+        self.requests.len() >= limits.max_appends
+            || self.bytes >= limits.max_bytes
+            || self.requests.first().is_some_and(|r| r.solo)
     }
 
     /// Adds the request, or leaves it in `later` when the group is full or already
@@ -177,7 +201,9 @@ impl Group {
             .owners
             .get(&request.execution_id)
             .is_some_and(|t| *t != request.tenant_id);
-        if too_big || other_owner || self.requests.len() >= limits.max_appends {
+        let alone = request.solo || self.requests.first().is_some_and(|r| r.solo);
+        let apart = alone && !self.requests.is_empty();
+        if apart || too_big || other_owner || self.requests.len() >= limits.max_appends {
             later.push(request);
             return;
         }
@@ -246,7 +272,7 @@ impl Plan {
     }
 }
 
-/// A write connection and its prepared group statement.
+/// A write connection and its prepared statements.
 struct Conn {
     client: Client,
     group: Statement,
@@ -256,6 +282,8 @@ struct Conn {
 struct Writer {
     target: Arc<Target>,
     conn: Option<Conn>,
+    /// Groups committed, for the occasional pruning of old commit tokens.
+    groups: u64,
 }
 
 /// How one attempt at a group's transaction ended.
@@ -266,8 +294,9 @@ enum Attempt {
     NotCommitted(Error),
     /// Refused by the server for a reason a retry would not change.
     Refused(Error),
-    /// The connection broke around the commit of this transaction.
-    InDoubt { xid: String, error: Error },
+    /// The connection broke (or stopped answering) around the commit of the
+    /// transaction that carries `token`.
+    InDoubt { token: String, error: Error },
     /// Every head row the group needs stayed locked by other transactions; nothing
     /// was written.
     Busy,
@@ -276,14 +305,16 @@ enum Attempt {
 impl Writer {
     /// Commits the group and answers each of its appends. Appends to an execution
     /// whose head row another transaction holds may be moved to `later` (see
-    /// [`Writer::attempt`]).
+    /// [`Writer::attempt`]); after a refusal, a group of several executions goes back
+    /// to `later` as one group per append, so that the refusal reaches only the append
+    /// that caused it.
     async fn commit(&mut self, mut group: Vec<Request>, clock: &Clock, later: &mut Vec<Request>) {
         let since = Instant::now();
         let mut pause = Duration::from_millis(10);
         let outcome = loop {
             let attempt = self.attempt(&mut group, later, clock.now_ns()).await;
             let attempt = match attempt {
-                Attempt::InDoubt { xid, error } => self.resolve(&xid, error, since).await,
+                Attempt::InDoubt { token, error } => self.resolve(&token, error, since).await,
                 other => other,
             };
             match attempt {
@@ -293,19 +324,32 @@ impl Writer {
                     later.splice(0..0, group);
                     return;
                 }
+                Attempt::Refused(e) if group.len() > 1 => {
+                    log::debug!(
+                        "execlog: a group was refused ({e}); retrying its appends one by one"
+                    );
+                    for request in &mut group {
+                        request.solo = true;
+                    }
+                    later.splice(0..0, group);
+                    return;
+                }
                 Attempt::NotCommitted(e) if since.elapsed() < self.target.reconnect_timeout => {
                     log::debug!("execlog: retrying a group of {} appends: {e}", group.len());
-                    if matches!(e, Error::Unavailable { .. }) {
-                        // A server that is down refuses connections at once: pace the
-                        // attempts instead of spinning.
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_millis(500));
-                    }
+                    // Pace the attempts: a server that is down or refusing answers at once.
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
                 }
                 Attempt::NotCommitted(e) | Attempt::Refused(e) => break Err(e),
                 Attempt::InDoubt { error, .. } => break Err(error),
             }
         };
+        if outcome.is_ok() {
+            self.groups += 1;
+            if self.groups.is_multiple_of(PRUNE_EVERY) {
+                self.prune_tokens().await;
+            }
+        }
         // The plan the committed attempt used: `Plan::new` depends only on the group.
         let plan = Plan::new(&group);
         answer(group, &plan, outcome);
@@ -321,6 +365,9 @@ impl Writer {
     /// the locks at most [`BUSY_WAIT`], so that a lock held for long delays the other
     /// appends of this connection by at most that, and the busy ones are tried again
     /// each time.
+    ///
+    /// Each round trip has `reconnect_timeout` to answer: a server that stops
+    /// answering is treated as a lost connection.
     async fn attempt(
         &mut self,
         group: &mut Vec<Request>,
@@ -332,12 +379,22 @@ impl Writer {
             Err(e @ Error::Unavailable { .. }) => return Attempt::NotCommitted(e),
             Err(e) => return Attempt::Refused(e),
         };
-        // On every path below that drops `conn`, the session is broken or confused
-        // and is replaced by the next attempt.
-        let (xid, busy) = match begin(&conn, &Plan::new(group).executions).await {
-            Ok(begun) => begun,
-            // Nothing can have committed.
-            Err(e) => return Attempt::NotCommitted(self.target.error(&e)),
+        let deadline = self.target.reconnect_timeout;
+        // On every path below that drops `conn`, the session is broken, silent or
+        // confused, and is replaced by the next attempt.
+        let executions = Plan::new(group).executions;
+        let busy = match tokio::time::timeout(deadline, begin(&conn, &executions)).await {
+            Ok(Ok(busy)) => busy,
+            // Nothing can have committed: no COMMIT was sent.
+            Ok(Err(e)) => {
+                let error = self.target.error(&e);
+                if is_connection_loss(&conn.client, &e) {
+                    return Attempt::NotCommitted(error);
+                }
+                self.keep_after_rollback(conn).await;
+                return classify(&e, error);
+            }
+            Err(_) => return Attempt::NotCommitted(self.silent()),
         };
         let is_busy = |r: &Request| busy.iter().any(|b| *b == escape(r.execution_id.as_str()));
         let all_busy = group.iter().all(is_busy);
@@ -348,9 +405,10 @@ impl Writer {
             later.splice(0..0, waiting);
         }
         let lock_wait = if all_busy { BUSY_WAIT } else { "0" };
+        let token = ExecutionId::new().to_string();
         let plan = Plan::new(group);
         let bodies = plan.bodies(group);
-        let params: [&(dyn ToSql + Sync); 7] = [
+        let params: [&(dyn ToSql + Sync); 8] = [
             &plan.executions,
             &plan.tenants,
             &plan.counts,
@@ -358,13 +416,24 @@ impl Writer {
             &plan.event_executions,
             &plan.offsets,
             &bodies,
+            &token,
         ];
         let set_lock_wait = format!("SET LOCAL lock_timeout = '{lock_wait}'");
-        let (_, rows, commit) = tokio::join!(
-            conn.client.batch_execute(&set_lock_wait),
-            conn.client.query(&conn.group, &params),
-            conn.client.batch_execute("COMMIT"),
-        );
+        let round_trip = async {
+            tokio::join!(
+                conn.client.batch_execute(&set_lock_wait),
+                conn.client.query(&conn.group, &params),
+                conn.client.batch_execute("COMMIT"),
+            )
+        };
+        let (_, rows, commit) = match tokio::time::timeout(deadline, round_trip).await {
+            Ok(answers) => answers,
+            Err(_) => {
+                let error = self.silent();
+                drop(bodies);
+                return Attempt::InDoubt { token, error };
+            }
+        };
         drop(bodies);
         let failure = match (rows, commit) {
             (Ok(rows), Ok(())) => {
@@ -375,16 +444,31 @@ impl Writer {
         };
         let error = self.target.error(&failure);
         if is_connection_loss(&conn.client, &failure) {
-            return Attempt::InDoubt { xid, error };
+            log::warn!(
+                "execlog: lost the connection to {} while committing: {error}",
+                self.target.server
+            );
+            return Attempt::InDoubt { token, error };
         }
         // A refusal aborted the transaction: the pipelined COMMIT rolled it back.
         self.conn = Some(conn);
-        match failure.code().map(|c| c.code()) {
-            // The lock wait of a group of busy executions ran out.
-            Some("55P03") => Attempt::Busy,
-            // Serialization failure, deadlock: the transaction was rolled back.
-            Some("40001" | "40P01") => Attempt::NotCommitted(error),
-            _ => Attempt::Refused(error),
+        classify(&failure, error)
+    }
+
+    /// Keeps a connection whose transaction was refused, after rolling it back.
+    async fn keep_after_rollback(&mut self, conn: Conn) {
+        if conn.client.batch_execute("ROLLBACK").await.is_ok() {
+            self.conn = Some(conn);
+        }
+    }
+
+    fn silent(&self) -> Error {
+        Error::Unavailable {
+            server: self.target.server.clone(),
+            reason: format!(
+                "no answer within {:?} (reconnect_timeout)",
+                self.target.reconnect_timeout
+            ),
         }
     }
 
@@ -407,51 +491,91 @@ impl Writer {
         })
     }
 
-    /// Learns, on a new connection, whether the transaction `xid` committed.
-    async fn resolve(&mut self, xid: &str, mut error: Error, since: Instant) -> Attempt {
+    /// Learns, on a new connection, whether the transaction carrying `token`
+    /// committed. Asks at least once, then until `reconnect_timeout` has passed since
+    /// `since`.
+    async fn resolve(&mut self, token: &str, mut error: Error, since: Instant) -> Attempt {
         loop {
+            let left = self
+                .target
+                .reconnect_timeout
+                .saturating_sub(since.elapsed());
+            let asked = tokio::time::timeout(left.max(Duration::from_secs(1)), self.outcome(token));
+            match asked.await {
+                Ok(Ok(Some(rows))) => return Attempt::Committed(rows),
+                Ok(Ok(None)) => return Attempt::NotCommitted(error),
+                Ok(Err(e)) => error = e,
+                Err(_) => error = self.silent(),
+            }
             if since.elapsed() >= self.target.reconnect_timeout {
                 return Attempt::InDoubt {
-                    xid: xid.to_owned(),
+                    token: token.to_owned(),
                     error: in_doubt(error),
                 };
-            }
-            match self.xact_status(xid).await {
-                Ok(Some(rows)) => return Attempt::Committed(rows),
-                Ok(None) => return Attempt::NotCommitted(error),
-                Err(e) => error = e,
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    /// `Some(rows)` if `xid` committed, `None` if it did not, `Err` if not yet known.
-    async fn xact_status(&mut self, xid: &str) -> Result<Option<Vec<Row>>> {
-        let conn = self.take_connection().await?;
-        let target = &self.target;
+    /// `Some(rows)` if the transaction carrying `token` committed, `None` if it did
+    /// not and never will.
+    ///
+    /// Inserting the same token waits while that transaction is still open, then
+    /// conflicts if it committed, or succeeds if it did not (and then it can no longer
+    /// commit: its token would be a duplicate). The transaction ids are not trusted
+    /// alone: after a server crash, an id handed out but never logged is handed out
+    /// again. When it committed, this transaction commits too, with an id of its own,
+    /// so the answer waits, as the lost one's would have, for the WAL flush and any
+    /// synchronous standby.
+    async fn outcome(&mut self, token: &str) -> Result<Option<Vec<Row>>> {
+        let mut conn = self.take_connection().await?;
+        let target = Arc::clone(&self.target);
         let err = |e: tokio_postgres::Error| target.error(&e);
-        let status: Option<String> = conn
-            .client
-            .query_one("SELECT pg_xact_status($1::text::xid8)::text", &[&xid])
+        let tx = conn.client.transaction().await.map_err(err)?;
+        tx.query_one("SELECT pg_current_xact_id()::text", &[])
             .await
-            .map_err(err)?
-            .get(0);
-        let answer = match status.as_deref() {
-            Some("committed") => Ok(Some(
-                conn.client
-                    .query(COMMITTED_SQL, &[&xid])
-                    .await
-                    .map_err(err)?,
-            )),
-            Some("in progress") => Err(Error::Unavailable {
-                server: target.server.clone(),
-                reason: "the interrupted transaction is still running on the server".into(),
-            }),
-            // "aborted", or unknown to the server: not committed.
-            _ => Ok(None),
-        };
+            .map_err(err)?;
+        let claimed = tx
+            .query(
+                "INSERT INTO execlog_commits (token) VALUES ($1) ON CONFLICT DO NOTHING RETURNING token",
+                &[&token],
+            )
+            .await
+            .map_err(err)?;
+        if !claimed.is_empty() {
+            tx.rollback().await.map_err(err)?;
+            self.conn = Some(conn);
+            return Ok(None);
+        }
+        let rows = tx.query(COMMITTED_SQL, &[&token]).await.map_err(err)?;
+        tx.commit().await.map_err(err)?;
         self.conn = Some(conn);
-        answer
+        Ok(Some(rows))
+    }
+
+    /// Deletes commit tokens far older than any resolution could still need.
+    async fn prune_tokens(&mut self) {
+        let keep = (self.target.reconnect_timeout * 4).max(Duration::from_secs(600));
+        let sql = format!(
+            "DELETE FROM execlog_commits WHERE at < now() - interval '{} seconds'",
+            keep.as_secs()
+        );
+        if let Some(conn) = &self.conn
+            && let Err(e) = conn.client.batch_execute(&sql).await
+        {
+            log::warn!("execlog: pruning old commit tokens failed: {e}");
+        }
+    }
+}
+
+/// A refusal as an [`Attempt`]: retried when the server rolled back for contention.
+fn classify(failure: &tokio_postgres::Error, error: Error) -> Attempt {
+    match failure.code().map(|c| c.code()) {
+        // The lock wait of a group of busy executions ran out.
+        Some("55P03") => Attempt::Busy,
+        // Serialization failure, deadlock: the transaction was rolled back.
+        Some("40001" | "40P01") => Attempt::NotCommitted(error),
+        _ => Attempt::Refused(error),
     }
 }
 
@@ -469,27 +593,19 @@ fn in_doubt(error: Error) -> Error {
     }
 }
 
-/// `BEGIN`, the transaction id, and the executions among `executions` whose head row
-/// another transaction holds (the others are now locked by this one), in one round
-/// trip.
+/// `BEGIN`, and the executions among `executions` whose head row another
+/// transaction holds (the others are now locked by this one), in one round trip.
 async fn begin(
     conn: &Conn,
     executions: &[String],
-) -> std::result::Result<(String, Vec<String>), tokio_postgres::Error> {
+) -> std::result::Result<Vec<String>, tokio_postgres::Error> {
     let params: [&(dyn ToSql + Sync); 1] = [&executions];
-    let (begun, xid, busy) = tokio::join!(
+    let (begun, busy) = tokio::join!(
         conn.client.batch_execute("BEGIN"),
-        conn.client
-            .query_one("SELECT pg_current_xact_id()::text", &[]),
         conn.client.query(&conn.busy, &params),
     );
     begun?;
-    let xid: String = xid?.try_get(0)?;
-    let busy = busy?
-        .iter()
-        .map(|row| row.try_get(0))
-        .collect::<Result<_, _>>()?;
-    Ok((xid, busy))
+    busy?.iter().map(|row| row.try_get(0)).collect()
 }
 
 /// Sends each append its answer: its first sequence, or why it failed.

@@ -81,7 +81,7 @@ pub fn migrate(url: &str, options: &PgOptions) -> Result<()> {
         let mut client = target.connect().await?;
         schema::migrate(&mut client, &target, true).await
     });
-    let result = block_on(job).map_err(panicked)?;
+    let result = block_on(job).map_err(panicked).and_then(|r| r);
     runtime.shutdown_background();
     result
 }
@@ -108,7 +108,8 @@ impl PgStore {
                 schema::migrate(&mut client, &target, apply).await
             })
         };
-        if let Err(e) = block_on(setup).map_err(panicked)? {
+        // Never drop a runtime on an error path: that panics inside an async context.
+        if let Err(e) = block_on(setup).map_err(panicked).and_then(|r| r) {
             runtime.shutdown_background();
             return Err(e);
         }
@@ -236,15 +237,20 @@ impl PgStore {
             self.options.max_batch_bytes,
             events,
         )?;
-        let sender = self.sender.lock().clone().ok_or(Error::Closed)?;
         let (reply, answer) = oneshot::channel();
         let request = Request {
+            solo: false,
             execution_id: execution_id.clone(),
             tenant_id: tenant_id.clone(),
             bodies,
             reply,
         };
-        sender.send(request).await.map_err(|_| Error::Closed)?;
+        {
+            // This copy of the sender must be gone before the wait: `close` waits for
+            // the writers, which end once every sender is dropped.
+            let sender = self.sender.lock().clone().ok_or(Error::Closed)?;
+            sender.send(request).await.map_err(|_| Error::Closed)?;
+        }
         answer.await.map_err(|_| Error::Closed)?
     }
 
@@ -289,7 +295,8 @@ impl PgStore {
             return Ok(None);
         };
         let last: i64 = row.try_get(0).map_err(|e| bad_row(e.to_string()))?;
-        Ok(u64::try_from(last).ok().filter(|&s| s > 0))
+        let last = u64::try_from(last).map_err(|_| bad_row(format!("last_seq {last}")))?;
+        Ok(Some(last).filter(|&s| s > 0))
     }
 
     async fn list(
@@ -331,7 +338,12 @@ fn decode_event(
     let tenant_id = match tenant {
         Some(t) => t.clone(),
         None => {
-            let stored: &str = row.try_get(3).map_err(bad)?;
+            let stored: Option<&str> = row.try_get(3).map_err(bad)?;
+            let stored = stored.ok_or_else(|| {
+                bad_row(format!(
+                    "execution {execution_id} has events but no head row"
+                ))
+            })?;
             let t = unescape(stored).ok_or_else(|| bad_row(format!("tenant id {stored:?}")))?;
             let t = TenantId::from(&*t);
             tenant.get_or_insert(t).clone()

@@ -27,9 +27,9 @@ impl Default for PgOptions {
     fn default() -> Self {
         let embedded = crate::Options::default();
         PgOptions {
-            write_connections: 4,
+            write_connections: 2,
             read_connections: 2,
-            schema: None,
+            schema: Some("execlog".into()),
             auto_migrate: true,
             reconnect_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
@@ -44,7 +44,8 @@ impl Default for PgOptions {
 
 impl PgOptions {
     /// Connections that commit appends, each running one group transaction at a time
-    /// (default 4). More connections let more groups be in flight: a group waiting for
+    /// (default 2: on a 2-core machine, 2 gave 20% more appends/s than 4 at 16 and 64
+    /// writers, because fewer connections make bigger groups; see docs/BENCHMARKS.md). More connections let more groups be in flight: a group waiting for
     /// a row lock held elsewhere stalls only the appends inside it.
     pub fn write_connections(mut self, n: usize) -> Self {
         self.write_connections = n;
@@ -57,9 +58,10 @@ impl PgOptions {
         self
     }
 
-    /// The PostgreSQL schema (namespace) holding the tables, created if missing.
-    /// Default: the server's `search_path` (usually `public`). Lower-case letters,
-    /// digits and `_`, starting with a letter or `_`.
+    /// The PostgreSQL schema (namespace) holding the tables, created if missing
+    /// (default `execlog`). Every connection names it explicitly, so the tables never
+    /// depend on a role's `search_path`. Lower-case letters, digits and `_`, starting
+    /// with a letter or `_`.
     pub fn schema(mut self, name: impl Into<String>) -> Self {
         self.schema = Some(name.into());
         self

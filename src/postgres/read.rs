@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, Row, Statement};
@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 
 const LOAD_SQL: &str = "
 SELECT e.seq, e.ts_ns, e.body, h.tenant_id
-FROM execlog_events e JOIN execlog_executions h ON h.execution_id = e.execution_id
+FROM execlog_events e LEFT JOIN execlog_executions h ON h.execution_id = e.execution_id
 WHERE e.execution_id = $1 AND e.seq > $2
 ORDER BY e.seq
 LIMIT $3";
@@ -79,27 +79,25 @@ impl Readers {
         let since = Instant::now();
         loop {
             let conn = self.connection(slot, since).await?;
-            let result = match query {
-                Query::Load {
-                    execution,
-                    after,
-                    limit,
-                } => {
-                    conn.client
-                        .query(&conn.load, &[execution, after, limit])
-                        .await
+            let left = self
+                .target
+                .reconnect_timeout
+                .saturating_sub(since.elapsed());
+            let asked =
+                tokio::time::timeout(left.max(Duration::from_secs(1)), self.ask(&conn, query));
+            let result = match asked.await {
+                Ok(result) => result,
+                Err(_) => {
+                    // A server that stopped answering: this connection is done for.
+                    self.forget(slot, &conn).await;
+                    return Err(Error::Unavailable {
+                        server: self.target.server.clone(),
+                        reason: format!(
+                            "no answer within {:?} (reconnect_timeout)",
+                            self.target.reconnect_timeout
+                        ),
+                    });
                 }
-                Query::Latest { execution } => conn.client.query(&conn.latest, &[execution]).await,
-                Query::List {
-                    tenant,
-                    limit,
-                    offset,
-                } => {
-                    conn.client
-                        .query(&conn.list, &[tenant, limit, offset])
-                        .await
-                }
-                Query::Ping => conn.client.query("SELECT 1", &[]).await,
             };
             match result {
                 Ok(rows) => return Ok(rows),
@@ -107,14 +105,47 @@ impl Readers {
                     if since.elapsed() >= self.target.reconnect_timeout {
                         return Err(self.target.error(&e));
                     }
-                    log::debug!("execlog: read lost its connection, retrying: {e}");
-                    let mut guard = slot.lock().await;
-                    if guard.as_ref().is_some_and(|c| Arc::ptr_eq(c, &conn)) {
-                        *guard = None;
-                    }
+                    log::warn!(
+                        "execlog: a read lost its connection to {}, retrying: {e}",
+                        self.target.server
+                    );
+                    self.forget(slot, &conn).await;
                 }
                 Err(e) => return Err(self.target.error(&e)),
             }
+        }
+    }
+
+    async fn ask(&self, conn: &Conn, query: &Query) -> Result<Vec<Row>, tokio_postgres::Error> {
+        match query {
+            Query::Load {
+                execution,
+                after,
+                limit,
+            } => {
+                conn.client
+                    .query(&conn.load, &[execution, after, limit])
+                    .await
+            }
+            Query::Latest { execution } => conn.client.query(&conn.latest, &[execution]).await,
+            Query::List {
+                tenant,
+                limit,
+                offset,
+            } => {
+                conn.client
+                    .query(&conn.list, &[tenant, limit, offset])
+                    .await
+            }
+            Query::Ping => conn.client.query("SELECT 1", &[]).await,
+        }
+    }
+
+    /// Drops `conn` from `slot` unless it was replaced already.
+    async fn forget(&self, slot: &Mutex<Option<Arc<Conn>>>, conn: &Arc<Conn>) {
+        let mut guard = slot.lock().await;
+        if guard.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            *guard = None;
         }
     }
 

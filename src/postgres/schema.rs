@@ -19,7 +19,7 @@ pub const SCHEMA_VERSION: i32 = 1;
 /// Each migration: its version, a description, and its SQL.
 const MIGRATIONS: &[(i32, &str, &str)] = &[(
     1,
-    "executions (head rows) and events",
+    "executions (head rows), events, commit tokens",
     "
 CREATE TABLE execlog_executions (
     execution_id text   NOT NULL PRIMARY KEY,
@@ -39,6 +39,11 @@ CREATE TABLE execlog_events (
     PRIMARY KEY (execution_id, seq)
 );
 CREATE INDEX execlog_events_commit_order ON execlog_events (xid, id);
+CREATE TABLE execlog_commits (
+    token text        NOT NULL PRIMARY KEY,
+    xid   xid8        NOT NULL DEFAULT pg_current_xact_id(),
+    at    timestamptz NOT NULL DEFAULT now()
+);
 ",
 )];
 
@@ -49,7 +54,7 @@ pub(crate) async fn migrate(client: &mut Client, target: &Target, apply: bool) -
     if let Some(schema) = &target.schema
         && apply
     {
-        let sql = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
+        let sql = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
         create_if_missing(client, &sql, target).await?;
     }
     if apply {
@@ -68,16 +73,20 @@ pub(crate) async fn migrate(client: &mut Client, target: &Target, apply: bool) -
         .query_one("SELECT to_regclass('execlog_schema') IS NOT NULL", &[])
         .await
         .map_err(err)?
-        .get(0);
+        .try_get(0)
+        .map_err(err)?;
     let current = if exists {
         tx.batch_execute("LOCK TABLE execlog_schema IN SHARE ROW EXCLUSIVE MODE")
             .await
             .map_err(err)?;
         let row = tx
-            .query_one("SELECT coalesce(max(version), 0) FROM execlog_schema", &[])
+            .query_one(
+                "SELECT coalesce(max(version), 0)::int4 FROM execlog_schema",
+                &[],
+            )
             .await
             .map_err(err)?;
-        row.get::<_, i32>(0)
+        row.try_get::<_, i32>(0).map_err(err)?
     } else {
         0
     };
