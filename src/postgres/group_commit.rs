@@ -548,6 +548,15 @@ impl Writer {
             return Ok(None);
         }
         let rows = tx.query(COMMITTED_SQL, &[&token]).await.map_err(err)?;
+        // A write, so that this commit has WAL to flush and, like the lost commit,
+        // waits for the flush and for any synchronous standby (a transaction that
+        // wrote nothing does not wait).
+        tx.execute(
+            "UPDATE execlog_commits SET at = now() WHERE token = $1",
+            &[&token],
+        )
+        .await
+        .map_err(err)?;
         tx.commit().await.map_err(err)?;
         self.conn = Some(conn);
         Ok(Some(rows))

@@ -80,10 +80,7 @@ pub(crate) async fn migrate(client: &mut Client, target: &Target, apply: bool) -
             .await
             .map_err(err)?;
         let row = tx
-            .query_one(
-                "SELECT coalesce(max(version), 0)::int4 FROM execlog_schema",
-                &[],
-            )
+            .query_one("SELECT coalesce(max(version), 0) FROM execlog_schema", &[])
             .await
             .map_err(err)?;
         row.try_get::<_, i32>(0).map_err(err)?

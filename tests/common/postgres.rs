@@ -6,7 +6,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How to run the PostgreSQL tests, for skip messages.
-pub const HOW: &str = "scripts/postgres.sh run -- cargo test --features postgres --test conformance_pg --test postgres_server --test cli_migrate";
+pub const HOW: &str = "scripts/postgres.sh run -- cargo test --features postgres --test conformance_pg --test postgres_server --test adversary_pg --test cli_migrate";
 
 /// The server's URL, or `None` (after saying so) when there is none and this is not CI.
 pub fn url(test: &str) -> Option<String> {
