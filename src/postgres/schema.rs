@@ -48,8 +48,31 @@ CREATE TABLE execlog_commits (
 )];
 
 /// Brings the store's schema to [`SCHEMA_VERSION`] (or, with `apply == false`, only
-/// checks that it is there).
+/// checks that it is there). Sessions racing to create the same catalog objects can
+/// still collide inside PostgreSQL's catalogs; such a collision is retried.
 pub(crate) async fn migrate(client: &mut Client, target: &Target, apply: bool) -> Result<()> {
+    let mut tries = 0;
+    loop {
+        match migrate_once(client, target, apply).await {
+            Err(Error::Database { code, message })
+                if tries < 5
+                    && matches!(
+                        code.as_str(),
+                        "23505" | "42P06" | "42P07" | "40P01" | "40001" | "XX000"
+                    ) =>
+            {
+                tries += 1;
+                log::debug!(
+                    "execlog: migration collided with another session ({code}: {message}); retrying"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20 * tries)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn migrate_once(client: &mut Client, target: &Target, apply: bool) -> Result<()> {
     let err = |e: tokio_postgres::Error| target.error(&e);
     if let Some(schema) = &target.schema
         && apply
