@@ -311,14 +311,17 @@ impl Writer {
     async fn commit(&mut self, mut group: Vec<Request>, clock: &Clock, later: &mut Vec<Request>) {
         let since = Instant::now();
         let mut pause = Duration::from_millis(10);
+        let mut probe = false;
         let outcome = loop {
-            let attempt = self.attempt(&mut group, later, clock.now_ns()).await;
+            let attempt = self.attempt(&mut group, later, clock.now_ns(), probe).await;
             let attempt = match attempt {
                 Attempt::InDoubt { token, error } => self.resolve(&token, error, since).await,
                 other => other,
             };
             match attempt {
                 Attempt::Committed(rows) => break Ok(rows),
+                // Some head row stayed locked: find out which, and go without them.
+                Attempt::Busy if !probe => probe = true,
                 Attempt::Busy => {
                     // Tried again after whatever else is waiting has had its turn.
                     later.splice(0..0, group);
@@ -355,10 +358,13 @@ impl Writer {
         answer(group, &plan, outcome);
     }
 
-    /// One try: connect if needed, then the two round trips.
+    /// One try: connect if needed, then one round trip (`BEGIN`, the group statement
+    /// and `COMMIT`, pipelined), in which the group waits at most [`BUSY_WAIT`] for a
+    /// head row another transaction holds.
     ///
-    /// The first round trip also locks the head rows of the group's executions that
-    /// are free (`FOR UPDATE SKIP LOCKED`). If another transaction holds some of them
+    /// If that wait ran out, the next try (`probe`) takes two round trips: the first
+    /// locks the head rows of the group's executions that are free
+    /// (`FOR UPDATE SKIP LOCKED`). If another transaction holds some of them
     /// (a slow append elsewhere, another machine's group, a session holding a lock),
     /// the appends to those executions go back to `later`, at the front, and the rest
     /// commit without waiting for them. A group made only of such appends waits for
@@ -373,6 +379,7 @@ impl Writer {
         group: &mut Vec<Request>,
         later: &mut Vec<Request>,
         now_ns: i64,
+        probe: bool,
     ) -> Attempt {
         let conn = match self.take_connection().await {
             Ok(conn) => conn,
@@ -382,29 +389,33 @@ impl Writer {
         let deadline = self.target.reconnect_timeout;
         // On every path below that drops `conn`, the session is broken, silent or
         // confused, and is replaced by the next attempt.
-        let executions = Plan::new(group).executions;
-        let busy = match tokio::time::timeout(deadline, begin(&conn, &executions)).await {
-            Ok(Ok(busy)) => busy,
-            // Nothing can have committed: no COMMIT was sent.
-            Ok(Err(e)) => {
-                let error = self.target.error(&e);
-                if is_connection_loss(&conn.client, &e) {
-                    return Attempt::NotCommitted(error);
+        let (begin_now, lock_wait) = if probe {
+            let executions = Plan::new(group).executions;
+            let busy = match tokio::time::timeout(deadline, begin(&conn, &executions)).await {
+                Ok(Ok(busy)) => busy,
+                // Nothing can have committed: no COMMIT was sent.
+                Ok(Err(e)) => {
+                    let error = self.target.error(&e);
+                    if is_connection_loss(&conn.client, &e) {
+                        return Attempt::NotCommitted(error);
+                    }
+                    self.keep_after_rollback(conn).await;
+                    return classify(&e, error);
                 }
-                self.keep_after_rollback(conn).await;
-                return classify(&e, error);
+                Err(_) => return Attempt::NotCommitted(self.silent()),
+            };
+            let is_busy = |r: &Request| busy.iter().any(|b| *b == escape(r.execution_id.as_str()));
+            let all_busy = group.iter().all(is_busy);
+            if !busy.is_empty() && !all_busy {
+                let (waiting, free): (Vec<_>, Vec<_>) =
+                    std::mem::take(group).into_iter().partition(is_busy);
+                *group = free;
+                later.splice(0..0, waiting);
             }
-            Err(_) => return Attempt::NotCommitted(self.silent()),
+            ("", if all_busy { BUSY_WAIT } else { "0" })
+        } else {
+            ("BEGIN; ", BUSY_WAIT)
         };
-        let is_busy = |r: &Request| busy.iter().any(|b| *b == escape(r.execution_id.as_str()));
-        let all_busy = group.iter().all(is_busy);
-        if !busy.is_empty() && !all_busy {
-            let (waiting, free): (Vec<_>, Vec<_>) =
-                std::mem::take(group).into_iter().partition(is_busy);
-            *group = free;
-            later.splice(0..0, waiting);
-        }
-        let lock_wait = if all_busy { BUSY_WAIT } else { "0" };
         let token = ExecutionId::new().to_string();
         let plan = Plan::new(group);
         let bodies = plan.bodies(group);
@@ -418,7 +429,7 @@ impl Writer {
             &bodies,
             &token,
         ];
-        let set_lock_wait = format!("SET LOCAL lock_timeout = '{lock_wait}'");
+        let set_lock_wait = format!("{begin_now}SET LOCAL lock_timeout = '{lock_wait}'");
         let round_trip = async {
             tokio::join!(
                 conn.client.batch_execute(&set_lock_wait),
