@@ -2,10 +2,10 @@
 //! into one transaction, one fsync of the server's WAL for all of them.
 //!
 //! Each write connection runs [`run_writer`]: gather a group, commit it, answer every
-//! append in it, repeat. A group's transaction is two round trips:
-//! 1. `BEGIN; SELECT pg_current_xact_id()`: the transaction's id, known before the
-//!    commit so that a commit whose reply is lost can be resolved (below);
-//! 2. the group statement ([`GROUP_SQL`]) and `COMMIT`, pipelined.
+//! append in it, repeat. A group's transaction is one round trip: `BEGIN`, the group
+//! statement ([`GROUP_SQL`]) and `COMMIT`, pipelined. Only when a head row stays
+//! locked elsewhere longer than [`BUSY_WAIT`] does the group take a second look
+//! ([`BUSY_SQL`]) and go without the busy executions.
 //!
 //! Invariants:
 //! - Sequences come from the execution's head row, advanced by the upsert in
@@ -17,10 +17,14 @@
 //!   waits for the next group), so a tenant mismatch rejects exactly the appends that
 //!   name the wrong owner, and nothing else in the group.
 //! - An append is answered `Ok` only after its transaction's commit returned, or,
-//!   when the connection broke around the commit, after `pg_xact_status` on a new
-//!   connection said it committed. A group that did not commit is retried until
+//!   when the connection broke or fell silent around the commit, after a transaction
+//!   on a new connection found the group's commit token committed and itself
+//!   committed (so the answer waits for the WAL flush and any synchronous standby,
+//!   as the lost commit's would have). A group that did not commit is retried until
 //!   `reconnect_timeout`; one whose outcome stays unknown is answered with an error
 //!   that says so.
+//! - Every append is answered exactly once: committed, refused (alone, after its
+//!   group was split), or failed with the group.
 
 use std::collections::HashMap;
 use std::sync::Arc;
