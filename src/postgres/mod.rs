@@ -1,9 +1,35 @@
-//! [`PgStore`]: the [`EventStore`] contract on a PostgreSQL server, with the embedded
-//! store's semantics (feature `postgres`).
+//! [`PgStore`]: the [`EventStore`] contract on a PostgreSQL server (13 or newer), with
+//! the embedded [`LogStore`](crate::LogStore)'s semantics (feature `postgres`).
 //!
-//! The data flow, one file each:
-//! - **connect** → `connect.rs` (session setup: `synchronous_commit = on`) →
-//!   `schema.rs` (versioned migrations).
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use execlog::postgres::{PgOptions, PgStore};
+//! use execlog::{EventStore, ExecutionEventData, ExecutionId, TenantId};
+//!
+//! // libpq URLs: postgres://user:password@host:port/dbname (no TLS in this build)
+//! let store = PgStore::connect_with(
+//!     "postgres://app@127.0.0.1:5432/agents",
+//!     PgOptions::default().schema("agents"), // default schema: `execlog`
+//! )?;
+//! let (run, tenant) = (ExecutionId::new(), TenantId::from("acme"));
+//! let seq = store.append(&run, &tenant, ExecutionEventData::ExecutionResumed).await?;
+//! assert_eq!(store.load_events(&run).await?[0].sequence, seq);
+//! store.close()?;
+//! # Ok(()) }
+//! ```
+//!
+//! Errors are [`Error`] values inside the trait's `anyhow::Error`
+//! (`err.downcast_ref::<execlog::Error>()`): the embedded store's variants where they
+//! apply (`InvalidArgument`, `TenantMismatch`, `Closed`), plus
+//! [`Error::Unavailable`] (the server cannot be reached now: retry later) and
+//! [`Error::Database`] (the server refused: wrong password, unknown database, missing
+//! privilege; a retry will not help). Connecting creates or migrates the tables unless
+//! [`PgOptions::auto_migrate`] is off. docs/POSTGRES.md in the repository explains the
+//! tables, the concurrency design and the limits.
+//!
+//! Inside, one file per step:
+//! - **connect** → `connect.rs` (session setup: `synchronous_commit = on`, the schema)
+//!   → `schema.rs` (versioned migrations).
 //! - **append** → validate and encode here (the same checks and codec as the embedded
 //!   store) → a bounded queue → `group_commit.rs` (the appends waiting when a write
 //!   connection is free share one transaction and one WAL flush).
@@ -11,7 +37,7 @@
 //!
 //! The connections live on a small tokio runtime owned by the store; callers only wait
 //! on channels and join handles, so the API works from any executor and, through the
-//! blocking twins, from plain threads. docs/POSTGRES.md describes the tables and why.
+//! blocking twins, from plain threads.
 
 mod block_on;
 mod connect;
