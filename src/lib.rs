@@ -13,6 +13,10 @@
 //! - **read** → `index.rs` entry point → `reader.rs` walks the execution's own records
 //!   back through `mmap.rs` views → `codec.rs` decode.
 //!
+//! With the feature `postgres`, `postgres::PgStore` offers the same
+//! traits on a PostgreSQL server (`src/postgres/`, docs/POSTGRES.md); one conformance
+//! suite (tests/conformance) checks that both backends answer alike.
+//!
 //! Durability promise: `append` and `append_batch` return `Ok` only after an fdatasync
 //! covering the event's bytes returned (and, for a new segment, after its directory
 //! entry was fsynced). Readers see only such events. A failed write or sync poisons the
