@@ -272,3 +272,42 @@ fn a_closed_stdout_is_a_normal_end() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+/// An event too large for the store (`Options::max_event_bytes`, 16 MiB + 64 KiB by
+/// default) on a later line: nothing is stored, without `--batch` too, and the error
+/// names the line. (Issue 17: the size was checked at append time, after the earlier
+/// lines were stored.)
+#[test]
+fn append_checks_every_line_before_the_first_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    execlog::LogStore::open(dir.path())
+        .unwrap()
+        .close()
+        .unwrap();
+    let huge = format!(
+        "{{\"type\":\"execution_paused\",\"reason\":\"{}\"}}",
+        "x".repeat(17 << 20)
+    );
+    let input = format!(
+        "{{\"type\":\"execution_resumed\"}}\n\n{{\"type\":\"execution_resumed\"}}\n{huge}\n"
+    );
+    for batch in [false, true] {
+        let mut args = vec!["append", d, "--execution", "e", "--tenant", "t"];
+        if batch {
+            args.push("--batch");
+        }
+        let out = execlog(&args, &input);
+        one_error_line(&out);
+        let err = text(&out.stderr);
+        assert!(err.contains("line 4"), "{err}");
+        assert!(err.contains("max_event_bytes"), "{err}");
+        assert!(err.contains("nothing was stored"), "{err}");
+        assert_eq!(text(&out.stdout), "", "batch {batch}");
+        let store = execlog::LogStore::open_read_only(dir.path()).unwrap();
+        let stored = store
+            .load_events_blocking(&execlog::ExecutionId::from("e"))
+            .unwrap();
+        assert!(stored.is_empty(), "batch {batch}: {} stored", stored.len());
+    }
+}

@@ -1,7 +1,9 @@
 //! `execlog append`: events as JSON lines from stdin into a store.
 //!
-//! All lines are parsed before anything is written, so malformed input (reported with
-//! its line number) stores nothing. With `--batch` the events form one atomic batch.
+//! Every line is parsed and checked (JSON, event type, and size against the store's
+//! `Options::max_event_bytes`) before anything is written, so bad input, reported with
+//! its line number, stores nothing, with or without `--batch`. With `--batch` the
+//! events also form one atomic batch.
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -26,7 +28,8 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<ExitCode, String> {
-    let mut events = Vec::new();
+    // (line number, event) for every non-blank line.
+    let mut events: Vec<(usize, ExecutionEventData)> = Vec::new();
     for (n, line) in std::io::stdin().lock().lines().enumerate() {
         let line = line.map_err(|e| format!("cannot read stdin: {e}"))?;
         if line.trim().is_empty() {
@@ -34,7 +37,7 @@ pub fn run(args: &Args) -> Result<ExitCode, String> {
         }
         let event: ExecutionEventData = serde_json::from_str(&line)
             .map_err(|e| format!("line {}: not a valid event: {e}; nothing was stored", n + 1))?;
-        events.push(event);
+        events.push((n + 1, event));
     }
     if events.is_empty() {
         return Err("no events on stdin; nothing was stored".into());
@@ -56,10 +59,19 @@ pub fn run(args: &Args) -> Result<ExitCode, String> {
             report.removed_segments
         );
     }
+    // What an append would refuse of an event alone (its encoded size), for every line
+    // before the first write: without `--batch`, a refusal at append time would come
+    // after the earlier lines were stored.
+    for (line, event) in &events {
+        store
+            .check_event(event)
+            .map_err(|e| format!("line {line}: {e}; nothing was stored"))?;
+    }
     let execution = ExecutionId::from(args.execution.as_str());
     let tenant = TenantId::from(args.tenant.as_str());
     if args.batch {
         let count = events.len() as u64;
+        let events = events.into_iter().map(|(_, event)| event).collect();
         let first = store
             .append_batch_blocking(&execution, &tenant, events)
             .map_err(|e| e.to_string())?;
@@ -67,7 +79,7 @@ pub fn run(args: &Args) -> Result<ExitCode, String> {
             out!("{seq}");
         }
     } else {
-        for event in events {
+        for (_, event) in events {
             let seq = store
                 .append_blocking(&execution, &tenant, event)
                 .map_err(|e| e.to_string())?;
