@@ -99,7 +99,18 @@ fn append_single_and_batch() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     let input = "{\"type\":\"execution_started\",\"parent\":null,\"metadata\":{\"a\":1}}\n\n{\"type\":\"execution_resumed\"}\n";
-    let out = execlog(&["append", d, "--execution", "e1", "--tenant", "t"], input);
+    let out = execlog(
+        &[
+            "append",
+            d,
+            "--execution",
+            "e1",
+            "--tenant",
+            "t",
+            "--create",
+        ],
+        input,
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "1\n2\n");
     let out = execlog(
@@ -116,7 +127,11 @@ fn bad_input_gets_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     let good = "{\"type\":\"execution_resumed\"}\n";
-    execlog(&["append", d, "--execution", "e", "--tenant", "t"], good);
+    let out = execlog(
+        &["append", d, "--execution", "e", "--tenant", "t", "--create"],
+        good,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
 
     // Malformed JSON: line number, nothing of that batch stored.
     let out = execlog(
@@ -309,5 +324,105 @@ fn append_checks_every_line_before_the_first_write() {
             .load_events_blocking(&execlog::ExecutionId::from("e"))
             .unwrap();
         assert!(stored.is_empty(), "batch {batch}: {} stored", stored.len());
+    }
+}
+
+/// `append` makes a new store only when asked (`--create`): a mistyped DIR is an error,
+/// an existing directory that is not a store is left alone, and a DIR that is a file is
+/// named as such. (Issue 17: `append` silently created any directory.)
+#[test]
+fn append_creates_a_store_only_with_create() {
+    let parent = tempfile::tempdir().unwrap();
+    let event = "{\"type\":\"execution_resumed\"}\n";
+    let append = |dir: &Path, create: bool| {
+        let d = dir.to_str().unwrap();
+        let mut args = vec!["append", d, "--execution", "e", "--tenant", "t"];
+        if create {
+            args.push("--create");
+        }
+        execlog(&args, event)
+    };
+
+    // A missing directory: refused, not created, and the error says how to create it.
+    let missing = parent.path().join("mistyped");
+    let out = append(&missing, false);
+    one_error_line(&out);
+    assert!(
+        text(&out.stderr).contains("does not exist"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("--create"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!missing.exists());
+
+    // An existing directory that is not a store: refused, nothing written into it,
+    // with or without --create when it holds other files.
+    let other = parent.path().join("photos");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("cat.jpg"), b"meow").unwrap();
+    for create in [false, true] {
+        let out = append(&other, create);
+        one_error_line(&out);
+        assert!(
+            text(&out.stderr).contains("not an execlog store"),
+            "{}",
+            text(&out.stderr)
+        );
+        let names: Vec<_> = std::fs::read_dir(&other).unwrap().collect();
+        assert_eq!(names.len(), 1, "create {create}: {names:?}");
+    }
+    // An empty directory: only with --create.
+    let empty = parent.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = append(&empty, false);
+    one_error_line(&out);
+    assert!(
+        text(&out.stderr).contains("--create"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
+
+    // A file: said so, by every command that takes DIR.
+    let file = parent.path().join("notes.txt");
+    std::fs::write(&file, b"hello").unwrap();
+    let f = file.to_str().unwrap();
+    for create in [false, true] {
+        let out = append(&file, create);
+        one_error_line(&out);
+        assert!(
+            text(&out.stderr).contains("is a file"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    for args in [
+        vec!["events", f, "e"],
+        vec!["list", f, "--tenant", "t"],
+        vec!["stats", f],
+        vec!["verify", f],
+    ] {
+        let out = execlog(&args, "");
+        one_error_line(&out);
+        assert!(
+            text(&out.stderr).contains("is a file"),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"hello");
+
+    // --create makes the store, in a new or an empty directory; later appends need no
+    // flag (and --create on an existing store just appends).
+    for dir in [&missing, &empty] {
+        let out = append(dir, true);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "1\n");
+        assert_eq!(text(&append(dir, false).stdout), "2\n");
+        assert_eq!(text(&append(dir, true).stdout), "3\n");
     }
 }

@@ -4,6 +4,9 @@
 //! `Options::max_event_bytes`) before anything is written, so bad input, reported with
 //! its line number, stores nothing, with or without `--batch`. With `--batch` the
 //! events also form one atomic batch.
+//!
+//! A new store is made only with `--create`, in a missing or empty directory: a
+//! mistyped path, or a directory of other files, is an error, not a new store.
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -11,11 +14,17 @@ use std::process::ExitCode;
 
 use execlog::{ExecutionEventData, ExecutionId, LogStore, TenantId};
 
+use crate::DirKind;
+
 // Arguments of `execlog append` (its help text is the variant doc in main.rs).
 #[derive(clap::Args)]
 pub struct Args {
-    /// The store directory (created if missing).
+    /// The store directory.
     dir: PathBuf,
+    /// Make a new store if DIR is missing or an empty directory (without it, DIR must
+    /// already be a store, so that a mistyped path is an error).
+    #[arg(long)]
+    create: bool,
     /// The execution to append to.
     #[arg(long)]
     execution: String,
@@ -28,6 +37,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<ExitCode, String> {
+    check_dir(args)?;
     // (line number, event) for every non-blank line.
     let mut events: Vec<(usize, ExecutionEventData)> = Vec::new();
     for (n, line) in std::io::stdin().lock().lines().enumerate() {
@@ -88,4 +98,23 @@ pub fn run(args: &Args) -> Result<ExitCode, String> {
     }
     store.close().map_err(|e| e.to_string())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses a DIR that `LogStore::open` would turn into a new store unless `--create`
+/// asks for one, and never makes a store among other files.
+fn check_dir(args: &Args) -> Result<(), String> {
+    let shown = args.dir.display();
+    match crate::dir_kind(&args.dir)? {
+        DirKind::Store => Ok(()),
+        DirKind::Missing | DirKind::Empty if args.create => Ok(()),
+        DirKind::Missing => Err(format!(
+            "{shown} does not exist; nothing was stored (pass --create to make a new store there)"
+        )),
+        DirKind::Empty => Err(format!(
+            "{shown} is not an execlog store (it is empty); nothing was stored (pass --create to make a new store in it)"
+        )),
+        DirKind::NotAStore => Err(format!(
+            "{shown} is not an execlog store (it holds other files and no segment files); nothing was stored (a new store needs a new or empty directory)"
+        )),
+    }
 }

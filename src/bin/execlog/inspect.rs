@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use execlog::{ExecutionEventData, ExecutionId, LogStore, StoredEvent, TenantId};
 
 fn open(dir: &Path) -> Result<LogStore, String> {
+    crate::dir_kind(dir)?; // a file is named as such
     LogStore::open_read_only(dir).map_err(|e| e.to_string())
 }
 
