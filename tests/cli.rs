@@ -426,3 +426,55 @@ fn append_creates_a_store_only_with_create() {
         assert_eq!(text(&append(dir, true).stdout), "3\n");
     }
 }
+
+/// An unknown execution or tenant is said on stderr and exits 3 ("not found"), with
+/// nothing on stdout; a known execution with nothing after `--after`, and a page past
+/// a tenant's last execution, are normal ends (exit 0), the latter with a note.
+/// (Issue 17: both exited 0 without a word.)
+#[test]
+fn an_unknown_execution_or_tenant_is_said_and_exits_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = execlog(
+        &["append", d, "--execution", "e", "--tenant", "t", "--create"],
+        "{\"type\":\"execution_resumed\"}\n",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let out = execlog(&["events", d, "nope"], "");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    one_error_line(&out);
+    assert!(
+        text(&out.stderr).contains("no execution nope"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout), "");
+    let out = execlog(&["events", d, "nope", "--pretty"], "");
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(text(&out.stdout), "", "no table header either");
+
+    let out = execlog(&["list", d, "--tenant", "nobody"], "");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    one_error_line(&out);
+    assert!(
+        text(&out.stderr).contains("no executions of tenant nobody"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout), "");
+
+    // Known, but nothing (more) to show: exit 0.
+    let out = execlog(&["events", d, "e", "--after", "1"], "");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "");
+    assert_eq!(text(&out.stderr), "", "polling past the end is silent");
+    let out = execlog(&["list", d, "--tenant", "t", "--offset", "1"], "");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "");
+    assert!(
+        text(&out.stderr).contains("no executions at offset 1: tenant t has 1"),
+        "{}",
+        text(&out.stderr)
+    );
+}
