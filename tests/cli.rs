@@ -478,3 +478,26 @@ fn an_unknown_execution_or_tenant_is_said_and_exits_3() {
         text(&out.stderr)
     );
 }
+
+/// The README's Rust blocks paste as they are: no rustdoc hidden lines (`# …`), which
+/// a reader copies too. (`cargo test --doc` compiles them: `ReadmeDoctests` in lib.rs.)
+/// (Issue 17: the quickstart began with `# async fn demo() …`.)
+#[test]
+fn readme_rust_blocks_have_no_hidden_lines() {
+    let readme = include_str!("../README.md");
+    let (mut in_block, mut in_rust) = (false, false);
+    let mut rust_blocks = 0;
+    for (n, line) in readme.lines().enumerate() {
+        if let Some(lang) = line.strip_prefix("```") {
+            in_rust = !in_block && lang.split(',').any(|t| t.trim() == "rust");
+            in_block = !in_block;
+            rust_blocks += usize::from(in_rust);
+            continue;
+        }
+        if in_rust {
+            let hidden = line.trim_start() == "#" || line.trim_start().starts_with("# ");
+            assert!(!hidden, "README.md line {}: hidden line {line:?}", n + 1);
+        }
+    }
+    assert!(rust_blocks >= 1, "the quickstart is a Rust block");
+}

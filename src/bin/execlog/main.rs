@@ -66,7 +66,8 @@ enum Command {
     ///
     /// Example: echo '{"type":"execution_resumed"}' | execlog append /tmp/agents --execution run-1 --tenant acme --create
     Append(append::Args),
-    /// Print an execution's events as JSON lines (or a table with --pretty).
+    /// Print an execution's events as JSON lines (or a table with --pretty). An
+    /// execution the store does not hold is said on stderr and exits 3.
     ///
     /// Example: execlog events /tmp/agents run-1 --after 10 --pretty
     Events {
@@ -81,7 +82,8 @@ enum Command {
         #[arg(long)]
         pretty: bool,
     },
-    /// List a tenant's executions, newest first, as JSON lines.
+    /// List a tenant's executions, newest first, as JSON lines. A tenant without
+    /// executions in the store is said on stderr and exits 3.
     ///
     /// Example: execlog list /tmp/agents --tenant acme --limit 20 --offset 40
     List {
