@@ -37,7 +37,6 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<ExitCode, String> {
-    check_dir(args)?;
     // (line number, event) for every non-blank line.
     let mut events: Vec<(usize, ExecutionEventData)> = Vec::new();
     for (n, line) in std::io::stdin().lock().lines().enumerate() {
@@ -52,6 +51,9 @@ pub fn run(args: &Args) -> Result<ExitCode, String> {
     if events.is_empty() {
         return Err("no events on stdin; nothing was stored".into());
     }
+    // Checked after stdin was read, as the lock is, so that a writer into the pipe does
+    // not see it closed early.
+    check_dir(args)?;
     let store = LogStore::open(&args.dir).map_err(|e| e.to_string())?;
     // The library reports repairs through `log`, which this tool does not route: say
     // here what open cut or removed.
