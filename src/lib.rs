@@ -81,3 +81,10 @@ pub use options::Options;
 pub use options::WritePath;
 pub use recovery::{RecoveryReport, TailCheck};
 pub use verify::VerifyReport;
+
+/// The README, so that `cargo test --doc` compiles its Rust blocks (the quickstart)
+/// and they cannot drift from the API. Blocks in other languages are not Rust to
+/// rustdoc; the PostgreSQL fragment is `ignore`.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

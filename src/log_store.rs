@@ -349,6 +349,16 @@ impl LogStore {
         append::enqueue_as(&self.shared, ids, prepared, admitted, given)
     }
 
+    /// Checks, without writing anything, that `event` passes what an append checks of
+    /// the event alone: it encodes, within this store's [`Options::max_event_bytes`].
+    /// Ids, the tenant and batch limits are checked by the append itself. For tools
+    /// that validate all their input before the first write (`execlog append`).
+    #[doc(hidden)]
+    pub fn check_event(&self, event: &ExecutionEventData) -> Result<()> {
+        let max_event_bytes = self.shared.options.max_event_bytes;
+        append::encode_all(max_event_bytes, usize::MAX, vec![event.clone()]).map(|_| ())
+    }
+
     /// Appends one event; returns its sequence once it is durable.
     pub fn append_blocking(
         &self,

@@ -99,7 +99,18 @@ fn append_single_and_batch() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     let input = "{\"type\":\"execution_started\",\"parent\":null,\"metadata\":{\"a\":1}}\n\n{\"type\":\"execution_resumed\"}\n";
-    let out = execlog(&["append", d, "--execution", "e1", "--tenant", "t"], input);
+    let out = execlog(
+        &[
+            "append",
+            d,
+            "--execution",
+            "e1",
+            "--tenant",
+            "t",
+            "--create",
+        ],
+        input,
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "1\n2\n");
     let out = execlog(
@@ -116,7 +127,11 @@ fn bad_input_gets_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     let good = "{\"type\":\"execution_resumed\"}\n";
-    execlog(&["append", d, "--execution", "e", "--tenant", "t"], good);
+    let out = execlog(
+        &["append", d, "--execution", "e", "--tenant", "t", "--create"],
+        good,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
 
     // Malformed JSON: line number, nothing of that batch stored.
     let out = execlog(
@@ -271,4 +286,218 @@ fn a_closed_stdout_is_a_normal_end() {
         assert!(out.status.success(), "{args:?}: {:?} {err}", out.status);
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
+}
+
+/// An event too large for the store (`Options::max_event_bytes`, 16 MiB + 64 KiB by
+/// default) on a later line: nothing is stored, without `--batch` too, and the error
+/// names the line. (Issue 17: the size was checked at append time, after the earlier
+/// lines were stored.)
+#[test]
+fn append_checks_every_line_before_the_first_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    execlog::LogStore::open(dir.path())
+        .unwrap()
+        .close()
+        .unwrap();
+    let huge = format!(
+        "{{\"type\":\"execution_paused\",\"reason\":\"{}\"}}",
+        "x".repeat(17 << 20)
+    );
+    let input = format!(
+        "{{\"type\":\"execution_resumed\"}}\n\n{{\"type\":\"execution_resumed\"}}\n{huge}\n"
+    );
+    for batch in [false, true] {
+        let mut args = vec!["append", d, "--execution", "e", "--tenant", "t"];
+        if batch {
+            args.push("--batch");
+        }
+        let out = execlog(&args, &input);
+        one_error_line(&out);
+        let err = text(&out.stderr);
+        assert!(err.contains("line 4"), "{err}");
+        assert!(err.contains("max_event_bytes"), "{err}");
+        assert!(err.contains("nothing was stored"), "{err}");
+        assert_eq!(text(&out.stdout), "", "batch {batch}");
+        let store = execlog::LogStore::open_read_only(dir.path()).unwrap();
+        let stored = store
+            .load_events_blocking(&execlog::ExecutionId::from("e"))
+            .unwrap();
+        assert!(stored.is_empty(), "batch {batch}: {} stored", stored.len());
+    }
+}
+
+/// `append` makes a new store only when asked (`--create`): a mistyped DIR is an error,
+/// an existing directory that is not a store is left alone, and a DIR that is a file is
+/// named as such. (Issue 17: `append` silently created any directory.)
+#[test]
+fn append_creates_a_store_only_with_create() {
+    let parent = tempfile::tempdir().unwrap();
+    let event = "{\"type\":\"execution_resumed\"}\n";
+    let append = |dir: &Path, create: bool| {
+        let d = dir.to_str().unwrap();
+        let mut args = vec!["append", d, "--execution", "e", "--tenant", "t"];
+        if create {
+            args.push("--create");
+        }
+        execlog(&args, event)
+    };
+
+    // A missing directory: refused, not created, and the error says how to create it.
+    let missing = parent.path().join("mistyped");
+    let out = append(&missing, false);
+    one_error_line(&out);
+    assert!(
+        text(&out.stderr).contains("does not exist"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("--create"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!missing.exists());
+
+    // An existing directory that is not a store: refused, nothing written into it,
+    // with or without --create when it holds other files.
+    let other = parent.path().join("photos");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("cat.jpg"), b"meow").unwrap();
+    for create in [false, true] {
+        let out = append(&other, create);
+        one_error_line(&out);
+        assert!(
+            text(&out.stderr).contains("not an execlog store"),
+            "{}",
+            text(&out.stderr)
+        );
+        let names: Vec<_> = std::fs::read_dir(&other).unwrap().collect();
+        assert_eq!(names.len(), 1, "create {create}: {names:?}");
+    }
+    // An empty directory: only with --create.
+    let empty = parent.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = append(&empty, false);
+    one_error_line(&out);
+    assert!(
+        text(&out.stderr).contains("--create"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
+
+    // A file: said so, by every command that takes DIR.
+    let file = parent.path().join("notes.txt");
+    std::fs::write(&file, b"hello").unwrap();
+    let f = file.to_str().unwrap();
+    for create in [false, true] {
+        let out = append(&file, create);
+        one_error_line(&out);
+        assert!(
+            text(&out.stderr).contains("is a file"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    for args in [
+        vec!["events", f, "e"],
+        vec!["list", f, "--tenant", "t"],
+        vec!["stats", f],
+        vec!["verify", f],
+    ] {
+        let out = execlog(&args, "");
+        one_error_line(&out);
+        assert!(
+            text(&out.stderr).contains("is a file"),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"hello");
+
+    // --create makes the store, in a new or an empty directory; later appends need no
+    // flag (and --create on an existing store just appends).
+    for dir in [&missing, &empty] {
+        let out = append(dir, true);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "1\n");
+        assert_eq!(text(&append(dir, false).stdout), "2\n");
+        assert_eq!(text(&append(dir, true).stdout), "3\n");
+    }
+}
+
+/// An unknown execution or tenant is said on stderr and exits 3 ("not found"), with
+/// nothing on stdout; a known execution with nothing after `--after`, and a page past
+/// a tenant's last execution, are normal ends (exit 0), the latter with a note.
+/// (Issue 17: both exited 0 without a word.)
+#[test]
+fn an_unknown_execution_or_tenant_is_said_and_exits_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = execlog(
+        &["append", d, "--execution", "e", "--tenant", "t", "--create"],
+        "{\"type\":\"execution_resumed\"}\n",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let out = execlog(&["events", d, "nope"], "");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    one_error_line(&out);
+    assert!(
+        text(&out.stderr).contains("no execution nope"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout), "");
+    let out = execlog(&["events", d, "nope", "--pretty"], "");
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(text(&out.stdout), "", "no table header either");
+
+    let out = execlog(&["list", d, "--tenant", "nobody"], "");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    one_error_line(&out);
+    assert!(
+        text(&out.stderr).contains("no executions of tenant nobody"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout), "");
+
+    // Known, but nothing (more) to show: exit 0.
+    let out = execlog(&["events", d, "e", "--after", "1"], "");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "");
+    assert_eq!(text(&out.stderr), "", "polling past the end is silent");
+    let out = execlog(&["list", d, "--tenant", "t", "--offset", "1"], "");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "");
+    assert!(
+        text(&out.stderr).contains("no executions at offset 1: tenant t has 1"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// The README's Rust blocks paste as they are: no rustdoc hidden lines (`# …`), which
+/// a reader copies too. (`cargo test --doc` compiles them: `ReadmeDoctests` in lib.rs.)
+/// (Issue 17: the quickstart began with `# async fn demo() …`.)
+#[test]
+fn readme_rust_blocks_have_no_hidden_lines() {
+    let readme = include_str!("../README.md");
+    let (mut in_block, mut in_rust) = (false, false);
+    let mut rust_blocks = 0;
+    for (n, line) in readme.lines().enumerate() {
+        if let Some(lang) = line.strip_prefix("```") {
+            in_rust = !in_block && lang.split(',').any(|t| t.trim() == "rust");
+            in_block = !in_block;
+            rust_blocks += usize::from(in_rust);
+            continue;
+        }
+        if in_rust {
+            let hidden = line.trim_start() == "#" || line.trim_start().starts_with("# ");
+            assert!(!hidden, "README.md line {}: hidden line {line:?}", n + 1);
+        }
+    }
+    assert!(rust_blocks >= 1, "the quickstart is a Rust block");
 }

@@ -42,7 +42,7 @@ fn injected_eio_is_never_acknowledged() {
                         &format!("inject={syscall}:error=EIO:when={n}"),
                         bin,
                     ])
-                    .args(["append", d, "--execution", "e", "--tenant", "t"]),
+                    .args(["append", d, "--execution", "e", "--tenant", "t", "--create"]),
                 &input,
             );
             let stderr = String::from_utf8_lossy(&out.stderr).to_string();

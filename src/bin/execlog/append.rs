@@ -1,7 +1,12 @@
 //! `execlog append`: events as JSON lines from stdin into a store.
 //!
-//! All lines are parsed before anything is written, so malformed input (reported with
-//! its line number) stores nothing. With `--batch` the events form one atomic batch.
+//! Every line is parsed and checked (JSON, event type, and size against the store's
+//! `Options::max_event_bytes`) before anything is written, so bad input, reported with
+//! its line number, stores nothing, with or without `--batch`. With `--batch` the
+//! events also form one atomic batch.
+//!
+//! A new store is made only with `--create`, in a missing or empty directory: a
+//! mistyped path, or a directory of other files, is an error, not a new store.
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -9,11 +14,17 @@ use std::process::ExitCode;
 
 use execlog::{ExecutionEventData, ExecutionId, LogStore, TenantId};
 
+use crate::DirKind;
+
 // Arguments of `execlog append` (its help text is the variant doc in main.rs).
 #[derive(clap::Args)]
 pub struct Args {
-    /// The store directory (created if missing).
+    /// The store directory.
     dir: PathBuf,
+    /// Make a new store if DIR is missing or an empty directory (without it, DIR must
+    /// already be a store, so that a mistyped path is an error).
+    #[arg(long)]
+    create: bool,
     /// The execution to append to.
     #[arg(long)]
     execution: String,
@@ -26,7 +37,8 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<ExitCode, String> {
-    let mut events = Vec::new();
+    // (line number, event) for every non-blank line.
+    let mut events: Vec<(usize, ExecutionEventData)> = Vec::new();
     for (n, line) in std::io::stdin().lock().lines().enumerate() {
         let line = line.map_err(|e| format!("cannot read stdin: {e}"))?;
         if line.trim().is_empty() {
@@ -34,11 +46,14 @@ pub fn run(args: &Args) -> Result<ExitCode, String> {
         }
         let event: ExecutionEventData = serde_json::from_str(&line)
             .map_err(|e| format!("line {}: not a valid event: {e}; nothing was stored", n + 1))?;
-        events.push(event);
+        events.push((n + 1, event));
     }
     if events.is_empty() {
         return Err("no events on stdin; nothing was stored".into());
     }
+    // Checked after stdin was read, as the lock is, so that a writer into the pipe does
+    // not see it closed early.
+    check_dir(args)?;
     let store = LogStore::open(&args.dir).map_err(|e| e.to_string())?;
     // The library reports repairs through `log`, which this tool does not route: say
     // here what open cut or removed.
@@ -56,10 +71,19 @@ pub fn run(args: &Args) -> Result<ExitCode, String> {
             report.removed_segments
         );
     }
+    // What an append would refuse of an event alone (its encoded size), for every line
+    // before the first write: without `--batch`, a refusal at append time would come
+    // after the earlier lines were stored.
+    for (line, event) in &events {
+        store
+            .check_event(event)
+            .map_err(|e| format!("line {line}: {e}; nothing was stored"))?;
+    }
     let execution = ExecutionId::from(args.execution.as_str());
     let tenant = TenantId::from(args.tenant.as_str());
     if args.batch {
         let count = events.len() as u64;
+        let events = events.into_iter().map(|(_, event)| event).collect();
         let first = store
             .append_batch_blocking(&execution, &tenant, events)
             .map_err(|e| e.to_string())?;
@@ -67,7 +91,7 @@ pub fn run(args: &Args) -> Result<ExitCode, String> {
             out!("{seq}");
         }
     } else {
-        for event in events {
+        for (_, event) in events {
             let seq = store
                 .append_blocking(&execution, &tenant, event)
                 .map_err(|e| e.to_string())?;
@@ -76,4 +100,23 @@ pub fn run(args: &Args) -> Result<ExitCode, String> {
     }
     store.close().map_err(|e| e.to_string())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses a DIR that `LogStore::open` would turn into a new store unless `--create`
+/// asks for one, and never makes a store among other files.
+fn check_dir(args: &Args) -> Result<(), String> {
+    let shown = args.dir.display();
+    match crate::dir_kind(&args.dir)? {
+        DirKind::Store => Ok(()),
+        DirKind::Missing | DirKind::Empty if args.create => Ok(()),
+        DirKind::Missing => Err(format!(
+            "{shown} does not exist; nothing was stored (pass --create to make a new store there)"
+        )),
+        DirKind::Empty => Err(format!(
+            "{shown} is not an execlog store (it is empty); nothing was stored (pass --create to make a new store in it)"
+        )),
+        DirKind::NotAStore => Err(format!(
+            "{shown} is not an execlog store (it holds other files and no segment files); nothing was stored (a new store needs a new or empty directory)"
+        )),
+    }
 }

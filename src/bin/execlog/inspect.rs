@@ -10,13 +10,28 @@ use std::process::ExitCode;
 use execlog::{ExecutionEventData, ExecutionId, LogStore, StoredEvent, TenantId};
 
 fn open(dir: &Path) -> Result<LogStore, String> {
+    crate::dir_kind(dir)?; // a file is named as such
     LogStore::open_read_only(dir).map_err(|e| e.to_string())
 }
 
+/// The exit code of a lookup of an execution or tenant the store does not hold (the
+/// message goes to stderr): distinct from 1 (a problem) and 2 (usage), so that scripts
+/// can tell "not there" from an error.
+pub const NOT_FOUND: u8 = 3;
+
 pub fn events(dir: &Path, execution: &str, after: u64, pretty: bool) -> Result<ExitCode, String> {
     let store = open(dir)?;
+    let id = ExecutionId::from(execution);
+    let latest = store
+        .get_latest_sequence_blocking(&id)
+        .map_err(|e| e.to_string())?;
+    if latest.is_none() {
+        eprintln!("execlog: no execution {execution} in {}", dir.display());
+        return Ok(ExitCode::from(NOT_FOUND));
+    }
+    // A known execution with nothing after `after` is a normal, silent end (polling).
     let events = store
-        .load_events_after_blocking(&ExecutionId::from(execution), after)
+        .load_events_after_blocking(&id, after)
         .map_err(|e| e.to_string())?;
     let mut lines = Vec::with_capacity(events.len() + 1);
     if pretty {
@@ -115,9 +130,29 @@ fn describe(event: &ExecutionEventData) -> (String, String) {
 
 pub fn list(dir: &Path, tenant: &str, limit: usize, offset: usize) -> Result<ExitCode, String> {
     let store = open(dir)?;
+    let tenant_id = TenantId::from(tenant);
     let ids = store
-        .list_executions_blocking(&TenantId::from(tenant), limit, offset)
+        .list_executions_blocking(&tenant_id, limit, offset)
         .map_err(|e| e.to_string())?;
+    if ids.is_empty() {
+        let count = |limit| {
+            store
+                .list_executions_blocking(&tenant_id, limit, 0)
+                .map(|ids| ids.len())
+                .map_err(|e| e.to_string())
+        };
+        if count(1)? == 0 {
+            eprintln!(
+                "execlog: no executions of tenant {tenant} in {}",
+                dir.display()
+            );
+            return Ok(ExitCode::from(NOT_FOUND));
+        }
+        if limit > 0 {
+            let all = count(usize::MAX)?;
+            eprintln!("execlog: no executions at offset {offset}: tenant {tenant} has {all}");
+        }
+    }
     emit(
         ids.into_iter()
             .map(|id| serde_json::json!({ "execution_id": id }).to_string()),

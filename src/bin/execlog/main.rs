@@ -3,7 +3,9 @@
 //!
 //! Output that scripts read (JSON lines) goes to stdout; logs, progress bars and
 //! errors go to stderr. Every failure is one line on stderr and a non-zero exit code:
-//! 1 for a problem with the store or the input, 2 for a usage error (clap's).
+//! 1 for a problem with the store or the input (and `verify` finding one), 2 for a
+//! usage error (clap's), 3 for an execution (`events`) or tenant (`list`) the store
+//! does not hold.
 
 /// `println!` for the commands' output: a closed stdout (`execlog stats DIR | head`)
 /// ends the process quietly with success, as for other Unix tools, instead of the
@@ -59,11 +61,13 @@ enum Command {
     ///
     /// Example: execlog demo --dir /tmp/agents --executions 500
     Demo(demo::Args),
-    /// Append events read as JSON lines (the contract's form) from stdin.
+    /// Append events read as JSON lines (the contract's form) from stdin. A new store
+    /// needs --create.
     ///
-    /// Example: echo '{"type":"execution_resumed"}' | execlog append /tmp/agents --execution run-1 --tenant acme
+    /// Example: echo '{"type":"execution_resumed"}' | execlog append /tmp/agents --execution run-1 --tenant acme --create
     Append(append::Args),
-    /// Print an execution's events as JSON lines (or a table with --pretty).
+    /// Print an execution's events as JSON lines (or a table with --pretty). An
+    /// execution the store does not hold is said on stderr and exits 3.
     ///
     /// Example: execlog events /tmp/agents run-1 --after 10 --pretty
     Events {
@@ -78,7 +82,8 @@ enum Command {
         #[arg(long)]
         pretty: bool,
     },
-    /// List a tenant's executions, newest first, as JSON lines.
+    /// List a tenant's executions, newest first, as JSON lines. A tenant without
+    /// executions in the store is said on stderr and exits 3.
     ///
     /// Example: execlog list /tmp/agents --tenant acme --limit 20 --offset 40
     List {
@@ -146,6 +151,52 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What a command's DIR argument names, looked at before a store is opened.
+#[derive(Debug, PartialEq, Eq)]
+enum DirKind {
+    /// Nothing at that path.
+    Missing,
+    /// A directory with nothing in it but possibly the lock file of a store whose
+    /// creation stopped before its first segment.
+    Empty,
+    /// A directory that holds other files and no segment file.
+    NotAStore,
+    /// A directory with at least one segment file (`0000000001.seg`).
+    Store,
+}
+
+/// Looks at `dir` without changing anything; a path that is not a directory is an
+/// error that says so.
+fn dir_kind(dir: &std::path::Path) -> Result<DirKind, String> {
+    let shown = dir.display();
+    let entries = match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DirKind::Missing),
+        Err(e) => return Err(format!("cannot look at {shown}: {e}")),
+        Ok(meta) if !meta.is_dir() => {
+            return Err(format!(
+                "{shown} is a file, not a store directory (a store is a directory of segment files)"
+            ));
+        }
+        Ok(_) => std::fs::read_dir(dir).map_err(|e| format!("cannot list {shown}: {e}"))?,
+    };
+    let mut kind = DirKind::Empty;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("cannot list {shown}: {e}"))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let is_segment = name
+            .strip_suffix(".seg")
+            .is_some_and(|digits| digits.len() == 10 && digits.bytes().all(|b| b.is_ascii_digit()));
+        if is_segment {
+            return Ok(DirKind::Store);
+        }
+        if name != "LOCK" {
+            kind = DirKind::NotAStore;
+        }
+    }
+    Ok(kind)
 }
 
 /// A progress bar on stderr, drawn only when stderr is a terminal.
