@@ -170,7 +170,7 @@ pub(crate) fn is_connection_loss(client: &Client, e: &tokio_postgres::Error) -> 
 
 /// The server going away: SQLSTATE 57P01 to 57P05 (shutdown, crash, cannot connect
 /// now, idle timeout) and class 08 (connection exceptions). Not 57014 (a cancelled
-/// statement), which is a refusal.
+/// statement), which is an answer from a server that is there (a group retries it).
 fn is_shutdown(code: &str) -> bool {
     matches!(code, "57P01" | "57P02" | "57P03" | "57P04" | "57P05") || code.starts_with("08")
 }

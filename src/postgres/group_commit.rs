@@ -597,8 +597,10 @@ fn classify(failure: &tokio_postgres::Error, error: Error) -> Attempt {
     match failure.code().map(|c| c.code()) {
         // The lock wait of a group of busy executions ran out.
         Some("55P03") => Attempt::Busy,
-        // Serialization failure, deadlock: the transaction was rolled back.
-        Some("40001" | "40P01") => Attempt::NotCommitted(error),
+        // Serialization failure, deadlock, a cancelled statement: the transaction was
+        // rolled back, and another try may pass. (A lock timeout that fires just as
+        // the lock is granted is reported as a cancel "due to user request", 57014.)
+        Some("40001" | "40P01" | "57014") => Attempt::NotCommitted(error),
         _ => Attempt::Refused(error),
     }
 }
