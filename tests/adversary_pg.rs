@@ -767,7 +767,9 @@ mod adversary {
         let opened = sessions() - before;
         assert!(matches!(err, Error::Database { .. }), "{err:?}");
         assert!(
-            took < Duration::from_secs(1) && opened < 5,
+            // Below the 3 s reconnect_timeout a storm would use up; the session count
+            // is the real check (a loaded machine can be slow).
+            took < Duration::from_millis(2500) && opened < 5,
             "a permission refusal took {took:?} and opened {opened} sessions"
         );
     }
