@@ -629,9 +629,22 @@ mod adversary {
         let append = in_thread(move || s.append_blocking(&x("e"), &t("t"), step_event(1)));
         let s = store.clone();
         let read = in_thread(move || s.load_events_blocking(&x("e")).map(|v| v.len()));
+        let s = store.clone();
+        let health = in_thread(move || {
+            let started = Instant::now();
+            let answer = futures::executor::block_on(s.health_check());
+            (answer.is_err(), started.elapsed())
+        });
         let append = append.recv_timeout(Duration::from_secs(20));
         let read = read.recv_timeout(Duration::from_secs(1));
+        let health = health.recv_timeout(Duration::from_secs(1));
         freezer.frozen.store(false, Ordering::SeqCst);
+        // A liveness probe answers within connect_timeout (1 s here), not after the
+        // reconnect_timeout of other calls.
+        assert!(
+            matches!(health, Ok((true, took)) if took < Duration::from_millis(1900)),
+            "health check during a silent outage: {health:?}"
+        );
         assert!(
             matches!(append, Ok(Err(Error::Unavailable { .. }))),
             "append 20 s into a silent outage (reconnect_timeout 2 s): {append:?}"

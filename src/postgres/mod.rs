@@ -424,9 +424,27 @@ impl StorageBackend for PgStore {
         "postgres"
     }
 
+    /// Fails at once when closed, and within `connect_timeout` (not the longer
+    /// `reconnect_timeout` of other calls) when the server cannot be reached: a
+    /// liveness probe wants a quick answer.
     async fn health_check(&self) -> anyhow::Result<()> {
-        self.query(Query::Ping).await?;
-        Ok(())
+        if self.sender.lock().is_none() {
+            return Err(Error::Closed.into());
+        }
+        let (readers, target) = (Arc::clone(&self.readers), Arc::clone(&self.target));
+        let limit = self.options.connect_timeout;
+        let job = self.handle.spawn(async move {
+            match tokio::time::timeout(limit, readers.run(&Query::Ping)).await {
+                Ok(result) => result.map(drop),
+                Err(_) => Err(Error::Unavailable {
+                    server: target.server.clone(),
+                    reason: format!(
+                        "no answer to a health check within {limit:?} (connect_timeout)"
+                    ),
+                }),
+            }
+        });
+        Ok(job.await.map_err(panicked)??)
     }
 }
 
