@@ -20,7 +20,7 @@ mod adversary {
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
 
-    use crate::common::postgres::{fresh_schema, url};
+    use crate::common::postgres::{fresh_schema, psql, url};
     use crate::common::*;
     use execlog::postgres::{PgOptions, PgStore};
     use execlog::*;
@@ -33,29 +33,6 @@ mod adversary {
 
     fn opts(schema: &str) -> PgOptions {
         PgOptions::default().schema(schema)
-    }
-
-    fn psql(url: &str, sql: &str) -> String {
-        let out = Command::new("psql")
-            .args([
-                url,
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                sql,
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "psql {sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
     }
 
     fn psql_count(url: &str, sql: &str) -> i64 {

@@ -23,7 +23,7 @@ mod server {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
 
-    use crate::common::postgres::{fresh_schema, url};
+    use crate::common::postgres::{fresh_schema, psql, url};
     use crate::common::*;
     use execlog::postgres::{PgOptions, PgStore, SCHEMA_VERSION, migrate};
     use execlog::*;
@@ -40,31 +40,6 @@ mod server {
     fn store(url: &str, schema: &str) -> PgStore {
         PgStore::connect_with(url, PgOptions::default().schema(schema)).unwrap()
     }
-
-    /// Runs SQL with psql; returns its unaligned output.
-    fn psql(url: &str, sql: &str) -> String {
-        let out = Command::new("psql")
-            .args([
-                url,
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                sql,
-            ])
-            .output()
-            .expect("psql runs (Debian package postgresql-client)");
-        assert!(
-            out.status.success(),
-            "psql {sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
     /// Appends tagged single events from `writers` tasks until `stop`; returns every
     /// acknowledged (execution, sequence, tag). Every append must succeed.
     async fn append_until(

@@ -39,3 +39,28 @@ pub fn fresh_schema() -> String {
         nanos
     )
 }
+
+/// Runs SQL with psql (Debian's postgresql-client) and returns its unaligned output;
+/// panics with psql's message if the statement fails.
+pub fn psql(url: &str, sql: &str) -> String {
+    let out = std::process::Command::new("psql")
+        .args([
+            url,
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ])
+        .output()
+        .expect("psql runs (Debian package postgresql-client)");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("psql prints UTF-8")
+}

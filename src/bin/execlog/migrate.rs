@@ -77,45 +77,34 @@ mod with_postgres {
         fn import(&self, events: Vec<StoredEvent>) -> Result<u64, Error>;
     }
 
-    impl End for LogStore {
-        fn executions(&self) -> Result<Vec<(ExecutionId, u64)>, Error> {
-            self.all_executions_blocking()
-        }
-        fn latest(&self, id: &ExecutionId) -> Result<Option<u64>, Error> {
-            self.get_latest_sequence_blocking(id)
-        }
-        fn read(
-            &self,
-            id: &ExecutionId,
-            after: u64,
-            limit: u64,
-        ) -> Result<Vec<StoredEvent>, Error> {
-            self.read_range_blocking(id, after, usize::try_from(limit).unwrap_or(usize::MAX))
-        }
-        fn import(&self, events: Vec<StoredEvent>) -> Result<u64, Error> {
-            self.import_blocking(events)
-        }
+    /// Both stores offer the same blocking calls under the same names.
+    macro_rules! end {
+        ($store:ty) => {
+            impl End for $store {
+                fn executions(&self) -> Result<Vec<(ExecutionId, u64)>, Error> {
+                    self.all_executions_blocking()
+                }
+                fn latest(&self, id: &ExecutionId) -> Result<Option<u64>, Error> {
+                    self.get_latest_sequence_blocking(id)
+                }
+                fn read(
+                    &self,
+                    id: &ExecutionId,
+                    after: u64,
+                    limit: u64,
+                ) -> Result<Vec<StoredEvent>, Error> {
+                    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+                    self.read_range_blocking(id, after, limit)
+                }
+                fn import(&self, events: Vec<StoredEvent>) -> Result<u64, Error> {
+                    self.import_blocking(events)
+                }
+            }
+        };
     }
 
-    impl End for PgStore {
-        fn executions(&self) -> Result<Vec<(ExecutionId, u64)>, Error> {
-            self.all_executions_blocking()
-        }
-        fn latest(&self, id: &ExecutionId) -> Result<Option<u64>, Error> {
-            self.get_latest_sequence_blocking(id)
-        }
-        fn read(
-            &self,
-            id: &ExecutionId,
-            after: u64,
-            limit: u64,
-        ) -> Result<Vec<StoredEvent>, Error> {
-            self.read_range_blocking(id, after, usize::try_from(limit).unwrap_or(usize::MAX))
-        }
-        fn import(&self, events: Vec<StoredEvent>) -> Result<u64, Error> {
-            self.import_blocking(events)
-        }
-    }
+    end!(LogStore);
+    end!(PgStore);
 
     pub fn run(args: &Args) -> Result<ExitCode, String> {
         let mut options = PgOptions::default();
