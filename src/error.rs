@@ -59,6 +59,18 @@ pub enum Error {
         /// The tenant named in the rejected append.
         given: String,
     },
+    /// A guarded append's expected sequence did not hold; nothing was written and no
+    /// sequence was used up.
+    WrongExpectedSequence {
+        /// What the append expected.
+        expected: crate::guard::ExpectedSequence,
+        /// The execution's latest sequence (handed out, possibly not yet durable), or
+        /// `None` when the execution does not exist.
+        actual: Option<u64>,
+    },
+    /// An append reused an idempotency key of its execution with other events than the
+    /// ones stored under that key; nothing was written.
+    IdempotencyConflict,
     /// The store was closed.
     Closed,
     /// An argument was rejected before anything was written.
@@ -123,6 +135,22 @@ impl fmt::Display for Error {
             } => write!(
                 f,
                 "execution {execution_id:?} belongs to another tenant than {given:?}; nothing was written"
+            ),
+            Error::WrongExpectedSequence { expected, actual } => {
+                let actual = match actual {
+                    Some(n) => format!("its latest sequence is {n}"),
+                    None => "it does not exist".to_string(),
+                };
+                write!(
+                    f,
+                    "the append expected {expected} but {actual}; nothing was written: \
+                     reload the execution and decide again"
+                )
+            }
+            Error::IdempotencyConflict => write!(
+                f,
+                "the idempotency key was used on this execution for other events; nothing \
+                 was written: a retry must send the same events, new events need a new key"
             ),
             Error::Closed => write!(f, "store is closed; open it again to continue"),
             Error::InvalidArgument(what) => write!(f, "invalid argument: {what}"),
@@ -202,6 +230,11 @@ impl Error {
                 execution_id: execution_id.clone(),
                 given: given.clone(),
             },
+            Error::WrongExpectedSequence { expected, actual } => Error::WrongExpectedSequence {
+                expected: *expected,
+                actual: *actual,
+            },
+            Error::IdempotencyConflict => Error::IdempotencyConflict,
             Error::Closed => Error::Closed,
             Error::InvalidArgument(what) => Error::InvalidArgument(what.clone()),
             Error::Unavailable { server, reason } => Error::Unavailable {

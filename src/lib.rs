@@ -44,6 +44,7 @@ mod event_store;
 pub mod fault;
 #[cfg(any(feature = "fuzzing", all(test, feature = "fault-injection")))]
 pub mod fuzzing;
+mod guard;
 mod ids;
 mod import;
 mod index;
@@ -72,6 +73,10 @@ pub use event::{
     StepSourceType, StepType, StoredEvent,
 };
 pub use event_store::{EventStore, StorageBackend};
+pub use guard::{
+    AppendOptions, AppendOutcome, ExpectedSequence, GuardedEventStore, MAX_IDEMPOTENCY_KEY_BYTES,
+    TenantView,
+};
 pub use ids::{ExecutionId, MAX_ID_BYTES, StepId, TenantId};
 #[cfg(feature = "fault-injection")]
 pub use io::{Io, IoFile, LockGuard, Mapped, RealIo};
