@@ -44,6 +44,12 @@ mod pg {
                 .max_event_bytes(bytes);
             PgStore::connect_with(&self.url, options).unwrap()
         }
+
+        /// A crashed client leaves its acknowledged appends on the server: a new
+        /// connection (while `running` stays connected, as another machine's would).
+        fn open_crashed(&self, _running: &PgStore) -> PgStore {
+            self.open()
+        }
     }
 
     crate::suite!(Pg);

@@ -5,7 +5,9 @@
 //!
 //! [`suite!`] turns every test function here into a `#[tokio::test]` of the including
 //! crate. Each test gets a fresh, empty store ([`Backend::create`]: a temporary
-//! directory, or a schema of its own on the server).
+//! directory, or a schema of its own on the server). The guarded appends of issue 13
+//! (`GuardedEventStore`: expected sequences, idempotency keys, `TenantView`) have their
+//! tests in `guarded.rs`, run by the same macro.
 
 #![allow(dead_code)]
 
@@ -15,9 +17,12 @@ use std::sync::Arc;
 use crate::common::*;
 use execlog::*;
 
+pub mod guarded;
+pub use guarded::*;
+
 /// A place a store lives in, and how to open it.
 pub trait Backend: Sized + Send + Sync + 'static {
-    type Store: EventStore + Twins + Send + Sync + 'static;
+    type Store: GuardedEventStore + Twins + Send + Sync + 'static;
     /// A fresh, empty place; `None` to skip (said on stderr by the backend).
     fn create() -> Option<Self>;
     /// A store on it (again after the previous one was dropped: a reopen, or a
@@ -25,6 +30,11 @@ pub trait Backend: Sized + Send + Sync + 'static {
     fn open(&self) -> Self::Store;
     /// A store on it that accepts events of at most `bytes` encoded bytes.
     fn open_with_max_event_bytes(&self, bytes: usize) -> Self::Store;
+    /// A store on what a crash (kill -9) of the process holding `running` would leave,
+    /// while `running` stays open and idle: every acknowledged append, no clean close
+    /// (for `LogStore`: a copy of its files, with the checkpoint of the last clean close
+    /// if there was one; for `PgStore`: a new connection to the same schema).
+    fn open_crashed(&self, running: &Self::Store) -> Self::Store;
 }
 
 /// The blocking twins both backends offer, under one name for the suite.
@@ -46,6 +56,14 @@ pub trait Twins {
         offset: usize,
     ) -> Result<Vec<ExecutionId>>;
     fn close(&self) -> Result<()>;
+    fn append_with_blocking(
+        &self,
+        e: &ExecutionId,
+        t: &TenantId,
+        evs: Vec<ExecutionEventData>,
+        options: AppendOptions,
+    ) -> Result<AppendOutcome>;
+    fn execution_tenant_blocking(&self, e: &ExecutionId) -> Result<Option<TenantId>>;
 }
 
 macro_rules! twins {
@@ -84,6 +102,18 @@ macro_rules! twins {
             fn close(&self) -> Result<()> {
                 <$store>::close(self)
             }
+            fn append_with_blocking(
+                &self,
+                e: &ExecutionId,
+                t: &TenantId,
+                evs: Vec<ExecutionEventData>,
+                options: AppendOptions,
+            ) -> Result<AppendOutcome> {
+                <$store>::append_with_blocking(self, e, t, evs, options)
+            }
+            fn execution_tenant_blocking(&self, e: &ExecutionId) -> Result<Option<TenantId>> {
+                <$store>::execution_tenant_blocking(self, e)
+            }
         }
     };
 }
@@ -112,6 +142,31 @@ macro_rules! suite {
             tasks_share_executions_without_gaps,
             threads_use_the_blocking_twins,
             works_under_a_plain_executor,
+        );
+        // Guarded appends (issue 13), tests/conformance/guarded.rs.
+        $crate::suite!(@tests $backend;
+            default_options_append_like_append_batch,
+            no_execution_expects_a_new_execution,
+            exactly_expects_the_latest_sequence,
+            a_refused_expectation_writes_nothing_and_uses_no_sequence,
+            idempotency_key_length_limits,
+            a_keyed_retry_replays_the_original_outcome,
+            a_keyed_retry_with_other_events_conflicts,
+            keys_are_scoped_to_their_execution,
+            the_tenant_is_checked_before_the_key,
+            the_key_is_checked_before_the_expected_sequence,
+            refused_appends_do_not_claim_their_key,
+            every_key_ever_used_replays_after_reopen_and_crash,
+            expectations_and_keys_hold_after_reopen_and_crash,
+            racing_expectations_have_one_winner_each,
+            racing_expectations_among_plain_appends,
+            racing_retries_of_one_key_store_once,
+            racing_keys_with_different_events_store_one_version,
+            tenant_view_hides_other_tenants_executions,
+            execution_tenant_names_the_owner,
+            odd_keys_are_distinct_and_exact,
+            guarded_blocking_twins_from_threads,
+            guarded_errors_are_typed_and_a_closed_store_refuses,
         );
     };
     (@tests $backend:ty; $($name:ident),* $(,)?) => {
