@@ -7,6 +7,13 @@
 //! contiguous from 1, no batch partly present, appends continuing at the right
 //! sequence.
 //!
+//! A quarter of the child's appends are keyed, a quarter conditional (`Exactly`), an
+//! eighth both (issue 13). After each kill the parent retries every keyed append the
+//! child started and a sample of those acknowledged in earlier trials
+//! (`writer::retry_keyed`): acknowledged ones must replay their outcome without storing
+//! anything; unacknowledged ones may replay only what is there and store only what is
+//! not. The child itself checks every guarded answer it gets (`BAD` lines fail the test).
+//!
 //! A killed process keeps the OS page cache, so this test cannot catch a missing fsync
 //! (`power_loss.rs` and `power_cut.rs` do); it catches acknowledging before the write,
 //! lost or torn queue hand-offs, and recovery that drops or mangles a live tail.
@@ -40,6 +47,8 @@ fn killed_writers_lose_nothing() {
         .unwrap_or(200);
     let mut dir = tempfile::tempdir().unwrap();
     let mut acks = writer::Acks::new();
+    let mut keyed = Vec::new();
+    let mut retried = writer::Retried::default();
     let mut rng = 0x2545_F491_4F6C_DD1D_u64 ^ u64::from(std::process::id());
     let mut total = 0;
     for n in 0..trials {
@@ -48,6 +57,7 @@ fn killed_writers_lose_nothing() {
             // then so the suite stays linear in the number of trials.
             dir = tempfile::tempdir().unwrap();
             acks.clear();
+            keyed.clear();
         }
         let mut child = writer::spawn(
             "crash_child_writer",
@@ -63,12 +73,24 @@ fn killed_writers_lose_nothing() {
         child.kill().unwrap();
         child.wait().unwrap();
         let lines = reader.join().unwrap();
-        total += lines.len();
+        total += lines.iter().filter(|l| l.starts_with("ACK ")).count();
         writer::record(&lines, &mut acks);
+        writer::assert_no_bad(&lines).unwrap_or_else(|e| panic!("trial {n}: {e}"));
         let store = writer::verify(dir.path(), &acks).unwrap_or_else(|e| panic!("trial {n}: {e}"));
+        let tries = writer::tries(&lines);
+        retried.add(
+            writer::retry_keyed(&store, tries, &mut acks, &mut keyed, 8, n as usize)
+                .unwrap_or_else(|e| panic!("trial {n}: {e}")),
+        );
         writer::append_continues(&store, &format!("parent-{n}"), &mut acks)
             .unwrap_or_else(|e| panic!("trial {n}: {e}"));
     }
     assert!(total > 0, "the child never acknowledged anything");
-    println!("{trials} kills, {total} acknowledged appends, 0 lost");
+    assert!(retried.acknowledged > 0, "no keyed append was acknowledged");
+    println!(
+        "{trials} kills, {total} acknowledged appends, 0 lost; keyed retries after recovery: \
+         {} acknowledged (replayed), unacknowledged: {} found stored (replayed), {} stored \
+         by the retry, {} refused (stale expectation)",
+        retried.acknowledged, retried.replayed, retried.stored, retried.refused
+    );
 }

@@ -270,6 +270,10 @@ fn cuts_on(kind: &str, cuts: u64, rng: &mut u64) -> Totals {
         child.kill().unwrap();
         child.wait().unwrap();
         let lines = reader.join().unwrap();
+        // The writer's own checks of its guarded appends' answers (`BAD` lines).
+        if let Err(e) = writer::assert_no_bad(&lines) {
+            t.failures.push(format!("{kind} cut {n}: {e}"));
+        }
         // Only this cut's acknowledgements: an earlier failure is not counted twice.
         let mut acks = writer::Acks::new();
         let mut excluded = writer::Acks::new();
@@ -320,7 +324,7 @@ fn cuts_on(kind: &str, cuts: u64, rng: &mut u64) -> Totals {
             "{kind} cut {n}: {} acks, {counted} counted, {n_excluded} excluded ({after_done} \
              returned after xfs_io had finished, {} missing after reopen); \
              shutdown took {} us",
-            lines.len(),
+            lines.iter().filter(|l| l.starts_with("ACK ")).count(),
             excluded_missing.map_or("?".into(), |m| m.to_string()),
             (cut.done_ns - cut.issued_ns) / 1000
         );

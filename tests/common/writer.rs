@@ -6,6 +6,15 @@
 //! is the CLOCK_MONOTONIC reading (`monotonic_ns`) taken as soon as the append returned
 //! `Ok`. The clock is system-wide, so the parent compares it with its own readings:
 //! `power_cut.rs` counts only appends that returned before it issued the shutdown.
+//!
+//! Some appends are guarded (issue 13): keyed (the idempotency key is the tag),
+//! conditional (`Exactly` the latest sequence the writer read), or both. Before a keyed
+//! append starts, the writer prints `TRY <execution> <length> <expected> <tag>`
+//! (`<expected>`: `any` or the number), so that the parent can retry it after the crash,
+//! acknowledged or not (`retry_keyed`). A conditional append refused with
+//! `WrongExpectedSequence` is not acknowledged and the writer goes on. Now and then the
+//! writer retries an acknowledged keyed append at once; anything the writer finds
+//! wrong with a guarded append's answer it prints as a `BAD` line (`assert_no_bad`).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -100,14 +109,31 @@ pub fn child(dir: &Path) {
                     };
                     let tag = format!("{nonce}-{w}-{n}");
                     let events: Vec<_> = (0..len).map(|i| event(&tag, len, i)).collect();
-                    let first = if len == 1 {
-                        store.append(&e, &t, events[0].clone())
+                    // Half plain, a quarter keyed, an eighth conditional, an eighth both.
+                    let mode = (x >> 32) % 8;
+                    let (keyed, conditional) = (matches!(mode, 4 | 5 | 7), matches!(mode, 6 | 7));
+                    let first = if keyed || conditional {
+                        let Some(first) =
+                            guarded(&store, &out, &e, &t, events, &tag, keyed, conditional, x)
+                        else {
+                            return;
+                        };
+                        match first {
+                            Some(first) => first,
+                            // Refused: a wrong expectation; nothing to acknowledge.
+                            None => continue,
+                        }
                     } else {
-                        store.append_batch(&e, &t, events)
-                    };
-                    // After a power cut appends fail: stop quietly.
-                    let Ok(first) = futures::executor::block_on(first) else {
-                        return;
+                        let first = if len == 1 {
+                            store.append(&e, &t, events[0].clone())
+                        } else {
+                            store.append_batch(&e, &t, events)
+                        };
+                        // After a power cut appends fail: stop quietly.
+                        let Ok(first) = futures::executor::block_on(first) else {
+                            return;
+                        };
+                        first
                     };
                     // Read before waiting for the output lock: when the append returned.
                     let at = monotonic_ns();
@@ -123,6 +149,102 @@ pub fn child(dir: &Path) {
         .collect();
     for t in threads {
         let _ = t.join();
+    }
+}
+
+/// Prints `line` (and flushes); `None` when stdout is gone.
+fn say(out: &parking_lot::Mutex<std::io::Stdout>, line: &str) -> Option<()> {
+    let mut out = out.lock();
+    (writeln!(out, "{line}").is_ok() && out.flush().is_ok()).then_some(())
+}
+
+/// A guarded append of the child: `None` to stop (the store or stdout failed),
+/// `Some(None)` when refused for a wrong expectation, else `Some(Some(first))`.
+#[allow(clippy::too_many_arguments)]
+fn guarded(
+    store: &LogStore,
+    out: &parking_lot::Mutex<std::io::Stdout>,
+    e: &ExecutionId,
+    t: &TenantId,
+    events: Vec<ExecutionEventData>,
+    tag: &str,
+    keyed: bool,
+    conditional: bool,
+    x: u64,
+) -> Option<Option<u64>> {
+    let len = events.len() as u64;
+    let latest = if conditional {
+        Some(store.get_latest_sequence_blocking(e).ok()?.unwrap_or(0))
+    } else {
+        None
+    };
+    let options = AppendOptions {
+        expected: latest.map_or(ExpectedSequence::Any, ExpectedSequence::Exactly),
+        idempotency_key: keyed.then(|| tag.to_string()),
+    };
+    if keyed {
+        let expected = latest.map_or("any".to_string(), |n| n.to_string());
+        say(out, &format!("TRY {e} {len} {expected} {tag}"))?;
+    }
+    let got = if x % 2 == 0 {
+        futures::executor::block_on(store.append_with(e, t, events.clone(), options.clone()))
+            .map_err(|err| err.downcast::<Error>().map_err(|e| e.to_string()))
+    } else {
+        store
+            .append_with_blocking(e, t, events.clone(), options.clone())
+            .map_err(Ok)
+    };
+    match got {
+        Ok(o) => {
+            let want_first = latest.map_or(o.first_sequence, |n| n + 1);
+            if o.replayed
+                || o.first_sequence != want_first
+                || o.last_sequence + 1 - o.first_sequence != len
+            {
+                say(
+                    out,
+                    &format!("BAD {tag}: stored as {o:?}, expected after {latest:?}"),
+                )?;
+            }
+            if keyed && (x >> 40) % 4 == 0 {
+                // Retry at once: a replay of the same outcome.
+                let again = store.append_with_blocking(e, t, events, options);
+                match again {
+                    Ok(a)
+                        if a == AppendOutcome {
+                            replayed: true,
+                            ..o
+                        } => {}
+                    // A power cut or a poisoned store: stop.
+                    Err(Error::Poisoned { .. } | Error::Io { .. } | Error::Closed) => return None,
+                    other => say(
+                        out,
+                        &format!("BAD {tag}: retry of {o:?} answered {other:?}"),
+                    )?,
+                }
+            }
+            Some(Some(o.first_sequence))
+        }
+        Err(Ok(Error::WrongExpectedSequence { expected, actual })) => {
+            if !conditional
+                || expected != options.expected
+                || actual.unwrap_or(0) <= latest.unwrap_or(0)
+            {
+                say(
+                    out,
+                    &format!(
+                        "BAD {tag}: refused with {expected:?}/{actual:?} after reading {latest:?}"
+                    ),
+                )?;
+            }
+            Some(None)
+        }
+        Err(Ok(Error::IdempotencyConflict)) => {
+            say(out, &format!("BAD {tag}: a fresh key conflicted"))?;
+            Some(None)
+        }
+        // After a power cut appends fail: stop quietly.
+        Err(_) => None,
     }
 }
 
@@ -151,7 +273,7 @@ pub fn spawn(test_name: &str, env_var: &str, dir: &Path, segment_bytes: u64) -> 
         .unwrap()
 }
 
-/// Reads the child's acknowledgements until its stdout closes.
+/// Reads the child's `ACK`, `TRY` and `BAD` lines until its stdout closes.
 pub fn collect_acks(child: &mut Child) -> std::thread::JoinHandle<Vec<String>> {
     let stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -160,7 +282,11 @@ pub fn collect_acks(child: &mut Child) -> std::thread::JoinHandle<Vec<String>> {
         let mut line = String::new();
         while r.read_line(&mut line).unwrap_or(0) > 0 {
             // A line cut by the kill has no newline: its append may not have returned.
-            if line.ends_with('\n') && line.starts_with("ACK ") {
+            if line.ends_with('\n')
+                && (line.starts_with("ACK ")
+                    || line.starts_with("TRY ")
+                    || line.starts_with("BAD "))
+            {
                 lines.push(line.trim_end().to_string());
             }
             line.clear();
@@ -185,9 +311,9 @@ fn parse(line: &str) -> (String, Ack) {
     (parts[2].to_string(), ack)
 }
 
-/// Adds `lines` to `acks`.
+/// Adds the `ACK` lines of `lines` to `acks`.
 pub fn record(lines: &[String], acks: &mut Acks) {
-    for l in lines {
+    for l in lines.iter().filter(|l| l.starts_with("ACK ")) {
         let (e, a) = parse(l);
         acks.entry(e).or_default().push(a);
     }
@@ -196,7 +322,7 @@ pub fn record(lines: &[String], acks: &mut Acks) {
 /// Adds to `counted` the appends of `lines` that returned before `cutoff_ns`
 /// (CLOCK_MONOTONIC), to `excluded` the others.
 pub fn record_before(lines: &[String], cutoff_ns: u64, counted: &mut Acks, excluded: &mut Acks) {
-    for l in lines {
+    for l in lines.iter().filter(|l| l.starts_with("ACK ")) {
         let (e, a) = parse(l);
         let to = if a.at_ns < cutoff_ns {
             &mut *counted
@@ -301,4 +427,238 @@ pub fn append_continues(store: &LogStore, tag: &str, acks: &mut Acks) -> Result<
         tag: tag.to_string(),
     });
     Ok(())
+}
+
+/// Fails with the child's `BAD` lines, if it printed any.
+pub fn assert_no_bad(lines: &[String]) -> Result<(), String> {
+    let bad: Vec<_> = lines.iter().filter(|l| l.starts_with("BAD ")).collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the writer saw wrong answers to guarded appends: {bad:?}"
+        ))
+    }
+}
+
+/// A keyed append the child started (`TRY` line).
+pub struct Try {
+    pub execution: String,
+    pub len: usize,
+    pub expected: ExpectedSequence,
+    pub tag: String,
+}
+
+impl Try {
+    fn options(&self) -> AppendOptions {
+        AppendOptions {
+            expected: self.expected,
+            idempotency_key: Some(self.tag.clone()),
+        }
+    }
+
+    fn events(&self) -> Vec<ExecutionEventData> {
+        (0..self.len)
+            .map(|i| event(&self.tag, self.len, i))
+            .collect()
+    }
+}
+
+/// The `TRY` lines of `lines`.
+pub fn tries(lines: &[String]) -> Vec<Try> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("TRY "))
+        .map(|l| {
+            let parts: Vec<&str> = l.splitn(4, ' ').collect();
+            assert_eq!(parts.len(), 4, "bad TRY line {l:?}");
+            Try {
+                execution: parts[0].to_string(),
+                len: parts[1].parse().unwrap(),
+                expected: match parts[2] {
+                    "any" => ExpectedSequence::Any,
+                    n => ExpectedSequence::Exactly(n.parse().unwrap()),
+                },
+                tag: parts[3].to_string(),
+            }
+        })
+        .collect()
+}
+
+/// Where an append tagged `tag` is in `events`: `(first sequence, events found)`.
+fn find(events: &[StoredEvent], tag: &str) -> Option<(u64, usize)> {
+    let mut found = events
+        .iter()
+        .filter(|ev| batch_tag(&ev.event).is_some_and(|(t, _, _)| t == tag));
+    let first = found.next()?.sequence;
+    Some((first, 1 + found.count()))
+}
+
+/// The tenant the child writes `execution` as.
+fn tenant_of(execution: &str) -> TenantId {
+    let x: u64 = execution.trim_start_matches("exec-").parse().unwrap();
+    TenantId::from(format!("tenant-{}", x % 3))
+}
+
+/// What `retry_keyed` retried.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct Retried {
+    /// Acknowledged keyed appends, replayed.
+    pub acknowledged: usize,
+    /// Unacknowledged ones found stored (replayed).
+    pub replayed: usize,
+    /// Unacknowledged ones not found, stored by the retry.
+    pub stored: usize,
+    /// Unacknowledged conditional ones not found, refused for their expectation.
+    pub refused: usize,
+}
+
+impl Retried {
+    pub fn add(&mut self, other: Retried) {
+        self.acknowledged += other.acknowledged;
+        self.replayed += other.replayed;
+        self.stored += other.stored;
+        self.refused += other.refused;
+    }
+}
+
+/// An acknowledged keyed append, kept for retries in later trials.
+pub struct Keyed {
+    pub attempt: Try,
+    pub first: u64,
+}
+
+/// Retries, after recovery, the keyed appends the child started (`tries`) and some
+/// acknowledged in earlier trials (`keyed`, every `every`-th from `offset`):
+/// - an acknowledged one must replay its acknowledged outcome and store nothing;
+/// - an unacknowledged one may replay only events that were there (at the sequences
+///   it names), may store only events that were not there, or be refused for its
+///   now stale expectation with nothing there; its events are then in the store once,
+///   or (refused) not at all.
+///
+/// The keyed appends acknowledged now (by the child, or by a retry that stored) are
+/// added to `keyed`, those stored by a retry to `acks` as well.
+pub fn retry_keyed(
+    store: &LogStore,
+    tries: Vec<Try>,
+    acks: &mut Acks,
+    keyed: &mut Vec<Keyed>,
+    every: usize,
+    offset: usize,
+) -> Result<Retried, String> {
+    let mut retried = Retried::default();
+    let acked: HashMap<String, u64> = acks
+        .values()
+        .flatten()
+        .map(|a| (a.tag.clone(), a.first))
+        .collect();
+    let old = keyed.len();
+    let (acked_now, unacked): (Vec<_>, Vec<_>) = tries
+        .into_iter()
+        .partition(|tr| acked.contains_key(&tr.tag));
+    keyed.extend(acked_now.into_iter().map(|tr| Keyed {
+        first: acked[&tr.tag],
+        attempt: tr,
+    }));
+    let latest = |store: &LogStore| -> Result<Vec<Option<u64>>, String> {
+        (0..EXECUTIONS)
+            .map(|x| {
+                store
+                    .get_latest_sequence_blocking(&ExecutionId::from(format!("exec-{x}")))
+                    .map_err(|e| e.to_string())
+            })
+            .collect()
+    };
+    let before = latest(store)?;
+    let sample = keyed[..old]
+        .iter()
+        .skip(offset % every.max(1))
+        .step_by(every.max(1));
+    for k in sample.chain(&keyed[old..]) {
+        let tr = &k.attempt;
+        let e = ExecutionId::from(tr.execution.as_str());
+        let got =
+            store.append_with_blocking(&e, &tenant_of(&tr.execution), tr.events(), tr.options());
+        let want = AppendOutcome {
+            first_sequence: k.first,
+            last_sequence: k.first + tr.len as u64 - 1,
+            replayed: true,
+        };
+        if got.as_ref().ok() != Some(&want) {
+            return Err(format!(
+                "{e}: retry of keyed append {} acknowledged at {}: answered {got:?}",
+                tr.tag, k.first
+            ));
+        }
+        retried.acknowledged += 1;
+    }
+    if latest(store)? != before {
+        return Err("retries of acknowledged keyed appends stored events".into());
+    }
+    for tr in unacked {
+        let e = ExecutionId::from(tr.execution.as_str());
+        let ctx = format!(
+            "{e}: retry of unacknowledged keyed append {} ({} events)",
+            tr.tag, tr.len
+        );
+        let events = store.load_events_blocking(&e).map_err(|e| e.to_string())?;
+        let there = find(&events, &tr.tag);
+        let got =
+            store.append_with_blocking(&e, &tenant_of(&tr.execution), tr.events(), tr.options());
+        let len = tr.len as u64;
+        let stored_at = match got {
+            Ok(o) if o.replayed => {
+                if there != Some((o.first_sequence, tr.len))
+                    || o.last_sequence + 1 != o.first_sequence + len
+                {
+                    return Err(format!(
+                        "{ctx}: answered {o:?}, but the store held {there:?} of it"
+                    ));
+                }
+                retried.replayed += 1;
+                Some(o.first_sequence)
+            }
+            Ok(o) => {
+                if there.is_some()
+                    || o.first_sequence != events.len() as u64 + 1
+                    || o.last_sequence + 1 != o.first_sequence + len
+                {
+                    return Err(format!(
+                        "{ctx}: stored as {o:?}, but the store held {there:?} of it in {} events",
+                        events.len()
+                    ));
+                }
+                retried.stored += 1;
+                Some(o.first_sequence)
+            }
+            Err(Error::WrongExpectedSequence { actual, .. }) => {
+                let latest = Some(events.len() as u64).filter(|&n| n > 0);
+                if there.is_some() || actual != latest || tr.expected == ExpectedSequence::Any {
+                    return Err(format!(
+                        "{ctx}: refused (actual {actual:?}), the store held {there:?} of it, latest {latest:?}"
+                    ));
+                }
+                retried.refused += 1;
+                None
+            }
+            Err(err) => return Err(format!("{ctx}: {err:?}")),
+        };
+        let after = store.load_events_blocking(&e).map_err(|e| e.to_string())?;
+        let found = find(&after, &tr.tag);
+        if found != stored_at.map(|first| (first, tr.len)) {
+            return Err(format!(
+                "{ctx}: after the retry the store holds {found:?} of it"
+            ));
+        }
+        if let Some(first) = stored_at {
+            acks.entry(tr.execution.clone()).or_default().push(Ack {
+                at_ns: monotonic_ns(),
+                first,
+                len: tr.len,
+                tag: tr.tag.clone(),
+            });
+            keyed.push(Keyed { attempt: tr, first });
+        }
+    }
+    Ok(retried)
 }
