@@ -18,8 +18,12 @@
 use crate::codec::{self, Declaration};
 use crate::error::{Error, Result};
 use crate::event::ExecutionEventData;
+use crate::guard::{AppendOutcome, ExpectedSequence};
+use crate::idempotency::Candidate;
 use crate::ids::{ExecutionId, TenantId, validate_id};
+use crate::index::ExecNo;
 use crate::queue::{Admitted, Pending, Ticket};
+use crate::reader;
 use crate::record::{self, Header, Kind, Pos};
 use crate::state::Shared;
 
@@ -27,10 +31,15 @@ use crate::state::Shared;
 pub(crate) struct Prepared {
     count: usize,
     bodies: Bodies,
-    /// The execution's declaration, encoded, for its first record if it is new.
+    /// The first record's prefix if the execution is new: its declaration (and the
+    /// idempotency key, if any), encoded.
     declaration: Vec<u8>,
+    /// The first record's prefix if the execution exists: the key, or nothing.
+    first_existing: Vec<u8>,
     /// "No declaration", encoded, for every other record.
     absent: Vec<u8>,
+    /// The idempotency key, if the append has one.
+    key: Option<String>,
     /// The framed records' length if the execution is new, an upper bound otherwise:
     /// what the queue bound counts.
     queued_bytes: usize,
@@ -50,6 +59,17 @@ pub(crate) fn prepare(
     tenant_id: &TenantId,
     events: Vec<ExecutionEventData>,
 ) -> Result<Prepared> {
+    prepare_keyed(shared, (execution_id, tenant_id), events, None)
+}
+
+/// [`prepare`] for an append with an idempotency key (already validated), which goes
+/// into its first record.
+pub(crate) fn prepare_keyed(
+    shared: &Shared,
+    (execution_id, tenant_id): (&ExecutionId, &TenantId),
+    events: Vec<ExecutionEventData>,
+    key: Option<String>,
+) -> Result<Prepared> {
     validate_id("execution", execution_id.as_str())?;
     validate_id("tenant", tenant_id.as_str())?;
     if events.is_empty() {
@@ -66,21 +86,27 @@ pub(crate) fn prepare(
     let options = &shared.options;
     let bodies = encode_all(options.max_event_bytes, options.max_batch_bytes, events)?;
     let mut declaration = Vec::new();
-    codec::encode_declaration(
+    codec::encode_prefix(
         Some(&Declaration {
             execution_id: execution_id.as_str().to_owned(),
             tenant_id: tenant_id.as_str().to_owned(),
         }),
+        key.as_deref(),
         &mut declaration,
     );
+    let mut first_existing = Vec::new();
+    codec::encode_prefix(None, key.as_deref(), &mut first_existing);
     let mut absent = Vec::new();
     codec::encode_declaration(None, &mut absent);
+    // The declaration is at least as long as the other first prefix: an upper bound.
     let queued_bytes = framed_total(&bodies, &declaration, &absent);
     Ok(Prepared {
         count,
         bodies,
         declaration,
+        first_existing,
         absent,
+        key,
         queued_bytes,
     })
 }
@@ -122,18 +148,68 @@ pub(crate) fn enqueue(
 /// [`enqueue`], with the sequences and timestamps `given` when it is `Some`.
 pub(crate) fn enqueue_as(
     shared: &Shared,
-    (execution_id, tenant_id): (&ExecutionId, &TenantId),
+    ids: (&ExecutionId, &TenantId),
     prepared: Prepared,
     admitted: Admitted,
     given: Option<Given<'_>>,
 ) -> Result<(u64, Ticket)> {
+    match enqueue_guarded(shared, ids, &prepared, admitted, given, &Guard::default())? {
+        Enqueued::Queued { first, ticket, .. } => Ok((first, ticket)),
+        // An append without a key has no candidates.
+        Enqueued::Candidates { .. } => Err(Error::InvalidArgument(
+            "an unkeyed append met an idempotency key".into(),
+        )),
+    }
+}
+
+/// What a guarded append asks of its execution (`guard.rs`).
+#[derive(Default)]
+pub(crate) struct Guard<'a> {
+    pub(crate) expected: ExpectedSequence,
+    /// Keyed appends already read and found to hold another key with the same hash.
+    pub(crate) ruled_out: &'a [Pos],
+}
+
+/// What [`enqueue_guarded`] did.
+pub(crate) enum Enqueued {
+    /// The append is queued: sequences `first..=last`, durable when `ticket` completes.
+    Queued {
+        first: u64,
+        last: u64,
+        ticket: Ticket,
+    },
+    /// Nothing was queued: execution `execution` holds keyed appends whose key may be
+    /// this append's. The caller reads them (`verify`) and either answers the retry or
+    /// tries again with them ruled out. `admitted` is handed back for that.
+    Candidates {
+        execution: ExecNo,
+        candidates: Vec<Candidate>,
+        admitted: Admitted,
+    },
+}
+
+/// Queues an admitted append as one atomic batch if its tenant, key and expected
+/// sequence allow it (in that order, `guard.rs`); returns the sequences and the ticket
+/// that completes once it is durable. On error nothing changed and `admitted` is
+/// released.
+pub(crate) fn enqueue_guarded(
+    shared: &Shared,
+    (execution_id, tenant_id): (&ExecutionId, &TenantId),
+    prepared: &Prepared,
+    admitted: Admitted,
+    given: Option<Given<'_>>,
+    guard: &Guard<'_>,
+) -> Result<Enqueued> {
     let Prepared {
         count,
         bodies,
         declaration,
+        first_existing,
         absent,
+        key,
         ..
     } = prepared;
+    let count = *count;
     let mut state = shared.state.lock();
     let state = &mut *state;
     let writer = &mut state.writer;
@@ -146,7 +222,8 @@ pub(crate) fn enqueue_as(
         return Err(Error::Closed);
     }
     let existing = state.index.lookup(execution_id);
-    let (execution, first_sequence, mut prev, declaration_bytes) = match existing {
+    let key_hash = key.as_deref().map(|k| state.keys.hash(k));
+    let (execution, first_sequence, mut prev, first_prefix) = match existing {
         Some(no) => {
             let Some(e) = state.index.get(no) else {
                 return Err(Error::InvalidArgument("index lost an execution".into()));
@@ -157,15 +234,27 @@ pub(crate) fn enqueue_as(
                     given: tenant_id.to_string(),
                 });
             }
-            (no, e.reserved_seq + 1, Some(e.reserved_pos), &absent)
+            if let Some(hash) = key_hash {
+                let candidates = state.keys.candidates(no, hash, guard.ruled_out);
+                if !candidates.is_empty() {
+                    return Ok(Enqueued::Candidates {
+                        execution: no,
+                        candidates,
+                        admitted,
+                    });
+                }
+            }
+            guard.expected.check(Some(e.reserved_seq))?;
+            (no, e.reserved_seq + 1, Some(e.reserved_pos), first_existing)
         }
         None => {
+            guard.expected.check(None)?;
             let Some(no) = state.index.next_exec_no() else {
                 return Err(Error::InvalidArgument(
                     "too many executions in one store".into(),
                 ));
             };
-            (no, 1, None, &declaration)
+            (no, 1, None, declaration)
         }
     };
 
@@ -184,7 +273,7 @@ pub(crate) fn enqueue_as(
         ));
     }
 
-    let total = framed_total(&bodies, declaration_bytes, &absent);
+    let total = framed_total(bodies, first_prefix, absent);
     let reservation = writer.reserve(total as u64, shared.options.segment_size_bytes);
     // An import keeps its events' times, and the store's clock moves up to the newest
     // of them: later appends to the same execution are not stamped before its last
@@ -200,11 +289,12 @@ pub(crate) fn enqueue_as(
         }
     };
 
-    let mut bytes = Vec::with_capacity(total);
-    let mut last_pos = Pos {
+    let first_pos = Pos {
         segment: reservation.segment,
         offset: reservation.offset,
     };
+    let mut bytes = Vec::with_capacity(total);
+    let mut last_pos = first_pos;
     for (i, body) in bodies.iter().enumerate() {
         let pos = Pos {
             segment: reservation.segment,
@@ -224,8 +314,8 @@ pub(crate) fn enqueue_as(
             prev,
             batch_remaining: (count - 1 - i) as u32,
         };
-        let decl = if i == 0 { declaration_bytes } else { &absent };
-        record::encode_unsealed(&header, &[decl, body], &mut bytes);
+        let prefix = if i == 0 { first_prefix } else { absent };
+        record::encode_unsealed(&header, &[prefix, body], &mut bytes);
         if sequence == 1 {
             state.index.create(execution_id.clone(), tenant_id, pos);
         } else {
@@ -237,13 +327,19 @@ pub(crate) fn enqueue_as(
     debug_assert_eq!(bytes.len(), total);
 
     let ticket = Ticket::default();
+    if let Some(hash) = key_hash {
+        state
+            .keys
+            .insert_in_flight(execution, hash, first_pos, ticket.clone());
+    }
+    let last_sequence = first_sequence + count as u64 - 1;
     let pending = Pending {
         segment: reservation.segment,
         offset: reservation.offset,
         new_segment_capacity: reservation.new_segment_capacity,
         bytes,
         execution,
-        last_sequence: first_sequence + count as u64 - 1,
+        last_sequence,
         last_pos,
         ticket: ticket.clone(),
         admitted,
@@ -258,7 +354,68 @@ pub(crate) fn enqueue_as(
         shared.queue_bound.stop();
         return Err(Error::Poisoned { cause });
     }
-    Ok((first_sequence, ticket))
+    Ok(Enqueued::Queued {
+        first: first_sequence,
+        last: last_sequence,
+        ticket,
+    })
+}
+
+/// What the keyed append at a candidate position says about a retry.
+pub(crate) enum Verdict {
+    /// It holds another key (whose hash is the same).
+    OtherKey,
+    /// It holds this key and these events: the retry is answered with its outcome.
+    Same(AppendOutcome),
+    /// It holds this key with other events.
+    Conflict,
+}
+
+/// Reads the keyed append of execution `no` at `pos`, which its ticket (if any) has
+/// settled, and compares it with the retry `prepared`.
+pub(crate) fn verify(
+    shared: &Shared,
+    no: ExecNo,
+    pos: Pos,
+    prepared: &Prepared,
+) -> Result<Verdict> {
+    {
+        let state = shared.state.lock();
+        let durable = state
+            .index
+            .get(no)
+            .is_some_and(|e| e.durable_seq > 0 && pos <= e.durable_pos);
+        if !durable {
+            // Its commit failed, which poisoned the store; nothing else un-makes an
+            // append.
+            return Err(match &state.writer.poisoned {
+                Some(cause) => Error::Poisoned {
+                    cause: cause.clone(),
+                },
+                None => Error::InvalidArgument(
+                    "an idempotency key's append did not become durable".into(),
+                ),
+            });
+        }
+    }
+    let batch = reader::batch_at(shared, no, pos)?;
+    if batch.key.as_deref() != prepared.key.as_deref() {
+        return Ok(Verdict::OtherKey);
+    }
+    let same = batch.events.len() == prepared.count
+        && batch
+            .events
+            .iter()
+            .zip(prepared.bodies.iter())
+            .all(|(stored, retried)| stored.as_slice() == retried);
+    if !same {
+        return Ok(Verdict::Conflict);
+    }
+    Ok(Verdict::Same(AppendOutcome {
+        first_sequence: batch.first_sequence,
+        last_sequence: batch.first_sequence + batch.events.len() as u64 - 1,
+        replayed: true,
+    }))
 }
 
 /// The encoded events of one append, back to back in one buffer: one allocation per

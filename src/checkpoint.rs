@@ -29,11 +29,12 @@ use std::path::{Path, PathBuf};
 
 use crate::codec;
 use crate::error::{Error, Result};
+use crate::idempotency::KeyTables;
 use crate::ids::{ExecutionId, MAX_ID_BYTES, TenantId};
-use crate::index::Index;
+use crate::index::{ExecNo, Index};
 use crate::io::Io;
 use crate::record::{self, Decoded, Header, Kind, Pos};
-use crate::segment::{FORMAT_VERSION, SEGMENT_HEADER_LEN};
+use crate::segment::SEGMENT_HEADER_LEN;
 
 /// File name of the checkpoint in a store's directory.
 pub(crate) const FILE_NAME: &str = "checkpoint.idx";
@@ -41,6 +42,9 @@ pub(crate) const FILE_NAME: &str = "checkpoint.idx";
 pub(crate) const TMP_NAME: &str = "checkpoint.idx.tmp";
 /// First bytes of a checkpoint file.
 pub(crate) const MAGIC: [u8; 8] = *b"EXLGCKPT";
+/// Version of the checkpoint layout. Format version 2 of the segments changed record
+/// bodies only; the checkpoint's layout is still version 1's.
+const CHECKPOINT_VERSION: u32 = 1;
 /// Length of the fixed header.
 const HEADER_LEN: usize = 40;
 /// Bytes of one segment digest.
@@ -100,7 +104,7 @@ pub(crate) fn path(dir: &Path) -> PathBuf {
 pub(crate) fn encode(index: &Index, segments: &[SegmentDigest], last_timestamp_ns: i64) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + 64 * index.len());
     out.extend_from_slice(&MAGIC);
-    put_u32(&mut out, FORMAT_VERSION);
+    put_u32(&mut out, CHECKPOINT_VERSION);
     put_u32(&mut out, index.stride() as u32);
     out.extend_from_slice(&last_timestamp_ns.to_le_bytes());
     put_u32(&mut out, segments.len() as u32);
@@ -147,9 +151,9 @@ pub(crate) fn decode(bytes: &[u8], stride: u32) -> std::result::Result<Checkpoin
         at: MAGIC.len(),
     };
     let version = r.u32()?;
-    if version != FORMAT_VERSION {
+    if version != CHECKPOINT_VERSION {
         return Err(format!(
-            "format version {version}, expected {FORMAT_VERSION}"
+            "format version {version}, expected {CHECKPOINT_VERSION}"
         ));
     }
     let saved_stride = r.u32()?;
@@ -257,8 +261,15 @@ pub(crate) fn load(
 /// without this, an edited checkpoint with its CRC recomputed could serve one
 /// execution's events under another id, accept a tenant's append to another tenant's
 /// execution, or hide acknowledged events.
-pub(crate) fn check_records(c: &Checkpoint, maps: &[&[u8]]) -> std::result::Result<(), String> {
-    let mut walk = Walk::new(c);
+///
+/// The same walk files the idempotency keys of the covered keyed appends in `keys`
+/// (they are not in the checkpoint: the records hold them).
+pub(crate) fn check_records(
+    c: &Checkpoint,
+    maps: &[&[u8]],
+    keys: &mut KeyTables,
+) -> std::result::Result<(), String> {
+    let mut walk = Walk::new(c, keys);
     for (i, (d, bytes)) in c.segments.iter().zip(maps).enumerate() {
         let segment = u32::try_from(i + 1).map_err(|_| "too many segments".to_string())?;
         let records = bytes
@@ -295,6 +306,7 @@ pub(crate) fn check_records(c: &Checkpoint, maps: &[&[u8]]) -> std::result::Resu
 /// The state of [`check_records`]' walk: what each execution's chain reached.
 struct Walk<'a> {
     checkpoint: &'a Checkpoint,
+    keys: &'a mut KeyTables,
     /// Per execution: last sequence seen and its position.
     reached: Vec<(u64, Option<Pos>)>,
     /// Executions declared so far (they are numbered in declaration order).
@@ -308,9 +320,10 @@ struct Walk<'a> {
 }
 
 impl<'a> Walk<'a> {
-    fn new(checkpoint: &'a Checkpoint) -> Self {
+    fn new(checkpoint: &'a Checkpoint, keys: &'a mut KeyTables) -> Self {
         Self {
             checkpoint,
+            keys,
             reached: vec![(0, None); checkpoint.index.len()],
             declared: 0,
             batch: None,
@@ -333,6 +346,7 @@ impl<'a> Walk<'a> {
             return Ok(());
         }
         self.newest_event_ns = self.newest_event_ns.max(h.timestamp_ns);
+        let first_of_batch = self.batch.is_none();
         self.batch = (h.batch_remaining > 0).then_some((h.execution, h.batch_remaining));
         let index = &self.checkpoint.index;
         let no = usize::try_from(h.execution).unwrap_or(usize::MAX);
@@ -346,8 +360,22 @@ impl<'a> Walk<'a> {
         if h.sequence != reached.0 + 1 || h.prev != reached.1 {
             return Err("record does not continue its execution's chain".into());
         }
+        let keyed = body.first() == Some(&codec::PREFIX_KEYED);
+        let prefix = if h.sequence == 1 || keyed {
+            codec::decode_prefix(body)?
+        } else {
+            codec::Prefix::default()
+        };
+        if let Some(key) = &prefix.key {
+            if !first_of_batch {
+                return Err("idempotency key inside a batch".into());
+            }
+            let hash = self.keys.hash(key);
+            self.keys.insert(no as ExecNo, hash, pos);
+        }
         if h.sequence == 1 {
-            let declared = codec::decode_declaration(body)?
+            let declared = prefix
+                .declaration
                 .ok_or_else(|| "first record of an execution has no declaration".to_string())?;
             if no != self.declared
                 || declared.execution_id != e.id.as_str()

@@ -22,7 +22,7 @@ use crate::event::{ExecutionError, ExecutionEventData, ParentLink, StepSourceTyp
 use crate::ids::StepId;
 
 /// Version of the payload encoding; part of the segment header's format version.
-pub(crate) const CODEC_VERSION: u32 = 1;
+pub(crate) const CODEC_VERSION: u32 = 2;
 
 /// Deepest `serde_json::Value` nesting accepted; serde_json refuses to parse deeper
 /// text (its recursion limit is 128), so deeper values are rejected at append time
@@ -52,31 +52,89 @@ pub(crate) fn encode_event(event: ExecutionEventData, out: &mut Vec<u8>) -> Resu
         .map_err(|e| format!("cannot encode event: {e}"))
 }
 
-/// Appends the encoded optional declaration to `out` (the first part of a record body).
-pub(crate) fn encode_declaration(declaration: Option<&Declaration>, out: &mut Vec<u8>) {
-    // Serializing strings and an Option into a Vec cannot fail.
-    let result = options().serialize_into(out, &declaration);
+/// What precedes the event in a record body: the execution's declaration (in its
+/// first record) and the idempotency key (in the first record of a keyed append).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Prefix {
+    pub(crate) declaration: Option<Declaration>,
+    pub(crate) key: Option<String>,
+}
+
+/// First byte of a body whose prefix holds an idempotency key (`WirePrefix::Keyed`).
+pub(crate) const PREFIX_KEYED: u8 = 2;
+
+/// The stored form of [`Prefix`]. Variants 0 and 1 encode byte for byte as format
+/// version 1's `Option<Declaration>` (bincode writes the variant index as a varint, and
+/// an `Option`'s tag as one byte: `00`, `01`); variant 2 is format version 2's.
+#[derive(Serialize, Deserialize)]
+enum WirePrefix<D, K> {
+    Plain,
+    Declared(D),
+    Keyed { declaration: Option<D>, key: K },
+}
+
+/// Appends the encoded prefix to `out` (the first part of a record body).
+pub(crate) fn encode_prefix(
+    declaration: Option<&Declaration>,
+    key: Option<&str>,
+    out: &mut Vec<u8>,
+) {
+    let wire = match (declaration, key) {
+        (None, None) => WirePrefix::Plain,
+        (Some(d), None) => WirePrefix::Declared(d),
+        (declaration, Some(key)) => WirePrefix::Keyed { declaration, key },
+    };
+    // Serializing strings and an enum into a Vec cannot fail.
+    let result = options().serialize_into(out, &wire);
     debug_assert!(result.is_ok());
 }
 
-/// Decodes a record body: the optional declaration followed by the event.
+/// Appends the encoded optional declaration to `out`: a prefix without a key.
+pub(crate) fn encode_declaration(declaration: Option<&Declaration>, out: &mut Vec<u8>) {
+    encode_prefix(declaration, None, out);
+}
+
+/// Decodes a record body: the prefix's declaration followed by the event.
 ///
 /// Any malformed input, trailing bytes included, is an `Err` with a reason.
 pub(crate) fn decode_body(
     body: &[u8],
 ) -> Result<(Option<Declaration>, ExecutionEventData), String> {
-    let limit = u64::try_from(body.len()).unwrap_or(u64::MAX);
-    let (declaration, wire): (Option<Declaration>, Wire) = options()
-        .with_limit(limit)
-        .reject_trailing_bytes()
-        .deserialize(body)
-        .map_err(|e| format!("cannot decode record body: {e}"))?;
-    Ok((declaration, ExecutionEventData::try_from(wire)?))
+    let (prefix, event) = split_body(body)?;
+    Ok((prefix.declaration, decode_event(event)?))
 }
 
-/// Decodes an event body without a declaration in front (the PostgreSQL backend's
-/// `body` column holds exactly what [`encode_event`] wrote).
-#[cfg(feature = "postgres")]
+/// Splits a record body into its decoded prefix and the event's bytes, as
+/// [`encode_event`] wrote them (what an idempotent retry is compared with).
+pub(crate) fn split_body(body: &[u8]) -> Result<(Prefix, &[u8]), String> {
+    let limit = u64::try_from(body.len()).unwrap_or(u64::MAX);
+    let mut rest = body;
+    let wire: WirePrefix<Declaration, String> = options()
+        .with_limit(limit)
+        .allow_trailing_bytes()
+        .deserialize_from(&mut rest)
+        .map_err(|e| format!("cannot decode record prefix: {e}"))?;
+    let prefix = match wire {
+        WirePrefix::Plain => Prefix::default(),
+        WirePrefix::Declared(d) => Prefix {
+            declaration: Some(d),
+            key: None,
+        },
+        WirePrefix::Keyed { declaration, key } => {
+            if key.is_empty() || key.len() > crate::guard::MAX_IDEMPOTENCY_KEY_BYTES {
+                return Err(format!("idempotency key of {} bytes", key.len()));
+            }
+            Prefix {
+                declaration,
+                key: Some(key),
+            }
+        }
+    };
+    Ok((prefix, rest))
+}
+
+/// Decodes an event body without a prefix in front (the PostgreSQL backend's `body`
+/// column holds exactly what [`encode_event`] wrote).
 pub(crate) fn decode_event(body: &[u8]) -> Result<ExecutionEventData, String> {
     let limit = u64::try_from(body.len()).unwrap_or(u64::MAX);
     let wire: Wire = options()
@@ -87,14 +145,9 @@ pub(crate) fn decode_event(body: &[u8]) -> Result<ExecutionEventData, String> {
     ExecutionEventData::try_from(wire)
 }
 
-/// Decodes only the declaration at the start of a record body (recovery needs no more).
-pub(crate) fn decode_declaration(body: &[u8]) -> Result<Option<Declaration>, String> {
-    let limit = u64::try_from(body.len()).unwrap_or(u64::MAX);
-    options()
-        .with_limit(limit)
-        .allow_trailing_bytes()
-        .deserialize(body)
-        .map_err(|e| format!("cannot decode execution declaration: {e}"))
+/// Decodes only the prefix at the start of a record body (recovery needs no more).
+pub(crate) fn decode_prefix(body: &[u8]) -> Result<Prefix, String> {
+    split_body(body).map(|(prefix, _)| prefix)
 }
 
 /// The stored mirror of [`ExecutionEventData`]. See the module docs.

@@ -357,10 +357,12 @@ impl Committer {
             }
         }
         let mut state = self.shared.state.lock();
+        let state = &mut *state;
         for p in group {
             state
                 .index
                 .make_durable(p.execution, p.last_sequence, p.last_pos);
+            state.keys.settle(p.execution, p.last_pos);
         }
     }
 }

@@ -45,6 +45,8 @@ pub mod fault;
 #[cfg(any(feature = "fuzzing", all(test, feature = "fault-injection")))]
 pub mod fuzzing;
 mod guard;
+mod guarded_append;
+mod idempotency;
 mod ids;
 mod import;
 mod index;

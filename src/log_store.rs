@@ -72,6 +72,10 @@ pub struct Stats {
     pub peak_queued_bytes: usize,
     /// Appends now waiting for room in the queue.
     pub queue_waiters: usize,
+    /// Keyed appends (appends with an idempotency key) the store knows, durable or not.
+    pub idempotency_keys: usize,
+    /// Approximate memory of their lookup tables (the keys themselves stay on disk).
+    pub idempotency_key_bytes: usize,
 }
 
 impl std::fmt::Debug for LogStore {
@@ -165,6 +169,7 @@ impl LogStore {
                 data_end: SEGMENT_HEADER_LEN as u64,
                 file_len: zeroed,
                 digest: Some(SegmentDigest::EMPTY),
+                version: segment::FORMAT_VERSION,
             });
         }
         let segments = Segments::new(&dir, 1);
@@ -180,8 +185,15 @@ impl LogStore {
             segment: last.id,
             tail: last.data_end,
             // The file may end before a full segment (zeroing goes ahead lazily): the
-            // segment's capacity is the configured size, or the file if larger.
-            capacity: last.file_len.max(options.segment_size_bytes),
+            // segment's capacity is the configured size, or the file if larger. A
+            // segment of an older format version takes no more records: the first
+            // append rolls to a new one, of this version, so that an older build finds
+            // a version it refuses instead of records it would take for damage.
+            capacity: if last.version < segment::FORMAT_VERSION {
+                last.data_end
+            } else {
+                last.file_len.max(options.segment_size_bytes)
+            },
             tx,
             poisoned: None,
             last_timestamp_ns: recovered.last_timestamp_ns,
@@ -193,6 +205,7 @@ impl LogStore {
             options,
             state: Mutex::new(State {
                 index: recovered.index,
+                keys: recovered.keys,
                 writer,
             }),
             segments,
@@ -262,10 +275,16 @@ impl LogStore {
 
     /// Counts and sizes, for monitoring.
     pub fn stats(&self) -> Stats {
-        let (index_bytes, sparse_index_bytes, (executions, events, tenants)) = {
+        let (index_bytes, sparse_index_bytes, (executions, events, tenants), keys) = {
             let state = self.shared.state.lock();
             let index: &Index = &state.index;
-            (index.memory_bytes(), index.sparse_bytes(), index.counts())
+            let keys = (state.keys.len(), state.keys.memory_bytes());
+            (
+                index.memory_bytes(),
+                index.sparse_bytes(),
+                index.counts(),
+                keys,
+            )
         };
         Stats {
             segments: self.shared.segments.count(),
@@ -278,7 +297,14 @@ impl LogStore {
             queued_bytes: self.shared.queue_bound.queued(),
             peak_queued_bytes: self.shared.queue_bound.peak(),
             queue_waiters: self.shared.queue_bound.waiting(),
+            idempotency_keys: keys.0,
+            idempotency_key_bytes: keys.1,
         }
+    }
+
+    /// The parts of the store its other modules work on.
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
     }
 
     /// Fails if the store is closed or poisoned.

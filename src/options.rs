@@ -46,6 +46,7 @@ pub struct Options {
     pub(crate) index_stride: u32,
     pub(crate) index_checkpoint: bool,
     pub(crate) write_path: WritePath,
+    pub(crate) key_hash_bits: u32,
     pub(crate) io: Arc<dyn Io>,
 }
 
@@ -62,6 +63,7 @@ impl Default for Options {
             index_stride: 16,
             index_checkpoint: true,
             write_path: WritePath::ZerosAhead,
+            key_hash_bits: 64,
             io: Arc::new(RealIo),
         }
     }
@@ -164,6 +166,17 @@ impl Options {
     #[must_use]
     pub fn write_path(mut self, path: WritePath) -> Self {
         self.write_path = path;
+        self
+    }
+
+    /// Keeps only this many bits (0 to 64, default 64) of the in-memory hash of
+    /// idempotency keys. For tests: with few bits, keys collide and the exact check
+    /// behind the hash (`idempotency.rs`) is exercised; answers stay the same, only
+    /// slower.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn idempotency_hash_bits(mut self, bits: u32) -> Self {
+        self.key_hash_bits = bits.min(64);
         self
     }
 

@@ -86,6 +86,8 @@ impl Pending {
 struct Slot {
     result: Option<Result<()>>,
     waker: Option<Waker>,
+    /// Tasks waiting for completion without taking the result (`Ticket::settled`).
+    observers: Vec<Waker>,
 }
 
 #[derive(Default)]
@@ -111,12 +113,30 @@ impl Ticket {
             }
             slot.result = Some(result);
             self.0.completed.store(true, Ordering::Release);
-            slot.waker.take()
+            (slot.waker.take(), std::mem::take(&mut slot.observers))
         };
         self.0.done.notify_all();
+        let (waker, observers) = waker;
         if let Some(w) = waker {
             w.wake();
         }
+        for w in observers {
+            w.wake();
+        }
+    }
+
+    /// Blocks until the ticket is completed, leaving the result to its owner: for an
+    /// idempotent retry waiting for the append it repeats (`idempotency.rs`).
+    pub(crate) fn settle_blocking(&self) {
+        let mut slot = self.0.slot.lock();
+        while !self.0.completed.load(Ordering::Acquire) {
+            self.0.done.wait(&mut slot);
+        }
+    }
+
+    /// [`Ticket::settle_blocking`] for async callers.
+    pub(crate) fn settled(&self) -> Settled {
+        Settled(self.clone())
     }
 
     /// Blocks until the ticket is completed.
@@ -199,6 +219,24 @@ impl Future for TicketFuture {
                 Poll::Pending
             }
         }
+    }
+}
+
+/// Resolves once a ticket is completed, without taking its result.
+pub(crate) struct Settled(Ticket);
+
+impl Future for Settled {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut slot = self.0.0.slot.lock();
+        if self.0.0.completed.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        if !slot.observers.iter().any(|w| w.will_wake(cx.waker())) {
+            slot.observers.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 }
 

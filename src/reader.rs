@@ -16,6 +16,7 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::event::StoredEvent;
 use crate::ids::ExecutionId;
+use crate::index::ExecNo;
 use crate::io::Mapped;
 use crate::record::{self, Decoded, HEADER_LEN, Pos};
 use crate::state::Shared;
@@ -85,6 +86,52 @@ pub(crate) fn read(
             .all(|w| w[0].sequence + 1 == w[1].sequence)
     );
     Ok(events)
+}
+
+/// One atomic append as stored: what an idempotent retry is compared with.
+pub(crate) struct StoredBatch {
+    pub(crate) first_sequence: u64,
+    /// The idempotency key in its first record, if any.
+    pub(crate) key: Option<String>,
+    /// Each event's bytes, as `codec::encode_event` wrote them.
+    pub(crate) events: Vec<Vec<u8>>,
+}
+
+/// The durable batch of execution `no` whose first record is at `pos`. Its records are
+/// contiguous in one segment (`record.rs`); each is CRC-checked and must belong to
+/// `no`, continue the sequence and count the batch down.
+pub(crate) fn batch_at(shared: &Shared, no: ExecNo, pos: Pos) -> Result<StoredBatch> {
+    let mut cursor = Cursor::default();
+    let mut at = pos;
+    let mut batch: Option<StoredBatch> = None;
+    loop {
+        let (header, body) = cursor.record(shared, at)?;
+        let corrupt = |why: &str| Error::corrupt(at.segment, u64::from(at.offset), why);
+        let (prefix, event) = codec::split_body(body).map_err(|why| corrupt(&why))?;
+        let expected_sequence = batch.as_ref().map_or(header.sequence, |b| {
+            b.first_sequence + b.events.len() as u64
+        });
+        if header.execution != u64::from(no) || header.sequence != expected_sequence {
+            return Err(corrupt("record is not the next one of the keyed append"));
+        }
+        let batch = batch.get_or_insert_with(|| StoredBatch {
+            first_sequence: header.sequence,
+            key: prefix.key,
+            events: Vec::with_capacity(
+                (header.batch_remaining as usize + 1).min(MAX_PREALLOCATED_EVENTS),
+            ),
+        });
+        batch.events.push(event.to_vec());
+        if header.batch_remaining == 0 {
+            break;
+        }
+        let len = record::framed_len(body.len());
+        at.offset = u32::try_from(len)
+            .ok()
+            .and_then(|len| at.offset.checked_add(len))
+            .ok_or_else(|| corrupt("batch runs past the end of its segment"))?;
+    }
+    batch.ok_or_else(|| Error::corrupt(pos.segment, u64::from(pos.offset), "no batch"))
 }
 
 /// Most events a read reserves room for before it has read them.

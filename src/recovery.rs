@@ -28,8 +28,9 @@ use std::time::{Duration, Instant};
 use crate::checkpoint::{self, SegmentDigest};
 use crate::codec;
 use crate::error::{Error, Result};
+use crate::idempotency::KeyTables;
 use crate::ids::TenantId;
-use crate::index::Index;
+use crate::index::{ExecNo, Index};
 use crate::io::{Io, IoFile};
 use crate::options::Options;
 use crate::prescan::Prescan;
@@ -113,11 +114,15 @@ pub(crate) struct RecoveredSegment {
     /// sealed segment's is computed only when a checkpoint needs it (at close), so
     /// that an open without a checkpoint makes one pass over the bytes, not two.
     pub(crate) digest: Option<SegmentDigest>,
+    /// The format version in its header.
+    pub(crate) version: u32,
 }
 
 /// The result of a successful recovery.
 pub(crate) struct Recovered {
     pub(crate) index: Index,
+    /// The idempotency keys of the index's executions.
+    pub(crate) keys: KeyTables,
     pub(crate) segments: Vec<RecoveredSegment>,
     pub(crate) last_timestamp_ns: i64,
     pub(crate) report: RecoveryReport,
@@ -131,11 +136,14 @@ struct Waiting {
     pos: Pos,
     tenant: Option<TenantId>,
     execution_id: Option<String>,
+    /// The idempotency key, in the first record of a keyed append.
+    key: Option<String>,
 }
 
 /// Rebuilds the index from the records, batch by batch.
 struct Rebuild {
     index: Index,
+    keys: KeyTables,
     batch: Vec<Waiting>,
     batch_start: Option<u64>,
     last_timestamp_ns: i64,
@@ -310,9 +318,11 @@ fn pass(
     // Used only if its digests match the segments (`checkpoint.rs`).
     let maps: Vec<&[u8]> = opened.iter().map(|o| o.4.as_ref().as_ref()).collect();
     let saved = saved.and_then(|c| {
-        match verify_digests(&c.segments, &maps).and_then(|()| checkpoint::check_records(&c, &maps))
+        let mut keys = KeyTables::new(options.key_hash_bits);
+        match verify_digests(&c.segments, &maps)
+            .and_then(|()| checkpoint::check_records(&c, &maps, &mut keys))
         {
-            Ok(()) => Some(c),
+            Ok(()) => Some((c, keys)),
             Err(why) => {
                 report.checkpoint_ignored = Some(why);
                 None
@@ -320,12 +330,19 @@ fn pass(
         }
     });
     let (mut rebuild, covered) = match saved {
-        Some(c) => {
+        Some((c, keys)) => {
             report.checkpoint_bytes = c.segments.iter().map(|d| d.end).sum();
-            (Rebuild::resume(c.index, c.last_timestamp_ns), c.segments)
+            (
+                Rebuild::resume(c.index, keys, c.last_timestamp_ns),
+                c.segments,
+            )
         }
         None => (
-            Rebuild::resume(Index::new(options.index_stride), 0),
+            Rebuild::resume(
+                Index::new(options.index_stride),
+                KeyTables::new(options.key_hash_bits),
+                0,
+            ),
             Vec::new(),
         ),
     };
@@ -355,12 +372,14 @@ fn pass(
             // Wholly covered by the checkpoint, its checksum and zero tail verified.
             report.segments_scanned += 1;
             report.bytes_scanned += digest.end;
+            let version = segment::version_of(view.as_ref().as_ref());
             segments.push(RecoveredSegment {
                 id,
                 file,
                 data_end: digest.end,
                 file_len: capacity,
                 digest: Some(digest),
+                version,
             });
             last_view = Some(view);
             continue;
@@ -419,12 +438,14 @@ fn pass(
         {
             torn = Some((Arc::clone(&file), id, cut));
         }
+        let version = segment::version_of(view.as_ref().as_ref());
         segments.push(RecoveredSegment {
             id,
             file,
             data_end,
             file_len: capacity,
             digest,
+            version,
         });
         last_view = Some(view);
     }
@@ -476,6 +497,7 @@ fn pass(
         && report.removed_segments.is_empty();
     Ok(Pass::Done(Box::new(Recovered {
         index: rebuild.index,
+        keys: rebuild.keys,
         segments,
         last_timestamp_ns: rebuild.last_timestamp_ns,
         report,
@@ -727,10 +749,11 @@ fn search_after(report: &mut RecoveryReport, bytes: &[u8], damaged: usize) -> La
 
 impl Rebuild {
     /// Continues from `index` (empty, or restored from a checkpoint).
-    fn resume(index: Index, last_timestamp_ns: i64) -> Self {
+    fn resume(index: Index, keys: KeyTables, last_timestamp_ns: i64) -> Self {
         let records = index.counts().1;
         Self {
             index,
+            keys,
             batch: Vec::new(),
             batch_start: None,
             last_timestamp_ns,
@@ -760,14 +783,24 @@ impl Rebuild {
         } else {
             self.batch_start = Some(offset);
         }
-        let (tenant, execution_id) = if header.sequence == 1 {
-            match codec::decode_declaration(body) {
-                Ok(Some(d)) => (Some(TenantId::from(d.tenant_id)), Some(d.execution_id)),
-                Ok(None) => return Err(corrupt("first record of an execution has no declaration")),
-                Err(why) => return Err(Error::corrupt(segment, offset, why)),
-            }
+        let first_of_batch = self.batch.is_empty();
+        let keyed = body.first() == Some(&codec::PREFIX_KEYED);
+        let prefix = if header.sequence == 1 || keyed {
+            codec::decode_prefix(body).map_err(|why| Error::corrupt(segment, offset, why))?
         } else {
-            (None, None)
+            codec::Prefix::default()
+        };
+        if prefix.key.is_some() && !first_of_batch {
+            return Err(corrupt("idempotency key inside a batch"));
+        }
+        let (tenant, execution_id) = match prefix.declaration {
+            Some(d) if header.sequence == 1 => {
+                (Some(TenantId::from(d.tenant_id)), Some(d.execution_id))
+            }
+            None if header.sequence == 1 => {
+                return Err(corrupt("first record of an execution has no declaration"));
+            }
+            _ => (None, None),
         };
         let pos = Pos {
             segment,
@@ -778,11 +811,20 @@ impl Rebuild {
             pos,
             tenant,
             execution_id,
+            key: prefix.key,
         });
         if header.batch_remaining == 0 {
             self.apply_batch()?;
         }
         Ok(())
+    }
+
+    /// Files the key of a keyed append, if `key` is one.
+    fn file_key(&mut self, no: ExecNo, key: Option<&str>, pos: Pos) {
+        if let Some(key) = key {
+            let hash = self.keys.hash(key);
+            self.keys.insert(no, hash, pos);
+        }
     }
 
     fn apply_batch(&mut self) -> Result<()> {
@@ -799,6 +841,7 @@ impl Rebuild {
                 }
                 let no = self.index.create(id, &tenant, w.pos);
                 self.index.make_durable(no, 1, w.pos);
+                self.file_key(no, w.key.as_deref(), w.pos);
             } else {
                 let no = u32::try_from(h.execution).map_err(|_| corrupt("unknown execution"))?;
                 let Some(e) = self.index.get(no) else {
@@ -809,6 +852,7 @@ impl Rebuild {
                 }
                 self.index.reserve(no, h.sequence, w.pos);
                 self.index.make_durable(no, h.sequence, w.pos);
+                self.file_key(no, w.key.as_deref(), w.pos);
             }
             self.last_timestamp_ns = self.last_timestamp_ns.max(h.timestamp_ns);
             self.records += 1;

@@ -36,8 +36,10 @@ use crate::record;
 
 /// First bytes of every segment file.
 pub(crate) const MAGIC: [u8; 8] = *b"EXECLOG\0";
-/// The on-disk format version this build writes and reads.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// The on-disk format version this build writes (and the newest it reads).
+pub(crate) const FORMAT_VERSION: u32 = 2;
+/// The oldest format version this build reads.
+pub(crate) const OLDEST_FORMAT_VERSION: u32 = 1;
 const VERSION_OFFSET: usize = MAGIC.len();
 const ID_OFFSET: usize = VERSION_OFFSET + 4;
 const RESERVED_OFFSET: usize = ID_OFFSET + 4;
@@ -86,7 +88,7 @@ pub(crate) fn encode_header(id: u32) -> [u8; SEGMENT_HEADER_LEN] {
 /// What a segment's first bytes say.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum HeaderCheck {
-    /// A valid header for the expected id and this format version.
+    /// A valid header for the expected id and a format version this build reads.
     Valid,
     /// All zeros or shorter than a header and all zeros: the file was created but its
     /// header never became durable.
@@ -95,6 +97,16 @@ pub(crate) enum HeaderCheck {
     Version(u32),
     /// Anything else.
     Bad(&'static str),
+}
+
+/// The format version a segment header states (meaningful once [`check_header`] said
+/// it is valid).
+pub(crate) fn version_of(bytes: &[u8]) -> u32 {
+    let mut b = [0u8; 4];
+    if let Some(field) = bytes.get(VERSION_OFFSET..ID_OFFSET) {
+        b.copy_from_slice(field);
+    }
+    u32::from_le_bytes(b)
 }
 
 /// Checks the header at the start of `bytes` for segment `id`.
@@ -120,7 +132,7 @@ pub(crate) fn check_header(bytes: &[u8], id: u32) -> HeaderCheck {
     if field(CRC_OFFSET) != record::crc32(&h[..CRC_OFFSET]) {
         return HeaderCheck::Bad("segment header CRC mismatch");
     }
-    if field(VERSION_OFFSET) != FORMAT_VERSION {
+    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&field(VERSION_OFFSET)) {
         return HeaderCheck::Version(field(VERSION_OFFSET));
     }
     if field(ID_OFFSET) != id {

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::idempotency::KeyTables;
 use crate::index::Index;
 use crate::io::Io;
 use crate::options::Options;
@@ -35,6 +36,8 @@ pub(crate) struct Shared {
 /// The mutable core behind the store mutex.
 pub(crate) struct State {
     pub(crate) index: Index,
+    /// The idempotency keys of the index's executions.
+    pub(crate) keys: KeyTables,
     pub(crate) writer: Writer,
 }
 

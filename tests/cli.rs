@@ -501,3 +501,52 @@ fn readme_rust_blocks_have_no_hidden_lines() {
     }
     assert!(rust_blocks >= 1, "the quickstart is a Rust block");
 }
+
+#[test]
+fn append_with_expect_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let two =
+        "{\"type\":\"execution_resumed\"}\n{\"type\":\"execution_paused\",\"reason\":\"r\"}\n";
+    let base = ["append", d, "--execution", "e", "--tenant", "t"];
+    let with = |extra: &[&str], input: &str| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        execlog(&args, input)
+    };
+    let out = with(&["--create", "--expect", "none", "--key", "k1"], two);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "1\n2\n");
+    // The same key and events: the stored sequences again, said on stderr, nothing new.
+    let out = with(&["--key", "k1"], two);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "1\n2\n");
+    assert!(
+        text(&out.stderr).contains("stored before"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The same key, other events: refused, exit 4.
+    let out = with(&["--key", "k1"], "{\"type\":\"execution_resumed\"}\n");
+    assert_eq!(out.status.code(), Some(4));
+    one_error_line(&out);
+    // A wrong expectation: refused, exit 4, says what the latest sequence is.
+    let out = with(&["--expect", "1"], two);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        text(&out.stderr).contains("latest sequence is 2"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = with(&["--expect", "none"], two);
+    assert_eq!(out.status.code(), Some(4));
+    let out = with(&["--expect", "2"], two);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "3\n4\n");
+    // Bad values are usage errors.
+    assert_eq!(with(&["--expect", "soon"], two).status.code(), Some(2));
+    let out = with(&["--key", ""], two);
+    assert_eq!(out.status.code(), Some(1));
+    let out = execlog(&["events", d, "e"], "");
+    assert_eq!(text(&out.stdout).lines().count(), 4);
+}

@@ -5,6 +5,12 @@
 //! its line number, stores nothing, with or without `--batch`. With `--batch` the
 //! events also form one atomic batch.
 //!
+//! `--expect N|none` and `--key K` make the events one guarded batch
+//! (`GuardedEventStore::append_with`): stored only if the execution's latest sequence
+//! is N (or it does not exist), and at most once per key. A refused guard exits 4 with
+//! nothing stored; a retry with the same key and events prints the stored sequences
+//! again and says on stderr that they were stored before.
+//!
 //! A new store is made only with `--create`, in a missing or empty directory: a
 //! mistyped path, or a directory of other files, is an error, not a new store.
 
@@ -12,7 +18,9 @@ use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use execlog::{ExecutionEventData, ExecutionId, LogStore, TenantId};
+use execlog::{
+    AppendOptions, Error, ExecutionEventData, ExecutionId, ExpectedSequence, LogStore, TenantId,
+};
 
 use crate::DirKind;
 
@@ -34,7 +42,29 @@ pub struct Args {
     /// Store all events as one atomic batch.
     #[arg(long)]
     batch: bool,
+    /// Store the events (as one batch) only if the execution's latest sequence is N,
+    /// or, with `none`, only if the execution does not exist yet. Exit 4 otherwise.
+    #[arg(long, value_name = "N|none", value_parser = parse_expected)]
+    expect: Option<ExpectedSequence>,
+    /// Idempotency key: store the events (as one batch) at most once under KEY on this
+    /// execution. A retry with the same events prints the sequences stored the first
+    /// time; with other events it exits 4.
+    #[arg(long, value_name = "KEY")]
+    key: Option<String>,
 }
+
+fn parse_expected(text: &str) -> Result<ExpectedSequence, String> {
+    match text {
+        "none" => Ok(ExpectedSequence::NoExecution),
+        n => n
+            .parse::<u64>()
+            .map(ExpectedSequence::Exactly)
+            .map_err(|_| format!("expected a sequence number or `none`, not {n:?}")),
+    }
+}
+
+/// Exit code of an append its guard refused (`--expect`, `--key`).
+const REFUSED: u8 = 4;
 
 pub fn run(args: &Args) -> Result<ExitCode, String> {
     // (line number, event) for every non-blank line.
@@ -81,7 +111,30 @@ pub fn run(args: &Args) -> Result<ExitCode, String> {
     }
     let execution = ExecutionId::from(args.execution.as_str());
     let tenant = TenantId::from(args.tenant.as_str());
-    if args.batch {
+    if args.expect.is_some() || args.key.is_some() {
+        let options = AppendOptions {
+            expected: args.expect.unwrap_or_default(),
+            idempotency_key: args.key.clone(),
+        };
+        let events = events.into_iter().map(|(_, event)| event).collect();
+        let outcome = match store.append_with_blocking(&execution, &tenant, events, options) {
+            Ok(outcome) => outcome,
+            Err(e @ (Error::WrongExpectedSequence { .. } | Error::IdempotencyConflict)) => {
+                eprintln!("execlog: {e}");
+                store.close().map_err(|e| e.to_string())?;
+                return Ok(ExitCode::from(REFUSED));
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        if outcome.replayed {
+            eprintln!(
+                "execlog: these events were stored before under this key; nothing was stored now"
+            );
+        }
+        for seq in outcome.first_sequence..=outcome.last_sequence {
+            out!("{seq}");
+        }
+    } else if args.batch {
         let count = events.len() as u64;
         let events = events.into_iter().map(|(_, event)| event).collect();
         let first = store

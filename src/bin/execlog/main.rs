@@ -5,7 +5,7 @@
 //! errors go to stderr. Every failure is one line on stderr and a non-zero exit code:
 //! 1 for a problem with the store or the input (and `verify` finding one), 2 for a
 //! usage error (clap's), 3 for an execution (`events`) or tenant (`list`) the store
-//! does not hold.
+//! does not hold, 4 for an `append` its `--expect` or `--key` refused.
 
 /// `println!` for the commands' output: a closed stdout (`execlog stats DIR | head`)
 /// ends the process quietly with success, as for other Unix tools, instead of the
