@@ -48,6 +48,8 @@ fn killed_writers_lose_nothing() {
     let mut dir = tempfile::tempdir().unwrap();
     let mut acks = writer::Acks::new();
     let mut keyed = Vec::new();
+    // Latest sequences before the trial: where its appends start.
+    let mut start = vec![0; writer::EXECUTIONS as usize];
     let mut retried = writer::Retried::default();
     let mut rng = 0x2545_F491_4F6C_DD1D_u64 ^ u64::from(std::process::id());
     let mut total = 0;
@@ -58,6 +60,7 @@ fn killed_writers_lose_nothing() {
             dir = tempfile::tempdir().unwrap();
             acks.clear();
             keyed.clear();
+            start = vec![0; writer::EXECUTIONS as usize];
         }
         let mut child = writer::spawn(
             "crash_child_writer",
@@ -77,13 +80,15 @@ fn killed_writers_lose_nothing() {
         writer::record(&lines, &mut acks);
         writer::assert_no_bad(&lines).unwrap_or_else(|e| panic!("trial {n}: {e}"));
         let store = writer::verify(dir.path(), &acks).unwrap_or_else(|e| panic!("trial {n}: {e}"));
-        let tries = writer::tries(&lines);
         retried.add(
-            writer::retry_keyed(&store, tries, &mut acks, &mut keyed, 8, n as usize)
-                .unwrap_or_else(|e| panic!("trial {n}: {e}")),
+            writer::retry_keyed(
+                &store, &lines, &start, &mut acks, &mut keyed, 100, n as usize,
+            )
+            .unwrap_or_else(|e| panic!("trial {n}: {e}")),
         );
         writer::append_continues(&store, &format!("parent-{n}"), &mut acks)
             .unwrap_or_else(|e| panic!("trial {n}: {e}"));
+        start = writer::latest_all(&store).unwrap_or_else(|e| panic!("trial {n}: {e}"));
     }
     assert!(total > 0, "the child never acknowledged anything");
     assert!(retried.acknowledged > 0, "no keyed append was acknowledged");

@@ -12,11 +12,12 @@
 //! append starts, the writer prints `TRY <execution> <length> <expected> <tag>`
 //! (`<expected>`: `any` or the number), so that the parent can retry it after the crash,
 //! acknowledged or not (`retry_keyed`). A conditional append refused with
-//! `WrongExpectedSequence` is not acknowledged and the writer goes on. Now and then the
+//! `WrongExpectedSequence` is not acknowledged (a keyed one is reported as `NAK <tag>`)
+//! and the writer goes on. Now and then the
 //! writer retries an acknowledged keyed append at once; anything the writer finds
 //! wrong with a guarded append's answer it prints as a `BAD` line (`assert_no_bad`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -186,7 +187,7 @@ fn guarded(
         let expected = latest.map_or("any".to_string(), |n| n.to_string());
         say(out, &format!("TRY {e} {len} {expected} {tag}"))?;
     }
-    let got = if x % 2 == 0 {
+    let got = if x.is_multiple_of(2) {
         futures::executor::block_on(store.append_with(e, t, events.clone(), options.clone()))
             .map_err(|err| err.downcast::<Error>().map_err(|e| e.to_string()))
     } else {
@@ -206,7 +207,7 @@ fn guarded(
                     &format!("BAD {tag}: stored as {o:?}, expected after {latest:?}"),
                 )?;
             }
-            if keyed && (x >> 40) % 4 == 0 {
+            if keyed && (x >> 40).is_multiple_of(4) {
                 // Retry at once: a replay of the same outcome.
                 let again = store.append_with_blocking(e, t, events, options);
                 match again {
@@ -236,6 +237,9 @@ fn guarded(
                         "BAD {tag}: refused with {expected:?}/{actual:?} after reading {latest:?}"
                     ),
                 )?;
+            }
+            if keyed {
+                say(out, &format!("NAK {tag}"))?;
             }
             Some(None)
         }
@@ -273,7 +277,7 @@ pub fn spawn(test_name: &str, env_var: &str, dir: &Path, segment_bytes: u64) -> 
         .unwrap()
 }
 
-/// Reads the child's `ACK`, `TRY` and `BAD` lines until its stdout closes.
+/// Reads the child's `ACK`, `TRY`, `NAK` and `BAD` lines until its stdout closes.
 pub fn collect_acks(child: &mut Child) -> std::thread::JoinHandle<Vec<String>> {
     let stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -283,9 +287,9 @@ pub fn collect_acks(child: &mut Child) -> std::thread::JoinHandle<Vec<String>> {
         while r.read_line(&mut line).unwrap_or(0) > 0 {
             // A line cut by the kill has no newline: its append may not have returned.
             if line.ends_with('\n')
-                && (line.starts_with("ACK ")
-                    || line.starts_with("TRY ")
-                    || line.starts_with("BAD "))
+                && ["ACK ", "TRY ", "NAK ", "BAD "]
+                    .iter()
+                    .any(|p| line.starts_with(p))
             {
                 lines.push(line.trim_end().to_string());
             }
@@ -528,52 +532,91 @@ pub struct Keyed {
     pub first: u64,
 }
 
-/// Retries, after recovery, the keyed appends the child started (`tries`) and some
-/// acknowledged in earlier trials (`keyed`, every `every`-th from `offset`):
+/// The latest sequence of every execution the child writes (0: none).
+pub fn latest_all(store: &LogStore) -> Result<Vec<u64>, String> {
+    (0..EXECUTIONS)
+        .map(|x| {
+            store
+                .get_latest_sequence_blocking(&ExecutionId::from(format!("exec-{x}")))
+                .map(|s| s.unwrap_or(0))
+                .map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
+/// Where each append stored after `start` (latest sequences before the trial) is:
+/// tag -> (execution, first sequence, events found).
+fn tail_index(
+    store: &LogStore,
+    start: &[u64],
+) -> Result<HashMap<String, (u64, u64, usize)>, String> {
+    let mut index: HashMap<String, (u64, u64, usize)> = HashMap::new();
+    for (x, &from) in start.iter().enumerate() {
+        let e = ExecutionId::from(format!("exec-{x}"));
+        let tail = store
+            .read_range_blocking(&e, from, usize::MAX)
+            .map_err(|e| e.to_string())?;
+        for ev in tail {
+            if let Some((tag, _, _)) = batch_tag(&ev.event) {
+                index.entry(tag).or_insert((x as u64, ev.sequence, 0)).2 += 1;
+            }
+        }
+    }
+    Ok(index)
+}
+
+/// Retries, after recovery, every keyed append the child started (`TRY` lines of
+/// `lines`) and `older` of those acknowledged in earlier trials (`keyed`, a different
+/// sample each `trial`):
 /// - an acknowledged one must replay its acknowledged outcome and store nothing;
-/// - an unacknowledged one may replay only events that were there (at the sequences
-///   it names), may store only events that were not there, or be refused for its
-///   now stale expectation with nothing there; its events are then in the store once,
-///   or (refused) not at all.
+/// - one the child saw refused (`NAK`) must have left nothing;
+/// - any other (unacknowledged) may replay only events that were there, at the
+///   sequences it names, may store only events that were not there, or be refused for
+///   its now stale expectation with nothing there; its events are then in the store
+///   once, or (refused) not at all.
 ///
-/// The keyed appends acknowledged now (by the child, or by a retry that stored) are
-/// added to `keyed`, those stored by a retry to `acks` as well.
+/// `start` holds the latest sequences from before the trial. The keyed appends
+/// acknowledged now (by the child, or by a retry that stored) are added to `keyed`,
+/// those stored by a retry to `acks` as well.
 pub fn retry_keyed(
     store: &LogStore,
-    tries: Vec<Try>,
+    lines: &[String],
+    start: &[u64],
     acks: &mut Acks,
     keyed: &mut Vec<Keyed>,
-    every: usize,
-    offset: usize,
+    older: usize,
+    trial: usize,
 ) -> Result<Retried, String> {
     let mut retried = Retried::default();
-    let acked: HashMap<String, u64> = acks
+    let acked: HashMap<&str, u64> = acks
         .values()
         .flatten()
-        .map(|a| (a.tag.clone(), a.first))
+        .map(|a| (a.tag.as_str(), a.first))
         .collect();
-    let old = keyed.len();
-    let (acked_now, unacked): (Vec<_>, Vec<_>) = tries
-        .into_iter()
-        .partition(|tr| acked.contains_key(&tr.tag));
-    keyed.extend(acked_now.into_iter().map(|tr| Keyed {
-        first: acked[&tr.tag],
-        attempt: tr,
-    }));
-    let latest = |store: &LogStore| -> Result<Vec<Option<u64>>, String> {
-        (0..EXECUTIONS)
-            .map(|x| {
-                store
-                    .get_latest_sequence_blocking(&ExecutionId::from(format!("exec-{x}")))
-                    .map_err(|e| e.to_string())
-            })
-            .collect()
-    };
-    let before = latest(store)?;
-    let sample = keyed[..old]
+    let refused: HashSet<&str> = lines
         .iter()
-        .skip(offset % every.max(1))
-        .step_by(every.max(1));
+        .filter_map(|l| l.strip_prefix("NAK "))
+        .collect();
+    let tail = tail_index(store, start)?;
+    for tag in &refused {
+        if let Some(found) = tail.get(*tag) {
+            return Err(format!(
+                "keyed append {tag} was refused, but the store holds {found:?}"
+            ));
+        }
+    }
+    let old = keyed.len();
+    let mut unacked = Vec::new();
+    for tr in tries(lines) {
+        if let Some(&first) = acked.get(tr.tag.as_str()) {
+            keyed.push(Keyed { attempt: tr, first });
+        } else if !refused.contains(tr.tag.as_str()) {
+            unacked.push(tr);
+        }
+    }
+    let before = latest_all(store)?;
+    let every = (old / older.max(1)).max(1);
+    let sample = keyed[..old].iter().skip(trial % every).step_by(every);
     for k in sample.chain(&keyed[old..]) {
         let tr = &k.attempt;
         let e = ExecutionId::from(tr.execution.as_str());
@@ -592,7 +635,7 @@ pub fn retry_keyed(
         }
         retried.acknowledged += 1;
     }
-    if latest(store)? != before {
+    if latest_all(store)? != before {
         return Err("retries of acknowledged keyed appends stored events".into());
     }
     for tr in unacked {
@@ -601,8 +644,10 @@ pub fn retry_keyed(
             "{e}: retry of unacknowledged keyed append {} ({} events)",
             tr.tag, tr.len
         );
-        let events = store.load_events_blocking(&e).map_err(|e| e.to_string())?;
-        let there = find(&events, &tr.tag);
+        let there = tail.get(&tr.tag).map(|&(_, first, n)| (first, n));
+        let latest = store
+            .get_latest_sequence_blocking(&e)
+            .map_err(|e| e.to_string())?;
         let got =
             store.append_with_blocking(&e, &tenant_of(&tr.execution), tr.events(), tr.options());
         let len = tr.len as u64;
@@ -620,19 +665,17 @@ pub fn retry_keyed(
             }
             Ok(o) => {
                 if there.is_some()
-                    || o.first_sequence != events.len() as u64 + 1
+                    || o.first_sequence != latest.unwrap_or(0) + 1
                     || o.last_sequence + 1 != o.first_sequence + len
                 {
                     return Err(format!(
-                        "{ctx}: stored as {o:?}, but the store held {there:?} of it in {} events",
-                        events.len()
+                        "{ctx}: stored as {o:?}, but the store held {there:?} of it, latest {latest:?} (stored twice?)"
                     ));
                 }
                 retried.stored += 1;
                 Some(o.first_sequence)
             }
             Err(Error::WrongExpectedSequence { actual, .. }) => {
-                let latest = Some(events.len() as u64).filter(|&n| n > 0);
                 if there.is_some() || actual != latest || tr.expected == ExpectedSequence::Any {
                     return Err(format!(
                         "{ctx}: refused (actual {actual:?}), the store held {there:?} of it, latest {latest:?}"
@@ -643,21 +686,30 @@ pub fn retry_keyed(
             }
             Err(err) => return Err(format!("{ctx}: {err:?}")),
         };
-        let after = store.load_events_blocking(&e).map_err(|e| e.to_string())?;
-        let found = find(&after, &tr.tag);
-        if found != stored_at.map(|first| (first, tr.len)) {
-            return Err(format!(
-                "{ctx}: after the retry the store holds {found:?} of it"
-            ));
-        }
-        if let Some(first) = stored_at {
-            acks.entry(tr.execution.clone()).or_default().push(Ack {
-                at_ns: monotonic_ns(),
-                first,
-                len: tr.len,
-                tag: tr.tag.clone(),
-            });
-            keyed.push(Keyed { attempt: tr, first });
+        let now = store
+            .get_latest_sequence_blocking(&e)
+            .map_err(|e| e.to_string())?;
+        match stored_at {
+            Some(first) => {
+                let got = store
+                    .read_range_blocking(&e, first - 1, tr.len)
+                    .map_err(|e| e.to_string())?;
+                let events: Vec<_> = got.into_iter().map(|ev| ev.event).collect();
+                if events != tr.events() || (there.is_none() && now != Some(first + len - 1)) {
+                    return Err(format!(
+                        "{ctx}: after the retry the store does not hold it once"
+                    ));
+                }
+                acks.entry(tr.execution.clone()).or_default().push(Ack {
+                    at_ns: monotonic_ns(),
+                    first,
+                    len: tr.len,
+                    tag: tr.tag.clone(),
+                });
+                keyed.push(Keyed { attempt: tr, first });
+            }
+            None if now != latest => return Err(format!("{ctx}: refused, but stored events")),
+            None => {}
         }
     }
     Ok(retried)

@@ -1364,9 +1364,9 @@ pub async fn racing_expectations_have_one_winner_each<B: Backend>(b: B) {
     }
 }
 
-/// Optimistic writers (read the latest, append with `Exactly`, retry on
-/// `WrongExpectedSequence`) race each other and plain appends on one execution: each
-/// win lands right after the sequence it expected, each refusal names a later one,
+/// Optimistic writers (append with `Exactly(latest)`, on `WrongExpectedSequence` retry
+/// with the sequence it reports) race each other and plain appends on one execution:
+/// each win lands right after the sequence it expected, each refusal names a later one,
 /// and the execution holds exactly the wins and the plain appends, without gaps.
 pub async fn racing_expectations_among_plain_appends<B: Backend>(b: B) {
     const GUARDED: u64 = 16;
@@ -1383,24 +1383,19 @@ pub async fn racing_expectations_among_plain_appends<B: Backend>(b: B) {
         tasks.push(tokio::spawn(async move {
             let mut wins = Vec::new();
             let mut attempts = 0;
+            // The first expectation from a read, the next ones from the refusals.
+            let mut latest = store.get_latest_sequence(&e).await.unwrap().unwrap();
             while wins.len() < WINS {
                 attempts += 1;
                 assert!(attempts < 5000, "task {w} never won");
-                let latest = store.get_latest_sequence(&e).await.unwrap().unwrap();
                 let tag = format!("g{w}-{}", wins.len());
                 let len = 1 + (w as usize + wins.len()) % 2;
-                match store
-                    .append_with(
-                        &e,
-                        &t,
-                        tagged(&tag, len),
-                        expect(ExpectedSequence::Exactly(latest)),
-                    )
-                    .await
-                {
+                let options = expect(ExpectedSequence::Exactly(latest));
+                match store.append_with(&e, &t, tagged(&tag, len), options).await {
                     Ok(got) => {
                         assert_eq!(got, stored(latest + 1, latest + len as u64), "task {w}");
                         wins.push((got.first_sequence, len, tag));
+                        latest = got.last_sequence;
                     }
                     Err(err) => {
                         let (expected, actual) = wrong_expected(engine_error(&err));
@@ -1409,8 +1404,10 @@ pub async fn racing_expectations_among_plain_appends<B: Backend>(b: B) {
                             actual > Some(latest),
                             "refused at {latest}, told {actual:?}"
                         );
+                        latest = actual.unwrap();
                     }
                 }
+                tokio::task::yield_now().await;
             }
             wins
         }));
