@@ -9,6 +9,14 @@
 //! workload reopens in the same boot and reads, and every event any open served must
 //! also survive the cut.
 //!
+//! A quarter of the appends are keyed, a quarter conditional (an eighth both; a quarter
+//! of the conditional ones expect wrongly and must be refused), and now and then the
+//! workload retries an earlier keyed append, acknowledged or not, in the same boot
+//! (a replay answered then must survive the cut like an acknowledgement). After the
+//! cut every keyed append is retried: an acknowledged one must replay its outcome; an
+//! unacknowledged one may replay only events that are there, store only events that
+//! are not, or be refused for its expectation with nothing there; none ends up twice.
+//!
 //! Regression guarded: acknowledging before fdatasync, skipping the directory fsync of a
 //! new segment, taking a torn last group for corruption (open would fail), or serving
 //! after a reopen bytes that a failed fdatasync left in the page cache only.
@@ -32,6 +40,14 @@ struct Acked {
     events: Vec<ExecutionEventData>,
 }
 
+/// A keyed append the workload made, and its acknowledged outcome if it had one.
+struct Keyed {
+    execution: ExecutionId,
+    events: Vec<ExecutionEventData>,
+    options: AppendOptions,
+    acked: Option<AppendOutcome>,
+}
+
 fn event(tag: &str, len: usize, i: usize, size: usize) -> ExecutionEventData {
     ExecutionEventData::StepCompleted {
         step_id: StepId::from(tag),
@@ -49,7 +65,92 @@ fn options(io: &SimIo) -> Options {
         .io(Arc::new(io.clone()))
 }
 
-fn run_seed(seed: u64) {
+/// Where `events` (one append's, by their tag) are in `history`: the first sequence,
+/// and how many events carry the tag.
+fn find(history: &[StoredEvent], events: &[ExecutionEventData]) -> Option<(u64, usize)> {
+    let ExecutionEventData::StepCompleted { step_id, .. } = &events[0] else {
+        unreachable!()
+    };
+    let mut found = history.iter().filter(
+        |s| matches!(&s.event, ExecutionEventData::StepCompleted { step_id: t, .. } if t == step_id),
+    );
+    let first = found.next()?.sequence;
+    Some((first, 1 + found.count()))
+}
+
+/// What a retry of keyed append `k` on `store` (whose execution's events are
+/// `history`) may answer. An acknowledged one: a replay of its outcome. Another one: a
+/// replay of events that are there, a store of events that are not, or a refused
+/// expectation with nothing there. Returns the outcome if the events are (now)
+/// stored; `Err` for a poisoned store.
+fn check_retry(
+    k: &Keyed,
+    history: &[StoredEvent],
+    got: Result<AppendOutcome>,
+    ctx: &str,
+) -> std::result::Result<Option<AppendOutcome>, ()> {
+    let len = k.events.len() as u64;
+    let there = find(history, &k.events);
+    let latest = history.last().map(|s| s.sequence);
+    match (k.acked, got) {
+        // A poisoned store, or the power out.
+        (_, Err(Error::Poisoned { .. } | Error::Io { .. })) => Err(()),
+        (Some(acked), got) => {
+            let want = AppendOutcome {
+                replayed: true,
+                ..acked
+            };
+            assert_eq!(
+                got.ok(),
+                Some(want),
+                "{ctx}: retry of an acknowledged keyed append"
+            );
+            Ok(Some(acked))
+        }
+        (None, Ok(o)) if o.replayed => {
+            assert_eq!(
+                there,
+                Some((o.first_sequence, k.events.len())),
+                "{ctx}: a replay of {o:?} of an unacknowledged append must name events that are there"
+            );
+            assert_eq!(o.last_sequence + 1, o.first_sequence + len, "{ctx}");
+            let stored: Vec<_> = history[o.first_sequence as usize - 1..][..k.events.len()]
+                .iter()
+                .map(|s| s.event.clone())
+                .collect();
+            assert_eq!(stored, k.events, "{ctx}");
+            Ok(Some(o))
+        }
+        (None, Ok(o)) => {
+            assert_eq!(there, None, "{ctx}: stored {o:?} again (it was there)");
+            assert_eq!(o.first_sequence, latest.unwrap_or(0) + 1, "{ctx}");
+            assert_eq!(o.last_sequence + 1, o.first_sequence + len, "{ctx}");
+            Ok(Some(o))
+        }
+        (None, Err(Error::WrongExpectedSequence { expected, actual })) => {
+            assert_ne!(k.options.expected, ExpectedSequence::Any, "{ctx}");
+            assert_eq!((expected, actual), (k.options.expected, latest), "{ctx}");
+            assert_eq!(there, None, "{ctx}: refused, but its events are there");
+            Ok(None)
+        }
+        (None, Err(other)) => panic!("{ctx}: retry failed with {other:?}"),
+    }
+}
+
+/// Keyed retries of one seed or of a run: after the cut, of acknowledged appends
+/// (replayed) and of unacknowledged ones (found stored and replayed, stored by the
+/// retry, refused for their expectation); in the same boot, before the cut.
+#[derive(Default, Clone, Copy)]
+struct Retries {
+    acknowledged: u64,
+    replayed: u64,
+    stored: u64,
+    refused: u64,
+    in_boot: u64,
+}
+
+fn run_seed(seed: u64) -> Retries {
+    let mut retries = Retries::default();
     let dir = Path::new("/store");
     let sim = SimIo::new();
     let mut rng = Rng::new(seed);
@@ -65,6 +166,7 @@ fn run_seed(seed: u64) {
     let execs: Vec<ExecutionId> = (0..5).map(|i| ExecutionId::from(format!("e{i}"))).collect();
     let tenant = TenantId::from("t");
     let mut acked: Vec<Acked> = Vec::new();
+    let mut keyed: Vec<Keyed> = Vec::new();
     let mut store = LogStore::open_with(dir, options(&sim)).ok();
     for op in 0..90 {
         let Some(s) = &store else { break };
@@ -76,7 +178,56 @@ fn run_seed(seed: u64) {
             store = reopen_and_read(dir, &sim, &execs, &mut served);
             continue;
         }
-        let len = if roll <= 3 {
+        if roll == 1 && !keyed.is_empty() {
+            // Retry an earlier keyed append, acknowledged or not, in this boot.
+            let pick = rng.below(keyed.len() as u64) as usize;
+            let k = &mut keyed[pick];
+            let Ok(history) = s.load_events_blocking(&k.execution) else {
+                // The power is out (reading a segment failed).
+                drop(store.take());
+                store = reopen_and_read(dir, &sim, &execs, &mut served);
+                continue;
+            };
+            if k.acked.is_some() && rng.below(4) == 0 {
+                // Other events under the key: a conflict.
+                let mut other = k.events.clone();
+                other.pop();
+                other.push(event("other", 1, 0, 1));
+                let got = s.append_with_blocking(&k.execution, &tenant, other, k.options.clone());
+                match got {
+                    Err(Error::IdempotencyConflict) => {}
+                    Err(Error::Poisoned { .. } | Error::Io { .. }) => {
+                        drop(store.take());
+                        store = reopen_and_read(dir, &sim, &execs, &mut served);
+                    }
+                    other => panic!("seed {seed}: key reused with other events: {other:?}"),
+                }
+                continue;
+            }
+            let got =
+                s.append_with_blocking(&k.execution, &tenant, k.events.clone(), k.options.clone());
+            retries.in_boot += 1;
+            match check_retry(k, &history, got, &format!("seed {seed} op {op}")) {
+                Ok(Some(o)) => {
+                    if k.acked.is_none() {
+                        // Answered now: durable now, so it must survive the cut.
+                        k.acked = Some(o);
+                        acked.push(Acked {
+                            execution: k.execution.clone(),
+                            first: o.first_sequence,
+                            events: k.events.clone(),
+                        });
+                    }
+                }
+                Ok(None) => {}
+                Err(()) => {
+                    drop(store.take());
+                    store = reopen_and_read(dir, &sim, &execs, &mut served);
+                }
+            }
+            continue;
+        }
+        let len = if roll <= 4 {
             1 + rng.below(6) as usize
         } else {
             1
@@ -84,7 +235,67 @@ fn run_seed(seed: u64) {
         let events: Vec<_> = (0..len)
             .map(|i| event(&tag, len, i, rng.below(3000) as usize))
             .collect();
-        let result = if len == 1 {
+        // A quarter keyed, an eighth conditional, an eighth both; conditional ones
+        // sometimes expect wrongly.
+        let guard = rng.below(8);
+        let (is_keyed, conditional) = (matches!(guard, 0 | 1 | 3), matches!(guard, 2 | 3));
+        let result = if is_keyed || conditional {
+            let Ok(latest) = s.get_latest_sequence_blocking(e) else {
+                drop(store.take());
+                store = reopen_and_read(dir, &sim, &execs, &mut served);
+                continue;
+            };
+            let wrong = conditional && rng.below(4) == 0;
+            let expected = match (conditional, latest, wrong) {
+                (false, _, _) => ExpectedSequence::Any,
+                (true, None, false) => ExpectedSequence::NoExecution,
+                (true, latest, false) => ExpectedSequence::Exactly(latest.unwrap_or(0)),
+                (true, latest, true) => ExpectedSequence::Exactly(latest.unwrap_or(0) + 1),
+            };
+            let options = AppendOptions {
+                expected,
+                idempotency_key: is_keyed.then(|| tag.clone()),
+            };
+            let got = s.append_with_blocking(e, &tenant, events.clone(), options.clone());
+            if is_keyed {
+                keyed.push(Keyed {
+                    execution: e.clone(),
+                    events: events.clone(),
+                    options,
+                    acked: got.as_ref().ok().copied(),
+                });
+            }
+            match got {
+                Ok(o) => {
+                    assert!(!wrong, "seed {seed}: a wrong expectation held: {o:?}");
+                    let first = latest.unwrap_or(0) + 1;
+                    let want = (first, first + len as u64 - 1, false);
+                    assert_eq!(
+                        (o.first_sequence, o.last_sequence, o.replayed),
+                        want,
+                        "seed {seed}"
+                    );
+                    Ok(o.first_sequence)
+                }
+                Err(Error::WrongExpectedSequence {
+                    expected: x,
+                    actual,
+                }) => {
+                    assert!(
+                        wrong,
+                        "seed {seed}: a right expectation refused ({actual:?})"
+                    );
+                    assert_eq!((x, actual), (expected, latest), "seed {seed}");
+                    if let Some(k) = keyed.last_mut().filter(|_| is_keyed) {
+                        // Refused: nothing stored, nothing to retry.
+                        assert!(k.acked.is_none());
+                        keyed.pop();
+                    }
+                    continue;
+                }
+                Err(other) => Err(other),
+            }
+        } else if len == 1 {
             s.append_blocking(e, &tenant, events[0].clone())
         } else {
             s.append_batch_blocking(e, &tenant, events.clone())
@@ -146,6 +357,40 @@ fn run_seed(seed: u64) {
         next,
         "seed {seed}"
     );
+    // Every keyed append retried after the cut: acknowledged ones replay, others
+    // replay only what is there or store only what is not; none is then stored twice.
+    histories.insert(e.clone(), store.load_events_blocking(e).unwrap());
+    for (i, k) in keyed.iter().enumerate() {
+        let history = &histories[&k.execution];
+        let got =
+            store.append_with_blocking(&k.execution, &tenant, k.events.clone(), k.options.clone());
+        let ctx = format!("seed {seed}: after the cut, keyed append {i}");
+        let now = check_retry(k, history, got, &ctx).expect("not poisoned");
+        let latest = store.get_latest_sequence_blocking(&k.execution).unwrap();
+        match (k.acked, now) {
+            (Some(_), _) => retries.acknowledged += 1,
+            (None, Some(o)) if o.replayed => retries.replayed += 1,
+            (None, Some(_)) => {
+                retries.stored += 1;
+                let history = store.load_events_blocking(&k.execution).unwrap();
+                histories.insert(k.execution.clone(), history);
+            }
+            (None, None) => retries.refused += 1,
+        }
+        let history = &histories[&k.execution];
+        assert_eq!(
+            latest,
+            history.last().map(|s| s.sequence),
+            "{ctx}: a retry that did not store changed the execution"
+        );
+        let want = now.map(|o| (o.first_sequence, k.events.len()));
+        assert_eq!(
+            find(history, &k.events),
+            want,
+            "{ctx}: in the store once, or not at all"
+        );
+    }
+    retries
 }
 
 /// Reopens in the same boot (a restart without a reboot) and reads every execution,
@@ -168,7 +413,7 @@ fn reopen_and_read(
 #[test]
 fn power_loss_never_loses_acknowledged_events() {
     if let Ok(seed) = std::env::var("EXECLOG_POWER_SEED") {
-        run_seed(seed.parse().unwrap());
+        let _ = run_seed(seed.parse().unwrap());
         return;
     }
     let seeds: u64 = std::env::var("EXECLOG_POWER_SEEDS")
@@ -179,12 +424,27 @@ fn power_loss_never_loses_acknowledged_events() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
+    let mut all = Retries::default();
     for seed in base..base + seeds {
-        let result = std::panic::catch_unwind(|| run_seed(seed));
-        if let Err(panic) = result {
-            eprintln!("replay with EXECLOG_POWER_SEED={seed}");
-            std::panic::resume_unwind(panic);
+        match std::panic::catch_unwind(|| run_seed(seed)) {
+            Ok(r) => {
+                all.acknowledged += r.acknowledged;
+                all.replayed += r.replayed;
+                all.stored += r.stored;
+                all.refused += r.refused;
+                all.in_boot += r.in_boot;
+            }
+            Err(panic) => {
+                eprintln!("replay with EXECLOG_POWER_SEED={seed}");
+                std::panic::resume_unwind(panic);
+            }
         }
     }
-    println!("{seeds} simulated power losses, 0 acknowledged events lost");
+    println!(
+        "{seeds} simulated power losses, 0 acknowledged events lost; keyed retries after \
+         the cut: {} acknowledged (replayed), unacknowledged: {} found stored (replayed), \
+         {} stored by the retry, {} refused (stale expectation); {} retries in the boot \
+         before the cut",
+        all.acknowledged, all.replayed, all.stored, all.refused, all.in_boot
+    );
 }
