@@ -183,6 +183,11 @@ pub fn stats(dir: &Path) -> Result<ExitCode, String> {
         s.sparse_index_bytes
     );
     out!(
+        "idempotency keys:  {} keyed appends ({} bytes of lookup tables; the keys stay on disk)",
+        s.idempotency_keys,
+        s.idempotency_key_bytes
+    );
+    out!(
         "recovery:          scanned {} segments, {} records, {} bytes in {:?}",
         r.segments_scanned,
         r.records,
