@@ -31,6 +31,12 @@ pub trait StorageBackend: Send + Sync {
 ///
 /// Guarantees: an event is durable when `append` returns `Ok`; sequences are strictly
 /// increasing, consecutive from 1 within an execution; events are never modified.
+///
+/// Cancellation: an append whose future is dropped after it was first polled may still
+/// be stored (its records were already queued), as may one that failed with an outcome
+/// the error calls unknown. To retry safely, use
+/// [`GuardedEventStore::append_with`](crate::GuardedEventStore::append_with) with an
+/// idempotency key.
 #[async_trait]
 pub trait EventStore: StorageBackend {
     /// Appends one event; returns its sequence once it is durable.

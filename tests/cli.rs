@@ -83,7 +83,16 @@ fn demo_then_inspect() {
     let out = execlog(&["events", d, &first, "--after", "3"], "");
     assert_eq!(text(&out.stdout).lines().count(), events.len() - 3);
     let out = execlog(&["events", d, &first, "--pretty"], "");
-    assert!(text(&out.stdout).contains("execution_started"));
+    let pretty = text(&out.stdout);
+    assert!(pretty.contains("execution_started"));
+    // JSON names, not Rust's Debug names; a completed tool call shows its output.
+    assert!(
+        !pretty.contains("LlmCall") && !pretty.contains("ToolCall ("),
+        "{pretty}"
+    );
+    if let Some(line) = pretty.lines().find(|l| l.contains("tool_call_completed")) {
+        assert!(line.contains("->"), "{line}");
+    }
 
     let out = execlog(&["stats", d], "");
     assert!(out.status.success());

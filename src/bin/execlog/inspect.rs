@@ -86,7 +86,7 @@ fn describe(event: &ExecutionEventData) -> (String, String) {
     let summary = match event {
         E::StepStarted {
             name, step_type, ..
-        } => format!("{name} ({step_type:?})"),
+        } => format!("{name} ({})", json_name(step_type)),
         E::StepCompleted {
             step_id,
             duration_ms,
@@ -100,7 +100,11 @@ fn describe(event: &ExecutionEventData) -> (String, String) {
             tool_call_id,
             ..
         } => format!("{tool_name} [{tool_call_id}]"),
-        E::ToolCallCompleted { tool_call_id, .. } => format!("[{tool_call_id}]"),
+        E::ToolCallCompleted {
+            tool_call_id,
+            output,
+            ..
+        } => format!("[{tool_call_id}] -> {output}"),
         E::CheckpointSaved { checkpoint_id, .. } => checkpoint_id.clone(),
         E::GoalEvaluated {
             goal_id,
@@ -126,6 +130,15 @@ fn describe(event: &ExecutionEventData) -> (String, String) {
     let mut summary: String = summary.chars().take(80).collect();
     summary = summary.replace('\n', " ");
     (kind, summary)
+}
+
+/// How a unit enum value is named in JSON (`llm_call`, not Rust's `LlmCall`).
+fn json_name(value: &impl serde::Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        Ok(other) => other.to_string(),
+        Err(_) => "?".into(),
+    }
 }
 
 pub fn list(dir: &Path, tenant: &str, limit: usize, offset: usize) -> Result<ExitCode, String> {
@@ -181,6 +194,11 @@ pub fn stats(dir: &Path) -> Result<ExitCode, String> {
         "index bytes:       {} ({} in sparse entries)",
         s.index_bytes,
         s.sparse_index_bytes
+    );
+    out!(
+        "idempotency keys:  {} keyed appends ({} bytes of lookup tables; the keys stay on disk)",
+        s.idempotency_keys,
+        s.idempotency_key_bytes
     );
     out!(
         "recovery:          scanned {} segments, {} records, {} bytes in {:?}",
