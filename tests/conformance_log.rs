@@ -1,4 +1,7 @@
-//! The conformance suite (tests/conformance/mod.rs) against the embedded `LogStore`.
+//! The conformance suite (tests/conformance/mod.rs) against the embedded `LogStore`;
+//! again (module `colliding`) with idempotency-key hashes cut to 3 bits, so that keys
+//! of an execution collide all the time and the exact check behind the in-memory hash
+//! answers every guarded test, races included.
 
 #![allow(clippy::unwrap_used)]
 
@@ -7,13 +10,20 @@ mod conformance;
 
 use execlog::{LogStore, Options};
 
-struct Log {
+/// A `LogStore` in a temporary directory, keeping `HASH_BITS` bits of key hashes.
+struct Log<const HASH_BITS: u32> {
     dir: tempfile::TempDir,
     /// Copies made by `open_crashed`, kept while the test runs.
     crash_images: parking_lot::Mutex<Vec<tempfile::TempDir>>,
 }
 
-impl conformance::Backend for Log {
+impl<const HASH_BITS: u32> Log<HASH_BITS> {
+    fn options() -> Options {
+        Options::default().idempotency_hash_bits(HASH_BITS)
+    }
+}
+
+impl<const HASH_BITS: u32> conformance::Backend for Log<HASH_BITS> {
     type Store = LogStore;
 
     fn create() -> Option<Self> {
@@ -24,11 +34,11 @@ impl conformance::Backend for Log {
     }
 
     fn open(&self) -> LogStore {
-        LogStore::open(self.dir.path()).unwrap()
+        LogStore::open_with(self.dir.path(), Self::options()).unwrap()
     }
 
     fn open_with_max_event_bytes(&self, bytes: usize) -> LogStore {
-        LogStore::open_with(self.dir.path(), Options::default().max_event_bytes(bytes)).unwrap()
+        LogStore::open_with(self.dir.path(), Self::options().max_event_bytes(bytes)).unwrap()
     }
 
     /// The files as a kill -9 of the idle `running` store leaves them (the page cache
@@ -41,10 +51,16 @@ impl conformance::Backend for Log {
                 std::fs::copy(entry.path(), image.path().join(entry.file_name())).unwrap();
             }
         }
-        let store = LogStore::open(image.path()).unwrap();
+        let store = LogStore::open_with(image.path(), Self::options()).unwrap();
         self.crash_images.lock().push(image);
         store
     }
 }
 
-suite!(Log);
+suite!(Log<64>);
+
+mod colliding {
+    use super::*;
+
+    crate::suite!(Log<3>);
+}

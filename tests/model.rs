@@ -254,7 +254,8 @@ fn tenant(t: u8) -> TenantId {
 }
 
 /// Where the store lives: real directories (a crash continues on a copy) or the
-/// simulated file system (a crash continues on a snapshot).
+/// simulated file system (a crash continues on a snapshot; idempotency-key hashes cut
+/// to 2 bits, so that keys collide).
 enum Files {
     Real(Vec<tempfile::TempDir>),
     Sim(SimIo),
@@ -266,9 +267,12 @@ impl Files {
             Files::Real(dirs) => {
                 LogStore::open_with(dirs.last().unwrap().path(), options()).unwrap()
             }
-            Files::Sim(sim) => {
-                LogStore::open_with("/model", options().io(Arc::new(sim.clone()))).unwrap()
-            }
+            // Key hashes cut to 2 bits: the keys of an execution collide.
+            Files::Sim(sim) => LogStore::open_with(
+                "/model",
+                options().idempotency_hash_bits(2).io(Arc::new(sim.clone())),
+            )
+            .unwrap(),
         }
     }
 
