@@ -250,7 +250,11 @@ fn run_seed(seed: u64) -> Retries {
                 (false, _, _) => ExpectedSequence::Any,
                 (true, None, false) => ExpectedSequence::NoExecution,
                 (true, latest, false) => ExpectedSequence::Exactly(latest.unwrap_or(0)),
-                (true, latest, true) => ExpectedSequence::Exactly(latest.unwrap_or(0) + 1),
+                // Wrong: one ahead, or one behind (or "none") of the latest.
+                (true, None, true) => ExpectedSequence::Exactly(1),
+                (true, Some(n), true) if rng.below(2) == 0 => ExpectedSequence::Exactly(n + 1),
+                (true, Some(n), true) if n == 1 => ExpectedSequence::NoExecution,
+                (true, Some(n), true) => ExpectedSequence::Exactly(n - 1),
             };
             let options = AppendOptions {
                 expected,
