@@ -275,6 +275,7 @@ pub(crate) fn check_records(
         let records = bytes
             .get(..d.end as usize)
             .ok_or_else(|| format!("segment {segment}: shorter than the covered records"))?;
+        walk.segment_version = crate::segment::version_of(bytes);
         let mut at = SEGMENT_HEADER_LEN;
         while at < records.len() {
             let rest = records.get(at..).unwrap_or_default();
@@ -307,6 +308,8 @@ pub(crate) fn check_records(
 struct Walk<'a> {
     checkpoint: &'a Checkpoint,
     keys: &'a mut KeyTables,
+    /// Format version of the segment being walked.
+    segment_version: u32,
     /// Per execution: last sequence seen and its position.
     reached: Vec<(u64, Option<Pos>)>,
     /// Executions declared so far (they are numbered in declaration order).
@@ -324,6 +327,7 @@ impl<'a> Walk<'a> {
         Self {
             checkpoint,
             keys,
+            segment_version: crate::segment::FORMAT_VERSION,
             reached: vec![(0, None); checkpoint.index.len()],
             declared: 0,
             batch: None,
@@ -360,16 +364,8 @@ impl<'a> Walk<'a> {
         if h.sequence != reached.0 + 1 || h.prev != reached.1 {
             return Err("record does not continue its execution's chain".into());
         }
-        let keyed = body.first() == Some(&codec::PREFIX_KEYED);
-        let prefix = if h.sequence == 1 || keyed {
-            codec::decode_prefix(body)?
-        } else {
-            codec::Prefix::default()
-        };
+        let prefix = codec::record_prefix(body, h.sequence, first_of_batch, self.segment_version)?;
         if let Some(key) = &prefix.key {
-            if !first_of_batch {
-                return Err("idempotency key inside a batch".into());
-            }
             let hash = self.keys.hash(key);
             self.keys.insert(no as ExecNo, hash, pos);
         }

@@ -60,9 +60,6 @@ pub(crate) struct Prefix {
     pub(crate) key: Option<String>,
 }
 
-/// First byte of a body whose prefix holds an idempotency key (`WirePrefix::Keyed`).
-pub(crate) const PREFIX_KEYED: u8 = 2;
-
 /// The stored form of [`Prefix`]. Variants 0 and 1 encode byte for byte as format
 /// version 1's `Option<Declaration>` (bincode writes the variant index as a varint, and
 /// an `Option`'s tag as one byte: `00`, `01`); variant 2 is format version 2's.
@@ -143,6 +140,39 @@ pub(crate) fn decode_event(body: &[u8]) -> Result<ExecutionEventData, String> {
         .deserialize(body)
         .map_err(|e| format!("cannot decode event body: {e}"))?;
     ExecutionEventData::try_from(wire)
+}
+
+/// The prefix of the body of an event record with `sequence`, checked against where
+/// the record is (docs/FORMAT.md): a declaration exactly in sequence 1, a key only in
+/// the first record of a batch (`first_of_batch`) of a segment of format version 2 or
+/// later. Decodes only when the first byte says the prefix holds something, so a
+/// plain later record costs one compare (recovery runs this on every record).
+pub(crate) fn record_prefix(
+    body: &[u8],
+    sequence: u64,
+    first_of_batch: bool,
+    segment_version: u32,
+) -> Result<Prefix, String> {
+    if sequence != 1 && body.first() == Some(&0) {
+        return Ok(Prefix::default());
+    }
+    let prefix = decode_prefix(body)?;
+    match (prefix.declaration.is_some(), sequence == 1) {
+        (false, true) => return Err("first record of an execution has no declaration".into()),
+        (true, false) => return Err(format!("declaration in sequence {sequence}")),
+        _ => {}
+    }
+    if prefix.key.is_some() {
+        if !first_of_batch {
+            return Err("idempotency key inside a batch".into());
+        }
+        if segment_version < 2 {
+            return Err(format!(
+                "idempotency key in a segment of format version {segment_version}"
+            ));
+        }
+    }
+    Ok(prefix)
 }
 
 /// Decodes only the prefix at the start of a record body (recovery needs no more).

@@ -362,7 +362,9 @@ impl Committer {
             state
                 .index
                 .make_durable(p.execution, p.last_sequence, p.last_pos);
-            state.keys.settle(p.execution, p.last_pos);
+        }
+        if let Some(last) = group.last() {
+            state.keys.settle(last.last_pos);
         }
     }
 }

@@ -2,22 +2,25 @@
 //!
 //! The keys themselves stay on disk, in the first record of each keyed append (the
 //! record prefix, `codec.rs`). In memory, per execution with keyed appends, a table
-//! maps a 64-bit hash of each key to the position of that record: 16 bytes per keyed
-//! append, plus the hash table's slack. A hash match is only a candidate: the append
-//! path reads the record and compares the key itself, so two keys with the same hash
-//! are told apart and the answer is exact for every key ever used, however many.
-//! The hash is SipHash with a key drawn at random per open store, so that callers
-//! cannot choose keys that collide on purpose.
+//! maps a 64-bit hash of each key to the position of that record: an execution with
+//! one keyed append holds it inline, one with more a hash table of 16-byte entries.
+//! A hash match is only a candidate: the append path reads the record and compares
+//! the key itself, so two keys with the same hash are told apart and the answer is
+//! exact for every key ever used, however many. The hash is SipHash with a key drawn
+//! at random per open store, so that callers cannot choose keys that collide on
+//! purpose.
 //!
-//! Keyed appends not yet durable are also listed with their completion ticket, so that
-//! a retry arriving before the original's fdatasync waits for it, then reads it.
+//! Keyed appends not yet durable are also queued, store-wide and in log order, with
+//! their completion ticket, so that a retry arriving before the original's fdatasync
+//! waits for it, then reads it. Groups become durable in log order, so settling pops
+//! from the front: constant work per keyed append.
 //!
 //! Invariants: every keyed record of the index's executions (durable or reserved) has
-//! its entry; positions of one execution grow with its sequences; an in-flight entry
-//! is removed once its execution's durable position reaches it.
+//! its entry; the in-flight queue is in log order and holds exactly the keyed appends
+//! beyond the durable end of the log.
 
-use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
 use crate::index::ExecNo;
@@ -30,21 +33,39 @@ pub(crate) struct KeyTables {
     /// The bits of a hash kept (all but in tests: `Options::idempotency_hash_bits`).
     mask: u64,
     by_execution: HashMap<ExecNo, Keys>,
+    /// Keyed appends not durable yet, in log order, with the ticket their commit
+    /// completes.
+    in_flight: VecDeque<(Pos, Ticket)>,
     /// Keyed appends in all (for statistics).
     count: usize,
 }
 
 /// The keyed appends of one execution.
+enum Keys {
+    /// One keyed append: its key's hash and position (most executions with keys use
+    /// one or a few; this spares them a table).
+    One(u64, Pos),
+    Many(Box<ManyKeys>),
+}
+
 #[derive(Default)]
-struct Keys {
+struct ManyKeys {
     /// Hash of the key -> position of the keyed append's first record.
     by_hash: HashMap<u64, Pos, BuildHasherDefault<AlreadyHashed>>,
     /// Entries whose hash was taken by another key already (astronomically rare; kept
     /// apart so that the common table stays one position per hash).
     collided: Vec<(u64, Pos)>,
-    /// Keyed appends not durable yet, in log order, with the ticket their commit
-    /// completes.
-    in_flight: Vec<(Pos, Ticket)>,
+}
+
+impl ManyKeys {
+    fn insert(&mut self, hash: u64, pos: Pos) {
+        if let Some(&taken) = self.by_hash.get(&hash) {
+            debug_assert_ne!(taken, pos);
+            self.collided.push((hash, pos));
+        } else {
+            self.by_hash.insert(hash, pos);
+        }
+    }
 }
 
 /// A candidate for a key: the position of a keyed append whose key has the same hash,
@@ -61,6 +82,7 @@ impl KeyTables {
             hasher: RandomState::new(),
             mask: u64::MAX.checked_shr(64 - bits.min(64)).unwrap_or(0),
             by_execution: HashMap::new(),
+            in_flight: VecDeque::new(),
             count: 0,
         }
     }
@@ -73,54 +95,80 @@ impl KeyTables {
     /// Keyed appends of execution `no` whose key hashes to `hash`, except those in
     /// `ruled_out` (already read and found to hold another key).
     pub(crate) fn candidates(&self, no: ExecNo, hash: u64, ruled_out: &[Pos]) -> Vec<Candidate> {
-        let Some(keys) = self.by_execution.get(&no) else {
-            return Vec::new();
+        let positions: Vec<Pos> = match self.by_execution.get(&no) {
+            None => Vec::new(),
+            Some(Keys::One(h, pos)) => (*h == hash).then_some(*pos).into_iter().collect(),
+            Some(Keys::Many(many)) => {
+                let collided = many.collided.iter().filter(|(h, _)| *h == hash);
+                many.by_hash
+                    .get(&hash)
+                    .into_iter()
+                    .chain(collided.map(|(_, pos)| pos))
+                    .copied()
+                    .collect()
+            }
         };
-        let collided = keys.collided.iter().filter(|(h, _)| *h == hash);
-        keys.by_hash
-            .get(&hash)
+        positions
             .into_iter()
-            .chain(collided.map(|(_, pos)| pos))
             .filter(|pos| !ruled_out.contains(pos))
-            .map(|&pos| Candidate {
+            .map(|pos| Candidate {
                 pos,
-                pending: keys
-                    .in_flight
-                    .iter()
-                    .find(|(p, _)| *p == pos)
-                    .map(|(_, ticket)| ticket.clone()),
+                pending: self.pending(pos),
             })
             .collect()
     }
 
+    /// The ticket of the in-flight keyed append at `pos`, if it is in flight.
+    fn pending(&self, pos: Pos) -> Option<Ticket> {
+        let (front, back) = self.in_flight.as_slices();
+        [front, back].into_iter().find_map(|part| {
+            part.binary_search_by(|(p, _)| p.cmp(&pos))
+                .ok()
+                .and_then(|i| part.get(i))
+                .map(|(_, ticket)| ticket.clone())
+        })
+    }
+
     /// Files the keyed append of execution `no` whose first record is at `pos`.
     pub(crate) fn insert(&mut self, no: ExecNo, hash: u64, pos: Pos) {
-        let keys = self.by_execution.entry(no).or_default();
-        if let Some(&taken) = keys.by_hash.get(&hash) {
-            debug_assert_ne!(taken, pos);
-            keys.collided.push((hash, pos));
-        } else {
-            keys.by_hash.insert(hash, pos);
+        match self.by_execution.get_mut(&no) {
+            None => {
+                self.by_execution.insert(no, Keys::One(hash, pos));
+            }
+            Some(keys) => {
+                if let Keys::One(h, p) = *keys {
+                    let mut many = Box::<ManyKeys>::default();
+                    many.insert(h, p);
+                    *keys = Keys::Many(many);
+                }
+                if let Keys::Many(many) = keys {
+                    many.insert(hash, pos);
+                }
+            }
         }
         self.count += 1;
     }
 
     /// Files a keyed append that is not durable yet; `ticket` completes with its
-    /// commit.
+    /// commit. Called in log order.
     pub(crate) fn insert_in_flight(&mut self, no: ExecNo, hash: u64, pos: Pos, ticket: Ticket) {
         self.insert(no, hash, pos);
-        if let Some(keys) = self.by_execution.get_mut(&no) {
-            keys.in_flight.push((pos, ticket));
-        }
+        debug_assert!(self.in_flight.back().is_none_or(|(p, _)| *p < pos));
+        self.in_flight.push_back((pos, ticket));
     }
 
-    /// Execution `no` is durable up to the record at `durable`: its keyed appends up to
-    /// there need no ticket any more.
-    pub(crate) fn settle(&mut self, no: ExecNo, durable: Pos) {
-        if let Some(keys) = self.by_execution.get_mut(&no)
-            && !keys.in_flight.is_empty()
+    /// The log is durable up to the record at `durable`: the keyed appends up to there
+    /// need no ticket any more.
+    pub(crate) fn settle(&mut self, durable: Pos) {
+        while self
+            .in_flight
+            .front()
+            .is_some_and(|(pos, _)| *pos <= durable)
         {
-            keys.in_flight.retain(|(pos, _)| *pos > durable);
+            self.in_flight.pop_front();
+        }
+        if self.in_flight.is_empty() && self.in_flight.capacity() > 64 {
+            self.in_flight.shrink_to(64);
         }
     }
 
@@ -130,20 +178,25 @@ impl KeyTables {
     }
 
     /// Approximate memory of the tables: the hash tables' allocated slots (entry and
-    /// control byte each), the collision lists and the per-execution overhead.
+    /// control byte each), the collision lists, the per-execution entries and the
+    /// in-flight queue.
     pub(crate) fn memory_bytes(&self) -> usize {
         use std::mem::size_of;
-        let per_execution = size_of::<(ExecNo, Keys)>() + 1;
-        self.by_execution
+        let tables: usize = self
+            .by_execution
             .values()
-            .map(|k| {
-                per_execution
-                    + k.by_hash.capacity() * (size_of::<(u64, Pos)>() + 1)
-                    + k.collided.capacity() * size_of::<(u64, Pos)>()
-                    + k.in_flight.capacity() * size_of::<(Pos, Ticket)>()
+            .map(|k| match k {
+                Keys::One(..) => 0,
+                Keys::Many(many) => {
+                    size_of::<ManyKeys>()
+                        + many.by_hash.capacity() * (size_of::<(u64, Pos)>() + 1)
+                        + many.collided.capacity() * size_of::<(u64, Pos)>()
+                }
             })
-            .sum::<usize>()
+            .sum();
+        tables
             + self.by_execution.capacity() * (size_of::<(ExecNo, Keys)>() + 1)
+            + self.in_flight.capacity() * size_of::<(Pos, Ticket)>()
     }
 }
 
@@ -207,12 +260,17 @@ mod tests {
     fn in_flight_entries_carry_their_ticket_until_durable() {
         let mut t = KeyTables::new(64);
         t.insert_in_flight(0, 1, pos(32), Ticket::default());
-        t.insert_in_flight(0, 2, pos(96), Ticket::default());
+        t.insert_in_flight(1, 2, pos(96), Ticket::default());
+        t.insert_in_flight(0, 3, pos(160), Ticket::default());
         assert!(t.candidates(0, 1, &[])[0].pending.is_some());
-        t.settle(0, pos(32));
+        t.settle(pos(32));
         assert!(t.candidates(0, 1, &[])[0].pending.is_none());
-        assert!(t.candidates(0, 2, &[])[0].pending.is_some());
-        t.settle(0, pos(96));
-        assert!(t.candidates(0, 2, &[])[0].pending.is_none());
+        assert!(t.candidates(1, 2, &[])[0].pending.is_some());
+        // A group's end between two keyed appends settles the one before it only.
+        t.settle(pos(128));
+        assert!(t.candidates(1, 2, &[])[0].pending.is_none());
+        assert!(t.candidates(0, 3, &[])[0].pending.is_some());
+        t.settle(pos(160));
+        assert!(t.candidates(0, 3, &[])[0].pending.is_none());
     }
 }

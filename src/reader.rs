@@ -108,6 +108,9 @@ pub(crate) fn batch_at(shared: &Shared, no: ExecNo, pos: Pos) -> Result<StoredBa
         let (header, body) = cursor.record(shared, at)?;
         let corrupt = |why: &str| Error::corrupt(at.segment, u64::from(at.offset), why);
         let (prefix, event) = codec::split_body(body).map_err(|why| corrupt(&why))?;
+        // A retry compares bytes; decoding them too makes damage an error, not a
+        // conflict.
+        codec::decode_event(event).map_err(|why| corrupt(&why))?;
         let expected_sequence = batch.as_ref().map_or(header.sequence, |b| {
             b.first_sequence + b.events.len() as u64
         });

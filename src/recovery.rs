@@ -144,6 +144,8 @@ struct Waiting {
 struct Rebuild {
     index: Index,
     keys: KeyTables,
+    /// Format version of the segment being scanned.
+    segment_version: u32,
     batch: Vec<Waiting>,
     batch_start: Option<u64>,
     last_timestamp_ns: i64,
@@ -668,6 +670,7 @@ fn scan_segment(
         ..
     } = *scan;
     let (prescan, position) = scan.prescan;
+    rebuild.segment_version = segment::version_of(bytes);
     let mut stop = None;
     let mut scanner = Scanner::trusting(bytes, start, prescan.verified(position));
     prescan.scanning(position, start);
@@ -754,6 +757,7 @@ impl Rebuild {
         Self {
             index,
             keys,
+            segment_version: segment::FORMAT_VERSION,
             batch: Vec::new(),
             batch_start: None,
             last_timestamp_ns,
@@ -783,24 +787,16 @@ impl Rebuild {
         } else {
             self.batch_start = Some(offset);
         }
-        let first_of_batch = self.batch.is_empty();
-        let keyed = body.first() == Some(&codec::PREFIX_KEYED);
-        let prefix = if header.sequence == 1 || keyed {
-            codec::decode_prefix(body).map_err(|why| Error::corrupt(segment, offset, why))?
-        } else {
-            codec::Prefix::default()
-        };
-        if prefix.key.is_some() && !first_of_batch {
-            return Err(corrupt("idempotency key inside a batch"));
-        }
+        let prefix = codec::record_prefix(
+            body,
+            header.sequence,
+            self.batch.is_empty(),
+            self.segment_version,
+        )
+        .map_err(|why| Error::corrupt(segment, offset, why))?;
         let (tenant, execution_id) = match prefix.declaration {
-            Some(d) if header.sequence == 1 => {
-                (Some(TenantId::from(d.tenant_id)), Some(d.execution_id))
-            }
-            None if header.sequence == 1 => {
-                return Err(corrupt("first record of an execution has no declaration"));
-            }
-            _ => (None, None),
+            Some(d) => (Some(TenantId::from(d.tenant_id)), Some(d.execution_id)),
+            None => (None, None),
         };
         let pos = Pos {
             segment,
