@@ -253,7 +253,7 @@ fn run_seed(seed: u64) -> Retries {
                 // Wrong: one ahead, or one behind (or "none") of the latest.
                 (true, None, true) => ExpectedSequence::Exactly(1),
                 (true, Some(n), true) if rng.below(2) == 0 => ExpectedSequence::Exactly(n + 1),
-                (true, Some(n), true) if n == 1 => ExpectedSequence::NoExecution,
+                (true, Some(1), true) => ExpectedSequence::NoExecution,
                 (true, Some(n), true) => ExpectedSequence::Exactly(n - 1),
             };
             let options = AppendOptions {
