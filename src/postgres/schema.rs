@@ -14,13 +14,14 @@ use super::connect::Target;
 use crate::error::{Error, Result};
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Each migration: its version, a description, and its SQL.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "executions (head rows), events, commit tokens",
-    "
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "executions (head rows), events, commit tokens",
+        "
 CREATE TABLE execlog_executions (
     execution_id text   NOT NULL PRIMARY KEY,
     tenant_id    text   NOT NULL,
@@ -45,7 +46,21 @@ CREATE TABLE execlog_commits (
     at    timestamptz NOT NULL DEFAULT now()
 );
 ",
-)];
+    ),
+    (
+        2,
+        "idempotency keys of guarded appends",
+        "
+CREATE TABLE execlog_idempotency (
+    execution_id text   NOT NULL,
+    key          bytea  NOT NULL,
+    first_seq    bigint NOT NULL CHECK (first_seq >= 1),
+    last_seq     bigint NOT NULL CHECK (last_seq >= first_seq),
+    PRIMARY KEY (execution_id, key)
+);
+",
+    ),
+];
 
 /// Brings the store's schema to [`SCHEMA_VERSION`] (or, with `apply == false`, only
 /// checks that it is there). Sessions racing to create the same catalog objects can
