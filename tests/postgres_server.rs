@@ -648,12 +648,8 @@ mod server {
             // A replay is answered although its expectation no longer holds.
             let again = append(vec![step_event(4)], exactly(0).with_key(&long)).unwrap();
             assert_eq!(again, outcome(4, 4, true));
-            let other_tenant = store.append_with_blocking(
-                &e,
-                &TenantId::from("u"),
-                two(),
-                key("a\0b"),
-            );
+            let other_tenant =
+                store.append_with_blocking(&e, &TenantId::from("u"), two(), key("a\0b"));
             assert!(
                 matches!(other_tenant, Err(Error::TenantMismatch { .. })),
                 "{other_tenant:?}"
@@ -661,10 +657,7 @@ mod server {
             let never = ExecutionId::from("never");
             let err = store.append_with_blocking(&never, &t, two(), exactly(5).with_key("k"));
             assert!(
-                matches!(
-                    err,
-                    Err(Error::WrongExpectedSequence { actual: None, .. })
-                ),
+                matches!(err, Err(Error::WrongExpectedSequence { actual: None, .. })),
                 "{err:?}"
             );
             let default = append(vec![step_event(5)], AppendOptions::default()).unwrap();
@@ -755,7 +748,11 @@ mod server {
                     })
                 })
                 .collect();
-            while cutter.cuts.load(Ordering::SeqCst) < 8 {
+            let started = Instant::now();
+            // A writer ends early only by failing: then stop and report its failure.
+            while cutter.cuts.load(Ordering::SeqCst) < 8 && !writers.iter().any(|w| w.is_finished())
+            {
+                assert!(started.elapsed() < Duration::from_secs(120), "no progress");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             stop.store(true, Ordering::SeqCst);
@@ -764,7 +761,9 @@ mod server {
                 acked.extend(w.await.unwrap());
             }
             cutter.armed.store(false, Ordering::SeqCst);
-            let execs: Vec<_> = (1..4).map(|w| ExecutionId::from(format!("lost-{w}"))).collect();
+            let execs: Vec<_> = (1..4)
+                .map(|w| ExecutionId::from(format!("lost-{w}")))
+                .collect();
             let plain: Vec<_> = acked
                 .iter()
                 .map(|(e, seq, tag, _)| (e.clone(), *seq, *tag))
@@ -790,7 +789,9 @@ mod server {
             let _turn = turn();
             let schema = fresh_schema();
             let store = Arc::new(store(&url, &schema));
-            let execs: Vec<_> = (0..4).map(|i| ExecutionId::from(format!("k-{i}"))).collect();
+            let execs: Vec<_> = (0..4)
+                .map(|i| ExecutionId::from(format!("k-{i}")))
+                .collect();
             let t = TenantId::from("t");
             let stop = Arc::new(AtomicBool::new(false));
             let writers: Vec<_> = (0..32u64)
@@ -804,12 +805,18 @@ mod server {
                             let e = &execs[((w + i) % 4) as usize];
                             let tag = w * 1_000_000 + i;
                             let key = AppendOptions::key(format!("{tag}"));
+                            let mut tries = 0;
                             let got = loop {
+                                tries += 1;
                                 match store
                                     .append_with(e, &t, vec![step_event(tag)], key.clone())
                                     .await
                                 {
-                                    Ok(got) => break got,
+                                    // Only a retry of a failed call may be a replay.
+                                    Ok(got) => {
+                                        assert!(tries > 1 || !got.replayed, "{tag} replayed");
+                                        break got;
+                                    }
                                     Err(err) => {
                                         let err = engine_error(&err);
                                         assert!(
@@ -921,7 +928,11 @@ mod server {
                 .collect();
             let outcomes: Vec<_> = racers.into_iter().map(|r| r.join().unwrap()).collect();
             assert_eq!(outcomes.iter().filter(|o| !o.replayed).count(), 1);
-            assert!(outcomes.iter().all(|o| (o.first_sequence, o.last_sequence) == (3, 3)));
+            assert!(
+                outcomes
+                    .iter()
+                    .all(|o| (o.first_sequence, o.last_sequence) == (3, 3))
+            );
             assert_eq!(
                 psql(
                     &url,
@@ -1035,8 +1046,12 @@ mod server {
                             let latest = store.get_latest_sequence_blocking(&hot).unwrap();
                             let expected = ExpectedSequence::Exactly(latest.unwrap_or(0));
                             let options = AppendOptions::expect(expected);
-                            match store.append_with_blocking(&hot, &t, vec![step_event(tag)], options)
-                            {
+                            match store.append_with_blocking(
+                                &hot,
+                                &t,
+                                vec![step_event(tag)],
+                                options,
+                            ) {
                                 Ok(o) => won.push((o.first_sequence, latest, tag)),
                                 Err(Error::WrongExpectedSequence { .. }) => {}
                                 Err(other) => panic!("{other:?}"),
@@ -1058,7 +1073,11 @@ mod server {
                 assert_eq!(e.sequence, i as u64 + 1);
             }
             for (first, latest, tag) in won {
-                assert_eq!(first, latest.unwrap_or(0) + 1, "right after what it expected");
+                assert_eq!(
+                    first,
+                    latest.unwrap_or(0) + 1,
+                    "right after what it expected"
+                );
                 assert_eq!(event_number(&events[first as usize - 1].event), Some(tag));
             }
         }
@@ -1074,9 +1093,7 @@ mod server {
             };
             let _turn = turn();
             let schema = fresh_schema();
-            let options = PgOptions::default()
-                .schema(&schema)
-                .guarded_connections(1);
+            let options = PgOptions::default().schema(&schema).guarded_connections(1);
             let store = Arc::new(PgStore::connect_with(&url, options).unwrap());
             let (hot, t) = (ExecutionId::from("g-hot"), TenantId::from("t"));
             store.append(&hot, &t, step_event(0)).await.unwrap();
@@ -1128,8 +1145,14 @@ mod server {
                 "other guarded appends went on ({:?})",
                 started.elapsed()
             );
-            assert!(!waiting.is_finished(), "the append to the locked execution waits");
-            assert!(holder.try_wait().unwrap().is_none(), "the lock was held throughout");
+            assert!(
+                !waiting.is_finished(),
+                "the append to the locked execution waits"
+            );
+            assert!(
+                holder.try_wait().unwrap().is_none(),
+                "the lock was held throughout"
+            );
             psql(
                 &url,
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(31)%' \
@@ -1167,7 +1190,8 @@ mod server {
                                 let mut latencies = Vec::new();
                                 let mut i = 0;
                                 while Instant::now() < deadline {
-                                    let expect = AppendOptions::expect(ExpectedSequence::Exactly(i));
+                                    let expect =
+                                        AppendOptions::expect(ExpectedSequence::Exactly(i));
                                     let options = match mode {
                                         "plain" => AppendOptions::default(),
                                         "key" => AppendOptions::key(format!("{i}")),
