@@ -1163,11 +1163,13 @@ mod server {
             assert_eq!(waiting.await.unwrap(), outcome(2, 2, false));
         }
 
-        /// Guarded appends per second against plain ones, on this machine's server:
+        /// Guarded appends per second beside plain ones, on this machine's server:
         /// `scripts/postgres.sh run -- cargo test --features postgres --test
         /// postgres_server -- --ignored guarded_append_throughput --nocapture`.
-        /// Each writer appends single events to its own execution for 3 s: with a
-        /// fresh key each time, expecting its own last sequence, or plainly.
+        /// Each writer (a thread, blocking twins) appends single events to its own
+        /// execution for 3 s: plainly, with a fresh key each time, expecting its own
+        /// last sequence, or both; the server's transactions (commits and rollbacks)
+        /// and WAL flushes are counted from `pg_stat_database` and `pg_stat_wal`.
         #[test]
         #[ignore = "a measurement, not a check: run it by name with --ignored --nocapture"]
         fn guarded_append_throughput() {
@@ -1175,55 +1177,93 @@ mod server {
                 return;
             };
             let _turn = turn();
-            let t = TenantId::from("t");
-            println!("| writers | mode | appends/s | p50 µs | p99 µs |");
-            println!("|---:|---|---:|---:|---:|");
+            println!(
+                "| writers | mode | guarded_connections | appends/s | p50 / p99 µs | \
+                 transactions per append | appends per WAL flush | load average |"
+            );
+            println!("|---:|---|---:|---:|---:|---:|---:|---:|");
             for writers in [1u64, 16, 64] {
-                for mode in ["plain", "key", "expected", "key+expected"] {
-                    let store = Arc::new(store(&url, &fresh_schema()));
-                    let deadline = Instant::now() + Duration::from_secs(3);
-                    let threads: Vec<_> = (0..writers)
-                        .map(|w| {
-                            let (store, t) = (store.clone(), t.clone());
-                            std::thread::spawn(move || {
-                                let e = ExecutionId::from(format!("w{w}"));
-                                let mut latencies = Vec::new();
-                                let mut i = 0;
-                                while Instant::now() < deadline {
-                                    let expect =
-                                        AppendOptions::expect(ExpectedSequence::Exactly(i));
-                                    let options = match mode {
-                                        "plain" => AppendOptions::default(),
-                                        "key" => AppendOptions::key(format!("{i}")),
-                                        "expected" => expect,
-                                        _ => expect.with_key(format!("{i}")),
-                                    };
-                                    let began = Instant::now();
-                                    store
-                                        .append_with_blocking(&e, &t, vec![step_event(i)], options)
-                                        .unwrap();
-                                    latencies.push(began.elapsed());
-                                    i += 1;
-                                }
-                                latencies
-                            })
-                        })
-                        .collect();
-                    let mut all: Vec<_> = threads
-                        .into_iter()
-                        .flat_map(|t| t.join().unwrap())
-                        .collect();
-                    all.sort();
-                    let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
-                    println!(
-                        "| {writers} | {mode} | {:.0} | {} | {} |",
-                        all.len() as f64 / 3.0,
-                        at(0.5).as_micros(),
-                        at(0.99).as_micros()
-                    );
-                    store.close().unwrap();
+                for (mode, connections) in [
+                    ("plain", 2),
+                    ("key", 2),
+                    ("expected", 2),
+                    ("key+expected", 2),
+                    ("key", 8),
+                ] {
+                    if writers == 1 && connections != 2 {
+                        continue;
+                    }
+                    measure(&url, writers, mode, connections);
                 }
             }
+        }
+
+        fn server_counters(url: &str) -> (i64, i64) {
+            let out = psql(
+                url,
+                "SELECT (SELECT xact_commit + xact_rollback FROM pg_stat_database \
+                 WHERE datname = current_database()), (SELECT wal_sync FROM pg_stat_wal)",
+            );
+            let mut it = out.trim().split('|').map(|n| n.parse::<i64>().unwrap());
+            (it.next().unwrap(), it.next().unwrap())
+        }
+
+        fn measure(url: &str, writers: u64, mode: &'static str, connections: usize) {
+            let options = PgOptions::default()
+                .schema(fresh_schema())
+                .guarded_connections(connections);
+            let store = Arc::new(PgStore::connect_with(url, options).unwrap());
+            let t = TenantId::from("t");
+            let before = server_counters(url);
+            let deadline = Instant::now() + Duration::from_secs(3);
+            let threads: Vec<_> = (0..writers)
+                .map(|w| {
+                    let (store, t) = (store.clone(), t.clone());
+                    std::thread::spawn(move || {
+                        let e = ExecutionId::from(format!("w{w}"));
+                        let mut latencies = Vec::new();
+                        let mut i = 0;
+                        while Instant::now() < deadline {
+                            let expect = AppendOptions::expect(ExpectedSequence::Exactly(i));
+                            let options = match mode {
+                                "plain" => AppendOptions::default(),
+                                "key" => AppendOptions::key(format!("{i}")),
+                                "expected" => expect,
+                                _ => expect.with_key(format!("{i}")),
+                            };
+                            let began = Instant::now();
+                            store
+                                .append_with_blocking(&e, &t, vec![step_event(i)], options)
+                                .unwrap();
+                            latencies.push(began.elapsed());
+                            i += 1;
+                        }
+                        latencies
+                    })
+                })
+                .collect();
+            let mut all: Vec<_> = threads
+                .into_iter()
+                .flat_map(|t| t.join().unwrap())
+                .collect();
+            store.close().unwrap();
+            drop(store);
+            // Backends report their counters when they end.
+            std::thread::sleep(Duration::from_millis(1500));
+            let after = server_counters(url);
+            all.sort();
+            let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
+            let n = all.len() as f64;
+            let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+            println!(
+                "| {writers} | {mode} | {connections} | {:.0} | {} / {} | {:.2} | {:.1} | {} |",
+                n / 3.0,
+                at(0.5).as_micros(),
+                at(0.99).as_micros(),
+                (after.0 - before.0) as f64 / n,
+                n / (after.1 - before.1).max(1) as f64,
+                load.split(' ').next().unwrap_or("?"),
+            );
         }
     }
 }
