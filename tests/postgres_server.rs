@@ -1182,6 +1182,23 @@ mod server {
                  transactions per append | appends per WAL flush | load average |"
             );
             println!("|---:|---|---:|---:|---:|---:|---:|---:|");
+            // EXECLOG_GUARDED_BENCH=64:key:2,16:plain:2 measures only those.
+            if let Ok(only) = std::env::var("EXECLOG_GUARDED_BENCH") {
+                for run in only.split(',') {
+                    let parts: Vec<&str> = run.split(':').collect();
+                    let mode = ["plain", "key", "expected", "key+expected"]
+                        .into_iter()
+                        .find(|m| *m == parts[1])
+                        .unwrap();
+                    measure(
+                        &url,
+                        parts[0].parse().unwrap(),
+                        mode,
+                        parts[2].parse().unwrap(),
+                    );
+                }
+                return;
+            }
             for writers in [1u64, 16, 64] {
                 for (mode, connections) in [
                     ("plain", 2),

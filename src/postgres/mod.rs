@@ -20,7 +20,8 @@
 //!
 //! Errors are [`Error`] values inside the trait's `anyhow::Error`
 //! (`err.downcast_ref::<execlog::Error>()`): the embedded store's variants where they
-//! apply (`InvalidArgument`, `TenantMismatch`, `Closed`), plus
+//! apply (`InvalidArgument`, `TenantMismatch`, `Closed`, and for guarded appends
+//! `WrongExpectedSequence` and `IdempotencyConflict`), plus
 //! [`Error::Unavailable`] (the server cannot be reached now: retry later) and
 //! [`Error::Database`] (the server refused: wrong password, unknown database, missing
 //! privilege; a retry will not help). Connecting creates or migrates the tables unless
