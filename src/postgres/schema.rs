@@ -73,7 +73,7 @@ pub(crate) async fn migrate(client: &mut Client, target: &Target, apply: bool) -
                 if tries < 5
                     && matches!(
                         code.as_str(),
-                        "23505" | "42P06" | "42P07" | "40P01" | "40001" | "XX000"
+                        "23505" | "42P06" | "42P07" | "42710" | "40P01" | "40001" | "XX000"
                     ) =>
             {
                 tries += 1;
@@ -160,15 +160,15 @@ async fn migrate_once(client: &mut Client, target: &Target, apply: bool) -> Resu
     tx.commit().await.map_err(err)
 }
 
-/// Runs a `CREATE … IF NOT EXISTS`, which can still fail with a unique violation when
-/// two sessions create the same object at once; the loser then finds it made.
+/// Runs a `CREATE … IF NOT EXISTS`, which can still fail when two sessions create the
+/// same object at once (a unique violation in the catalog, or 42710 "type … already
+/// exists" for a table's row type); the loser then finds it made.
 async fn create_if_missing(client: &Client, sql: &str, target: &Target) -> Result<()> {
     match client.batch_execute(sql).await {
         Ok(()) => Ok(()),
         Err(e)
-            if e.code().is_some_and(|c| {
-                c.code() == "23505" || c.code() == "42P06" || c.code() == "42P07"
-            }) =>
+            if e.code()
+                .is_some_and(|c| matches!(c.code(), "23505" | "42P06" | "42P07" | "42710")) =>
         {
             Ok(())
         }
