@@ -196,7 +196,7 @@ pub fn stats(dir: &Path) -> Result<ExitCode, String> {
         s.sparse_index_bytes
     );
     out!(
-        "idempotency keys:  {} keyed appends ({} bytes of lookup tables; the keys stay on disk)",
+        "keyed appends:     {} ({} bytes of lookup tables; the keys stay on disk)",
         s.idempotency_keys,
         s.idempotency_key_bytes
     );
