@@ -116,6 +116,12 @@ impl AppendOptions {
         self
     }
 
+    /// These options with `expected` as expected sequence.
+    pub fn with_expected(mut self, expected: ExpectedSequence) -> Self {
+        self.expected = expected;
+        self
+    }
+
     /// Refuses an empty or overlong key before anything else happens.
     pub(crate) fn validate(&self) -> Result<()> {
         match &self.idempotency_key {
@@ -154,9 +160,24 @@ pub trait GuardedEventStore: EventStore {
     /// Appends `events` atomically, as [`EventStore::append_batch`], if `options` allow
     /// it; returns once the events (or, for a replay, the original ones) are durable.
     ///
-    /// Fails with [`Error::WrongExpectedSequence`] or [`Error::IdempotencyConflict`]
-    /// having written nothing. A dropped future may still have stored its events;
-    /// retrying with the same idempotency key is the safe answer.
+    /// The checks, in order, atomically with the write:
+    /// 1. ids, the key's length, the events (as `append_batch`): `InvalidArgument`;
+    /// 2. the tenant owns the execution: else [`Error::TenantMismatch`] (which says
+    ///    that the execution exists, not whose it is: prefer unguessable ids such as
+    ///    [`ExecutionId::new`]'s);
+    /// 3. the key: if an earlier append to this execution used it, the answer is
+    ///    that append's outcome with `replayed: true` (same events) or
+    ///    [`Error::IdempotencyConflict`] (other events), whatever the expected
+    ///    sequence says now: the original passed its own check. So of several racing
+    ///    `NoExecution` appends with one key, all succeed and exactly one has
+    ///    `replayed: false`: look at `replayed` to know whether this call wrote;
+    /// 4. the expected sequence: else [`Error::WrongExpectedSequence`], whose `actual`
+    ///    may be a sequence still waiting for its fsync (a reload can lag it; a retry
+    ///    with `Exactly(actual)` is right).
+    ///
+    /// A refused append writes nothing and uses up no sequence. A dropped future may
+    /// still have stored its events; retrying with the same idempotency key is the
+    /// safe answer.
     async fn append_with(
         &self,
         execution_id: &ExecutionId,
@@ -171,25 +192,42 @@ pub trait GuardedEventStore: EventStore {
         execution_id: &ExecutionId,
     ) -> anyhow::Result<Option<TenantId>>;
 
-    /// Reads as `tenant_id`: see [`TenantView`].
+    /// Reads as `tenant_id`: see [`TenantView`]. (On a trait object, use
+    /// [`TenantView::new`].)
     fn tenant(&self, tenant_id: &TenantId) -> TenantView<'_, Self>
     where
         Self: Sized,
     {
-        TenantView {
-            store: self,
-            tenant_id: tenant_id.clone(),
-        }
+        TenantView::new(self, tenant_id)
     }
 }
 
 /// The read side of a store, as one tenant sees it: an execution of another tenant is
 /// answered exactly as an unknown execution is (no events, no sequence, not existing),
-/// so that an execution id learned elsewhere reveals nothing.
+/// so that an execution id learned elsewhere reveals nothing to reads. (Appends still
+/// answer [`Error::TenantMismatch`]; see [`GuardedEventStore::append_with`].)
+///
+/// Made by `store.tenant(&tenant_id)`, or [`TenantView::new`] for a trait object.
+/// `LogStore` and `PgStore` views also have blocking twins of the reads.
 #[derive(Debug)]
 pub struct TenantView<'a, S: ?Sized> {
     store: &'a S,
     tenant_id: TenantId,
+}
+
+impl<'a, S: ?Sized> TenantView<'a, S> {
+    /// A view of `store` as `tenant_id`; works for `dyn GuardedEventStore` too.
+    pub fn new(store: &'a S, tenant_id: &TenantId) -> Self {
+        TenantView {
+            store,
+            tenant_id: tenant_id.clone(),
+        }
+    }
+
+    /// The store read through this view.
+    pub(crate) fn store(&self) -> &'a S {
+        self.store
+    }
 }
 
 impl<S: GuardedEventStore + ?Sized> TenantView<'_, S> {
@@ -265,3 +303,83 @@ impl<S: GuardedEventStore + ?Sized> TenantView<'_, S> {
             .await
     }
 }
+
+/// Blocking twins of [`TenantView`]'s reads for a store with blocking twins of its own
+/// (`LogStore`, `PgStore`): the same answers, without an async runtime.
+macro_rules! blocking_tenant_view {
+    ($store:ty) => {
+        impl $crate::guard::TenantView<'_, $store> {
+            /// Whether the execution exists and belongs to this tenant.
+            fn owns_blocking(&self, execution_id: &ExecutionId) -> $crate::Result<bool> {
+                let owner = self.store().execution_tenant_blocking(execution_id)?;
+                Ok(owner.as_ref() == Some(self.tenant_id()))
+            }
+
+            /// [`TenantView::load_events`], blocking.
+            pub fn load_events_blocking(
+                &self,
+                execution_id: &ExecutionId,
+            ) -> $crate::Result<Vec<StoredEvent>> {
+                self.load_events_after_blocking(execution_id, 0)
+            }
+
+            /// [`TenantView::load_events_after`], blocking.
+            pub fn load_events_after_blocking(
+                &self,
+                execution_id: &ExecutionId,
+                after_seq: u64,
+            ) -> $crate::Result<Vec<StoredEvent>> {
+                if !self.owns_blocking(execution_id)? {
+                    return Ok(Vec::new());
+                }
+                let events = self
+                    .store()
+                    .load_events_after_blocking(execution_id, after_seq)?;
+                Ok(events
+                    .into_iter()
+                    .filter(|e| &e.tenant_id == self.tenant_id())
+                    .collect())
+            }
+
+            /// [`TenantView::get_latest_sequence`], blocking.
+            pub fn get_latest_sequence_blocking(
+                &self,
+                execution_id: &ExecutionId,
+            ) -> $crate::Result<Option<u64>> {
+                if !self.owns_blocking(execution_id)? {
+                    return Ok(None);
+                }
+                self.store().get_latest_sequence_blocking(execution_id)
+            }
+
+            /// [`TenantView::execution_exists`], blocking.
+            pub fn execution_exists_blocking(
+                &self,
+                execution_id: &ExecutionId,
+            ) -> $crate::Result<bool> {
+                Ok(self.get_latest_sequence_blocking(execution_id)?.is_some())
+            }
+
+            /// [`TenantView::count_events`], blocking.
+            pub fn count_events_blocking(&self, execution_id: &ExecutionId) -> $crate::Result<u64> {
+                Ok(self
+                    .get_latest_sequence_blocking(execution_id)?
+                    .unwrap_or(0))
+            }
+
+            /// [`TenantView::list_executions`], blocking.
+            pub fn list_executions_blocking(
+                &self,
+                limit: usize,
+                offset: usize,
+            ) -> $crate::Result<Vec<ExecutionId>> {
+                self.store()
+                    .list_executions_blocking(self.tenant_id(), limit, offset)
+            }
+        }
+    };
+}
+
+blocking_tenant_view!(crate::log_store::LogStore);
+#[cfg(feature = "postgres")]
+blocking_tenant_view!(crate::postgres::PgStore);

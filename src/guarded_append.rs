@@ -100,6 +100,9 @@ impl LogStore {
         options: &AppendOptions,
     ) -> Result<Prepared> {
         self.check_open()?;
+        // The order of the checks is PgStore's too: ids, key, then the events.
+        validate_id("execution", execution_id.as_str())?;
+        validate_id("tenant", tenant_id.as_str())?;
         options.validate()?;
         let ids = (execution_id, tenant_id);
         append::prepare_keyed(self.shared(), ids, events, options.idempotency_key.clone())

@@ -513,10 +513,13 @@ mod adversary {
     // ------------------------------------------------------------------ timeouts
 
     /// A TCP proxy that can go silent: while `frozen`, nothing is forwarded and no
-    /// connection is closed (a partitioned network, a hung server).
+    /// connection is closed (a partitioned network, a hung server). With
+    /// `freeze_at_commit` set, the next `COMMIT` a client sends reaches the server and
+    /// then the proxy freezes, before any reply (a commit whose outcome is lost).
     struct Freezer {
         port: u16,
         frozen: Arc<AtomicBool>,
+        freeze_at_commit: Arc<AtomicBool>,
     }
 
     impl Freezer {
@@ -524,18 +527,23 @@ mod adversary {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             let port = listener.local_addr().unwrap().port();
             let frozen = Arc::new(AtomicBool::new(false));
-            let f = frozen.clone();
+            let freeze_at_commit = Arc::new(AtomicBool::new(false));
+            let (f, at_commit) = (frozen.clone(), freeze_at_commit.clone());
             std::thread::spawn(move || {
                 for client in listener.incoming() {
                     let Ok(client) = client else { return };
                     let Ok(upstream) = TcpStream::connect(server) else {
                         continue;
                     };
-                    for (mut from, mut to) in [
-                        (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
-                        (upstream, client),
+                    for (to_server, mut from, mut to) in [
+                        (
+                            true,
+                            client.try_clone().unwrap(),
+                            upstream.try_clone().unwrap(),
+                        ),
+                        (false, upstream, client),
                     ] {
-                        let f = f.clone();
+                        let (f, at_commit) = (f.clone(), at_commit.clone());
                         std::thread::spawn(move || {
                             let mut buf = vec![0u8; 1 << 16];
                             loop {
@@ -544,6 +552,19 @@ mod adversary {
                                 }
                                 match from.read(&mut buf) {
                                     Ok(n @ 1..) => {
+                                        let commit = buf[..n].windows(7).any(|w| w == b"COMMIT\0");
+                                        if to_server
+                                            && commit
+                                            && at_commit.swap(false, Ordering::SeqCst)
+                                        {
+                                            // Silent from now on, this COMMIT included
+                                            // in what the server gets.
+                                            f.store(true, Ordering::SeqCst);
+                                            if to.write_all(&buf[..n]).is_err() {
+                                                return;
+                                            }
+                                            continue;
+                                        }
                                         while f.load(Ordering::SeqCst) {
                                             std::thread::sleep(Duration::from_millis(20));
                                         }
@@ -561,7 +582,11 @@ mod adversary {
                     }
                 }
             });
-            Freezer { port, frozen }
+            Freezer {
+                port,
+                frozen,
+                freeze_at_commit,
+            }
         }
     }
 
@@ -630,6 +655,66 @@ mod adversary {
             matches!(read, Ok(Err(Error::Unavailable { .. }))),
             "read 21 s into a silent outage (reconnect_timeout 2 s): {read:?}"
         );
+    }
+
+    /// Guarded appends whose `COMMIT` reached the server, which then fell silent for
+    /// longer than `reconnect_timeout`: the outcome cannot be learned, so each append
+    /// fails with `Unavailable` saying that it may or may not be stored (with a key:
+    /// that retrying with it is safe), never `Ok` nor a refusal. Once the server
+    /// answers again, retrying the key replays what was stored, and the expected
+    /// sequence of the unkeyed one shows that it was stored too.
+    #[test]
+    fn a_guarded_append_whose_outcome_cannot_be_learned_says_so() {
+        let Some(url) = url("a_guarded_append_whose_outcome_cannot_be_learned_says_so") else {
+            return;
+        };
+        let _turn = turn();
+        let hp = host_port(&url);
+        let server = std::net::ToSocketAddrs::to_socket_addrs(&hp)
+            .unwrap()
+            .next()
+            .unwrap();
+        let freezer = Freezer::start(server);
+        let proxied = url.replacen(&hp, &format!("127.0.0.1:{}", freezer.port), 1);
+        let options = opts(&fresh_schema())
+            .reconnect_timeout(Duration::from_secs(2))
+            .connect_timeout(Duration::from_secs(1));
+        let store = PgStore::connect_with(&proxied, options).unwrap();
+        let (e, tenant) = (x("e"), t("t"));
+        let key = |k: &str| AppendOptions::key(k);
+        let append =
+            |n, options| store.append_with_blocking(&e, &tenant, vec![step_event(n)], options);
+        append(0, key("k0")).unwrap();
+        for (n, options) in [
+            (1, key("k1")),
+            (2, AppendOptions::expect(ExpectedSequence::Exactly(2))),
+        ] {
+            freezer.freeze_at_commit.store(true, Ordering::SeqCst);
+            let started = Instant::now();
+            let lost = append(n, options.clone());
+            freezer.frozen.store(false, Ordering::SeqCst);
+            let reason = match &lost {
+                Err(Error::Unavailable { reason, .. }) => reason.clone(),
+                other => panic!("append {n} with its outcome lost: {other:?}"),
+            };
+            assert!(reason.contains("may or may not be stored"), "{reason}");
+            assert_eq!(
+                reason.contains("same idempotency key"),
+                options.idempotency_key.is_some(),
+                "{reason}"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{:?}",
+                started.elapsed()
+            );
+        }
+        let replay = append(1, key("k1")).unwrap();
+        assert_eq!(
+            (replay.first_sequence, replay.last_sequence, replay.replayed),
+            (2, 2, true)
+        );
+        assert_eq!(store.get_latest_sequence_blocking(&e).unwrap(), Some(3));
     }
 
     /// FAILS ON e913381 (hang). `connect_timeout` bounds only the TCP connect: a server

@@ -97,6 +97,18 @@ fn demo_then_inspect() {
     let out = execlog(&["stats", d], "");
     assert!(out.status.success());
     assert!(text(&out.stdout).contains("executions:        40"));
+    // After the demo's clean close the index came from the checkpoint: nothing (or
+    // only what follows it) was read record by record, and the JSON form says the same.
+    let out = execlog(&["stats", d, "--json"], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(v["executions"], 40);
+    assert!(v["events"].as_u64().unwrap() > 40);
+    assert!(
+        v["open"]["bytes_from_checkpoint"].as_u64().unwrap() > 0,
+        "{v}"
+    );
+    assert_eq!(v["open"]["bytes_scanned_record_by_record"], 0, "{v}");
 
     let out = execlog(&["verify", d], "");
     assert!(out.status.success(), "{}", text(&out.stderr));

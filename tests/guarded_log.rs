@@ -205,3 +205,37 @@ fn a_format_v1_store_takes_keyed_appends_in_a_new_segment() {
     assert!(again.replayed);
     assert_eq!(again.first_sequence, o.first_sequence);
 }
+
+#[test]
+fn tenant_views_read_blocking_and_through_trait_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(dir.path()).unwrap();
+    let (e, mine, other) = (
+        ExecutionId::from("run"),
+        TenantId::from("mine"),
+        TenantId::from("other"),
+    );
+    store.append_blocking(&e, &mine, step_event(1)).unwrap();
+    let own = store.tenant(&mine);
+    assert_eq!(own.load_events_blocking(&e).unwrap().len(), 1);
+    assert_eq!(own.get_latest_sequence_blocking(&e).unwrap(), Some(1));
+    assert_eq!(
+        own.list_executions_blocking(10, 0).unwrap(),
+        vec![e.clone()]
+    );
+    let theirs = store.tenant(&other);
+    assert!(theirs.load_events_blocking(&e).unwrap().is_empty());
+    assert!(theirs.load_events_after_blocking(&e, 0).unwrap().is_empty());
+    assert_eq!(theirs.get_latest_sequence_blocking(&e).unwrap(), None);
+    assert!(!theirs.execution_exists_blocking(&e).unwrap());
+    assert_eq!(theirs.count_events_blocking(&e).unwrap(), 0);
+    assert!(theirs.list_executions_blocking(10, 0).unwrap().is_empty());
+    // A trait object: the view is made with `TenantView::new`.
+    let shared: std::sync::Arc<dyn GuardedEventStore> = std::sync::Arc::new(store);
+    futures::executor::block_on(async {
+        let view = TenantView::new(shared.as_ref(), &other);
+        assert!(view.load_events(&e).await.unwrap().is_empty());
+        let view = TenantView::new(shared.as_ref(), &mine);
+        assert_eq!(view.count_events(&e).await.unwrap(), 1);
+    });
+}

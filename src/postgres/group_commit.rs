@@ -91,10 +91,10 @@ GROUP BY execution_id";
 
 /// How long a group made only of appends to busy executions waits for their locks
 /// before it steps aside (a PostgreSQL `lock_timeout`).
-const BUSY_WAIT: &str = "50ms";
+pub(crate) const BUSY_WAIT: &str = "50ms";
 
 /// Every this many committed groups, a writer deletes old commit tokens.
-const PRUNE_EVERY: u64 = 1024;
+pub(crate) const PRUNE_EVERY: u64 = 1024;
 
 /// One append waiting for its group.
 pub(crate) struct Request {
@@ -123,7 +123,7 @@ pub(crate) struct Clock {
 }
 
 impl Clock {
-    fn now_ns(&self) -> i64 {
+    pub(crate) fn now_ns(&self) -> i64 {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
@@ -533,63 +533,78 @@ impl Writer {
     }
 
     /// `Some(rows)` if the transaction carrying `token` committed, `None` if it did
-    /// not and never will.
-    ///
-    /// Inserting the same token waits while that transaction is still open, then
-    /// conflicts if it committed, or succeeds if it did not (and then it can no longer
-    /// commit: its token would be a duplicate). The transaction ids are not trusted
-    /// alone: after a server crash, an id handed out but never logged is handed out
-    /// again. When it committed, this transaction commits too, with an id of its own,
-    /// so the answer waits, as the lost one's would have, for the WAL flush and any
-    /// synchronous standby.
+    /// not and never will ([`settle`]).
     async fn outcome(&mut self, token: &str) -> Result<Option<Vec<Row>>> {
         let mut conn = self.take_connection().await?;
-        let target = Arc::clone(&self.target);
-        let err = |e: tokio_postgres::Error| target.error(&e);
-        let tx = conn.client.transaction().await.map_err(err)?;
-        tx.query_one("SELECT pg_current_xact_id()::text", &[])
+        let rows = settle(&mut conn.client, token, COMMITTED_SQL, &[&token])
             .await
-            .map_err(err)?;
-        let claimed = tx
-            .query(
-                "INSERT INTO execlog_commits (token) VALUES ($1) ON CONFLICT DO NOTHING RETURNING token",
-                &[&token],
-            )
-            .await
-            .map_err(err)?;
-        if !claimed.is_empty() {
-            tx.rollback().await.map_err(err)?;
-            self.conn = Some(conn);
-            return Ok(None);
-        }
-        let rows = tx.query(COMMITTED_SQL, &[&token]).await.map_err(err)?;
-        // A write, so that this commit has WAL to flush and, like the lost commit,
-        // waits for the flush and for any synchronous standby (a transaction that
-        // wrote nothing does not wait).
-        tx.execute(
-            "UPDATE execlog_commits SET at = now() WHERE token = $1",
-            &[&token],
-        )
-        .await
-        .map_err(err)?;
-        tx.commit().await.map_err(err)?;
+            .map_err(|e| self.target.error(&e))?;
         self.conn = Some(conn);
-        Ok(Some(rows))
+        Ok(rows)
     }
 
     /// Deletes commit tokens far older than any resolution could still need.
     async fn prune_tokens(&mut self) {
-        let keep = (self.target.reconnect_timeout * 4).max(Duration::from_secs(600));
-        let sql = format!(
-            "DELETE FROM execlog_commits WHERE at < now() - interval '{} seconds'",
-            keep.as_secs()
-        );
-        if let Some(conn) = &self.conn
-            && let Err(e) = conn.client.batch_execute(&sql).await
-        {
-            log::warn!("execlog: pruning old commit tokens failed: {e}");
+        if let Some(conn) = &self.conn {
+            prune_tokens(&conn.client, &self.target).await;
         }
     }
+}
+
+/// Deletes commit tokens far older than any resolution could still need (the group
+/// commit and guarded appends each do it every [`PRUNE_EVERY`] commits).
+pub(crate) async fn prune_tokens(client: &Client, target: &Target) {
+    let keep = (target.reconnect_timeout * 4).max(Duration::from_secs(600));
+    let sql = format!(
+        "DELETE FROM execlog_commits WHERE at < now() - interval '{} seconds'",
+        keep.as_secs()
+    );
+    if let Err(e) = client.batch_execute(&sql).await {
+        log::warn!("execlog: pruning old commit tokens failed: {e}");
+    }
+}
+
+/// Whether the transaction that inserted `token` into `execlog_commits` committed:
+/// `Some` with the rows of `committed_sql` (run with `params` inside this
+/// transaction) if it did, `None` if it did not and now never can.
+///
+/// Inserting the same token waits while that transaction is still open, then
+/// conflicts if it committed, or succeeds if it did not (and then it can no longer
+/// commit: its token would be a duplicate). The transaction ids are not trusted alone:
+/// after a server crash, an id handed out but never logged is handed out again. When
+/// it committed, this transaction commits too, having written, so the answer waits,
+/// as the lost commit's would have, for the WAL flush and any synchronous standby.
+/// Used by the group commit and by guarded appends (`guarded_commit.rs`).
+pub(crate) async fn settle(
+    client: &mut Client,
+    token: &str,
+    committed_sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> std::result::Result<Option<Vec<Row>>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.query_one("SELECT pg_current_xact_id()::text", &[])
+        .await?;
+    let claimed = tx
+        .query(
+            "INSERT INTO execlog_commits (token) VALUES ($1) ON CONFLICT DO NOTHING RETURNING token",
+            &[&token],
+        )
+        .await?;
+    if !claimed.is_empty() {
+        tx.rollback().await?;
+        return Ok(None);
+    }
+    let rows = tx.query(committed_sql, params).await?;
+    // A write, so that this commit has WAL to flush and, like the lost commit, waits
+    // for the flush and for any synchronous standby (a transaction that wrote nothing
+    // does not wait).
+    tx.execute(
+        "UPDATE execlog_commits SET at = now() WHERE token = $1",
+        &[&token],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some(rows))
 }
 
 /// A refusal as an [`Attempt`]: retried when the server rolled back for contention.
@@ -605,7 +620,7 @@ fn classify(failure: &tokio_postgres::Error, error: Error) -> Attempt {
     }
 }
 
-fn in_doubt(error: Error) -> Error {
+pub(crate) fn in_doubt(error: Error) -> Error {
     match error {
         Error::Unavailable { server, reason } => Error::Unavailable {
             server,

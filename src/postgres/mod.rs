@@ -20,7 +20,8 @@
 //!
 //! Errors are [`Error`] values inside the trait's `anyhow::Error`
 //! (`err.downcast_ref::<execlog::Error>()`): the embedded store's variants where they
-//! apply (`InvalidArgument`, `TenantMismatch`, `Closed`), plus
+//! apply (`InvalidArgument`, `TenantMismatch`, `Closed`, and for guarded appends
+//! `WrongExpectedSequence` and `IdempotencyConflict`), plus
 //! [`Error::Unavailable`] (the server cannot be reached now: retry later) and
 //! [`Error::Database`] (the server refused: wrong password, unknown database, missing
 //! privilege; a retry will not help). Connecting creates or migrates the tables unless
@@ -33,6 +34,9 @@
 //! - **append** → validate and encode here (the same checks and codec as the embedded
 //!   store) → a bounded queue → `group_commit.rs` (the appends waiting when a write
 //!   connection is free share one transaction and one WAL flush).
+//! - **guarded append** (an idempotency key or an expected sequence) → validate and
+//!   encode in `guarded.rs` → `guarded_commit.rs` (one transaction per append on a
+//!   small pool of its own, checks and write under the execution's head row lock).
 //! - **read** → `read.rs` (shared, pipelined connections) → rows decoded here.
 //!
 //! The connections live on a small tokio runtime owned by the store; callers only wait
@@ -42,6 +46,8 @@
 mod block_on;
 mod connect;
 mod group_commit;
+mod guarded;
+mod guarded_commit;
 mod import;
 mod options;
 mod read;
@@ -85,6 +91,11 @@ pub struct PgStore {
     readers: Arc<Readers>,
     /// `import.rs`: the migration path's own connection.
     importer: Arc<import::Importer>,
+    /// `guarded_commit.rs`: the guarded appends' connections.
+    guarded: Arc<guarded_commit::Guarded>,
+    /// Held (read) by every guarded append from its admission to its answer; `close`
+    /// takes it (write) to wait for them.
+    gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -157,6 +168,11 @@ impl PgStore {
             })
             .collect();
         let readers = Arc::new(Readers::new(Arc::clone(&target), options.read_connections));
+        let guarded = Arc::new(guarded_commit::Guarded::new(
+            Arc::clone(&target),
+            clock,
+            options.guarded_connections,
+        ));
         Ok(PgStore {
             runtime: Some(runtime),
             handle,
@@ -166,6 +182,8 @@ impl PgStore {
             writers: Mutex::new(writers),
             readers,
             importer: Arc::default(),
+            guarded,
+            gate: Arc::default(),
         })
     }
 
@@ -178,6 +196,9 @@ impl PgStore {
     /// closes the connections. Later calls fail with [`Error::Closed`].
     pub fn close(&self) -> Result<()> {
         self.sender.lock().take();
+        // Guarded appends admitted before the line above are answered first.
+        drop(block_on(self.gate.write()));
+        self.guarded.close();
         let writers = std::mem::take(&mut *self.writers.lock());
         for writer in writers {
             block_on(writer).map_err(panicked)?;

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 pub struct PgOptions {
     pub(crate) write_connections: usize,
     pub(crate) read_connections: usize,
+    pub(crate) guarded_connections: usize,
     pub(crate) schema: Option<String>,
     pub(crate) auto_migrate: bool,
     pub(crate) reconnect_timeout: Duration,
@@ -29,6 +30,7 @@ impl Default for PgOptions {
         PgOptions {
             write_connections: 2,
             read_connections: 2,
+            guarded_connections: 2,
             schema: Some("execlog".into()),
             auto_migrate: true,
             reconnect_timeout: Duration::from_secs(30),
@@ -55,6 +57,14 @@ impl PgOptions {
     /// Connections that serve reads, pipelined (default 2).
     pub fn read_connections(mut self, n: usize) -> Self {
         self.read_connections = n;
+        self
+    }
+
+    /// Connections that run guarded appends (an idempotency key or an expected
+    /// sequence, `GuardedEventStore::append_with`), each append a transaction of its
+    /// own (default 2, made on first use). Unguarded appends never wait for them.
+    pub fn guarded_connections(mut self, n: usize) -> Self {
+        self.guarded_connections = n;
         self
     }
 
@@ -115,9 +125,13 @@ impl PgOptions {
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
-        if self.write_connections == 0 || self.read_connections == 0 {
+        if self.write_connections == 0
+            || self.read_connections == 0
+            || self.guarded_connections == 0
+        {
             return Err(Error::InvalidArgument(
-                "write_connections and read_connections must be at least 1".into(),
+                "write_connections, read_connections and guarded_connections must be at least 1"
+                    .into(),
             ));
         }
         if self.max_event_bytes == 0 || self.max_event_bytes > self.max_batch_bytes {

@@ -24,6 +24,9 @@ LIMIT $3";
 
 const LATEST_SQL: &str = "SELECT last_seq FROM execlog_executions WHERE execution_id = $1";
 
+const TENANT_SQL: &str =
+    "SELECT tenant_id FROM execlog_executions WHERE execution_id = $1 AND last_seq > 0";
+
 const LIST_SQL: &str = "
 SELECT execution_id FROM execlog_executions
 WHERE tenant_id = $1
@@ -40,6 +43,8 @@ pub(crate) enum Query {
     },
     /// The head row's last sequence.
     Latest { execution: String },
+    /// The owner of an execution with events.
+    Tenant { execution: String },
     /// A tenant's executions, newest first.
     List {
         tenant: String,
@@ -54,6 +59,7 @@ struct Conn {
     client: Client,
     load: Statement,
     latest: Statement,
+    tenant: Statement,
     list: Statement,
 }
 
@@ -128,6 +134,7 @@ impl Readers {
                     .await
             }
             Query::Latest { execution } => conn.client.query(&conn.latest, &[execution]).await,
+            Query::Tenant { execution } => conn.client.query(&conn.tenant, &[execution]).await,
             Query::List {
                 tenant,
                 limit,
@@ -163,6 +170,7 @@ impl Readers {
         let conn = Arc::new(Conn {
             load: client.prepare(LOAD_SQL).await.map_err(err)?,
             latest: client.prepare(LATEST_SQL).await.map_err(err)?,
+            tenant: client.prepare(TENANT_SQL).await.map_err(err)?,
             list: client.prepare(LIST_SQL).await.map_err(err)?,
             client,
         });

@@ -14,13 +14,14 @@ use super::connect::Target;
 use crate::error::{Error, Result};
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Each migration: its version, a description, and its SQL.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "executions (head rows), events, commit tokens",
-    "
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "executions (head rows), events, commit tokens",
+        "
 CREATE TABLE execlog_executions (
     execution_id text   NOT NULL PRIMARY KEY,
     tenant_id    text   NOT NULL,
@@ -45,7 +46,21 @@ CREATE TABLE execlog_commits (
     at    timestamptz NOT NULL DEFAULT now()
 );
 ",
-)];
+    ),
+    (
+        2,
+        "idempotency keys of guarded appends",
+        "
+CREATE TABLE execlog_idempotency (
+    execution_id text   NOT NULL,
+    key          bytea  NOT NULL,
+    first_seq    bigint NOT NULL CHECK (first_seq >= 1),
+    last_seq     bigint NOT NULL CHECK (last_seq >= first_seq),
+    PRIMARY KEY (execution_id, key)
+);
+",
+    ),
+];
 
 /// Brings the store's schema to [`SCHEMA_VERSION`] (or, with `apply == false`, only
 /// checks that it is there). Sessions racing to create the same catalog objects can
@@ -58,7 +73,7 @@ pub(crate) async fn migrate(client: &mut Client, target: &Target, apply: bool) -
                 if tries < 5
                     && matches!(
                         code.as_str(),
-                        "23505" | "42P06" | "42P07" | "40P01" | "40001" | "XX000"
+                        "23505" | "42P06" | "42P07" | "42710" | "40P01" | "40001" | "XX000"
                     ) =>
             {
                 tries += 1;
@@ -145,15 +160,15 @@ async fn migrate_once(client: &mut Client, target: &Target, apply: bool) -> Resu
     tx.commit().await.map_err(err)
 }
 
-/// Runs a `CREATE … IF NOT EXISTS`, which can still fail with a unique violation when
-/// two sessions create the same object at once; the loser then finds it made.
+/// Runs a `CREATE … IF NOT EXISTS`, which can still fail when two sessions create the
+/// same object at once (a unique violation in the catalog, or 42710 "type … already
+/// exists" for a table's row type); the loser then finds it made.
 async fn create_if_missing(client: &Client, sql: &str, target: &Target) -> Result<()> {
     match client.batch_execute(sql).await {
         Ok(()) => Ok(()),
         Err(e)
-            if e.code().is_some_and(|c| {
-                c.code() == "23505" || c.code() == "42P06" || c.code() == "42P07"
-            }) =>
+            if e.code()
+                .is_some_and(|c| matches!(c.code(), "23505" | "42P06" | "42P07" | "42710")) =>
         {
             Ok(())
         }

@@ -105,6 +105,9 @@ enum Command {
     Stats {
         /// The store directory.
         dir: PathBuf,
+        /// Print one JSON object (for scripts) instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// Copy a store into PostgreSQL (--to) or from PostgreSQL into a local store
     /// (--from), keeping sequences, tenants and timestamps; resumable (run it again after
@@ -140,7 +143,7 @@ fn main() -> ExitCode {
             limit,
             offset,
         } => inspect::list(&dir, &tenant, limit, offset),
-        Command::Stats { dir } => inspect::stats(&dir),
+        Command::Stats { dir, json } => inspect::stats(&dir, json),
         Command::Verify { dir } => inspect::verify(&dir),
         Command::Migrate(args) => migrate::run(&args),
     };
