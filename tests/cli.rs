@@ -60,6 +60,17 @@ fn demo_then_inspect() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(ids.len(), 5);
+    // Each line says how many events, when, and how the execution ended (its last
+    // event: the demo completes, fails or cancels each run).
+    for line in &ids {
+        assert!(line["events"].as_u64().unwrap() > 1, "{line}");
+        assert!(line["first"].as_str().unwrap() <= line["last"].as_str().unwrap());
+        let status = line["status"].as_str().unwrap();
+        assert!(
+            ["completed", "failed", "cancelled", "paused", "running"].contains(&status),
+            "{line}"
+        );
+    }
     let first = ids[0]["execution_id"].as_str().unwrap().to_string();
     // 40 executions, tenant-1 owns runs 1, 4, …, 37: which is created last depends on
     // thread timing, so just check it is one of them.

@@ -166,10 +166,45 @@ pub fn list(dir: &Path, tenant: &str, limit: usize, offset: usize) -> Result<Exi
             eprintln!("execlog: no executions at offset {offset}: tenant {tenant} has {all}");
         }
     }
-    emit(
-        ids.into_iter()
-            .map(|id| serde_json::json!({ "execution_id": id }).to_string()),
-    )
+    let mut lines = Vec::with_capacity(ids.len());
+    for id in ids {
+        lines.push(summary(&store, &id)?.to_string());
+    }
+    emit(lines)
+}
+
+/// One execution as `list` shows it: id, event count, first and last time, and its
+/// status as its last event tells it (read: two records, not the whole history).
+fn summary(store: &LogStore, id: &ExecutionId) -> Result<serde_json::Value, String> {
+    let err = |e: execlog::Error| e.to_string();
+    let latest = store
+        .get_latest_sequence_blocking(id)
+        .map_err(err)?
+        .unwrap_or(0);
+    let first = store.read_range_blocking(id, 0, 1).map_err(err)?;
+    let last = store
+        .read_range_blocking(id, latest.saturating_sub(1), 1)
+        .map_err(err)?;
+    let time = |events: &[StoredEvent]| {
+        events.first().map(|e| {
+            e.timestamp
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        })
+    };
+    let status = match last.first().map(|e| &e.event) {
+        Some(ExecutionEventData::ExecutionCompleted { .. }) => "completed",
+        Some(ExecutionEventData::ExecutionFailed { .. }) => "failed",
+        Some(ExecutionEventData::ExecutionCancelled { .. }) => "cancelled",
+        Some(ExecutionEventData::ExecutionPaused { .. }) => "paused",
+        _ => "running",
+    };
+    Ok(serde_json::json!({
+        "execution_id": id,
+        "events": latest,
+        "first": time(&first),
+        "last": time(&last),
+        "status": status,
+    }))
 }
 
 pub fn stats(dir: &Path, json: bool) -> Result<ExitCode, String> {
