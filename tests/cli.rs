@@ -105,6 +105,32 @@ fn demo_then_inspect() {
         assert!(line.contains("->"), "{line}");
     }
 
+    // The timeline: steps under the execution, tool calls under their step, outcomes
+    // merged into their lines (no separate completion lines).
+    let out = execlog(&["events", d, &first, "--timeline"], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let timeline = text(&out.stdout);
+    let indent = |l: &str| {
+        l.split("s  ")
+            .nth(1)
+            .map_or(0, |r| r.len() - r.trim_start().len())
+    };
+    let lines: Vec<&str> = timeline.lines().collect();
+    assert!(
+        lines[0].contains("execution_started") && indent(lines[0]) == 0,
+        "{timeline}"
+    );
+    let step = lines.iter().position(|l| l.contains("step \"")).unwrap();
+    assert_eq!(indent(lines[step]), 2, "{timeline}");
+    assert!(
+        lines[step].contains("completed in") || lines[step].contains("FAILED"),
+        "{timeline}"
+    );
+    if let Some(tool) = lines.iter().find(|l| l.trim_start().contains(" tool ")) {
+        assert_eq!(indent(tool), 4, "{timeline}");
+    }
+    assert!(!timeline.contains("step_completed") && !timeline.contains("tool_call_completed"));
+
     let out = execlog(&["stats", d], "");
     assert!(out.status.success());
     assert!(text(&out.stdout).contains("executions:        40"));

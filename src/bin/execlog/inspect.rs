@@ -19,7 +19,14 @@ fn open(dir: &Path) -> Result<LogStore, String> {
 /// can tell "not there" from an error.
 pub const NOT_FOUND: u8 = 3;
 
-pub fn events(dir: &Path, execution: &str, after: u64, pretty: bool) -> Result<ExitCode, String> {
+/// How `events` prints.
+pub enum View {
+    Json,
+    Pretty,
+    Timeline,
+}
+
+pub fn events(dir: &Path, execution: &str, after: u64, view: View) -> Result<ExitCode, String> {
     let store = open(dir)?;
     let id = ExecutionId::from(execution);
     let latest = store
@@ -34,7 +41,9 @@ pub fn events(dir: &Path, execution: &str, after: u64, pretty: bool) -> Result<E
         .load_events_after_blocking(&id, after)
         .map_err(|e| e.to_string())?;
     let mut lines = Vec::with_capacity(events.len() + 1);
-    if pretty {
+    if let View::Timeline = view {
+        lines = crate::timeline::render(&events);
+    } else if let View::Pretty = view {
         lines.push(format!(
             "{:>6}  {:<30}  {:<20}  summary",
             "seq", "time (UTC)", "type"

@@ -21,6 +21,7 @@ mod append;
 mod demo;
 mod inspect;
 mod migrate;
+mod timeline;
 
 /// Writes one line to stdout (see [`out!`]).
 fn write_line(line: std::fmt::Arguments<'_>) {
@@ -79,8 +80,11 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         after: u64,
         /// A readable table instead of JSON lines.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "timeline")]
         pretty: bool,
+        /// Steps nested with their tool calls, outcomes and durations.
+        #[arg(long)]
+        timeline: bool,
     },
     /// List a tenant's executions, newest first, as JSON lines. A tenant without
     /// executions in the store is said on stderr and exits 3.
@@ -136,7 +140,15 @@ fn main() -> ExitCode {
             execution,
             after,
             pretty,
-        } => inspect::events(&dir, &execution, after, pretty),
+            timeline,
+        } => {
+            let view = match (pretty, timeline) {
+                (_, true) => inspect::View::Timeline,
+                (true, false) => inspect::View::Pretty,
+                (false, false) => inspect::View::Json,
+            };
+            inspect::events(&dir, &execution, after, view)
+        }
         Command::List {
             dir,
             tenant,
