@@ -72,6 +72,26 @@ fn demo_then_inspect() {
         );
     }
     let first = ids[0]["execution_id"].as_str().unwrap().to_string();
+    // Tenants, and executions across tenants (each line names its tenant).
+    let out = execlog(&["tenants", d], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let tenants: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let total: u64 = tenants
+        .iter()
+        .map(|t| t["executions"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 40, "{tenants:?}");
+    let out = execlog(&["list", d, "--limit", "100"], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let every: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(every.len(), 40);
+    assert!(every.iter().all(|l| l["tenant"].is_string()));
     // 40 executions, tenant-1 owns runs 1, 4, …, 37: which is created last depends on
     // thread timing, so just check it is one of them.
     assert!(first.starts_with("run-0000"));

@@ -150,7 +150,65 @@ fn json_name(value: &impl serde::Serialize) -> String {
     }
 }
 
-pub fn list(dir: &Path, tenant: &str, limit: usize, offset: usize) -> Result<ExitCode, String> {
+/// Every execution of the store with its tenant, newest first.
+fn every_execution(store: &LogStore) -> Result<Vec<(ExecutionId, TenantId)>, String> {
+    let err = |e: execlog::Error| e.to_string();
+    let all = store.all_executions_blocking().map_err(err)?;
+    let mut owned = Vec::with_capacity(all.len());
+    for (id, _) in all.into_iter().rev() {
+        if let Some(tenant) = store.execution_tenant_blocking(&id).map_err(err)? {
+            owned.push((id, tenant));
+        }
+    }
+    Ok(owned)
+}
+
+/// `execlog tenants`: every tenant with its number of executions, by first appearance.
+pub fn tenants(dir: &Path) -> Result<ExitCode, String> {
+    let store = open(dir)?;
+    let mut counts: Vec<(TenantId, usize)> = Vec::new();
+    let mut at: std::collections::HashMap<TenantId, usize> = std::collections::HashMap::new();
+    for (_, tenant) in every_execution(&store)?.into_iter().rev() {
+        let i = *at.entry(tenant.clone()).or_insert_with(|| {
+            counts.push((tenant, 0));
+            counts.len() - 1
+        });
+        counts[i].1 += 1;
+    }
+    if counts.is_empty() {
+        eprintln!("execlog: no executions in {}", dir.display());
+    }
+    emit(counts.into_iter().map(|(tenant, executions)| {
+        serde_json::json!({ "tenant": tenant, "executions": executions }).to_string()
+    }))
+}
+
+/// `execlog list` without `--tenant`: executions of every tenant, newest first.
+fn list_all(dir: &Path, limit: usize, offset: usize) -> Result<ExitCode, String> {
+    let store = open(dir)?;
+    let all = every_execution(&store)?;
+    if all.is_empty() {
+        eprintln!("execlog: no executions in {}", dir.display());
+        return Ok(ExitCode::from(NOT_FOUND));
+    }
+    let mut lines = Vec::new();
+    for (id, tenant) in all.into_iter().skip(offset).take(limit) {
+        let mut line = summary(&store, &id)?;
+        line["tenant"] = serde_json::json!(tenant);
+        lines.push(line.to_string());
+    }
+    emit(lines)
+}
+
+pub fn list(
+    dir: &Path,
+    tenant: Option<&str>,
+    limit: usize,
+    offset: usize,
+) -> Result<ExitCode, String> {
+    let Some(tenant) = tenant else {
+        return list_all(dir, limit, offset);
+    };
     let store = open(dir)?;
     let tenant_id = TenantId::from(tenant);
     let ids = store

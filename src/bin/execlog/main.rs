@@ -93,15 +93,23 @@ enum Command {
     List {
         /// The store directory.
         dir: PathBuf,
-        /// The tenant.
+        /// The tenant (without it: every tenant's executions, each line naming its
+        /// tenant).
         #[arg(long)]
-        tenant: String,
+        tenant: Option<String>,
         /// At most this many executions.
         #[arg(long, default_value_t = 50)]
         limit: usize,
         /// Skip this many first.
         #[arg(long, default_value_t = 0)]
         offset: usize,
+    },
+    /// List the tenants of a store with their number of executions, as JSON lines.
+    ///
+    /// Example: execlog tenants /tmp/agents
+    Tenants {
+        /// The store directory.
+        dir: PathBuf,
     },
     /// Print counts and sizes of a store and what opening it found.
     ///
@@ -154,7 +162,8 @@ fn main() -> ExitCode {
             tenant,
             limit,
             offset,
-        } => inspect::list(&dir, &tenant, limit, offset),
+        } => inspect::list(&dir, tenant.as_deref(), limit, offset),
+        Command::Tenants { dir } => inspect::tenants(&dir),
         Command::Stats { dir, json } => inspect::stats(&dir, json),
         Command::Verify { dir } => inspect::verify(&dir),
         Command::Migrate(args) => migrate::run(&args),
