@@ -315,7 +315,9 @@ fn corrupt_middle(dir: &Path) {
 
 #[test]
 fn help_has_examples() {
-    for cmd in ["demo", "append", "events", "list", "stats", "verify"] {
+    for cmd in [
+        "demo", "append", "events", "list", "tenants", "stats", "verify",
+    ] {
         let out = execlog(&[cmd, "--help"], "");
         assert!(out.status.success());
         let help = text(&out.stdout);
@@ -336,11 +338,15 @@ fn a_closed_stdout_is_a_normal_end() {
     assert!(execlog(&demo, "").status.success());
     let other = tempfile::tempdir().unwrap();
     let o = other.path().to_str().unwrap();
-    let commands: [&[&str]; 6] = [
+    let commands: [&[&str]; 10] = [
         &["demo", "--dir", o, "--executions", "5", "--writers", "1"],
         &["stats", d],
+        &["stats", d, "--json"],
         &["events", d, "run-000000"],
+        &["events", d, "run-000000", "--timeline"],
         &["list", d, "--tenant", "tenant-0"],
+        &["list", d],
+        &["tenants", d],
         &["verify", d],
         &["append", d, "--execution", "x", "--tenant", "t"],
     ];
