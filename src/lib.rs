@@ -1,26 +1,24 @@
 //! execlog: an embedded, durable, append-only store for the execution histories of AI
 //! agents (steps, tool calls, checkpoints, goal evaluations), for many tenants at once.
 //!
-//! Three flows, each visible in the file list:
-//! - **append** → `append.rs` (validate, `codec.rs` encode, reserve, `record.rs` frame)
-//!   → `queue.rs` → `committer.rs` (one write + one fdatasync per group) → segment files
-//!   (`segment.rs`, `segments.rs`).
-//! - **open** → `recovery.rs` (list, load a `checkpoint.rs` if its segment checksums
-//!   match and it describes the records, `scan.rs` every record after it, verify CRCs,
-//!   refuse corruption, read the last commit group back past the page cache) →
-//!   `repair.rs` (journaled cuts of a torn or never-synced tail) → `index.rs` rebuilt
-//!   in memory.
-//! - **read** → `index.rs` entry point → `reader.rs` walks the execution's own records
-//!   back through `mmap.rs` views → `codec.rs` decode.
+//! # Use
 //!
-//! With the feature `postgres`, `postgres::PgStore` offers the same
-//! traits on a PostgreSQL server (`src/postgres/`, docs/POSTGRES.md); one conformance
-//! suite (tests/conformance) checks that both backends answer alike.
-//!
-//! Durability promise: `append` and `append_batch` return `Ok` only after an fdatasync
-//! covering the event's bytes returned (and, for a new segment, after its directory
-//! entry was fsynced). Readers see only such events. A failed write or sync poisons the
-//! store ([`Error::Poisoned`]) instead of acknowledging anything uncertain.
+//! - [`LogStore::open`] a directory (one process at a time; share the store with an
+//!   `Arc` inside it), then use the [`EventStore`] trait (async) or the blocking twins
+//!   (`append_blocking`, `load_events_blocking`, …). `append` returns once the event is
+//!   on disk (fdatasync); concurrent appends share one fdatasync.
+//! - Retries and concurrent writers: [`GuardedEventStore::append_with`] with an
+//!   idempotency key (a retry never stores twice) or an [`ExpectedSequence`]
+//!   (optimistic concurrency); [`TenantView`] reads as one tenant.
+//! - Liveness: [`StorageBackend::health_check`] (import `StorageBackend` too; it is the
+//!   supertrait of `EventStore`).
+//! - Errors are [`Error`] (the blocking API) or `anyhow::Error` wrapping it (the traits:
+//!   `err.downcast_ref::<execlog::Error>()`).
+//! - Tuning: [`Options`]; what open found: [`LogStore::recovery_report`]; sizes:
+//!   [`LogStore::stats`].
+//! - More machines: with the feature `postgres`, `postgres::PgStore` implements the same
+//!   traits on a PostgreSQL server (docs/POSTGRES.md); one conformance suite checks that
+//!   both backends answer alike.
 //!
 //! ```no_run
 //! use execlog::{ExecutionEventData, ExecutionId, LogStore, TenantId};
@@ -32,6 +30,28 @@
 //! assert_eq!(store.load_events_blocking(&run)?[0].sequence, seq);
 //! # Ok::<(), execlog::Error>(())
 //! ```
+//!
+//! # Durability
+//!
+//! `append` and `append_batch` return `Ok` only after an fdatasync covering the event's
+//! bytes returned (and, for a new segment, after its directory entry was fsynced).
+//! Readers see only such events. A failed write or sync poisons the store
+//! ([`Error::Poisoned`]) instead of acknowledging anything uncertain.
+//!
+//! # How it works
+//!
+//! Three flows, each visible in the source's file list (docs/DESIGN.md has the whole
+//! story, docs/FORMAT.md the bytes):
+//! - **append** → `append.rs` (validate, `codec.rs` encode, reserve, `record.rs` frame)
+//!   → `queue.rs` → `committer.rs` (one write + one fdatasync per group) → segment files
+//!   (`segment.rs`, `segments.rs`).
+//! - **open** → `recovery.rs` (list, load a `checkpoint.rs` if its segment checksums
+//!   match and it describes the records, `scan.rs` every record after it, verify CRCs,
+//!   refuse corruption, read the last commit group back past the page cache) →
+//!   `repair.rs` (journaled cuts of a torn or never-synced tail) → `index.rs` rebuilt
+//!   in memory.
+//! - **read** → `index.rs` entry point → `reader.rs` walks the execution's own records
+//!   back through `mmap.rs` views → `codec.rs` decode.
 
 mod append;
 mod checkpoint;
