@@ -10,12 +10,8 @@
 //! construct. `ExecutionId::new()` and `StepId::new()` return fresh ids in the
 //! canonical 8-4-4-4-12 hex form of a random (version 4) UUID.
 
-use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -101,35 +97,11 @@ pub(crate) fn validate_id(kind: &str, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// 122 random bits formatted as a version-4 UUID.
-///
-/// The randomness comes from the standard library's per-process random hasher keys,
-/// mixed with the clock and a process-wide counter so that two calls never repeat even
-/// if the hasher keys did.
+/// A UUID version 7: 48 bits of Unix milliseconds, then random bits, so ids made later
+/// sort after earlier ones (as text, too), which suits execution ids and listings; the
+/// `uuid` crate keeps them increasing within a process even inside one millisecond.
 fn random_uuid() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let word = |salt: u64| {
-        let mut h = RandomState::new().build_hasher();
-        h.write_u64(salt);
-        h.write_u64(count);
-        h.write_u128(nanos);
-        h.write_u32(std::process::id());
-        h.finish()
-    };
-    let hi = (word(1) & !0xF000) | 0x4000; // version 4
-    let lo = (word(2) & !(0b11 << 62)) | (0b10 << 62); // RFC 4122 variant
-    format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        hi >> 32,
-        (hi >> 16) & 0xFFFF,
-        hi & 0xFFFF,
-        lo >> 48,
-        lo & 0xFFFF_FFFF_FFFF
-    )
+    uuid::Uuid::now_v7().hyphenated().to_string()
 }
 
 #[cfg(test)]
@@ -142,7 +114,10 @@ mod tests {
         let b = ExecutionId::new();
         assert_ne!(a, b);
         assert_eq!(a.as_str().len(), 36);
-        assert_eq!(a.as_str().as_bytes()[14], b'4');
+        assert_eq!(a.as_str().as_bytes()[14], b'7');
+        // Time-ordered: a later id sorts after an earlier one.
+        let ids: Vec<ExecutionId> = (0..1000).map(|_| ExecutionId::new()).collect();
+        assert!(ids.windows(2).all(|w| w[0].as_str() < w[1].as_str()));
     }
 
     #[test]
