@@ -8,7 +8,7 @@
 //! validates ids where they enter a store (non-empty, at most [`MAX_ID_BYTES`]); the
 //! types themselves accept any string so that ids read back from JSON never fail to
 //! construct. `ExecutionId::new()` and `StepId::new()` return fresh ids in the
-//! canonical 8-4-4-4-12 hex form of a random (version 4) UUID.
+//! canonical 8-4-4-4-12 hex form of a time-ordered (version 7) UUID.
 
 use std::fmt;
 use std::sync::Arc;
