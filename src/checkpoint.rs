@@ -430,13 +430,14 @@ impl<'a> Walk<'a> {
     }
 }
 
-/// Replaces the checkpoint of `dir` with `bytes`, durably (see the module docs).
-pub(crate) fn write(io: &dyn Io, dir: &Path, bytes: &[u8]) -> Result<()> {
+/// Replaces the checkpoint of `dir` with `bytes`, durably (see the module docs). The
+/// new file gets permission bits `mode` (less the umask).
+pub(crate) fn write(io: &dyn Io, dir: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let tmp = dir.join(TMP_NAME);
     // Left over from a close that failed or crashed half way; never read.
     let _ = io.remove(&tmp);
     let file = io
-        .create(&tmp)
+        .create(&tmp, mode)
         .map_err(|e| Error::io("create checkpoint", &tmp, e))?;
     file.write_at(bytes, 0)
         .map_err(|e| Error::io("write checkpoint", &tmp, e))?;

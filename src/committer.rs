@@ -163,7 +163,12 @@ impl Committer {
             );
             checkpoint::encode(&state.index, &digests, state.writer.last_timestamp_ns)
         };
-        checkpoint::write(self.shared.io.as_ref(), &self.shared.dir, &bytes)
+        checkpoint::write(
+            self.shared.io.as_ref(),
+            &self.shared.dir,
+            &bytes,
+            self.shared.options.file_mode(),
+        )
     }
 
     /// Writes a seal record after the last group at clean close (see `record.rs`).
@@ -331,6 +336,7 @@ impl Committer {
             &self.shared.dir,
             first.segment,
             (zeroed, write_path),
+            self.shared.options.file_mode(),
         )?;
         self.shared.segments.push(
             first.segment,

@@ -24,6 +24,9 @@
 //!   range's dirty (not the fsyncgate-clean) bytes, as the kernel does before a direct
 //!   read.
 //! - A handle from before a power loss belongs to the dead machine: all its calls fail.
+//! - Permissions are not modelled: the `mode` that `create`, `create_dir_all` and
+//!   `try_lock` take is accepted and ignored (there are no users to keep out). The
+//!   modes execlog asks for are checked on the real file system (`tests/file_modes.rs`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -430,7 +433,7 @@ impl Drop for SimLock {
 }
 
 impl Io for SimIo {
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+    fn create_dir_all(&self, dir: &Path, _mode: u32) -> io::Result<()> {
         let mut w = self.enter(Op::Any)?;
         w.dirs.insert(dir.to_path_buf());
         Ok(())
@@ -459,7 +462,7 @@ impl Io for SimIo {
         }))
     }
 
-    fn create(&self, path: &Path) -> io::Result<Arc<dyn IoFile>> {
+    fn create(&self, path: &Path, _mode: u32) -> io::Result<Arc<dyn IoFile>> {
         let mut w = self.enter(Op::Open)?;
         if w.live_dir.contains_key(path) {
             return Err(io::ErrorKind::AlreadyExists.into());
@@ -500,7 +503,7 @@ impl Io for SimIo {
         Ok(())
     }
 
-    fn try_lock(&self, path: &Path) -> io::Result<LockGuard> {
+    fn try_lock(&self, path: &Path, _mode: u32) -> io::Result<LockGuard> {
         let mut w = self.enter(Op::Any)?;
         if !w.locks.insert(path.to_path_buf()) {
             return Err(io::ErrorKind::WouldBlock.into());

@@ -7,12 +7,14 @@
 //! failures and power losses. No other module touches `std::fs`.
 //!
 //! Invariant: every method is a thin pass-through. Policy (what to sync, when to poison)
-//! lives in the callers, so that a fault injected here exercises the real policy.
+//! lives in the callers, so that a fault injected here exercises the real policy. The
+//! permission bits of what is created are policy too: the callers pass them (see
+//! `Options::group_read`), and the kernel applies the process umask to them.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -24,23 +26,28 @@ pub type LockGuard = Box<dyn std::any::Any + Send + Sync>;
 
 /// Directory-level file-system operations.
 pub trait Io: Send + Sync + fmt::Debug {
-    /// Creates `dir` and its parents if missing.
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Creates `dir` and its parents if missing: `dir` itself with permission bits
+    /// `mode`, missing parents with the default 0777 (both less the umask). An existing
+    /// `dir` is left as it is, its permissions unchanged.
+    fn create_dir_all(&self, dir: &Path, mode: u32) -> io::Result<()>;
     /// Names of the entries in `dir`.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Opens an existing file for reading, and for writing unless `read_only`.
     fn open(&self, path: &Path, read_only: bool) -> io::Result<Arc<dyn IoFile>>;
-    /// Creates a new file for reading and writing; fails if it exists.
-    fn create(&self, path: &Path) -> io::Result<Arc<dyn IoFile>>;
+    /// Creates a new file for reading and writing with permission bits `mode` (less the
+    /// umask); fails if it exists.
+    fn create(&self, path: &Path, mode: u32) -> io::Result<Arc<dyn IoFile>>;
     /// Removes a file.
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// Renames a file (replacing `to` if it exists).
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes the directory's entries (created and removed files) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
-    /// Takes an exclusive lock on `path` (created if missing) without waiting; a lock
+    /// Takes an exclusive lock on `path` (created if missing, with permission bits
+    /// `mode` less the umask; an existing file keeps its own, and one the caller may
+    /// only read is locked through a read-only descriptor) without waiting; a lock
     /// held elsewhere gives an error of kind `WouldBlock`.
-    fn try_lock(&self, path: &Path) -> io::Result<LockGuard>;
+    fn try_lock(&self, path: &Path, mode: u32) -> io::Result<LockGuard>;
 }
 
 /// Operations on one open file.
@@ -79,8 +86,17 @@ struct RealFile {
 }
 
 impl Io for RealIo {
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(dir)
+    fn create_dir_all(&self, dir: &Path, mode: u32) -> io::Result<()> {
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        match std::fs::DirBuilder::new().mode(mode).create(dir) {
+            Ok(()) => Ok(()),
+            // As `create_dir_all`: an existing directory (a racing creator's included)
+            // is success, anything else in its place is not.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
@@ -99,11 +115,12 @@ impl Io for RealIo {
         }))
     }
 
-    fn create(&self, path: &Path) -> io::Result<Arc<dyn IoFile>> {
+    fn create(&self, path: &Path, mode: u32) -> io::Result<Arc<dyn IoFile>> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(mode)
             .open(path)?;
         Ok(Arc::new(RealFile {
             file,
@@ -123,13 +140,24 @@ impl Io for RealIo {
         File::open(dir)?.sync_all()
     }
 
-    fn try_lock(&self, path: &Path) -> io::Result<LockGuard> {
-        let file = OpenOptions::new()
+    fn try_lock(&self, path: &Path, mode: u32) -> io::Result<LockGuard> {
+        let file = match OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(path)?;
+            .mode(mode)
+            .open(path)
+        {
+            Ok(file) => file,
+            // A reader of a group-read store (`Options::group_read`) may not write
+            // `LOCK`; `flock` needs no write access, so it locks through a read-only
+            // descriptor of the existing file.
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                OpenOptions::new().read(true).open(path).map_err(|_| e)?
+            }
+            Err(e) => return Err(e),
+        };
         match file.try_lock() {
             Ok(()) => Ok(Box::new(file)),
             Err(std::fs::TryLockError::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),

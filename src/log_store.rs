@@ -87,12 +87,17 @@ impl std::fmt::Debug for LogStore {
 }
 
 impl LogStore {
-    /// Opens (creating if needed) the store in `dir` with default [`Options`].
+    /// Opens (creating if needed) the store in `dir` with default [`Options`]. A store
+    /// directory it creates is private to the owner (0700, its files 0600; see
+    /// [`Options::group_read`]).
     pub fn open(dir: impl AsRef<Path>) -> Result<LogStore> {
         Self::open_with(dir, Options::default())
     }
 
     /// Opens (creating if needed) the store in `dir`.
+    ///
+    /// What it creates gets the permissions [`Options::group_read`] chooses (private
+    /// by default); an existing directory and existing files keep theirs.
     ///
     /// Fails with [`Error::Locked`] at once if another `LogStore` has it open, with
     /// [`Error::Corrupt`] if acknowledged data is damaged. A torn tail left by a crash is
@@ -129,10 +134,10 @@ impl LogStore {
                 )));
             }
         } else {
-            create_dir_durably(io.as_ref(), &dir)?;
+            create_dir_durably(io.as_ref(), &dir, options.dir_mode())?;
         }
         let lock_path = dir.join(LOCK_FILE);
-        let lock = io.try_lock(&lock_path).map_err(|e| {
+        let lock = io.try_lock(&lock_path, options.file_mode()).map_err(|e| {
             if e.kind() == std::io::ErrorKind::WouldBlock {
                 Error::Locked { path: dir.clone() }
             } else {
@@ -162,7 +167,13 @@ impl LogStore {
         if recovered.segments.is_empty() {
             let capacity = options.segment_size_bytes;
             let zeroed = segment::initial_len(capacity, options.write_path);
-            let file = segment::create(io.as_ref(), &dir, 1, (zeroed, options.write_path))?;
+            let file = segment::create(
+                io.as_ref(),
+                &dir,
+                1,
+                (zeroed, options.write_path),
+                options.file_mode(),
+            )?;
             recovered.segments.push(recovery::RecoveredSegment {
                 id: 1,
                 file,
@@ -475,8 +486,9 @@ impl LogStore {
 /// parent of every directory created, so that the store's path, and with it every
 /// later acknowledged append, does not depend on a directory entry a crash could lose.
 /// Existence is probed with [`Io::list`]: any answer but "not found" counts as
-/// existing (an unreadable ancestor is left alone).
-fn create_dir_durably(io: &dyn Io, dir: &Path) -> Result<()> {
+/// existing (an unreadable ancestor is left alone). `dir` gets `mode` if it is created
+/// (an existing one keeps its own); missing parents get the default mode.
+fn create_dir_durably(io: &dyn Io, dir: &Path, mode: u32) -> Result<()> {
     let missing =
         |d: &Path| matches!(io.list(d), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
     // The directories to create, deepest first.
@@ -488,7 +500,7 @@ fn create_dir_durably(io: &dyn Io, dir: &Path) -> Result<()> {
         created.push(d);
         next = d.parent();
     }
-    io.create_dir_all(dir)
+    io.create_dir_all(dir, mode)
         .map_err(|e| Error::io("create directory", dir, e))?;
     if created.is_empty() {
         return Ok(());

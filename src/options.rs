@@ -47,6 +47,7 @@ pub struct Options {
     pub(crate) index_checkpoint: bool,
     pub(crate) write_path: WritePath,
     pub(crate) key_hash_bits: u32,
+    pub(crate) group_read: bool,
     pub(crate) io: Arc<dyn Io>,
 }
 
@@ -64,6 +65,7 @@ impl Default for Options {
             index_checkpoint: true,
             write_path: WritePath::ZerosAhead,
             key_hash_bits: 64,
+            group_read: false,
             io: Arc::new(RealIo),
         }
     }
@@ -178,6 +180,36 @@ impl Options {
     pub fn idempotency_hash_bits(mut self, bits: u32) -> Self {
         self.key_hash_bits = bits.min(64);
         self
+    }
+
+    /// Whether the store's group may read it. A store holds every tenant's histories,
+    /// so by default what open creates is private to its owner, as PostgreSQL's data
+    /// directory is: the store directory 0700, its files (segments, `LOCK`, the
+    /// checkpoint, the cut marker) 0600. With `true` they are created 0750 and 0640,
+    /// for operators' tools run as another user of the owner's group (backups,
+    /// `execlog verify` and the other read-only commands, which lock the store through
+    /// a read-only descriptor of `LOCK`); never writable by the group, never readable
+    /// by others.
+    ///
+    /// The process umask still applies (a umask of 077 keeps even group-read stores
+    /// private). Only what this store creates gets these modes: an existing directory
+    /// and existing files keep the permissions they have (open never `chmod`s), and
+    /// missing parents of the store directory are created with the default mode less
+    /// the umask. Default `false`.
+    #[must_use]
+    pub fn group_read(mut self, enabled: bool) -> Self {
+        self.group_read = enabled;
+        self
+    }
+
+    /// Permission bits of the store directory when open creates it (less the umask).
+    pub(crate) fn dir_mode(&self) -> u32 {
+        if self.group_read { 0o750 } else { 0o700 }
+    }
+
+    /// Permission bits of every file the store creates (less the umask).
+    pub(crate) fn file_mode(&self) -> u32 {
+        if self.group_read { 0o640 } else { 0o600 }
     }
 
     /// Replaces the file-system layer, e.g. with the simulated one of

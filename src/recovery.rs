@@ -212,7 +212,7 @@ pub(crate) fn recover(
                     end: u.end,
                 };
                 if !read_only && u.from > 0 {
-                    repair::cut(io, dir, u.file.as_ref(), cut)?;
+                    repair::cut(io, dir, u.file.as_ref(), cut, options.file_mode())?;
                 } else {
                     // Read-only: hide it. A segment whose header is not on the disk
                     // is treated as one still being created (removed when writable).
@@ -475,7 +475,13 @@ fn pass(
     }
     if let Some((file, segment, from)) = torn {
         let end = from + report.bytes_truncated;
-        repair::cut(io, dir, file.as_ref(), Cut { segment, from, end })?;
+        repair::cut(
+            io,
+            dir,
+            file.as_ref(),
+            Cut { segment, from, end },
+            options.file_mode(),
+        )?;
     }
     if !read_only {
         for &id in &report.removed_segments {

@@ -81,11 +81,12 @@ impl Cut {
 }
 
 /// Zeroes `cut` of `file` durably, journaled by the marker (see the module docs).
-pub(crate) fn cut(io: &dyn Io, dir: &Path, file: &dyn IoFile, cut: Cut) -> Result<()> {
+/// The marker gets permission bits `mode` (less the umask).
+pub(crate) fn cut(io: &dyn Io, dir: &Path, file: &dyn IoFile, cut: Cut, mode: u32) -> Result<()> {
     let marker = dir.join(MARKER_NAME);
     let _ = io.remove(&marker); // a torn one from an earlier attempt
     let m = io
-        .create(&marker)
+        .create(&marker, mode)
         .map_err(|e| Error::io("create the cut marker", &marker, e))?;
     m.write_at(&cut.encode(), 0)
         .and_then(|()| m.sync_data())

@@ -149,16 +149,17 @@ pub(crate) const ZERO_AHEAD: u64 = 4 << 20;
 
 /// Creates segment `id` with its first `zeroed` bytes written (header, then zeros),
 /// durable, and its directory entry durable, ready for records at
-/// [`SEGMENT_HEADER_LEN`].
+/// [`SEGMENT_HEADER_LEN`]. The file gets permission bits `mode` (less the umask).
 pub(crate) fn create(
     io: &dyn Io,
     dir: &Path,
     id: u32,
     (zeroed, write_path): (u64, WritePath),
+    mode: u32,
 ) -> Result<Arc<dyn IoFile>> {
     let path = path(dir, id);
     let file = io
-        .create(&path)
+        .create(&path, mode)
         .map_err(|e| Error::io("create segment", &path, e))?;
     prepare(file.as_ref(), SEGMENT_HEADER_LEN as u64, zeroed, write_path)
         .map_err(|e| Error::io("preallocate segment", &path, e))?;

@@ -195,8 +195,8 @@ fn real() -> RealIo {
 }
 
 impl Io for HeldIo {
-    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
-        real().create_dir_all(dir)
+    fn create_dir_all(&self, dir: &Path, mode: u32) -> std::io::Result<()> {
+        real().create_dir_all(dir, mode)
     }
     fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
         real().list(dir)
@@ -204,8 +204,8 @@ impl Io for HeldIo {
     fn open(&self, path: &Path, read_only: bool) -> std::io::Result<Arc<dyn IoFile>> {
         Ok(self.wrap(real().open(path, read_only)?))
     }
-    fn create(&self, path: &Path) -> std::io::Result<Arc<dyn IoFile>> {
-        Ok(self.wrap(real().create(path)?))
+    fn create(&self, path: &Path, mode: u32) -> std::io::Result<Arc<dyn IoFile>> {
+        Ok(self.wrap(real().create(path, mode)?))
     }
     fn remove(&self, path: &Path) -> std::io::Result<()> {
         real().remove(path)
@@ -216,8 +216,8 @@ impl Io for HeldIo {
     fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
         real().sync_dir(dir)
     }
-    fn try_lock(&self, path: &Path) -> std::io::Result<LockGuard> {
-        real().try_lock(path)
+    fn try_lock(&self, path: &Path, mode: u32) -> std::io::Result<LockGuard> {
+        real().try_lock(path, mode)
     }
 }
 

@@ -634,3 +634,63 @@ fn append_with_expect_and_key() {
     let out = execlog(&["events", d, "e"], "");
     assert_eq!(text(&out.stdout).lines().count(), 4);
 }
+
+/// `Options::group_read(true)`: another user of the owner's group can run the read-only
+/// commands (the lock is taken through a read-only descriptor of `LOCK`); a user of
+/// another group cannot even list the directory. Needs root (to act as other users)
+/// and `setpriv`; skipped otherwise.
+#[test]
+fn a_group_member_can_verify_a_group_read_store() {
+    use std::os::unix::fs::{PermissionsExt, chown};
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false);
+    let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let (true, Some(setpriv)) = (root, setpriv) else {
+        eprintln!("skipped: needs root and setpriv");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = tmp.path().join("store");
+    let store =
+        execlog::LogStore::open_with(&dir, execlog::Options::default().group_read(true)).unwrap();
+    store
+        .append_blocking(
+            &execlog::ExecutionId::from("e"),
+            &execlog::TenantId::from("t"),
+            execlog::ExecutionEventData::ExecutionResumed,
+        )
+        .unwrap();
+    store.close().unwrap();
+    drop(store);
+    chown(&dir, Some(4242), Some(4242)).unwrap();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        chown(entry.unwrap().path(), Some(4242), Some(4242)).unwrap();
+    }
+    let as_user = |uid: &str, gid: &str| {
+        Command::new(setpriv)
+            .args(["--reuid", uid, "--regid", gid, "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_execlog"))
+            .arg("verify")
+            .arg(&dir)
+            .output()
+            .unwrap()
+    };
+    let group = as_user("4243", "4242");
+    assert!(group.status.success(), "group: {}", text(&group.stderr));
+    let other = as_user("4244", "4244");
+    one_error_line(&other);
+    assert!(
+        text(&other.stderr).contains("ermission denied"),
+        "{}",
+        text(&other.stderr)
+    );
+}

@@ -59,12 +59,12 @@ impl Recorder {
 }
 
 impl Io for Recorder {
-    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+    fn create_dir_all(&self, dir: &Path, mode: u32) -> std::io::Result<()> {
         self.calls
             .lock()
             .unwrap()
             .push(("create_dir_all", dir.to_path_buf()));
-        self.sim.create_dir_all(dir)
+        self.sim.create_dir_all(dir, mode)
     }
     fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
         self.sim.list(dir)
@@ -72,8 +72,8 @@ impl Io for Recorder {
     fn open(&self, path: &Path, read_only: bool) -> std::io::Result<Arc<dyn IoFile>> {
         self.sim.open(path, read_only)
     }
-    fn create(&self, path: &Path) -> std::io::Result<Arc<dyn IoFile>> {
-        self.sim.create(path)
+    fn create(&self, path: &Path, mode: u32) -> std::io::Result<Arc<dyn IoFile>> {
+        self.sim.create(path, mode)
     }
     fn remove(&self, path: &Path) -> std::io::Result<()> {
         self.sim.remove(path)
@@ -91,8 +91,8 @@ impl Io for Recorder {
         }
         self.sim.sync_dir(dir)
     }
-    fn try_lock(&self, path: &Path) -> std::io::Result<LockGuard> {
-        self.sim.try_lock(path)
+    fn try_lock(&self, path: &Path, mode: u32) -> std::io::Result<LockGuard> {
+        self.sim.try_lock(path, mode)
     }
 }
 
@@ -109,7 +109,7 @@ fn synced_after_create(calls: &[Call], path: &str) -> bool {
 #[test]
 fn a_new_store_directory_and_its_parent_are_fsynced() {
     let sim = SimIo::new();
-    sim.create_dir_all(Path::new("/data")).unwrap();
+    sim.create_dir_all(Path::new("/data"), 0o700).unwrap();
     let rec = Recorder::new(&sim);
     let store = rec.open(Path::new("/data/store")).unwrap();
     let calls = rec.calls();
@@ -140,7 +140,7 @@ fn a_new_store_directory_and_its_parent_are_fsynced() {
 #[test]
 fn every_directory_created_is_fsynced_in_its_parent() {
     let sim = SimIo::new();
-    sim.create_dir_all(Path::new("/data")).unwrap();
+    sim.create_dir_all(Path::new("/data"), 0o700).unwrap();
     let rec = Recorder::new(&sim);
     drop(rec.open(Path::new("/data/a/b/store")).unwrap());
     let calls = rec.calls();
@@ -155,7 +155,7 @@ fn every_directory_created_is_fsynced_in_its_parent() {
 #[test]
 fn a_failed_parent_fsync_fails_the_open() {
     let sim = SimIo::new();
-    sim.create_dir_all(Path::new("/data")).unwrap();
+    sim.create_dir_all(Path::new("/data"), 0o700).unwrap();
     let mut rec = Recorder::new(&sim);
     rec.fail_sync_of = Some(PathBuf::from("/data"));
     let err = rec.open(Path::new("/data/store")).unwrap_err();
@@ -175,9 +175,9 @@ fn a_new_store_directory_is_fsynced_on_the_real_file_system() {
     #[derive(Debug)]
     struct RealRecorder(Arc<Mutex<Vec<Call>>>);
     impl Io for RealRecorder {
-        fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        fn create_dir_all(&self, dir: &Path, mode: u32) -> std::io::Result<()> {
             self.0.lock().unwrap().push(("create_dir_all", dir.into()));
-            RealIo.create_dir_all(dir)
+            RealIo.create_dir_all(dir, mode)
         }
         fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
             RealIo.list(dir)
@@ -185,8 +185,8 @@ fn a_new_store_directory_is_fsynced_on_the_real_file_system() {
         fn open(&self, path: &Path, read_only: bool) -> std::io::Result<Arc<dyn IoFile>> {
             RealIo.open(path, read_only)
         }
-        fn create(&self, path: &Path) -> std::io::Result<Arc<dyn IoFile>> {
-            RealIo.create(path)
+        fn create(&self, path: &Path, mode: u32) -> std::io::Result<Arc<dyn IoFile>> {
+            RealIo.create(path, mode)
         }
         fn remove(&self, path: &Path) -> std::io::Result<()> {
             RealIo.remove(path)
@@ -198,8 +198,8 @@ fn a_new_store_directory_is_fsynced_on_the_real_file_system() {
             self.0.lock().unwrap().push(("sync_dir", dir.into()));
             RealIo.sync_dir(dir)
         }
-        fn try_lock(&self, path: &Path) -> std::io::Result<LockGuard> {
-            RealIo.try_lock(path)
+        fn try_lock(&self, path: &Path, mode: u32) -> std::io::Result<LockGuard> {
+            RealIo.try_lock(path, mode)
         }
     }
 
