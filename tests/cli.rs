@@ -658,6 +658,19 @@ fn a_group_member_can_verify_a_group_read_store() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
+    // Other users must be able to reach the temporary directory (TMPDIR may be private).
+    let reachable = tmp
+        .path()
+        .ancestors()
+        .skip(1)
+        .all(|a| std::fs::metadata(a).is_ok_and(|m| m.permissions().mode() & 0o001 != 0));
+    if !reachable {
+        eprintln!(
+            "skipped: {} is not reachable by other users",
+            tmp.path().display()
+        );
+        return;
+    }
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let dir = tmp.path().join("store");
     let store =
@@ -675,10 +688,15 @@ fn a_group_member_can_verify_a_group_read_store() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         chown(entry.unwrap().path(), Some(4242), Some(4242)).unwrap();
     }
+    // A copy of the binary where the other users can reach it (the build directory's
+    // ancestors may be private to root, e.g. under /root on a CI machine).
+    let binary = tmp.path().join("execlog");
+    std::fs::copy(env!("CARGO_BIN_EXE_execlog"), &binary).unwrap();
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
     let as_user = |uid: &str, gid: &str| {
         Command::new(setpriv)
             .args(["--reuid", uid, "--regid", gid, "--clear-groups"])
-            .arg(env!("CARGO_BIN_EXE_execlog"))
+            .arg(&binary)
             .arg("verify")
             .arg(&dir)
             .output()
