@@ -80,18 +80,25 @@ impl Committer {
     }
 
     /// Runs until the store closes (the sender is dropped and the queue is empty).
-    pub(crate) fn run(mut self) {
+    /// Returns what failed at close (the seal, the checkpoint), for `close()` to report:
+    /// every acknowledged append is durable regardless, but the next open will have to
+    /// scan more than it would have.
+    pub(crate) fn run(mut self) -> Result<()> {
         let mut group = Vec::new();
         let outcome = catch_unwind(AssertUnwindSafe(|| self.run_groups(&mut group)));
-        if outcome.is_err() {
-            let error = poison(&self.shared, "the commit thread panicked".into());
-            fail_all(group.drain(..), &error);
-            // Appends queued before the poison was visible still wait: fail them.
-            fail_all(self.rx.iter(), &error);
+        match outcome {
+            Ok(at_close) => at_close,
+            Err(_) => {
+                let error = poison(&self.shared, "the commit thread panicked".into());
+                fail_all(group.drain(..), &error);
+                // Appends queued before the poison was visible still wait: fail them.
+                fail_all(self.rx.iter(), &error);
+                Err(error)
+            }
         }
     }
 
-    fn run_groups(&mut self, group: &mut Vec<Pending>) {
+    fn run_groups(&mut self, group: &mut Vec<Pending>) -> Result<()> {
         while let Some(first) = self.next_first() {
             group.push(first);
             self.gather(group);
@@ -120,19 +127,23 @@ impl Committer {
                 self.buf = Vec::new();
             }
         }
+        let mut at_close = Ok(());
         if self.wrote
             && let Err(e) = self.seal()
         {
-            // Not fatal: an unsealed tail only means the next open cannot prove the
-            // last group was synced, and treats damage in it as a torn tail.
+            // Not fatal to the data: an unsealed tail only means the next open cannot
+            // prove the last group was synced, and treats damage in it as a torn tail.
             log::warn!("could not seal the log at close: {e}");
+            at_close = Err(e);
         }
         if (self.wrote || self.checkpoint_due)
             && let Err(e) = self.checkpoint()
         {
             // Not fatal either: the next open rebuilds the index from the records.
             log::warn!("could not write the index checkpoint at close: {e}");
+            at_close = at_close.and(Err(e));
         }
+        at_close
     }
 
     /// Saves the index for the next open (see `checkpoint.rs`). Only for a store whose

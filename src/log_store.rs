@@ -38,7 +38,7 @@ pub(crate) const LOCK_FILE: &str = "LOCK";
 /// as blocking methods (`*_blocking`) for callers without an async runtime.
 pub struct LogStore {
     shared: Arc<Shared>,
-    committer: Mutex<Option<JoinHandle<()>>>,
+    committer: Mutex<Option<JoinHandle<Result<()>>>>,
     lock: Mutex<Option<LockGuard>>,
     report: RecoveryReport,
 }
@@ -255,23 +255,27 @@ impl LogStore {
         })
     }
 
-    /// Stops accepting appends, commits what is queued, and releases the directory
-    /// lock. Later calls on this store fail with [`Error::Closed`]. Idempotent; also
-    /// done on drop.
+    /// Stops accepting appends, commits what is queued, seals the log and writes the
+    /// index checkpoint, and releases the directory lock. Later calls on this store fail
+    /// with [`Error::Closed`]. Idempotent; also done on drop (which cannot report).
+    ///
+    /// An `Err` says what failed at close (writing the seal or the checkpoint, or the
+    /// commit thread's panic): every acknowledged append is durable anyway, but the next
+    /// open cannot use a checkpoint and scans the log.
     pub fn close(&self) -> Result<()> {
         self.shared.closed.store(true, Ordering::SeqCst);
         drop(self.shared.state.lock().writer.tx.take());
         // Appenders waiting for queue space are refused (Error::Closed) now.
         self.shared.queue_bound.stop();
-        if let Some(handle) = self.committer.lock().take()
-            && handle.join().is_err()
-        {
-            return Err(Error::Poisoned {
+        let at_close = match self.committer.lock().take().map(|h| h.join()) {
+            None => Ok(()),
+            Some(Ok(at_close)) => at_close,
+            Some(Err(_)) => Err(Error::Poisoned {
                 cause: "the commit thread panicked".into(),
-            });
-        }
+            }),
+        };
         drop(self.lock.lock().take());
-        Ok(())
+        at_close
     }
 
     /// What the open that created this store found and did.

@@ -299,3 +299,31 @@ fn a_large_store_checks_its_checkpoint_on_two_threads() {
         );
     }
 }
+
+/// A checkpoint that cannot be written at close is reported by `close()` (issue 17: it
+/// used to go to the log only, with `close()` returning `Ok`), and nothing acknowledged
+/// is lost: the next open scans instead.
+#[test]
+fn a_checkpoint_failure_at_close_is_returned_by_close() {
+    use execlog::fault::{Fault, Op, SimIo};
+    let sim = std::sync::Arc::new(SimIo::new());
+    let dir = Path::new("/store");
+    let options = || Options::default().io(sim.clone());
+    let store = LogStore::open_with(dir, options()).unwrap();
+    let (e, t) = (ExecutionId::from("e"), TenantId::from("t"));
+    for i in 1..=5 {
+        store.append_blocking(&e, &t, step_event(i)).unwrap();
+    }
+    // The next create or open is the checkpoint's temporary file (the seal only writes
+    // and syncs the open segment).
+    sim.fail_at(1, Op::Open, Fault::Persistent);
+    let err = store.close().unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    assert!(err.to_string().contains("checkpoint"), "{err}");
+    drop(store);
+    sim.clear_faults();
+    let store = LogStore::open_with(dir, options()).unwrap();
+    assert_eq!(store.recovery_report().checkpoint_bytes, 0);
+    assert_eq!(store.load_events_blocking(&e).unwrap().len(), 5);
+    store.close().unwrap();
+}
