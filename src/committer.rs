@@ -301,9 +301,17 @@ impl Committer {
             }
         }
         let path = segment::path(&self.shared.dir, self.segment);
+        let started = Instant::now();
         self.file
             .sync_data()
-            .map_err(|e| Error::io("fdatasync", &path, e))
+            .map_err(|e| Error::io("fdatasync", &path, e))?;
+        let events: u64 = group.iter().map(Pending::events).sum();
+        let bytes: u64 = group.iter().map(|p| p.bytes.len() as u64).sum();
+        let appends = group.len() as u64;
+        self.shared
+            .metrics
+            .group(appends, events, bytes, started.elapsed());
+        Ok(())
     }
 
     /// Makes sure `[.., end)` of the current segment was zeroed durably before records

@@ -72,6 +72,7 @@ mod import;
 mod index;
 mod io;
 mod log_store;
+mod metrics;
 mod mmap;
 mod options;
 #[cfg(feature = "postgres")]
@@ -103,6 +104,7 @@ pub use ids::{ExecutionId, MAX_ID_BYTES, StepId, TenantId};
 #[cfg(feature = "fault-injection")]
 pub use io::{Io, IoFile, LockGuard, Mapped, RealIo};
 pub use log_store::{LogStore, Stats};
+pub use metrics::{Histogram, WriteMetrics};
 pub use options::Options;
 #[doc(hidden)]
 pub use options::WritePath;

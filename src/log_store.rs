@@ -20,6 +20,7 @@ use crate::event::{ExecutionEventData, StoredEvent};
 use crate::ids::{ExecutionId, TenantId, validate_id};
 use crate::index::Index;
 use crate::io::{Io, LockGuard};
+use crate::metrics::WriteMetrics;
 use crate::options::Options;
 use crate::queue::{Admit, Admitted, Appending, QueueBound, Ticket};
 use crate::reader;
@@ -76,6 +77,9 @@ pub struct Stats {
     pub idempotency_keys: usize,
     /// Approximate memory of their lookup tables (the keys themselves stay on disk).
     pub idempotency_key_bytes: usize,
+    /// What the write path committed since open: appends, events, bytes, groups, and
+    /// histograms of appends per group and fdatasync latency.
+    pub writes: WriteMetrics,
 }
 
 impl std::fmt::Debug for LogStore {
@@ -223,6 +227,7 @@ impl LogStore {
             queue_bound,
             closed: AtomicBool::new(false),
             read_only,
+            metrics: Default::default(),
         });
         if read_only {
             return Ok(LogStore {
@@ -314,6 +319,7 @@ impl LogStore {
             queue_waiters: self.shared.queue_bound.waiting(),
             idempotency_keys: keys.0,
             idempotency_key_bytes: keys.1,
+            writes: self.shared.metrics.snapshot(),
         }
     }
 

@@ -71,6 +71,16 @@ impl Pending {
         u64::from(self.offset) + self.bytes.len() as u64
     }
 
+    /// How many events (records) the append holds: its first record counts the rest of
+    /// its batch.
+    pub(crate) fn events(&self) -> u64 {
+        let at = crate::record::BATCH_REMAINING_OFFSET;
+        self.bytes
+            .get(at..at + 4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map_or(1, |b| u64::from(u32::from_le_bytes(b)) + 1)
+    }
+
     /// Releases the append's queued bytes, then completes its ticket (so that its
     /// appender, woken, finds its bytes already released).
     pub(crate) fn complete(self, result: Result<()>) {

@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::idempotency::KeyTables;
 use crate::index::Index;
 use crate::io::Io;
+use crate::metrics::Metrics;
 use crate::options::Options;
 use crate::queue::{Pending, QueueBound};
 use crate::segment::SEGMENT_HEADER_LEN;
@@ -31,6 +32,8 @@ pub(crate) struct Shared {
     pub(crate) closed: AtomicBool,
     /// Opened with [`LogStore::open_read_only`](crate::LogStore::open_read_only).
     pub(crate) read_only: bool,
+    /// The write path's counters.
+    pub(crate) metrics: Metrics,
 }
 
 /// The mutable core behind the store mutex.

@@ -214,3 +214,28 @@ fn index_memory_per_event() {
         (54_322..=54_328).collect::<Vec<_>>()
     );
 }
+
+/// The write metrics move as appends happen (issue 17): appends, events, bytes, groups,
+/// and one fdatasync latency per group; batches count all their events.
+#[test]
+fn write_metrics_move_with_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(dir.path()).unwrap();
+    let before = store.stats().writes;
+    assert_eq!((before.appends, before.events, before.groups), (0, 0, 0));
+    let (e, t) = (ExecutionId::from("m"), TenantId::from("t"));
+    for i in 1..=10 {
+        store.append_blocking(&e, &t, step_event(i)).unwrap();
+    }
+    store
+        .append_batch_blocking(&e, &t, (11..=15).map(step_event).collect())
+        .unwrap();
+    let w = store.stats().writes;
+    assert_eq!(w.appends, 11);
+    assert_eq!(w.events, 15);
+    assert!(w.groups >= 1 && w.groups <= 11, "{w:?}");
+    assert!(w.bytes >= 15 * 56, "{w:?}");
+    assert_eq!(w.fdatasync_micros.total(), w.groups);
+    assert_eq!(w.appends_per_group.total(), w.groups);
+    assert!(w.fdatasync_micros.quantile_upper_bound(0.5).is_some());
+}
