@@ -381,16 +381,19 @@ impl Committer {
                 self.shared.segments.set_durable_end(p.segment, p.end());
             }
         }
-        let mut state = self.shared.state.lock();
-        let state = &mut *state;
-        for p in group {
-            state
-                .index
-                .make_durable(p.execution, p.last_sequence, p.last_pos);
+        {
+            let mut state = self.shared.state.lock();
+            let state = &mut *state;
+            for p in group {
+                state
+                    .index
+                    .make_durable(p.execution, p.last_sequence, p.last_pos);
+            }
+            if let Some(last) = group.last() {
+                state.keys.settle(last.last_pos);
+            }
         }
-        if let Some(last) = group.last() {
-            state.keys.settle(last.last_pos);
-        }
+        self.shared.watch.advance();
     }
 }
 
@@ -412,5 +415,7 @@ pub(crate) fn poison(shared: &Shared, cause: String) -> Error {
         state.writer.poisoned.get_or_insert(cause).clone()
     };
     shared.queue_bound.stop();
+    // Followers that caught up learn that nothing more will come.
+    shared.watch.advance();
     Error::Poisoned { cause }
 }

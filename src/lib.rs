@@ -62,6 +62,7 @@ mod event;
 mod event_store;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+mod follow;
 #[cfg(any(feature = "fuzzing", all(test, feature = "fault-injection")))]
 pub mod fuzzing;
 mod guard;
@@ -87,8 +88,10 @@ mod scan;
 mod segment;
 mod segments;
 mod state;
+mod subscription;
 mod sync;
 mod verify;
+mod watch;
 
 pub use error::{Error, Result};
 pub use event::{
@@ -109,6 +112,7 @@ pub use options::Options;
 #[doc(hidden)]
 pub use options::WritePath;
 pub use recovery::{RecoveryReport, TailCheck};
+pub use subscription::{Delivered, Follow, StartFrom, Subscription, SubscriptionFilter};
 pub use verify::VerifyReport;
 
 /// The README, so that `cargo test --doc` compiles its Rust blocks (the quickstart)

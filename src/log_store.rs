@@ -228,6 +228,7 @@ impl LogStore {
             closed: AtomicBool::new(false),
             read_only,
             metrics: Default::default(),
+            watch: crate::watch::Watch::default(),
         });
         if read_only {
             return Ok(LogStore {
@@ -279,6 +280,8 @@ impl LogStore {
                 cause: "the commit thread panicked".into(),
             }),
         };
+        // Every durable end is final now: followers deliver the rest and end.
+        self.shared.watch.finish();
         drop(self.lock.lock().take());
         at_close
     }
@@ -324,6 +327,10 @@ impl LogStore {
     }
 
     /// The parts of the store its other modules work on.
+    pub(crate) fn shared_arc(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+
     pub(crate) fn shared(&self) -> &Shared {
         &self.shared
     }

@@ -18,6 +18,7 @@ use crate::queue::{Pending, QueueBound};
 use crate::segment::SEGMENT_HEADER_LEN;
 use crate::segments::Segments;
 use crate::sync::{AtomicBool, Mutex, Sender};
+use crate::watch::Watch;
 
 /// Everything the parts of one open store share.
 pub(crate) struct Shared {
@@ -34,6 +35,8 @@ pub(crate) struct Shared {
     pub(crate) read_only: bool,
     /// The write path's counters.
     pub(crate) metrics: Metrics,
+    /// Wakes followers when the durable end moves.
+    pub(crate) watch: Watch,
 }
 
 /// The mutable core behind the store mutex.

@@ -21,7 +21,7 @@ pub(crate) const MODEL_CHECKED: bool = cfg!(feature = "shuttle");
 mod imp {
     pub(crate) use crossbeam_channel::{Receiver, Sender, TryRecvError, unbounded as channel};
     pub(crate) use parking_lot::{Condvar, Mutex, RwLock};
-    pub(crate) use std::sync::atomic::{AtomicBool, AtomicUsize};
+    pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
     pub(crate) use std::thread::{Builder, JoinHandle};
 }
 
@@ -31,7 +31,7 @@ mod imp {
     use std::sync::PoisonError;
     use std::time::Instant;
 
-    pub(crate) use shuttle::sync::atomic::{AtomicBool, AtomicUsize};
+    pub(crate) use shuttle::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
     pub(crate) use shuttle::sync::mpsc::{Sender, TryRecvError};
     pub(crate) use shuttle::thread::{Builder, JoinHandle};
 
@@ -82,6 +82,32 @@ mod imp {
 
         pub(crate) fn notify_all(&self) {
             self.0.notify_all();
+        }
+
+        /// Waits for a notification or until `deadline`; shuttle may time out at any
+        /// scheduling point, which a caller must tolerate anyway.
+        pub(crate) fn wait_until<T>(
+            &self,
+            guard: &mut MutexGuard<'_, T>,
+            deadline: Instant,
+        ) -> WaitTimeout {
+            let inner = guard.0.take().expect("guard is held before waiting");
+            let timeout = deadline.saturating_duration_since(Instant::now());
+            let (inner, result) = self
+                .0
+                .wait_timeout(inner, timeout)
+                .unwrap_or_else(PoisonError::into_inner);
+            guard.0 = Some(inner);
+            WaitTimeout(result.timed_out())
+        }
+    }
+
+    /// Whether a timed wait ended by its deadline, as parking_lot says it.
+    pub(crate) struct WaitTimeout(bool);
+
+    impl WaitTimeout {
+        pub(crate) fn timed_out(&self) -> bool {
+            self.0
         }
     }
 

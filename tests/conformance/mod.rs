@@ -17,7 +17,9 @@ use std::sync::Arc;
 use crate::common::*;
 use execlog::*;
 
+pub mod follow;
 pub mod guarded;
+pub use follow::*;
 pub use guarded::*;
 
 /// A place a store lives in, and how to open it.
