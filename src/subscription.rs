@@ -62,9 +62,11 @@ pub trait Follow {
     /// event starts the catch-up.
     fn subscribe(&self, filter: SubscriptionFilter, start: StartFrom) -> Result<Subscription>;
 
-    /// The current end of the store's durable order: every durable event has a
-    /// position below it (or at most it), and every event made durable later gets a
-    /// larger one. `StartFrom::After(end_position)` delivers only later events.
+    /// The current end of the store's order: every event durable when this is called
+    /// has a position at most it, and every event that becomes durable after it returns
+    /// gets a larger one, so `StartFrom::After(end_position)` delivers exactly the later
+    /// events. (PostgreSQL orders by transaction id, so there it first waits for the
+    /// transactions in progress at the call to end.)
     fn end_position(&self) -> Result<u64>;
 }
 

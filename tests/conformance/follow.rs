@@ -60,6 +60,24 @@ pub fn take(sub: &mut Subscription, n: usize) -> Vec<Delivered> {
     out
 }
 
+/// Exactly `n` events from `sub`: `n` arrive, and no other within a moment after.
+/// (On PostgreSQL an event is deliverable once every transaction that began before it
+/// has ended, which other tests' transactions can delay: tests wait for what must come
+/// instead of expecting it at once.)
+pub fn take_exactly(sub: &mut Subscription, n: usize) -> Vec<Delivered> {
+    let got = take(sub, n);
+    assert_nothing_more(sub);
+    got
+}
+
+/// No further event arrives within a moment.
+pub fn assert_nothing_more(sub: &mut Subscription) {
+    if let Some(d) = sub.next_timeout(Duration::from_millis(200)).unwrap() {
+        panic!("unexpected event at position {}: {:?}", d.position, d.event);
+    }
+    assert!(sub.is_caught_up());
+}
+
 /// Everything `sub` has now, up to where it catches up.
 pub fn drain(sub: &mut Subscription) -> Vec<Delivered> {
     let mut out = Vec::new();
@@ -146,8 +164,7 @@ where
         .subscribe(SubscriptionFilter::All, StartFrom::Beginning)
         .unwrap();
     assert!(!sub.is_caught_up());
-    let delivered = drain(&mut sub);
-    assert_eq!(delivered.len(), 30);
+    let delivered = take_exactly(&mut sub, 30);
     assert_ordered(&delivered, "all");
     // Commit order: the first six rounds alternate between the executions.
     for (i, d) in delivered.iter().take(18).enumerate() {
@@ -160,7 +177,6 @@ where
         by_execution(events_of(delivered)),
         by_execution(loaded(&store, &ids))
     );
-    assert_eq!(sub.try_next().unwrap(), None);
 }
 
 /// A tenant filter delivers that tenant's executions only; an execution filter one
@@ -190,11 +206,10 @@ where
             StartFrom::Beginning,
         )
         .unwrap();
-    let a = drain(&mut of_a);
-    assert_eq!(a.len(), 20);
+    let a = take_exactly(&mut of_a, 20);
     assert!(a.iter().all(|d| d.event.tenant_id.as_str() == "a"));
     assert_ordered(&a, "tenant a");
-    assert!(drain(&mut of_later).is_empty());
+    assert_nothing_more(&mut of_later);
     store
         .append_batch_blocking(&later, &TenantId::from("b"), vec![step_event(1); 3])
         .unwrap();
@@ -211,7 +226,7 @@ where
     assert_eq!(more_a[0].event.execution_id, owners[0].0);
     assert_eq!(more_a[0].event.sequence, 11);
     assert!(more_a[0].position > a.last().unwrap().position);
-    assert!(drain(&mut of_nobody).is_empty());
+    assert_nothing_more(&mut of_nobody);
 }
 
 /// Resuming after the position of any delivered event delivers exactly the rest.
@@ -221,44 +236,45 @@ where
 {
     let store = b.open();
     interleaved(&store);
-    let all = drain(
+    let all = take_exactly(
         &mut store
             .subscribe(SubscriptionFilter::All, StartFrom::Beginning)
             .unwrap(),
+        30,
     );
     for cut in [0, 1, 7, 17, 18, 25, 29] {
         let p = all[cut].position;
-        let rest = drain(
+        let rest = take_exactly(
             &mut store
                 .subscribe(SubscriptionFilter::All, StartFrom::After(p))
                 .unwrap(),
+            29 - cut,
         );
         assert_eq!(rest, all[cut + 1..], "after the event #{cut}");
     }
     let tenant_b = SubscriptionFilter::Tenant(TenantId::from("b"));
-    let b_all = drain(
+    let b_all = take_exactly(
         &mut store
             .subscribe(tenant_b.clone(), StartFrom::Beginning)
             .unwrap(),
+        10,
     );
     // A position of another tenant's event is a valid resume point too.
-    let rest = drain(
-        &mut store
-            .subscribe(tenant_b, StartFrom::After(all[12].position))
-            .unwrap(),
-    );
     let expected: Vec<_> = b_all
         .into_iter()
         .filter(|d| d.position > all[12].position)
         .collect();
+    let rest = take_exactly(
+        &mut store
+            .subscribe(tenant_b, StartFrom::After(all[12].position))
+            .unwrap(),
+        expected.len(),
+    );
     assert_eq!(rest, expected);
-    assert!(
-        drain(
-            &mut store
-                .subscribe(SubscriptionFilter::All, StartFrom::After(u64::MAX - 1))
-                .unwrap()
-        )
-        .is_empty()
+    assert_nothing_more(
+        &mut store
+            .subscribe(SubscriptionFilter::All, StartFrom::After(u64::MAX - 1))
+            .unwrap(),
     );
 }
 
@@ -272,17 +288,18 @@ where
     interleaved(&store);
     let end = store.end_position().unwrap();
     assert!(end >= empty_end);
-    let all = drain(
+    let all = take_exactly(
         &mut store
             .subscribe(SubscriptionFilter::All, StartFrom::Beginning)
             .unwrap(),
+        30,
     );
     assert!(all.iter().all(|d| d.position <= end));
     assert!(all.iter().all(|d| d.position > empty_end));
     let mut after_end = store
         .subscribe(SubscriptionFilter::All, StartFrom::After(end))
         .unwrap();
-    assert!(drain(&mut after_end).is_empty());
+    assert_nothing_more(&mut after_end);
     let (e, t) = (ExecutionId::new(), TenantId::from("c"));
     store.append_blocking(&e, &t, step_event(1)).unwrap();
     let new = take(&mut after_end, 1);
@@ -301,15 +318,14 @@ where
     let mut sub = store
         .subscribe(SubscriptionFilter::All, StartFrom::End)
         .unwrap();
-    assert_eq!(sub.try_next().unwrap(), None);
-    assert!(sub.is_caught_up());
+    assert_nothing_more(&mut sub);
     store
         .append_blocking(&owners[1].0, &owners[1].1, step_event(11))
         .unwrap();
     let got = take(&mut sub, 1);
     assert_eq!(got[0].event.execution_id, owners[1].0);
     assert_eq!(got[0].event.sequence, 11);
-    assert_eq!(sub.try_next().unwrap(), None);
+    assert_nothing_more(&mut sub);
 }
 
 /// A subscriber reading while appenders run: it catches up, then follows live, and
@@ -354,8 +370,7 @@ where
         got.iter()
             .all(|d| event_number(&d.event.event) == Some(d.event.sequence))
     );
-    assert_eq!(sub.try_next().unwrap(), None);
-    assert!(sub.is_caught_up());
+    assert_nothing_more(&mut sub);
 }
 
 /// 16 appenders on 8 executions of 2 tenants; 4 subscribers: everything from the
@@ -375,10 +390,11 @@ where
     for (e, t) in &owners {
         store.append_blocking(e, t, step_event(0)).unwrap();
     }
-    let history = drain(
+    let history = take_exactly(
         &mut store
             .subscribe(SubscriptionFilter::All, StartFrom::Beginning)
             .unwrap(),
+        owners.len(),
     );
     let middle = history[3].position;
     let total = owners.len() as u64 + APPENDERS as u64 * PER_APPENDER;
@@ -507,27 +523,30 @@ where
 {
     let store = b.open();
     interleaved(&store);
-    let before = drain(
+    let before = take_exactly(
         &mut store
             .subscribe(SubscriptionFilter::All, StartFrom::Beginning)
             .unwrap(),
+        30,
     );
     let resume_at = before[20].position;
     store.close().unwrap();
     drop(store);
     let store = b.open();
-    let after = drain(
+    let after = take_exactly(
         &mut store
             .subscribe(SubscriptionFilter::All, StartFrom::Beginning)
             .unwrap(),
+        30,
     );
     assert_eq!(before, after);
     let (e, t) = (ExecutionId::new(), TenantId::from("a"));
     store.append_blocking(&e, &t, step_event(1)).unwrap();
-    let resumed = drain(
+    let resumed = take_exactly(
         &mut store
             .subscribe(SubscriptionFilter::All, StartFrom::After(resume_at))
             .unwrap(),
+        10,
     );
     assert_eq!(resumed[..9], before[21..]);
     assert_eq!(resumed.len(), 10);
