@@ -214,6 +214,10 @@ impl Committer {
             .sync_data()
             .map_err(|e| Error::io("fdatasync seal", &path, e))?;
         note_written(&mut self.digests, tail, &self.buf);
+        if let Some(publisher) = &self.shared.publisher {
+            // Readers in other processes then see the log as the checkpoint does.
+            publisher.publish(self.segment, tail + len);
+        }
         let mut state = self.shared.state.lock();
         state.writer.tail = tail + len;
         Ok(())
@@ -380,6 +384,9 @@ impl Committer {
             {
                 self.shared.segments.set_durable_end(p.segment, p.end());
             }
+        }
+        if let (Some(publisher), Some(last)) = (&self.shared.publisher, group.last()) {
+            publisher.publish(last.segment, last.end());
         }
         {
             let mut state = self.shared.state.lock();

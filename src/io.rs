@@ -61,6 +61,19 @@ pub trait IoFile: Send + Sync {
     /// The first `len` bytes, read-only. The caller promises that those bytes are not
     /// rewritten or truncated while the returned value lives (see `mmap.rs`).
     fn map(&self, len: u64) -> io::Result<Mapped>;
+    /// Up to `len` bytes at `offset`, as a read (`pread`) returns them: fewer at the end
+    /// of the file. For small files another process rewrites in place, where a map
+    /// would let the bytes change under a shared reference. The default reads through
+    /// [`IoFile::map`], for file systems whose maps are copies.
+    fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let end = offset.saturating_add(len as u64).min(self.size()?);
+        let map = self.map(end)?;
+        let bytes: &[u8] = map.as_ref().as_ref();
+        Ok(bytes
+            .get(usize::try_from(offset).unwrap_or(usize::MAX)..)
+            .unwrap_or_default()
+            .to_vec())
+    }
     /// The bytes `[offset, offset + len)` as the storage device holds them, read past
     /// the page cache (`O_DIRECT`; the kernel first writes back the range's dirty
     /// pages). Bytes beyond the end of the file read as zeros. `Ok(None)` if the file
@@ -184,6 +197,21 @@ impl IoFile for RealFile {
             return Ok(Arc::new(Vec::<u8>::new()));
         }
         Ok(Arc::new(crate::mmap::map_prefix(&self.file, len)?))
+    }
+
+    fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        let mut done = 0;
+        while done < len {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(done);
+        Ok(buf)
     }
 
     fn read_durable(&self, offset: u64, len: usize) -> io::Result<Option<Vec<u8>>> {

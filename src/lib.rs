@@ -79,10 +79,13 @@ mod options;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 mod prescan;
+mod published_end;
 mod queue;
 mod reader;
+mod rebuild;
 mod record;
 mod recovery;
+mod refresh;
 mod repair;
 mod scan;
 mod segment;

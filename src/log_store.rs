@@ -22,9 +22,11 @@ use crate::index::Index;
 use crate::io::{Io, LockGuard};
 use crate::metrics::WriteMetrics;
 use crate::options::Options;
+use crate::published_end::{self, Publisher};
 use crate::queue::{Admit, Admitted, Appending, QueueBound, Ticket};
 use crate::reader;
 use crate::recovery::{self, RecoveryReport};
+use crate::refresh;
 use crate::segment::{self, SEGMENT_HEADER_LEN};
 use crate::segments::Segments;
 use crate::state::{Shared, State, Writer};
@@ -32,6 +34,31 @@ use crate::sync::{self, AtomicBool, JoinHandle, Mutex};
 
 /// Name of the lock file inside a store directory.
 pub(crate) const LOCK_FILE: &str = "LOCK";
+
+/// How a store is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Locked, recovered (cutting a torn tail), with a commit thread.
+    Write,
+    /// Locked, nothing written, nothing followed.
+    ReadOnly,
+    /// Not locked, nothing written, bounded by and following the published end.
+    Reader,
+}
+
+/// Takes the directory lock, or says who holds it.
+fn lock(io: &dyn Io, dir: &Path, mode: u32) -> Result<LockGuard> {
+    let lock_path = dir.join(LOCK_FILE);
+    io.try_lock(&lock_path, mode).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            Error::Locked {
+                path: dir.to_path_buf(),
+            }
+        } else {
+            Error::io("lock", &lock_path, e)
+        }
+    })
+}
 
 /// A durable event log in one directory. Share it with `Arc<LogStore>`.
 ///
@@ -119,7 +146,36 @@ impl LogStore {
         Self::open_mode(dir.as_ref(), Options::default(), true)
     }
 
+    /// Opens the store that another process may be writing, to read and follow it:
+    /// without the directory lock, through read-only file handles, writing nothing
+    /// (so a user who may only read the directory, a read-only mount and a backup copy
+    /// work too).
+    ///
+    /// It serves exactly what the writer has made durable: the writer publishes its
+    /// durable end after every fdatasync (docs/FORMAT.md, `published.end`), and the
+    /// reader never reads past it. A thread of the reader polls that end (every 1 to
+    /// 20 ms, slower while nothing changes) and indexes what was added, so reads and
+    /// [`Follow::subscribe`](crate::Follow::subscribe) see new events. A writer that
+    /// crashes and restarts publishes what its recovery kept, which the reader then
+    /// follows. Without a published end (a store no writer of this version opened),
+    /// the reader serves what recovery's rules accept, as
+    /// [`LogStore::open_read_only`] does. Appends fail with
+    /// [`Error::InvalidArgument`].
+    pub fn open_reader(dir: impl AsRef<Path>) -> Result<LogStore> {
+        Self::open_as(dir.as_ref(), Options::default(), Mode::Reader)
+    }
+
     pub(crate) fn open_mode(dir: &Path, options: Options, read_only: bool) -> Result<LogStore> {
+        let mode = if read_only {
+            Mode::ReadOnly
+        } else {
+            Mode::Write
+        };
+        Self::open_as(dir, options, mode)
+    }
+
+    fn open_as(dir: &Path, options: Options, mode: Mode) -> Result<LogStore> {
+        let read_only = mode != Mode::Write;
         options.validate()?;
         let dir = dir.to_path_buf();
         let io = Arc::clone(&options.io);
@@ -140,15 +196,16 @@ impl LogStore {
         } else {
             create_dir_durably(io.as_ref(), &dir, options.dir_mode())?;
         }
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = io.try_lock(&lock_path, options.file_mode()).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::WouldBlock {
-                Error::Locked { path: dir.clone() }
-            } else {
-                Error::io("lock", &lock_path, e)
-            }
-        })?;
-        let mut recovered = recovery::recover(io.as_ref(), &dir, &options, read_only)?;
+        let lock = match mode {
+            Mode::Reader => None,
+            Mode::Write | Mode::ReadOnly => Some(lock(io.as_ref(), &dir, options.file_mode())?),
+        };
+        let published = match mode {
+            Mode::Reader => published_end::read(io.as_ref(), &dir)?,
+            Mode::Write | Mode::ReadOnly => None,
+        };
+        let limit = published.map(|p| (p.segment, p.end));
+        let mut recovered = recovery::recover(io.as_ref(), &dir, &options, read_only, limit)?;
         if !read_only
             && (recovered.report.truncated_at.is_some()
                 || !recovered.report.removed_segments.is_empty())
@@ -213,6 +270,14 @@ impl LogStore {
             poisoned: None,
             last_timestamp_ns: recovered.last_timestamp_ns,
         };
+        let publisher = match mode {
+            Mode::Write => {
+                let p = Publisher::open(io.as_ref(), &dir, options.file_mode())?;
+                p.publish(last.id, last.data_end);
+                Some(p)
+            }
+            Mode::ReadOnly | Mode::Reader => None,
+        };
         let queue_bound = QueueBound::new(options.max_queued_bytes);
         let shared = Arc::new(Shared {
             dir,
@@ -229,12 +294,26 @@ impl LogStore {
             read_only,
             metrics: Default::default(),
             watch: crate::watch::Watch::default(),
+            publisher,
         });
+        if mode == Mode::Reader {
+            let poller = Arc::clone(&shared);
+            let handle = sync::Builder::new()
+                .name("execlog-refresh".into())
+                .spawn(move || refresh::run(&poller, published))
+                .map_err(|e| Error::io("spawn refresh thread", &shared.dir, e))?;
+            return Ok(LogStore {
+                shared,
+                committer: Mutex::new(Some(handle)),
+                lock: Mutex::new(None),
+                report: recovered.report,
+            });
+        }
         if read_only {
             return Ok(LogStore {
                 shared,
                 committer: Mutex::new(None),
-                lock: Mutex::new(Some(lock)),
+                lock: Mutex::new(lock),
                 report: recovered.report,
             });
         }
@@ -256,7 +335,7 @@ impl LogStore {
         Ok(LogStore {
             shared,
             committer: Mutex::new(Some(handle)),
-            lock: Mutex::new(Some(lock)),
+            lock: Mutex::new(lock),
             report: recovered.report,
         })
     }

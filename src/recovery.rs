@@ -26,15 +26,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::checkpoint::{self, SegmentDigest};
-use crate::codec;
 use crate::error::{Error, Result};
 use crate::idempotency::KeyTables;
-use crate::ids::TenantId;
-use crate::index::{ExecNo, Index};
+use crate::index::Index;
 use crate::io::{Io, IoFile};
 use crate::options::Options;
 use crate::prescan::Prescan;
-use crate::record::{Header, Kind, Pos};
+use crate::rebuild::Rebuild;
 use crate::repair::{self, Cut};
 use crate::scan::{
     Later, Scanner, SearchWork, Step, first_nonzero, last_nonzero, later_group_record,
@@ -130,30 +128,6 @@ pub(crate) struct Recovered {
     pub(crate) checkpoint_current: bool,
 }
 
-/// A record waiting for the rest of its batch.
-struct Waiting {
-    header: Header,
-    pos: Pos,
-    tenant: Option<TenantId>,
-    execution_id: Option<String>,
-    /// The idempotency key, in the first record of a keyed append.
-    key: Option<String>,
-}
-
-/// Rebuilds the index from the records, batch by batch.
-struct Rebuild {
-    index: Index,
-    keys: KeyTables,
-    /// Format version of the segment being scanned.
-    segment_version: u32,
-    batch: Vec<Waiting>,
-    batch_start: Option<u64>,
-    last_timestamp_ns: i64,
-    records: u64,
-    /// The segment and commit group start of the last record kept (seal included).
-    tail: Option<(u32, u32)>,
-}
-
 /// Scans `dir`. With `read_only`, a torn tail is reported but not cut, and a blank
 /// newest segment is reported but not removed.
 ///
@@ -167,6 +141,7 @@ pub(crate) fn recover(
     dir: &Path,
     options: &Options,
     read_only: bool,
+    limit: Option<(u32, u64)>,
 ) -> Result<Recovered> {
     let started = Instant::now();
     let mut hidden = None;
@@ -183,7 +158,12 @@ pub(crate) fn recover(
         dropped = Some((cut, why.to_string()));
     }
     for _ in 0..3 {
-        match pass(io, dir, options, read_only, hidden)? {
+        // A reader never looks past what the writer published.
+        let bound = match (hidden, limit) {
+            (Some(h), Some(l)) => Some(h.min(l)),
+            (h, l) => h.or(l),
+        };
+        match pass(io, dir, options, read_only, bound, limit.map(|l| l.0))? {
             Pass::Done(recovered) => {
                 let mut recovered = *recovered;
                 let report = &mut recovered.report;
@@ -256,6 +236,7 @@ fn pass(
     options: &Options,
     read_only: bool,
     hidden: Option<(u32, u64)>,
+    last_segment: Option<u32>,
 ) -> Result<Pass> {
     let mut report = RecoveryReport::default();
     let mut ids = Vec::new();
@@ -270,12 +251,14 @@ fn pass(
                 checkpoint::FILE_NAME,
                 checkpoint::TMP_NAME,
                 repair::MARKER_NAME,
+                crate::published_end::FILE_NAME,
             ]
             .contains(&name.as_str()) => {}
             None => report.ignored_files.push(name),
         }
     }
     ids.sort_unstable();
+    ids.retain(|&id| last_segment.is_none_or(|last| id <= last));
     report.ignored_files.sort();
     for (i, &id) in ids.iter().enumerate() {
         if id as usize != i + 1 {
@@ -754,114 +737,4 @@ fn search_after(report: &mut RecoveryReport, bytes: &[u8], damaged: usize) -> La
     report.search_candidates += work.candidates;
     report.search_bytes_checksummed += work.bytes_checksummed;
     later
-}
-
-impl Rebuild {
-    /// Continues from `index` (empty, or restored from a checkpoint).
-    fn resume(index: Index, keys: KeyTables, last_timestamp_ns: i64) -> Self {
-        let records = index.counts().1;
-        Self {
-            index,
-            keys,
-            segment_version: segment::FORMAT_VERSION,
-            batch: Vec::new(),
-            batch_start: None,
-            last_timestamp_ns,
-            records,
-            tail: None,
-        }
-    }
-
-    /// Takes one valid record; applies its batch once the batch is complete.
-    fn add(&mut self, segment: u32, offset: u64, header: Header, body: &[u8]) -> Result<()> {
-        let corrupt = |why: &str| Error::corrupt(segment, offset, why);
-        if header.kind == Kind::Seal {
-            if !self.batch.is_empty() {
-                return Err(corrupt("seal inside a batch"));
-            }
-            self.tail = Some((segment, header.group_start));
-            // A seal's time was handed out too: later appends are not stamped before it.
-            self.last_timestamp_ns = self.last_timestamp_ns.max(header.timestamp_ns);
-            return Ok(());
-        }
-        if let Some(last) = self.batch.last() {
-            if header.batch_remaining.checked_add(1) != Some(last.header.batch_remaining)
-                || header.execution != last.header.execution
-            {
-                return Err(corrupt("record breaks the batch before it"));
-            }
-        } else {
-            self.batch_start = Some(offset);
-        }
-        let prefix = codec::record_prefix(
-            body,
-            header.sequence,
-            self.batch.is_empty(),
-            self.segment_version,
-        )
-        .map_err(|why| Error::corrupt(segment, offset, why))?;
-        let (tenant, execution_id) = match prefix.declaration {
-            Some(d) => (Some(TenantId::from(d.tenant_id)), Some(d.execution_id)),
-            None => (None, None),
-        };
-        let pos = Pos {
-            segment,
-            offset: u32::try_from(offset).map_err(|_| corrupt("offset beyond 4 GiB"))?,
-        };
-        self.batch.push(Waiting {
-            header,
-            pos,
-            tenant,
-            execution_id,
-            key: prefix.key,
-        });
-        if header.batch_remaining == 0 {
-            self.apply_batch()?;
-        }
-        Ok(())
-    }
-
-    /// Files the key of a keyed append, if `key` is one.
-    fn file_key(&mut self, no: ExecNo, key: Option<&str>, pos: Pos) {
-        if let Some(key) = key {
-            let hash = self.keys.hash(key);
-            self.keys.insert(no, hash, pos);
-        }
-    }
-
-    fn apply_batch(&mut self) -> Result<()> {
-        // Drained, not taken: the buffer keeps its capacity, so recovery does not
-        // allocate once per batch (once per record for single-event appends).
-        let mut batch = std::mem::take(&mut self.batch);
-        for w in batch.drain(..) {
-            let h = w.header;
-            let corrupt = |why: &str| Error::corrupt(w.pos.segment, u64::from(w.pos.offset), why);
-            if let (Some(id), Some(tenant)) = (w.execution_id, w.tenant) {
-                let id = crate::ExecutionId::from(id);
-                if h.execution != self.index.len() as u64 || self.index.lookup(&id).is_some() {
-                    return Err(corrupt("execution declared out of order or twice"));
-                }
-                let no = self.index.create(id, &tenant, w.pos);
-                self.index.make_durable(no, 1, w.pos);
-                self.file_key(no, w.key.as_deref(), w.pos);
-            } else {
-                let no = u32::try_from(h.execution).map_err(|_| corrupt("unknown execution"))?;
-                let Some(e) = self.index.get(no) else {
-                    return Err(corrupt("record of an unknown execution"));
-                };
-                if h.sequence != e.reserved_seq + 1 || h.prev != Some(e.reserved_pos) {
-                    return Err(corrupt("record does not continue its execution's chain"));
-                }
-                self.index.reserve(no, h.sequence, w.pos);
-                self.index.make_durable(no, h.sequence, w.pos);
-                self.file_key(no, w.key.as_deref(), w.pos);
-            }
-            self.last_timestamp_ns = self.last_timestamp_ns.max(h.timestamp_ns);
-            self.records += 1;
-            self.tail = Some((w.pos.segment, h.group_start));
-        }
-        self.batch = batch;
-        self.batch_start = None;
-        Ok(())
-    }
 }

@@ -65,6 +65,14 @@ impl Segments {
             .map_or(0, |s| s.durable_end)
     }
 
+    /// Segment `id`'s file, if it holds it.
+    pub(crate) fn file(&self, id: u32) -> Option<Arc<dyn IoFile>> {
+        self.slots
+            .read()
+            .get(id.wrapping_sub(self.first_id) as usize)
+            .map(|s| Arc::clone(&s.file))
+    }
+
     /// Number of segments.
     pub(crate) fn count(&self) -> usize {
         self.slots.read().len()

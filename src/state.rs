@@ -14,6 +14,7 @@ use crate::index::Index;
 use crate::io::Io;
 use crate::metrics::Metrics;
 use crate::options::Options;
+use crate::published_end::Publisher;
 use crate::queue::{Pending, QueueBound};
 use crate::segment::SEGMENT_HEADER_LEN;
 use crate::segments::Segments;
@@ -37,6 +38,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     /// Wakes followers when the durable end moves.
     pub(crate) watch: Watch,
+    /// Where a writer publishes its durable end for readers in other processes.
+    pub(crate) publisher: Option<Publisher>,
 }
 
 /// The mutable core behind the store mutex.

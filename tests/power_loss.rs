@@ -17,6 +17,9 @@
 //! unacknowledged one may replay only events that are there, store only events that
 //! are not, or be refused for its expectation with nothing there; none ends up twice.
 //!
+//! Between operations a subscription follows the store; what it delivered counts as
+//! served.
+//!
 //! Regression guarded: acknowledging before fdatasync, skipping the directory fsync of a
 //! new segment, taking a torn last group for corruption (open would fail), or serving
 //! after a reopen bytes that a failed fdatasync left in the page cache only.
@@ -168,14 +171,21 @@ fn run_seed(seed: u64) -> Retries {
     let mut acked: Vec<Acked> = Vec::new();
     let mut keyed: Vec<Keyed> = Vec::new();
     let mut store = LogStore::open_with(dir, options(&sim)).ok();
+    let mut followed = None;
     for op in 0..90 {
         let Some(s) = &store else { break };
+        follow(s, &mut followed, &mut served);
         let e = &execs[rng.below(execs.len() as u64) as usize];
         let tag = format!("{seed}-{op}");
         let roll = rng.below(10);
         if roll == 0 {
-            drop(store.take());
-            store = reopen_and_read(dir, &sim, &execs, &mut served);
+            store = restart(
+                store.take(),
+                dir,
+                &sim,
+                &execs,
+                (&mut served, &mut followed),
+            );
             continue;
         }
         if roll == 1 && !keyed.is_empty() {
@@ -184,8 +194,13 @@ fn run_seed(seed: u64) -> Retries {
             let k = &mut keyed[pick];
             let Ok(history) = s.load_events_blocking(&k.execution) else {
                 // The power is out (reading a segment failed).
-                drop(store.take());
-                store = reopen_and_read(dir, &sim, &execs, &mut served);
+                store = restart(
+                    store.take(),
+                    dir,
+                    &sim,
+                    &execs,
+                    (&mut served, &mut followed),
+                );
                 continue;
             };
             if k.acked.is_some() && rng.below(4) == 0 {
@@ -197,8 +212,13 @@ fn run_seed(seed: u64) -> Retries {
                 match got {
                     Err(Error::IdempotencyConflict) => {}
                     Err(Error::Poisoned { .. } | Error::Io { .. }) => {
-                        drop(store.take());
-                        store = reopen_and_read(dir, &sim, &execs, &mut served);
+                        store = restart(
+                            store.take(),
+                            dir,
+                            &sim,
+                            &execs,
+                            (&mut served, &mut followed),
+                        );
                     }
                     other => panic!("seed {seed}: key reused with other events: {other:?}"),
                 }
@@ -221,8 +241,13 @@ fn run_seed(seed: u64) -> Retries {
                 }
                 Ok(None) => {}
                 Err(()) => {
-                    drop(store.take());
-                    store = reopen_and_read(dir, &sim, &execs, &mut served);
+                    store = restart(
+                        store.take(),
+                        dir,
+                        &sim,
+                        &execs,
+                        (&mut served, &mut followed),
+                    );
                 }
             }
             continue;
@@ -241,8 +266,13 @@ fn run_seed(seed: u64) -> Retries {
         let (is_keyed, conditional) = (matches!(guard, 0 | 1 | 3), matches!(guard, 2 | 3));
         let result = if is_keyed || conditional {
             let Ok(latest) = s.get_latest_sequence_blocking(e) else {
-                drop(store.take());
-                store = reopen_and_read(dir, &sim, &execs, &mut served);
+                store = restart(
+                    store.take(),
+                    dir,
+                    &sim,
+                    &execs,
+                    (&mut served, &mut followed),
+                );
                 continue;
             };
             let wrong = conditional && rng.below(4) == 0;
@@ -312,11 +342,19 @@ fn run_seed(seed: u64) -> Retries {
             }),
             Err(Error::Poisoned { cause }) => {
                 assert!(!cause.contains("panicked"), "seed {seed}: {cause}");
-                drop(store.take());
-                store = reopen_and_read(dir, &sim, &execs, &mut served);
+                store = restart(
+                    store.take(),
+                    dir,
+                    &sim,
+                    &execs,
+                    (&mut served, &mut followed),
+                );
             }
             Err(other) => panic!("seed {seed}: append failed with {other:?}"),
         }
+    }
+    if let Some(s) = &store {
+        follow(s, &mut followed, &mut served);
     }
     let after = sim.power_loss(rng.next_u64());
     drop(store);
@@ -395,6 +433,38 @@ fn run_seed(seed: u64) -> Retries {
         );
     }
     retries
+}
+
+/// Adds to `served` what a subscription delivers after position `followed` (issue 14:
+/// a subscription serves only durable events, so they must survive the cut too).
+/// Positions are stable across the reopens of a boot, so each look resumes after the
+/// last one.
+fn follow(store: &LogStore, followed: &mut Option<u64>, served: &mut Vec<StoredEvent>) {
+    let start = followed.map_or(StartFrom::Beginning, StartFrom::After);
+    let Ok(mut sub) = store.subscribe(SubscriptionFilter::All, start) else {
+        return;
+    };
+    // An error (the power is out) ends the look; the next one resumes.
+    while let Ok(Some(d)) = sub.try_next() {
+        *followed = Some(d.position);
+        served.push(d.event);
+    }
+}
+
+/// Follows the old store one last time (a poisoned store still serves what is durable),
+/// drops it, and reopens in the same boot.
+fn restart(
+    old: Option<LogStore>,
+    dir: &Path,
+    sim: &SimIo,
+    execs: &[ExecutionId],
+    (served, followed): (&mut Vec<StoredEvent>, &mut Option<u64>),
+) -> Option<LogStore> {
+    if let Some(old) = &old {
+        follow(old, followed, served);
+    }
+    drop(old);
+    reopen_and_read(dir, sim, execs, served)
 }
 
 /// Reopens in the same boot (a restart without a reboot) and reads every execution,

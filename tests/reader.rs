@@ -1,0 +1,243 @@
+//! Readers in other processes (issue 14): `LogStore::open_reader` serves exactly the
+//! writer's published durable end, takes no lock, writes nothing, follows new appends
+//! (reads and subscriptions), and survives the writer's crash and restart.
+//!
+//! The in-process tests open the writer and the reader as two stores on one directory
+//! (the reader takes no lock, so nothing tells it apart from another process's); the
+//! kill test runs the writer as a child process killed with SIGKILL again and again.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use execlog::*;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Waits until `reader` holds `n` events of `e`.
+fn wait_for(reader: &LogStore, e: &ExecutionId, n: usize) -> Vec<StoredEvent> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let events = reader.load_events_blocking(e).unwrap();
+        if events.len() >= n || Instant::now() > deadline {
+            assert_eq!(events.len(), n, "the reader has {} of {n}", events.len());
+            return events;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Every file name and its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_reader_follows_a_running_writer_without_its_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = LogStore::open_with(dir.path(), small_segments()).unwrap();
+    let (e, t) = (ExecutionId::new(), TenantId::from("t"));
+    for i in 1..=100 {
+        writer.append_blocking(&e, &t, step_event(i)).unwrap();
+    }
+    let reader = LogStore::open_reader(dir.path()).unwrap();
+    assert_eq!(reader.load_events_blocking(&e).unwrap().len(), 100);
+    assert!(matches!(
+        reader.append_blocking(&e, &t, step_event(0)),
+        Err(Error::InvalidArgument(_))
+    ));
+    let mut sub = reader
+        .subscribe(SubscriptionFilter::All, StartFrom::Beginning)
+        .unwrap();
+    // Enough to roll over several small segments.
+    for i in 101..=3000 {
+        writer.append_blocking(&e, &t, step_event(i)).unwrap();
+    }
+    let events = wait_for(&reader, &e, 3000);
+    assert_eq!(events, writer.load_events_blocking(&e).unwrap());
+    let mut positions = Vec::new();
+    while positions.len() < 3000 {
+        let d = sub.next_timeout(PATIENCE).unwrap().expect("an event");
+        assert_eq!(d.event, events[positions.len()]);
+        positions.push(d.position);
+    }
+    assert!(positions.windows(2).all(|w| w[0] < w[1]));
+    let mut on_writer = writer
+        .subscribe(SubscriptionFilter::All, StartFrom::Beginning)
+        .unwrap();
+    for &p in &positions {
+        assert_eq!(on_writer.try_next().unwrap().unwrap().position, p);
+    }
+    assert_eq!(
+        reader.end_position().unwrap(),
+        writer.end_position().unwrap()
+    );
+}
+
+#[test]
+fn a_reader_writes_nothing_and_needs_no_lock_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, t) = (ExecutionId::new(), TenantId::from("t"));
+    {
+        let writer = LogStore::open(dir.path()).unwrap();
+        for i in 1..=10 {
+            writer.append_blocking(&e, &t, step_event(i)).unwrap();
+        }
+        writer.close().unwrap();
+    }
+    std::fs::remove_file(dir.path().join("LOCK")).unwrap();
+    let before = snapshot(dir.path());
+    {
+        let reader = LogStore::open_reader(dir.path()).unwrap();
+        assert_eq!(reader.load_events_blocking(&e).unwrap().len(), 10);
+        assert_eq!(
+            reader.list_executions_blocking(&t, 10, 0).unwrap(),
+            std::slice::from_ref(&e)
+        );
+        std::thread::sleep(Duration::from_millis(30));
+        reader.close().unwrap();
+    }
+    assert_eq!(
+        snapshot(dir.path()),
+        before,
+        "the reader changed the directory"
+    );
+}
+
+#[test]
+fn a_reader_sees_the_writer_restart_and_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, t) = (ExecutionId::new(), TenantId::from("t"));
+    let first = LogStore::open_with(dir.path(), small_segments()).unwrap();
+    first.append_blocking(&e, &t, step_event(1)).unwrap();
+    let reader = LogStore::open_reader(dir.path()).unwrap();
+    let mut sub = reader
+        .subscribe(
+            SubscriptionFilter::Execution(e.clone()),
+            StartFrom::Beginning,
+        )
+        .unwrap();
+    let mut writer = Some(first);
+    let mut seen = Vec::new();
+    for round in 0..5u64 {
+        let w = writer
+            .take()
+            .unwrap_or_else(|| LogStore::open_with(dir.path(), small_segments()).unwrap());
+        for i in 0..200 {
+            w.append_blocking(&e, &t, step_event(2 + round * 200 + i))
+                .unwrap();
+        }
+        w.close().unwrap();
+        let expected = 1 + (round + 1) * 200;
+        while (seen.len() as u64) < expected {
+            let d = sub.next_timeout(PATIENCE).unwrap().expect("an event");
+            seen.push(d.event.sequence);
+        }
+    }
+    assert_eq!(seen, (1..=1001).collect::<Vec<_>>());
+    assert_eq!(wait_for(&reader, &e, 1001).len(), 1001);
+}
+
+/// The child writer of `a_reader_follows_a_writer_killed_again_and_again`.
+#[test]
+fn follow_kill_child_writer() {
+    if let Some(dir) = std::env::var_os("EXECLOG_FOLLOW_KILL_CHILD") {
+        writer::child(Path::new(&dir));
+    }
+}
+
+/// A reader (this process) follows a writer process that is killed with SIGKILL and
+/// restarted, `EXECLOG_FOLLOW_KILLS` times (default 12). Afterwards the store is
+/// recovered once more: the reader delivered exactly what the recovered store holds,
+/// in the same order at the same positions (none it lacks, none missed, none twice),
+/// and every acknowledged append is there.
+#[test]
+fn a_reader_follows_a_writer_killed_again_and_again() {
+    let kills: u64 = std::env::var("EXECLOG_FOLLOW_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(12);
+    let dir = tempfile::tempdir().unwrap();
+    let spawn = || {
+        writer::spawn(
+            "follow_kill_child_writer",
+            "EXECLOG_FOLLOW_KILL_CHILD",
+            dir.path(),
+            256 * 1024,
+        )
+    };
+    let mut acks = writer::Acks::new();
+    let mut delivered: Vec<Delivered> = Vec::new();
+    let mut reader: Option<(LogStore, Subscription)> = None;
+    for kill in 0..kills {
+        let mut child = spawn();
+        let lines = writer::collect_acks(&mut child);
+        let run_for = Duration::from_millis(60 + (kill * 37) % 200);
+        let started = Instant::now();
+        while started.elapsed() < run_for {
+            if reader.is_none() && dir.path().join("published.end").exists() {
+                let r = LogStore::open_reader(dir.path()).unwrap();
+                let sub = r
+                    .subscribe(SubscriptionFilter::All, StartFrom::Beginning)
+                    .unwrap();
+                reader = Some((r, sub));
+            }
+            if let Some((_, sub)) = reader.as_mut() {
+                while let Some(d) = sub.try_next().unwrap() {
+                    delivered.push(d);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        writer::record(&lines.join().unwrap(), &mut acks);
+    }
+    let store = LogStore::open_with(dir.path(), writer::options()).unwrap();
+    let expected: Vec<Delivered> = {
+        let mut all = store
+            .subscribe(SubscriptionFilter::All, StartFrom::Beginning)
+            .unwrap();
+        std::iter::from_fn(|| all.try_next().unwrap()).collect()
+    };
+    let (_reader, mut sub) = reader.expect("the writer published an end");
+    while delivered.len() < expected.len() {
+        match sub.next_timeout(PATIENCE).unwrap() {
+            Some(d) => delivered.push(d),
+            None => break,
+        }
+    }
+    assert!(
+        sub.next_timeout(Duration::from_millis(100))
+            .unwrap()
+            .is_none()
+    );
+    let acked: usize = acks.values().map(Vec::len).sum();
+    assert!(acked > 0, "the writer acknowledged nothing");
+    assert_eq!(writer::count_missing(&store, &acks), Ok(0));
+    let unique: HashSet<u64> = delivered.iter().map(|d| d.position).collect();
+    assert_eq!(unique.len(), delivered.len(), "an event delivered twice");
+    assert_eq!(delivered.len(), expected.len());
+    assert!(
+        delivered == expected,
+        "the reader delivered other events than the recovered store holds"
+    );
+    println!(
+        "{kills} kills, {acked} acknowledged appends, {} events followed by the reader",
+        delivered.len()
+    );
+}
