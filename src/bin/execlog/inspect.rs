@@ -1,7 +1,9 @@
 //! `execlog events | list | stats | verify`: read-only views of a store.
 //!
-//! Each opens the store with `LogStore::open_read_only`, so none of them changes a
-//! byte on disk, and a store in use by another process is reported as locked.
+//! Each opens the store with `LogStore::open_reader`: without the lock and through
+//! read-only handles, so none of them changes a byte on disk, they work on a store
+//! another process is writing (showing what that writer made durable), on a
+//! read-only mount and on a backup copy.
 
 use std::io::Write;
 use std::path::Path;
@@ -11,7 +13,7 @@ use execlog::{ExecutionEventData, ExecutionId, LogStore, StoredEvent, TenantId};
 
 fn open(dir: &Path) -> Result<LogStore, String> {
     crate::dir_kind(dir)?; // a file is named as such
-    LogStore::open_read_only(dir).map_err(|e| e.to_string())
+    LogStore::open_reader(dir).map_err(|e| e.to_string())
 }
 
 /// The exit code of a lookup of an execution or tenant the store does not hold (the
@@ -88,7 +90,7 @@ fn json_line(e: &StoredEvent) -> Result<String, String> {
 }
 
 /// The event's type tag and a one-line summary.
-fn describe(event: &ExecutionEventData) -> (String, String) {
+pub fn describe(event: &ExecutionEventData) -> (String, String) {
     let value = serde_json::to_value(event).unwrap_or_default();
     let kind = value["type"].as_str().unwrap_or("?").to_string();
     use ExecutionEventData as E;

@@ -21,6 +21,7 @@ mod append;
 mod demo;
 mod inspect;
 mod migrate;
+mod tail;
 mod timeline;
 
 /// Writes one line to stdout (see [`out!`]).
@@ -128,6 +129,13 @@ enum Command {
     ///
     /// Example: execlog migrate /tmp/agents --to postgres://execlog@127.0.0.1:5432/execlog
     Migrate(migrate::Args),
+    /// Print events in commit order with their positions, as JSON lines (or a table
+    /// with --pretty); with -f keep following new events until interrupted. Resume
+    /// with --after the last position printed. Works while another process writes
+    /// the store.
+    ///
+    /// Example: execlog tail /tmp/agents --tenant acme --from-start -f
+    Tail(tail::Args),
     /// Read every record without modifying anything, check every CRC and that the
     /// index agrees with the log; exit 0 when clean, 1 when not.
     ///
@@ -167,6 +175,7 @@ fn main() -> ExitCode {
         Command::Stats { dir, json } => inspect::stats(&dir, json),
         Command::Verify { dir } => inspect::verify(&dir),
         Command::Migrate(args) => migrate::run(&args),
+        Command::Tail(args) => tail::run(&args),
     };
     match result {
         Ok(code) => code,
