@@ -76,6 +76,11 @@ pub(crate) enum Next {
     Event(Delivered),
     /// Nothing more is durable now: the subscription has caught up.
     Idle,
+    /// Nothing at hand without waiting, and the source does not know yet whether more
+    /// is durable (PostgreSQL: a look at the server is under way). Like `Idle`, except
+    /// that it does not mark the subscription caught up.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    Pending,
     /// Nothing more will ever come (the store was closed or poisoned); the error
     /// says which.
     Ended(Error),
@@ -142,7 +147,9 @@ impl Subscription {
         self.last_position
     }
 
-    /// The next event if one is durable now, without waiting. `Ok(None)`: caught up.
+    /// The next event if one is durable now, without waiting. `Ok(None)`: none is at
+    /// hand (caught up, or, on PostgreSQL, the look for more has not answered yet:
+    /// [`is_caught_up`](Subscription::is_caught_up) tells which).
     /// `Err(Error::Closed)`: the store was closed and everything was delivered.
     pub fn try_next(&mut self) -> Result<Option<Delivered>> {
         match self.source.next()? {
@@ -151,6 +158,7 @@ impl Subscription {
                 self.caught_up = true;
                 Ok(None)
             }
+            Next::Pending => Ok(None),
             Next::Ended(e) => {
                 self.caught_up = true;
                 Err(e)

@@ -53,6 +53,7 @@ mod pg {
     }
 
     crate::suite!(Pg);
+    crate::follow_suite!(Pg);
 }
 
 #[cfg(not(feature = "postgres"))]

@@ -872,11 +872,12 @@ mod server {
             }
         }
 
-        /// A schema left at version 1 (the v2 table dropped and its version row
-        /// deleted: the v1 migration is unchanged, so this is what a v1 build left),
-        /// with data: six racing connects migrate it once, every event is intact to the
-        /// nanosecond, and guarded appends work on the old executions at once (the six
-        /// race one key: one stores it).
+        /// A schema left at version 1 (what versions 2 and 3 added dropped and their
+        /// version rows deleted: the v1 migration is unchanged, so this is what a v1
+        /// build left), with data: six racing connects migrate it once (to versions 2
+        /// and 3), every event is intact to the nanosecond, guarded appends work on the
+        /// old executions at once (the six race one key: one stores it), and a
+        /// subscription delivers the old events with the new ones.
         #[test]
         fn a_v1_schema_migrates_to_v2_with_its_data() {
             let Some(url) = url("a_v1_schema_migrates_to_v2_with_its_data") else {
@@ -905,7 +906,9 @@ mod server {
                 &url,
                 &format!(
                     "DROP TABLE {schema}.execlog_idempotency; \
-                     DELETE FROM {schema}.execlog_schema WHERE version = 2"
+                     ALTER TABLE {schema}.execlog_executions DROP COLUMN last_xid; \
+                     DROP FUNCTION {schema}.execlog_out_of_order(text, xid8); \
+                     DELETE FROM {schema}.execlog_schema WHERE version >= 2"
                 ),
             );
             let manual = PgOptions::default().schema(&schema).auto_migrate(false);
@@ -939,7 +942,7 @@ mod server {
                     &format!("SELECT string_agg(version::text, ',' ORDER BY version) FROM {schema}.execlog_schema")
                 )
                 .trim(),
-                "1,2"
+                "1,2,3"
             );
             let store = store(&url, &schema);
             for (e, events) in execs.iter().zip(&before) {
@@ -955,6 +958,23 @@ mod server {
                 )
                 .unwrap();
             assert_eq!(next, outcome(5, 5, false));
+            let mut all = store
+                .subscribe(SubscriptionFilter::All, StartFrom::Beginning)
+                .unwrap();
+            let mut delivered: HashMap<ExecutionId, Vec<u64>> = HashMap::new();
+            let mut last = None;
+            for _ in 0..2 + 3 + 4 + 2 {
+                let d = all.next_timeout(Duration::from_secs(30)).unwrap().unwrap();
+                assert!(last < Some(d.position), "positions grow");
+                last = Some(d.position);
+                delivered
+                    .entry(d.event.execution_id)
+                    .or_default()
+                    .push(d.event.sequence);
+            }
+            assert_eq!(delivered[&execs[0]], [1, 2, 3]);
+            assert_eq!(delivered[&execs[1]], [1, 2, 3]);
+            assert_eq!(delivered[&execs[2]], [1, 2, 3, 4, 5]);
         }
 
         /// Two stores (two machines' pools) race: 32 threads with one key, on a new
@@ -1281,6 +1301,320 @@ mod server {
                 n / (after.1 - before.1).max(1) as f64,
                 load.split(' ').next().unwrap_or("?"),
             );
+        }
+    }
+
+    /// Subscriptions (issue 14) on the server: what only PostgreSQL can do to them. The
+    /// contract itself is checked on both backends by tests/conformance/follow.rs.
+    mod follow {
+        use super::*;
+        use tokio_postgres::NoTls;
+
+        const PATIENCE: Duration = Duration::from_secs(30);
+
+        /// `n` events, waiting for each.
+        fn take(sub: &mut Subscription, n: usize) -> Vec<Delivered> {
+            (0..n)
+                .map(|i| {
+                    sub.next_timeout(PATIENCE)
+                        .unwrap()
+                        .unwrap_or_else(|| panic!("only {i} of {n} events arrived"))
+                })
+                .collect()
+        }
+
+        fn assert_nothing_for(sub: &mut Subscription, wait: Duration, what: &str) {
+            if let Some(d) = sub.next_timeout(wait).unwrap() {
+                panic!(
+                    "{what}: delivered {} #{} at position {}",
+                    d.event.execution_id, d.event.sequence, d.position
+                );
+            }
+        }
+
+        fn names(delivered: &[Delivered]) -> Vec<(String, u64)> {
+            delivered
+                .iter()
+                .map(|d| (d.event.execution_id.to_string(), d.event.sequence))
+                .collect()
+        }
+
+        /// A session of its own, its I/O driven on this runtime, on `schema`.
+        async fn session(url: &str, schema: &str) -> tokio_postgres::Client {
+            let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
+            tokio::spawn(connection);
+            client
+                .batch_execute(&format!("SET search_path = {schema}"))
+                .await
+                .unwrap();
+            client
+        }
+
+        /// Another session begins a transaction and writes two events of `late` (its
+        /// transaction id is taken then); while it is open, the store appends two events
+        /// of `early` that commit with larger transaction ids. A follower reading by id
+        /// or by transaction id alone would deliver those, move past `late`'s id and
+        /// never deliver `late`. The subscriptions deliver nothing past the open
+        /// transaction, and once it commits deliver `late` first, then `early`, with no
+        /// gap; `end_position` waits for it; a subscription made at the end while it was
+        /// open delivers it, since it committed after.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_late_commit_is_not_skipped() {
+            let Some(url) = url("a_late_commit_is_not_skipped") else {
+                return;
+            };
+            let _turn = turn();
+            let schema = fresh_schema();
+            let store = Arc::new(store(&url, &schema));
+            let (early, t) = (ExecutionId::from("early"), TenantId::from("t"));
+            store.append_blocking(&early, &t, step_event(1)).unwrap();
+            let mut all = store
+                .subscribe(SubscriptionFilter::All, StartFrom::Beginning)
+                .unwrap();
+            let mut of_early = store
+                .subscribe(
+                    SubscriptionFilter::Execution(early.clone()),
+                    StartFrom::Beginning,
+                )
+                .unwrap();
+            let history = take(&mut all, 1);
+            take(&mut of_early, 1);
+
+            let late = session(&url, &schema).await;
+            late.batch_execute("BEGIN").await.unwrap();
+            let late_xid: i64 = late
+                .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
+                .await
+                .unwrap()
+                .get(0);
+            late.batch_execute(
+                "INSERT INTO execlog_executions (execution_id, tenant_id, last_seq, last_ts_ns, last_xid) \
+                 SELECT 'late', 't', 2, ts_ns, pg_current_xact_id() FROM execlog_events \
+                 WHERE execution_id = 'early' AND seq = 1; \
+                 INSERT INTO execlog_events (execution_id, seq, ts_ns, body) \
+                 SELECT 'late', s, e.ts_ns, e.body FROM execlog_events e, generate_series(1, 2) s \
+                 WHERE e.execution_id = 'early' AND e.seq = 1 ORDER BY s",
+            )
+            .await
+            .unwrap();
+
+            let mut from_end = store
+                .subscribe(SubscriptionFilter::All, StartFrom::End)
+                .unwrap();
+            store.append_blocking(&early, &t, step_event(2)).unwrap();
+            store.append_blocking(&early, &t, step_event(3)).unwrap();
+            // Transactions newer than `late` have ended: it is below the snapshot's xmax.
+            let ending = tokio::task::spawn_blocking({
+                let store = Arc::clone(&store);
+                move || store.end_position()
+            });
+            let other = session(&url, &schema).await;
+            let xids: Vec<i64> = other
+                .query(
+                    "SELECT xid::text::bigint FROM execlog_events \
+                     WHERE execution_id = 'early' AND seq > 1 ORDER BY seq",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            assert_eq!(
+                xids.len(),
+                2,
+                "the store's appends are committed and visible"
+            );
+            assert!(
+                xids.iter().all(|&x| x > late_xid),
+                "they have larger transaction ids ({xids:?}) than the open one ({late_xid})"
+            );
+
+            assert_nothing_for(&mut all, Duration::from_millis(500), "while open");
+            assert_nothing_for(&mut of_early, Duration::from_millis(50), "while open");
+            assert_nothing_for(&mut from_end, Duration::from_millis(50), "while open");
+            assert!(
+                !ending.is_finished(),
+                "end_position waits for the transaction"
+            );
+
+            late.batch_execute("COMMIT").await.unwrap();
+            let expected = [("late", 1), ("late", 2), ("early", 2), ("early", 3)]
+                .map(|(e, s)| (e.to_owned(), s));
+            let got = take(&mut all, 4);
+            assert_eq!(names(&got), expected);
+            assert_eq!(got[0].position, (late_xid as u64) << 24);
+            assert_eq!(got[1].position, ((late_xid as u64) << 24) + 1);
+            assert!(history[0].position < got[0].position);
+            assert!(got.windows(2).all(|w| w[0].position < w[1].position));
+            assert_nothing_for(&mut all, Duration::from_millis(200), "after the commit");
+            assert_eq!(names(&take(&mut of_early, 2)), expected[2..]);
+            let since_end = take(&mut from_end, 4);
+            assert_eq!(since_end, got, "made durable after the subscription");
+
+            let end = ending.await.unwrap().unwrap();
+            assert!(end >= got[3].position, "{end} bounds what was durable");
+            let mut after_end = store
+                .subscribe(SubscriptionFilter::All, StartFrom::After(end))
+                .unwrap();
+            assert_nothing_for(&mut after_end, Duration::from_millis(200), "after the end");
+            store.append_blocking(&early, &t, step_event(4)).unwrap();
+            assert!(take(&mut after_end, 1)[0].position > end);
+        }
+
+        /// The server kills the store's connections again and again while appends run
+        /// and a subscription follows them: it still delivers every acknowledged event
+        /// exactly once, each execution in sequence order.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_subscription_follows_through_killed_connections() {
+            let Some(url) = url("a_subscription_follows_through_killed_connections") else {
+                return;
+            };
+            let _turn = turn();
+            let schema = fresh_schema();
+            let store = Arc::new(store(&url, &schema));
+            let execs: Vec<_> = (0..4).map(|_| ExecutionId::new()).collect();
+            let mut sub = store
+                .subscribe(SubscriptionFilter::All, StartFrom::Beginning)
+                .unwrap();
+            let done = Arc::new(AtomicBool::new(false));
+            let follower = tokio::task::spawn_blocking({
+                let done = Arc::clone(&done);
+                move || {
+                    let mut got = Vec::new();
+                    loop {
+                        match sub.next_timeout(Duration::from_millis(50)).unwrap() {
+                            Some(d) => got.push(d),
+                            None if done.load(Ordering::SeqCst) => return (got, sub),
+                            None => {}
+                        }
+                    }
+                }
+            });
+            let stop = Arc::new(AtomicBool::new(false));
+            let writers =
+                tokio::spawn(append_until(store.clone(), execs.clone(), 16, stop.clone()));
+            let killer = tokio::task::spawn_blocking(move || {
+                let mut killed = 0;
+                for _ in 0..15 {
+                    std::thread::sleep(Duration::from_millis(80));
+                    let n = psql(
+                        &url,
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                         WHERE application_name = 'execlog' AND pid <> pg_backend_pid()",
+                    );
+                    killed += n.trim().parse::<u32>().unwrap_or(0);
+                }
+                killed
+            });
+            let killed = killer.await.unwrap();
+            stop.store(true, Ordering::Relaxed);
+            let acked = writers.await.unwrap();
+            assert!(killed >= 15, "connections were killed ({killed})");
+            assert!(acked.len() > 100, "appends went on ({})", acked.len());
+            done.store(true, Ordering::SeqCst);
+            let (mut got, mut sub) = follower.await.unwrap();
+            while got.len() < acked.len() {
+                let d = sub.next_timeout(PATIENCE).unwrap();
+                got.push(d.unwrap_or_else(|| {
+                    panic!("only {} of {} events arrived", got.len(), acked.len())
+                }));
+            }
+            assert_nothing_for(&mut sub, Duration::from_millis(200), "after the last");
+            assert!(got.windows(2).all(|w| w[0].position < w[1].position));
+            let mut next: HashMap<ExecutionId, u64> = HashMap::new();
+            for d in &got {
+                let seq = next.entry(d.event.execution_id.clone()).or_insert(1);
+                assert_eq!(d.event.sequence, *seq, "{} in order", d.event.execution_id);
+                *seq += 1;
+            }
+            let delivered: HashSet<_> = got
+                .iter()
+                .map(|d| {
+                    let tag = event_number(&d.event.event).unwrap();
+                    (d.event.execution_id.clone(), d.event.sequence, tag)
+                })
+                .collect();
+            assert_eq!(delivered, acked.into_iter().collect::<HashSet<_>>());
+        }
+
+        /// Positions are the same for every store (another pool, after a reconnect):
+        /// a consumer that stopped inside a batch (one transaction) resumes with
+        /// `After` on a new connection exactly after it, also with a filter.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_resume_inside_a_transaction_crosses_a_reconnect() {
+            let Some(url) = url("a_resume_inside_a_transaction_crosses_a_reconnect") else {
+                return;
+            };
+            let schema = fresh_schema();
+            let (a, b, t) = (
+                ExecutionId::from("a"),
+                ExecutionId::from("b"),
+                TenantId::from("t"),
+            );
+            let first = store(&url, &schema);
+            first
+                .append_batch_blocking(&a, &t, (1..=5).map(step_event).collect())
+                .unwrap();
+            for i in 1..=3 {
+                first.append_blocking(&b, &t, step_event(i)).unwrap();
+            }
+            first
+                .append_batch_blocking(&a, &t, (6..=9).map(step_event).collect())
+                .unwrap();
+            let before = take(
+                &mut first
+                    .subscribe(SubscriptionFilter::All, StartFrom::Beginning)
+                    .unwrap(),
+                12,
+            );
+            // One transaction: consecutive positions.
+            assert!(
+                before[..5]
+                    .windows(2)
+                    .all(|w| w[1].position == w[0].position + 1)
+            );
+            let resume_at = before[2].position;
+            first.close().unwrap();
+            drop(first);
+
+            let second = PgStore::connect_with(
+                &url,
+                PgOptions::default().schema(&schema).read_connections(1),
+            )
+            .unwrap();
+            second.append_blocking(&b, &t, step_event(4)).unwrap();
+            let mut resumed = second
+                .subscribe(SubscriptionFilter::All, StartFrom::After(resume_at))
+                .unwrap();
+            let after = take(&mut resumed, 10);
+            assert_eq!(after[..9], before[3..]);
+            assert_eq!(names(&after[9..]), [("b".to_owned(), 4)]);
+            assert_nothing_for(&mut resumed, Duration::from_millis(200), "resumed");
+            let of_a = take(
+                &mut second
+                    .subscribe(
+                        SubscriptionFilter::Execution(a.clone()),
+                        StartFrom::After(resume_at),
+                    )
+                    .unwrap(),
+                6,
+            );
+            let expected: Vec<_> = before[3..]
+                .iter()
+                .filter(|d| d.event.execution_id == a)
+                .cloned()
+                .collect();
+            assert_eq!(of_a, expected);
+            // After the last event of the batch, and after a position past a
+            // transaction's last event: the next transaction.
+            let mut next = second
+                .subscribe(
+                    SubscriptionFilter::All,
+                    StartFrom::After(before[4].position + 7),
+                )
+                .unwrap();
+            assert_eq!(take(&mut next, 1)[0], before[5]);
         }
     }
 }

@@ -13,6 +13,12 @@
 //!   (execution_id, seq) is the backstop. Head rows are locked in one global order
 //!   (execution id bytes, `COLLATE "C"`), so groups never deadlock each other; should
 //!   the server still report one, the group is retried.
+//! - Each execution's writers have growing transaction ids (the follow order,
+//!   `follow.rs`): the head row records its last writer's (`last_xid`), and a group
+//!   that finds a newer one there fails with a serialization failure and is retried
+//!   in a new transaction. A group's events are inserted in its order, so their
+//!   identity `id`s follow each execution's sequences; a group holds at most
+//!   [`MAX_TRANSACTION_EVENTS`] events.
 //! - A group holds at most one tenant per execution (an append naming another tenant
 //!   waits for the next group), so a tenant mismatch rejects exactly the appends that
 //!   name the wrong owner, and nothing else in the group.
@@ -36,6 +42,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
 
 use super::connect::{Target, is_connection_loss};
+use super::follow::MAX_TRANSACTION_EVENTS;
 use super::sql_id::escape;
 use crate::append::Bodies;
 use crate::error::{Error, Result};
@@ -44,6 +51,14 @@ use crate::ids::{ExecutionId, TenantId};
 /// Advances the head rows of the group's executions and inserts its events, in one
 /// statement. Returns each execution whose owner matched with its new last sequence
 /// and the timestamp given to the group's events.
+///
+/// The follow order (`follow.rs`): an execution's head row records the transaction id
+/// of its last writer (`last_xid`), and a transaction that finds a newer one there
+/// (it got its id before it waited for this row's lock, and another transaction took
+/// the lock meanwhile) fails with a serialization failure and is retried, so an
+/// execution's events are in transaction id order. The events are inserted in the
+/// group's order (`WITH ORDINALITY … ORDER BY`), so their identity `id`s, the order
+/// within a transaction, follow each execution's sequences.
 const GROUP_SQL: &str = r#"
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) AS i(execution_id, tenant_id, n)
@@ -51,8 +66,11 @@ WITH input AS (
     INSERT INTO execlog_executions AS h (execution_id, tenant_id, last_seq, last_ts_ns)
     SELECT execution_id, tenant_id, n, $4::bigint FROM input ORDER BY execution_id COLLATE "C"
     ON CONFLICT (execution_id) DO UPDATE
-        SET last_seq = h.last_seq + excluded.last_seq,
-            last_ts_ns = greatest(h.last_ts_ns, excluded.last_ts_ns)
+        SET last_seq = CASE WHEN h.last_xid > pg_current_xact_id()
+                            THEN execlog_out_of_order(h.execution_id, h.last_xid)
+                            ELSE h.last_seq + excluded.last_seq END,
+            last_ts_ns = greatest(h.last_ts_ns, excluded.last_ts_ns),
+            last_xid = pg_current_xact_id()
         WHERE h.tenant_id = excluded.tenant_id
     RETURNING h.execution_id, h.last_seq, h.last_ts_ns
 ), token AS (
@@ -60,12 +78,20 @@ WITH input AS (
 ), stored AS (
     INSERT INTO execlog_events (execution_id, seq, ts_ns, body)
     SELECT e.execution_id, hd.last_seq - i.n + e.off, hd.last_ts_ns, e.body
-    FROM unnest($5::text[], $6::bigint[], $7::bytea[]) AS e(execution_id, off, body)
+    FROM unnest($5::text[], $6::bigint[], $7::bytea[]) WITH ORDINALITY AS e(execution_id, off, body, k)
     JOIN heads hd ON hd.execution_id = e.execution_id
     JOIN input i ON i.execution_id = e.execution_id
+    ORDER BY e.k
 )
 SELECT execution_id, last_seq, last_ts_ns FROM heads
 "#;
+
+/// Records this transaction as the last writer of the head rows [`GROUP_SQL`] created
+/// (an insert cannot: `pg_current_xact_id()` in its values would take the transaction
+/// id before the lock waits). Runs in the same transaction, after it.
+const LAST_XID_SQL: &str = "
+UPDATE execlog_executions SET last_xid = pg_current_xact_id()
+WHERE execution_id = ANY($1::text[]) AND last_xid IS NULL";
 
 /// The executions among `$1` whose head row exists but is locked by another
 /// transaction; locks the others' head rows for this one, without waiting.
@@ -186,6 +212,8 @@ async fn gather(inbox: &Inbox, carry: &mut Vec<Request>, limits: Limits) -> Opti
 struct Group {
     requests: Vec<Request>,
     bytes: usize,
+    /// Events in the group: at most [`MAX_TRANSACTION_EVENTS`].
+    events: usize,
     owners: HashMap<ExecutionId, TenantId>,
 }
 
@@ -193,6 +221,7 @@ impl Group {
     fn full(&self, limits: Limits) -> bool {
         self.requests.len() >= limits.max_appends
             || self.bytes >= limits.max_bytes
+            || self.events >= MAX_TRANSACTION_EVENTS
             || self.requests.first().is_some_and(|r| r.solo)
     }
 
@@ -200,7 +229,9 @@ impl Group {
     /// holds its execution under another tenant.
     fn offer(&mut self, request: Request, limits: Limits, later: &mut Vec<Request>) {
         let size = request.bodies.total_bytes();
-        let too_big = !self.requests.is_empty() && self.bytes + size > limits.max_bytes;
+        let too_big = !self.requests.is_empty()
+            && (self.bytes + size > limits.max_bytes
+                || self.events + request.bodies.len() > MAX_TRANSACTION_EVENTS);
         let other_owner = self
             .owners
             .get(&request.execution_id)
@@ -215,6 +246,7 @@ impl Group {
             .entry(request.execution_id.clone())
             .or_insert_with(|| request.tenant_id.clone());
         self.bytes += size;
+        self.events += request.bodies.len();
         self.requests.push(request);
     }
 }
@@ -280,6 +312,7 @@ impl Plan {
 struct Conn {
     client: Client,
     group: Statement,
+    last_xid: Statement,
     busy: Statement,
 }
 
@@ -434,14 +467,16 @@ impl Writer {
             &token,
         ];
         let set_lock_wait = format!("{begin_now}SET LOCAL lock_timeout = '{lock_wait}'");
+        let created: [&(dyn ToSql + Sync); 1] = [&plan.executions];
         let round_trip = async {
             tokio::join!(
                 conn.client.batch_execute(&set_lock_wait),
                 conn.client.query(&conn.group, &params),
+                conn.client.execute(&conn.last_xid, &created),
                 conn.client.batch_execute("COMMIT"),
             )
         };
-        let (_, rows, commit) = match tokio::time::timeout(deadline, round_trip).await {
+        let (_, rows, last_xid, commit) = match tokio::time::timeout(deadline, round_trip).await {
             Ok(answers) => answers,
             Err(_) => {
                 let error = self.silent();
@@ -450,12 +485,12 @@ impl Writer {
             }
         };
         drop(bodies);
-        let failure = match (rows, commit) {
-            (Ok(rows), Ok(())) => {
+        let failure = match (rows, last_xid, commit) {
+            (Ok(rows), Ok(_), Ok(())) => {
                 self.conn = Some(conn);
                 return Attempt::Committed(rows);
             }
-            (Err(e), _) | (Ok(_), Err(e)) => e,
+            (Err(e), _, _) | (Ok(_), Err(e), _) | (Ok(_), Ok(_), Err(e)) => e,
         };
         let error = self.target.error(&failure);
         if is_connection_loss(&conn.client, &failure) {
@@ -498,10 +533,12 @@ impl Writer {
         let client = self.target.connect().await?;
         let err = |e: tokio_postgres::Error| self.target.error(&e);
         let group = client.prepare(GROUP_SQL).await.map_err(err)?;
+        let last_xid = client.prepare(LAST_XID_SQL).await.map_err(err)?;
         let busy = client.prepare(BUSY_SQL).await.map_err(err)?;
         Ok(Conn {
             client,
             group,
+            last_xid,
             busy,
         })
     }

@@ -75,6 +75,7 @@ impl PgStore {
                 "append_batch needs at least one event; nothing was stored".into(),
             ));
         }
+        super::follow::check_transaction_events(events.len())?;
         let bodies = encode_all(
             self.options.max_event_bytes,
             self.options.max_batch_bytes,
@@ -102,7 +103,11 @@ impl PgStore {
             drop(admitted);
             answer
         });
-        task.await.map_err(panicked)?
+        let answer = task.await.map_err(panicked)?;
+        if answer.is_ok() {
+            self.follow.committed();
+        }
+        answer
     }
 
     async fn owner(&self, execution_id: &ExecutionId) -> Result<Option<TenantId>> {

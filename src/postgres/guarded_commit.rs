@@ -73,16 +73,23 @@ WHERE e.execution_id = $1 AND e.seq BETWEEN $2 AND $3
 /// Advances the head row of `$1` from `$2` to `$3` (a backstop: only from `$2`),
 /// inserts the events `$5` from `$2 + 1` stamped `$4`, the key `$6` (if not NULL) with
 /// their sequences, and the commit token `$7`. Returns the number of head rows
-/// advanced: 1.
+/// advanced: 1. Records this transaction as the execution's last writer, and fails
+/// with a serialization failure (retried) if a newer one wrote it, as `GROUP_SQL` in
+/// `group_commit.rs` does (the follow order); the events are inserted in order.
 const WRITE_SQL: &str = "
 WITH head AS (
-    UPDATE execlog_executions SET last_seq = $3, last_ts_ns = greatest(last_ts_ns, $4)
+    UPDATE execlog_executions
+    SET last_seq = CASE WHEN last_xid > pg_current_xact_id()
+                        THEN execlog_out_of_order(execution_id, last_xid) ELSE $3 END,
+        last_ts_ns = greatest(last_ts_ns, $4),
+        last_xid = pg_current_xact_id()
     WHERE execution_id = $1 AND last_seq = $2
     RETURNING execution_id
 ), events AS (
     INSERT INTO execlog_events (execution_id, seq, ts_ns, body)
     SELECT h.execution_id, $2 + b.n, $4, b.body
     FROM head h, unnest($5::bytea[]) WITH ORDINALITY AS b(body, n)
+    ORDER BY b.n
 ), key AS (
     INSERT INTO execlog_idempotency (execution_id, key, first_seq, last_seq)
     SELECT h.execution_id, $6, $2 + 1, $3 FROM head h WHERE $6::bytea IS NOT NULL

@@ -45,17 +45,27 @@ const HEAD_SQL: &str = "
 SELECT tenant_id, last_seq, last_ts_ns FROM execlog_executions
 WHERE execution_id = $1 FOR UPDATE";
 
+/// The head rows record their last writer's transaction id (`last_xid`), and the
+/// events are inserted in sequence order, for the follow order (`follow.rs`): the
+/// chunk's transaction took its id when it locked the head row (or creates it now),
+/// so an older writer cannot come after it; the check in `ADVANCE_SQL` is a backstop.
 const CREATE_SQL: &str = "
-INSERT INTO execlog_executions (execution_id, tenant_id, last_seq, last_ts_ns)
-VALUES ($1, $2, $3, $4)";
+INSERT INTO execlog_executions (execution_id, tenant_id, last_seq, last_ts_ns, last_xid)
+VALUES ($1, $2, $3, $4, pg_current_xact_id())";
 
 const ADVANCE_SQL: &str = "
-UPDATE execlog_executions SET last_seq = $2, last_ts_ns = greatest(last_ts_ns, $3)
+UPDATE execlog_executions
+SET last_seq = CASE WHEN last_xid > pg_current_xact_id()
+                    THEN execlog_out_of_order(execution_id, last_xid) ELSE $2 END,
+    last_ts_ns = greatest(last_ts_ns, $3),
+    last_xid = pg_current_xact_id()
 WHERE execution_id = $1";
 
 const EVENTS_SQL: &str = "
 INSERT INTO execlog_events (execution_id, seq, ts_ns, body)
-SELECT $1, seq, ts_ns, body FROM unnest($2::bigint[], $3::bigint[], $4::bytea[]) AS e(seq, ts_ns, body)";
+SELECT $1, seq, ts_ns, body
+FROM unnest($2::bigint[], $3::bigint[], $4::bytea[]) WITH ORDINALITY AS e(seq, ts_ns, body, k)
+ORDER BY e.k";
 
 const ALL_SQL: &str = "SELECT execution_id, last_seq FROM execlog_executions ORDER BY created";
 
@@ -94,6 +104,7 @@ impl PgStore {
         if self.sender.lock().is_none() {
             return Err(Error::Closed);
         }
+        super::follow::check_transaction_events(chunk.events.len())?;
         let bodies = encode_all(
             self.options.max_event_bytes,
             self.options.max_batch_bytes,
@@ -109,7 +120,11 @@ impl PgStore {
         let task = self
             .handle
             .spawn(async move { importer.import(&target, &job).await });
-        block_on(task).map_err(panicked)?
+        let stored = block_on(task).map_err(panicked)?;
+        if stored.is_ok() {
+            self.follow.committed();
+        }
+        stored
     }
 
     /// Every execution with its latest sequence, oldest first by creation (the order

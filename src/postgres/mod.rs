@@ -38,6 +38,8 @@
 //!   encode in `guarded.rs` → `guarded_commit.rs` (one transaction per append on a
 //!   small pool of its own, checks and write under the execution's head row lock).
 //! - **read** → `read.rs` (shared, pipelined connections) → rows decoded here.
+//! - **follow** (positions, subscriptions) → `follow.rs`: a task per subscription on
+//!   the store's runtime reads pages through `read.rs` into a bounded channel.
 //!
 //! The connections live on a small tokio runtime owned by the store; callers only wait
 //! on channels and join handles, so the API works from any executor and, through the
@@ -45,6 +47,7 @@
 
 mod block_on;
 mod connect;
+mod follow;
 mod group_commit;
 mod guarded;
 mod guarded_commit;
@@ -96,6 +99,8 @@ pub struct PgStore {
     /// Held (read) by every guarded append from its admission to its answer; `close`
     /// takes it (write) to wait for them.
     gate: Arc<tokio::sync::RwLock<()>>,
+    /// `follow.rs`: what subscriptions share with the store.
+    follow: Arc<follow::Hub>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -184,6 +189,7 @@ impl PgStore {
             importer: Arc::default(),
             guarded,
             gate: Arc::default(),
+            follow: Arc::new(follow::Hub::new()),
         })
     }
 
@@ -203,6 +209,9 @@ impl PgStore {
         for writer in writers {
             block_on(writer).map_err(panicked)?;
         }
+        // After every append of this store was answered: subscriptions deliver those
+        // too, then end.
+        self.follow.close();
         Ok(())
     }
 
@@ -279,6 +288,7 @@ impl PgStore {
                 "append_batch needs at least one event; nothing was stored".into(),
             ));
         }
+        follow::check_transaction_events(events.len())?;
         let bodies = encode_all(
             self.options.max_event_bytes,
             self.options.max_batch_bytes,
@@ -298,7 +308,11 @@ impl PgStore {
             let sender = self.sender.lock().clone().ok_or(Error::Closed)?;
             sender.send(request).await.map_err(|_| Error::Closed)?;
         }
-        answer.await.map_err(|_| Error::Closed)?
+        let answer = answer.await.map_err(|_| Error::Closed)?;
+        if answer.is_ok() {
+            self.follow.committed();
+        }
+        answer
     }
 
     /// Runs a read on the store's runtime (where connections are made).
@@ -410,6 +424,7 @@ fn decode_event(
 impl Drop for PgStore {
     fn drop(&mut self) {
         self.sender.lock().take();
+        self.follow.close();
         // Not `Runtime::drop`, which panics inside an async context: queued appends
         // were awaited by callers holding `&self`, so nothing is left to finish.
         if let Some(runtime) = self.runtime.take() {

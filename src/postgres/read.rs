@@ -33,6 +33,58 @@ WHERE tenant_id = $1
 ORDER BY created DESC
 LIMIT $2 OFFSET $3";
 
+/// The follow path (`follow.rs`): a snapshot's `xmin` and `xmax`, and the transactions
+/// it sees in progress.
+const SNAPSHOT_SQL: &str = "
+SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint,
+       ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(s) AS x)
+FROM pg_current_snapshot() AS s";
+
+/// The follow path: the horizon (every transaction below it has ended), and the
+/// identity `id` of the `$2`-th (from 0) event transaction `$1` wrote, if it wrote
+/// that many.
+const NTH_SQL: &str = "
+SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
+       (SELECT id FROM execlog_events WHERE xid = $1::bigint::text::xid8
+        ORDER BY id OFFSET $2 LIMIT 1)";
+
+/// The follow path: the next page of events after the cursor `($1, $2)` in `(xid, id)`
+/// order, of transactions below the horizon (and below `$3`), at most `$4` of them.
+/// Each row says whether the subscription wants it (`$5`: 0 all, 1 the tenant `$6`,
+/// 2 the execution `$6`); the body and tenant come only with wanted rows, and only as
+/// long as the wanted bodies before stay under `$7` bytes. Always one row more than
+/// the page, first: the horizon and the number of rows the page scanned.
+const PAGE_SQL: &str = "
+WITH horizon AS MATERIALIZED (
+    SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin
+), page AS MATERIALIZED (
+    SELECT e.xid, e.id, e.execution_id, e.seq, e.ts_ns, e.body
+    FROM execlog_events e
+    WHERE (e.xid, e.id) > ($1::bigint::text::xid8, $2::bigint)
+      AND e.xid < least((SELECT xmin FROM horizon), $3::bigint::text::xid8)
+    ORDER BY e.xid, e.id
+    LIMIT $4
+), marked AS (
+    SELECT p.*, h.tenant_id,
+           CASE $5::int WHEN 0 THEN true
+                        WHEN 1 THEN h.tenant_id IS NOT DISTINCT FROM $6::text
+                        ELSE p.execution_id = $6::text END AS wanted
+    FROM page p LEFT JOIN execlog_executions h ON h.execution_id = p.execution_id
+), sized AS (
+    SELECT m.*,
+           coalesce(sum(CASE WHEN m.wanted THEN octet_length(m.body) END)
+                    OVER (ORDER BY m.xid, m.id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
+                    0) AS before
+    FROM marked m
+)
+SELECT 0 AS part, (SELECT xmin FROM horizon)::text::bigint, (SELECT count(*) FROM page),
+       NULL::bigint, NULL::text, NULL::bigint, NULL::bool, NULL::text, NULL::bytea
+UNION ALL
+SELECT 1, s.xid::text::bigint, s.id, s.seq, s.execution_id, s.ts_ns, s.wanted,
+       CASE WHEN s.wanted THEN s.tenant_id END, CASE WHEN s.wanted THEN s.body END
+FROM sized s WHERE s.before < $7
+ORDER BY 1, 2, 3";
+
 /// A read, with its parameters as the server takes them.
 pub(crate) enum Query {
     /// Events of `execution` after `after`, at most `limit`.
@@ -53,6 +105,20 @@ pub(crate) enum Query {
     },
     /// `SELECT 1`.
     Ping,
+    /// [`SNAPSHOT_SQL`].
+    Snapshot,
+    /// [`NTH_SQL`].
+    Nth { xid: i64, ordinal: i64 },
+    /// [`PAGE_SQL`].
+    Page {
+        xid: i64,
+        id: i64,
+        below: i64,
+        rows: i64,
+        filter: i32,
+        value: String,
+        bytes: i64,
+    },
 }
 
 struct Conn {
@@ -61,6 +127,9 @@ struct Conn {
     latest: Statement,
     tenant: Statement,
     list: Statement,
+    snapshot: Statement,
+    nth: Statement,
+    page: Statement,
 }
 
 /// The read connections, used round robin.
@@ -145,6 +214,21 @@ impl Readers {
                     .await
             }
             Query::Ping => conn.client.query("SELECT 1", &[]).await,
+            Query::Snapshot => conn.client.query(&conn.snapshot, &[]).await,
+            Query::Nth { xid, ordinal } => conn.client.query(&conn.nth, &[xid, ordinal]).await,
+            Query::Page {
+                xid,
+                id,
+                below,
+                rows,
+                filter,
+                value,
+                bytes,
+            } => {
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+                    [xid, id, below, rows, filter, value, bytes];
+                conn.client.query(&conn.page, &params).await
+            }
         }
     }
 
@@ -172,6 +256,9 @@ impl Readers {
             latest: client.prepare(LATEST_SQL).await.map_err(err)?,
             tenant: client.prepare(TENANT_SQL).await.map_err(err)?,
             list: client.prepare(LIST_SQL).await.map_err(err)?,
+            snapshot: client.prepare(SNAPSHOT_SQL).await.map_err(err)?,
+            nth: client.prepare(NTH_SQL).await.map_err(err)?,
+            page: client.prepare(PAGE_SQL).await.map_err(err)?,
             client,
         });
         *guard = Some(Arc::clone(&conn));

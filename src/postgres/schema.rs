@@ -14,7 +14,7 @@ use super::connect::Target;
 use crate::error::{Error, Result};
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Each migration: its version, a description, and its SQL.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -58,6 +58,24 @@ CREATE TABLE execlog_idempotency (
     last_seq     bigint NOT NULL CHECK (last_seq >= first_seq),
     PRIMARY KEY (execution_id, key)
 );
+",
+    ),
+    (
+        3,
+        "follow order: each execution's writers in transaction id order",
+        // A nullable column without a default: a catalog change only, no rewrite.
+        "
+ALTER TABLE execlog_executions ADD COLUMN last_xid xid8;
+CREATE FUNCTION execlog_out_of_order(execution_id text, last_xid xid8) RETURNS bigint
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING
+        ERRCODE = 'serialization_failure',
+        MESSAGE = format('execlog: execution %s was last written by transaction %s, '
+                         'newer than this one (%s); retry in a new transaction',
+                         execution_id, last_xid, pg_current_xact_id());
+END
+$$;
 ",
     ),
 ];
