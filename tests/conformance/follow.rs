@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -398,7 +398,8 @@ where
     );
     let middle = history[3].position;
     let total = owners.len() as u64 + APPENDERS as u64 * PER_APPENDER;
-    let done = Arc::new(AtomicBool::new(false));
+    // How many events each subscriber must get, known once the appenders are done.
+    let targets: Arc<OnceLock<[usize; 4]>> = Arc::new(OnceLock::new());
     let subscribers: Vec<_> = [
         (SubscriptionFilter::All, StartFrom::Beginning, false),
         (
@@ -414,26 +415,27 @@ where
         (SubscriptionFilter::All, StartFrom::After(middle), true),
     ]
     .into_iter()
-    .map(|(filter, start, slow)| {
+    .enumerate()
+    .map(|(i, (filter, start, slow))| {
         let mut sub = store.subscribe(filter.clone(), start).unwrap();
-        let done = Arc::clone(&done);
+        let targets = Arc::clone(&targets);
         std::thread::spawn(move || {
             let mut got = Vec::new();
-            loop {
-                match sub.next_timeout(Duration::from_millis(50)).unwrap() {
-                    Some(d) => {
-                        got.push(d);
-                        if slow && got.len() % 50 == 0 {
-                            std::thread::sleep(Duration::from_millis(20));
-                        }
+            let deadline = std::time::Instant::now() + 4 * PATIENCE;
+            while targets.get().is_none_or(|t| got.len() < t[i]) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "subscriber {i} stalled"
+                );
+                if let Some(d) = sub.next_timeout(Duration::from_millis(50)).unwrap() {
+                    got.push(d);
+                    if slow && got.len() % 50 == 0 {
+                        std::thread::sleep(Duration::from_millis(20));
                     }
-                    None if done.load(Ordering::SeqCst) => {
-                        got.extend(drain(&mut sub));
-                        return (filter, got);
-                    }
-                    None => {}
                 }
             }
+            assert_nothing_more(&mut sub);
+            (filter, got)
         })
     })
     .collect();
@@ -457,13 +459,20 @@ where
     for a in appenders {
         a.join().unwrap();
     }
-    done.store(true, Ordering::SeqCst);
     let ids: Vec<_> = owners.iter().map(|o| o.0.clone()).collect();
     let stored = loaded(store.as_ref(), &ids);
     assert_eq!(
         stored.len() as u64,
         total + APPENDERS as u64 * PER_APPENDER / 10
     );
+    let count = |keep: &dyn Fn(&StoredEvent) -> bool| stored.iter().filter(|e| keep(e)).count();
+    // The slow one starts after the fourth event of the history.
+    let _ = targets.set([
+        stored.len(),
+        count(&|e| e.tenant_id.as_str() == "y"),
+        count(&|e| e.execution_id == owners[2].0),
+        stored.len() - 4,
+    ]);
     let results = tokio::task::spawn_blocking(move || {
         subscribers
             .into_iter()
