@@ -153,4 +153,20 @@ mod tests {
         }
         assert_eq!(Published::decode(&bytes[..LEN - 1]), None);
     }
+
+    /// The layout of docs/FORMAT.md, "Published end", byte for byte.
+    #[test]
+    fn layout_matches_the_format_document() {
+        let bytes = Published {
+            generation: 0x0102_0304_0506_0708,
+            segment: 3,
+            end: 0x1000,
+        }
+        .encode();
+        assert_eq!(&bytes[0..8], b"EXECEND\0");
+        assert_eq!(bytes[8..16], [8, 7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(bytes[16..24], [0, 0x10, 0, 0, 3, 0, 0, 0]);
+        assert_eq!(bytes[24..28], crc32(&bytes[..24]).to_le_bytes());
+        assert_eq!(bytes[28..32], [0; 4]);
+    }
 }

@@ -152,6 +152,36 @@ fn a_reader_sees_the_writer_restart_and_continues() {
     assert_eq!(wait_for(&reader, &e, 1001).len(), 1001);
 }
 
+/// Liveness, not speed: a subscriber waiting on a reader is woken once the writer's
+/// end moves (the poll notices within milliseconds). The 10 s bound fails only if
+/// nothing wakes it and its 60 s wait runs out.
+#[test]
+fn a_readers_subscriber_is_woken_by_new_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = LogStore::open(dir.path()).unwrap();
+    let (e, t) = (ExecutionId::new(), TenantId::from("t"));
+    writer.append_blocking(&e, &t, step_event(1)).unwrap();
+    let reader = LogStore::open_reader(dir.path()).unwrap();
+    let mut sub = reader
+        .subscribe(SubscriptionFilter::All, StartFrom::End)
+        .unwrap();
+    for i in 2..=4 {
+        assert_eq!(sub.try_next().unwrap(), None);
+        writer.append_blocking(&e, &t, step_event(i)).unwrap();
+        let waited = Instant::now();
+        let d = sub
+            .next_timeout(Duration::from_secs(60))
+            .unwrap()
+            .expect("an event");
+        assert_eq!(d.event.sequence, i);
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "woken after {:?}",
+            waited.elapsed()
+        );
+    }
+}
+
 /// The child writer of `a_reader_follows_a_writer_killed_again_and_again`.
 #[test]
 fn follow_kill_child_writer() {
