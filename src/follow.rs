@@ -269,10 +269,15 @@ impl Source for LogFollower {
                 continue;
             }
             self.seen = generation;
-            return Ok(match self.ended() {
-                Some(e) => Next::Ended(e),
-                None => Next::Idle,
-            });
+            let Some(e) = self.ended() else {
+                return Ok(Next::Idle);
+            };
+            // The last ends may have been raised after the look above and before the
+            // store closed (or was poisoned): look once more; nothing moves now.
+            if self.offset < self.shared.segments.durable_end(self.segment) || self.next_segment() {
+                continue;
+            }
+            return Ok(Next::Ended(e));
         }
     }
 

@@ -15,11 +15,16 @@
 //! shuttle's `block_on`): they check admission (condition variable and waker) for
 //! lost wake-ups, and that closing or poisoning releases the waiters.
 //!
+//! A subscriber follows the store from a thread started alongside the appenders
+//! (through the async stream in the bounded scenarios) until the store closes.
+//!
 //! Asserts, in every interleaving: each append returns (no lost wake-up); sequences
 //! of one execution are handed out without gap or duplicate; a reader sees whole
 //! batches, in sequence order, and only events that survive a power cut taken right
 //! after the run (so it never saw anything that was not durable); every acknowledged
-//! event survives that power cut with its content.
+//! event survives that power cut with its content; the subscriber delivers in position
+//! order, each execution in sequence order, only events that survive the cut, all of
+//! them when nothing failed, and ends when the store closes.
 
 #![cfg(feature = "shuttle")]
 #![allow(clippy::unwrap_used)]
@@ -144,6 +149,35 @@ fn scenario(twist: Twist, bounded: bool) {
             seen
         })
     };
+    // A subscriber started while appends run (possibly in the middle of a commit
+    // group): the iterator, or in the bounded scenarios the async stream on shuttle's
+    // executor. It follows until the store closes; a lost wake-up is a deadlock.
+    let follower = {
+        let store = Arc::clone(&store);
+        shuttle::thread::spawn(move || {
+            // A schedule may start it only after the final close.
+            let sub = match store.subscribe(SubscriptionFilter::All, StartFrom::Beginning) {
+                Ok(sub) => sub,
+                Err(Error::Closed) => return None,
+                Err(Error::Poisoned { .. }) if may_fail => return None,
+                Err(other) => panic!("subscribe failed: {other:?}"),
+            };
+            let items: Vec<Result<Delivered>> = if bounded {
+                shuttle::future::block_on(futures::StreamExt::collect(sub))
+            } else {
+                sub.collect()
+            };
+            items
+                .into_iter()
+                .filter_map(|item| match item {
+                    Ok(d) => Some(d),
+                    Err(Error::Poisoned { .. }) if may_fail => None,
+                    Err(other) => panic!("subscription failed: {other:?}"),
+                })
+                .collect::<Vec<_>>()
+                .into()
+        })
+    };
     let closer = matches!(twist, Twist::Close).then(|| {
         let store = Arc::clone(&store);
         shuttle::thread::spawn(move || store.close().unwrap())
@@ -164,6 +198,13 @@ fn scenario(twist: Twist, bounded: bool) {
     }
     store.close().unwrap();
     drop(store);
+    let subscribed = follower.join().unwrap();
+    let complete = subscribed.is_some() && matches!(twist, Twist::None);
+    let followed = subscribed.unwrap_or_default();
+    assert!(
+        followed.windows(2).all(|w| w[0].position < w[1].position),
+        "subscription out of position order"
+    );
 
     // Sequences: per execution, the acknowledged appends tile 1..=n without overlap.
     for exec in 0..2 {
@@ -202,6 +243,22 @@ fn scenario(twist: Twist, bounded: bool) {
                     "acknowledged event {exec}/{s} lost or changed"
                 );
             }
+        }
+        let mine: Vec<&StoredEvent> = followed
+            .iter()
+            .map(|d| &d.event)
+            .filter(|e| e.execution_id == execution(exec))
+            .collect();
+        for (i, e) in mine.iter().enumerate() {
+            assert_eq!(e.sequence, i as u64 + 1, "subscription: gap or disorder");
+            assert_eq!(
+                events.get(i),
+                Some(*e),
+                "a subscription delivered an event that did not survive"
+            );
+        }
+        if complete {
+            assert_eq!(mine.len(), events.len(), "subscription missed events");
         }
         if exec == 0 {
             assert!(
