@@ -114,6 +114,9 @@ impl Committer {
                     for p in group.drain(..) {
                         p.complete(Ok(()));
                     }
+                    // After the acknowledgements: waking followers (a futex call when
+                    // one sleeps) is not on the appenders' path.
+                    self.shared.watch.advance();
                 }
                 Err(Error::Poisoned { cause }) => {
                     fail_all(group.drain(..), &Error::Poisoned { cause });
@@ -400,7 +403,6 @@ impl Committer {
                 state.keys.settle(last.last_pos);
             }
         }
-        self.shared.watch.advance();
     }
 }
 

@@ -72,6 +72,8 @@ pub(crate) struct LogFollower {
     filter: SubscriptionFilter,
     segment: u32,
     offset: u64,
+    /// The current segment's durable end as last read (it only grows).
+    known_end: u64,
     /// Records at or below this position are skipped (a resume).
     skip_through: Option<u64>,
     names: HashMap<u64, (ExecutionId, TenantId)>,
@@ -101,6 +103,7 @@ impl LogFollower {
             filter,
             segment,
             offset,
+            known_end: 0,
             skip_through,
             names: HashMap::new(),
             view: None,
@@ -137,6 +140,7 @@ impl LogFollower {
         }
         self.segment = next;
         self.offset = HEADER;
+        self.known_end = 0;
         self.view = None;
         true
     }
@@ -258,7 +262,11 @@ impl Source for LogFollower {
         // follows returns at once.
         let generation = self.shared.watch.generation();
         loop {
-            let end = self.shared.segments.durable_end(self.segment);
+            if self.offset >= self.known_end {
+                // Read again only when the known end is used up.
+                self.known_end = self.shared.segments.durable_end(self.segment);
+            }
+            let end = self.known_end;
             if self.offset < end {
                 if let Some(d) = self.step(end)? {
                     return Ok(Next::Event(d));

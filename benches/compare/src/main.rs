@@ -1,7 +1,7 @@
 //! execlog side by side with SQLite, redb and the disk's own limits, in one run.
 //!
 //! `cargo run --release --manifest-path benches/compare/Cargo.toml -- [--quick] [--events N]
-//! [--seconds S] [--repeats R] [--writers 1,16,64,256] [--ingest-only] [--only SYSTEM [--batch | --open]] [--out docs/BENCHMARKS.md]`
+//! [--seconds S] [--repeats R] [--writers 1,16,64,256] [--ingest-only] [--only SYSTEM [--batch | --open]] [--follow] [--out docs/BENCHMARKS.md]`
 //!
 //! With `--features postgres` and `--pg-url URL` (or `EXECLOG_PG_URL`), also the
 //! PostgreSQL backend beside a naive client (`src/pg.rs`): `--pg-only` runs only those
@@ -13,6 +13,7 @@
 //! loop and to SQLite measured in the same run.
 
 mod baseline;
+mod follow;
 #[cfg(feature = "postgres")]
 mod pg;
 mod report;
@@ -66,6 +67,8 @@ pub struct Config {
     pub batch: bool,
     /// With `only execlog`: fill `--events`, then time open against the raw scan.
     pub open: bool,
+    /// Ingest with and without a subscriber following it (issue 14), at `--writers`.
+    pub follow: bool,
     /// Profile one system alone (no baselines, no report).
     pub only: Option<String>,
     pub seconds: f64,
@@ -90,6 +93,7 @@ fn parse_args() -> Config {
         ingest_only: false,
         batch: false,
         open: false,
+        follow: false,
         only: None,
         seconds: 2.0,
         repeats: 3,
@@ -117,6 +121,7 @@ fn parse_args() -> Config {
             "--only" => c.only = Some(value()),
             "--batch" => c.batch = true,
             "--open" => c.open = true,
+            "--follow" => c.follow = true,
             "--seconds" => c.seconds = value().parse().expect("--seconds"),
             "--repeats" => c.repeats = value().parse().expect("--repeats"),
             "--events" => c.read_events = value().parse().expect("--events"),
@@ -177,7 +182,7 @@ pub fn event(n: u64) -> ExecutionEventData {
     }
 }
 
-fn fresh(dir: &Path) -> PathBuf {
+pub(crate) fn fresh(dir: &Path) -> PathBuf {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).expect("bench dir");
     dir.to_path_buf()
@@ -185,7 +190,7 @@ fn fresh(dir: &Path) -> PathBuf {
 
 /// Runs `writer(w, stop)` on `writers` threads for `seconds`, then merges what each
 /// returns (events written, one latency per append) into one sample.
-fn run_writers<F>(writers: usize, seconds: f64, writer: F) -> Sample
+pub(crate) fn run_writers<F>(writers: usize, seconds: f64, writer: F) -> Sample
 where
     F: Fn(usize, &AtomicBool) -> (u64, Vec<Duration>) + Sync,
 {
@@ -335,6 +340,10 @@ fn main() {
         let section = pg::run(&c);
         report::write_pg_section(&c.out, &section);
         eprintln!("wrote the PostgreSQL section of {}", c.out.display());
+        return;
+    }
+    if c.follow {
+        follow::run(&c.dir.join("follow"), &c.writers, c.seconds, c.repeats);
         return;
     }
     if let Some(name) = &c.only {
