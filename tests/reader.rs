@@ -271,3 +271,83 @@ fn a_reader_follows_a_writer_killed_again_and_again() {
         delivered.len()
     );
 }
+
+/// Whether this process runs as root (uid 0), read from `/proc/self/status`.
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            == Some("0")
+    })
+}
+
+/// Unmounts on drop.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A reader opens a store on a read-only mount (a bind mount remounted `ro`), reads
+/// and subscribes; the writer cannot even open it. Needs root (to mount); skipped
+/// otherwise, saying so.
+#[test]
+fn a_reader_works_on_a_read_only_mount() {
+    if !is_root() {
+        eprintln!("skipped: needs root to mount");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (store_dir, ro) = (dir.path().join("store"), dir.path().join("ro"));
+    std::fs::create_dir(&ro).unwrap();
+    let (e, t) = (ExecutionId::new(), TenantId::from("t"));
+    {
+        let writer = LogStore::open_with(&store_dir, small_segments()).unwrap();
+        for i in 1..=500 {
+            writer.append_blocking(&e, &t, step_event(i)).unwrap();
+        }
+        writer.close().unwrap();
+    }
+    let mount = |args: &[&str]| {
+        std::process::Command::new("mount")
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let (s, r) = (store_dir.to_str().unwrap(), ro.to_str().unwrap());
+    if !mount(&["--bind", s, r]) {
+        eprintln!("skipped: bind mount failed");
+        return;
+    }
+    let _mounted = Mounted(ro.clone());
+    assert!(mount(&["-o", "remount,bind,ro", r]), "remount read-only");
+    assert!(
+        std::fs::write(ro.join("probe"), b"x").is_err(),
+        "the mount is writable"
+    );
+    let reader = LogStore::open_reader(&ro).unwrap();
+    assert_eq!(
+        reader.load_events_blocking(&e).unwrap().len(),
+        500,
+        "{:?}",
+        reader.recovery_report()
+    );
+    let mut sub = reader
+        .subscribe(
+            SubscriptionFilter::Execution(e.clone()),
+            StartFrom::Beginning,
+        )
+        .unwrap();
+    let got: Vec<u64> = std::iter::from_fn(|| sub.try_next().unwrap())
+        .map(|d| d.event.sequence)
+        .collect();
+    assert_eq!(got, (1..=500).collect::<Vec<_>>());
+    reader.close().unwrap();
+    assert!(
+        LogStore::open(&ro).is_err(),
+        "a writer opened a read-only mount"
+    );
+}
