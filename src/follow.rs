@@ -60,10 +60,18 @@ pub(crate) fn end_position(shared: &Shared) -> u64 {
     (u64::from(segment) << 32 | end).saturating_sub(1)
 }
 
-/// The newest segment and its durable end.
+/// The newest segment with durable records (or the only one) and its durable end.
+///
+/// A segment the commit thread has just created holds only its header until the
+/// group writing into it is published, and that group may still end the previous
+/// segment: until then the previous segment's end is the log's end.
 fn log_end(shared: &Shared) -> (u32, u64) {
-    let last = shared.segments.count().max(1) as u32;
-    (last, shared.segments.durable_end(last))
+    let segments = &shared.segments;
+    let mut last = segments.count().max(1) as u32;
+    if last > 1 && segments.durable_end(last) <= HEADER {
+        last -= 1;
+    }
+    (last, segments.durable_end(last))
 }
 
 /// A subscription's cursor on a [`LogStore`](crate::LogStore).

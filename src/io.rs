@@ -32,7 +32,8 @@ pub trait Io: Send + Sync + fmt::Debug {
     fn create_dir_all(&self, dir: &Path, mode: u32) -> io::Result<()>;
     /// Names of the entries in `dir`.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
-    /// Opens an existing file for reading, and for writing unless `read_only`.
+    /// Opens an existing regular file for reading, and for writing unless `read_only`;
+    /// anything else (a FIFO, a device, a directory) is an error, without blocking.
     fn open(&self, path: &Path, read_only: bool) -> io::Result<Arc<dyn IoFile>>;
     /// Creates a new file for reading and writing with permission bits `mode` (less the
     /// umask); fails if it exists.
@@ -121,7 +122,21 @@ impl Io for RealIo {
     }
 
     fn open(&self, path: &Path, read_only: bool) -> io::Result<Arc<dyn IoFile>> {
-        let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
+        // Non-blocking, so that a FIFO (or device) planted under a store's file name
+        // cannot hang the open; it is then refused as not a regular file. The flag
+        // changes nothing for regular files.
+        let o_nonblock = i32::try_from(rustix::fs::OFlags::NONBLOCK.bits()).unwrap_or(0);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .custom_flags(o_nonblock)
+            .open(path)?;
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
         Ok(Arc::new(RealFile {
             file,
             path: path.to_path_buf(),

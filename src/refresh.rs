@@ -82,9 +82,10 @@ fn extend(shared: &Shared, to: Published) -> Result<()> {
     let index = std::mem::replace(&mut state.index, Index::new(1));
     let keys = std::mem::replace(&mut state.keys, KeyTables::new(0));
     let mut rebuild = Rebuild::resume(index, keys, state.writer.last_timestamp_ns);
+    let mut applied = Vec::new();
     let result = (last.max(1)..=to.segment).try_for_each(|id| {
         let end = (id == to.segment).then_some(to.end);
-        extend_segment(shared, &mut rebuild, id, end)
+        extend_segment(shared, &mut rebuild, (id, end), &mut applied)
     });
     let result = result.and_then(|()| match rebuild.batch.first() {
         Some(w) => Err(Error::corrupt(
@@ -97,12 +98,25 @@ fn extend(shared: &Shared, to: Published) -> Result<()> {
     state.index = rebuild.index;
     state.keys = rebuild.keys;
     state.writer.last_timestamp_ns = rebuild.last_timestamp_ns;
+    // Raised only now, in log order, and only over whole batches the index took: a
+    // failed extension (the reader is then poisoned) serves no part of a batch, and
+    // reads and subscriptions agree on what it serves.
+    for (id, end) in applied {
+        segments.set_durable_end(id, end);
+    }
     result
 }
 
 /// Indexes segment `id` from the reader's end of it up to `end` (the published end),
 /// or to the end of its records if the writer has moved on to a later segment.
-fn extend_segment(shared: &Shared, rebuild: &mut Rebuild, id: u32, end: Option<u64>) -> Result<()> {
+///
+/// `applied` gets, per segment, where the last batch the index took ends.
+fn extend_segment(
+    shared: &Shared,
+    rebuild: &mut Rebuild,
+    (id, end): (u32, Option<u64>),
+    applied: &mut Vec<(u32, u64)>,
+) -> Result<()> {
     let segments = &shared.segments;
     let path = segment::path(&shared.dir, id);
     if id as usize > segments.count() {
@@ -142,6 +156,12 @@ fn extend_segment(shared: &Shared, rebuild: &mut Rebuild, id: u32, end: Option<u
             } => {
                 rebuild.add(id, offset as u64, header, body)?;
                 data_end = offset + crate::record::framed_len(body.len());
+                if rebuild.batch.is_empty() {
+                    match applied.last_mut() {
+                        Some((last, whole)) if *last == id => *whole = data_end as u64,
+                        _ => applied.push((id, data_end as u64)),
+                    }
+                }
             }
             Step::End { offset } => {
                 data_end = offset;
@@ -159,7 +179,6 @@ fn extend_segment(shared: &Shared, rebuild: &mut Rebuild, id: u32, end: Option<u
             "the published end is not where the records end",
         ));
     }
-    segments.set_durable_end(id, data_end as u64);
     Ok(())
 }
 

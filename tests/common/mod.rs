@@ -22,8 +22,11 @@ pub fn output_with_stdin(command: &mut Command, stdin: &str) -> Output {
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
     if let Some(mut pipe) = child.stdin.take() {
-        pipe.write_all(stdin.as_bytes())
-            .unwrap_or_else(|e| panic!("cannot feed {command:?}: {e}"));
+        match pipe.write_all(stdin.as_bytes()) {
+            // The command ended (a usage error, say) before reading all its input.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            other => other.unwrap_or_else(|e| panic!("cannot feed {command:?}: {e}")),
+        }
     }
     child
         .wait_with_output()
