@@ -295,8 +295,14 @@ fn pass(
                 ),
             ));
         }
+        // A reader in another process maps its bounded segment only up to the bound:
+        // past it, the live writer is writing.
+        let mapped = match (last_segment, hidden) {
+            (Some(last), Some((s, from))) if last == id && s == id => capacity.min(from),
+            _ => capacity,
+        };
         let view = file
-            .map(capacity)
+            .map(mapped)
             .map_err(|e| Error::io("mmap segment", &path, e))?;
         opened.push((id, path, file, capacity, view));
     }

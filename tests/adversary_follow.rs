@@ -397,7 +397,7 @@ fn crafted_published_ends_poison_a_reader_and_never_panic() {
         publish(dir.path(), 2, position);
         let_the_reader_poll();
         let (got, end) = drain_now(&mut sub);
-        if got.len() != 0 && got.len() != may_take {
+        if !got.is_empty() && got.len() != may_take {
             problems.push(format!("{what}: delivered {} events", got.len()));
         }
         if !matches!(end, Some(Error::Poisoned { .. })) {
