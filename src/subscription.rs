@@ -167,7 +167,8 @@ impl Subscription {
     }
 
     /// The next event, waiting up to `timeout` for one to become durable. `Ok(None)`:
-    /// none did in time.
+    /// none did in time. `Err(Error::Closed)`: this store handle was closed and
+    /// everything was delivered (as [`Subscription::try_next`]).
     pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<Delivered>> {
         let deadline = Instant::now().checked_add(timeout);
         loop {

@@ -815,3 +815,56 @@ fn tail_follows_a_running_demo_and_inspection_works_meanwhile() {
     );
     println!("inspection ran {during} times while the demo wrote");
 }
+
+/// `tail -f | head -1` on a quiet store: once the reader of its stdout is gone, `tail`
+/// ends within its idle wait (liveness: it used to wait for the next event, forever),
+/// exit 0. An unknown execution is said and exits 3 without `-f`; the default start
+/// (the end) says why nothing was printed.
+#[test]
+fn tail_ends_when_its_reader_goes_away_and_says_what_is_missing() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let good = "{\"type\":\"execution_resumed\"}\n";
+    let out = execlog(
+        &["append", d, "--execution", "e", "--tenant", "t", "--create"],
+        good,
+    );
+    assert!(out.status.success());
+    let (reader, writer) = std::io::pipe().unwrap();
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_execlog"))
+        .args(["tail", d, "--from-start", "-f"])
+        .stdout(writer)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(reader)
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("\"position\""), "{line}");
+    // The BufReader and the pipe's read end were dropped with it.
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = tail.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(10) {
+            tail.kill().unwrap();
+            panic!("tail -f kept running after its reader went away");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+
+    let out = execlog(&["tail", d, "--execution", "nope", "--from-start"], "");
+    assert_eq!(out.status.code(), Some(3));
+    assert!(text(&out.stderr).contains("no execution nope"));
+    let out = execlog(&["tail", d], "");
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(
+        text(&out.stderr).contains("--from-start"),
+        "{}",
+        text(&out.stderr)
+    );
+}
