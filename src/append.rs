@@ -25,7 +25,7 @@ use crate::index::ExecNo;
 use crate::queue::{Admitted, Pending, Ticket};
 use crate::reader;
 use crate::record::{self, Header, Kind, Pos};
-use crate::state::Shared;
+use crate::state::{Poison, Shared};
 
 /// An append validated and encoded, not yet admitted nor queued.
 pub(crate) struct Prepared {
@@ -213,10 +213,8 @@ pub(crate) fn enqueue_guarded(
     let mut state = shared.state.lock();
     let state = &mut *state;
     let writer = &mut state.writer;
-    if let Some(cause) = &writer.poisoned {
-        return Err(Error::Poisoned {
-            cause: cause.clone(),
-        });
+    if let Some(poison) = &writer.poisoned {
+        return Err(poison.error());
     }
     if writer.tx.is_none() {
         return Err(Error::Closed);
@@ -347,12 +345,14 @@ pub(crate) fn enqueue_guarded(
     let sent = writer.tx.as_ref().map(|tx| tx.send(pending));
     if !matches!(sent, Some(Ok(()))) {
         // The commit thread is gone only after a panic, which poisoned the store.
-        let cause = "commit thread stopped".to_string();
-        writer.poisoned.get_or_insert(cause.clone());
+        let error = writer
+            .poisoned
+            .get_or_insert(Poison::new("commit thread stopped"))
+            .error();
         // (The returned `Pending`, with its admission, is dropped here.)
         drop(sent);
         shared.queue_bound.stop();
-        return Err(Error::Poisoned { cause });
+        return Err(error);
     }
     Ok(Enqueued::Queued {
         first: first_sequence,
@@ -389,9 +389,7 @@ pub(crate) fn verify(
             // Its commit failed, which poisoned the store; nothing else un-makes an
             // append.
             return Err(match &state.writer.poisoned {
-                Some(cause) => Error::Poisoned {
-                    cause: cause.clone(),
-                },
+                Some(poison) => poison.error(),
                 None => Error::InvalidArgument(
                     "an idempotency key's append did not become durable".into(),
                 ),

@@ -28,7 +28,7 @@ use crate::options::WritePath;
 use crate::queue::{Pending, fail_all};
 use crate::record;
 use crate::segment;
-use crate::state::Shared;
+use crate::state::{Poison, Shared};
 use crate::sync::{MODEL_CHECKED, Receiver, TryRecvError};
 
 /// How long an idle commit thread polls the queue before it sleeps.
@@ -89,7 +89,7 @@ impl Committer {
         match outcome {
             Ok(at_close) => at_close,
             Err(_) => {
-                let error = poison(&self.shared, "the commit thread panicked".into());
+                let error = poison(&self.shared, Poison::new("the commit thread panicked"));
                 fail_all(group.drain(..), &error);
                 // Appends queued before the poison was visible still wait: fail them.
                 fail_all(self.rx.iter(), &error);
@@ -104,7 +104,7 @@ impl Committer {
             self.gather(group);
             let poisoned = self.shared.state.lock().writer.poisoned.clone();
             let result = match poisoned {
-                Some(cause) => Err(Error::Poisoned { cause }),
+                Some(poison) => Err(poison.error()),
                 None => self.commit(group),
             };
             match result {
@@ -118,11 +118,11 @@ impl Committer {
                     // one sleeps) is not on the appenders' path.
                     self.shared.watch.advance();
                 }
-                Err(Error::Poisoned { cause }) => {
-                    fail_all(group.drain(..), &Error::Poisoned { cause });
+                Err(e @ Error::Poisoned { .. }) => {
+                    fail_all(group.drain(..), &e);
                 }
                 Err(e) => {
-                    let error = poison(&self.shared, e.to_string());
+                    let error = poison(&self.shared, Poison::of(e));
                     fail_all(group.drain(..), &error);
                 }
             }
@@ -418,13 +418,13 @@ fn note_written(digests: &mut [Option<SegmentDigest>], at: u64, bytes: &[u8]) {
 
 /// Marks the store poisoned (first cause wins), wakes appenders waiting for queue
 /// space (they are then refused), and returns the error waiters get.
-pub(crate) fn poison(shared: &Shared, cause: String) -> Error {
-    let cause = {
+pub(crate) fn poison(shared: &Shared, poison: Poison) -> Error {
+    let poison = {
         let mut state = shared.state.lock();
-        state.writer.poisoned.get_or_insert(cause).clone()
+        state.writer.poisoned.get_or_insert(poison).clone()
     };
     shared.queue_bound.stop();
     // Followers that caught up learn that nothing more will come.
     shared.watch.advance();
-    Error::Poisoned { cause }
+    poison.error()
 }

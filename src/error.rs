@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Result alias used throughout the engine.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -50,6 +51,10 @@ pub enum Error {
     Poisoned {
         /// A description of the failure that poisoned the store.
         cause: String,
+        /// The operating system's error behind it, if an I/O call failed (also
+        /// [`std::error::Error::source`]): `kind()` tells a full disk
+        /// (`StorageFull`) from a failing one.
+        source: Option<Arc<std::io::Error>>,
     },
     /// The execution belongs to another tenant. Which tenant owns it is not said: the
     /// caller may not know it, and the execution may not even be acknowledged yet.
@@ -98,6 +103,12 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Error::Io { op, path, source } if is_full(source) => write!(
+                f,
+                "the disk is full: {op} on {} failed ({source}); free space on that file \
+                 system, then reopen the store",
+                path.display()
+            ),
             Error::Io { op, path, source } => write!(
                 f,
                 "I/O error during {op} on {}: {source}; check the disk and permissions, then reopen the store",
@@ -124,7 +135,16 @@ impl fmt::Display for Error {
                  close that one first",
                 path.display()
             ),
-            Error::Poisoned { cause } => write!(
+            Error::Poisoned {
+                cause,
+                source: Some(source),
+            } if is_full(source) => write!(
+                f,
+                "the disk is full, so the store stopped taking appends ({cause}); nothing \
+                 uncertain was acknowledged and reads keep working: free space on that file \
+                 system, then close and reopen the store to continue"
+            ),
+            Error::Poisoned { cause, .. } => write!(
                 f,
                 "store is poisoned after a failed write or sync ({cause}); nothing uncertain was \
                  acknowledged: close and reopen the store to recover"
@@ -176,12 +196,32 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Io { source, .. } => Some(source),
+            Error::Poisoned {
+                source: Some(source),
+                ..
+            } => Some(source.as_ref()),
             _ => None,
         }
     }
 }
 
+/// ENOSPC and EDQUOT: no space left for this writer.
+fn is_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
 impl Error {
+    /// The error a poisoned store answers with.
+    pub(crate) fn poisoned(cause: impl Into<String>) -> Self {
+        Error::Poisoned {
+            cause: cause.into(),
+            source: None,
+        }
+    }
+
     /// Builds an [`Error::Io`] from its parts.
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
@@ -220,8 +260,9 @@ impl Error {
                 version: *version,
             },
             Error::Locked { path } => Error::Locked { path: path.clone() },
-            Error::Poisoned { cause } => Error::Poisoned {
+            Error::Poisoned { cause, source } => Error::Poisoned {
                 cause: cause.clone(),
+                source: source.clone(),
             },
             Error::TenantMismatch {
                 execution_id,

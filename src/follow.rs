@@ -244,8 +244,8 @@ impl LogFollower {
         if self.shared.watch.finished() {
             return Some(Error::Closed);
         }
-        let cause = self.shared.state.lock().writer.poisoned.clone();
-        cause.map(|cause| Error::Poisoned { cause })
+        let poison = self.shared.state.lock().writer.poisoned.clone();
+        poison.map(|p| p.error())
     }
 }
 

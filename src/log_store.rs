@@ -355,9 +355,7 @@ impl LogStore {
         let at_close = match self.committer.lock().take().map(|h| h.join()) {
             None => Ok(()),
             Some(Ok(at_close)) => at_close,
-            Some(Err(_)) => Err(Error::Poisoned {
-                cause: "the commit thread panicked".into(),
-            }),
+            Some(Err(_)) => Err(Error::poisoned("the commit thread panicked")),
         };
         // Every durable end is final now: followers deliver the rest and end.
         self.shared.watch.finish();
@@ -418,9 +416,7 @@ impl LogStore {
     pub(crate) fn check_writable(&self) -> Result<()> {
         self.check_open()?;
         match &self.shared.state.lock().writer.poisoned {
-            Some(cause) => Err(Error::Poisoned {
-                cause: cause.clone(),
-            }),
+            Some(poison) => Err(poison.error()),
             None => Ok(()),
         }
     }

@@ -48,7 +48,7 @@ pub(crate) fn run(shared: &Arc<Shared>, mut seen: Option<Published>) -> Result<(
         match published {
             Some(p) if seen.is_none_or(|s| s.packed() != p.packed()) => {
                 if let Err(e) = extend(shared, p) {
-                    crate::committer::poison(shared, e.to_string());
+                    crate::committer::poison(shared, crate::state::Poison::of(e));
                     return Ok(());
                 }
                 seen = Some(p);

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::error::Error;
 use crate::idempotency::KeyTables;
 use crate::index::Index;
 use crate::io::Io;
@@ -60,8 +61,8 @@ pub(crate) struct Writer {
     pub(crate) capacity: u64,
     /// Channel to the commit thread; `None` once the store is closing.
     pub(crate) tx: Option<Sender<Pending>>,
-    /// Why the store was poisoned, if it was.
-    pub(crate) poisoned: Option<String>,
+    /// Why the store was poisoned, if it was: the error every later append gets.
+    pub(crate) poisoned: Option<Poison>,
     /// Timestamp of the latest append, to keep timestamps non-decreasing.
     pub(crate) last_timestamp_ns: i64,
 }
@@ -103,5 +104,41 @@ impl Writer {
             .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
         self.last_timestamp_ns = self.last_timestamp_ns.max(now);
         self.last_timestamp_ns
+    }
+}
+
+/// Why a store was poisoned: a description, and the I/O error behind it if any.
+#[derive(Clone, Debug)]
+pub(crate) struct Poison {
+    pub(crate) cause: String,
+    pub(crate) source: Option<Arc<std::io::Error>>,
+}
+
+impl Poison {
+    /// A poison without an I/O error behind it.
+    pub(crate) fn new(cause: impl Into<String>) -> Self {
+        Poison {
+            cause: cause.into(),
+            source: None,
+        }
+    }
+
+    /// The poison a failed commit leaves: its description, and its I/O error.
+    pub(crate) fn of(error: Error) -> Self {
+        let cause = error.to_string();
+        let source = match error {
+            Error::Io { source, .. } => Some(Arc::new(source)),
+            Error::Poisoned { source, .. } => source,
+            _ => None,
+        };
+        Poison { cause, source }
+    }
+
+    /// The error appends get from the poisoned store.
+    pub(crate) fn error(&self) -> Error {
+        Error::Poisoned {
+            cause: self.cause.clone(),
+            source: self.source.clone(),
+        }
     }
 }

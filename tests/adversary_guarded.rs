@@ -1112,7 +1112,7 @@ fn keyed_power_seed(seed: u64) -> (usize, usize, usize) {
                     assert!(!o.replayed, "{ctx}: a fresh key replayed");
                     (Some(o), false)
                 }
-                Err(Error::Poisoned { cause }) => {
+                Err(Error::Poisoned { cause, .. }) => {
                     assert!(!cause.contains("panicked"), "{ctx}: {cause}");
                     (None, true)
                 }

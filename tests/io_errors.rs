@@ -64,7 +64,7 @@ fn run(k: u64, op: Op, fault: Fault) -> u64 {
                     assert!(!poisoned, "{ctx}: acknowledged after poison");
                     acked.push((first, len));
                 }
-                Err(Error::Poisoned { cause }) => {
+                Err(Error::Poisoned { cause, .. }) => {
                     assert!(!cause.contains("panicked"), "{ctx}: {cause}");
                     poisoned = true;
                     let before = sim.calls();

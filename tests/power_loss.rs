@@ -340,7 +340,7 @@ fn run_seed(seed: u64) -> Retries {
                 first,
                 events,
             }),
-            Err(Error::Poisoned { cause }) => {
+            Err(Error::Poisoned { cause, .. }) => {
                 assert!(!cause.contains("panicked"), "seed {seed}: {cause}");
                 store = restart(
                     store.take(),

@@ -449,9 +449,7 @@ fn target(url: &str, options: &PgOptions) -> Result<Target> {
 }
 
 fn panicked(e: tokio::task::JoinError) -> Error {
-    Error::Poisoned {
-        cause: format!("a PostgreSQL client task failed: {e}"),
-    }
+    Error::poisoned(format!("a PostgreSQL client task failed: {e}"))
 }
 
 #[async_trait]
