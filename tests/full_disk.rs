@@ -71,7 +71,7 @@ fn a_full_disk_fails_clearly_loses_nothing_and_a_reopen_continues() {
     let (e, t) = (ExecutionId::new(), TenantId::from("t"));
     let mut acked = 0u64;
     let error = loop {
-        let result = if acked % 3 == 0 {
+        let result = if acked.is_multiple_of(3) {
             store.append_batch_blocking(&e, &t, vec![event(acked + 1), event(acked + 2)])
         } else {
             store.append_blocking(&e, &t, event(acked + 1))
@@ -79,7 +79,7 @@ fn a_full_disk_fails_clearly_loses_nothing_and_a_reopen_continues() {
         match result {
             Ok(first) => {
                 assert_eq!(first, acked + 1);
-                acked += if acked % 3 == 0 { 2 } else { 1 };
+                acked += if acked.is_multiple_of(3) { 2 } else { 1 };
             }
             Err(error) => break error,
         }
