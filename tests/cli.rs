@@ -868,3 +868,67 @@ fn tail_ends_when_its_reader_goes_away_and_says_what_is_missing() {
         text(&out.stderr)
     );
 }
+
+/// The inspection commands on a read-only bind mount (issue 17): they open the store
+/// as a reader, so they work and change nothing; `append` fails with one line. Needs
+/// root (to mount); skipped otherwise, saying so.
+#[test]
+fn inspection_works_on_a_read_only_mount() {
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            == Some("0")
+    });
+    if !root {
+        eprintln!("skipped: needs root to mount");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (store, ro) = (dir.path().join("store"), dir.path().join("ro"));
+    std::fs::create_dir(&ro).unwrap();
+    let s = store.to_str().unwrap();
+    let demo = ["demo", "--dir", s, "--executions", "20", "--writers", "2"];
+    assert!(execlog(&demo, "").status.success());
+    let r = ro.to_str().unwrap();
+    let mount = |args: &[&str]| {
+        Command::new("mount")
+            .args(args)
+            .status()
+            .is_ok_and(|st| st.success())
+    };
+    if !mount(&["--bind", s, r]) {
+        eprintln!("skipped: bind mount failed");
+        return;
+    }
+    struct Unmount<'a>(&'a str);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(r);
+    assert!(mount(&["-o", "remount,bind,ro", r]));
+    for args in [
+        vec!["stats", r],
+        vec!["stats", r, "--json"],
+        vec!["events", r, "run-000000"],
+        vec!["list", r],
+        vec!["tenants", r],
+        vec!["verify", r],
+        vec!["tail", r, "--from-start"],
+    ] {
+        let out = execlog(&args, "");
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        // `verify` reports on stderr.
+        assert!(
+            !out.stdout.is_empty() || text(&out.stderr).contains("clean"),
+            "{args:?} printed nothing"
+        );
+    }
+    let out = execlog(
+        &["append", r, "--execution", "x", "--tenant", "t"],
+        "{\"type\":\"execution_resumed\"}\n",
+    );
+    one_error_line(&out);
+}
