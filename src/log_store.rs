@@ -278,6 +278,7 @@ impl LogStore {
             }
             Mode::ReadOnly | Mode::Reader => None,
         };
+        let metrics = crate::metrics::Metrics::for_store(&dir, &recovered.report);
         let queue_bound = QueueBound::new(options.max_queued_bytes);
         let shared = Arc::new(Shared {
             dir,
@@ -292,7 +293,7 @@ impl LogStore {
             queue_bound,
             closed: AtomicBool::new(false),
             read_only,
-            metrics: Default::default(),
+            metrics,
             watch: crate::watch::Watch::default(),
             publisher,
         });

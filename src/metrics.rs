@@ -5,6 +5,15 @@
 //! (never per append on the appenders' side), so they cost nothing measurable;
 //! [`LogStore::stats`](crate::LogStore::stats) reads them as a snapshot. Counts start
 //! at zero when the store opens; what open found is in the recovery report.
+//!
+//! With the `metrics` feature, the same figures also go to the `metrics` crate's
+//! facade (to Prometheus, StatsD, … through the recorder the program installed), each
+//! with the label `store` = the store directory:
+//! `execlog_appends_total`, `execlog_events_total`, `execlog_bytes_total`,
+//! `execlog_groups_total` (counters), `execlog_group_appends` and
+//! `execlog_fdatasync_seconds` (histograms), recorded by the commit thread once per
+//! group through handles registered at open; and at open `execlog_open_seconds`
+//! (histogram), `execlog_open_records` and `execlog_open_bytes_truncated` (gauges).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -21,6 +30,19 @@ pub(crate) struct Metrics {
     groups: AtomicU64,
     group_appends: Buckets,
     fdatasync_us: Buckets,
+    #[cfg(feature = "metrics")]
+    facade: Option<Facade>,
+}
+
+/// Handles into the `metrics` facade, registered once per store.
+#[cfg(feature = "metrics")]
+struct Facade {
+    appends: metrics::Counter,
+    events: metrics::Counter,
+    bytes: metrics::Counter,
+    groups: metrics::Counter,
+    group_appends: metrics::Histogram,
+    fdatasync: metrics::Histogram,
 }
 
 #[derive(Default)]
@@ -42,6 +64,36 @@ impl Buckets {
 }
 
 impl Metrics {
+    /// Counters of the store in `dir`; with the `metrics` feature, also reports what
+    /// open found and registers the facade's handles (with the recorder installed now).
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub(crate) fn for_store(dir: &std::path::Path, opened: &crate::RecoveryReport) -> Self {
+        #[cfg(feature = "metrics")]
+        {
+            let store = dir.display().to_string();
+            metrics::histogram!("execlog_open_seconds", "store" => store.clone())
+                .record(opened.duration.as_secs_f64());
+            metrics::gauge!("execlog_open_records", "store" => store.clone())
+                .set(opened.records as f64);
+            metrics::gauge!("execlog_open_bytes_truncated", "store" => store.clone())
+                .set(opened.bytes_truncated as f64);
+            let facade = Facade {
+                appends: metrics::counter!("execlog_appends_total", "store" => store.clone()),
+                events: metrics::counter!("execlog_events_total", "store" => store.clone()),
+                bytes: metrics::counter!("execlog_bytes_total", "store" => store.clone()),
+                groups: metrics::counter!("execlog_groups_total", "store" => store.clone()),
+                group_appends: metrics::histogram!("execlog_group_appends", "store" => store.clone()),
+                fdatasync: metrics::histogram!("execlog_fdatasync_seconds", "store" => store),
+            };
+            return Metrics {
+                facade: Some(facade),
+                ..Metrics::default()
+            };
+        }
+        #[cfg(not(feature = "metrics"))]
+        Metrics::default()
+    }
+
     /// A commit group made durable: `appends` appends of `events` events in `bytes`
     /// bytes, whose final fdatasync took `sync`.
     pub(crate) fn group(&self, appends: u64, events: u64, bytes: u64, sync: Duration) {
@@ -52,6 +104,15 @@ impl Metrics {
         self.group_appends.add(appends);
         self.fdatasync_us
             .add(u64::try_from(sync.as_micros()).unwrap_or(u64::MAX));
+        #[cfg(feature = "metrics")]
+        if let Some(f) = &self.facade {
+            f.appends.increment(appends);
+            f.events.increment(events);
+            f.bytes.increment(bytes);
+            f.groups.increment(1);
+            f.group_appends.record(appends as f64);
+            f.fdatasync.record(sync.as_secs_f64());
+        }
     }
 
     pub(crate) fn snapshot(&self) -> WriteMetrics {
