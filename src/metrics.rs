@@ -66,32 +66,34 @@ impl Buckets {
 impl Metrics {
     /// Counters of the store in `dir`; with the `metrics` feature, also reports what
     /// open found and registers the facade's handles (with the recorder installed now).
-    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
-    pub(crate) fn for_store(dir: &std::path::Path, opened: &crate::RecoveryReport) -> Self {
-        #[cfg(feature = "metrics")]
-        {
-            let store = dir.display().to_string();
-            metrics::histogram!("execlog_open_seconds", "store" => store.clone())
-                .record(opened.duration.as_secs_f64());
-            metrics::gauge!("execlog_open_records", "store" => store.clone())
-                .set(opened.records as f64);
-            metrics::gauge!("execlog_open_bytes_truncated", "store" => store.clone())
-                .set(opened.bytes_truncated as f64);
-            let facade = Facade {
-                appends: metrics::counter!("execlog_appends_total", "store" => store.clone()),
-                events: metrics::counter!("execlog_events_total", "store" => store.clone()),
-                bytes: metrics::counter!("execlog_bytes_total", "store" => store.clone()),
-                groups: metrics::counter!("execlog_groups_total", "store" => store.clone()),
-                group_appends: metrics::histogram!("execlog_group_appends", "store" => store.clone()),
-                fdatasync: metrics::histogram!("execlog_fdatasync_seconds", "store" => store),
-            };
-            return Metrics {
-                facade: Some(facade),
-                ..Metrics::default()
-            };
-        }
-        #[cfg(not(feature = "metrics"))]
+    #[cfg(not(feature = "metrics"))]
+    pub(crate) fn for_store(_dir: &std::path::Path, _opened: &crate::RecoveryReport) -> Self {
         Metrics::default()
+    }
+
+    /// Counters of the store in `dir`; also reports what open found to the `metrics`
+    /// facade and registers its handles (with the recorder installed now).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn for_store(dir: &std::path::Path, opened: &crate::RecoveryReport) -> Self {
+        let store = dir.display().to_string();
+        let label = || ("store", store.clone());
+        metrics::histogram!("execlog_open_seconds", &[label()])
+            .record(opened.duration.as_secs_f64());
+        metrics::gauge!("execlog_open_records", &[label()]).set(opened.records as f64);
+        metrics::gauge!("execlog_open_bytes_truncated", &[label()])
+            .set(opened.bytes_truncated as f64);
+        let facade = Facade {
+            appends: metrics::counter!("execlog_appends_total", &[label()]),
+            events: metrics::counter!("execlog_events_total", &[label()]),
+            bytes: metrics::counter!("execlog_bytes_total", &[label()]),
+            groups: metrics::counter!("execlog_groups_total", &[label()]),
+            group_appends: metrics::histogram!("execlog_group_appends", &[label()]),
+            fdatasync: metrics::histogram!("execlog_fdatasync_seconds", &[label()]),
+        };
+        Metrics {
+            facade: Some(facade),
+            ..Metrics::default()
+        }
     }
 
     /// A commit group made durable: `appends` appends of `events` events in `bytes`
