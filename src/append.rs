@@ -156,7 +156,7 @@ pub(crate) fn enqueue_as(
     match enqueue_guarded(shared, ids, &prepared, admitted, given, &Guard::default())? {
         Enqueued::Queued { first, ticket, .. } => Ok((first, ticket)),
         // An append without a key has no candidates.
-        Enqueued::Candidates { .. } => Err(Error::InvalidArgument(
+        Enqueued::Candidates { .. } => Err(Error::Internal(
             "an unkeyed append met an idempotency key".into(),
         )),
     }
@@ -224,7 +224,7 @@ pub(crate) fn enqueue_guarded(
     let (execution, first_sequence, mut prev, first_prefix) = match existing {
         Some(no) => {
             let Some(e) = state.index.get(no) else {
-                return Err(Error::InvalidArgument("index lost an execution".into()));
+                return Err(Error::Internal("the index lost an execution".into()));
             };
             if state.index.tenant_of(e) != tenant_id {
                 return Err(Error::TenantMismatch {
@@ -248,9 +248,11 @@ pub(crate) fn enqueue_guarded(
         None => {
             guard.expected.check(None)?;
             let Some(no) = state.index.next_exec_no() else {
-                return Err(Error::InvalidArgument(
-                    "too many executions in one store".into(),
-                ));
+                return Err(Error::TooLarge {
+                    what: "executions in one store",
+                    size: state.index.len() as u64 + 1,
+                    limit: u64::from(u32::MAX),
+                });
             };
             (no, 1, None, declaration)
         }
@@ -390,9 +392,9 @@ pub(crate) fn verify(
             // append.
             return Err(match &state.writer.poisoned {
                 Some(poison) => poison.error(),
-                None => Error::InvalidArgument(
-                    "an idempotency key's append did not become durable".into(),
-                ),
+                None => {
+                    Error::Internal("an idempotency key's append did not become durable".into())
+                }
             });
         }
     }
@@ -464,15 +466,19 @@ pub(crate) fn encode_all(
         codec::encode_event(event, &mut bodies.bytes).map_err(Error::InvalidArgument)?;
         let len = bodies.bytes.len() - start;
         if len > max_event_bytes {
-            return Err(Error::InvalidArgument(format!(
-                "event encodes to {len} bytes; the limit (Options::max_event_bytes) is {max_event_bytes}"
-            )));
+            return Err(Error::TooLarge {
+                what: "event, in encoded bytes (Options::max_event_bytes)",
+                size: len as u64,
+                limit: max_event_bytes as u64,
+            });
         }
         total = total.saturating_add(record::framed_len(len));
         if total > max_batch_bytes {
-            return Err(Error::InvalidArgument(format!(
-                "batch exceeds {max_batch_bytes} encoded bytes (Options::max_batch_bytes)"
-            )));
+            return Err(Error::TooLarge {
+                what: "batch, in encoded bytes (Options::max_batch_bytes)",
+                size: total as u64,
+                limit: max_batch_bytes as u64,
+            });
         }
         bodies.ends.push(bodies.bytes.len());
     }

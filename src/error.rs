@@ -80,6 +80,19 @@ pub enum Error {
     Closed,
     /// An argument was rejected before anything was written.
     InvalidArgument(String),
+    /// An append exceeds a capacity limit (an event or a batch larger than the
+    /// configured maximum, more executions than a store numbers); nothing was written.
+    TooLarge {
+        /// What is too large, and which option sets the limit, if one does.
+        what: &'static str,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A check of the engine's own state failed: a bug in execlog (please report it),
+    /// not a problem with the input or the disk. Nothing uncertain was acknowledged.
+    Internal(String),
     /// The database server cannot be reached (PostgreSQL backend): connecting failed,
     /// or the connection was lost and did not come back within the reconnect timeout.
     /// An append that fails so was not stored, unless `reason` says its outcome is
@@ -174,6 +187,15 @@ impl fmt::Display for Error {
             ),
             Error::Closed => write!(f, "store is closed; open it again to continue"),
             Error::InvalidArgument(what) => write!(f, "invalid argument: {what}"),
+            Error::TooLarge { what, size, limit } => write!(
+                f,
+                "{what}: {size} is over the limit of {limit}; nothing was stored"
+            ),
+            Error::Internal(what) => write!(
+                f,
+                "internal error in execlog (a bug; please report it): {what}; nothing \
+                 uncertain was acknowledged"
+            ),
             Error::Unavailable { server, reason } => write!(
                 f,
                 "database server {server} cannot be reached ({reason}); check that the server \
@@ -278,6 +300,12 @@ impl Error {
             Error::IdempotencyConflict => Error::IdempotencyConflict,
             Error::Closed => Error::Closed,
             Error::InvalidArgument(what) => Error::InvalidArgument(what.clone()),
+            Error::TooLarge { what, size, limit } => Error::TooLarge {
+                what,
+                size: *size,
+                limit: *limit,
+            },
+            Error::Internal(what) => Error::Internal(what.clone()),
             Error::Unavailable { server, reason } => Error::Unavailable {
                 server: server.clone(),
                 reason: reason.clone(),

@@ -249,7 +249,7 @@ impl LogStore {
             segments.push(s.id, Arc::clone(&s.file), s.data_end);
         }
         let Some(last) = recovered.segments.pop() else {
-            return Err(Error::InvalidArgument("no segment after recovery".into()));
+            return Err(Error::Internal("no segment after recovery".into()));
         };
         let (tx, rx) = sync::channel();
         let tx = (!read_only).then_some(tx);

@@ -133,11 +133,12 @@ impl Hub {
 /// Refuses a batch that one transaction could not hold with positions.
 pub(crate) fn check_transaction_events(events: usize) -> Result<()> {
     if events > MAX_TRANSACTION_EVENTS {
-        return Err(Error::InvalidArgument(format!(
-            "a batch of {events} events: on PostgreSQL one transaction holds at most \
-             {MAX_TRANSACTION_EVENTS} events (an event's position keeps its rank in its \
-             transaction in 24 bits); nothing was stored"
-        )));
+        return Err(Error::TooLarge {
+            what: "events in one batch on PostgreSQL (one transaction numbers its events in \
+                   24 bits of their positions)",
+            size: events as u64,
+            limit: MAX_TRANSACTION_EVENTS as u64,
+        });
     }
     Ok(())
 }

@@ -967,7 +967,10 @@ pub async fn refused_appends_do_not_claim_their_key<B: Backend>(b: B) {
         .append_with(&e, &t, too_big, key("big"))
         .await
         .unwrap_err();
-    assert_invalid(&err);
+    assert!(
+        matches!(engine_error(&err), Error::TooLarge { .. }),
+        "expected TooLarge, got {err:?}"
+    );
     assert!(!store.execution_exists(&e).await.unwrap());
     store.append(&e, &t, step_event(1)).await.unwrap();
     let err = store

@@ -581,7 +581,10 @@ pub async fn large_events_and_the_limit<B: Backend>(b: B) {
         duration_ms: 1,
     };
     let err = store.append(&e, &t, huge).await.unwrap_err();
-    assert!(matches!(engine_error(&err), Error::InvalidArgument(_)));
+    assert!(
+        matches!(engine_error(&err), Error::TooLarge { .. }),
+        "{err}"
+    );
     assert_eq!(store.append(&e, &t, step_event(2)).await.unwrap(), 2);
     drop(store);
     let store = b.open();
@@ -593,7 +596,7 @@ pub async fn large_events_and_the_limit<B: Backend>(b: B) {
     };
     let err = small.append_blocking(&e, &t, paused(200)).unwrap_err();
     assert!(
-        matches!(err, Error::InvalidArgument(ref m) if m.contains("max_event_bytes")),
+        matches!(err, Error::TooLarge { what, .. } if what.contains("max_event_bytes")),
         "{err}"
     );
     assert_eq!(small.append_blocking(&e, &t, paused(10)).unwrap(), 3);
@@ -609,7 +612,10 @@ pub async fn batch_is_all_or_nothing<B: Backend>(b: B) {
         reason: "z".repeat(5000),
     });
     let err = store.append_batch(&e, &t, batch).await.unwrap_err();
-    assert!(matches!(engine_error(&err), Error::InvalidArgument(_)));
+    assert!(
+        matches!(engine_error(&err), Error::TooLarge { .. }),
+        "{err}"
+    );
     assert_eq!(store.count_events(&e).await.unwrap(), 1);
     let first = store
         .append_batch(&e, &t, (2..10).map(step_event).collect())
