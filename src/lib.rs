@@ -57,6 +57,7 @@ mod append;
 mod checkpoint;
 mod codec;
 mod committer;
+mod damage;
 mod error;
 mod event;
 mod event_store;
@@ -96,6 +97,7 @@ mod sync;
 mod verify;
 mod watch;
 
+pub use damage::{SegmentSurvey, survey_damage};
 pub use error::{Error, Result};
 pub use event::{
     ExecutionError, ExecutionErrorKind, ExecutionEventData, ParentLink, ParentRelation,

@@ -270,13 +270,24 @@ fn bad_input_gets_one_clear_line() {
     // Corrupt store: verify reports segment and offset, exits non-zero, changes nothing.
     corrupt_middle(dir.path());
     let before = std::fs::read(dir.path().join("0000000001.seg")).unwrap();
+    // It says why the store does not open (one line), then surveys the damage: every
+    // damaged range, and how much is still readable (issue 17).
     let out = execlog(&["verify", d], "");
     one_error_line(&out);
     assert!(
-        text(&out.stderr).contains("segment 1 at offset"),
+        text(&out.stderr).contains("segment 1 at offset 32"),
         "{}",
         text(&out.stderr)
     );
+    let report = text(&out.stdout);
+    assert!(report.contains("damaged: segment 1 bytes 32.."), "{report}");
+    let readable = report
+        .lines()
+        .find_map(|l| l.strip_prefix("segment 1: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no readable count: {report}"));
+    assert!(readable >= 2, "{report}");
     for args in [
         vec!["events", d, "e"],
         vec!["list", d, "--tenant", "t"],

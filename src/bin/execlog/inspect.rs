@@ -362,7 +362,13 @@ pub fn stats(dir: &Path, json: bool) -> Result<ExitCode, String> {
 }
 
 pub fn verify(dir: &Path) -> Result<ExitCode, String> {
-    let store = open(dir)?;
+    let store = match open(dir) {
+        Ok(store) => store,
+        Err(why) if crate::dir_kind(dir)? == crate::DirKind::Store => {
+            return survey(dir, &why);
+        }
+        Err(why) => return Err(why),
+    };
     let bar = crate::progress(0, "verifying");
     let report = store.verify(|done, total| {
         bar.set_length(total);
@@ -388,4 +394,28 @@ pub fn verify(dir: &Path) -> Result<ExitCode, String> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `verify` of a store that does not open: every damaged range, and what is readable.
+fn survey(dir: &Path, why: &str) -> Result<ExitCode, String> {
+    eprintln!("execlog: the store does not open: {why}");
+    let surveys = execlog::survey_damage(dir).map_err(|e| e.to_string())?;
+    for s in &surveys {
+        for (from, to, reason) in &s.damaged {
+            out!(
+                "damaged: segment {} bytes {from}..{to} ({} bytes): {reason}",
+                s.segment,
+                to - from
+            );
+        }
+    }
+    for s in &surveys {
+        out!(
+            "segment {}: {} readable events, {} damaged ranges",
+            s.segment,
+            s.readable_events,
+            s.damaged.len()
+        );
+    }
+    Ok(ExitCode::FAILURE)
 }
