@@ -166,6 +166,25 @@ fn demo_then_inspect() {
         "{v}"
     );
     assert_eq!(v["open"]["bytes_scanned_record_by_record"], 0, "{v}");
+    // The demo's summary and `stats` agree on the sizes (issue 17: they did not).
+    let number_after = |label: &str| -> u64 {
+        summary
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix(label))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {label} in {summary}"))
+    };
+    assert_eq!(
+        Some(number_after("disk bytes (data)")),
+        v["data_bytes"].as_u64(),
+        "{v}"
+    );
+    assert_eq!(
+        Some(number_after("index bytes")),
+        v["index_bytes"].as_u64(),
+        "{v}"
+    );
 
     let out = execlog(&["verify", d], "");
     assert!(out.status.success(), "{}", text(&out.stderr));

@@ -202,8 +202,12 @@ pub fn run(args: &Args) -> Result<ExitCode, String> {
         }
     }
     let check = check_started.elapsed();
-    let stats = store.stats();
     store.close().map_err(|e| e.to_string())?;
+    // Sizes as `execlog stats` reports them: of the closed store (its seal included),
+    // with the index as an open builds it (a live index carries growth slack).
+    let stats = LogStore::open_reader(&dir)
+        .map_err(|e| e.to_string())?
+        .stats();
 
     latencies.sort_unstable();
     let pct = |p: f64| {
