@@ -485,8 +485,7 @@ impl LogStore {
     /// that validate all their input before the first write (`execlog append`).
     #[doc(hidden)]
     pub fn check_event(&self, event: &ExecutionEventData) -> Result<()> {
-        let max_event_bytes = self.shared.options.max_event_bytes;
-        append::encode_all(max_event_bytes, usize::MAX, vec![event.clone()]).map(|_| ())
+        self.shared.options.check_event(event)
     }
 
     /// Appends one event; returns its sequence once it is durable.

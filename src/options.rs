@@ -72,6 +72,13 @@ impl Default for Options {
 }
 
 impl Options {
+    /// Checks, without a store, that `event` passes what an append with these options
+    /// checks of the event alone: it encodes, within [`Options::max_event_bytes`]. For
+    /// tools that validate all their input before they open (or create) a store.
+    pub fn check_event(&self, event: &crate::ExecutionEventData) -> crate::Result<()> {
+        crate::append::encode_all(self.max_event_bytes, usize::MAX, vec![event.clone()]).map(|_| ())
+    }
+
     /// Size at which the log rolls to a new segment file. A segment's file grows to it
     /// in zero-filled steps of 4 MiB ahead of small commit groups (large ones grow it
     /// with their own bytes, see [`Options::grow_group_min_bytes`]). Default 64 MiB; from 64 KiB

@@ -962,3 +962,35 @@ fn inspection_works_on_a_read_only_mount() {
     );
     one_error_line(&out);
 }
+
+/// Bad input never creates a store, even with `--create` (issue 17): a line that is
+/// not an event, an event over the size limit, an empty id.
+#[test]
+fn append_create_with_bad_input_creates_nothing() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("new-store");
+    let d = dir.to_str().unwrap();
+    let huge = format!(
+        "{{\"type\":\"execution_paused\",\"reason\":\"{}\"}}\n",
+        "x".repeat(17 << 20)
+    );
+    let good = "{\"type\":\"execution_resumed\"}\n";
+    for (args, input) in [
+        (
+            vec!["--execution", "e", "--tenant", "t"],
+            "not json\n".to_string(),
+        ),
+        (
+            vec!["--execution", "e", "--tenant", "t"],
+            format!("{good}{huge}"),
+        ),
+        (vec!["--execution", "", "--tenant", "t"], good.to_string()),
+    ] {
+        let mut all = vec!["append", d];
+        all.extend(args);
+        all.push("--create");
+        let out = execlog(&all, &input);
+        one_error_line(&out);
+        assert!(!dir.exists(), "{all:?} created the store");
+    }
+}

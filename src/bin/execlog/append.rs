@@ -81,6 +81,22 @@ pub fn run(args: &Args) -> Result<ExitCode, String> {
     if events.is_empty() {
         return Err("no events on stdin; nothing was stored".into());
     }
+    // Everything about the input is checked before the store is opened, so that bad
+    // input never creates a store (`--create`). The store applies the same checks.
+    for (what, id) in [("execution", &args.execution), ("tenant", &args.tenant)] {
+        if id.is_empty() || id.len() > execlog::MAX_ID_BYTES {
+            return Err(format!(
+                "the {what} id must be 1 to {} bytes; nothing was stored",
+                execlog::MAX_ID_BYTES
+            ));
+        }
+    }
+    let options = execlog::Options::default();
+    for (line, event) in &events {
+        options
+            .check_event(event)
+            .map_err(|e| format!("line {line}: {e}; nothing was stored"))?;
+    }
     // Checked after stdin was read, as the lock is, so that a writer into the pipe does
     // not see it closed early.
     check_dir(args)?;
