@@ -136,6 +136,14 @@ mod with_postgres {
                         e => format!("cannot open the source: {e}"),
                     },
                 )?;
+                // The destination is a store, or a new or empty directory that becomes
+                // one; a directory of other files is not taken over.
+                if crate::dir_kind(&args.dir)? == crate::DirKind::NotAStore {
+                    return Err(format!(
+                        "the destination {local} holds other files and no store; give a store, \
+                         a new or an empty directory; nothing was copied"
+                    ));
+                }
                 let dest = LogStore::open(&args.dir)
                     .map_err(|e| format!("cannot open the destination {local}: {e}"))?;
                 let names = (describe(&source, args), local);
