@@ -68,6 +68,22 @@ fn migrate_says_how_to_get_postgres_support() {
     assert_eq!(err.lines().count(), 1, "{err}");
 }
 
+/// `--from` refuses a destination directory holding other files, before it connects
+/// (issue 17).
+#[cfg(feature = "postgres")]
+#[test]
+fn migrate_from_refuses_a_directory_of_other_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = execlog(&["migrate", d, "--from", "postgres://nobody@127.0.0.1:1/none"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("holds other files"), "{err}");
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(names.len(), 1, "the directory changed");
+}
+
 #[cfg(not(feature = "postgres"))]
 #[test]
 #[ignore = "needs --features postgres and a server: scripts/postgres.sh run -- cargo test --features postgres --test cli_migrate"]

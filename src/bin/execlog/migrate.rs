@@ -126,6 +126,14 @@ mod with_postgres {
                 Ok(code)
             }
             (None, Some(url)) => {
+                // The destination is a store, or a new or empty directory that becomes
+                // one; a directory of other files is not taken over.
+                if crate::dir_kind(&args.dir)? == crate::DirKind::NotAStore {
+                    return Err(format!(
+                        "the destination {local} holds other files and no store; give a store, \
+                         a new or an empty directory; nothing was copied"
+                    ));
+                }
                 // The source's tables must exist: connecting must not create them.
                 let source = PgStore::connect_with(url, options.auto_migrate(false)).map_err(
                     |e| match e {
@@ -136,14 +144,6 @@ mod with_postgres {
                         e => format!("cannot open the source: {e}"),
                     },
                 )?;
-                // The destination is a store, or a new or empty directory that becomes
-                // one; a directory of other files is not taken over.
-                if crate::dir_kind(&args.dir)? == crate::DirKind::NotAStore {
-                    return Err(format!(
-                        "the destination {local} holds other files and no store; give a store, \
-                         a new or an empty directory; nothing was copied"
-                    ));
-                }
                 let dest = LogStore::open(&args.dir)
                     .map_err(|e| format!("cannot open the destination {local}: {e}"))?;
                 let names = (describe(&source, args), local);
