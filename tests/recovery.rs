@@ -106,7 +106,17 @@ fn truncation_at_every_offset_of_the_last_records() {
                 .all(|(i, ev)| event_number(&ev.event) == Some(i as u64 + 1))
         );
         let report = store.recovery_report();
-        if !offsets.contains(&cut) && cut != end {
+        // A cut that leaves only zero bytes of a record (its CRC's low bytes can be
+        // zero: the CRC covers a timestamp, so this happens in about 1 run in 256) reads
+        // as the end of the data, not as a torn tail.
+        let started = offsets
+            .iter()
+            .copied()
+            .filter(|&o| o < cut)
+            .max()
+            .unwrap_or(0);
+        let leftover_nonzero = pristine[started..cut].iter().any(|&b| b != 0);
+        if !offsets.contains(&cut) && cut != end && leftover_nonzero {
             assert!(
                 report.truncated_at.is_some(),
                 "cut {cut}: torn tail not reported"
