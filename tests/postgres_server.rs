@@ -20,7 +20,7 @@ mod server {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::time::{Duration, Instant};
 
     use crate::common::postgres::{fresh_schema, psql, url};
@@ -1046,13 +1046,17 @@ mod server {
                 }
             }
 
-            // Optimistic writers beside plain ones, for a second.
+            // Optimistic writers beside plain ones, for a second and until some optimistic
+            // append has won: on a loaded machine the plain writers can outrun every
+            // optimistic one for a whole second.
             let stop = Arc::new(AtomicBool::new(false));
+            let wins = Arc::new(AtomicU64::new(0));
             let hot = ExecutionId::from("hot");
             let writers: Vec<_> = (0..16u64)
                 .map(|w| {
                     let store = stores[w as usize % 2].clone();
                     let (hot, t, stop) = (hot.clone(), t.clone(), stop.clone());
+                    let wins = wins.clone();
                     std::thread::spawn(move || {
                         let mut won = Vec::new();
                         let mut i = 0;
@@ -1072,7 +1076,10 @@ mod server {
                                 vec![step_event(tag)],
                                 options,
                             ) {
-                                Ok(o) => won.push((o.first_sequence, latest, tag)),
+                                Ok(o) => {
+                                    wins.fetch_add(1, Ordering::Relaxed);
+                                    won.push((o.first_sequence, latest, tag))
+                                }
                                 Err(Error::WrongExpectedSequence { .. }) => {}
                                 Err(other) => panic!("{other:?}"),
                             }
@@ -1081,7 +1088,13 @@ mod server {
                     })
                 })
                 .collect();
-            std::thread::sleep(Duration::from_secs(1));
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(1)
+                || (wins.load(Ordering::Relaxed) == 0
+                    && started.elapsed() < Duration::from_secs(60))
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
             stop.store(true, Ordering::Relaxed);
             let won: Vec<_> = writers
                 .into_iter()
