@@ -33,6 +33,8 @@ use crate::sync::{MODEL_CHECKED, Receiver, TryRecvError};
 
 /// How long an idle commit thread polls the queue before it sleeps.
 const IDLE_SPIN: Duration = Duration::from_micros(60);
+/// How long a group waits at most for appends in progress to join it.
+const STRAGGLER_WAIT: Duration = Duration::from_micros(100);
 
 /// The commit thread's own state.
 pub(crate) struct Committer {
@@ -53,6 +55,11 @@ pub(crate) struct Committer {
     /// Whether close must write a checkpoint even if nothing was appended (open
     /// found none, or one that does not cover the whole log).
     checkpoint_due: bool,
+    /// Whether the last group's acknowledgements went only to threads, so that
+    /// waiting for the next append spins first (see [`Committer::next_first`]).
+    spin_for_next: bool,
+    /// How long the last group's fdatasync took.
+    last_sync: Duration,
 }
 
 impl Committer {
@@ -76,6 +83,8 @@ impl Committer {
             capacity,
             digests,
             checkpoint_due,
+            spin_for_next: true,
+            last_sync: Duration::ZERO,
         }
     }
 
@@ -111,9 +120,11 @@ impl Committer {
                 Ok(()) => {
                     self.wrote = true;
                     self.publish(group);
+                    let mut woke_task = false;
                     for p in group.drain(..) {
-                        p.complete(Ok(()));
+                        woke_task |= p.complete(Ok(()));
                     }
+                    self.spin_for_next = !woke_task;
                     // After the acknowledgements: waking followers (a futex call when
                     // one sleeps) is not on the appenders' path.
                     self.shared.watch.advance();
@@ -231,8 +242,13 @@ impl Committer {
     /// is then picked up at once instead of paying a thread wake-up (tens of
     /// microseconds on a virtual machine) on every append. Under load the queue is never
     /// empty here and nothing spins.
+    ///
+    /// It does not spin after a group that woke tasks: an executor woken from outside
+    /// takes tens of microseconds to run the task (tokio's multi-thread runtime wakes
+    /// a second worker as well), and a spinning commit thread then holds a core that
+    /// the executor's threads need (measured in benches/compare/NOTES.md).
     fn next_first(&self) -> Option<Pending> {
-        if MODEL_CHECKED {
+        if MODEL_CHECKED || !self.spin_for_next {
             return self.rx.recv().ok();
         }
         let spin_until = Instant::now() + IDLE_SPIN;
@@ -263,6 +279,37 @@ impl Committer {
             let Some(p) = next else { break };
             bytes += p.bytes.len();
             group.push(p);
+        }
+        if !MODEL_CHECKED {
+            self.wait_for_stragglers(group, bytes);
+        }
+    }
+
+    /// After a group was acknowledged, its writers come back with their next appends
+    /// one by one, as the two cores get to them; a group taken at the first arrival
+    /// holds about half of them, and the rest wait a whole fdatasync more. So, while
+    /// appends in progress on this store are missing from the group, wait for them for
+    /// up to [`STRAGGLER_WAIT`] (at most the last fdatasync's duration), yielding the
+    /// core to them: at 16 and 64 writers, groups hold nearly all of them and events/s
+    /// rise (benches/compare/NOTES.md). A lone writer never waits: it is the whole
+    /// group. An append that is in progress but not coming (waiting for room in the
+    /// queue, or for the outcome of the keyed append it retries) costs the group at
+    /// most the bound.
+    fn wait_for_stragglers(&self, group: &mut Vec<Pending>, mut bytes: usize) {
+        let options = &self.shared.options;
+        let until = Instant::now() + STRAGGLER_WAIT.min(self.last_sync);
+        while bytes < options.group_commit_max_bytes
+            && self.shared.queue_bound.appending() > group.len()
+            && Instant::now() < until
+        {
+            match self.rx.try_recv() {
+                Ok(p) => {
+                    bytes += p.bytes.len();
+                    group.push(p);
+                }
+                Err(TryRecvError::Empty) => std::thread::yield_now(),
+                Err(TryRecvError::Disconnected) => break,
+            }
         }
     }
 
@@ -315,9 +362,10 @@ impl Committer {
         let events: u64 = group.iter().map(Pending::events).sum();
         let bytes: u64 = group.iter().map(|p| p.bytes.len() as u64).sum();
         let appends = group.len() as u64;
+        self.last_sync = started.elapsed();
         self.shared
             .metrics
-            .group(appends, events, bytes, started.elapsed());
+            .group(appends, events, bytes, self.last_sync);
         Ok(())
     }
 
@@ -388,6 +436,8 @@ impl Committer {
                 self.shared.segments.set_durable_end(p.segment, p.end());
             }
         }
+        // Before the acknowledgements, so that a reader opened in another process after
+        // an append returned sees that append.
         if let (Some(publisher), Some(last)) = (&self.shared.publisher, group.last()) {
             publisher.publish(last.segment, last.end());
         }

@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use crate::event::{ExecutionEventData, StoredEvent};
 use crate::ids::{ExecutionId, TenantId};
 use crate::log_store::LogStore;
+use crate::queue::Appending;
 
 /// What every storage backend of the kernel offers besides its data API.
 #[async_trait]
@@ -108,6 +109,7 @@ impl EventStore for LogStore {
         tenant_id: &TenantId,
         event: ExecutionEventData,
     ) -> anyhow::Result<u64> {
+        let _appending = Appending::start(&self.shared().queue_bound);
         let prepared = self.prepare(execution_id, tenant_id, vec![event])?;
         let admitted = self.admit(&prepared).await;
         let (sequence, ticket) = self.enqueue(execution_id, tenant_id, prepared, admitted)?;
@@ -121,6 +123,7 @@ impl EventStore for LogStore {
         tenant_id: &TenantId,
         events: Vec<ExecutionEventData>,
     ) -> anyhow::Result<u64> {
+        let _appending = Appending::start(&self.shared().queue_bound);
         let prepared = self.prepare(execution_id, tenant_id, events)?;
         let admitted = self.admit(&prepared).await;
         let (sequence, ticket) = self.enqueue(execution_id, tenant_id, prepared, admitted)?;

@@ -29,7 +29,7 @@ impl LogStore {
         events: Vec<ExecutionEventData>,
         options: AppendOptions,
     ) -> Result<AppendOutcome> {
-        let _appending = Appending::start();
+        let _appending = Appending::start(&self.shared().queue_bound);
         let prepared = self.prepare_guarded(execution_id, tenant_id, events, &options)?;
         let mut admitted = self
             .shared()
@@ -144,6 +144,7 @@ impl GuardedEventStore for LogStore {
         events: Vec<ExecutionEventData>,
         options: AppendOptions,
     ) -> anyhow::Result<AppendOutcome> {
+        let _appending = Appending::start(&self.shared().queue_bound);
         let prepared = self.prepare_guarded(execution_id, tenant_id, events, &options)?;
         let mut admitted: Admitted = self.admit(&prepared).await;
         let mut ruled_out = Vec::new();

@@ -196,7 +196,7 @@ impl LogStore {
             first_sequence,
             timestamps_ns: &timestamps_ns,
         };
-        let _appending = Appending::start();
+        let _appending = Appending::start(&self.shared().queue_bound);
         let (_, ticket) = self.submit_blocking(&execution_id, &tenant_id, events, Some(given))?;
         ticket.wait()?;
         Ok(last_sequence)

@@ -495,7 +495,7 @@ impl LogStore {
         tenant_id: &TenantId,
         event: ExecutionEventData,
     ) -> Result<u64> {
-        let _appending = Appending::start();
+        let _appending = Appending::start(&self.shared.queue_bound);
         let (sequence, ticket) =
             self.submit_blocking(execution_id, tenant_id, vec![event], None)?;
         ticket.wait()?;
@@ -510,7 +510,7 @@ impl LogStore {
         tenant_id: &TenantId,
         events: Vec<ExecutionEventData>,
     ) -> Result<u64> {
-        let _appending = Appending::start();
+        let _appending = Appending::start(&self.shared.queue_bound);
         let (sequence, ticket) = self.submit_blocking(execution_id, tenant_id, events, None)?;
         ticket.wait()?;
         Ok(sequence)

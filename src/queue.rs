@@ -82,13 +82,14 @@ impl Pending {
     }
 
     /// Releases the append's queued bytes, then completes its ticket (so that its
-    /// appender, woken, finds its bytes already released).
-    pub(crate) fn complete(self, result: Result<()>) {
+    /// appender, woken, finds its bytes already released). Returns whether that woke
+    /// a task (see [`Ticket::complete`]).
+    pub(crate) fn complete(self, result: Result<()>) -> bool {
         let Pending {
             ticket, admitted, ..
         } = self;
         drop(admitted);
-        ticket.complete(result);
+        ticket.complete(result)
     }
 }
 
@@ -113,13 +114,14 @@ struct TicketInner {
 pub(crate) struct Ticket(Arc<TicketInner>);
 
 impl Ticket {
-    /// Completes the ticket; later completions are ignored.
-    pub(crate) fn complete(&self, result: Result<()>) {
+    /// Completes the ticket; later completions are ignored. Returns whether it woke a
+    /// task waiting on [`TicketFuture`] (rather than a thread, or no one yet).
+    pub(crate) fn complete(&self, result: Result<()>) -> bool {
         let waker = {
             let mut slot = self.0.slot.lock();
             if slot.result.is_some() {
                 debug_assert!(false, "ticket completed twice");
-                return;
+                return false;
             }
             slot.result = Some(result);
             self.0.completed.store(true, Ordering::Release);
@@ -127,12 +129,14 @@ impl Ticket {
         };
         self.0.done.notify_all();
         let (waker, observers) = waker;
+        let woke_task = waker.is_some();
         if let Some(w) = waker {
             w.wake();
         }
         for w in observers {
             w.wake();
         }
+        woke_task
     }
 
     /// Blocks until the ticket is completed, leaving the result to its owner: for an
@@ -198,19 +202,22 @@ impl Ticket {
     }
 }
 
-/// Counts one blocking append (see [`APPENDERS`]) for as long as it lives.
-pub(crate) struct Appending(());
+/// Counts one append in progress, blocking or async, for as long as it lives: in the
+/// process (see [`APPENDERS`]) and in its store (see [`QueueBound::appending`]).
+pub(crate) struct Appending<'a>(&'a QueueBound);
 
-impl Appending {
-    pub(crate) fn start() -> Self {
+impl<'a> Appending<'a> {
+    pub(crate) fn start(bound: &'a QueueBound) -> Self {
         APPENDERS.fetch_add(1, Ordering::Relaxed);
-        Appending(())
+        bound.appending.fetch_add(1, Ordering::Relaxed);
+        Appending(bound)
     }
 }
 
-impl Drop for Appending {
+impl Drop for Appending<'_> {
     fn drop(&mut self) {
         APPENDERS.fetch_sub(1, Ordering::Relaxed);
+        self.0.appending.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -283,6 +290,10 @@ pub(crate) struct QueueBound {
     /// Waiters in the line not yet admitted.
     waiting: SyncAtomicUsize,
     line: Mutex<Line>,
+    /// Appends in progress on this store, from their start to their return (an
+    /// [`Appending`] each): a hint for the commit thread's wait for stragglers, never
+    /// a synchronization point, hence a plain atomic even under the model checker.
+    appending: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -314,7 +325,13 @@ impl QueueBound {
             peak: SyncAtomicUsize::new(0),
             waiting: SyncAtomicUsize::new(0),
             line: Mutex::new(Line::default()),
+            appending: AtomicUsize::new(0),
         })
+    }
+
+    /// Appends in progress on this store (see [`Appending`]).
+    pub(crate) fn appending(&self) -> usize {
+        self.appending.load(Ordering::Relaxed)
     }
 
     /// Bytes admitted and not yet released.

@@ -1,7 +1,8 @@
 //! execlog side by side with SQLite, redb and the disk's own limits, in one run.
 //!
 //! `cargo run --release --manifest-path benches/compare/Cargo.toml -- [--quick] [--events N]
-//! [--seconds S] [--repeats R] [--writers 1,16,64,256] [--ingest-only] [--only SYSTEM [--batch | --open]] [--follow] [--out docs/BENCHMARKS.md]`
+//! [--seconds S] [--repeats R] [--writers 1,16,64,256] [--ingest-only] [--only SYSTEM [--batch | --open]] [--follow] [--async [--idle-seconds S]]
+//! [--out docs/BENCHMARKS.md]`
 //!
 //! With `--features postgres` and `--pg-url URL` (or `EXECLOG_PG_URL`), also the
 //! PostgreSQL backend beside a naive client (`src/pg.rs`): `--pg-only` runs only those
@@ -12,6 +13,7 @@
 //! is shared and noisy. Every figure is also given as a ratio to the ideal group-commit
 //! loop and to SQLite measured in the same run.
 
+mod asyncpath;
 mod baseline;
 mod follow;
 #[cfg(feature = "postgres")]
@@ -69,6 +71,10 @@ pub struct Config {
     pub open: bool,
     /// Ingest with and without a subscriber following it (issue 14), at `--writers`.
     pub follow: bool,
+    /// The async path beside the blocking one (issue 18), at `--writers`.
+    pub async_path: bool,
+    /// How long the async run leaves an idle store open to measure its CPU time.
+    pub idle_seconds: f64,
     /// Profile one system alone (no baselines, no report).
     pub only: Option<String>,
     pub seconds: f64,
@@ -94,6 +100,8 @@ fn parse_args() -> Config {
         batch: false,
         open: false,
         follow: false,
+        async_path: false,
+        idle_seconds: 10.0,
         only: None,
         seconds: 2.0,
         repeats: 3,
@@ -122,6 +130,8 @@ fn parse_args() -> Config {
             "--batch" => c.batch = true,
             "--open" => c.open = true,
             "--follow" => c.follow = true,
+            "--async" => c.async_path = true,
+            "--idle-seconds" => c.idle_seconds = value().parse().expect("--idle-seconds"),
             "--seconds" => c.seconds = value().parse().expect("--seconds"),
             "--repeats" => c.repeats = value().parse().expect("--repeats"),
             "--events" => c.read_events = value().parse().expect("--events"),
@@ -340,6 +350,16 @@ fn main() {
         let section = pg::run(&c);
         report::write_pg_section(&c.out, &section);
         eprintln!("wrote the PostgreSQL section of {}", c.out.display());
+        return;
+    }
+    if c.async_path {
+        asyncpath::run(
+            &c.dir.join("async"),
+            &c.writers,
+            c.seconds,
+            c.repeats,
+            c.idle_seconds,
+        );
         return;
     }
     if c.follow {
