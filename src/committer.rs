@@ -29,12 +29,14 @@ use crate::queue::{Pending, fail_all};
 use crate::record;
 use crate::segment;
 use crate::state::{Poison, Shared};
-use crate::sync::{MODEL_CHECKED, Receiver, TryRecvError};
+use crate::sync::{MODEL_CHECKED, Receiver, TryRecvError, yield_now};
 
 /// How long an idle commit thread polls the queue before it sleeps.
 const IDLE_SPIN: Duration = Duration::from_micros(60);
 /// How long a group waits at most for appends in progress to join it.
 const STRAGGLER_WAIT: Duration = Duration::from_micros(100);
+/// The same bound under the model checker, in looks at the queue.
+const MODEL_STRAGGLER_LOOKS: usize = 4;
 
 /// The commit thread's own state.
 pub(crate) struct Committer {
@@ -280,9 +282,7 @@ impl Committer {
             bytes += p.bytes.len();
             group.push(p);
         }
-        if !MODEL_CHECKED {
-            self.wait_for_stragglers(group, bytes);
-        }
+        self.wait_for_stragglers(group, bytes);
     }
 
     /// After a group was acknowledged, its writers come back with their next appends
@@ -295,19 +295,28 @@ impl Committer {
     /// group. An append that is in progress but not coming (waiting for room in the
     /// queue, or for the outcome of the keyed append it retries) costs the group at
     /// most the bound.
+    ///
+    /// Under the model checker, which has no clock, the bound is a few looks instead,
+    /// so that `tests/handoff.rs` explores groups joined by stragglers too.
     fn wait_for_stragglers(&self, group: &mut Vec<Pending>, mut bytes: usize) {
         let options = &self.shared.options;
         let until = Instant::now() + STRAGGLER_WAIT.min(self.last_sync);
+        let mut looks = 0;
+        let in_time = |looks: usize| match MODEL_CHECKED {
+            true => looks < MODEL_STRAGGLER_LOOKS,
+            false => Instant::now() < until,
+        };
         while bytes < options.group_commit_max_bytes
             && self.shared.queue_bound.appending() > group.len()
-            && Instant::now() < until
+            && in_time(looks)
         {
+            looks += 1;
             match self.rx.try_recv() {
                 Ok(p) => {
                     bytes += p.bytes.len();
                     group.push(p);
                 }
-                Err(TryRecvError::Empty) => std::thread::yield_now(),
+                Err(TryRecvError::Empty) => yield_now(),
                 Err(TryRecvError::Disconnected) => break,
             }
         }

@@ -22,7 +22,7 @@ mod imp {
     pub(crate) use crossbeam_channel::{Receiver, Sender, TryRecvError, unbounded as channel};
     pub(crate) use parking_lot::{Condvar, Mutex, RwLock};
     pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
-    pub(crate) use std::thread::{Builder, JoinHandle};
+    pub(crate) use std::thread::{Builder, JoinHandle, yield_now};
 }
 
 #[cfg(feature = "shuttle")]
@@ -33,7 +33,7 @@ mod imp {
 
     pub(crate) use shuttle::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
     pub(crate) use shuttle::sync::mpsc::{Sender, TryRecvError};
-    pub(crate) use shuttle::thread::{Builder, JoinHandle};
+    pub(crate) use shuttle::thread::{Builder, JoinHandle, yield_now};
 
     /// A mutex with parking_lot's API over shuttle's.
     #[derive(Default)]
