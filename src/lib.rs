@@ -116,9 +116,9 @@ pub use ids::{ExecutionId, MAX_ID_BYTES, StepId, TenantId};
 pub use io::{Io, IoFile, LockGuard, Mapped, RealIo};
 pub use log_store::{LogStore, Stats};
 pub use metrics::{Histogram, WriteMetrics};
-pub use options::{MIN_SCRUB_BYTES_PER_SECOND, Options, ScrubRate};
 #[doc(hidden)]
 pub use options::WritePath;
+pub use options::{MIN_SCRUB_BYTES_PER_SECOND, Options, ScrubRate};
 pub use recovery::{RecoveryReport, TailCheck};
 pub use scrub::{DamagedRange, ScrubReport, ScrubStats};
 pub use subscription::{Delivered, Follow, StartFrom, Subscription, SubscriptionFilter};

@@ -326,9 +326,9 @@ impl Options {
             return bad("index_stride must be at least 1".into());
         }
         match self.scrub_rate() {
-            ScrubRate::WholeStoreEvery(d) if d < Duration::from_secs(1) => {
-                bad(format!("ScrubRate::WholeStoreEvery({d:?}) is shorter than a second"))
-            }
+            ScrubRate::WholeStoreEvery(d) if d < Duration::from_secs(1) => bad(format!(
+                "ScrubRate::WholeStoreEvery({d:?}) is shorter than a second"
+            )),
             ScrubRate::BytesPerSecond(0) => {
                 bad("ScrubRate::BytesPerSecond(0): use ScrubRate::Off to turn scrubbing off".into())
             }

@@ -149,8 +149,7 @@ impl ScrubState {
         ScrubStats {
             scrubbed_bytes: self.scrubbed_bytes.load(Ordering::Relaxed),
             passes: self.passes.load(Ordering::Relaxed),
-            segment: u32::try_from(self.segment.load(Ordering::Relaxed).max(1))
-                .unwrap_or(u32::MAX),
+            segment: u32::try_from(self.segment.load(Ordering::Relaxed).max(1)).unwrap_or(u32::MAX),
             damaged: self.damaged.lock().clone(),
         }
     }

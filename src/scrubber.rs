@@ -70,7 +70,7 @@ pub(crate) fn start(shared: &Arc<Shared>) -> Result<Option<Scrubber>> {
     let mut progress = scrub_progress::load(shared.io.as_ref(), &shared.dir);
     if progress.segment as usize > shared.segments.count() {
         // Beyond every segment: forged, or from another store. Start over.
-        progress.segment = 1;
+        progress = Progress::START;
     }
     shared.scrub.add_passes(progress.passes);
     shared.scrub.set_segment(progress.segment);
