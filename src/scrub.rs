@@ -279,11 +279,14 @@ mod tests {
             starts.push(bytes.len());
             let h = Header {
                 kind: Kind::Event,
-                group_start: bytes.len() as u32,
+                group_start: 0,
                 execution: 0,
                 sequence: seq,
                 timestamp_ns: 1,
-                prev: None,
+                prev: (seq > 1).then_some(crate::record::Pos {
+                    segment: 7,
+                    offset: 32,
+                }),
                 batch_remaining: 0,
             };
             encode(&h, &[b"some payload bytes"], &mut bytes);
