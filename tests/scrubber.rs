@@ -15,7 +15,7 @@ mod common;
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::{small_segments, step_event};
 use execlog::*;
@@ -330,12 +330,9 @@ fn a_bad_progress_file_restarts_the_pass() {
 }
 
 /// Every file's name, length, modification time and bytes, and the directory's mtime.
-fn snapshot(
-    dir: &Path,
-) -> (
-    Vec<(String, u64, std::time::SystemTime, Vec<u8>)>,
-    std::time::SystemTime,
-) {
+type Snapshot = (Vec<(String, u64, SystemTime, Vec<u8>)>, SystemTime);
+
+fn snapshot(dir: &Path) -> Snapshot {
     let mut files: Vec<_> = fs::read_dir(dir)
         .unwrap()
         .map(|e| {
