@@ -117,11 +117,15 @@ impl Walk {
     fn run(&mut self) {
         loop {
             let started = Instant::now();
+            let resumed = self.progress.segment > 1;
             let Some(bytes) = self.pass() else {
                 self.save();
                 return;
             };
-            if bytes > 0 {
+            // A pass resumed past the last sealed segment (stopped just before it
+            // could end) is complete; one from segment 1 that found nothing sealed
+            // is no pass.
+            if bytes > 0 || resumed {
                 self.progress = Progress {
                     passes: self.progress.passes + 1,
                     segment: 1,
@@ -129,9 +133,6 @@ impl Walk {
                 self.shared.scrub.add_passes(1);
                 self.shared.scrub.set_segment(1);
                 self.save();
-            } else {
-                // Nothing sealed yet (or the saved position was past it): start over.
-                self.progress.segment = 1;
             }
             if self.stop.sleep_until(started + self.min_pass()) {
                 return;

@@ -300,6 +300,21 @@ fn a_pass_resumes_at_its_saved_segment_after_a_restart() {
     assert_eq!((stats.passes, stats.segment), (6, segment));
 }
 
+/// Stopped after its last sealed segment, before the pass could end: the pass counts
+/// as done at the next open, and the next one starts at segment 1.
+#[test]
+fn a_pass_saved_past_the_sealed_segments_counts_as_done() {
+    let dir = filled_store();
+    let segments = LogStore::open_reader(dir.path()).unwrap().stats().segments as u32;
+    fs::write(progress_path(dir.path()), progress_bytes(5, segments)).unwrap();
+    let options = small_segments().scrub(ScrubRate::BytesPerSecond(1));
+    let store = LogStore::open_with(dir.path(), options).unwrap();
+    let stats = wait_for(&store, "pass", |s| s.passes == 6);
+    assert_eq!((stats.segment, stats.scrubbed_bytes), (1, 0));
+    store.close().unwrap();
+    assert_eq!(read_progress(dir.path()), (6, 1));
+}
+
 #[test]
 fn a_bad_progress_file_restarts_the_pass() {
     let dir = filled_store();
