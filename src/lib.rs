@@ -52,6 +52,9 @@
 //!   in memory.
 //! - **read** → `index.rs` entry point → `reader.rs` walks the execution's own records
 //!   back through `mmap.rs` views → `codec.rs` decode.
+//! - **scrub** → `scrubber.rs` (a paced thread of a writable store) → `scrub.rs`
+//!   re-checks every record of the sealed segments; a damaged range is refused by
+//!   every later read ([`LogStore::scrub_now`] on demand, [`Options::scrub`] to tune).
 
 mod append;
 mod checkpoint;
