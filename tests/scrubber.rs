@@ -398,6 +398,8 @@ fn close_is_prompt_at_one_byte_per_second() {
         let store = LogStore::open_with(dir.path(), options).unwrap();
         wait_for(&store, "a first chunk", |s| s.scrubbed_bytes > 0);
         std::thread::sleep(Duration::from_millis(100));
+        // The scrubber's next chunk is 32 s away; the bound leaves room for the seal's
+        // and the checkpoint's fsyncs on a busy disk.
         let started = Instant::now();
         if drop_it {
             drop(store);
@@ -405,7 +407,7 @@ fn close_is_prompt_at_one_byte_per_second() {
             store.close().unwrap();
         }
         assert!(
-            started.elapsed() < Duration::from_secs(1),
+            started.elapsed() < Duration::from_secs(2),
             "{:?}",
             started.elapsed()
         );
