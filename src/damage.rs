@@ -103,7 +103,7 @@ fn survey_segment(io: &dyn Io, dir: &Path, id: u32) -> Result<SegmentSurvey> {
 }
 
 /// The first 8-byte boundary at or after `from` where a whole, CRC-valid record starts.
-fn next_record(bytes: &[u8], from: usize) -> Option<usize> {
+pub(crate) fn next_record(bytes: &[u8], from: usize) -> Option<usize> {
     let start = from.next_multiple_of(RECORD_ALIGN);
     (start..bytes.len()).step_by(RECORD_ALIGN).find(|&at| {
         let rest = &bytes[at..];

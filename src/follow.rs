@@ -215,6 +215,9 @@ impl LogFollower {
             Decoded::Empty => return Err(corrupt("no record below the durable end".into())),
             Decoded::Invalid(why) => return Err(corrupt(why.to_string())),
         };
+        self.shared
+            .scrub
+            .refuse(at.segment, self.offset, self.offset + len)?;
         if header.kind == Kind::Seal {
             self.offset += len;
             return Ok(None);

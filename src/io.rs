@@ -85,6 +85,26 @@ pub trait IoFile: Send + Sync {
     fn allocate(&self, offset: u64, len: u64) -> io::Result<()>;
 }
 
+/// Replaces the small file `names.1` in `dir` with `bytes` whole: writes `names.0`
+/// (a leftover one is replaced), fdatasyncs it, renames it over `names.1`. The
+/// directory is not fsynced: callers whose file must survive a crash do that. A
+/// composition of the trait's calls, so a simulated file system sees each of them.
+pub(crate) fn replace_file(
+    io: &dyn Io,
+    dir: &Path,
+    names: (&str, &str),
+    bytes: &[u8],
+    mode: u32,
+) -> io::Result<()> {
+    let tmp = dir.join(names.0);
+    // Left over from a write that failed or crashed half way; never read.
+    let _ = io.remove(&tmp);
+    let file = io.create(&tmp, mode)?;
+    file.write_at(bytes, 0)?;
+    file.sync_data()?;
+    io.rename(&tmp, &dir.join(names.1))
+}
+
 /// Offsets, lengths and buffers of direct reads are multiples of this: the largest
 /// logical block size of common devices.
 const DIRECT_ALIGN: u64 = 4096;

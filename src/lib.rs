@@ -52,6 +52,9 @@
 //!   in memory.
 //! - **read** → `index.rs` entry point → `reader.rs` walks the execution's own records
 //!   back through `mmap.rs` views → `codec.rs` decode.
+//! - **scrub** → `scrubber.rs` (a paced thread of a writable store) → `scrub.rs`
+//!   re-checks every record of the sealed segments; a damaged range is refused by
+//!   every later read ([`LogStore::scrub_now`] on demand, [`Options::scrub`] to tune).
 
 mod append;
 mod checkpoint;
@@ -89,6 +92,9 @@ mod recovery;
 mod refresh;
 mod repair;
 mod scan;
+mod scrub;
+mod scrub_progress;
+mod scrubber;
 mod segment;
 mod segments;
 mod state;
@@ -113,10 +119,11 @@ pub use ids::{ExecutionId, MAX_ID_BYTES, StepId, TenantId};
 pub use io::{Io, IoFile, LockGuard, Mapped, RealIo};
 pub use log_store::{LogStore, Stats};
 pub use metrics::{Histogram, WriteMetrics};
-pub use options::Options;
 #[doc(hidden)]
 pub use options::WritePath;
+pub use options::{MIN_SCRUB_BYTES_PER_SECOND, Options, ScrubRate};
 pub use recovery::{RecoveryReport, TailCheck};
+pub use scrub::{DamagedRange, ScrubReport, ScrubStats};
 pub use subscription::{Delivered, Follow, StartFrom, Subscription, SubscriptionFilter};
 pub use verify::VerifyReport;
 

@@ -6,7 +6,9 @@
 //! directory if needed (durably: the new directory and its parent are fsynced), takes
 //! the directory lock, recovers (`recovery.rs`), creates the first segment of an empty
 //! store, and starts the commit thread. Close (or drop) stops accepting appends, lets
-//! the commit thread finish what is queued, joins it, and releases the lock.
+//! the commit thread finish what is queued, joins it, and releases the lock. A
+//! writable open also starts the background scrubber (`scrubber.rs`), which close
+//! stops first.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -27,6 +29,8 @@ use crate::queue::{Admit, Admitted, Appending, QueueBound, Ticket};
 use crate::reader;
 use crate::recovery::{self, RecoveryReport};
 use crate::refresh;
+use crate::scrub::ScrubStats;
+use crate::scrubber::{self, Scrubber};
 use crate::segment::{self, SEGMENT_HEADER_LEN};
 use crate::segments::Segments;
 use crate::state::{Shared, State, Writer};
@@ -67,6 +71,7 @@ fn lock(io: &dyn Io, dir: &Path, mode: u32) -> Result<LockGuard> {
 pub struct LogStore {
     shared: Arc<Shared>,
     committer: Mutex<Option<JoinHandle<Result<()>>>>,
+    scrubber: Mutex<Option<Scrubber>>,
     lock: Mutex<Option<LockGuard>>,
     report: RecoveryReport,
 }
@@ -107,6 +112,9 @@ pub struct Stats {
     /// What the write path committed since open: appends, events, bytes, groups, and
     /// histograms of appends per group and fdatasync latency.
     pub writes: WriteMetrics,
+    /// What scrubbing checked and found: bytes, passes, the background scrubber's
+    /// segment, and every damaged range (which reads refuse). See [`Options::scrub`].
+    pub scrub: ScrubStats,
 }
 
 impl std::fmt::Debug for LogStore {
@@ -296,6 +304,7 @@ impl LogStore {
             metrics,
             watch: crate::watch::Watch::default(),
             publisher,
+            scrub: crate::scrub::ScrubState::default(),
         });
         if mode == Mode::Reader {
             let poller = Arc::clone(&shared);
@@ -306,6 +315,7 @@ impl LogStore {
             return Ok(LogStore {
                 shared,
                 committer: Mutex::new(Some(handle)),
+                scrubber: Mutex::new(None),
                 lock: Mutex::new(None),
                 report: recovered.report,
             });
@@ -314,6 +324,7 @@ impl LogStore {
             return Ok(LogStore {
                 shared,
                 committer: Mutex::new(None),
+                scrubber: Mutex::new(None),
                 lock: Mutex::new(lock),
                 report: recovered.report,
             });
@@ -333,12 +344,16 @@ impl LogStore {
             .name("execlog-commit".into())
             .spawn(move || committer.run())
             .map_err(|e| Error::io("spawn commit thread", &shared.dir, e))?;
-        Ok(LogStore {
+        let store = LogStore {
             shared,
             committer: Mutex::new(Some(handle)),
+            scrubber: Mutex::new(None),
             lock: Mutex::new(lock),
             report: recovered.report,
-        })
+        };
+        // Dropping `store` on failure closes it: the commit thread ends cleanly.
+        *store.scrubber.lock() = scrubber::start(&store.shared)?;
+        Ok(store)
     }
 
     /// Stops accepting appends, commits what is queued, seals the log and writes the
@@ -350,6 +365,10 @@ impl LogStore {
     /// open cannot use a checkpoint and scans the log.
     pub fn close(&self) -> Result<()> {
         self.shared.closed.store(true, Ordering::SeqCst);
+        // First, so that it saves its position while the store is still locked.
+        if let Some(scrubber) = self.scrubber.lock().take() {
+            scrubber.stop();
+        }
         drop(self.shared.state.lock().writer.tx.take());
         // Appenders waiting for queue space are refused (Error::Closed) now.
         self.shared.queue_bound.stop();
@@ -401,6 +420,7 @@ impl LogStore {
             idempotency_keys: keys.0,
             idempotency_key_bytes: keys.1,
             writes: self.shared.metrics.snapshot(),
+            scrub: self.shared.scrub.stats(),
         }
     }
 

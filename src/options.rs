@@ -1,6 +1,7 @@
 //! [`Options`]: every tunable of a store, with production defaults, checked once at open.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::io::{Io, RealIo};
@@ -27,6 +28,31 @@ pub enum WritePath {
     Fallocate,
 }
 
+/// How fast the background scrubber (`scrub.rs`) re-reads sealed segments to check
+/// every record's CRC. See [`Options::scrub`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ScrubRate {
+    /// No background scrubbing ([`LogStore::scrub_now`](crate::LogStore::scrub_now)
+    /// still works).
+    Off,
+    /// One pass over every sealed segment within this duration: the rate is the sealed
+    /// bytes divided by it, but at least [`MIN_SCRUB_BYTES_PER_SECOND`]; a pass that
+    /// ends early waits for the rest of the duration before the next one starts. At
+    /// least one second.
+    WholeStoreEvery(Duration),
+    /// A fixed rate, in bytes per second (at least 1); passes follow each other, at
+    /// least one second apart.
+    BytesPerSecond(u64),
+}
+
+/// The slowest the default pacing ([`ScrubRate::WholeStoreEvery`]) scrubs: 1 MiB/s,
+/// so that a small store is checked within seconds rather than trickled over an hour.
+pub const MIN_SCRUB_BYTES_PER_SECOND: u64 = 1 << 20;
+
+/// The default time for one scrub pass over the whole store.
+const DEFAULT_SCRUB_PASS: Duration = Duration::from_secs(3600);
+
 /// How a store is opened. Build with [`Options::default`] and the setters.
 ///
 /// ```
@@ -48,7 +74,11 @@ pub struct Options {
     pub(crate) write_path: WritePath,
     pub(crate) key_hash_bits: u32,
     pub(crate) group_read: bool,
+    /// `None` until set: the default, which depends on the file system (`scrub_rate`).
+    pub(crate) scrub: Option<ScrubRate>,
     pub(crate) io: Arc<dyn Io>,
+    /// Whether [`Options::io`] replaced the real file system.
+    pub(crate) io_replaced: bool,
 }
 
 impl Default for Options {
@@ -66,7 +96,9 @@ impl Default for Options {
             write_path: WritePath::ZerosAhead,
             key_hash_bits: 64,
             group_read: false,
+            scrub: None,
             io: Arc::new(RealIo),
+            io_replaced: false,
         }
     }
 }
@@ -209,6 +241,34 @@ impl Options {
         self
     }
 
+    /// How fast a writable store re-reads its sealed segments in the background to
+    /// check every record's CRC (docs/DESIGN.md, "Scrubber"). A damaged range it finds
+    /// is refused by every later read ([`Error::Corrupt`]), logged at error level and
+    /// counted in [`Stats::scrub`](crate::Stats::scrub). The scrubber is one thread
+    /// that sleeps between chunks of at most 256 KiB to keep to the rate; it holds no
+    /// lock the commit thread needs while it reads, and close stops it at once. Its
+    /// position survives restarts in `scrub.progress`. Read-only opens and readers do
+    /// not scrub in the background.
+    ///
+    /// Default: [`ScrubRate::WholeStoreEvery`] one hour (at least
+    /// [`MIN_SCRUB_BYTES_PER_SECOND`]) on the real file system, and
+    /// [`ScrubRate::Off`] on a file system given with `Options::io` (the simulated one
+    /// of the crash tests, which count every I/O call), unless set explicitly.
+    #[must_use]
+    pub fn scrub(mut self, rate: ScrubRate) -> Self {
+        self.scrub = Some(rate);
+        self
+    }
+
+    /// The scrub rate in effect (see [`Options::scrub`]).
+    pub(crate) fn scrub_rate(&self) -> ScrubRate {
+        match self.scrub {
+            Some(rate) => rate,
+            None if self.io_replaced => ScrubRate::Off,
+            None => ScrubRate::WholeStoreEvery(DEFAULT_SCRUB_PASS),
+        }
+    }
+
     /// Permission bits of the store directory when open creates it (less the umask).
     pub(crate) fn dir_mode(&self) -> u32 {
         if self.group_read { 0o750 } else { 0o700 }
@@ -225,6 +285,7 @@ impl Options {
     #[must_use]
     pub fn io(mut self, io: Arc<dyn Io>) -> Self {
         self.io = io;
+        self.io_replaced = true;
         self
     }
 
@@ -264,6 +325,14 @@ impl Options {
         if self.index_stride == 0 {
             return bad("index_stride must be at least 1".into());
         }
-        Ok(())
+        match self.scrub_rate() {
+            ScrubRate::WholeStoreEvery(d) if d < Duration::from_secs(1) => bad(format!(
+                "ScrubRate::WholeStoreEvery({d:?}) is shorter than a second"
+            )),
+            ScrubRate::BytesPerSecond(0) => {
+                bad("ScrubRate::BytesPerSecond(0): use ScrubRate::Off to turn scrubbing off".into())
+            }
+            _ => Ok(()),
+        }
     }
 }

@@ -8,7 +8,9 @@
 //! beyond the durable end, so it sees only acknowledged events.
 //!
 //! Paired assertion across the disk boundary: every record read is CRC-checked again
-//! and must carry the execution number and sequence the chain predicts.
+//! and must carry the execution number and sequence the chain predicts. A record that
+//! overlaps a range the scrubber found damaged (`scrub.rs`) is refused before it is
+//! decoded, even if its bytes check now.
 
 use chrono::{DateTime, Utc};
 
@@ -177,6 +179,7 @@ impl Cursor {
         let mut len = [0u8; 4];
         len.copy_from_slice(&head[record::BODY_LEN_OFFSET..record::BODY_LEN_OFFSET + 4]);
         let end = offset + record::framed_len(u32::from_le_bytes(len) as usize) as u64;
+        shared.scrub.refuse(pos.segment, offset, end)?;
         let bytes = self.bytes(shared, pos.segment, end)?;
         let slice = bytes.get(pos.offset as usize..).unwrap_or_default();
         match record::decode(slice) {

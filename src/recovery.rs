@@ -252,6 +252,8 @@ fn pass(
                 checkpoint::TMP_NAME,
                 repair::MARKER_NAME,
                 crate::published_end::FILE_NAME,
+                crate::scrub_progress::FILE_NAME,
+                crate::scrub_progress::TMP_NAME,
             ]
             .contains(&name.as_str()) => {}
             None => report.ignored_files.push(name),

@@ -65,6 +65,19 @@ impl Segments {
             .map_or(0, |s| s.durable_end)
     }
 
+    /// Segment `id`'s final end, if it is sealed: the next segment holds a durable
+    /// record. The commit thread raises a segment's end before it publishes any group
+    /// of the next one (groups are published in log order), so that end no longer
+    /// moves. `None` for the newest segment with records, and for missing ones.
+    pub(crate) fn sealed_end(&self, id: u32) -> Option<u64> {
+        let slots = self.slots.read();
+        let slot_no = id.wrapping_sub(self.first_id) as usize;
+        let next = slots.get(slot_no.checked_add(1)?)?;
+        (next.durable_end > crate::segment::SEGMENT_HEADER_LEN as u64)
+            .then(|| slots.get(slot_no).map(|s| s.durable_end))
+            .flatten()
+    }
+
     /// Segment `id`'s file, if it holds it.
     pub(crate) fn file(&self, id: u32) -> Option<Arc<dyn IoFile>> {
         self.slots

@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::options::Options;
 use crate::published_end::Publisher;
 use crate::queue::{Pending, QueueBound};
+use crate::scrub::ScrubState;
 use crate::segment::SEGMENT_HEADER_LEN;
 use crate::segments::Segments;
 use crate::sync::{AtomicBool, Mutex, Sender};
@@ -41,6 +42,8 @@ pub(crate) struct Shared {
     pub(crate) watch: Watch,
     /// Where a writer publishes its durable end for readers in other processes.
     pub(crate) publisher: Option<Publisher>,
+    /// What scrubbing found: damaged ranges that reads refuse, and its counters.
+    pub(crate) scrub: ScrubState,
 }
 
 /// The mutable core behind the store mutex.

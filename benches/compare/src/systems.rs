@@ -44,14 +44,33 @@ pub fn display_name(name: &str) -> &str {
 }
 
 /// execlog's default options, except `EXECLOG_BENCH_GROW_MIN_BYTES` (for A/B runs of
-/// `Options::grow_group_min_bytes`; `max` never grows the file with records).
-fn execlog_options() -> execlog::Options {
-    let options = execlog::Options::default();
-    match std::env::var("EXECLOG_BENCH_GROW_MIN_BYTES").as_deref() {
-        Ok("max") => options.grow_group_min_bytes(u64::MAX),
-        Ok(v) => options.grow_group_min_bytes(v.parse().expect("EXECLOG_BENCH_GROW_MIN_BYTES")),
-        Err(_) => options,
+/// `Options::grow_group_min_bytes`; `max` never grows the file with records),
+/// `EXECLOG_BENCH_SEGMENT_BYTES` (`Options::segment_size_bytes`: small segments are
+/// sealed, and so scrubbed, within a short run) and `EXECLOG_BENCH_SCRUB` (`off`, or
+/// a fixed rate in bytes per second, `max` for no pacing: `Options::scrub`).
+pub fn execlog_options() -> execlog::Options {
+    let mut options = execlog::Options::default();
+    let var = |name: &str| std::env::var(name).ok();
+    let parse = |name: &str, v: &str| -> u64 { v.parse().unwrap_or_else(|_| panic!("{name}={v}")) };
+    if let Some(v) = var("EXECLOG_BENCH_GROW_MIN_BYTES") {
+        let bytes = if v == "max" {
+            u64::MAX
+        } else {
+            parse("EXECLOG_BENCH_GROW_MIN_BYTES", &v)
+        };
+        options = options.grow_group_min_bytes(bytes);
     }
+    if let Some(v) = var("EXECLOG_BENCH_SEGMENT_BYTES") {
+        options = options.segment_size_bytes(parse("EXECLOG_BENCH_SEGMENT_BYTES", &v));
+    }
+    if let Some(v) = var("EXECLOG_BENCH_SCRUB") {
+        options = options.scrub(match v.as_str() {
+            "off" => execlog::ScrubRate::Off,
+            "max" => execlog::ScrubRate::BytesPerSecond(u64::MAX),
+            v => execlog::ScrubRate::BytesPerSecond(parse("EXECLOG_BENCH_SCRUB", v)),
+        });
+    }
+    options
 }
 
 pub fn open(name: &str, dir: &Path) -> Box<dyn System> {
