@@ -62,6 +62,9 @@ pub(crate) struct Committer {
     spin_for_next: bool,
     /// How long the last group's fdatasync took.
     last_sync: Duration,
+    /// How many appends in progress the last fruitless wait for stragglers found
+    /// missing (see [`Committer::wait_for_stragglers`]).
+    not_coming: usize,
 }
 
 impl Committer {
@@ -87,6 +90,7 @@ impl Committer {
             checkpoint_due,
             spin_for_next: true,
             last_sync: Duration::ZERO,
+            not_coming: 0,
         }
     }
 
@@ -268,7 +272,7 @@ impl Committer {
 
     /// Adds queued appends to `group` until it holds `group_commit_max_bytes` or the
     /// queue is empty (after waiting up to `commit_delay_us` for more).
-    fn gather(&self, group: &mut Vec<Pending>) {
+    fn gather(&mut self, group: &mut Vec<Pending>) {
         let options = &self.shared.options;
         let mut bytes: usize = group.iter().map(|p| p.bytes.len()).sum();
         let deadline = Instant::now() + Duration::from_micros(options.commit_delay_us);
@@ -291,23 +295,36 @@ impl Committer {
     /// appends in progress on this store are missing from the group, wait for them for
     /// up to [`STRAGGLER_WAIT`] (at most the last fdatasync's duration), yielding the
     /// core to them: at 16 and 64 writers, groups hold nearly all of them and events/s
-    /// rise (benches/compare/NOTES.md). A lone writer never waits: it is the whole
-    /// group. An append that is in progress but not coming (waiting for room in the
-    /// queue, or for the outcome of the keyed append it retries) costs the group at
-    /// most the bound.
+    /// rise (benches/compare/NOTES.md). A lone writer does not wait: it is the whole
+    /// group.
+    ///
+    /// Not every append in progress is coming. Those waiting for room in the queue
+    /// cannot come before this group completes, so they are not counted. Others cannot
+    /// be told apart (a retry waiting for the keyed append it repeats, a future polled
+    /// once and then held or forgotten by its task): when a wait gains nothing, that
+    /// many absentees are taken as not coming, and later groups wait only when more
+    /// are missing, until a wait gains something again.
     ///
     /// Under the model checker, which has no clock, the bound is a few looks instead,
     /// so that `tests/handoff.rs` explores groups joined by stragglers too.
-    fn wait_for_stragglers(&self, group: &mut Vec<Pending>, mut bytes: usize) {
-        let options = &self.shared.options;
+    fn wait_for_stragglers(&mut self, group: &mut Vec<Pending>, mut bytes: usize) {
+        let bound = &self.shared.queue_bound;
+        let absent = |group: &Vec<Pending>| {
+            let coming = bound.appending().saturating_sub(bound.waiting());
+            coming.saturating_sub(group.len())
+        };
+        let missing = absent(group);
+        if missing == 0 || missing <= self.not_coming {
+            return;
+        }
         let until = Instant::now() + STRAGGLER_WAIT.min(self.last_sync);
-        let mut looks = 0;
         let in_time = |looks: usize| match MODEL_CHECKED {
             true => looks < MODEL_STRAGGLER_LOOKS,
             false => Instant::now() < until,
         };
-        while bytes < options.group_commit_max_bytes
-            && self.shared.queue_bound.appending() > group.len()
+        let (before, mut looks) = (group.len(), 0);
+        while bytes < self.shared.options.group_commit_max_bytes
+            && absent(group) > 0
             && in_time(looks)
         {
             looks += 1;
@@ -320,6 +337,10 @@ impl Committer {
                 Err(TryRecvError::Disconnected) => break,
             }
         }
+        self.not_coming = match group.len() > before {
+            true => 0,
+            false => absent(group),
+        };
     }
 
     /// Writes and syncs the group. Nothing is published here.

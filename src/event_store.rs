@@ -109,7 +109,7 @@ impl EventStore for LogStore {
         tenant_id: &TenantId,
         event: ExecutionEventData,
     ) -> anyhow::Result<u64> {
-        let _appending = Appending::start(&self.shared().queue_bound);
+        let _appending = Appending::start_async(&self.shared().queue_bound);
         let prepared = self.prepare(execution_id, tenant_id, vec![event])?;
         let admitted = self.admit(&prepared).await;
         let (sequence, ticket) = self.enqueue(execution_id, tenant_id, prepared, admitted)?;
@@ -123,7 +123,7 @@ impl EventStore for LogStore {
         tenant_id: &TenantId,
         events: Vec<ExecutionEventData>,
     ) -> anyhow::Result<u64> {
-        let _appending = Appending::start(&self.shared().queue_bound);
+        let _appending = Appending::start_async(&self.shared().queue_bound);
         let prepared = self.prepare(execution_id, tenant_id, events)?;
         let admitted = self.admit(&prepared).await;
         let (sequence, ticket) = self.enqueue(execution_id, tenant_id, prepared, admitted)?;

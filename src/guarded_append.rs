@@ -144,7 +144,7 @@ impl GuardedEventStore for LogStore {
         events: Vec<ExecutionEventData>,
         options: AppendOptions,
     ) -> anyhow::Result<AppendOutcome> {
-        let _appending = Appending::start(&self.shared().queue_bound);
+        let _appending = Appending::start_async(&self.shared().queue_bound);
         let prepared = self.prepare_guarded(execution_id, tenant_id, events, &options)?;
         let mut admitted: Admitted = self.admit(&prepared).await;
         let mut ruled_out = Vec::new();

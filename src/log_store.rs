@@ -105,6 +105,11 @@ pub struct Stats {
     pub peak_queued_bytes: usize,
     /// Appends now waiting for room in the queue.
     pub queue_waiters: usize,
+    /// Appends in progress on this store: started (blocking or async) and not yet
+    /// returned. An append future polled once and then neither polled again nor
+    /// dropped stays counted; the commit thread's wait for appends in progress learns
+    /// to leave such absentees out (docs/DESIGN.md, "The write path", step 3).
+    pub appends_in_progress: usize,
     /// Keyed appends (appends with an idempotency key) the store knows, durable or not.
     pub idempotency_keys: usize,
     /// Approximate memory of their lookup tables (the keys themselves stay on disk).
@@ -417,6 +422,7 @@ impl LogStore {
             queued_bytes: self.shared.queue_bound.queued(),
             peak_queued_bytes: self.shared.queue_bound.peak(),
             queue_waiters: self.shared.queue_bound.waiting(),
+            appends_in_progress: self.shared.queue_bound.appending(),
             idempotency_keys: keys.0,
             idempotency_key_bytes: keys.1,
             writes: self.shared.metrics.snapshot(),

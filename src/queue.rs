@@ -18,6 +18,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -130,12 +131,7 @@ impl Ticket {
         self.0.done.notify_all();
         let (waker, observers) = waker;
         let woke_task = waker.is_some();
-        if let Some(w) = waker {
-            w.wake();
-        }
-        for w in observers {
-            w.wake();
-        }
+        waker.into_iter().chain(observers).for_each(wake);
         woke_task
     }
 
@@ -202,22 +198,52 @@ impl Ticket {
     }
 }
 
-/// Counts one append in progress, blocking or async, for as long as it lives: in the
-/// process (see [`APPENDERS`]) and in its store (see [`QueueBound::appending`]).
-pub(crate) struct Appending<'a>(&'a QueueBound);
+/// Wakes a task. A waker is the executor's code, run here on the commit thread: if it
+/// panics, the panic is caught and logged, so that the rest of the group is still
+/// acknowledged and the store is not poisoned by someone else's bug. The task it
+/// should have woken is left to its executor.
+fn wake(waker: Waker) {
+    if catch_unwind(AssertUnwindSafe(|| waker.wake())).is_err() {
+        log::error!("a task's waker panicked when its append completed; the task may not be woken");
+    }
+}
+
+/// Counts one append in progress for as long as it lives: in its store (see
+/// [`QueueBound::appending`]) and, for a blocking append, in the process (see
+/// [`APPENDERS`], whose lone-waiter rule is about blocking waiters only, so that async
+/// appends on one store leave blocking writers on another alone).
+pub(crate) struct Appending<'a> {
+    bound: &'a QueueBound,
+    blocking: bool,
+}
 
 impl<'a> Appending<'a> {
+    /// A blocking append.
     pub(crate) fn start(bound: &'a QueueBound) -> Self {
         APPENDERS.fetch_add(1, Ordering::Relaxed);
         bound.appending.fetch_add(1, Ordering::Relaxed);
-        Appending(bound)
+        Appending {
+            bound,
+            blocking: true,
+        }
+    }
+
+    /// An async append.
+    pub(crate) fn start_async(bound: &'a QueueBound) -> Self {
+        bound.appending.fetch_add(1, Ordering::Relaxed);
+        Appending {
+            bound,
+            blocking: false,
+        }
     }
 }
 
 impl Drop for Appending<'_> {
     fn drop(&mut self) {
-        APPENDERS.fetch_sub(1, Ordering::Relaxed);
-        self.0.appending.fetch_sub(1, Ordering::Relaxed);
+        if self.blocking {
+            APPENDERS.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.bound.appending.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -27,7 +27,7 @@ where
         spawn(Box::pin(async move {
             let (e, tenant) = (ExecutionId::from(format!("e{t}")), TenantId::from("t"));
             for i in 0..per_task {
-                let seq = store.append(&e, &tenant, step(i)).await.unwrap();
+                let seq = store.append(&e, &tenant, step(i)).await.expect("helper");
                 assert_eq!(seq, i + 1);
             }
         }));
@@ -36,11 +36,11 @@ where
 
 /// Every task's events are there, in order, after a reopen.
 fn check_durable(dir: &std::path::Path, tasks: u64, per_task: u64) {
-    let store = LogStore::open(dir).unwrap();
+    let store = LogStore::open(dir).expect("helper");
     for t in 0..tasks {
         let events = store
             .load_events_blocking(&ExecutionId::from(format!("e{t}")))
-            .unwrap();
+            .expect("helper");
         assert_eq!(events.len() as u64, per_task, "execution e{t}");
         for (i, e) in events.iter().enumerate() {
             assert_eq!(e.sequence, i as u64 + 1);
@@ -186,4 +186,52 @@ fn dropped_append_futures_leave_the_store_working() {
             assert_eq!(s.sequence, i as u64 + 1);
         }
     });
+}
+
+/// Catching up a long history, a stream is ready at every poll; it still yields to its
+/// executor now and then, so another task on a current-thread runtime runs during the
+/// catch-up instead of after it.
+#[test]
+fn a_stream_catching_up_leaves_room_for_other_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(dir.path()).unwrap();
+    let (e, t) = (ExecutionId::from("long"), TenantId::from("t"));
+    for chunk in 0..50 {
+        let events = (0..100).map(|i| step(chunk * 100 + i)).collect();
+        store.append_batch_blocking(&e, &t, events).unwrap();
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let ticks = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let ticks_during = rt.block_on(async {
+        let ticker = {
+            let (ticks, done) = (ticks.clone(), done.clone());
+            tokio::spawn(async move {
+                while !done.load(Ordering::SeqCst) {
+                    ticks.fetch_add(1, Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let mut stream = store
+            .subscribe(SubscriptionFilter::All, StartFrom::Beginning)
+            .unwrap();
+        let before = ticks.load(Ordering::SeqCst);
+        for _ in 0..5000 {
+            futures::StreamExt::next(&mut stream)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let during = ticks.load(Ordering::SeqCst) - before;
+        done.store(true, Ordering::SeqCst);
+        ticker.await.unwrap();
+        during
+    });
+    assert!(
+        ticks_during >= 10,
+        "another task ran {ticks_during} times while the stream caught up 5,000 events"
+    );
 }
