@@ -35,6 +35,8 @@ use crate::sync::{MODEL_CHECKED, Receiver, TryRecvError, yield_now};
 const IDLE_SPIN: Duration = Duration::from_micros(60);
 /// How long a group waits at most for appends in progress to join it.
 const STRAGGLER_WAIT: Duration = Duration::from_micros(100);
+/// Most groups that skip the wait after fruitless waits.
+const MAX_SKIPPED_WAITS: u32 = 64;
 /// The same bound under the model checker, in looks at the queue.
 const MODEL_STRAGGLER_LOOKS: usize = 4;
 
@@ -62,9 +64,10 @@ pub(crate) struct Committer {
     spin_for_next: bool,
     /// How long the last group's fdatasync took.
     last_sync: Duration,
-    /// How many appends in progress the last fruitless wait for stragglers found
-    /// missing (see [`Committer::wait_for_stragglers`]).
-    not_coming: usize,
+    /// Groups that will not wait for stragglers, and how many the last fruitless wait
+    /// set (see [`Committer::wait_for_stragglers`]).
+    skip_waits: u32,
+    backoff: u32,
 }
 
 impl Committer {
@@ -90,7 +93,8 @@ impl Committer {
             checkpoint_due,
             spin_for_next: true,
             last_sync: Duration::ZERO,
-            not_coming: 0,
+            skip_waits: 0,
+            backoff: 0,
         }
     }
 
@@ -301,9 +305,10 @@ impl Committer {
     /// Not every append in progress is coming. Those waiting for room in the queue
     /// cannot come before this group completes, so they are not counted. Others cannot
     /// be told apart (a retry waiting for the keyed append it repeats, a future polled
-    /// once and then held or forgotten by its task): when a wait gains nothing, that
-    /// many absentees are taken as not coming, and later groups wait only when more
-    /// are missing, until a wait gains something again.
+    /// once and then held or forgotten by its task): when a wait gains nothing, the
+    /// next groups do not wait, 8 of them, then twice as many after each fruitless
+    /// wait in a row, up to [`MAX_SKIPPED_WAITS`]; a wait that gains something ends
+    /// the backoff. A stalled absentee thus costs about one bound per 64 groups.
     ///
     /// Under the model checker, which has no clock, the bound is a few looks instead,
     /// so that `tests/handoff.rs` explores groups joined by stragglers too.
@@ -313,8 +318,11 @@ impl Committer {
             let coming = bound.appending().saturating_sub(bound.waiting());
             coming.saturating_sub(group.len())
         };
-        let missing = absent(group);
-        if missing == 0 || missing <= self.not_coming {
+        if absent(group) == 0 {
+            return;
+        }
+        if self.skip_waits > 0 {
+            self.skip_waits -= 1;
             return;
         }
         let until = Instant::now() + STRAGGLER_WAIT.min(self.last_sync);
@@ -337,10 +345,11 @@ impl Committer {
                 Err(TryRecvError::Disconnected) => break,
             }
         }
-        self.not_coming = match group.len() > before {
+        self.backoff = match group.len() > before {
             true => 0,
-            false => absent(group),
+            false => (self.backoff * 2).clamp(8, MAX_SKIPPED_WAITS),
         };
+        self.skip_waits = self.backoff;
     }
 
     /// Writes and syncs the group. Nothing is published here.
