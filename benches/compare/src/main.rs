@@ -1,7 +1,7 @@
 //! execlog side by side with SQLite, redb and the disk's own limits, in one run.
 //!
 //! `cargo run --release --manifest-path benches/compare/Cargo.toml -- [--quick] [--events N]
-//! [--seconds S] [--repeats R] [--writers 1,16,64,256] [--ingest-only] [--only SYSTEM [--batch | --open]] [--follow] [--async [--idle-seconds S]]
+//! [--seconds S] [--repeats R] [--writers 1,16,64,256] [--ingest-only] [--only SYSTEM [--batch | --open]] [--follow] [--async [--idle-seconds S]] [--memory K --events N]
 //! [--out docs/BENCHMARKS.md]`
 //!
 //! With `--features postgres` and `--pg-url URL` (or `EXECLOG_PG_URL`), also the
@@ -16,6 +16,7 @@
 mod asyncpath;
 mod baseline;
 mod follow;
+mod memory;
 #[cfg(feature = "postgres")]
 mod pg;
 mod report;
@@ -75,6 +76,8 @@ pub struct Config {
     pub async_path: bool,
     /// How long the async run leaves an idle store open to measure its CPU time.
     pub idle_seconds: f64,
+    /// Index memory at scale: fill `--events` in executions of this many events each.
+    pub memory_per_execution: Option<u64>,
     /// Profile one system alone (no baselines, no report).
     pub only: Option<String>,
     pub seconds: f64,
@@ -102,6 +105,7 @@ fn parse_args() -> Config {
         follow: false,
         async_path: false,
         idle_seconds: 10.0,
+        memory_per_execution: None,
         only: None,
         seconds: 2.0,
         repeats: 3,
@@ -132,6 +136,13 @@ fn parse_args() -> Config {
             "--follow" => c.follow = true,
             "--async" => c.async_path = true,
             "--idle-seconds" => c.idle_seconds = value().parse().expect("--idle-seconds"),
+            "--memory" => c.memory_per_execution = Some(value().parse().expect("--memory K")),
+            "--memory-open" => {
+                let dir = PathBuf::from(value());
+                let executions = value().parse().expect("--memory-open DIR EXECUTIONS");
+                memory::open_and_report(&dir, executions);
+                std::process::exit(0);
+            }
             "--seconds" => c.seconds = value().parse().expect("--seconds"),
             "--repeats" => c.repeats = value().parse().expect("--repeats"),
             "--events" => c.read_events = value().parse().expect("--events"),
@@ -350,6 +361,11 @@ fn main() {
         let section = pg::run(&c);
         report::write_pg_section(&c.out, &section);
         eprintln!("wrote the PostgreSQL section of {}", c.out.display());
+        return;
+    }
+    if let Some(per) = c.memory_per_execution {
+        memory::header();
+        memory::run(&c.dir.join("memory"), c.read_events, per);
         return;
     }
     if c.async_path {
