@@ -49,47 +49,40 @@ fn check_durable(dir: &std::path::Path, tasks: u64, per_task: u64) {
     }
 }
 
+/// `tasks` tasks spawned on `rt`, each appending `per_task` events, then checked after
+/// a reopen.
+fn append_on_tokio(rt: tokio::runtime::Runtime, tasks: u64, per_task: u64) {
+    let dir = tempfile::tempdir().expect("helper");
+    let store = Arc::new(LogStore::open(dir.path()).expect("helper"));
+    rt.block_on(async {
+        let handles = std::sync::Mutex::new(Vec::new());
+        append_from_tasks(store.clone(), tasks, per_task, |f| {
+            handles.lock().expect("helper").push(tokio::spawn(f))
+        })
+        .await;
+        for h in handles.into_inner().expect("helper") {
+            h.await.expect("helper");
+        }
+    });
+    drop(store);
+    check_durable(dir.path(), tasks, per_task);
+}
+
 #[test]
 fn appends_complete_on_a_multi_thread_tokio_runtime() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(LogStore::open(dir.path()).unwrap());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .build()
         .unwrap();
-    rt.block_on(async {
-        let handles = std::sync::Mutex::new(Vec::new());
-        append_from_tasks(store.clone(), 64, 50, |f| {
-            handles.lock().unwrap().push(tokio::spawn(f))
-        })
-        .await;
-        for h in handles.into_inner().unwrap() {
-            h.await.unwrap();
-        }
-    });
-    drop(store);
-    check_durable(dir.path(), 64, 50);
+    append_on_tokio(rt, 64, 50);
 }
 
 #[test]
 fn appends_complete_on_a_current_thread_tokio_runtime() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(LogStore::open(dir.path()).unwrap());
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    rt.block_on(async {
-        let handles = std::sync::Mutex::new(Vec::new());
-        append_from_tasks(store.clone(), 16, 50, |f| {
-            handles.lock().unwrap().push(tokio::spawn(f))
-        })
-        .await;
-        for h in handles.into_inner().unwrap() {
-            h.await.unwrap();
-        }
-    });
-    drop(store);
-    check_durable(dir.path(), 16, 50);
+    append_on_tokio(rt, 16, 50);
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use execlog::{EventStore, ExecutionId, LogStore, TenantId};
+use execlog::{EventStore, ExecutionEventData, ExecutionId, LogStore, TenantId};
 
 use crate::{Sample, baseline, event, fresh, run_writers};
 
@@ -78,29 +78,61 @@ fn open(dir: &Path) -> Arc<LogStore> {
     Arc::new(LogStore::open(fresh(dir)).expect("open execlog"))
 }
 
+/// What one writer appends: one event, to its own executions of 100, with one
+/// latency per append.
+struct Writer {
+    w: usize,
+    tenant: TenantId,
+    event: ExecutionEventData,
+    exec: ExecutionId,
+    n: u64,
+    latencies: Vec<Duration>,
+}
+
+impl Writer {
+    fn new(w: usize) -> Self {
+        Writer {
+            w,
+            tenant: TenantId::from(format!("tenant-{}", w % 10)),
+            event: event(w as u64),
+            exec: ExecutionId::from(""),
+            n: 0,
+            latencies: Vec::new(),
+        }
+    }
+
+    /// Moves `exec` to a new execution every 100 appends.
+    fn next_exec(&mut self) {
+        if self.n.is_multiple_of(100) {
+            self.exec = ExecutionId::from(format!("w{}-e{}", self.w, self.n / 100));
+        }
+    }
+
+    fn done(&mut self, started: Instant) {
+        self.latencies.push(started.elapsed());
+        self.n += 1;
+    }
+
+    fn result(self) -> (u64, Vec<Duration>) {
+        (self.n, self.latencies)
+    }
+}
+
 /// W threads, each awaiting (blocking) its append before the next.
 fn threads(dir: &Path, writers: usize, seconds: f64) -> Cell {
     let store = open(dir);
     let cell = measure(|| {
         run_writers(writers, seconds, |w, stop| {
-            let (tenant, ev) = (
-                TenantId::from(format!("tenant-{}", w % 10)),
-                event(w as u64),
-            );
-            let mut exec = ExecutionId::from("");
-            let (mut n, mut lat) = (0u64, Vec::new());
+            let mut writer = Writer::new(w);
             while !stop.load(Ordering::Relaxed) {
-                if n.is_multiple_of(100) {
-                    exec = ExecutionId::from(format!("w{w}-e{}", n / 100));
-                }
                 let t = Instant::now();
+                writer.next_exec();
                 store
-                    .append_blocking(&exec, &tenant, ev.clone())
+                    .append_blocking(&writer.exec, &writer.tenant, writer.event.clone())
                     .expect("append");
-                lat.push(t.elapsed());
-                n += 1;
+                writer.done(t);
             }
-            (n, lat)
+            writer.result()
         })
     });
     with_groups(cell, &store)
@@ -112,25 +144,17 @@ async fn task_writer(
     w: usize,
     stop: Arc<AtomicBool>,
 ) -> (u64, Vec<Duration>) {
-    let (tenant, ev) = (
-        TenantId::from(format!("tenant-{}", w % 10)),
-        event(w as u64),
-    );
-    let mut exec = ExecutionId::from("");
-    let (mut n, mut lat) = (0u64, Vec::new());
+    let mut writer = Writer::new(w);
     while !stop.load(Ordering::Relaxed) {
-        if n.is_multiple_of(100) {
-            exec = ExecutionId::from(format!("w{w}-e{}", n / 100));
-        }
         let t = Instant::now();
+        writer.next_exec();
         store
-            .append(&exec, &tenant, ev.clone())
+            .append(&writer.exec, &writer.tenant, writer.event.clone())
             .await
             .expect("append");
-        lat.push(t.elapsed());
-        n += 1;
+        writer.done(t);
     }
-    (n, lat)
+    writer.result()
 }
 
 /// The executors the async cells run on.
