@@ -21,7 +21,7 @@ use crate::event::ExecutionEventData;
 use crate::guard::{AppendOutcome, ExpectedSequence};
 use crate::idempotency::Candidate;
 use crate::ids::{ExecutionId, TenantId, validate_id};
-use crate::index::ExecNo;
+use crate::index::{ExecNo, Life};
 use crate::queue::{Admitted, Pending, Ticket};
 use crate::reader;
 use crate::record::{self, Header, Kind, Pos};
@@ -226,6 +226,9 @@ pub(crate) fn enqueue_guarded(
             let Some(e) = state.index.get(no) else {
                 return Err(Error::Internal("the index lost an execution".into()));
             };
+            if e.life != Life::Live {
+                return Err(Error::Deleted);
+            }
             if state.index.tenant_of(e) != tenant_id {
                 return Err(Error::TenantMismatch {
                     execution_id: execution_id.to_string(),
@@ -341,6 +344,7 @@ pub(crate) fn enqueue_guarded(
         execution,
         last_sequence,
         last_pos,
+        deletes: Vec::new(),
         ticket: ticket.clone(),
         admitted,
     };

@@ -28,6 +28,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::codec;
+use crate::deletion::{self, Tombstone};
 use crate::error::{Error, Result};
 use crate::idempotency::KeyTables;
 use crate::ids::{ExecutionId, MAX_ID_BYTES, TenantId};
@@ -263,12 +264,14 @@ pub(crate) fn load(
 /// execution, or hide acknowledged events.
 ///
 /// The same walk files the idempotency keys of the covered keyed appends in `keys`
-/// (they are not in the checkpoint: the records hold them).
+/// (they are not in the checkpoint: the records hold them) and returns the executions
+/// the covered tombstones deleted (nor are they: the checkpoint lists every execution
+/// as it was written).
 pub(crate) fn check_records(
     c: &Checkpoint,
     maps: &[&[u8]],
     keys: &mut KeyTables,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<Vec<ExecNo>, String> {
     let mut walk = Walk::new(c, keys);
     for (i, (d, bytes)) in c.segments.iter().zip(maps).enumerate() {
         let segment = u32::try_from(i + 1).map_err(|_| "too many segments".to_string())?;
@@ -314,6 +317,8 @@ struct Walk<'a> {
     reached: Vec<(u64, Option<Pos>)>,
     /// Executions declared so far (they are numbered in declaration order).
     declared: usize,
+    /// Per execution: whether a covered tombstone deleted it.
+    deleted: Vec<bool>,
     /// The open batch: execution and its last record's `batch_remaining`.
     batch: Option<(u64, u32)>,
     /// The newest timestamp of a covered event, and of any covered record (seals too).
@@ -330,6 +335,7 @@ impl<'a> Walk<'a> {
             segment_version: crate::segment::FORMAT_VERSION,
             reached: vec![(0, None); checkpoint.index.len()],
             declared: 0,
+            deleted: vec![false; checkpoint.index.len()],
             batch: None,
             newest_event_ns: 0,
             newest_ns: 0,
@@ -346,8 +352,10 @@ impl<'a> Walk<'a> {
             return Err("record breaks the batch before it".into());
         }
         self.newest_ns = self.newest_ns.max(h.timestamp_ns);
-        if h.kind == Kind::Seal {
-            return Ok(());
+        match h.kind {
+            Kind::Seal => return Ok(()),
+            Kind::Delete => return self.tombstone(h, body),
+            Kind::Event => {}
         }
         self.newest_event_ns = self.newest_event_ns.max(h.timestamp_ns);
         let first_of_batch = self.batch.is_none();
@@ -361,6 +369,9 @@ impl<'a> Walk<'a> {
                 h.execution
             ));
         };
+        if self.deleted.get(no) != Some(&false) {
+            return Err("record of a deleted execution".into());
+        }
         if h.sequence != reached.0 + 1 || h.prev != reached.1 {
             return Err("record does not continue its execution's chain".into());
         }
@@ -401,7 +412,45 @@ impl<'a> Walk<'a> {
         Ok(())
     }
 
-    fn finish(self) -> std::result::Result<(), String> {
+    /// A covered tombstone: it must name live executions declared before it, as
+    /// `deletion::targets` demands of a scan.
+    fn tombstone(&mut self, h: &Header, body: &[u8]) -> std::result::Result<(), String> {
+        if self.segment_version < deletion::SINCE_FORMAT_VERSION {
+            return Err("tombstone in a segment of a format version without them".into());
+        }
+        let index = &self.checkpoint.index;
+        let targets: Vec<usize> = match deletion::decode(h, body)? {
+            Tombstone::Execution { no, id } => {
+                let no = usize::try_from(no).unwrap_or(usize::MAX);
+                let named = index.executions().get(no).map(|e| e.id.as_str());
+                if no >= self.declared || named != Some(id.as_str()) {
+                    return Err("tombstone does not match its execution".into());
+                }
+                vec![no]
+            }
+            Tombstone::Tenant { below, tenant } => {
+                if below != self.declared as u64 {
+                    return Err("tenant tombstone out of log order".into());
+                }
+                let tenant = crate::ids::TenantId::from(tenant.as_str());
+                let all = index.executions_of(&tenant).iter().map(|&no| no as usize);
+                all.filter(|&no| no < self.declared && self.deleted.get(no) == Some(&false))
+                    .collect()
+            }
+        };
+        if targets.is_empty() {
+            return Err("tombstone of a tenant without live executions".into());
+        }
+        for no in targets {
+            match self.deleted.get_mut(no) {
+                Some(deleted @ false) => *deleted = true,
+                _ => return Err("tombstone of a deleted execution".into()),
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> std::result::Result<Vec<ExecNo>, String> {
         if self.batch.is_some() {
             return Err("the covered records end inside a batch".into());
         }
@@ -426,7 +475,8 @@ impl<'a> Walk<'a> {
         if self.tenant_owns.contains(&false) {
             return Err("a tenant owns no execution".into());
         }
-        Ok(())
+        let deleted = (0..self.deleted.len()).filter(|&no| self.deleted[no]);
+        Ok(deleted.map(|no| no as ExecNo).collect())
     }
 }
 

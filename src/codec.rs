@@ -22,7 +22,7 @@ use crate::event::{ExecutionError, ExecutionEventData, ParentLink, StepSourceTyp
 use crate::ids::StepId;
 
 /// Version of the payload encoding; part of the segment header's format version.
-pub(crate) const CODEC_VERSION: u32 = 2;
+pub(crate) const CODEC_VERSION: u32 = 3;
 
 /// Deepest `serde_json::Value` nesting accepted; serde_json refuses to parse deeper
 /// text (its recursion limit is 128), so deeper values are rejected at append time

@@ -484,10 +484,17 @@ impl Committer {
             let mut state = self.shared.state.lock();
             let state = &mut *state;
             for p in group {
-                state
-                    .index
-                    .make_durable(p.execution, p.last_sequence, p.last_pos);
+                if p.deletes.is_empty() {
+                    state
+                        .index
+                        .make_durable(p.execution, p.last_sequence, p.last_pos);
+                }
+                for &no in &p.deletes {
+                    state.index.delete(no);
+                    state.keys.forget(no);
+                }
             }
+            self.shared.note_deletions(&state.index);
             if let Some(last) = group.last() {
                 state.keys.settle(last.last_pos);
             }

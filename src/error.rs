@@ -76,6 +76,10 @@ pub enum Error {
     /// An append reused an idempotency key of its execution with other events than the
     /// ones stored under that key; nothing was written.
     IdempotencyConflict,
+    /// The append names an execution that was deleted (`Lifecycle`). A deleted
+    /// execution stays deleted: its id is never reused, so no later append to it is
+    /// accepted, whatever its tenant, key or expectation; nothing was written.
+    Deleted,
     /// The store was closed.
     Closed,
     /// An argument was rejected before anything was written.
@@ -184,6 +188,11 @@ impl fmt::Display for Error {
                 f,
                 "the idempotency key was used on this execution for other events; nothing \
                  was written: a retry must send the same events, new events need a new key"
+            ),
+            Error::Deleted => write!(
+                f,
+                "the execution was deleted, and a deleted execution id is never reused; \
+                 nothing was written: start a new execution under a new id"
             ),
             Error::Closed => write!(f, "store is closed; open it again to continue"),
             Error::InvalidArgument(what) => write!(f, "invalid argument: {what}"),
@@ -298,6 +307,7 @@ impl Error {
                 actual: *actual,
             },
             Error::IdempotencyConflict => Error::IdempotencyConflict,
+            Error::Deleted => Error::Deleted,
             Error::Closed => Error::Closed,
             Error::InvalidArgument(what) => Error::InvalidArgument(what.clone()),
             Error::TooLarge { what, size, limit } => Error::TooLarge {

@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::Waker;
 use std::time::Instant;
 
@@ -84,7 +85,10 @@ pub(crate) struct LogFollower {
     known_end: u64,
     /// Records at or below this position are skipped (a resume).
     skip_through: Option<u64>,
-    names: HashMap<u64, (ExecutionId, TenantId)>,
+    /// Execution number -> its ids, or `None` once deleted.
+    names: HashMap<u64, Option<(ExecutionId, TenantId)>>,
+    /// `Shared::deletions` when `names` was last cleared: a deletion since clears it.
+    deletions: u64,
     view: Option<Mapped>,
     /// The watch generation seen before the last look that found nothing.
     seen: u64,
@@ -114,6 +118,7 @@ impl LogFollower {
             known_end: 0,
             skip_through,
             names: HashMap::new(),
+            deletions: 0,
             view: None,
             seen,
             id,
@@ -153,8 +158,14 @@ impl LogFollower {
         true
     }
 
-    /// The ids of execution number `no`, from the cache or the index.
-    fn names(&mut self, no: u64, at: Pos) -> Result<(ExecutionId, TenantId)> {
+    /// The ids of execution number `no`, from the cache or the index; `None` if it
+    /// was deleted (its events are no longer delivered, live subscriptions included).
+    fn names(&mut self, no: u64, at: Pos) -> Result<Option<(ExecutionId, TenantId)>> {
+        let deletions = self.shared.deletions.load(Ordering::SeqCst);
+        if deletions != self.deletions {
+            self.names.clear();
+            self.deletions = deletions;
+        }
         if let Some(n) = self.names.get(&no) {
             return Ok(n.clone());
         }
@@ -163,7 +174,7 @@ impl LogFollower {
             u32::try_from(no)
                 .ok()
                 .and_then(|no| state.index.get(no))
-                .map(|e| (e.id.clone(), state.index.tenant_of(e).clone()))
+                .map(|e| e.visible().then(|| (e.id.clone(), state.index.tenant_of(e).clone())))
         };
         let Some(names) = found else {
             return Err(Error::corrupt(
@@ -218,15 +229,15 @@ impl LogFollower {
         self.shared
             .scrub
             .refuse(at.segment, self.offset, self.offset + len)?;
-        if header.kind == Kind::Seal {
+        if header.kind != Kind::Event {
             self.offset += len;
             return Ok(None);
         }
         let names = self.names(header.execution, at)?;
-        if !self.wanted(&names) {
+        let Some(names) = names.filter(|n| self.wanted(n)) else {
             self.offset += len;
             return Ok(None);
-        }
+        };
         let (_, event) = codec::decode_body(body).map_err(corrupt)?;
         self.offset += len;
         let (execution_id, tenant_id) = names;

@@ -81,8 +81,8 @@ impl LogStore {
         let state = self.shared().state.lock();
         Ok(state
             .index
-            .lookup(execution_id)
-            .and_then(|no| state.index.get(no))
+            .visible(execution_id)
+            .map(|(_, e)| e)
             .filter(|e| e.durable_seq > 0)
             .map(|e| state.index.tenant_of(e).clone()))
     }

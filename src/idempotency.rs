@@ -177,6 +177,17 @@ impl KeyTables {
         self.count
     }
 
+    /// Drops the keys of execution `no`, which was deleted: a retry of its keyed
+    /// appends is refused as `Deleted` before any key is looked at.
+    pub(crate) fn forget(&mut self, no: ExecNo) {
+        let dropped = match self.by_execution.remove(&no) {
+            None => 0,
+            Some(Keys::One(..)) => 1,
+            Some(Keys::Many(many)) => many.by_hash.len() + many.collided.len(),
+        };
+        self.count -= dropped;
+    }
+
     /// Approximate memory of the tables: the hash tables' allocated slots (entry and
     /// control byte each), the collision lists, the per-execution entries and the
     /// in-flight queue.

@@ -8,9 +8,16 @@
 //! could take away. Every `stride`-th record (sequences 1, 1+stride, …) is remembered as
 //! an entry point; memory is 8 bytes per `stride` events plus a constant per execution.
 //!
+//! A deleted execution keeps its entry (and its number, and its id: an id is never
+//! reused) but no reader finds it: lookups for reads, listings and counts skip it.
+//! Like its events, its deletion has a reserved side (appends are refused from the
+//! moment the tombstone is queued) and a durable side (readers stop seeing it once the
+//! tombstone is durable).
+//!
 //! Invariants: `durable_seq <= reserved_seq`; `sparse[k]` is the position of sequence
 //! `1 + k * stride`; executions are numbered densely in creation (= log) order, and a
-//! tenant's list holds its executions in that order, durable ones forming a prefix.
+//! tenant's list holds its executions in that order, durable ones forming a prefix;
+//! `Deleted` follows `Deleting`, and nothing is reserved for a deleting execution.
 
 use std::collections::HashMap;
 
@@ -20,11 +27,22 @@ use crate::record::Pos;
 /// Index of an execution in [`Index::executions`]; also its number on disk.
 pub(crate) type ExecNo = u32;
 
+/// Where an execution stands in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Life {
+    Live,
+    /// Its tombstone is queued, not durable yet: appends are refused, reads served.
+    Deleting,
+    /// Its tombstone is durable: it is gone for readers too.
+    Deleted,
+}
+
 /// One execution's index entry.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Execution {
     pub(crate) id: ExecutionId,
     pub(crate) tenant: u32,
+    pub(crate) life: Life,
     pub(crate) reserved_seq: u64,
     pub(crate) reserved_pos: Pos,
     pub(crate) durable_seq: u64,
@@ -33,6 +51,11 @@ pub(crate) struct Execution {
 }
 
 impl Execution {
+    /// Whether readers still see it.
+    pub(crate) fn visible(&self) -> bool {
+        self.life != Life::Deleted
+    }
+
     /// Positions of sequences `1, 1 + stride, …` up to the reserved one.
     pub(crate) fn sparse(&self) -> &[Pos] {
         &self.sparse
@@ -55,6 +78,8 @@ pub(crate) struct Index {
     tenant_ids: Vec<TenantId>,
     tenant_by_id: HashMap<TenantId, u32>,
     tenant_executions: Vec<Vec<ExecNo>>,
+    /// Executions whose deletion is durable.
+    deleted: usize,
 }
 
 impl Index {
@@ -67,15 +92,55 @@ impl Index {
             tenant_ids: Vec::new(),
             tenant_by_id: HashMap::new(),
             tenant_executions: Vec::new(),
+            deleted: 0,
         }
     }
 
+    /// The execution `id`, deleted or not: for appends, which must refuse a deleted
+    /// id rather than create it again.
     pub(crate) fn lookup(&self, id: &ExecutionId) -> Option<ExecNo> {
         self.by_id.get(id).copied()
     }
 
     pub(crate) fn get(&self, no: ExecNo) -> Option<&Execution> {
         self.executions.get(no as usize)
+    }
+
+    /// The execution `id` as readers see it: `None` if unknown or deleted.
+    pub(crate) fn visible(&self, id: &ExecutionId) -> Option<(ExecNo, &Execution)> {
+        let no = self.lookup(id)?;
+        self.get(no).filter(|e| e.visible()).map(|e| (no, e))
+    }
+
+    /// Executions of `tenant` in creation order, deleted ones included.
+    pub(crate) fn executions_of(&self, tenant: &TenantId) -> &[ExecNo] {
+        self.tenant_by_id
+            .get(tenant)
+            .and_then(|&t| self.tenant_executions.get(t as usize))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The tombstone of execution `no` is queued: appends are refused from now on.
+    pub(crate) fn mark_deleting(&mut self, no: ExecNo) {
+        if let Some(e) = self.executions.get_mut(no as usize) {
+            debug_assert_eq!(e.life, Life::Live);
+            e.life = Life::Deleting;
+        }
+    }
+
+    /// The tombstone of execution `no` is durable: readers stop seeing it.
+    pub(crate) fn delete(&mut self, no: ExecNo) {
+        if let Some(e) = self.executions.get_mut(no as usize)
+            && e.life != Life::Deleted
+        {
+            e.life = Life::Deleted;
+            self.deleted += 1;
+        }
+    }
+
+    /// Number of executions whose deletion is durable.
+    pub(crate) fn deleted(&self) -> usize {
+        self.deleted
     }
 
     pub(crate) fn tenant_of(&self, execution: &Execution) -> &TenantId {
@@ -111,6 +176,7 @@ impl Index {
         self.executions.push(Execution {
             id,
             tenant: tenant_no,
+            life: Life::Live,
             reserved_seq: 1,
             reserved_pos: pos,
             durable_seq: 0,
@@ -173,26 +239,41 @@ impl Index {
             .iter()
             .rev()
             .filter_map(|&no| self.executions.get(no as usize))
-            .filter(|e| e.durable_seq > 0)
+            .filter(|e| e.durable_seq > 0 && e.visible())
             .skip(offset)
             .take(limit)
             .map(|e| e.id.clone())
             .collect()
     }
 
-    /// Durable executions with their durable sequence, in creation order.
+    /// Durable, visible executions with their durable sequence, in creation order.
     pub(crate) fn durable_executions(&self) -> Vec<(ExecutionId, u64)> {
         self.executions
             .iter()
-            .filter(|e| e.durable_seq > 0)
+            .filter(|e| e.durable_seq > 0 && e.visible())
             .map(|e| (e.id.clone(), e.durable_seq))
             .collect()
     }
 
-    /// Counts for statistics: (executions, durable events, tenants).
+    /// Counts for statistics, of what readers see: (executions, durable events,
+    /// tenants with an execution).
     pub(crate) fn counts(&self) -> (usize, u64, usize) {
-        let events = self.executions.iter().map(|e| e.durable_seq).sum();
-        (self.executions.len(), events, self.tenant_ids.len())
+        let visible = || self.executions.iter().filter(|e| e.visible());
+        let events = visible().map(|e| e.durable_seq).sum();
+        let tenants = self
+            .tenant_executions
+            .iter()
+            .filter(|list| {
+                list.iter()
+                    .any(|&no| self.executions.get(no as usize).is_some_and(Execution::visible))
+            })
+            .count();
+        (visible().count(), events, tenants)
+    }
+
+    /// Durable event records indexed, those of deleted executions included.
+    pub(crate) fn records(&self) -> u64 {
+        self.executions.iter().map(|e| e.durable_seq).sum()
     }
 
     /// Every how many events an entry point is kept.
@@ -250,6 +331,7 @@ impl Index {
         self.executions.push(Execution {
             id,
             tenant,
+            life: Life::Live,
             reserved_seq: durable_seq,
             reserved_pos: durable_pos,
             durable_seq,

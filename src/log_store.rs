@@ -30,6 +30,7 @@ use crate::reader;
 use crate::recovery::{self, RecoveryReport};
 use crate::refresh;
 use crate::scrub::ScrubStats;
+use crate::retention::{self, Retention};
 use crate::scrubber::{self, Scrubber};
 use crate::segment::{self, SEGMENT_HEADER_LEN};
 use crate::segments::Segments;
@@ -72,6 +73,8 @@ pub struct LogStore {
     shared: Arc<Shared>,
     committer: Mutex<Option<JoinHandle<Result<()>>>>,
     scrubber: Mutex<Option<Scrubber>>,
+    /// The background pruner, if a retention is set.
+    retention: Mutex<Option<Retention>>,
     lock: Mutex<Option<LockGuard>>,
     report: RecoveryReport,
 }
@@ -293,6 +296,7 @@ impl LogStore {
         };
         let metrics = crate::metrics::Metrics::for_store(&dir, &recovered.report);
         let queue_bound = QueueBound::new(options.max_queued_bytes);
+        let deletions = crate::sync::AtomicU64::new(recovered.index.deleted() as u64);
         let shared = Arc::new(Shared {
             dir,
             io,
@@ -310,6 +314,7 @@ impl LogStore {
             watch: crate::watch::Watch::default(),
             publisher,
             scrub: crate::scrub::ScrubState::default(),
+            deletions,
         });
         if mode == Mode::Reader {
             let poller = Arc::clone(&shared);
@@ -321,6 +326,7 @@ impl LogStore {
                 shared,
                 committer: Mutex::new(Some(handle)),
                 scrubber: Mutex::new(None),
+            retention: Mutex::new(None),
                 lock: Mutex::new(None),
                 report: recovered.report,
             });
@@ -330,6 +336,7 @@ impl LogStore {
                 shared,
                 committer: Mutex::new(None),
                 scrubber: Mutex::new(None),
+            retention: Mutex::new(None),
                 lock: Mutex::new(lock),
                 report: recovered.report,
             });
@@ -353,11 +360,13 @@ impl LogStore {
             shared,
             committer: Mutex::new(Some(handle)),
             scrubber: Mutex::new(None),
+            retention: Mutex::new(None),
             lock: Mutex::new(lock),
             report: recovered.report,
         };
         // Dropping `store` on failure closes it: the commit thread ends cleanly.
         *store.scrubber.lock() = scrubber::start(&store.shared)?;
+        *store.retention.lock() = retention::start(&store.shared)?;
         Ok(store)
     }
 
@@ -373,6 +382,9 @@ impl LogStore {
         // First, so that it saves its position while the store is still locked.
         if let Some(scrubber) = self.scrubber.lock().take() {
             scrubber.stop();
+        }
+        if let Some(retention) = self.retention.lock().take() {
+            retention.stop();
         }
         drop(self.shared.state.lock().writer.tx.take());
         // Appenders waiting for queue space are refused (Error::Closed) now.
@@ -576,9 +588,8 @@ impl LogStore {
         let state = self.shared.state.lock();
         Ok(state
             .index
-            .lookup(execution_id)
-            .and_then(|no| state.index.get(no))
-            .map(|e| e.durable_seq)
+            .visible(execution_id)
+            .map(|(_, e)| e.durable_seq)
             .filter(|&s| s > 0))
     }
 

@@ -76,6 +76,8 @@ pub struct Options {
     pub(crate) group_read: bool,
     /// `None` until set: the default, which depends on the file system (`scrub_rate`).
     pub(crate) scrub: Option<ScrubRate>,
+    pub(crate) retention: Option<Duration>,
+    pub(crate) tenant_retention: Vec<(crate::TenantId, Duration)>,
     pub(crate) io: Arc<dyn Io>,
     /// Whether [`Options::io`] replaced the real file system.
     pub(crate) io_replaced: bool,
@@ -97,6 +99,8 @@ impl Default for Options {
             key_hash_bits: 64,
             group_read: false,
             scrub: None,
+            retention: None,
+            tenant_retention: Vec::new(),
             io: Arc::new(RealIo),
             io_replaced: false,
         }
@@ -258,6 +262,44 @@ impl Options {
     pub fn scrub(mut self, rate: ScrubRate) -> Self {
         self.scrub = Some(rate);
         self
+    }
+
+    /// Deletes, in the background, every execution whose last event is older than
+    /// `older_than` (as [`Lifecycle::prune`](crate::Lifecycle::prune) does on demand).
+    /// A thread (`execlog-retention`) of a writable store prunes at open and then every
+    /// tenth of the shortest retention set (between one second and one hour). Off by
+    /// default: nothing is deleted unless asked.
+    #[must_use]
+    pub fn retention(mut self, older_than: Duration) -> Self {
+        self.retention = Some(older_than);
+        self
+    }
+
+    /// Sets the retention of one tenant's executions, instead of
+    /// [`Options::retention`]'s (which may be unset: then only such tenants are
+    /// pruned). Set again for the same tenant, the last one counts.
+    #[must_use]
+    pub fn tenant_retention(mut self, tenant: impl Into<crate::TenantId>, older_than: Duration) -> Self {
+        let tenant = tenant.into();
+        self.tenant_retention.retain(|(t, _)| *t != tenant);
+        self.tenant_retention.push((tenant, older_than));
+        self
+    }
+
+    /// The retention of `tenant`'s executions, if it has one.
+    pub(crate) fn retention_of(&self, tenant: &crate::TenantId) -> Option<Duration> {
+        self.tenant_retention
+            .iter()
+            .find(|(t, _)| t == tenant)
+            .map(|&(_, d)| d)
+            .or(self.retention)
+    }
+
+    /// How often the background pruner runs, if any retention is set.
+    pub(crate) fn retention_interval(&self) -> Option<Duration> {
+        let tenants = self.tenant_retention.iter().map(|&(_, d)| d);
+        let shortest = self.retention.into_iter().chain(tenants).min()?;
+        Some(crate::retention::interval_for(shortest))
     }
 
     /// The scrub rate in effect (see [`Options::scrub`]).

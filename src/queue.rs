@@ -59,6 +59,9 @@ pub(crate) struct Pending {
     pub(crate) execution: ExecNo,
     pub(crate) last_sequence: u64,
     pub(crate) last_pos: Pos,
+    /// For a tombstone (`deletion.rs`): the executions it deletes once durable, instead
+    /// of events becoming durable. Empty for appends.
+    pub(crate) deletes: Vec<ExecNo>,
     /// Completed when durable (or failed).
     pub(crate) ticket: Ticket,
     /// This append's place under the queue bound, released when the `Pending` is
@@ -75,6 +78,9 @@ impl Pending {
     /// How many events (records) the append holds: its first record counts the rest of
     /// its batch.
     pub(crate) fn events(&self) -> u64 {
+        if !self.deletes.is_empty() {
+            return 0;
+        }
         let at = crate::record::BATCH_REMAINING_OFFSET;
         self.bytes
             .get(at..at + 4)

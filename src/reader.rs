@@ -32,10 +32,7 @@ pub(crate) fn read(
 ) -> Result<Vec<StoredEvent>> {
     let (no, to, entry, tenant_id) = {
         let state = shared.state.lock();
-        let Some(no) = state.index.lookup(execution_id) else {
-            return Ok(Vec::new());
-        };
-        let Some(e) = state.index.get(no) else {
+        let Some((no, e)) = state.index.visible(execution_id) else {
             return Ok(Vec::new());
         };
         if e.durable_seq <= after || limit == 0 {
@@ -137,6 +134,15 @@ pub(crate) fn batch_at(shared: &Shared, no: ExecNo, pos: Pos) -> Result<StoredBa
             .ok_or_else(|| corrupt("batch runs past the end of its segment"))?;
     }
     batch.ok_or_else(|| Error::corrupt(pos.segment, u64::from(pos.offset), "no batch"))
+}
+
+/// The timestamps of the durable records at `positions`, CRC-checked, in order.
+pub(crate) fn timestamps_at(shared: &Shared, positions: &[Pos]) -> Result<Vec<i64>> {
+    let mut cursor = Cursor::default();
+    positions
+        .iter()
+        .map(|&pos| Ok(cursor.record(shared, pos)?.0.timestamp_ns))
+        .collect()
 }
 
 /// Most events a read reserves room for before it has read them.

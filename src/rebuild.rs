@@ -11,7 +11,8 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::idempotency::KeyTables;
 use crate::ids::TenantId;
-use crate::index::{ExecNo, Index};
+use crate::deletion;
+use crate::index::{ExecNo, Index, Life};
 use crate::record::{Header, Kind, Pos};
 use crate::segment;
 
@@ -42,7 +43,7 @@ pub(crate) struct Rebuild {
 impl Rebuild {
     /// Continues from `index` (empty, or restored from a checkpoint).
     pub(crate) fn resume(index: Index, keys: KeyTables, last_timestamp_ns: i64) -> Self {
-        let records = index.counts().1;
+        let records = index.records();
         Self {
             index,
             keys,
@@ -72,6 +73,9 @@ impl Rebuild {
             // A seal's time was handed out too: later appends are not stamped before it.
             self.last_timestamp_ns = self.last_timestamp_ns.max(header.timestamp_ns);
             return Ok(());
+        }
+        if header.kind == Kind::Delete {
+            return self.delete(segment, offset, &header, body);
         }
         if let Some(last) = self.batch.last() {
             if header.batch_remaining.checked_add(1) != Some(last.header.batch_remaining)
@@ -110,6 +114,25 @@ impl Rebuild {
         Ok(())
     }
 
+    /// Applies a tombstone (`deletion.rs`): the executions it names are deleted from
+    /// here on, their keys forgotten.
+    fn delete(&mut self, segment: u32, offset: u64, header: &Header, body: &[u8]) -> Result<()> {
+        let corrupt = |why: &str| Error::corrupt(segment, offset, why);
+        if !self.batch.is_empty() {
+            return Err(corrupt("tombstone inside a batch"));
+        }
+        if self.segment_version < deletion::SINCE_FORMAT_VERSION {
+            return Err(corrupt("tombstone in a segment of a format version without them"));
+        }
+        let deleted = deletion::replay(&mut self.index, header, body).map_err(|why| corrupt(&why))?;
+        for no in deleted {
+            self.keys.forget(no);
+        }
+        self.last_timestamp_ns = self.last_timestamp_ns.max(header.timestamp_ns);
+        self.tail = Some((segment, header.group_start));
+        Ok(())
+    }
+
     /// Files the key of a keyed append, if `key` is one.
     fn file_key(&mut self, no: ExecNo, key: Option<&str>, pos: Pos) {
         if let Some(key) = key {
@@ -138,6 +161,9 @@ impl Rebuild {
                 let Some(e) = self.index.get(no) else {
                     return Err(corrupt("record of an unknown execution"));
                 };
+                if e.life != Life::Live {
+                    return Err(corrupt("record of a deleted execution"));
+                }
                 if h.sequence != e.reserved_seq + 1 || h.prev != Some(e.reserved_pos) {
                     return Err(corrupt("record does not continue its execution's chain"));
                 }

@@ -10,7 +10,7 @@
 //! 32     8    prev            position of the execution's previous record, or NO_PREV
 //! 40     4    batch_remaining records after this one in the same atomic batch
 //! 44     4    group_start     offset of the first record of this record's commit group
-//! 48     2    kind            KIND_EVENT or KIND_SEAL
+//! 48     2    kind            KIND_EVENT, KIND_SEAL or KIND_DELETE
 //! 50     6    reserved        zero
 //! 56     …    body            event: codec.rs (optional declaration, then the event);
 //!                             seal: the seal's own offset as a u64
@@ -58,6 +58,9 @@ pub(crate) const RECORD_ALIGN: usize = 8;
 pub(crate) const KIND_EVENT: u16 = 1;
 /// Record kind: a seal written at clean close.
 pub(crate) const KIND_SEAL: u16 = 2;
+/// Record kind: a tombstone deleting an execution or a tenant's executions (format
+/// version 3 on).
+pub(crate) const KIND_DELETE: u16 = 3;
 /// `prev` of an execution's first record.
 pub(crate) const NO_PREV: u64 = u64::MAX;
 
@@ -91,6 +94,8 @@ pub(crate) enum Kind {
     Event,
     /// The end of a clean session; carries no event.
     Seal,
+    /// A tombstone: from here on, an execution (or a tenant's executions) is deleted.
+    Delete,
 }
 
 /// The fixed fields of a record.
@@ -165,6 +170,7 @@ pub(crate) fn encode_unsealed(header: &Header, body_parts: &[&[u8]], out: &mut V
     let kind = match header.kind {
         Kind::Event => KIND_EVENT,
         Kind::Seal => KIND_SEAL,
+        Kind::Delete => KIND_DELETE,
     };
     head[KIND_OFFSET..RESERVED_OFFSET].copy_from_slice(&kind.to_le_bytes());
     out.extend_from_slice(&head);
@@ -345,6 +351,7 @@ fn fields(head: &[u8]) -> Result<Header, Invalid> {
     let kind = match le_u16(head, KIND_OFFSET) {
         KIND_EVENT => Kind::Event,
         KIND_SEAL => Kind::Seal,
+        KIND_DELETE => Kind::Delete,
         _ => return Err(Invalid::BadField("unknown record kind")),
     };
     let header = Header {
@@ -376,6 +383,11 @@ fn fields(head: &[u8]) -> Result<Header, Invalid> {
                 return Err(Invalid::BadField("seal with event fields"));
             }
         }
+        Kind::Delete => {
+            if header.sequence != 0 || header.prev.is_some() || header.batch_remaining != 0 {
+                return Err(Invalid::BadField("tombstone with event fields"));
+            }
+        }
     }
     Ok(header)
 }
@@ -393,8 +405,8 @@ pub(crate) fn decode_event(
     String,
 > {
     match decode(bytes) {
-        Decoded::Record { header, .. } if header.kind == Kind::Seal => {
-            Err("a seal, not an event".into())
+        Decoded::Record { header, .. } if header.kind != Kind::Event => {
+            Err("a seal or a tombstone, not an event".into())
         }
         Decoded::Record { header, body, .. } => {
             let (declaration, event) = crate::codec::decode_body(body)?;

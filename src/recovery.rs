@@ -315,7 +315,15 @@ fn pass(
         match verify_digests(&c.segments, &maps)
             .and_then(|()| checkpoint::check_records(&c, &maps, &mut keys))
         {
-            Ok(()) => Some((c, keys)),
+            Ok(deleted) => {
+                let mut c = c;
+                for no in deleted {
+                    c.index.mark_deleting(no);
+                    c.index.delete(no);
+                    keys.forget(no);
+                }
+                Some((c, keys))
+            }
             Err(why) => {
                 report.checkpoint_ignored = Some(why);
                 None

@@ -98,6 +98,7 @@ fn extend(shared: &Shared, to: Published) -> Result<()> {
     state.index = rebuild.index;
     state.keys = rebuild.keys;
     state.writer.last_timestamp_ns = rebuild.last_timestamp_ns;
+    shared.note_deletions(&state.index);
     // Raised only now, in log order, and only over whole batches the index took: a
     // failed extension (the reader is then poisoned) serves no part of a batch, and
     // reads and subscriptions agree on what it serves.

@@ -25,7 +25,8 @@ use crate::options::{MIN_SCRUB_BYTES_PER_SECOND, ScrubRate};
 use crate::scrub;
 use crate::scrub_progress::{self, Progress};
 use crate::state::Shared;
-use crate::sync::{self, Condvar, JoinHandle, Mutex};
+use crate::stop::Stop;
+use crate::sync::{self, JoinHandle};
 
 /// Most bytes checked between two looks at the clock and the stop flag.
 const MAX_CHUNK_BYTES: u64 = 256 << 10;
@@ -39,24 +40,6 @@ const MIN_PASS: Duration = Duration::from_secs(1);
 pub(crate) struct Scrubber {
     stop: Arc<Stop>,
     handle: JoinHandle<()>,
-}
-
-/// The stop flag the thread sleeps on.
-#[derive(Default)]
-struct Stop {
-    stopped: Mutex<bool>,
-    cond: Condvar,
-}
-
-impl Stop {
-    /// Waits until `deadline` or until stopped; true if stopped.
-    fn sleep_until(&self, deadline: Instant) -> bool {
-        let mut stopped = self.stopped.lock();
-        while !*stopped && Instant::now() < deadline {
-            let _ = self.cond.wait_until(&mut stopped, deadline);
-        }
-        *stopped
-    }
 }
 
 /// Starts the scrubber of a writable store, unless its rate is [`ScrubRate::Off`]
@@ -93,8 +76,7 @@ pub(crate) fn start(shared: &Arc<Shared>) -> Result<Option<Scrubber>> {
 impl Scrubber {
     /// Wakes the thread, which saves its position and ends, and joins it.
     pub(crate) fn stop(self) {
-        *self.stop.stopped.lock() = true;
-        self.stop.cond.notify_all();
+        self.stop.stop();
         if self.handle.join().is_err() {
             log::error!("the scrub thread panicked; the store is unaffected");
         }

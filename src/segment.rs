@@ -37,7 +37,7 @@ use crate::record;
 /// First bytes of every segment file.
 pub(crate) const MAGIC: [u8; 8] = *b"EXECLOG\0";
 /// The on-disk format version this build writes (and the newest it reads).
-pub(crate) const FORMAT_VERSION: u32 = 2;
+pub(crate) const FORMAT_VERSION: u32 = 3;
 /// The oldest format version this build reads.
 pub(crate) const OLDEST_FORMAT_VERSION: u32 = 1;
 const VERSION_OFFSET: usize = MAGIC.len();

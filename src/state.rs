@@ -20,7 +20,7 @@ use crate::queue::{Pending, QueueBound};
 use crate::scrub::ScrubState;
 use crate::segment::SEGMENT_HEADER_LEN;
 use crate::segments::Segments;
-use crate::sync::{AtomicBool, Mutex, Sender};
+use crate::sync::{AtomicBool, AtomicU64, Mutex, Sender};
 use crate::watch::Watch;
 
 /// Everything the parts of one open store share.
@@ -44,6 +44,18 @@ pub(crate) struct Shared {
     pub(crate) publisher: Option<Publisher>,
     /// What scrubbing found: damaged ranges that reads refuse, and its counters.
     pub(crate) scrub: ScrubState,
+    /// How many executions the index holds as deleted, mirrored outside the lock so
+    /// that followers notice a deletion without taking it for every record.
+    pub(crate) deletions: AtomicU64,
+}
+
+impl Shared {
+    /// Mirrors `index`'s count of deleted executions (called with the lock held, after
+    /// the index changed).
+    pub(crate) fn note_deletions(&self, index: &Index) {
+        self.deletions
+            .store(index.deleted() as u64, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// The mutable core behind the store mutex.

@@ -59,6 +59,7 @@ impl<const HASH_BITS: u32> conformance::Backend for Log<HASH_BITS> {
 
 suite!(Log<64>);
 follow_suite!(Log<64>);
+lifecycle_suite!(Log<64>);
 
 mod colliding {
     use super::*;

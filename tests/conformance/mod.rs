@@ -19,8 +19,10 @@ use execlog::*;
 
 pub mod follow;
 pub mod guarded;
+pub mod lifecycle;
 pub use follow::*;
 pub use guarded::*;
+pub use lifecycle::*;
 
 /// A place a store lives in, and how to open it.
 pub trait Backend: Sized + Send + Sync + 'static {

@@ -1,0 +1,38 @@
+//! The lifecycle of executions: [`Lifecycle`], the administrative operations both
+//! backends implement beside the append-only [`EventStore`] contract.
+//!
+//! Events stay append-only: nothing here changes an event. What ends is a whole
+//! execution (or every execution of a tenant), by a deletion recorded in the store
+//! itself and durable before the call returns. From then on the execution is gone for
+//! readers (loads, listings, counts, `execution_exists`, subscriptions, live ones
+//! included) and every append to it fails with [`Error::Deleted`](crate::Error::Deleted),
+//! after reopen and after a crash too, whatever its tenant, idempotency key or expected
+//! sequence. A deleted id is never reused.
+//!
+//! Deleting a tenant deletes the executions it has when the deletion is recorded; the
+//! tenant id itself stays usable for new executions.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::event_store::EventStore;
+use crate::ids::{ExecutionId, TenantId};
+
+/// Deleting executions and tenants, and pruning old executions. Implemented by
+/// `LogStore` and `PgStore`, with the same semantics (one conformance suite).
+#[async_trait]
+pub trait Lifecycle: EventStore {
+    /// Deletes an execution, durably. Returns `false` (and records nothing) if no such
+    /// execution exists or it was deleted already.
+    async fn delete_execution(&self, execution_id: &ExecutionId) -> anyhow::Result<bool>;
+
+    /// Deletes every execution `tenant_id` has, durably, as one recorded deletion.
+    /// Returns how many executions it deleted (0: nothing recorded).
+    async fn delete_tenant(&self, tenant_id: &TenantId) -> anyhow::Result<u64>;
+
+    /// Deletes, durably, every execution whose last event is older than `older_than`
+    /// (by its stored timestamp, against the current time). An execution appended to
+    /// while pruning runs is kept. Returns how many executions it deleted.
+    async fn prune(&self, older_than: Duration) -> anyhow::Result<u64>;
+}
