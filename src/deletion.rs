@@ -86,7 +86,10 @@ pub(crate) fn decode(header: &Header, body: &[u8]) -> std::result::Result<Tombst
 
 /// The executions `tombstone` deletes, found in `index` as replay reached it. Fails if
 /// the log could not have been written so (see the module's invariants).
-pub(crate) fn targets(index: &Index, tombstone: &Tombstone) -> std::result::Result<Vec<ExecNo>, String> {
+pub(crate) fn targets(
+    index: &Index,
+    tombstone: &Tombstone,
+) -> std::result::Result<Vec<ExecNo>, String> {
     match tombstone {
         Tombstone::Execution { no, id } => {
             let e = u32::try_from(*no)
@@ -104,7 +107,9 @@ pub(crate) fn targets(index: &Index, tombstone: &Tombstone) -> std::result::Resu
             }
             let live = live_of(index, &TenantId::from(tenant.as_str()));
             if live.is_empty() {
-                return Err(format!("tombstone of tenant {tenant}, which has no execution"));
+                return Err(format!(
+                    "tombstone of tenant {tenant}, which has no execution"
+                ));
             }
             Ok(live)
         }
@@ -123,7 +128,11 @@ fn live_of(index: &Index, tenant: &TenantId) -> Vec<ExecNo> {
 
 /// Replay: applies a durable tombstone to the index (recovery, readers in other
 /// processes). Returns the executions it deleted.
-pub(crate) fn replay(index: &mut Index, header: &Header, body: &[u8]) -> std::result::Result<Vec<ExecNo>, String> {
+pub(crate) fn replay(
+    index: &mut Index,
+    header: &Header,
+    body: &[u8],
+) -> std::result::Result<Vec<ExecNo>, String> {
     let tombstone = decode(header, body)?;
     let nos = targets(index, &tombstone)?;
     for &no in &nos {
@@ -179,7 +188,11 @@ pub(crate) fn enqueue(
             if nos.is_empty() {
                 return Ok(None);
             }
-            (nos, index.len() as u64, body(TARGET_TENANT, tenant.as_str()))
+            (
+                nos,
+                index.len() as u64,
+                body(TARGET_TENANT, tenant.as_str()),
+            )
         }
     };
     let len = record::framed_len(body.len());
@@ -216,7 +229,12 @@ pub(crate) fn enqueue(
         ticket: ticket.clone(),
         admitted,
     };
-    if writer.tx.as_ref().map(|tx| tx.send(pending)).is_none_or(|sent| sent.is_err()) {
+    if writer
+        .tx
+        .as_ref()
+        .map(|tx| tx.send(pending))
+        .is_none_or(|sent| sent.is_err())
+    {
         // The commit thread is gone only after a panic, which poisoned the store. The
         // executions stay `Deleting`: the store takes no more writes anyway.
         let error = writer

@@ -174,7 +174,10 @@ impl LogFollower {
             u32::try_from(no)
                 .ok()
                 .and_then(|no| state.index.get(no))
-                .map(|e| e.visible().then(|| (e.id.clone(), state.index.tenant_of(e).clone())))
+                .map(|e| {
+                    e.visible()
+                        .then(|| (e.id.clone(), state.index.tenant_of(e).clone()))
+                })
         };
         let Some(names) = found else {
             return Err(Error::corrupt(

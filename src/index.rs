@@ -264,8 +264,11 @@ impl Index {
             .tenant_executions
             .iter()
             .filter(|list| {
-                list.iter()
-                    .any(|&no| self.executions.get(no as usize).is_some_and(Execution::visible))
+                list.iter().any(|&no| {
+                    self.executions
+                        .get(no as usize)
+                        .is_some_and(Execution::visible)
+                })
             })
             .count();
         (visible().count(), events, tenants)

@@ -29,8 +29,8 @@ use crate::queue::{Admit, Admitted, Appending, QueueBound, Ticket};
 use crate::reader;
 use crate::recovery::{self, RecoveryReport};
 use crate::refresh;
-use crate::scrub::ScrubStats;
 use crate::retention::{self, Retention};
+use crate::scrub::ScrubStats;
 use crate::scrubber::{self, Scrubber};
 use crate::segment::{self, SEGMENT_HEADER_LEN};
 use crate::segments::Segments;
@@ -85,11 +85,14 @@ pub struct LogStore {
 pub struct Stats {
     /// Segment files.
     pub segments: usize,
-    /// Durable events.
+    /// Durable events (of executions not deleted).
     pub events: u64,
-    /// Executions (with at least one durable event, or being created).
+    /// Executions (with at least one durable event, or being created), deleted ones
+    /// not counted.
     pub executions: usize,
-    /// Tenants.
+    /// Executions deleted (`Lifecycle`): their ids stay reserved.
+    pub deleted_executions: usize,
+    /// Tenants with an execution that is not deleted.
     pub tenants: usize,
     /// Durable bytes in segments (headers and padding included; preallocated space not).
     pub data_bytes: u64,
@@ -326,7 +329,7 @@ impl LogStore {
                 shared,
                 committer: Mutex::new(Some(handle)),
                 scrubber: Mutex::new(None),
-            retention: Mutex::new(None),
+                retention: Mutex::new(None),
                 lock: Mutex::new(None),
                 report: recovered.report,
             });
@@ -336,7 +339,7 @@ impl LogStore {
                 shared,
                 committer: Mutex::new(None),
                 scrubber: Mutex::new(None),
-            retention: Mutex::new(None),
+                retention: Mutex::new(None),
                 lock: Mutex::new(lock),
                 report: recovered.report,
             });
@@ -412,7 +415,7 @@ impl LogStore {
 
     /// Counts and sizes, for monitoring.
     pub fn stats(&self) -> Stats {
-        let (index_bytes, sparse_index_bytes, (executions, events, tenants), keys) = {
+        let (index_bytes, sparse_index_bytes, (executions, events, tenants), deleted, keys) = {
             let state = self.shared.state.lock();
             let index: &Index = &state.index;
             let keys = (state.keys.len(), state.keys.memory_bytes());
@@ -420,6 +423,7 @@ impl LogStore {
                 index.memory_bytes(),
                 index.sparse_bytes(),
                 index.counts(),
+                index.deleted(),
                 keys,
             )
         };
@@ -427,6 +431,7 @@ impl LogStore {
             segments: self.shared.segments.count(),
             events,
             executions,
+            deleted_executions: deleted,
             tenants,
             data_bytes: self.shared.segments.durable_bytes(),
             index_bytes,

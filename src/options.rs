@@ -279,7 +279,11 @@ impl Options {
     /// [`Options::retention`]'s (which may be unset: then only such tenants are
     /// pruned). Set again for the same tenant, the last one counts.
     #[must_use]
-    pub fn tenant_retention(mut self, tenant: impl Into<crate::TenantId>, older_than: Duration) -> Self {
+    pub fn tenant_retention(
+        mut self,
+        tenant: impl Into<crate::TenantId>,
+        older_than: Duration,
+    ) -> Self {
         let tenant = tenant.into();
         self.tenant_retention.retain(|(t, _)| *t != tenant);
         self.tenant_retention.push((tenant, older_than));

@@ -8,10 +8,10 @@
 //! order. Anything else is `Error::Corrupt` with segment and offset.
 
 use crate::codec;
+use crate::deletion;
 use crate::error::{Error, Result};
 use crate::idempotency::KeyTables;
 use crate::ids::TenantId;
-use crate::deletion;
 use crate::index::{ExecNo, Index, Life};
 use crate::record::{Header, Kind, Pos};
 use crate::segment;
@@ -122,9 +122,12 @@ impl Rebuild {
             return Err(corrupt("tombstone inside a batch"));
         }
         if self.segment_version < deletion::SINCE_FORMAT_VERSION {
-            return Err(corrupt("tombstone in a segment of a format version without them"));
+            return Err(corrupt(
+                "tombstone in a segment of a format version without them",
+            ));
         }
-        let deleted = deletion::replay(&mut self.index, header, body).map_err(|why| corrupt(&why))?;
+        let deleted =
+            deletion::replay(&mut self.index, header, body).map_err(|why| corrupt(&why))?;
         for no in deleted {
             self.keys.forget(no);
         }

@@ -205,7 +205,10 @@ where
     // The tenant id stays usable: a new execution of it is not deleted.
     let later = ExecutionId::new();
     assert_eq!(store.append(&later, &a, step_event(1)).await.unwrap(), 1);
-    assert_eq!(store.list_executions(&a, 10, 0).await.unwrap(), vec![later.clone()]);
+    assert_eq!(
+        store.list_executions(&a, 10, 0).await.unwrap(),
+        vec![later.clone()]
+    );
     store.close().unwrap();
     drop(store);
     let store = b.open();
@@ -228,7 +231,13 @@ where
     let store = b.open();
     let (e, t) = (ExecutionId::new(), TenantId::from("t"));
     assert!(!store.delete_execution(&e).await.unwrap());
-    assert_eq!(store.delete_tenant(&TenantId::from("nobody")).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .delete_tenant(&TenantId::from("nobody"))
+            .await
+            .unwrap(),
+        0
+    );
     // Deleting an unknown id does not reserve it.
     assert_eq!(store.append(&e, &t, step_event(1)).await.unwrap(), 1);
     assert!(store.delete_execution(&e).await.unwrap());
@@ -259,14 +268,19 @@ where
     assert!(store.delete_execution(&gone).await.unwrap());
     store.append(&kept, &t, step_event(4)).await.unwrap();
     let rest = super::follow::take(&mut early, 4);
-    assert!(rest.iter().all(|d| d.event.execution_id == kept), "{rest:?}");
+    assert!(
+        rest.iter().all(|d| d.event.execution_id == kept),
+        "{rest:?}"
+    );
     super::follow::assert_nothing_more(&mut early);
     for filter in [
         SubscriptionFilter::All,
         SubscriptionFilter::Tenant(t.clone()),
         SubscriptionFilter::Execution(gone.clone()),
     ] {
-        let mut late = store.subscribe(filter.clone(), StartFrom::Beginning).unwrap();
+        let mut late = store
+            .subscribe(filter.clone(), StartFrom::Beginning)
+            .unwrap();
         let wanted = if matches!(filter, SubscriptionFilter::Execution(_)) {
             0
         } else {
@@ -357,11 +371,20 @@ where
     let store = b.open();
     let bad = ExecutionId::from("");
     let err = store.delete_execution(&bad).await.unwrap_err();
-    assert!(matches!(engine_error(&err), Error::InvalidArgument(_)), "{err:#}");
+    assert!(
+        matches!(engine_error(&err), Error::InvalidArgument(_)),
+        "{err:#}"
+    );
     let err = store.delete_tenant(&TenantId::from("")).await.unwrap_err();
-    assert!(matches!(engine_error(&err), Error::InvalidArgument(_)), "{err:#}");
+    assert!(
+        matches!(engine_error(&err), Error::InvalidArgument(_)),
+        "{err:#}"
+    );
     store.close().unwrap();
-    let err = store.delete_execution(&ExecutionId::new()).await.unwrap_err();
+    let err = store
+        .delete_execution(&ExecutionId::new())
+        .await
+        .unwrap_err();
     assert!(matches!(engine_error(&err), Error::Closed), "{err:#}");
     let err = store.delete_tenant(&TenantId::from("t")).await.unwrap_err();
     assert!(matches!(engine_error(&err), Error::Closed), "{err:#}");
