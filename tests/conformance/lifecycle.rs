@@ -325,21 +325,50 @@ where
 }
 
 /// Appends racing a deletion: each one either was stored before it (and is then
-/// gone with the execution) or fails with `Deleted`; none succeeds after a refusal.
+/// gone with the execution) or fails with `Deleted`; none succeeds after a refusal,
+/// and the log holds nothing of the execution after its deletion (a crash image and a
+/// reopen replay it to the same answer). Ten rounds, to meet the moment between the
+/// deletion being queued and being durable.
 pub async fn appends_racing_a_delete_are_stored_before_it_or_refused<B: Backend>(b: B)
 where
     B::Store: Lifecycle,
 {
     let store = std::sync::Arc::new(b.open());
-    let (e, t) = (ExecutionId::new(), TenantId::from("t"));
-    store.append(&e, &t, step_event(0)).await.unwrap();
+    let t = TenantId::from("t");
+    let mut raced = Vec::new();
+    for _ in 0..10 {
+        let e = ExecutionId::new();
+        race_one_deletion(&store, &e, &t).await;
+        raced.push(e);
+    }
+    let crashed = b.open_crashed(&store);
+    for e in &raced {
+        assert_gone(&crashed, e, &t).await;
+        assert!(deleted(crashed.append(e, &t, step_event(1)).await));
+    }
+    crashed.close().unwrap();
+    store.close().unwrap();
+    drop(store);
+    let reopened = b.open();
+    for e in &raced {
+        assert_gone(&reopened, e, &t).await;
+    }
+    reopened.close().unwrap();
+}
+
+async fn race_one_deletion<S: GuardedEventStore + Lifecycle + 'static>(
+    store: &std::sync::Arc<S>,
+    e: &ExecutionId,
+    t: &TenantId,
+) {
+    store.append(e, t, step_event(0)).await.unwrap();
     let mut tasks = Vec::new();
     for w in 0..8u64 {
-        let (store, e, t) = (std::sync::Arc::clone(&store), e.clone(), t.clone());
+        let (store, e, t) = (std::sync::Arc::clone(store), e.clone(), t.clone());
         tasks.push(tokio::spawn(async move {
             let mut stored = Vec::new();
-            for i in 0..10_000u64 {
-                match store.append(&e, &t, step_event(w * 100_000 + i)).await {
+            for i in 0..100_000u64 {
+                match store.append(&e, &t, step_event(w * 1_000_000 + i)).await {
                     Ok(s) => stored.push(s),
                     Err(err) => {
                         assert!(matches!(engine_error(&err), Error::Deleted), "{err:#}");
@@ -350,8 +379,10 @@ where
             panic!("the deletion never reached writer {w}");
         }));
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(store.delete_execution(&e).await.unwrap());
+    while store.get_latest_sequence(e).await.unwrap().unwrap_or(0) < 20 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(store.delete_execution(e).await.unwrap());
     let mut sequences: Vec<u64> = vec![1];
     for task in tasks {
         sequences.extend(task.await.unwrap());
@@ -359,8 +390,7 @@ where
     sequences.sort_unstable();
     let expected: Vec<u64> = (1..=sequences.len() as u64).collect();
     assert_eq!(sequences, expected, "acknowledged sequences have a gap");
-    assert_gone(&*store, &e, &t).await;
-    store.close().unwrap();
+    assert_gone(&**store, e, t).await;
 }
 
 /// Invalid ids are refused before anything is recorded; a closed store refuses.
