@@ -149,6 +149,9 @@ fn find_record(bytes: &[u8], kind: u16) -> usize {
     panic!("no record of kind {kind}");
 }
 
+/// A change to one record's bytes.
+type Edit = Box<dyn Fn(&mut [u8])>;
+
 /// Rewrites the tombstone at `at` with `edit`, then re-stamps its CRC: a forgery that
 /// passes every checksum.
 fn forge(bytes: &mut [u8], at: usize, edit: impl Fn(&mut [u8])) {
@@ -175,7 +178,7 @@ fn forged_tombstones_are_corruption_not_deletions() {
     let segment = dir.path().join("0000000001.seg");
     let good = fs::read(&segment).unwrap();
     let at = find_record(&good, 3);
-    let forgeries: Vec<(&str, Box<dyn Fn(&mut [u8])>)> = vec![
+    let forgeries: Vec<(&str, Edit)> = vec![
         ("another execution's number", Box::new(|r| r[8] = 0)),
         ("an unknown execution", Box::new(|r| r[8] = 77)),
         ("an unknown target", Box::new(|r| r[56] = 9)),

@@ -4,8 +4,8 @@
 //! Output that scripts read (JSON lines) goes to stdout; logs, progress bars and
 //! errors go to stderr. Every failure is one line on stderr and a non-zero exit code:
 //! 1 for a problem with the store or the input (and `verify` finding one), 2 for a
-//! usage error (clap's), 3 for an execution (`events`) or tenant (`list`) the store
-//! does not hold, 4 for an `append` its `--expect` or `--key` refused.
+//! usage error (clap's), 3 for an execution (`events`, `delete`) or tenant (`list`,
+//! `delete`) the store does not hold, 4 for an `append` its `--expect` or `--key` refused.
 
 /// `println!` for the commands' output: a closed stdout (`execlog stats DIR | head`)
 /// ends the process quietly with success, as for other Unix tools, instead of the
@@ -20,6 +20,7 @@ macro_rules! out {
 mod append;
 mod demo;
 mod inspect;
+mod lifecycle;
 mod migrate;
 mod tail;
 mod timeline;
@@ -144,6 +145,15 @@ enum Command {
         /// The store directory.
         dir: PathBuf,
     },
+    /// Delete an execution, or every execution of a tenant, durably: it is gone for
+    /// readers and its id is never reused. Nothing to delete exits 3.
+    ///
+    /// Example: execlog delete /tmp/agents --execution run-1
+    Delete(lifecycle::DeleteArgs),
+    /// Delete every execution whose last event is older than --older-than.
+    ///
+    /// Example: execlog prune /tmp/agents --older-than 30d
+    Prune(lifecycle::PruneArgs),
 }
 
 fn main() -> ExitCode {
@@ -176,6 +186,8 @@ fn main() -> ExitCode {
         Command::Verify { dir } => inspect::verify(&dir),
         Command::Migrate(args) => migrate::run(&args),
         Command::Tail(args) => tail::run(&args),
+        Command::Delete(args) => lifecycle::delete(&args),
+        Command::Prune(args) => lifecycle::prune(&args),
     };
     match result {
         Ok(code) => code,
