@@ -66,7 +66,7 @@ pub(crate) fn end_position(shared: &Shared) -> u64 {
 /// A segment the commit thread has just created holds only its header until the
 /// group writing into it is published, and that group may still end the previous
 /// segment: until then the previous segment's end is the log's end.
-fn log_end(shared: &Shared) -> (u32, u64) {
+pub(crate) fn log_end(shared: &Shared) -> (u32, u64) {
     let segments = &shared.segments;
     let mut last = segments.count().max(1) as u32;
     if last > 1 && segments.durable_end(last) <= HEADER {

@@ -57,6 +57,7 @@
 //!   every later read ([`LogStore::scrub_now`] on demand, [`Options::scrub`] to tune).
 
 mod append;
+mod backup;
 mod checkpoint;
 mod codec;
 mod committer;
@@ -107,6 +108,7 @@ mod sync;
 mod verify;
 mod watch;
 
+pub use backup::BackupReport;
 pub use damage::{SegmentSurvey, survey_damage};
 pub use error::{Error, Result};
 pub use event::{

@@ -18,6 +18,7 @@ macro_rules! out {
 }
 
 mod append;
+mod backup;
 mod demo;
 mod inspect;
 mod lifecycle;
@@ -154,6 +155,12 @@ enum Command {
     ///
     /// Example: execlog prune /tmp/agents --older-than 30d
     Prune(lifecycle::PruneArgs),
+    /// Copy the store, as of its durable end now, into a new or empty directory,
+    /// durably, while it keeps being written (also by another process). The copy
+    /// opens as a store; the printed position is the last one it holds.
+    ///
+    /// Example: execlog backup /tmp/agents /backups/agents-2026-12-03
+    Backup(backup::Args),
 }
 
 fn main() -> ExitCode {
@@ -188,6 +195,7 @@ fn main() -> ExitCode {
         Command::Tail(args) => tail::run(&args),
         Command::Delete(args) => lifecycle::delete(&args),
         Command::Prune(args) => lifecycle::prune(&args),
+        Command::Backup(args) => backup::run(&args),
     };
     match result {
         Ok(code) => code,
