@@ -32,7 +32,7 @@ use crate::deletion::{self, Tombstone};
 use crate::error::{Error, Result};
 use crate::idempotency::KeyTables;
 use crate::ids::{ExecutionId, MAX_ID_BYTES, TenantId};
-use crate::index::{ExecNo, Index};
+use crate::index::{Base, ExecNo, Index};
 use crate::io::Io;
 use crate::record::{self, Decoded, Header, Kind, Pos};
 use crate::segment::SEGMENT_HEADER_LEN;
@@ -50,8 +50,10 @@ const CHECKPOINT_VERSION: u32 = 1;
 const HEADER_LEN: usize = 40;
 /// Bytes of one segment digest.
 const DIGEST_LEN: usize = 12;
-/// Fewest bytes one execution takes (no id bytes, one entry point).
-const MIN_EXECUTION_LEN: usize = 4 + 8 + 8 + 4 + 8;
+/// Bytes of one fork's entry: its number, its source's, and the shared length.
+const FORK_LEN: usize = 4 + 4 + 8;
+/// Fewest bytes one execution takes (no id bytes, no entry point: a fork may have none).
+const MIN_EXECUTION_LEN: usize = 4 + 8 + 8 + 4;
 
 /// Where a segment's records end and the CRC-32 of its bytes `[32, end)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,7 +113,7 @@ pub(crate) fn encode(index: &Index, segments: &[SegmentDigest], last_timestamp_n
     put_u32(&mut out, segments.len() as u32);
     put_u32(&mut out, index.tenants().len() as u32);
     put_u32(&mut out, index.len() as u32);
-    put_u32(&mut out, 0);
+    put_u32(&mut out, index.forks().len() as u32);
     debug_assert_eq!(out.len(), HEADER_LEN);
     for d in segments {
         put_u64(&mut out, d.end);
@@ -119,6 +121,13 @@ pub(crate) fn encode(index: &Index, segments: &[SegmentDigest], last_timestamp_n
     }
     for tenant in index.tenants() {
         put_str(&mut out, tenant.as_str());
+    }
+    let mut forks: Vec<(&ExecNo, &Base)> = index.forks().iter().collect();
+    forks.sort_unstable_by_key(|(no, _)| **no);
+    for (&no, base) in forks {
+        put_u32(&mut out, no);
+        put_u32(&mut out, base.source);
+        put_u64(&mut out, base.at);
     }
     for e in index.executions() {
         debug_assert_eq!(e.durable_seq, e.reserved_seq, "checkpoint of a busy index");
@@ -167,9 +176,7 @@ pub(crate) fn decode(bytes: &[u8], stride: u32) -> std::result::Result<Checkpoin
     let segment_count = r.count(DIGEST_LEN)?;
     let tenant_count = r.count(4)?;
     let execution_count = r.count(MIN_EXECUTION_LEN)?;
-    if r.u32()? != 0 {
-        return Err("reserved header bytes are not zero".into());
-    }
+    let fork_count = r.count(FORK_LEN)?;
     if segment_count == 0 {
         return Err("covers no segment".into());
     }
@@ -191,21 +198,32 @@ pub(crate) fn decode(bytes: &[u8], stride: u32) -> std::result::Result<Checkpoin
     for _ in 0..tenant_count {
         index.restore_tenant(TenantId::from(r.id()?))?;
     }
+    let mut forks = std::collections::HashMap::with_capacity(fork_count);
+    let mut last_fork = None;
+    for _ in 0..fork_count {
+        let (no, source, at) = (r.u32()?, r.u32()?, r.u64()?);
+        if last_fork.is_some_and(|last| no <= last) || no as usize >= execution_count {
+            return Err(format!("fork {no} out of order or beyond the executions"));
+        }
+        last_fork = Some(no);
+        forks.insert(no, Base { source, at });
+    }
     let inside = |pos: Pos| {
         let end = segments
             .get((pos.segment as usize).wrapping_sub(1))
             .map_or(0, |d| d.end);
         pos.offset as usize >= SEGMENT_HEADER_LEN && u64::from(pos.offset) < end
     };
-    for _ in 0..execution_count {
+    for no in 0..execution_count as ExecNo {
+        let base = forks.get(&no).copied();
         let tenant = r.u32()?;
         let durable_seq = r.u64()?;
         let durable_pos = r.pos()?;
         let id = ExecutionId::from(r.id()?);
-        let entries = durable_seq
-            .checked_sub(1)
-            .map(|s| s / u64::from(stride) + 1)
-            .ok_or_else(|| format!("execution {id} has no events"))?;
+        if durable_seq == 0 {
+            return Err(format!("execution {id} has no events"));
+        }
+        let entries = index.entries_for(durable_seq, base);
         let entries = usize::try_from(entries)
             .ok()
             .filter(|&n| n <= r.remaining() / 8)
@@ -219,7 +237,7 @@ pub(crate) fn decode(bytes: &[u8], stride: u32) -> std::result::Result<Checkpoin
                 "execution {id}: position outside the covered records"
             ));
         }
-        index.restore_execution(id, tenant, (durable_seq, durable_pos), sparse)?;
+        index.restore_execution(id, tenant, (durable_seq, durable_pos), (sparse, base))?;
     }
     if r.remaining() != 0 {
         return Err(format!("{} bytes after the last execution", r.remaining()));
@@ -355,6 +373,7 @@ impl<'a> Walk<'a> {
         match h.kind {
             Kind::Seal => return Ok(()),
             Kind::Delete => return self.tombstone(h, body),
+            Kind::Fork => return self.fork(h, body),
             Kind::Event => {}
         }
         self.newest_event_ns = self.newest_event_ns.max(h.timestamp_ns);
@@ -398,9 +417,9 @@ impl<'a> Walk<'a> {
                 *owns = true;
             }
         }
-        let stride = index.stride();
-        if (h.sequence - 1).is_multiple_of(stride) {
-            let k = usize::try_from((h.sequence - 1) / stride).unwrap_or(usize::MAX);
+        let (stride, first) = (index.stride(), index.first_own(no as ExecNo));
+        if (h.sequence - first).is_multiple_of(stride) {
+            let k = usize::try_from((h.sequence - first) / stride).unwrap_or(usize::MAX);
             if e.sparse().get(k) != Some(&pos) {
                 return Err(format!(
                     "entry point of {} sequence {} differs",
@@ -409,6 +428,47 @@ impl<'a> Walk<'a> {
             }
         }
         *reached = (h.sequence, Some(pos));
+        Ok(())
+    }
+
+    /// A covered fork record: it must declare the next execution, as the checkpoint
+    /// describes it (id, base), sharing events its live source holds by now, as
+    /// `fork::check` demands of a scan.
+    fn fork(&mut self, h: &Header, body: &[u8]) -> std::result::Result<(), String> {
+        if self.segment_version < deletion::SINCE_FORMAT_VERSION {
+            return Err("fork in a segment of a format version without them".into());
+        }
+        let f = crate::fork::decode(h, body)?;
+        let index = &self.checkpoint.index;
+        let no = usize::try_from(f.no).unwrap_or(usize::MAX);
+        let source = usize::try_from(f.source).unwrap_or(usize::MAX);
+        let named = index.executions().get(no).map(|e| e.id.as_str());
+        let base = index.base(no as ExecNo);
+        let want = Some(Base {
+            source: source as ExecNo,
+            at: f.at,
+        });
+        if no != self.declared || named != Some(f.id.as_str()) || base != want {
+            return Err("fork record differs from the index".into());
+        }
+        let reached = self.reached.get(source).copied().unwrap_or_default();
+        if source >= no || self.deleted.get(source) != Some(&false) || reached.0 < f.at {
+            return Err("fork of events its source did not hold".into());
+        }
+        if reached.0 == f.at && reached.1 != Some(f.prev) {
+            return Err("fork does not point at its source's record".into());
+        }
+        if let Some(r) = self.reached.get_mut(no) {
+            *r = (f.at, Some(f.prev));
+        }
+        self.declared += 1;
+        let tenant = index
+            .executions()
+            .get(no)
+            .map_or(usize::MAX, |e| e.tenant as usize);
+        if let Some(owns) = self.tenant_owns.get_mut(tenant) {
+            *owns = true;
+        }
         Ok(())
     }
 

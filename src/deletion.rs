@@ -327,4 +327,20 @@ impl crate::Lifecycle for LogStore {
         let policy = |_: &TenantId| Some(older_than);
         Ok(crate::retention::prune_async(self.shared(), &policy).await?)
     }
+
+    async fn fork_execution(
+        &self,
+        source: &ExecutionId,
+        at_sequence: u64,
+        new_id: &ExecutionId,
+    ) -> anyhow::Result<()> {
+        Ok(self.fork_async(source, at_sequence, new_id).await?)
+    }
+
+    async fn fork_point(
+        &self,
+        execution_id: &ExecutionId,
+    ) -> anyhow::Result<Option<crate::ForkPoint>> {
+        Ok(self.fork_point_blocking(execution_id)?)
+    }
 }

@@ -14,8 +14,15 @@
 //! moment the tombstone is queued) and a durable side (readers stop seeing it once the
 //! tombstone is durable).
 //!
+//! A fork (`fork.rs`) is an execution whose first `at` events are another's: it keeps
+//! a [`Base`] (its source and `at`) and entry points only for its own events, from
+//! sequence `at + 1` on; reads below that go to the source's entry points and walk the
+//! source's records, which the fork's own first record links to. So a fork costs one
+//! entry, whatever the length of what it shares.
+//!
 //! Invariants: `durable_seq <= reserved_seq`; `sparse[k]` is the position of sequence
-//! `1 + k * stride`; executions are numbered densely in creation (= log) order, and a
+//! `first + k * stride`, where `first` is 1, or `at + 1` for a fork; a fork's source has
+//! a smaller number and at least `at` durable events; executions are numbered densely in creation (= log) order, and a
 //! tenant's list holds its executions in that order, durable ones forming a prefix;
 //! `Deleted` follows `Deleting`, and nothing is reserved for a deleting execution.
 
@@ -37,12 +44,21 @@ pub(crate) enum Life {
     Deleted,
 }
 
+/// What a fork shares: the first `at` events of execution `source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Base {
+    pub(crate) source: ExecNo,
+    pub(crate) at: u64,
+}
+
 /// One execution's index entry.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Execution {
     pub(crate) id: ExecutionId,
     pub(crate) tenant: u32,
     pub(crate) life: Life,
+    /// Whether it is a fork (its [`Base`] is in [`Index::forks`]).
+    forked: bool,
     pub(crate) reserved_seq: u64,
     pub(crate) reserved_pos: Pos,
     pub(crate) durable_seq: u64,
@@ -56,7 +72,13 @@ impl Execution {
         self.life != Life::Deleted
     }
 
-    /// Positions of sequences `1, 1 + stride, …` up to the reserved one.
+    /// Whether it is a fork of another execution.
+    pub(crate) fn is_fork(&self) -> bool {
+        self.forked
+    }
+
+    /// Positions of sequences `first, first + stride, …` up to the reserved one (see
+    /// the module's invariants).
     pub(crate) fn sparse(&self) -> &[Pos] {
         &self.sparse
     }
@@ -80,6 +102,8 @@ pub(crate) struct Index {
     tenant_executions: Vec<Vec<ExecNo>>,
     /// Executions whose deletion is durable.
     deleted: usize,
+    /// The bases of the forks.
+    forks: HashMap<ExecNo, Base>,
 }
 
 impl Index {
@@ -93,6 +117,7 @@ impl Index {
             tenant_by_id: HashMap::new(),
             tenant_executions: Vec::new(),
             deleted: 0,
+            forks: HashMap::new(),
         }
     }
 
@@ -177,6 +202,7 @@ impl Index {
             id,
             tenant: tenant_no,
             life: Life::Live,
+            forked: false,
             reserved_seq: 1,
             reserved_pos: pos,
             durable_seq: 0,
@@ -187,9 +213,66 @@ impl Index {
         no
     }
 
+    /// Registers a fork of `base.source` sharing its first `base.at` events, the last
+    /// of which is at `pos`; returns its number. Nothing of it is durable until
+    /// [`Index::make_durable`] says so for sequence `base.at`.
+    pub(crate) fn create_fork(&mut self, id: ExecutionId, base: Base, pos: Pos) -> ExecNo {
+        let no = self.next_exec_no().unwrap_or(ExecNo::MAX);
+        debug_assert!(!self.by_id.contains_key(&id));
+        let tenant = self.get(base.source).map_or(0, |e| e.tenant);
+        self.by_id.insert(id.clone(), no);
+        self.executions.push(Execution {
+            id,
+            tenant,
+            life: Life::Live,
+            forked: true,
+            reserved_seq: base.at,
+            reserved_pos: pos,
+            durable_seq: 0,
+            durable_pos: pos,
+            sparse: Vec::new(),
+        });
+        if let Some(list) = self.tenant_executions.get_mut(tenant as usize) {
+            list.push(no);
+        }
+        self.forks.insert(no, base);
+        no
+    }
+
+    /// The base of execution `no`, if it is a fork.
+    pub(crate) fn base(&self, no: ExecNo) -> Option<Base> {
+        self.forks.get(&no).copied()
+    }
+
+    /// The execution whose chain serves `sequence` of execution `no`: `no`, or for a
+    /// sequence a fork shares, its source (or the source's source, …).
+    pub(crate) fn holder(&self, mut no: ExecNo, sequence: u64) -> ExecNo {
+        while let Some(base) = self.forks.get(&no).filter(|b| sequence <= b.at) {
+            no = base.source;
+        }
+        no
+    }
+
+    /// The first sequence execution `no` holds records of: 1, or `at + 1` for a fork.
+    pub(crate) fn first_own(&self, no: ExecNo) -> u64 {
+        self.forks.get(&no).map_or(1, |b| b.at + 1)
+    }
+
+    /// Which execution's records hold execution `no`'s events: `(first sequence,
+    /// owner)` pairs, from `no` itself down through its bases.
+    pub(crate) fn owners(&self, no: ExecNo) -> Vec<(u64, ExecNo)> {
+        let mut owners = vec![(self.first_own(no), no)];
+        let mut at = no;
+        while let Some(base) = self.forks.get(&at) {
+            at = base.source;
+            owners.push((self.first_own(at), at));
+        }
+        owners
+    }
+
     /// Records that `sequence` of execution `no` (the next one) is at `pos`.
     pub(crate) fn reserve(&mut self, no: ExecNo, sequence: u64, pos: Pos) {
-        let stride = self.stride;
+        let (stride, first) = (self.stride, self.first_own(no));
         let Some(e) = self.executions.get_mut(no as usize) else {
             debug_assert!(false, "reserve for unknown execution {no}");
             return;
@@ -197,8 +280,8 @@ impl Index {
         debug_assert_eq!(sequence, e.reserved_seq + 1);
         e.reserved_seq = sequence;
         e.reserved_pos = pos;
-        if (sequence - 1).is_multiple_of(stride) {
-            debug_assert_eq!(e.sparse.len() as u64, (sequence - 1) / stride);
+        if (sequence - first).is_multiple_of(stride) {
+            debug_assert_eq!(e.sparse.len() as u64, (sequence - first) / stride);
             e.sparse.push(pos);
         }
     }
@@ -212,13 +295,17 @@ impl Index {
         }
     }
 
-    /// The durable record nearest at or after `sequence` (which must be durable) to
-    /// walk back from: a sparse entry or the durable end.
-    pub(crate) fn entry_point(&self, e: &Execution, sequence: u64) -> EntryPoint {
+    /// The durable record nearest at or after `sequence` (which must be durable) of
+    /// execution `no` to walk back from: a sparse entry or the durable end, of `no` or,
+    /// for a sequence a fork shares, of its source.
+    pub(crate) fn entry_point(&self, no: ExecNo, sequence: u64) -> Option<EntryPoint> {
+        let no = self.holder(no, sequence);
+        let e = self.get(no)?;
         debug_assert!(sequence >= 1 && sequence <= e.durable_seq);
-        let k = (sequence - 1).div_ceil(self.stride);
-        let indexed = 1 + k * self.stride;
-        match e.sparse.get(k as usize) {
+        let first = self.first_own(no);
+        let k = (sequence - first).div_ceil(self.stride);
+        let indexed = first + k * self.stride;
+        Some(match e.sparse.get(k as usize) {
             Some(&pos) if indexed <= e.durable_seq => EntryPoint {
                 sequence: indexed,
                 pos,
@@ -227,7 +314,7 @@ impl Index {
                 sequence: e.durable_seq,
                 pos: e.durable_pos,
             },
-        }
+        })
     }
 
     /// Durable executions of `tenant`, newest first, after skipping `offset`.
@@ -314,15 +401,25 @@ impl Index {
         id: ExecutionId,
         tenant: u32,
         (durable_seq, durable_pos): (u64, Pos),
-        sparse: Vec<Pos>,
+        (sparse, base): (Vec<Pos>, Option<Base>),
     ) -> Result<(), String> {
         let no = self
             .next_exec_no()
             .ok_or_else(|| "too many executions".to_string())?;
-        if durable_seq == 0 || sparse.len() as u64 != (durable_seq - 1) / self.stride + 1 {
+        if durable_seq == 0 || sparse.len() as u64 != self.entries_for(durable_seq, base) {
             return Err(format!(
                 "execution {id}: entry points do not match its length"
             ));
+        }
+        if let Some(b) = base {
+            let source = self.get(b.source).filter(|_| b.source < no);
+            if b.at == 0
+                || b.at > durable_seq
+                || source.is_none_or(|s| s.tenant != tenant || s.durable_seq < b.at)
+            {
+                return Err(format!("execution {id}: impossible fork base"));
+            }
+            self.forks.insert(no, b);
         }
         let Some(list) = self.tenant_executions.get_mut(tenant as usize) else {
             return Err(format!("execution {id}: unknown tenant {tenant}"));
@@ -335,6 +432,7 @@ impl Index {
             id,
             tenant,
             life: Life::Live,
+            forked: base.is_some(),
             reserved_seq: durable_seq,
             reserved_pos: durable_pos,
             durable_seq,
@@ -342,6 +440,20 @@ impl Index {
             sparse,
         });
         Ok(())
+    }
+
+    /// How many entry points an execution with `durable_seq` events and `base` keeps.
+    pub(crate) fn entries_for(&self, durable_seq: u64, base: Option<Base>) -> u64 {
+        let first = base.map_or(1, |b| b.at + 1);
+        match durable_seq.checked_sub(first) {
+            Some(own) => own / self.stride + 1,
+            None => 0,
+        }
+    }
+
+    /// The forks, by number.
+    pub(crate) fn forks(&self) -> &HashMap<ExecNo, Base> {
+        &self.forks
     }
 
     /// Approximate heap and inline bytes the index uses.
@@ -358,7 +470,8 @@ impl Index {
             .iter()
             .map(|t| 2 * (t.as_str().len() + size_of::<TenantId>()) + size_of::<Vec<ExecNo>>())
             .sum();
-        size_of::<Self>() + execs + tenants
+        let forks = self.forks.capacity() * (size_of::<(ExecNo, Base)>() + 1);
+        size_of::<Self>() + execs + tenants + forks
     }
 
     /// Approximate bytes of the sparse entries alone (the part that grows per event).

@@ -69,6 +69,7 @@ mod event_store;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 mod follow;
+mod fork;
 #[cfg(any(feature = "fuzzing", all(test, feature = "fault-injection")))]
 pub mod fuzzing;
 mod guard;
@@ -116,6 +117,7 @@ pub use event::{
     StepSourceType, StepType, StoredEvent,
 };
 pub use event_store::{EventStore, StorageBackend};
+pub use fork::ForkPoint;
 pub use guard::{
     AppendOptions, AppendOutcome, ExpectedSequence, GuardedEventStore, MAX_IDEMPOTENCY_KEY_BYTES,
     TenantView,

@@ -11,12 +11,18 @@
 //!
 //! Deleting a tenant deletes the executions it has when the deletion is recorded; the
 //! tenant id itself stays usable for new executions.
+//!
+//! A fork is a new execution of the same tenant whose first events are another
+//! execution's (same events, same timestamps), followed by its own. Deleting the
+//! source keeps its forks whole; deleting a fork leaves its source alone; deleting the
+//! tenant deletes both.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::event_store::EventStore;
+use crate::fork::ForkPoint;
 use crate::ids::{ExecutionId, TenantId};
 
 /// Deleting executions and tenants, and pruning old executions. Implemented by
@@ -35,4 +41,21 @@ pub trait Lifecycle: EventStore {
     /// (by its stored timestamp, against the current time). An execution appended to
     /// while pruning runs is kept. Returns how many executions it deleted.
     async fn prune(&self, older_than: Duration) -> anyhow::Result<u64>;
+
+    /// Makes `new_id` a fork of `source`, durably: its events `1..=at_sequence` are the
+    /// source's (same events, same timestamps, read under `new_id`), and its own
+    /// appends follow from `at_sequence + 1`. `at_sequence` must be between 1 and the
+    /// source's latest sequence; `new_id` must never have been used (a deleted id is
+    /// `Deleted`, a live one `InvalidArgument`). The fork belongs to the source's
+    /// tenant and does not inherit its idempotency keys.
+    async fn fork_execution(
+        &self,
+        source: &ExecutionId,
+        at_sequence: u64,
+        new_id: &ExecutionId,
+    ) -> anyhow::Result<()>;
+
+    /// Where `execution_id` was forked from: its parent (`ParentRelation::Fork`) and how
+    /// many events it shares; `None` if it is not a fork (or does not exist).
+    async fn fork_point(&self, execution_id: &ExecutionId) -> anyhow::Result<Option<ForkPoint>>;
 }

@@ -18,7 +18,7 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::event::StoredEvent;
 use crate::ids::ExecutionId;
-use crate::index::ExecNo;
+use crate::index::{EntryPoint, ExecNo, Index};
 use crate::io::Mapped;
 use crate::record::{self, Decoded, HEADER_LEN, Pos};
 use crate::state::Shared;
@@ -30,7 +30,7 @@ pub(crate) fn read(
     after: u64,
     limit: usize,
 ) -> Result<Vec<StoredEvent>> {
-    let (no, to, entry, tenant_id) = {
+    let (chain, to, tenant_id) = {
         let state = shared.state.lock();
         let Some((no, e)) = state.index.visible(execution_id) else {
             return Ok(Vec::new());
@@ -41,31 +41,17 @@ pub(crate) fn read(
         let to = e
             .durable_seq
             .min(after.saturating_add(u64::try_from(limit).unwrap_or(u64::MAX)));
-        let entry = state.index.entry_point(e, to);
-        (no, to, entry, state.index.tenant_of(e).clone())
+        let Some(chain) = Chain::of(&state.index, no, to) else {
+            return Err(Error::Internal("the index lost a fork's source".into()));
+        };
+        (chain, to, state.index.tenant_of(e).clone())
     };
     // Bounded: the sequence comes from the index, the events from the records.
     let wanted = usize::try_from(to - after).unwrap_or(usize::MAX);
     let mut events = Vec::with_capacity(wanted.min(MAX_PREALLOCATED_EVENTS));
-    let mut cursor = Cursor::default();
-    let mut sequence = entry.sequence;
-    let mut pos = Some(entry.pos);
-    while sequence > after {
-        let Some(at) = pos else {
-            return Err(Error::corrupt(
-                entry.pos.segment,
-                u64::from(entry.pos.offset),
-                "execution chain ends before sequence 1",
-            ));
-        };
-        let (header, body) = cursor.record(shared, at)?;
-        let mismatch = |why: &str| Error::corrupt(at.segment, u64::from(at.offset), why);
-        if header.execution != u64::from(no) || header.sequence != sequence {
-            return Err(mismatch(
-                "record is not the one the execution chain points to",
-            ));
-        }
+    chain.walk_back(shared, after, |sequence, header, body, at| {
         if sequence <= to {
+            let mismatch = |why: &str| Error::corrupt(at.segment, u64::from(at.offset), why);
             let (_, event) = codec::decode_body(body).map_err(|why| mismatch(&why))?;
             events.push(StoredEvent {
                 sequence,
@@ -75,9 +61,8 @@ pub(crate) fn read(
                 timestamp: timestamp(header.timestamp_ns),
             });
         }
-        pos = header.prev;
-        sequence -= 1;
-    }
+        Ok(())
+    })?;
     events.reverse();
     debug_assert!(
         events
@@ -85,6 +70,92 @@ pub(crate) fn read(
             .all(|w| w[0].sequence + 1 == w[1].sequence)
     );
     Ok(events)
+}
+
+/// The position of the record of durable `sequence` of execution `no` (a fork's
+/// shared sequences are its source's records).
+pub(crate) fn position_of(shared: &Shared, no: ExecNo, sequence: u64) -> Result<Pos> {
+    let chain = {
+        let state = shared.state.lock();
+        Chain::of(&state.index, no, sequence)
+            .ok_or_else(|| Error::Internal("the index lost an execution".into()))?
+    };
+    let mut found = None;
+    chain.walk_back(shared, sequence - 1, |s, _, _, at| {
+        if s == sequence {
+            found = Some(at);
+        }
+        Ok(())
+    })?;
+    found.ok_or_else(|| Error::Internal("the chain walk missed its sequence".into()))
+}
+
+/// A snapshot, taken under the lock, of what a walk along one execution's chain needs.
+struct Chain {
+    entry: EntryPoint,
+    /// `(first sequence, execution)` whose records hold the sequences from there up,
+    /// highest first (`Index::owners`).
+    owners: Vec<(u64, ExecNo)>,
+}
+
+impl Chain {
+    /// The chain of execution `no` from its entry point at or after `sequence`.
+    fn of(index: &Index, no: ExecNo, sequence: u64) -> Option<Chain> {
+        // From an entry point in a source's records, the walk follows the source's
+        // chain (its later sequences are not the fork's).
+        let holder = index.holder(no, sequence);
+        Some(Chain {
+            entry: index.entry_point(holder, sequence)?,
+            owners: index.owners(holder),
+        })
+    }
+
+    /// The execution whose record holds `sequence`.
+    fn owner(&self, sequence: u64) -> Option<ExecNo> {
+        self.owners
+            .iter()
+            .find(|(first, _)| sequence >= *first)
+            .map(|&(_, no)| no)
+    }
+
+    /// Walks back from the entry point through every sequence above `after`, giving
+    /// each record, CRC-checked and checked to be the one the chain predicts, to
+    /// `visit` (highest sequence first).
+    fn walk_back(
+        &self,
+        shared: &Shared,
+        after: u64,
+        mut visit: impl FnMut(u64, &record::Header, &[u8], Pos) -> Result<()>,
+    ) -> Result<()> {
+        let mut cursor = Cursor::default();
+        let mut sequence = self.entry.sequence;
+        let mut pos = Some(self.entry.pos);
+        while sequence > after {
+            let Some(at) = pos else {
+                return Err(Error::corrupt(
+                    self.entry.pos.segment,
+                    u64::from(self.entry.pos.offset),
+                    "execution chain ends before sequence 1",
+                ));
+            };
+            let (header, body) = cursor.record(shared, at)?;
+            let owner = self.owner(sequence).map(u64::from);
+            if owner != Some(header.execution)
+                || header.sequence != sequence
+                || header.kind != record::Kind::Event
+            {
+                return Err(Error::corrupt(
+                    at.segment,
+                    u64::from(at.offset),
+                    "record is not the one the execution chain points to",
+                ));
+            }
+            visit(sequence, &header, body, at)?;
+            pos = header.prev;
+            sequence -= 1;
+        }
+        Ok(())
+    }
 }
 
 /// One atomic append as stored: what an idempotent retry is compared with.

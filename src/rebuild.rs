@@ -74,8 +74,10 @@ impl Rebuild {
             self.last_timestamp_ns = self.last_timestamp_ns.max(header.timestamp_ns);
             return Ok(());
         }
-        if header.kind == Kind::Delete {
-            return self.delete(segment, offset, &header, body);
+        match header.kind {
+            Kind::Delete => return self.delete(segment, offset, &header, body),
+            Kind::Fork => return self.fork(segment, offset, &header, body),
+            Kind::Event | Kind::Seal => {}
         }
         if let Some(last) = self.batch.last() {
             if header.batch_remaining.checked_add(1) != Some(last.header.batch_remaining)
@@ -131,6 +133,24 @@ impl Rebuild {
         for no in deleted {
             self.keys.forget(no);
         }
+        self.last_timestamp_ns = self.last_timestamp_ns.max(header.timestamp_ns);
+        self.tail = Some((segment, header.group_start));
+        Ok(())
+    }
+
+    /// Applies a fork record (`fork.rs`): a new execution sharing its source's first
+    /// events.
+    fn fork(&mut self, segment: u32, offset: u64, header: &Header, body: &[u8]) -> Result<()> {
+        let corrupt = |why: &str| Error::corrupt(segment, offset, why);
+        if !self.batch.is_empty() {
+            return Err(corrupt("fork inside a batch"));
+        }
+        if self.segment_version < deletion::SINCE_FORMAT_VERSION {
+            return Err(corrupt(
+                "fork in a segment of a format version without them",
+            ));
+        }
+        crate::fork::replay(&mut self.index, header, body).map_err(|why| corrupt(&why))?;
         self.last_timestamp_ns = self.last_timestamp_ns.max(header.timestamp_ns);
         self.tail = Some((segment, header.group_start));
         Ok(())

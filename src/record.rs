@@ -10,10 +10,12 @@
 //! 32     8    prev            position of the execution's previous record, or NO_PREV
 //! 40     4    batch_remaining records after this one in the same atomic batch
 //! 44     4    group_start     offset of the first record of this record's commit group
-//! 48     2    kind            KIND_EVENT, KIND_SEAL or KIND_DELETE
+//! 48     2    kind            KIND_EVENT, KIND_SEAL, KIND_DELETE or KIND_FORK
 //! 50     6    reserved        zero
 //! 56     …    body            event: codec.rs (optional declaration, then the event);
-//!                             seal: the seal's own offset as a u64
+//!                             seal: the seal's own offset as a u64;
+//!                             delete: what it deletes (deletion.rs);
+//!                             fork: the source and the new id (fork.rs)
 //!        …    padding         zeros up to the next multiple of RECORD_ALIGN
 //! ```
 //! All integers are little-endian. A position packs (segment id, offset) into a u64.
@@ -61,6 +63,9 @@ pub(crate) const KIND_SEAL: u16 = 2;
 /// Record kind: a tombstone deleting an execution or a tenant's executions (format
 /// version 3 on).
 pub(crate) const KIND_DELETE: u16 = 3;
+/// Record kind: a fork declaring a new execution that shares another's first events
+/// (format version 3 on).
+pub(crate) const KIND_FORK: u16 = 4;
 /// `prev` of an execution's first record.
 pub(crate) const NO_PREV: u64 = u64::MAX;
 
@@ -96,6 +101,8 @@ pub(crate) enum Kind {
     Seal,
     /// A tombstone: from here on, an execution (or a tenant's executions) is deleted.
     Delete,
+    /// A fork: a new execution whose first `sequence` events are another's.
+    Fork,
 }
 
 /// The fixed fields of a record.
@@ -171,6 +178,7 @@ pub(crate) fn encode_unsealed(header: &Header, body_parts: &[&[u8]], out: &mut V
         Kind::Event => KIND_EVENT,
         Kind::Seal => KIND_SEAL,
         Kind::Delete => KIND_DELETE,
+        Kind::Fork => KIND_FORK,
     };
     head[KIND_OFFSET..RESERVED_OFFSET].copy_from_slice(&kind.to_le_bytes());
     out.extend_from_slice(&head);
@@ -352,6 +360,7 @@ fn fields(head: &[u8]) -> Result<Header, Invalid> {
         KIND_EVENT => Kind::Event,
         KIND_SEAL => Kind::Seal,
         KIND_DELETE => Kind::Delete,
+        KIND_FORK => Kind::Fork,
         _ => return Err(Invalid::BadField("unknown record kind")),
     };
     let header = Header {
@@ -386,6 +395,11 @@ fn fields(head: &[u8]) -> Result<Header, Invalid> {
         Kind::Delete => {
             if header.sequence != 0 || header.prev.is_some() || header.batch_remaining != 0 {
                 return Err(Invalid::BadField("tombstone with event fields"));
+            }
+        }
+        Kind::Fork => {
+            if header.sequence == 0 || header.prev.is_none() || header.batch_remaining != 0 {
+                return Err(Invalid::BadField("fork without its shared sequence"));
             }
         }
     }

@@ -35,6 +35,10 @@ macro_rules! lifecycle_suite {
             prune_deletes_only_executions_idle_longer_than_asked,
             appends_racing_a_delete_are_stored_before_it_or_refused,
             lifecycle_arguments_are_checked_and_a_closed_store_refuses,
+            a_fork_reads_the_source_prefix_then_its_own_events,
+            forks_survive_reopen_and_crash,
+            bad_forks_are_refused,
+            deleting_a_source_keeps_its_forks,
         );
     };
 }

@@ -18,9 +18,11 @@ use crate::common::*;
 use execlog::*;
 
 pub mod follow;
+pub mod fork;
 pub mod guarded;
 pub mod lifecycle;
 pub use follow::*;
+pub use fork::*;
 pub use guarded::*;
 pub use lifecycle::*;
 
