@@ -426,3 +426,105 @@ fn power_loss_never_loses_an_acknowledged_deletion_nor_a_live_event() {
         "too few deletions were acknowledged to test anything"
     );
 }
+
+/// A store with `source` of `n` events and `fork` of it at `at`; the index's growth
+/// from the fork.
+fn fork_cost(n: u64, at: u64) -> usize {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(dir.path()).unwrap();
+    let (source, fork, t) = (
+        ExecutionId::from("source"),
+        ExecutionId::from("fork"),
+        TenantId::from("t"),
+    );
+    let events: Vec<ExecutionEventData> = (0..n).map(step_event).collect();
+    store.append_batch_blocking(&source, &t, events).unwrap();
+    let before = store.stats().index_bytes;
+    store.fork_execution_blocking(&source, at, &fork).unwrap();
+    assert_eq!(store.load_events_blocking(&fork).unwrap().len() as u64, at);
+    store.stats().index_bytes - before
+}
+
+#[test]
+fn a_fork_costs_the_same_whatever_it_shares() {
+    let small = fork_cost(5_000, 10);
+    let large = fork_cost(5_000, 5_000);
+    assert_eq!(small, large, "index bytes of a fork at 10 vs at 5,000");
+    assert!(small < 512, "a fork costs {small} index bytes");
+}
+
+#[test]
+fn forged_fork_records_are_refused_and_never_read_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(dir.path()).unwrap();
+    let (t, all) = (TenantId::from("t"), ids(3));
+    for e in &all[..2] {
+        for i in 0..3 {
+            store.append_blocking(e, &t, step_event(i)).unwrap();
+        }
+    }
+    store.fork_execution_blocking(&all[0], 2, &all[2]).unwrap();
+    store.append_blocking(&all[2], &t, step_event(9)).unwrap();
+    // A later group proves the fork record synced.
+    store.append_blocking(&all[1], &t, step_event(10)).unwrap();
+    let want = store.load_events_blocking(&all[2]).unwrap();
+    drop(store);
+    fs::remove_file(dir.path().join("checkpoint.idx")).ok();
+    let segment = dir.path().join("0000000001.seg");
+    let good = fs::read(&segment).unwrap();
+    let at = find_record(&good, 4);
+    let at_open: Vec<(&str, Edit)> = vec![
+        ("an unknown source", Box::new(|r| r[56] = 9)),
+        ("out of order", Box::new(|r| r[8] = 1)),
+        (
+            "an id in use",
+            Box::new(|r| r[64..].copy_from_slice(b"exec-1")),
+        ),
+        ("more events than the source had", Box::new(|r| r[16] = 4)),
+        ("no shared events", Box::new(|r| r[16] = 0)),
+    ];
+    for (what, edit) in at_open {
+        let mut bytes = good.clone();
+        forge(&mut bytes, at, edit);
+        fs::write(&segment, &bytes).unwrap();
+        match LogStore::open(dir.path()) {
+            Err(Error::Corrupt { .. }) => {}
+            Err(other) => panic!("{what}: {other:?}"),
+            Ok(_) => panic!("{what}: opened"),
+        }
+    }
+    // The other execution's record of sequence 2 as the shared one (in the fork record
+    // and its own event's link): the store opens (a scan does not read what `prev`
+    // points at), but a read of the fork refuses it.
+    let other = find_record_of(&good, 1, 2);
+    let mut bytes = good.clone();
+    let own = find_record_of(&good, 2, 3);
+    for record in [at, own] {
+        forge(&mut bytes, record, |r| {
+            r[32..36].copy_from_slice(&(other as u32).to_le_bytes());
+        });
+    }
+    fs::write(&segment, &bytes).unwrap();
+    let store = LogStore::open(dir.path()).unwrap();
+    let err = store.load_events_blocking(&all[2]).unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+    drop(store);
+    fs::write(&segment, &good).unwrap();
+    let store = LogStore::open(dir.path()).unwrap();
+    assert_eq!(store.load_events_blocking(&all[2]).unwrap(), want);
+}
+
+/// Byte offset of the record of `execution` number and `sequence`.
+fn find_record_of(bytes: &[u8], execution: u64, sequence: u64) -> usize {
+    let mut at = 32;
+    loop {
+        let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+        assert!(len > 0, "no record {execution}/{sequence}");
+        let e = u64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap());
+        let s = u64::from_le_bytes(bytes[at + 16..at + 24].try_into().unwrap());
+        if (e, s) == (execution, sequence) {
+            return at;
+        }
+        at += (56 + len).next_multiple_of(8);
+    }
+}
