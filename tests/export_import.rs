@@ -107,6 +107,49 @@ fn source_store(dir: &Path) {
     store.close().expect("close the source");
 }
 
+/// Asserts `got == want`, showing the first line that differs (not every line).
+fn same_text(got: &str, want: &str, what: &str) {
+    if got == want {
+        return;
+    }
+    let (g, w): (Vec<&str>, Vec<&str>) = (got.lines().collect(), want.lines().collect());
+    let at = g
+        .iter()
+        .zip(&w)
+        .position(|(g, w)| g != w)
+        .unwrap_or(g.len().min(w.len()));
+    panic!(
+        "{what}: line {} differs (of {} and {}):\n got: {:?}\nwant: {:?}",
+        at + 1,
+        g.len(),
+        w.len(),
+        g.get(at),
+        w.get(at)
+    );
+}
+
+/// Asserts that two stores' executions hold the same events, in the same order,
+/// showing the first event that differs.
+fn same_events(
+    got: &[(ExecutionId, Vec<StoredEvent>)],
+    want: &[(ExecutionId, Vec<StoredEvent>)],
+    what: &str,
+) {
+    let ids = |all: &[(ExecutionId, Vec<StoredEvent>)]| -> Vec<ExecutionId> {
+        all.iter().map(|(id, _)| id.clone()).collect()
+    };
+    assert_eq!(ids(got), ids(want), "{what}: executions");
+    for ((id, g), (_, w)) in got.iter().zip(want) {
+        assert_eq!(g.len(), w.len(), "{what}: events of {id}");
+        if let Some((g, w)) = g.iter().zip(w).find(|(g, w)| g != w) {
+            panic!(
+                "{what}: event {} of {id} differs:\n got: {g:?}\nwant: {w:?}",
+                w.sequence
+            );
+        }
+    }
+}
+
 /// Every execution of a store, oldest first, with what the library loads of it.
 fn loaded(dir: &Path) -> Vec<(ExecutionId, Vec<StoredEvent>)> {
     let store = LogStore::open_read_only(dir).expect("open read-only");
@@ -147,7 +190,11 @@ fn an_export_imported_into_an_empty_store_prints_the_same_events() {
     // Between them: exactly what `events` prints, execution after execution, oldest
     // first.
     let events: String = printed(&source)[2..].concat();
-    assert_eq!(lines[1..lines.len() - 1].join("\n") + "\n", events);
+    same_text(
+        &(lines[1..lines.len() - 1].join("\n") + "\n"),
+        &events,
+        "export vs events",
+    );
 
     let out = execlog(&["import", path(&copy)], &export);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -156,15 +203,23 @@ fn an_export_imported_into_an_empty_store_prints_the_same_events() {
         "{}",
         text(&out.stderr)
     );
-    assert_eq!(printed(&copy), printed(&source));
+    same_text(
+        &printed(&copy).concat(),
+        &printed(&source).concat(),
+        "list, tenants, events",
+    );
     // Every event, timestamps to the nanosecond, and the order of creation.
     let (want, got) = (loaded(&source), loaded(&copy));
-    assert_eq!(got, want);
+    same_events(&got, &want, "the copy");
     let timed = &got[5].1;
     assert_eq!(timed[0].timestamp, time("1999-12-31T23:59:59.999999999Z"));
     assert_eq!(timed[3].timestamp.timestamp_subsec_nanos(), 100_000_001);
     // The copy exports to the same bytes.
-    assert_eq!(ok(&["export", path(&copy)], ""), export);
+    same_text(
+        &ok(&["export", path(&copy)], ""),
+        &export,
+        "the copy's export",
+    );
 }
 
 #[test]
@@ -475,13 +530,18 @@ fn a_long_execution_goes_in_chunks_and_an_error_late_in_it_keeps_its_first_chunk
     );
     let got = loaded(&copy);
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].1[..], loaded(&source)[4].1[..2000]);
+    let want = &loaded(&source)[4];
+    same_events(
+        &[(want.0.clone(), want.1[..2000].to_vec())],
+        &got,
+        "the first chunks",
+    );
 
     // Whole, with the same chunks: the same events.
     let copy = dir.path().join("whole");
     let out = execlog(&["import", path(&copy), "--chunk-events", "1000"], &export);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(loaded(&copy)[0].1, loaded(&source)[4].1);
+    same_events(&loaded(&copy), &loaded(&source)[4..5], "whole");
 }
 
 #[test]
