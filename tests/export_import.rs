@@ -228,6 +228,8 @@ fn export_takes_one_tenant_or_one_execution() {
     let source = dir.path().join("source");
     source_store(&source);
     let s = path(&source);
+    // A writer holds the store meanwhile: export reads it as a reader, without the lock.
+    let writer = LogStore::open(&source).expect("open the source for writing");
     let executions_of = |export: &str| -> Vec<String> {
         let mut ids: Vec<String> = Vec::new();
         for line in export.lines().skip(1) {
@@ -278,6 +280,7 @@ fn export_takes_one_tenant_or_one_execution() {
         "",
     );
     assert_eq!(out.status.code(), Some(2), "one filter at a time");
+    writer.close().expect("close the writer");
 }
 
 /// The source's export with line `n` (1-based) replaced by what `edit` makes of it
