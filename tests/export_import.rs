@@ -10,6 +10,7 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use common::{every_variant, output_with_stdin, step_event};
@@ -150,9 +151,24 @@ fn same_events(
     }
 }
 
+/// Opens a store this process closed a moment ago for writing again. The lock
+/// belongs to the open file, and a child process another test thread is starting holds
+/// a copy of every descriptor until its exec: retry `Locked` briefly.
+fn open_writer(dir: &Path) -> LogStore {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match LogStore::open(dir) {
+            Err(execlog::Error::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            opened => return opened.expect("open for writing"),
+        }
+    }
+}
+
 /// Every execution of a store, oldest first, with what the library loads of it.
 fn loaded(dir: &Path) -> Vec<(ExecutionId, Vec<StoredEvent>)> {
-    let store = LogStore::open_read_only(dir).expect("open read-only");
+    let store = LogStore::open_reader(dir).expect("open as a reader");
     let all = store.all_executions_blocking().expect("list");
     all.into_iter()
         .map(|(id, _)| {
@@ -229,7 +245,7 @@ fn export_takes_one_tenant_or_one_execution() {
     source_store(&source);
     let s = path(&source);
     // A writer holds the store meanwhile: export reads it as a reader, without the lock.
-    let writer = LogStore::open(&source).expect("open the source for writing");
+    let writer = open_writer(&source);
     let executions_of = |export: &str| -> Vec<String> {
         let mut ids: Vec<String> = Vec::new();
         for line in export.lines().skip(1) {
@@ -473,18 +489,28 @@ fn an_execution_the_destination_holds_is_refused_not_merged() {
     source_store(&source);
     let export = ok(&["export", path(&source)], "");
     let dest = dir.path().join("dest");
-    // The destination already holds run-m (another history of it) and an unrelated run.
-    let store = LogStore::open(&dest).expect("open the destination");
-    let mine = TenantId::from("mine");
-    for n in 1..=3 {
-        store
-            .append_blocking(&ExecutionId::from("run-m"), &mine, step_event(n))
-            .expect("append");
-    }
-    store
-        .append_blocking(&ExecutionId::from("other"), &mine, step_event(9))
-        .expect("append");
-    store.close().expect("close");
+    // The destination already holds run-m (another history of it) and an unrelated run,
+    // appended by `execlog append`: were this process to hold the store's lock even
+    // briefly, a child another test thread starts could hold it on (see `open_writer`).
+    let d = path(&dest);
+    let json = |n| serde_json::to_string(&step_event(n)).expect("JSON") + "\n";
+    let three = [1, 2, 3].map(json).concat();
+    ok(
+        &[
+            "append",
+            d,
+            "--execution",
+            "run-m",
+            "--tenant",
+            "mine",
+            "--create",
+        ],
+        &three,
+    );
+    ok(
+        &["append", d, "--execution", "other", "--tenant", "mine"],
+        &json(9),
+    );
     let before = loaded(&dest);
 
     let out = execlog(&["import", path(&dest)], &export);

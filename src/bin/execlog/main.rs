@@ -21,6 +21,7 @@ macro_rules! out {
 mod append;
 mod demo;
 mod export;
+mod import;
 mod inspect;
 mod location;
 mod migrate;
@@ -133,14 +134,14 @@ enum Command {
     /// is said on stderr and exits 3.
     ///
     /// Example: execlog export /tmp/agents --tenant acme > acme.jsonl
-    Export(export::ExportArgs),
+    Export(export::Args),
     /// Read an export from stdin into a store (a directory, created if missing, or a
     /// PostgreSQL URL), keeping sequences, tenants and timestamps. Every line is checked;
     /// a bad line or an execution the store already holds stops the import with exit 1,
     /// naming the line; what was imported before it stays (said on stderr).
     ///
     /// Example: execlog import /tmp/agents-copy < acme.jsonl
-    Import(export::ImportArgs),
+    Import(import::Args),
     /// Copy a store into PostgreSQL (--to) or from PostgreSQL into a local store
     /// (--from), keeping sequences, tenants and timestamps; resumable (run it again after
     /// an interruption), and ends by comparing counts and a content hash per execution.
@@ -193,8 +194,8 @@ fn main() -> ExitCode {
         Command::Tenants { dir } => inspect::tenants(&dir),
         Command::Stats { dir, json } => inspect::stats(&dir, json),
         Command::Verify { dir } => inspect::verify(&dir),
-        Command::Export(args) => export::export(&args),
-        Command::Import(args) => export::import(&args),
+        Command::Export(args) => export::run(&args),
+        Command::Import(args) => import::run(&args),
         Command::Migrate(args) => migrate::run(&args),
         Command::Tail(args) => tail::run(&args),
     };
