@@ -6,6 +6,9 @@
 //! merged; a long execution goes in chunks; an event JSON cannot carry stops the
 //! export. The format is docs/FORMAT.md, "Export format (JSON lines)".
 
+// The shared helpers unwrap (as every test file that includes them allows); this
+// file's own code uses `expect`.
+#[allow(clippy::unwrap_used)]
 mod common;
 
 use std::path::Path;

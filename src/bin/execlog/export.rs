@@ -146,15 +146,14 @@ fn faithful(e: &StoredEvent) -> Result<(), String> {
     if let ExecutionEventData::GoalEvaluated {
         score: Some(score), ..
     } = &e.event
+        && !score.is_finite()
     {
-        if !score.is_finite() {
-            return Err(format!(
-                "event {} of execution {} has the goal score {score}, which JSON cannot carry; \
-                 the export stops here, without its end line (`execlog migrate` copies such \
-                 events unchanged)",
-                e.sequence, e.execution_id
-            ));
-        }
+        return Err(format!(
+            "event {} of execution {} has the goal score {score}, which JSON cannot carry; \
+             the export stops here, without its end line (`execlog migrate` copies such \
+             events unchanged)",
+            e.sequence, e.execution_id
+        ));
     }
     Ok(())
 }
