@@ -346,7 +346,8 @@ fn corrupt_middle(dir: &Path) {
 #[test]
 fn help_has_examples() {
     for cmd in [
-        "demo", "append", "events", "list", "tenants", "stats", "verify", "tail",
+        "demo", "append", "events", "list", "tenants", "stats", "verify", "tail", "export",
+        "import",
     ] {
         let out = execlog(&[cmd, "--help"], "");
         assert!(out.status.success());
@@ -368,7 +369,7 @@ fn a_closed_stdout_is_a_normal_end() {
     assert!(execlog(&demo, "").status.success());
     let other = tempfile::tempdir().unwrap();
     let o = other.path().to_str().unwrap();
-    let commands: [&[&str]; 11] = [
+    let commands: [&[&str]; 12] = [
         &["tail", d, "--from-start"],
         &["demo", "--dir", o, "--executions", "5", "--writers", "1"],
         &["stats", d],
@@ -379,6 +380,7 @@ fn a_closed_stdout_is_a_normal_end() {
         &["list", d],
         &["tenants", d],
         &["verify", d],
+        &["export", d],
         &["append", d, "--execution", "x", "--tenant", "t"],
     ];
     for args in commands {

@@ -1,11 +1,12 @@
-//! `execlog`: run the demo workload, append events, look inside a store, and move it
-//! to PostgreSQL and back.
+//! `execlog`: run the demo workload, append events, look inside a store, export it as
+//! JSON lines and import it, and move it to PostgreSQL and back.
 //!
 //! Output that scripts read (JSON lines) goes to stdout; logs, progress bars and
 //! errors go to stderr. Every failure is one line on stderr and a non-zero exit code:
 //! 1 for a problem with the store or the input (and `verify` finding one), 2 for a
-//! usage error (clap's), 3 for an execution (`events`, `delete`) or tenant (`list`,
-//! `delete`) the store does not hold, 4 for an `append` its `--expect` or `--key` refused.
+//! usage error (clap's), 3 for an execution (`events`, `export`, `delete`) or tenant
+//! (`list`, `export`, `delete`) the store does not hold, 4 for an `append` its
+//! `--expect` or `--key` refused.
 
 /// `println!` for the commands' output: a closed stdout (`execlog stats DIR | head`)
 /// ends the process quietly with success, as for other Unix tools, instead of the
@@ -20,8 +21,11 @@ macro_rules! out {
 mod append;
 mod backup;
 mod demo;
+mod export;
+mod import;
 mod inspect;
 mod lifecycle;
+mod location;
 mod migrate;
 mod tail;
 mod timeline;
@@ -50,7 +54,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Durable execution histories for AI agents: demo, append, inspect, verify, migrate.
+/// Durable execution histories for AI agents: demo, append, inspect, verify, export,
+/// import, migrate.
 #[derive(Parser)]
 #[command(name = "execlog", version, about)]
 struct Cli {
@@ -124,6 +129,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write every event of a store (or of one tenant or execution) to stdout as JSON
+    /// lines, each with its execution, tenant, sequence and timestamp, between a header
+    /// and an end line (docs/FORMAT.md, "Export format"). STORE is a directory or, in a
+    /// build with --features postgres, a PostgreSQL URL. An unknown tenant or execution
+    /// is said on stderr and exits 3.
+    ///
+    /// Example: execlog export /tmp/agents --tenant acme > acme.jsonl
+    Export(export::Args),
+    /// Read an export from stdin into a store (a directory, created if missing, or a
+    /// PostgreSQL URL), keeping sequences, tenants and timestamps. Every line is checked;
+    /// a bad line or an execution the store already holds stops the import with exit 1,
+    /// naming the line; what was imported before it stays (said on stderr).
+    ///
+    /// Example: execlog import /tmp/agents-copy < acme.jsonl
+    Import(import::Args),
     /// Copy a store into PostgreSQL (--to) or from PostgreSQL into a local store
     /// (--from), keeping sequences, tenants and timestamps; resumable (run it again after
     /// an interruption), and ends by comparing counts and a content hash per execution.
@@ -191,6 +211,8 @@ fn main() -> ExitCode {
         Command::Tenants { dir } => inspect::tenants(&dir),
         Command::Stats { dir, json } => inspect::stats(&dir, json),
         Command::Verify { dir } => inspect::verify(&dir),
+        Command::Export(args) => export::run(&args),
+        Command::Import(args) => import::run(&args),
         Command::Migrate(args) => migrate::run(&args),
         Command::Tail(args) => tail::run(&args),
         Command::Delete(args) => lifecycle::delete(&args),

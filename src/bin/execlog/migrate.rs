@@ -43,11 +43,7 @@ pub struct Args {
 
 #[cfg(not(feature = "postgres"))]
 pub fn run(_args: &Args) -> Result<ExitCode, String> {
-    eprintln!(
-        "execlog: this execlog was built without PostgreSQL support; rebuild it with \
-         `cargo build --features postgres` to use `execlog migrate`"
-    );
-    Ok(ExitCode::from(2))
+    Ok(crate::location::without_postgres("`execlog migrate`"))
 }
 
 #[cfg(feature = "postgres")]
@@ -57,10 +53,10 @@ pub use with_postgres::run;
 mod with_postgres {
     use std::process::ExitCode;
 
-    use execlog::postgres::{PgOptions, PgStore};
-    use execlog::{Error, ExecutionId, LogStore, StoredEvent};
+    use execlog::{Error, ExecutionId, StoredEvent};
 
     use super::Args;
+    use crate::location::{self, End, Location, Share};
 
     /// Chunks stay under this many bytes of event JSON, an estimate of their encoded
     /// size (which is about the same or smaller), far below `max_batch_bytes`.
@@ -68,100 +64,36 @@ mod with_postgres {
     /// Events read at a time while verifying.
     const VERIFY_PAGE: u64 = 1024;
 
-    /// What both ends of a migration offer: the blocking API plus the migration path.
-    trait End {
-        fn executions(&self) -> Result<Vec<(ExecutionId, u64)>, Error>;
-        fn latest(&self, id: &ExecutionId) -> Result<Option<u64>, Error>;
-        fn read(&self, id: &ExecutionId, after: u64, limit: u64)
-        -> Result<Vec<StoredEvent>, Error>;
-        fn import(&self, events: Vec<StoredEvent>) -> Result<u64, Error>;
-    }
-
-    /// Both stores offer the same blocking calls under the same names.
-    macro_rules! end {
-        ($store:ty) => {
-            impl End for $store {
-                fn executions(&self) -> Result<Vec<(ExecutionId, u64)>, Error> {
-                    self.all_executions_blocking()
-                }
-                fn latest(&self, id: &ExecutionId) -> Result<Option<u64>, Error> {
-                    self.get_latest_sequence_blocking(id)
-                }
-                fn read(
-                    &self,
-                    id: &ExecutionId,
-                    after: u64,
-                    limit: u64,
-                ) -> Result<Vec<StoredEvent>, Error> {
-                    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-                    self.read_range_blocking(id, after, limit)
-                }
-                fn import(&self, events: Vec<StoredEvent>) -> Result<u64, Error> {
-                    self.import_blocking(events)
-                }
-            }
-        };
-    }
-
-    end!(LogStore);
-    end!(PgStore);
-
     pub fn run(args: &Args) -> Result<ExitCode, String> {
-        let mut options = PgOptions::default();
-        if let Some(schema) = &args.schema {
-            options = options.schema(schema);
-        }
-        let local = args.dir.display().to_string();
-        let chunk = args.chunk_events;
-        match (&args.to, &args.from) {
+        let local = Location::Dir(args.dir.clone());
+        let (source, dest) = match (&args.to, &args.from) {
             (Some(url), None) => {
-                let source = LogStore::open_read_only(&args.dir)
-                    .map_err(|e| format!("cannot open the source {local}: {e}"))?;
-                let dest = PgStore::connect_with(url, options)
-                    .map_err(|e| format!("cannot open the destination: {e}"))?;
-                let names = (local, describe(&dest, args));
-                let code = migrate(&source, &dest, &names, chunk)?;
-                dest.close()
-                    .map_err(|e| format!("closing {}: {e}", names.1))?;
-                Ok(code)
+                let server = Location::Postgres {
+                    url: url.clone(),
+                    schema: args.schema.clone(),
+                };
+                let source = location::open_source(&local, Share::Exclusive)?;
+                (source, location::open_destination(&server)?)
             }
             (None, Some(url)) => {
-                // The destination is a store, or a new or empty directory that becomes
-                // one; a directory of other files is not taken over.
-                if crate::dir_kind(&args.dir)? == crate::DirKind::NotAStore {
-                    return Err(format!(
-                        "the destination {local} holds other files and no store; give a store, \
-                         a new or an empty directory; nothing was copied"
-                    ));
-                }
-                // The source's tables must exist: connecting must not create them.
-                let source = PgStore::connect_with(url, options.auto_migrate(false)).map_err(
-                    |e| match e {
-                        Error::Database { .. } => format!(
-                            "cannot open the source: {e} (is it an execlog database? name \
-                             the schema holding its tables with --schema)"
-                        ),
-                        e => format!("cannot open the source: {e}"),
-                    },
-                )?;
-                let dest = LogStore::open(&args.dir)
-                    .map_err(|e| format!("cannot open the destination {local}: {e}"))?;
-                let names = (describe(&source, args), local);
-                let code = migrate(&source, &dest, &names, chunk)?;
-                dest.close()
-                    .map_err(|e| format!("closing {}: {e}", names.1))?;
-                Ok(code)
+                let server = Location::Postgres {
+                    url: url.clone(),
+                    schema: args.schema.clone(),
+                };
+                // Before connecting: a directory of other files is not taken over.
+                location::check_destination(&args.dir)?;
+                let source = location::open_source(&server, Share::Exclusive)?;
+                (source, location::open_destination(&local)?)
             }
             // clap's group: exactly one of the two.
-            _ => Err("give exactly one of --to URL and --from URL".into()),
-        }
-    }
-
-    fn describe(store: &PgStore, args: &Args) -> String {
-        match &args.schema {
-            Some(schema) => format!("postgres {} (schema {schema})", store.server()),
-            None => format!("postgres {}", store.server()),
-        }
+            _ => return Err("give exactly one of --to URL and --from URL".into()),
+        };
+        let names = (source.name, dest.name);
+        let code = migrate(&*source.store, &*dest.store, &names, args.chunk_events)?;
+        dest.store
+            .close()
+            .map_err(|e| format!("closing {}: {e}", names.1))?;
+        Ok(code)
     }
 
     /// Steps 2 and 3 of the module docs; `names` are (source, destination).
