@@ -363,7 +363,7 @@ impl<'a> Walk<'a> {
 
     fn record(&mut self, pos: Pos, h: &Header, body: &[u8]) -> std::result::Result<(), String> {
         if let Some((execution, remaining)) = self.batch
-            && (h.kind != Kind::Event
+            && (!matches!(h.kind, Kind::Event | Kind::Erased)
                 || h.execution != execution
                 || h.batch_remaining.checked_add(1) != Some(remaining))
         {
@@ -374,7 +374,7 @@ impl<'a> Walk<'a> {
             Kind::Seal => return Ok(()),
             Kind::Delete => return self.tombstone(h, body),
             Kind::Fork => return self.fork(h, body),
-            Kind::Event => {}
+            Kind::Event | Kind::Erased => {}
         }
         self.newest_event_ns = self.newest_event_ns.max(h.timestamp_ns);
         let first_of_batch = self.batch.is_none();

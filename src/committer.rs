@@ -181,8 +181,8 @@ impl Committer {
         let mut digests = Vec::with_capacity(self.digests.len());
         for (id, digest) in (1..).zip(&self.digests) {
             digests.push(match *digest {
-                Some(d) => d,
-                None => {
+                Some(d) if !self.shared.segments.rewritten(id) => d,
+                _ => {
                     let end = self.shared.segments.durable_end(id);
                     let view = self.shared.segments.view(id, end)?;
                     SegmentDigest::of(view.as_ref().as_ref(), end)
@@ -492,6 +492,10 @@ impl Committer {
                 for &no in &p.deletes {
                     state.index.delete(no);
                     state.keys.forget(no);
+                    let mut erasable = self.shared.erasable.lock();
+                    for (_, owner) in state.index.owners(no) {
+                        erasable.extend(crate::erasure::segments_of(&state.index, owner));
+                    }
                 }
             }
             self.shared.note_deletions(&state.index);

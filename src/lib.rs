@@ -63,6 +63,8 @@ mod codec;
 mod committer;
 mod damage;
 mod deletion;
+mod eraser;
+mod erasure;
 mod error;
 mod event;
 mod event_store;
@@ -111,6 +113,7 @@ mod watch;
 
 pub use backup::BackupReport;
 pub use damage::{SegmentSurvey, survey_damage};
+pub use erasure::CompactReport;
 pub use error::{Error, Result};
 pub use event::{
     ExecutionError, ExecutionErrorKind, ExecutionEventData, ParentLink, ParentRelation,

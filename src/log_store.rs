@@ -75,6 +75,8 @@ pub struct LogStore {
     scrubber: Mutex<Option<Scrubber>>,
     /// The background pruner, if a retention is set.
     retention: Mutex<Option<Retention>>,
+    /// The background erasure thread, if erasure runs in the background.
+    eraser: Mutex<Option<crate::eraser::Eraser>>,
     lock: Mutex<Option<LockGuard>>,
     report: RecoveryReport,
 }
@@ -300,6 +302,7 @@ impl LogStore {
         let metrics = crate::metrics::Metrics::for_store(&dir, &recovered.report);
         let queue_bound = QueueBound::new(options.max_queued_bytes);
         let deletions = crate::sync::AtomicU64::new(recovered.index.deleted() as u64);
+        let erasable = crate::erasure::all_erasable(&recovered.index);
         let shared = Arc::new(Shared {
             dir,
             io,
@@ -318,6 +321,7 @@ impl LogStore {
             publisher,
             scrub: crate::scrub::ScrubState::default(),
             deletions,
+            erasable: Mutex::new(erasable),
         });
         if mode == Mode::Reader {
             let poller = Arc::clone(&shared);
@@ -330,6 +334,7 @@ impl LogStore {
                 committer: Mutex::new(Some(handle)),
                 scrubber: Mutex::new(None),
                 retention: Mutex::new(None),
+                eraser: Mutex::new(None),
                 lock: Mutex::new(None),
                 report: recovered.report,
             });
@@ -340,6 +345,7 @@ impl LogStore {
                 committer: Mutex::new(None),
                 scrubber: Mutex::new(None),
                 retention: Mutex::new(None),
+                eraser: Mutex::new(None),
                 lock: Mutex::new(lock),
                 report: recovered.report,
             });
@@ -364,12 +370,14 @@ impl LogStore {
             committer: Mutex::new(Some(handle)),
             scrubber: Mutex::new(None),
             retention: Mutex::new(None),
+            eraser: Mutex::new(None),
             lock: Mutex::new(lock),
             report: recovered.report,
         };
         // Dropping `store` on failure closes it: the commit thread ends cleanly.
         *store.scrubber.lock() = scrubber::start(&store.shared)?;
         *store.retention.lock() = retention::start(&store.shared)?;
+        *store.eraser.lock() = crate::eraser::start(&store.shared)?;
         Ok(store)
     }
 
@@ -388,6 +396,9 @@ impl LogStore {
         }
         if let Some(retention) = self.retention.lock().take() {
             retention.stop();
+        }
+        if let Some(eraser) = self.eraser.lock().take() {
+            eraser.stop();
         }
         drop(self.shared.state.lock().writer.tx.take());
         // Appenders waiting for queue space are refused (Error::Closed) now.

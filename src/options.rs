@@ -50,6 +50,9 @@ pub enum ScrubRate {
 /// so that a small store is checked within seconds rather than trickled over an hour.
 pub const MIN_SCRUB_BYTES_PER_SECOND: u64 = 1 << 20;
 
+/// The default time between two background erasure passes.
+const DEFAULT_ERASURE_INTERVAL: Duration = Duration::from_secs(3600);
+
 /// The default time for one scrub pass over the whole store.
 const DEFAULT_SCRUB_PASS: Duration = Duration::from_secs(3600);
 
@@ -77,6 +80,8 @@ pub struct Options {
     /// `None` until set: the default, which depends on the file system (`scrub_rate`).
     pub(crate) scrub: Option<ScrubRate>,
     pub(crate) retention: Option<Duration>,
+    /// `None` until set: the default, which depends on the file system.
+    pub(crate) erasure_interval: Option<Option<Duration>>,
     pub(crate) tenant_retention: Vec<(crate::TenantId, Duration)>,
     pub(crate) io: Arc<dyn Io>,
     /// Whether [`Options::io`] replaced the real file system.
@@ -100,6 +105,7 @@ impl Default for Options {
             group_read: false,
             scrub: None,
             retention: None,
+            erasure_interval: None,
             tenant_retention: Vec::new(),
             io: Arc::new(RealIo),
             io_replaced: false,
@@ -304,6 +310,27 @@ impl Options {
         let tenants = self.tenant_retention.iter().map(|&(_, d)| d);
         let shortest = self.retention.into_iter().chain(tenants).min()?;
         Some(crate::retention::interval_for(shortest))
+    }
+
+    /// How often a writable store's background thread (`execlog-erasure`) erases the
+    /// event bytes of deleted executions from the segment files and gives their space
+    /// back (as [`LogStore::compact_now`](crate::LogStore::compact_now) does at once):
+    /// deleted content is gone from every file within about this long. `None` turns
+    /// it off. Default: one hour; off on a file system given with `Options::io` unless
+    /// set.
+    #[must_use]
+    pub fn erasure_interval(mut self, every: Option<Duration>) -> Self {
+        self.erasure_interval = Some(every.map(|d| d.max(Duration::from_millis(10))));
+        self
+    }
+
+    /// The erasure interval in effect (see [`Options::erasure_interval`]).
+    pub(crate) fn erasure_every(&self) -> Option<Duration> {
+        match self.erasure_interval {
+            Some(every) => every,
+            None if self.io_replaced => None,
+            None => Some(DEFAULT_ERASURE_INTERVAL),
+        }
     }
 
     /// The scrub rate in effect (see [`Options::scrub`]).

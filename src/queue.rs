@@ -69,6 +69,11 @@ pub(crate) struct Pending {
     pub(crate) admitted: Admitted,
 }
 
+/// `Pending::execution` of a record that makes nothing durable in the index (the seal
+/// that rolls the log before an erasure, `erasure.rs`): no execution has this number
+/// (`Index::next_exec_no` stops below it).
+pub(crate) const NO_EXECUTION: ExecNo = ExecNo::MAX;
+
 impl Pending {
     /// Offset just past this append's bytes.
     pub(crate) fn end(&self) -> u64 {
@@ -78,7 +83,7 @@ impl Pending {
     /// How many events (records) the append holds: its first record counts the rest of
     /// its batch.
     pub(crate) fn events(&self) -> u64 {
-        if !self.deletes.is_empty() {
+        if !self.deletes.is_empty() || self.execution == NO_EXECUTION {
             return 0;
         }
         let at = crate::record::BATCH_REMAINING_OFFSET;

@@ -49,7 +49,7 @@ pub(crate) fn read(
     // Bounded: the sequence comes from the index, the events from the records.
     let wanted = usize::try_from(to - after).unwrap_or(usize::MAX);
     let mut events = Vec::with_capacity(wanted.min(MAX_PREALLOCATED_EVENTS));
-    chain.walk_back(shared, after, |sequence, header, body, at| {
+    chain.walk_back(shared, (after, to), |sequence, header, body, at| {
         if sequence <= to {
             let mismatch = |why: &str| Error::corrupt(at.segment, u64::from(at.offset), why);
             let (_, event) = codec::decode_body(body).map_err(|why| mismatch(&why))?;
@@ -81,7 +81,7 @@ pub(crate) fn position_of(shared: &Shared, no: ExecNo, sequence: u64) -> Result<
             .ok_or_else(|| Error::Internal("the index lost an execution".into()))?
     };
     let mut found = None;
-    chain.walk_back(shared, sequence - 1, |s, _, _, at| {
+    chain.walk_back(shared, (sequence - 1, sequence), |s, _, _, at| {
         if s == sequence {
             found = Some(at);
         }
@@ -119,12 +119,14 @@ impl Chain {
     }
 
     /// Walks back from the entry point through every sequence above `after`, giving
-    /// each record, CRC-checked and checked to be the one the chain predicts, to
-    /// `visit` (highest sequence first).
+    /// each record of a sequence up to `to`, CRC-checked and checked to be the one the
+    /// chain predicts, to `visit` (highest sequence first). Above `to` only the links
+    /// are followed, so those records may be erased ones (a deleted source's events
+    /// beyond what its fork shares, `erasure.rs`).
     fn walk_back(
         &self,
         shared: &Shared,
-        after: u64,
+        (after, to): (u64, u64),
         mut visit: impl FnMut(u64, &record::Header, &[u8], Pos) -> Result<()>,
     ) -> Result<()> {
         let mut cursor = Cursor::default();
@@ -140,9 +142,10 @@ impl Chain {
             };
             let (header, body) = cursor.record(shared, at)?;
             let owner = self.owner(sequence).map(u64::from);
+            let passing = sequence > to && header.kind == record::Kind::Erased;
             if owner != Some(header.execution)
                 || header.sequence != sequence
-                || header.kind != record::Kind::Event
+                || (header.kind != record::Kind::Event && !passing)
             {
                 return Err(Error::corrupt(
                     at.segment,
@@ -150,7 +153,9 @@ impl Chain {
                     "record is not the one the execution chain points to",
                 ));
             }
-            visit(sequence, &header, body, at)?;
+            if sequence <= to {
+                visit(sequence, &header, body, at)?;
+            }
             pos = header.prev;
             sequence -= 1;
         }

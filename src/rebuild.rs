@@ -77,7 +77,7 @@ impl Rebuild {
         match header.kind {
             Kind::Delete => return self.delete(segment, offset, &header, body),
             Kind::Fork => return self.fork(segment, offset, &header, body),
-            Kind::Event | Kind::Seal => {}
+            Kind::Event | Kind::Erased | Kind::Seal => {}
         }
         if let Some(last) = self.batch.last() {
             if header.batch_remaining.checked_add(1) != Some(last.header.batch_remaining)

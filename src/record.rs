@@ -10,12 +10,14 @@
 //! 32     8    prev            position of the execution's previous record, or NO_PREV
 //! 40     4    batch_remaining records after this one in the same atomic batch
 //! 44     4    group_start     offset of the first record of this record's commit group
-//! 48     2    kind            KIND_EVENT, KIND_SEAL, KIND_DELETE or KIND_FORK
+//! 48     2    kind            KIND_EVENT, KIND_SEAL, KIND_DELETE, KIND_FORK or
+//!                             KIND_ERASED
 //! 50     6    reserved        zero
 //! 56     …    body            event: codec.rs (optional declaration, then the event);
 //!                             seal: the seal's own offset as a u64;
 //!                             delete: what it deletes (deletion.rs);
-//!                             fork: the source and the new id (fork.rs)
+//!                             fork: the source and the new id (fork.rs);
+//!                             erased: the event's declaration, then zeros (erasure.rs)
 //!        …    padding         zeros up to the next multiple of RECORD_ALIGN
 //! ```
 //! All integers are little-endian. A position packs (segment id, offset) into a u64.
@@ -66,6 +68,9 @@ pub(crate) const KIND_DELETE: u16 = 3;
 /// Record kind: a fork declaring a new execution that shares another's first events
 /// (format version 3 on).
 pub(crate) const KIND_FORK: u16 = 4;
+/// Record kind: an event of a deleted execution whose content was erased (format
+/// version 3 on).
+pub(crate) const KIND_ERASED: u16 = 5;
 /// `prev` of an execution's first record.
 pub(crate) const NO_PREV: u64 = u64::MAX;
 
@@ -103,6 +108,9 @@ pub(crate) enum Kind {
     Delete,
     /// A fork: a new execution whose first `sequence` events are another's.
     Fork,
+    /// An event of a deleted execution, erased: its header as it was, its body
+    /// reduced to the declaration (if any) and zeros.
+    Erased,
 }
 
 /// The fixed fields of a record.
@@ -179,6 +187,7 @@ pub(crate) fn encode_unsealed(header: &Header, body_parts: &[&[u8]], out: &mut V
         Kind::Seal => KIND_SEAL,
         Kind::Delete => KIND_DELETE,
         Kind::Fork => KIND_FORK,
+        Kind::Erased => KIND_ERASED,
     };
     head[KIND_OFFSET..RESERVED_OFFSET].copy_from_slice(&kind.to_le_bytes());
     out.extend_from_slice(&head);
@@ -361,6 +370,7 @@ fn fields(head: &[u8]) -> Result<Header, Invalid> {
         KIND_SEAL => Kind::Seal,
         KIND_DELETE => Kind::Delete,
         KIND_FORK => Kind::Fork,
+        KIND_ERASED => Kind::Erased,
         _ => return Err(Invalid::BadField("unknown record kind")),
     };
     let header = Header {
@@ -379,7 +389,7 @@ fn fields(head: &[u8]) -> Result<Header, Invalid> {
         return Err(Invalid::BadField("reserved bytes set"));
     }
     match kind {
-        Kind::Event => {
+        Kind::Event | Kind::Erased => {
             if header.sequence == 0 {
                 return Err(Invalid::BadField("sequence 0"));
             }

@@ -19,6 +19,9 @@ struct Slot {
     file: Arc<dyn IoFile>,
     durable_end: u64,
     view: Option<Mapped>,
+    /// Replaced by an erasure since open (its bytes differ from what the commit thread
+    /// wrote and digested).
+    rewritten: bool,
 }
 
 /// Open segments and their views.
@@ -45,7 +48,28 @@ impl Segments {
             file,
             durable_end,
             view: None,
+            rewritten: false,
         });
+    }
+
+    /// Puts `file`, a rewrite of sealed segment `id` with the same durable records
+    /// (`erasure.rs`), in place of the old one. Views already handed out keep the old
+    /// file's bytes; later ones map the new file.
+    pub(crate) fn replace(&self, id: u32, file: Arc<dyn IoFile>) {
+        let mut slots = self.slots.write();
+        if let Some(slot) = slots.get_mut(id.wrapping_sub(self.first_id) as usize) {
+            slot.file = file;
+            slot.view = None;
+            slot.rewritten = true;
+        }
+    }
+
+    /// Whether segment `id` was replaced by an erasure since open.
+    pub(crate) fn rewritten(&self, id: u32) -> bool {
+        let slots = self.slots.read();
+        slots
+            .get(id.wrapping_sub(self.first_id) as usize)
+            .is_some_and(|s| s.rewritten)
     }
 
     /// Raises segment `id`'s durable end after an fdatasync.

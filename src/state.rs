@@ -47,6 +47,8 @@ pub(crate) struct Shared {
     /// How many executions the index holds as deleted, mirrored outside the lock so
     /// that followers notice a deletion without taking it for every record.
     pub(crate) deletions: AtomicU64,
+    /// Segments that may hold records of deleted executions, for erasure.
+    pub(crate) erasable: Mutex<std::collections::BTreeSet<u32>>,
 }
 
 impl Shared {

@@ -1,5 +1,6 @@
-//! `execlog delete` and `execlog prune`: the lifecycle of executions from the command
-//! line (`Lifecycle`, docs/DESIGN.md "The lifecycle of executions").
+//! `execlog delete`, `execlog prune` and `execlog compact`: the lifecycle of
+//! executions from the command line (`Lifecycle`, `LogStore::compact_now`, docs/DESIGN.md
+//! "The lifecycle of executions").
 //!
 //! Both open an existing store for writing (never create one) and print one JSON line
 //! saying what they deleted once the deletion is durable. Deleting what the store does
@@ -35,6 +36,13 @@ pub struct PruneArgs {
     /// one of ms, s, m, h, d, w (e.g. 30d, 12h).
     #[arg(long, value_parser = parse_age)]
     older_than: Duration,
+}
+
+/// `execlog compact`.
+#[derive(ClapArgs)]
+pub struct CompactArgs {
+    /// The store directory.
+    dir: PathBuf,
 }
 
 /// Opens an existing store for writing; refuses to create one.
@@ -80,6 +88,22 @@ pub fn prune(args: &PruneArgs) -> Result<ExitCode, String> {
         .map_err(|e| e.to_string())?;
     store.close().map_err(|e| e.to_string())?;
     out!("{}", serde_json::json!({ "deleted_executions": deleted }));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn compact(args: &CompactArgs) -> Result<ExitCode, String> {
+    let store = open(&args.dir)?;
+    let report = store.compact_now().map_err(|e| e.to_string())?;
+    store.close().map_err(|e| e.to_string())?;
+    out!(
+        "{}",
+        serde_json::json!({
+            "segments_rewritten": report.segments_rewritten,
+            "records_erased": report.records_erased,
+            "bytes_erased": report.bytes_erased,
+            "bytes_written": report.bytes_written,
+        })
+    );
     Ok(ExitCode::SUCCESS)
 }
 

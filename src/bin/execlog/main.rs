@@ -175,6 +175,11 @@ enum Command {
     ///
     /// Example: execlog prune /tmp/agents --older-than 30d
     Prune(lifecycle::PruneArgs),
+    /// Erase now the event bytes of deleted executions from every segment file and
+    /// give their space back (otherwise done in the background, hourly by default).
+    ///
+    /// Example: execlog compact /tmp/agents
+    Compact(lifecycle::CompactArgs),
     /// Copy the store, as of its durable end now, into a new or empty directory,
     /// durably, while it keeps being written (also by another process). The copy
     /// opens as a store; the printed position is the last one it holds.
@@ -217,6 +222,7 @@ fn main() -> ExitCode {
         Command::Tail(args) => tail::run(&args),
         Command::Delete(args) => lifecycle::delete(&args),
         Command::Prune(args) => lifecycle::prune(&args),
+        Command::Compact(args) => lifecycle::compact(&args),
         Command::Backup(args) => backup::run(&args),
     };
     match result {

@@ -1,0 +1,303 @@
+//! Physical erasure: removing deleted executions' event bytes from the segment files
+//! and giving their space back ([`LogStore::compact_now`], `execlog compact`, and the
+//! background `execlog-erasure` thread every [`Options::erasure_interval`]).
+//!
+//! A deletion (`deletion.rs`) only hides an execution; its records stay in the log.
+//! Erasure rewrites each sealed segment that holds such records: the same bytes at the
+//! same offsets, except that every dead record becomes an *erased* record (kind 5) of
+//! the same length, with the same header fields (so every chain, batch and commit group
+//! reads as before) and a body holding only what identifies the execution (the
+//! declaration in its first record: ids stay reserved, FORMAT.md "Erased record"),
+//! zeros elsewhere. The new image goes to `<segment>.compact`, written sparsely (pages
+//! of zeros are left as holes, which is where the space comes back), fdatasynced, then
+//! renamed over the segment, and the directory fsynced. A crash leaves the old file or
+//! the new one, each a valid segment with every live record unchanged. Positions,
+//! sequences and live events never change, so reads, subscriptions and recovery are
+//! unaffected; a reader holding the old file's map keeps reading the old inode until it
+//! lets go.
+//!
+//! Dead records are events of executions whose deletion is durable, except the first
+//! `at` events of a source a fork that is not deleted still shares. Only sealed
+//! segments are rewritten; an active segment holding dead records is first sealed by a
+//! roll (a seal record that opens the next segment). A segment with a known damaged
+//! range, or in which any record fails its check, is left alone: erasure never
+//! re-stamps damaged bytes with a valid CRC.
+//!
+//! [`Options::erasure_interval`]: crate::Options::erasure_interval
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::index::{ExecNo, Index, Life};
+use crate::log_store::LogStore;
+use crate::queue::{NO_EXECUTION, Pending, Ticket};
+use crate::record::{self, Decoded, Header, Kind, Pos};
+use crate::segment::{self, SEGMENT_HEADER_LEN};
+use crate::state::{Poison, Shared};
+
+/// Pages of this size that are all zeros are not written (left as holes).
+const PAGE: usize = 4096;
+
+/// What one erasure pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CompactReport {
+    /// Segment files rewritten.
+    pub segments_rewritten: u32,
+    /// Records erased.
+    pub records_erased: u64,
+    /// Bytes of the erased records (headers included) whose content is gone.
+    pub bytes_erased: u64,
+    /// Bytes written into the rewritten segments (holes not counted).
+    pub bytes_written: u64,
+}
+
+/// Which records are dead, as the index says when the pass starts. Deletions are
+/// final, so a plan never calls a live record dead; a fork deleted after it was made
+/// only keeps some dead records for a later pass.
+struct Plan {
+    deleted: Vec<bool>,
+    /// Per source: how many of its first events a fork that is not deleted reads.
+    kept: HashMap<ExecNo, u64>,
+}
+
+impl Plan {
+    fn of(index: &Index) -> Plan {
+        let deleted = index
+            .executions()
+            .iter()
+            .map(|e| e.life == Life::Deleted)
+            .collect();
+        let mut kept: HashMap<ExecNo, u64> = HashMap::new();
+        for (&fork, base) in index.forks() {
+            if index.get(fork).is_none_or(|e| e.life == Life::Deleted) {
+                continue;
+            }
+            let (mut source, mut at) = (base.source, base.at);
+            loop {
+                let k = kept.entry(source).or_default();
+                *k = (*k).max(at);
+                match index.base(source) {
+                    Some(b) => (source, at) = (b.source, at.min(b.at)),
+                    None => break,
+                }
+            }
+        }
+        Plan { deleted, kept }
+    }
+
+    fn dead(&self, h: &Header) -> bool {
+        let Ok(no) = usize::try_from(h.execution) else {
+            return false;
+        };
+        h.kind == Kind::Event
+            && self.deleted.get(no) == Some(&true)
+            && h.sequence > self.kept.get(&(no as ExecNo)).copied().unwrap_or(0)
+    }
+}
+
+/// The segments that may hold records of deleted executions: those an execution's
+/// own records span, from its first to its durable end.
+pub(crate) fn segments_of(index: &Index, no: ExecNo) -> std::ops::RangeInclusive<u32> {
+    match index.get(no) {
+        Some(e) => match e.sparse().first() {
+            Some(first) => first.segment..=e.durable_pos.segment,
+            None => 1..=0,
+        },
+        None => 1..=0,
+    }
+}
+
+/// Every segment that may hold dead records of `index` (at open).
+pub(crate) fn all_erasable(index: &Index) -> BTreeSet<u32> {
+    let mut set = BTreeSet::new();
+    for (no, e) in (0..).zip(index.executions()) {
+        if e.life == Life::Deleted {
+            set.extend(segments_of(index, no));
+        }
+    }
+    set
+}
+
+/// The erased image of a segment's records `[0, end)`, or `None` if none is dead.
+fn erase(
+    id: u32,
+    bytes: &[u8],
+    plan: &Plan,
+    report: &mut CompactReport,
+) -> Result<Option<Vec<u8>>> {
+    let mut image: Option<Vec<u8>> = None;
+    let mut at = SEGMENT_HEADER_LEN;
+    while at < bytes.len() {
+        let corrupt = |why: String| Error::corrupt(id, at as u64, why);
+        let (header, body, len) = match record::decode(&bytes[at..]) {
+            Decoded::Record {
+                header,
+                body,
+                framed_len,
+            } => (header, body, framed_len),
+            Decoded::Empty => return Err(corrupt("no record below the durable end".into())),
+            Decoded::Invalid(why) => return Err(corrupt(why.to_string())),
+        };
+        if plan.dead(&header) {
+            let (prefix, _) = codec::split_body(body).map_err(corrupt)?;
+            let mut erased_body = Vec::with_capacity(body.len());
+            codec::encode_declaration(prefix.declaration.as_ref(), &mut erased_body);
+            erased_body.resize(body.len(), 0);
+            let mut record = Vec::with_capacity(len);
+            let erased = Header {
+                kind: Kind::Erased,
+                ..header
+            };
+            record::encode(&erased, &[&erased_body], &mut record);
+            let image = image.get_or_insert_with(|| {
+                // Rewritten as this version's segment: an older build refuses it
+                // (UnsupportedFormat) rather than taking erased records for damage.
+                let mut image = bytes.to_vec();
+                image[..SEGMENT_HEADER_LEN].copy_from_slice(&segment::encode_header(id));
+                image
+            });
+            image[at..at + len].copy_from_slice(&record);
+            report.records_erased += 1;
+            report.bytes_erased += len as u64;
+        }
+        at += len;
+    }
+    Ok(image)
+}
+
+/// Writes `image` as segment `id`'s new file (sparse, durable) and renames it over the
+/// segment; returns the bytes written.
+fn replace(shared: &Shared, id: u32, image: &[u8]) -> Result<(Arc<dyn crate::io::IoFile>, u64)> {
+    let io = shared.io.as_ref();
+    let path = segment::path(&shared.dir, id);
+    let tmp = path.with_extension("seg.compact");
+    // Left over from an erasure a crash interrupted; never read.
+    let _ = io.remove(&tmp);
+    let file = io
+        .create(&tmp, shared.options.file_mode())
+        .map_err(|e| Error::io("create erased segment", &tmp, e))?;
+    let mut written = 0;
+    for (i, page) in image.chunks(PAGE).enumerate() {
+        let last = (i + 1) * PAGE >= image.len();
+        if last || page.iter().any(|&b| b != 0) {
+            file.write_at(page, (i * PAGE) as u64)
+                .map_err(|e| Error::io("write erased segment", &tmp, e))?;
+            written += page.len() as u64;
+        }
+    }
+    file.sync_data()
+        .map_err(|e| Error::io("fdatasync erased segment", &tmp, e))?;
+    io.rename(&tmp, &path)
+        .map_err(|e| Error::io("rename erased segment", &path, e))?;
+    io.sync_dir(&shared.dir)
+        .map_err(|e| Error::io("fsync directory", &shared.dir, e))?;
+    Ok((file, written))
+}
+
+/// Seals the active segment `id` if it still is the active one: queues a seal record
+/// that opens the next segment, so `id` takes no more records. Returns its ticket.
+fn roll(shared: &Shared, id: u32) -> Result<Option<Ticket>> {
+    let admitted = shared.queue_bound.admit_blocking(record::framed_len(8));
+    let mut state = shared.state.lock();
+    let writer = &mut state.writer;
+    if let Some(poison) = &writer.poisoned {
+        return Err(poison.error());
+    }
+    if writer.tx.is_none() {
+        return Err(Error::Closed);
+    }
+    if writer.segment != id {
+        return Ok(None);
+    }
+    writer.capacity = writer.tail;
+    let reservation = writer.reserve(
+        record::framed_len(8) as u64,
+        shared.options.segment_size_bytes,
+    );
+    let mut bytes = Vec::new();
+    record::encode_seal(reservation.offset, writer.next_timestamp_ns(), &mut bytes);
+    let ticket = Ticket::default();
+    let pending = Pending {
+        segment: reservation.segment,
+        offset: reservation.offset,
+        new_segment_capacity: reservation.new_segment_capacity,
+        bytes,
+        execution: NO_EXECUTION,
+        last_sequence: 0,
+        last_pos: Pos {
+            segment: reservation.segment,
+            offset: reservation.offset,
+        },
+        deletes: Vec::new(),
+        ticket: ticket.clone(),
+        admitted,
+    };
+    if writer
+        .tx
+        .as_ref()
+        .map(|tx| tx.send(pending))
+        .is_none_or(|sent| sent.is_err())
+    {
+        let error = writer
+            .poisoned
+            .get_or_insert(Poison::new("commit thread stopped"))
+            .error();
+        shared.queue_bound.stop();
+        return Err(error);
+    }
+    Ok(Some(ticket))
+}
+
+/// One erasure pass over the segments that may hold dead records.
+pub(crate) fn compact(shared: &Shared) -> Result<CompactReport> {
+    let mut report = CompactReport::default();
+    let (plan, candidates, active) = {
+        let state = shared.state.lock();
+        let candidates: Vec<u32> = shared.erasable.lock().iter().copied().collect();
+        (Plan::of(&state.index), candidates, state.writer.segment)
+    };
+    if candidates.contains(&active)
+        && let Some(ticket) = roll(shared, active)?
+    {
+        ticket.wait()?;
+    }
+    for id in candidates {
+        if shared.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
+        let end = shared.segments.durable_end(id);
+        shared.scrub.refuse(id, SEGMENT_HEADER_LEN as u64, end)?;
+        let view = shared.segments.view(id, end)?;
+        let bytes = view
+            .as_ref()
+            .as_ref()
+            .get(..end as usize)
+            .unwrap_or_default();
+        if let Some(image) = erase(id, bytes, &plan, &mut report)? {
+            let (file, written) = replace(shared, id, &image)?;
+            shared.segments.replace(id, file);
+            report.segments_rewritten += 1;
+            report.bytes_written += written;
+        }
+        shared.erasable.lock().remove(&id);
+    }
+    Ok(report)
+}
+
+impl LogStore {
+    /// Erases now, instead of at the next background pass, the event bytes of deleted
+    /// executions from every segment file, and gives their space back. See
+    /// `erasure.rs` and docs/DESIGN.md ("Physical erasure").
+    pub fn compact_now(&self) -> Result<CompactReport> {
+        self.check_open()?;
+        if self.shared().read_only {
+            return Err(Error::InvalidArgument(
+                "the store was opened read-only; open it with LogStore::open to compact".into(),
+            ));
+        }
+        compact(self.shared())
+    }
+}
