@@ -194,13 +194,8 @@ impl Deleter {
                     doomed,
                     error,
                 } => match resolve(&mut slot, target, &token, error, since).await {
-                    Ok(true) => return Ok(doomed),
-                    Ok(false) => Error::Unavailable {
-                        server: target.server.clone(),
-                        reason: "the connection broke while a deletion committed; it did not \
-                                 commit"
-                            .into(),
-                    },
+                    Ok(None) => return Ok(doomed),
+                    Ok(Some(error)) => error,
                     Err(e) => return Err(e),
                 },
             };
@@ -214,13 +209,20 @@ impl Deleter {
     }
 
     /// The next chunk of a prune ([`CANDIDATES_SQL`]), asked until `reconnect_timeout`.
-    async fn candidates(&self, target: &Target, after: &str, cutoff_ns: i64) -> Result<Vec<String>> {
+    async fn candidates(
+        &self,
+        target: &Target,
+        after: &str,
+        cutoff_ns: i64,
+    ) -> Result<Vec<String>> {
         let mut slot = self.conn.lock().await;
         let since = Instant::now();
         loop {
             let conn = match take(&mut slot, target).await {
                 Ok(conn) => conn,
-                Err(e @ Error::Unavailable { .. }) if since.elapsed() < target.reconnect_timeout => {
+                Err(e @ Error::Unavailable { .. })
+                    if since.elapsed() < target.reconnect_timeout =>
+                {
                     log::debug!("execlog: retrying a prune's look: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -236,7 +238,10 @@ impl Deleter {
                         .map(|row| row.try_get(0).map_err(|e| target.error(&e)))
                         .collect();
                 }
-                Err(e) if is_connection_loss(&conn.client, &e) && since.elapsed() < target.reconnect_timeout => {
+                Err(e)
+                    if is_connection_loss(&conn.client, &e)
+                        && since.elapsed() < target.reconnect_timeout =>
+                {
                     log::debug!("execlog: retrying a prune's look: {e}");
                 }
                 Err(e) => {
@@ -317,9 +322,10 @@ async fn attempt(slot: &mut Option<Conn>, target: &Target, doomed: &Doomed) -> A
     }
     // Step 2.
     let token = ExecutionId::new().to_string();
+    let lock: [&(dyn ToSql + Sync); 1] = [&ids];
     let erase: [&(dyn ToSql + Sync); 2] = [&ids, &token];
     let (locked, erased, commit) = tokio::join!(
-        conn.client.query_one(&conn.lock_events, &[&ids]),
+        conn.client.query_one(&conn.lock_events, &lock),
         conn.client.execute(&conn.erase, &erase),
         conn.client.batch_execute("COMMIT"),
     );
@@ -373,15 +379,17 @@ fn classify(failure: &tokio_postgres::Error, error: Error) -> Attempt {
     }
 }
 
-/// Whether the transaction carrying `token` committed (`group_commit::settle`): asks
-/// at least once, then until `reconnect_timeout` has passed since `since`.
+/// Whether the transaction carrying `token` committed (`group_commit::settle`):
+/// `None` if it did, `Some(error)` (why it was lost) if it did not and now never will.
+/// Asks at least once, then until `reconnect_timeout` has passed since `since`.
 async fn resolve(
     slot: &mut Option<Conn>,
     target: &Target,
     token: &str,
-    mut error: Error,
+    lost: Error,
     since: Instant,
-) -> Result<bool> {
+) -> Result<Option<Error>> {
+    let mut error;
     loop {
         let left = target.reconnect_timeout.saturating_sub(since.elapsed());
         let asked = tokio::time::timeout(left.max(Duration::from_secs(1)), async {
@@ -395,7 +403,8 @@ async fn resolve(
             settled
         });
         match asked.await {
-            Ok(Ok(found)) => return Ok(found.is_some()),
+            Ok(Ok(Some(_))) => return Ok(None),
+            Ok(Ok(None)) => return Ok(Some(lost)),
             Ok(Err(e)) => error = e,
             Err(_) => {
                 error = Error::Unavailable {

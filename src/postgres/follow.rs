@@ -43,8 +43,8 @@
 //!   more below the horizon, and everything it found was taken.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::{Arc, Weak};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
