@@ -908,6 +908,8 @@ mod server {
                     "DROP TABLE {schema}.execlog_idempotency; \
                      ALTER TABLE {schema}.execlog_executions DROP COLUMN last_xid; \
                      DROP FUNCTION {schema}.execlog_out_of_order(text, xid8); \
+                     DROP TRIGGER execlog_deleted_execution ON {schema}.execlog_executions; \
+                     DROP FUNCTION {schema}.execlog_deleted_execution(); \
                      ALTER TABLE {schema}.execlog_executions DROP COLUMN deleted_at; \
                      ALTER TABLE {schema}.execlog_events DROP COLUMN ord; \
                      DELETE FROM {schema}.execlog_schema WHERE version >= 2"
@@ -1880,6 +1882,22 @@ mod server {
                 "t"
             );
 
+            // An older build (or any session) advancing the marked head row is refused
+            // by the schema itself.
+            let old_build = Command::new("psql")
+                .args([&url, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c"])
+                .arg(format!(
+                    "UPDATE {schema}.execlog_executions SET last_seq = last_seq + 1 \
+                     WHERE execution_id = 'doomed'"
+                ))
+                .output()
+                .unwrap();
+            let refusal = String::from_utf8_lossy(&old_build.stderr);
+            assert!(
+                !old_build.status.success() && refusal.contains("was deleted"),
+                "{refusal}"
+            );
+
             let old_key = AppendOptions::key("key-1");
             let retry = second.append_with_blocking(&e, &t, vec![step_event(1)], old_key);
             assert!(matches!(retry, Err(Error::Deleted)), "{retry:?}");
@@ -1951,7 +1969,9 @@ mod server {
             psql(
                 &url,
                 &format!(
-                    "ALTER TABLE {schema}.execlog_executions DROP COLUMN deleted_at; \
+                    "DROP TRIGGER execlog_deleted_execution ON {schema}.execlog_executions; \
+                     DROP FUNCTION {schema}.execlog_deleted_execution(); \
+                     ALTER TABLE {schema}.execlog_executions DROP COLUMN deleted_at; \
                      ALTER TABLE {schema}.execlog_events DROP COLUMN ord; \
                      DELETE FROM {schema}.execlog_schema WHERE version >= 4"
                 ),
