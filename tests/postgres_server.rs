@@ -1775,7 +1775,11 @@ mod server {
             // A second cut into the same transaction, by another store, of its first
             // events: what is left there has only kept ranks.
             let other = super::store(&url, &schema);
-            assert!(other.delete_execution_blocking(&ExecutionId::from("a")).unwrap());
+            assert!(
+                other
+                    .delete_execution_blocking(&ExecutionId::from("a"))
+                    .unwrap()
+            );
             let rest = without(&before, &["a", "b"]);
             let mut fresh = other
                 .subscribe(SubscriptionFilter::All, StartFrom::Beginning)
