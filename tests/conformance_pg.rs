@@ -54,6 +54,7 @@ mod pg {
 
     crate::suite!(Pg);
     crate::follow_suite!(Pg);
+    crate::lifecycle_suite!(Pg);
 }
 
 #[cfg(not(feature = "postgres"))]

@@ -872,10 +872,10 @@ mod server {
             }
         }
 
-        /// A schema left at version 1 (what versions 2 and 3 added dropped and their
+        /// A schema left at version 1 (what versions 2 to 4 added dropped and their
         /// version rows deleted: the v1 migration is unchanged, so this is what a v1
         /// build left), with data: six racing connects migrate it once (to versions 2
-        /// and 3), every event is intact to the nanosecond, guarded appends work on the
+        /// to 4), every event is intact to the nanosecond, guarded appends work on the
         /// old executions at once (the six race one key: one stores it), and a
         /// subscription delivers the old events with the new ones.
         #[test]
@@ -908,6 +908,10 @@ mod server {
                     "DROP TABLE {schema}.execlog_idempotency; \
                      ALTER TABLE {schema}.execlog_executions DROP COLUMN last_xid; \
                      DROP FUNCTION {schema}.execlog_out_of_order(text, xid8); \
+                     DROP TRIGGER execlog_deleted_execution ON {schema}.execlog_executions; \
+                     DROP FUNCTION {schema}.execlog_deleted_execution(); \
+                     ALTER TABLE {schema}.execlog_executions DROP COLUMN deleted_at; \
+                     ALTER TABLE {schema}.execlog_events DROP COLUMN ord; \
                      DELETE FROM {schema}.execlog_schema WHERE version >= 2"
                 ),
             );
@@ -942,7 +946,7 @@ mod server {
                     &format!("SELECT string_agg(version::text, ',' ORDER BY version) FROM {schema}.execlog_schema")
                 )
                 .trim(),
-                "1,2,3"
+                "1,2,3,4"
             );
             let store = store(&url, &schema);
             for (e, events) in execs.iter().zip(&before) {
@@ -1628,6 +1632,406 @@ mod server {
                 )
                 .unwrap();
             assert_eq!(take(&mut next, 1)[0], before[5]);
+        }
+    }
+
+    /// Deleting executions (issue 15, `Lifecycle`) on the server: what only PostgreSQL
+    /// has (rows erased, positions of transactions shared with a deleted execution, two
+    /// stores, a v3 schema). The contract itself is checked on both backends by
+    /// tests/conformance/lifecycle.rs.
+    mod lifecycle {
+        use super::*;
+
+        const PATIENCE: Duration = Duration::from_secs(30);
+
+        fn take(sub: &mut Subscription, n: usize) -> Vec<Delivered> {
+            (0..n)
+                .map(|i| {
+                    sub.next_timeout(PATIENCE)
+                        .unwrap()
+                        .unwrap_or_else(|| panic!("only {i} of {n} events arrived"))
+                })
+                .collect()
+        }
+
+        fn assert_nothing_more(sub: &mut Subscription, what: &str) {
+            if let Some(d) = sub.next_timeout(Duration::from_millis(300)).unwrap() {
+                panic!(
+                    "{what}: delivered {} #{} at position {}",
+                    d.event.execution_id, d.event.sequence, d.position
+                );
+            }
+        }
+
+        fn count(url: &str, sql: &str) -> i64 {
+            psql(url, sql).trim().parse().unwrap()
+        }
+
+        fn without(delivered: &[Delivered], gone: &[&str]) -> Vec<Delivered> {
+            delivered
+                .iter()
+                .filter(|d| !gone.contains(&d.event.execution_id.as_str()))
+                .cloned()
+                .collect()
+        }
+
+        /// Positions count an event's rank in its transaction. One transaction wrote
+        /// `a`, `b` and `c` interleaved (a1 b1 c1 a2 b2 c2 a3 b3 c3); deleting `b`, then
+        /// `c`, must not move the positions of what is left: a new subscription
+        /// delivers exactly the old positions minus the deleted, a resume after any
+        /// old position (a deleted event's too) continues exactly after it, and a
+        /// subscription that was running when the deletion came delivers the rest
+        /// with the positions it would have had.
+        #[test]
+        fn positions_stay_put_when_a_deletion_cuts_into_a_transaction() {
+            let Some(url) = url("positions_stay_put_when_a_deletion_cuts_into_a_transaction")
+            else {
+                return;
+            };
+            let schema = fresh_schema();
+            let store = store(&url, &schema);
+            let t = TenantId::from("t");
+            store
+                .append_blocking(&ExecutionId::from("seed"), &t, step_event(0))
+                .unwrap();
+            // What the group commit writes for three executions in one group, but
+            // interleaved: the hardest case for ranks.
+            psql(
+                &url,
+                &format!(
+                    "SET search_path = {schema}; \
+                     INSERT INTO execlog_executions (execution_id, tenant_id, last_seq, last_ts_ns, last_xid) \
+                     SELECT x, 't', 3, e.ts_ns, pg_current_xact_id() \
+                     FROM execlog_events e, unnest(ARRAY['a', 'b', 'c']) x \
+                     WHERE e.execution_id = 'seed'; \
+                     INSERT INTO execlog_events (execution_id, seq, ts_ns, body) \
+                     SELECT x, s, e.ts_ns, e.body \
+                     FROM execlog_events e, generate_series(1, 3) s, unnest(ARRAY['a', 'b', 'c']) x \
+                     WHERE e.execution_id = 'seed' ORDER BY s, x"
+                ),
+            );
+            store
+                .append_blocking(&ExecutionId::from("a"), &t, step_event(4))
+                .unwrap();
+            let before = take(
+                &mut store
+                    .subscribe(SubscriptionFilter::All, StartFrom::Beginning)
+                    .unwrap(),
+                11,
+            );
+            assert_eq!(
+                before[1..10]
+                    .iter()
+                    .map(|d| d.event.execution_id.as_str())
+                    .collect::<String>(),
+                "abcabcabc"
+            );
+            assert!(
+                before[1..10]
+                    .windows(2)
+                    .all(|w| w[1].position == w[0].position + 1)
+            );
+            let mut running = store
+                .subscribe(SubscriptionFilter::All, StartFrom::Beginning)
+                .unwrap();
+            assert_eq!(take(&mut running, 2), before[..2]);
+
+            assert!(
+                store
+                    .delete_execution_blocking(&ExecutionId::from("b"))
+                    .unwrap()
+            );
+            let rest = without(&before, &["b"]);
+            assert_eq!(take(&mut running, 6), rest[2..], "the running subscription");
+            assert_nothing_more(&mut running, "the running subscription");
+            let mut fresh = store
+                .subscribe(SubscriptionFilter::All, StartFrom::Beginning)
+                .unwrap();
+            assert_eq!(take(&mut fresh, 8), rest, "a new subscription");
+            assert_nothing_more(&mut fresh, "a new subscription");
+            for (i, d) in before.iter().enumerate() {
+                let next = without(&before[i + 1..], &["b"]);
+                let mut resumed = store
+                    .subscribe(SubscriptionFilter::All, StartFrom::After(d.position))
+                    .unwrap();
+                assert_eq!(
+                    take(&mut resumed, next.len()),
+                    next,
+                    "resumed after {} #{}",
+                    d.event.execution_id,
+                    d.event.sequence
+                );
+                assert_nothing_more(&mut resumed, "resumed");
+            }
+            // The ranks kept: every event after b1 in that transaction.
+            assert_eq!(
+                count(
+                    &url,
+                    &format!("SELECT count(*) FROM {schema}.execlog_events WHERE ord IS NOT NULL")
+                ),
+                5
+            );
+
+            // A second cut into the same transaction, by another store, of its first
+            // events: what is left there has only kept ranks.
+            let other = super::store(&url, &schema);
+            assert!(
+                other
+                    .delete_execution_blocking(&ExecutionId::from("a"))
+                    .unwrap()
+            );
+            let rest = without(&before, &["a", "b"]);
+            let mut fresh = other
+                .subscribe(SubscriptionFilter::All, StartFrom::Beginning)
+                .unwrap();
+            assert_eq!(take(&mut fresh, 4), rest, "after the second deletion");
+            assert_nothing_more(&mut fresh, "after the second deletion");
+            for (i, d) in before.iter().enumerate() {
+                let next = without(&before[i + 1..], &["a", "b"]);
+                let mut resumed = other
+                    .subscribe(SubscriptionFilter::All, StartFrom::After(d.position))
+                    .unwrap();
+                assert_eq!(
+                    take(&mut resumed, next.len()),
+                    next,
+                    "resumed after {} #{}, after the second deletion",
+                    d.event.execution_id,
+                    d.event.sequence
+                );
+                assert_nothing_more(&mut resumed, "resumed after the second deletion");
+            }
+        }
+
+        /// Deleting erases: the events and idempotency keys are gone from the tables
+        /// (the head row stays, marked), also when another store (another machine)
+        /// appends to the execution while it is deleted: every append it was told was
+        /// stored came before the deletion (consecutive sequences), every later one is
+        /// refused with `Deleted`, and nothing of them is left. The other store then
+        /// refuses guarded appends with an old key and imports with `Deleted` too, and
+        /// its deletion of the tenant reaches the first store.
+        #[test]
+        fn deletion_erases_the_rows_while_another_store_appends() {
+            let Some(url) = url("deletion_erases_the_rows_while_another_store_appends") else {
+                return;
+            };
+            let schema = fresh_schema();
+            let (first, second) = (store(&url, &schema), store(&url, &schema));
+            let (e, kept, t) = (
+                ExecutionId::from("doomed"),
+                ExecutionId::from("kept"),
+                TenantId::from("t"),
+            );
+            for i in 1..=3 {
+                let key = AppendOptions::key(format!("key-{i}"));
+                first
+                    .append_with_blocking(&e, &t, vec![step_event(i)], key.clone())
+                    .unwrap();
+                first
+                    .append_with_blocking(&kept, &t, vec![step_event(i)], key)
+                    .unwrap();
+            }
+            let second = Arc::new(second);
+            let writers: Vec<_> = (0..4)
+                .map(|w| {
+                    let (second, e, t) = (Arc::clone(&second), e.clone(), t.clone());
+                    std::thread::spawn(move || {
+                        let mut stored = Vec::new();
+                        for i in 0..100_000u64 {
+                            let key = AppendOptions::key(format!("w{w}-{i}"));
+                            let appended = if i % 2 == 0 {
+                                second.append_blocking(&e, &t, step_event(i))
+                            } else {
+                                second
+                                    .append_with_blocking(&e, &t, vec![step_event(i)], key)
+                                    .map(|o| o.first_sequence)
+                            };
+                            match appended {
+                                Ok(seq) => stored.push(seq),
+                                Err(Error::Deleted) => return stored,
+                                Err(other) => panic!("writer {w}: {other}"),
+                            }
+                        }
+                        panic!("the deletion never reached writer {w}");
+                    })
+                })
+                .collect();
+            std::thread::sleep(Duration::from_millis(200));
+            assert!(first.delete_execution_blocking(&e).unwrap());
+            let mut sequences: Vec<u64> = (1..=3).collect();
+            for writer in writers {
+                sequences.extend(writer.join().unwrap());
+            }
+            sequences.sort_unstable();
+            assert!(sequences.len() > 3, "no append raced the deletion");
+            assert_eq!(sequences, (1..=sequences.len() as u64).collect::<Vec<_>>());
+            let rows = |table: &str, id: &str| {
+                count(
+                    &url,
+                    &format!("SELECT count(*) FROM {schema}.{table} WHERE execution_id = '{id}'"),
+                )
+            };
+            assert_eq!(rows("execlog_events", "doomed"), 0);
+            assert_eq!(rows("execlog_idempotency", "doomed"), 0);
+            assert_eq!(rows("execlog_events", "kept"), 3);
+            assert_eq!(rows("execlog_idempotency", "kept"), 3);
+            assert_eq!(
+                psql(
+                    &url,
+                    &format!(
+                        "SELECT deleted_at IS NOT NULL FROM {schema}.execlog_executions \
+                         WHERE execution_id = 'doomed'"
+                    )
+                )
+                .trim(),
+                "t"
+            );
+
+            // An older build (or any session) advancing the marked head row is refused
+            // by the schema itself.
+            let old_build = Command::new("psql")
+                .args([&url, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c"])
+                .arg(format!(
+                    "UPDATE {schema}.execlog_executions SET last_seq = last_seq + 1 \
+                     WHERE execution_id = 'doomed'"
+                ))
+                .output()
+                .unwrap();
+            let refusal = String::from_utf8_lossy(&old_build.stderr);
+            assert!(
+                !old_build.status.success() && refusal.contains("was deleted"),
+                "{refusal}"
+            );
+
+            let old_key = AppendOptions::key("key-1");
+            let retry = second.append_with_blocking(&e, &t, vec![step_event(1)], old_key);
+            assert!(matches!(retry, Err(Error::Deleted)), "{retry:?}");
+            assert_eq!(second.load_events_blocking(&e).unwrap(), []);
+            let imported = second.import_blocking(vec![StoredEvent {
+                sequence: 1,
+                execution_id: e.clone(),
+                tenant_id: t.clone(),
+                event: step_event(1),
+                timestamp: chrono::Utc::now(),
+            }]);
+            assert!(matches!(imported, Err(Error::Deleted)), "{imported:?}");
+            assert!(!second.delete_execution_blocking(&e).unwrap());
+
+            assert_eq!(second.delete_tenant_blocking(&t).unwrap(), 1);
+            assert_eq!(first.list_executions_blocking(&t, 10, 0).unwrap(), []);
+            assert_eq!(first.get_latest_sequence_blocking(&kept).unwrap(), None);
+            assert_eq!(rows("execlog_idempotency", "kept"), 0);
+            assert_eq!(
+                count(
+                    &url,
+                    &format!("SELECT count(*) FROM {schema}.execlog_events")
+                ),
+                0
+            );
+            first.close().unwrap();
+            second.close().unwrap();
+        }
+
+        /// A schema left at version 3 (what version 4 added dropped and its version row
+        /// deleted: what a v3 build left), with data: a store without auto-migration
+        /// refuses it; four racing connects migrate it once; every event is intact,
+        /// keys still replay; the old executions can be deleted and pruned, and the
+        /// positions of what is left do not move.
+        #[test]
+        fn a_v3_schema_migrates_to_v4_with_its_data() {
+            let Some(url) = url("a_v3_schema_migrates_to_v4_with_its_data") else {
+                return;
+            };
+            let _turn = turn();
+            let schema = fresh_schema();
+            let t = TenantId::from("t\\");
+            let execs: Vec<_> = ["old-1", "old\0\\2", "old-3"]
+                .into_iter()
+                .map(ExecutionId::from)
+                .collect();
+            let key = AppendOptions::key("k");
+            let before: Vec<Vec<StoredEvent>> = {
+                let store = store(&url, &schema);
+                for (i, e) in execs.iter().enumerate() {
+                    let batch = (0..=i as u64).map(step_event).collect();
+                    store.append_batch_blocking(e, &t, batch).unwrap();
+                    store
+                        .append_with_blocking(e, &t, vec![step_event(99)], key.clone())
+                        .unwrap();
+                }
+                let loaded = execs.iter().map(|e| store.load_events_blocking(e).unwrap());
+                let loaded = loaded.collect();
+                store.close().unwrap();
+                loaded
+            };
+            let positions: Vec<Delivered> = {
+                let store = store(&url, &schema);
+                let mut all = store
+                    .subscribe(SubscriptionFilter::All, StartFrom::Beginning)
+                    .unwrap();
+                take(&mut all, 2 + 3 + 4)
+            };
+            psql(
+                &url,
+                &format!(
+                    "DROP TRIGGER execlog_deleted_execution ON {schema}.execlog_executions; \
+                     DROP FUNCTION {schema}.execlog_deleted_execution(); \
+                     ALTER TABLE {schema}.execlog_executions DROP COLUMN deleted_at; \
+                     ALTER TABLE {schema}.execlog_events DROP COLUMN ord; \
+                     DELETE FROM {schema}.execlog_schema WHERE version >= 4"
+                ),
+            );
+            let manual = PgOptions::default().schema(&schema).auto_migrate(false);
+            let err = PgStore::connect_with(&url, manual).unwrap_err();
+            assert!(err.to_string().contains("version 3"), "{err}");
+            let racers: Vec<_> = (0..4)
+                .map(|_| {
+                    let (url, schema) = (url.clone(), schema.clone());
+                    std::thread::spawn(move || store(&url, &schema).close().unwrap())
+                })
+                .collect();
+            for racer in racers {
+                racer.join().unwrap();
+            }
+            assert_eq!(
+                psql(
+                    &url,
+                    &format!(
+                        "SELECT string_agg(version::text, ',' ORDER BY version) FROM {schema}.execlog_schema"
+                    )
+                )
+                .trim(),
+                "1,2,3,4"
+            );
+            let store = store(&url, &schema);
+            for (e, events) in execs.iter().zip(&before) {
+                assert_eq!(
+                    &store.load_events_blocking(e).unwrap(),
+                    events,
+                    "{e:?} intact"
+                );
+                let again = store
+                    .append_with_blocking(e, &t, vec![step_event(99)], key.clone())
+                    .unwrap();
+                assert!(again.replayed, "{e:?}: the key replays");
+            }
+            assert!(store.delete_execution_blocking(&execs[1]).unwrap());
+            let mut all = store
+                .subscribe(SubscriptionFilter::All, StartFrom::Beginning)
+                .unwrap();
+            let left: Vec<_> = positions
+                .iter()
+                .filter(|d| d.event.execution_id != execs[1])
+                .cloned()
+                .collect();
+            assert_eq!(take(&mut all, left.len()), left);
+            assert_nothing_more(&mut all, "after the migration and a deletion");
+            assert_eq!(
+                store.list_executions_blocking(&t, 10, 0).unwrap(),
+                [execs[2].clone(), execs[0].clone()]
+            );
+            assert_eq!(store.prune_blocking(Duration::ZERO).unwrap(), 2);
+            assert_eq!(store.list_executions_blocking(&t, 10, 0).unwrap(), []);
+            store.close().unwrap();
         }
     }
 }

@@ -43,8 +43,8 @@
 //!   more below the horizon, and everything it found was taken.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
@@ -99,11 +99,13 @@ const LOOK_GAP: Duration = Duration::from_millis(2);
 /// have ended.
 const END_POLL: Duration = Duration::from_millis(5);
 
-/// What a store shares with its subscriptions: whether it was closed, and a counter
-/// bumped after each of its appends committed, so that followers look at once.
+/// What a store shares with its subscriptions: whether it was closed, a counter
+/// bumped after each of its appends committed, so that followers look at once, and
+/// their channels, so that a deletion drops the events they hold of what it deleted.
 pub(crate) struct Hub {
     closed: AtomicBool,
     changes: watch::Sender<u64>,
+    channels: Mutex<Vec<Weak<Channel>>>,
 }
 
 impl Hub {
@@ -111,6 +113,33 @@ impl Hub {
         Hub {
             closed: AtomicBool::new(false),
             changes: watch::Sender::new(0),
+            channels: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A new subscription's channel (and the channels of ended ones forgotten).
+    fn register(&self, channel: &Arc<Channel>) {
+        let mut channels = self.channels.lock();
+        channels.retain(|c| c.strong_count() > 0);
+        channels.push(Arc::downgrade(channel));
+    }
+
+    /// `executions` (stored ids) were deleted, durably: no subscription of this store
+    /// delivers their events from now on, also those it already read and holds, or is
+    /// reading now.
+    pub(crate) fn deleted(&self, executions: &[String]) {
+        if executions.is_empty() {
+            return;
+        }
+        let executions: HashSet<&str> = executions.iter().map(String::as_str).collect();
+        let channels: Vec<Arc<Channel>> = self
+            .channels
+            .lock()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for channel in channels {
+            channel.forget(&executions);
         }
     }
 
@@ -235,6 +264,7 @@ impl Follow for PgStore {
             }
         };
         let channel = Arc::new(Channel::default());
+        self.follow.register(&channel);
         let producer = Producer {
             readers: Arc::clone(&self.readers),
             hub: Arc::clone(&self.follow),
@@ -419,8 +449,9 @@ impl Producer {
         }
         Ok(Ok(Cursor {
             xid,
-            // Past its last row if the transaction wrote fewer.
-            id: id.unwrap_or(i64::MAX),
+            // Before its rows if none up to that rank is left (deleted, or none
+            // written): those still there come after the position.
+            id: id.unwrap_or(i64::MIN),
             ordinal,
         }))
     }
@@ -434,6 +465,9 @@ impl Producer {
         below: i64,
         since: &mut Option<(i64, HashSet<i64>)>,
     ) -> Result<Look> {
+        // From here to the push, a deletion also drops its executions' rows of this
+        // page (the query may run on a snapshot taken before the deletion committed).
+        self.channel.reading();
         let rows = self
             .readers
             .run(&Query::Page {
@@ -457,10 +491,13 @@ impl Producer {
         for row in rows {
             let xid: i64 = row.try_get(1).map_err(bad)?;
             let id: i64 = row.try_get(2).map_err(bad)?;
-            let ordinal = if xid == cursor.xid {
-                cursor.ordinal + 1
-            } else {
-                0
+            // Its rank: kept in `ord` when an event before it was deleted, else one
+            // more than the event before it (0 for a transaction's first).
+            let ord: Option<i64> = row.try_get(9).map_err(bad)?;
+            let ordinal = match ord {
+                Some(ord) => ord,
+                None if xid == cursor.xid => cursor.ordinal + 1,
+                None => 0,
             };
             let position = position(xid, ordinal)?;
             *cursor = Cursor { xid, id, ordinal };
@@ -552,6 +589,11 @@ struct State {
     caught_up: bool,
     /// The subscription ended: closed, or failed.
     end: Option<Error>,
+    /// The producer is reading a page ([`Channel::reading`] to its push).
+    reading: bool,
+    /// Executions (stored ids) deleted while that page was read: its rows of them
+    /// are dropped when it is pushed.
+    deleted: HashSet<String>,
     /// Bumped when events arrive or the subscription ends.
     generation: u64,
     waker: Option<Waker>,
@@ -564,9 +606,45 @@ impl State {
 }
 
 impl Channel {
+    /// The producer starts reading a page.
+    fn reading(&self) {
+        let mut state = self.state.lock();
+        state.reading = true;
+        state.deleted.clear();
+    }
+
+    /// Drops the events of `executions` (stored ids, deleted) the channel holds, and
+    /// those of the page being read when it is pushed.
+    fn forget(&self, executions: &HashSet<&str>) {
+        let freed = {
+            let mut state = self.state.lock();
+            let state = &mut *state;
+            let before = state.events.len();
+            let mut bytes = state.bytes;
+            state.events.retain(|raw| {
+                let keep = !executions.contains(raw.execution.as_str());
+                if !keep {
+                    bytes -= raw.body.len();
+                }
+                keep
+            });
+            state.bytes = bytes;
+            if state.reading {
+                state
+                    .deleted
+                    .extend(executions.iter().map(|e| (*e).to_owned()));
+            }
+            state.events.len() < before && state.has_room()
+        };
+        if freed {
+            self.room.notify_one();
+        }
+    }
+
     /// Adds `events` (`bytes` of bodies), waiting for room, and records whether the
-    /// look that found them found nothing more.
-    async fn push(&self, events: Vec<Raw>, bytes: usize, caught_up: bool) {
+    /// look that found them found nothing more. Rows of executions deleted while the
+    /// page was read are dropped.
+    async fn push(&self, mut events: Vec<Raw>, mut bytes: usize, caught_up: bool) {
         if !events.is_empty() {
             loop {
                 let room = self.room.notified();
@@ -576,17 +654,23 @@ impl Channel {
                 room.await;
             }
         }
-        let arrived = !events.is_empty();
-        let waker = {
+        let (arrived, waker) = {
             let mut state = self.state.lock();
+            if !state.deleted.is_empty() {
+                events.retain(|raw| !state.deleted.contains(&raw.execution));
+                bytes = events.iter().map(|raw| raw.body.len()).sum();
+            }
+            state.reading = false;
+            state.deleted.clear();
+            let arrived = !events.is_empty();
             state.events.extend(events);
             state.bytes += bytes;
             state.caught_up = caught_up;
             if arrived {
                 state.generation += 1;
-                state.waker.take()
+                (arrived, state.waker.take())
             } else {
-                None
+                (arrived, None)
             }
         };
         if arrived {

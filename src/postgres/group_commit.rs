@@ -22,6 +22,9 @@
 //! - A group holds at most one tenant per execution (an append naming another tenant
 //!   waits for the next group), so a tenant mismatch rejects exactly the appends that
 //!   name the wrong owner, and nothing else in the group.
+//! - A head row marked deleted (`deletion.rs`) is locked and left as it is, like one
+//!   of another tenant: its appends store nothing and are answered `Error::Deleted`
+//!   (looked up after the commit, [`DELETED_SQL`]; the mark is never lifted).
 //! - An append is answered `Ok` only after its transaction's commit returned, or,
 //!   when the connection broke or fell silent around the commit, after a transaction
 //!   on a new connection found the group's commit token committed and itself
@@ -32,7 +35,7 @@
 //! - Every append is answered exactly once: committed, refused (alone, after its
 //!   group was split), or failed with the group.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -49,8 +52,10 @@ use crate::error::{Error, Result};
 use crate::ids::{ExecutionId, TenantId};
 
 /// Advances the head rows of the group's executions and inserts its events, in one
-/// statement. Returns each execution whose owner matched with its new last sequence
-/// and the timestamp given to the group's events.
+/// statement. Returns each execution whose owner matched and that is not deleted, with
+/// its new last sequence and the timestamp given to the group's events. (The upsert
+/// locks the head rows it leaves alone too, and reads their newest version: a deletion
+/// that committed while the group waited for the lock is seen.)
 ///
 /// The follow order (`follow.rs`): an execution's head row records the transaction id
 /// of its last writer (`last_xid`), and a transaction that finds a newer one there
@@ -71,7 +76,7 @@ WITH input AS (
                             ELSE h.last_seq + excluded.last_seq END,
             last_ts_ns = greatest(h.last_ts_ns, excluded.last_ts_ns),
             last_xid = pg_current_xact_id()
-        WHERE h.tenant_id = excluded.tenant_id
+        WHERE h.tenant_id = excluded.tenant_id AND h.deleted_at IS NULL
     RETURNING h.execution_id, h.last_seq, h.last_ts_ns
 ), token AS (
     INSERT INTO execlog_commits (token) VALUES ($8::text)
@@ -91,7 +96,15 @@ SELECT execution_id, last_seq, last_ts_ns FROM heads
 /// id before the lock waits). Runs in the same transaction, after it.
 const LAST_XID_SQL: &str = "
 UPDATE execlog_executions SET last_xid = pg_current_xact_id()
-WHERE execution_id = ANY($1::text[]) AND last_xid IS NULL";
+WHERE execution_id = ANY($1::text[]) AND last_xid IS NULL AND deleted_at IS NULL";
+
+/// The executions among `$1` marked deleted: why [`GROUP_SQL`] left out an execution
+/// of the group (if not deleted, the append named another tenant). Asked after the
+/// commit, only when some execution was left out: a mark is never lifted, and an
+/// execution deleted since was then refused rightly either way (nothing was stored).
+const DELETED_SQL: &str = "
+SELECT execution_id FROM execlog_executions
+WHERE execution_id = ANY($1::text[]) AND deleted_at IS NOT NULL";
 
 /// The executions among `$1` whose head row exists but is locked by another
 /// transaction; locks the others' head rows for this one, without waiting.
@@ -314,6 +327,7 @@ struct Conn {
     group: Statement,
     last_xid: Statement,
     busy: Statement,
+    deleted: Statement,
 }
 
 struct Writer {
@@ -392,7 +406,58 @@ impl Writer {
         }
         // The plan the committed attempt used: `Plan::new` depends only on the group.
         let plan = Plan::new(&group);
-        answer(group, &plan, outcome);
+        let deleted = match &outcome {
+            Ok(rows) => {
+                let stored: HashSet<&str> = rows.iter().filter_map(|r| r.try_get(0).ok()).collect();
+                let left_out: Vec<String> = plan
+                    .executions
+                    .iter()
+                    .filter(|e| !stored.contains(e.as_str()))
+                    .cloned()
+                    .collect();
+                if left_out.is_empty() {
+                    Ok(HashSet::new())
+                } else {
+                    self.deleted_among(&left_out).await
+                }
+            }
+            Err(_) => Ok(HashSet::new()),
+        };
+        answer(group, &plan, outcome, deleted);
+    }
+
+    /// The executions among `executions` marked deleted ([`DELETED_SQL`]), asked until
+    /// `reconnect_timeout`.
+    async fn deleted_among(&mut self, executions: &[String]) -> Result<HashSet<String>> {
+        let since = Instant::now();
+        loop {
+            let error = match self.take_connection().await {
+                Ok(conn) => {
+                    let params: [&(dyn ToSql + Sync); 1] = [&executions];
+                    let asked = conn.client.query(&conn.deleted, &params);
+                    match tokio::time::timeout(self.target.reconnect_timeout, asked).await {
+                        Ok(Ok(rows)) => {
+                            self.conn = Some(conn);
+                            return rows
+                                .iter()
+                                .map(|row| row.try_get(0).map_err(|e| self.target.error(&e)))
+                                .collect();
+                        }
+                        Ok(Err(e)) if is_connection_loss(&conn.client, &e) => self.target.error(&e),
+                        Ok(Err(e)) => {
+                            self.conn = Some(conn);
+                            return Err(self.target.error(&e));
+                        }
+                        Err(_) => self.silent(),
+                    }
+                }
+                Err(e) => e,
+            };
+            if since.elapsed() >= self.target.reconnect_timeout {
+                return Err(error);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// One try: connect if needed, then one round trip (`BEGIN`, the group statement
@@ -535,11 +600,13 @@ impl Writer {
         let group = client.prepare(GROUP_SQL).await.map_err(err)?;
         let last_xid = client.prepare(LAST_XID_SQL).await.map_err(err)?;
         let busy = client.prepare(BUSY_SQL).await.map_err(err)?;
+        let deleted = client.prepare(DELETED_SQL).await.map_err(err)?;
         Ok(Conn {
             client,
             group,
             last_xid,
             busy,
+            deleted,
         })
     }
 
@@ -657,6 +724,21 @@ fn classify(failure: &tokio_postgres::Error, error: Error) -> Attempt {
     }
 }
 
+/// The answer to an append that was refused (not stored) when asking whether its
+/// execution is deleted failed.
+fn refused_unknown_why(error: &Error) -> Error {
+    match error {
+        Error::Unavailable { server, reason } => Error::Unavailable {
+            server: server.clone(),
+            reason: format!(
+                "the append was not stored: its execution is deleted or owned by another \
+                 tenant, and asking which failed: {reason}"
+            ),
+        },
+        other => other.duplicate(),
+    }
+}
+
 pub(crate) fn in_doubt(error: Error) -> Error {
     match error {
         Error::Unavailable { server, reason } => Error::Unavailable {
@@ -686,8 +768,15 @@ async fn begin(
     busy?.iter().map(|row| row.try_get(0)).collect()
 }
 
-/// Sends each append its answer: its first sequence, or why it failed.
-fn answer(group: Vec<Request>, plan: &Plan, outcome: Result<Vec<Row>>) {
+/// Sends each append its answer: its first sequence, or why it failed. `deleted`: the
+/// executions the group statement left out that are deleted (the others' appends
+/// named another tenant), or why that could not be asked.
+fn answer(
+    group: Vec<Request>,
+    plan: &Plan,
+    outcome: Result<Vec<Row>>,
+    deleted: Result<HashSet<String>>,
+) {
     let rows = match outcome {
         Ok(rows) => rows,
         Err(e) => {
@@ -712,10 +801,14 @@ fn answer(group: Vec<Request>, plan: &Plan, outcome: Result<Vec<Row>>) {
                     message: format!("execution {execution:?} has a negative sequence"),
                 })
             }
-            None => Err(Error::TenantMismatch {
-                execution_id: request.execution_id.to_string(),
-                given: request.tenant_id.to_string(),
-            }),
+            None => match &deleted {
+                Ok(deleted) if deleted.contains(execution) => Err(Error::Deleted),
+                Ok(_) => Err(Error::TenantMismatch {
+                    execution_id: request.execution_id.to_string(),
+                    given: request.tenant_id.to_string(),
+                }),
+                Err(e) => Err(refused_unknown_why(e)),
+            },
         };
         // The caller may have stopped waiting (a dropped future); the append stands.
         let _ = request.reply.send(result);

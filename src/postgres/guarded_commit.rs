@@ -10,7 +10,9 @@
 //!    new snapshot, so these two, running after the lock was granted, see everything
 //!    the previous holder of the lock committed (one statement that locked and read
 //!    would read the other tables as they were before its lock wait).
-//! 2. The checks, in the order of `src/guard.rs`: the tenant owns the execution; a key
+//! 2. The checks, in the order of `src/guard.rs`: the execution is not deleted (its
+//!    head row is not marked, `deletion.rs`: else `Error::Deleted`); the tenant owns
+//!    the execution; a key
 //!    found answers the retry (a replay if its events' bodies equal this append's,
 //!    compared on the server by [`SAME_SQL`], else `IdempotencyConflict`); the
 //!    expected sequence holds. A refusal rolls back: nothing is written, no sequence
@@ -58,8 +60,9 @@ VALUES ($1, $2, 0, 0)
 ON CONFLICT (execution_id) DO UPDATE SET last_seq = h.last_seq WHERE false
 RETURNING h.last_seq";
 
-const HEAD_SQL: &str =
-    "SELECT tenant_id, last_seq, last_ts_ns FROM execlog_executions WHERE execution_id = $1";
+const HEAD_SQL: &str = "
+SELECT tenant_id, last_seq, last_ts_ns, deleted_at IS NOT NULL
+FROM execlog_executions WHERE execution_id = $1";
 
 const KEY_SQL: &str =
     "SELECT first_seq, last_seq FROM execlog_idempotency WHERE execution_id = $1 AND key = $2";
@@ -83,7 +86,7 @@ WITH head AS (
                         THEN execlog_out_of_order(execution_id, last_xid) ELSE $3 END,
         last_ts_ns = greatest(last_ts_ns, $4),
         last_xid = pg_current_xact_id()
-    WHERE execution_id = $1 AND last_seq = $2
+    WHERE execution_id = $1 AND last_seq = $2 AND deleted_at IS NULL
     RETURNING execution_id
 ), events AS (
     INSERT INTO execlog_events (execution_id, seq, ts_ns, body)
@@ -166,6 +169,8 @@ struct Head {
     last_ts_ns: i64,
     /// Created by this transaction: the execution does not exist yet.
     created: bool,
+    /// Marked deleted.
+    deleted: bool,
 }
 
 impl Guarded {
@@ -433,6 +438,9 @@ async fn check(
     head: &Head,
     stored: Option<(i64, i64)>,
 ) -> std::result::Result<Option<Result<AppendOutcome>>, tokio_postgres::Error> {
+    if head.deleted {
+        return Ok(Some(Err(Error::Deleted)));
+    }
     if head.tenant != job.tenant {
         return Ok(Some(Err(Error::TenantMismatch {
             execution_id: job.execution_id.to_string(),
@@ -492,6 +500,7 @@ async fn lock(
         last_seq: head.try_get(1)?,
         last_ts_ns: head.try_get(2)?,
         created,
+        deleted: head.try_get(3)?,
     };
     let stored = match stored?.flatten() {
         Some(row) => Some((row.try_get(0)?, row.try_get(1)?)),

@@ -6,7 +6,8 @@
 //! chunks; imports do not go through the group commit, which assigns sequences and
 //! times):
 //! 1. `BEGIN`, then lock the execution's head row (`SELECT … FOR UPDATE`);
-//! 2. check, under that lock: the tenant owns the execution, the chunk starts right
+//! 2. check, under that lock: the execution is not deleted (`Error::Deleted`), the
+//!    tenant owns the execution, the chunk starts right
 //!    after `last_seq` (at 1 when there is no head row yet), and its first event is not
 //!    timed before `last_ts_ns` (the execution's newest event);
 //! 3. create the head row, or advance it: `last_seq` = the chunk's last sequence,
@@ -42,7 +43,7 @@ use crate::ids::ExecutionId;
 use crate::import::{Chunk, earlier_than_last, not_next};
 
 const HEAD_SQL: &str = "
-SELECT tenant_id, last_seq, last_ts_ns FROM execlog_executions
+SELECT tenant_id, last_seq, last_ts_ns, deleted_at IS NOT NULL FROM execlog_executions
 WHERE execution_id = $1 FOR UPDATE";
 
 /// The head rows record their last writer's transaction id (`last_xid`), and the
@@ -67,7 +68,10 @@ SELECT $1, seq, ts_ns, body
 FROM unnest($2::bigint[], $3::bigint[], $4::bytea[]) WITH ORDINALITY AS e(seq, ts_ns, body, k)
 ORDER BY e.k";
 
-const ALL_SQL: &str = "SELECT execution_id, last_seq FROM execlog_executions ORDER BY created";
+/// Deleted executions are left out: their events are gone.
+const ALL_SQL: &str = "
+SELECT execution_id, last_seq FROM execlog_executions
+WHERE deleted_at IS NULL ORDER BY created";
 
 /// The importer's connection, made on first use and kept while it works.
 #[derive(Default)]
@@ -254,7 +258,10 @@ async fn transaction(conn: &mut Conn, job: &Job) -> std::result::Result<u64, Fai
             let tenant: &str = row.try_get(0)?;
             let last_seq: i64 = row.try_get(1)?;
             let last_ts_ns: i64 = row.try_get(2)?;
-            if tenant != job.tenant {
+            let deleted: bool = row.try_get(3)?;
+            if deleted {
+                Some(Error::Deleted)
+            } else if tenant != job.tenant {
                 Some(Error::TenantMismatch {
                     execution_id: chunk.execution_id.to_string(),
                     given: chunk.tenant_id.to_string(),

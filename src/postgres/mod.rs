@@ -20,8 +20,8 @@
 //!
 //! Errors are [`Error`] values inside the trait's `anyhow::Error`
 //! (`err.downcast_ref::<execlog::Error>()`): the embedded store's variants where they
-//! apply (`InvalidArgument`, `TenantMismatch`, `Closed`, and for guarded appends
-//! `WrongExpectedSequence` and `IdempotencyConflict`), plus
+//! apply (`InvalidArgument`, `TenantMismatch`, `Deleted`, `Closed`, and for guarded
+//! appends `WrongExpectedSequence` and `IdempotencyConflict`), plus
 //! [`Error::Unavailable`] (the server cannot be reached now: retry later) and
 //! [`Error::Database`] (the server refused: wrong password, unknown database, missing
 //! privilege; a retry will not help). Connecting creates or migrates the tables unless
@@ -40,6 +40,9 @@
 //! - **read** → `read.rs` (shared, pipelined connections) → rows decoded here.
 //! - **follow** (positions, subscriptions) → `follow.rs`: a task per subscription on
 //!   the store's runtime reads pages through `read.rs` into a bounded channel.
+//! - **delete, prune** ([`Lifecycle`](crate::Lifecycle)) → `deletion.rs`: one
+//!   transaction per deletion on a connection of its own, under the head row locks
+//!   appends take; then the store's subscriptions drop what they hold of it.
 //!
 //! The connections live on a small tokio runtime owned by the store; callers only wait
 //! on channels and join handles, so the API works from any executor and, through the
@@ -47,6 +50,7 @@
 
 mod block_on;
 mod connect;
+mod deletion;
 mod follow;
 mod group_commit;
 mod guarded;
@@ -96,8 +100,10 @@ pub struct PgStore {
     importer: Arc<import::Importer>,
     /// `guarded_commit.rs`: the guarded appends' connections.
     guarded: Arc<guarded_commit::Guarded>,
-    /// Held (read) by every guarded append from its admission to its answer; `close`
-    /// takes it (write) to wait for them.
+    /// `deletion.rs`: the deletions' connection.
+    deleter: Arc<deletion::Deleter>,
+    /// Held (read) by every guarded append and deletion from its admission to its
+    /// answer; `close` takes it (write) to wait for them.
     gate: Arc<tokio::sync::RwLock<()>>,
     /// `follow.rs`: what subscriptions share with the store.
     follow: Arc<follow::Hub>,
@@ -188,6 +194,7 @@ impl PgStore {
             readers,
             importer: Arc::default(),
             guarded,
+            deleter: Arc::default(),
             gate: Arc::default(),
             follow: Arc::new(follow::Hub::new()),
         })
@@ -202,9 +209,11 @@ impl PgStore {
     /// closes the connections. Later calls fail with [`Error::Closed`].
     pub fn close(&self) -> Result<()> {
         self.sender.lock().take();
-        // Guarded appends admitted before the line above are answered first.
+        // Guarded appends and deletions admitted before the line above are answered
+        // first.
         drop(block_on(self.gate.write()));
         self.guarded.close();
+        self.deleter.close();
         let writers = std::mem::take(&mut *self.writers.lock());
         for writer in writers {
             block_on(writer).map_err(panicked)?;

@@ -22,14 +22,19 @@ WHERE e.execution_id = $1 AND e.seq > $2
 ORDER BY e.seq
 LIMIT $3";
 
-const LATEST_SQL: &str = "SELECT last_seq FROM execlog_executions WHERE execution_id = $1";
+// A head row marked deleted (`deleted_at`, `postgres/deletion.rs`) is an execution
+// that does not exist: every read of a head row leaves it out. (A deleted execution
+// has no events left: `LOAD_SQL` and the follow path find none.)
+const LATEST_SQL: &str =
+    "SELECT last_seq FROM execlog_executions WHERE execution_id = $1 AND deleted_at IS NULL";
 
-const TENANT_SQL: &str =
-    "SELECT tenant_id FROM execlog_executions WHERE execution_id = $1 AND last_seq > 0";
+const TENANT_SQL: &str = "
+SELECT tenant_id FROM execlog_executions
+WHERE execution_id = $1 AND last_seq > 0 AND deleted_at IS NULL";
 
 const LIST_SQL: &str = "
 SELECT execution_id FROM execlog_executions
-WHERE tenant_id = $1
+WHERE tenant_id = $1 AND deleted_at IS NULL
 ORDER BY created DESC
 LIMIT $2 OFFSET $3";
 
@@ -41,12 +46,16 @@ SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint,
 FROM pg_current_snapshot() AS s";
 
 /// The follow path: the horizon (every transaction below it has ended), and the
-/// identity `id` of the `$2`-th (from 0) event transaction `$1` wrote, if it wrote
-/// that many.
+/// identity `id` of the last event transaction `$1` still holds whose rank in it is at
+/// most `$2` (NULL if none). An event's rank is its `ord` if it has one (an event
+/// after a deleted one, `postgres/deletion.rs`), else its place among the events
+/// still there, which are then all the events before it.
 const NTH_SQL: &str = "
 SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
-       (SELECT id FROM execlog_events WHERE xid = $1::bigint::text::xid8
-        ORDER BY id OFFSET $2 LIMIT 1)";
+       (SELECT max(r.id) FROM (
+            SELECT id, coalesce(ord, row_number() OVER (ORDER BY id) - 1) AS rank
+            FROM execlog_events WHERE xid = $1::bigint::text::xid8
+        ) r WHERE r.rank <= $2::bigint)";
 
 /// The follow path: the next page of events after the cursor `($1, $2)` in `(xid, id)`
 /// order, of transactions below the horizon (and below `$3`), at most `$4` of them.
@@ -54,11 +63,13 @@ SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
 /// 2 the execution `$6`); the body and tenant come only with wanted rows, and only as
 /// long as the wanted bodies before stay under `$7` bytes. Always one row more than
 /// the page, first: the horizon and the number of rows the page scanned.
+/// The last column is the event's `ord`, its rank in its transaction when an event
+/// before it was deleted (NULL otherwise: the rank is counted).
 const PAGE_SQL: &str = "
 WITH horizon AS MATERIALIZED (
     SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin
 ), page AS MATERIALIZED (
-    SELECT e.xid, e.id, e.execution_id, e.seq, e.ts_ns, e.body
+    SELECT e.xid, e.id, e.execution_id, e.seq, e.ts_ns, e.body, e.ord
     FROM execlog_events e
     WHERE (e.xid, e.id) > ($1::bigint::text::xid8, $2::bigint)
       AND e.xid < least((SELECT xmin FROM horizon), $3::bigint::text::xid8)
@@ -78,10 +89,12 @@ WITH horizon AS MATERIALIZED (
     FROM marked m
 )
 SELECT 0 AS part, (SELECT xmin FROM horizon)::text::bigint, (SELECT count(*) FROM page),
-       NULL::bigint, NULL::text, NULL::bigint, NULL::bool, NULL::text, NULL::bytea
+       NULL::bigint, NULL::text, NULL::bigint, NULL::bool, NULL::text, NULL::bytea,
+       NULL::bigint
 UNION ALL
 SELECT 1, s.xid::text::bigint, s.id, s.seq, s.execution_id, s.ts_ns, s.wanted,
-       CASE WHEN s.wanted THEN s.tenant_id END, CASE WHEN s.wanted THEN s.body END
+       CASE WHEN s.wanted THEN s.tenant_id END, CASE WHEN s.wanted THEN s.body END,
+       s.ord::bigint
 FROM sized s WHERE s.before < $7
 ORDER BY 1, 2, 3";
 

@@ -14,7 +14,7 @@ use super::connect::Target;
 use crate::error::{Error, Result};
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Each migration: its version, a description, and its SQL.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -76,6 +76,30 @@ BEGIN
                          execution_id, last_xid, pg_current_xact_id());
 END
 $$;
+",
+    ),
+    (
+        4,
+        "deleting executions: a deletion mark on the head row, ranks kept across deletions",
+        // Nullable columns without a default: catalog changes only, no rewrite, and the
+        // rows already there read as live executions (`deleted_at` NULL) whose events
+        // have their rank by count (`ord` NULL). The trigger is the backstop behind the
+        // writers' checks: no writer, an older build's included, advances a marked head
+        // row (this build's never try).
+        "
+ALTER TABLE execlog_executions ADD COLUMN deleted_at timestamptz;
+ALTER TABLE execlog_events ADD COLUMN ord integer;
+CREATE FUNCTION execlog_deleted_execution() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING
+        ERRCODE = 'object_not_in_prerequisite_state',
+        MESSAGE = format('execlog: execution %s was deleted; its id takes no more events',
+                         OLD.execution_id);
+END
+$$;
+CREATE TRIGGER execlog_deleted_execution BEFORE UPDATE ON execlog_executions
+FOR EACH ROW WHEN (OLD.deleted_at IS NOT NULL) EXECUTE FUNCTION execlog_deleted_execution();
 ",
     ),
 ];
