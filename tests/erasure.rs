@@ -314,6 +314,7 @@ fn run_seed(seed: u64) -> u64 {
     let mut acked: HashMap<ExecutionId, u64> = HashMap::new();
     let mut deleted: Vec<ExecutionId> = Vec::new();
     let mut attempted: Vec<ExecutionId> = Vec::new();
+    let mut erased: Vec<ExecutionId> = Vec::new();
     let mut compactions = 0;
     let mut store = LogStore::open_with(dir, sim_options(&sim)).ok();
     for op in 0..120u64 {
@@ -331,10 +332,18 @@ fn run_seed(seed: u64) -> u64 {
                     }
                 })
             }
-            1 | 2 => s.compact_now().map(|_| compactions += 1),
+            1 | 2 => s.compact_now().map(|_| {
+                compactions += 1;
+                // Acknowledged: what was deleted before it is gone from the files.
+                erased.clone_from(&deleted);
+            }),
             _ if deleted.contains(e) => Ok(()),
             _ => s
-                .append_blocking(e, &t, event("v", op, rng.below(2000) as usize))
+                .append_blocking(
+                    e,
+                    &t,
+                    event(&format!("payload-{e};"), op, rng.below(2000) as usize),
+                )
                 .map(|seq| {
                     acked.insert(e.clone(), seq);
                 }),
@@ -353,6 +362,16 @@ fn run_seed(seed: u64) -> u64 {
     }
     let after = sim.power_loss(rng.next_u64());
     drop(store);
+    for name in Io::list(&after, dir).unwrap_or_default() {
+        let bytes = after.read_file(&dir.join(&name)).unwrap_or_default();
+        for e in &erased {
+            let needle = format!("payload-{e};");
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "seed {seed}: {e}'s erased content is back in {name}"
+            );
+        }
+    }
     let store = LogStore::open_with(dir, sim_options(&after))
         .unwrap_or_else(|e| panic!("seed {seed}: reopen after the power loss failed: {e}"));
     for e in &ids {
