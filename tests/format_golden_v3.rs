@@ -1,8 +1,10 @@
 //! Format lock for version 3: tombstones and forks (docs/FORMAT.md, "Tombstone",
 //! "Fork", and the checkpoint's fork table). The fixture `tests/fixtures/format_v3/`
-//! holds the segment and the checkpoint a clean close of this version wrote for: two
+//! holds the segments and the checkpoint a clean close of this version wrote for: two
 //! executions of tenant `t`, a fork of the first at sequence 2 with one event of its
-//! own, the second deleted, and tenant `gone` with one execution, deleted as a tenant.
+//! own, the second deleted, and tenant `gone` with one execution, deleted as a tenant;
+//! then an erasure (the deleted events become erased records in segment 1, which a
+//! roll sealed: segment 2 holds the roll's seal and the close's).
 //! The test parses both files at the offsets FORMAT.md gives, and opens the fixture
 //! (with its checkpoint, and without) to the reads in `expected.json`.
 //!
@@ -20,6 +22,7 @@ use std::path::{Path, PathBuf};
 use execlog::*;
 
 const SEGMENT: &str = "0000000001.seg";
+const SEGMENT_2: &str = "0000000002.seg";
 const CHECKPOINT: &str = "checkpoint.idx";
 
 fn fixture() -> PathBuf {
@@ -61,13 +64,16 @@ fn write_fixture() {
         .append_blocking(&id("exec-c"), &gone, events[6].clone())
         .unwrap();
     assert_eq!(store.delete_tenant_blocking(&gone).unwrap(), 1);
+    assert_eq!(store.compact_now().unwrap().records_erased, 3);
     let expected = reads(&store);
     store.close().unwrap();
     drop(store);
     fs::create_dir_all(fixture()).unwrap();
-    let bytes = fs::read(dir.path().join(SEGMENT)).unwrap();
-    let end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
-    fs::write(fixture().join(SEGMENT), &bytes[..end.next_multiple_of(8)]).unwrap();
+    for name in [SEGMENT, SEGMENT_2] {
+        let bytes = fs::read(dir.path().join(name)).unwrap();
+        let end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+        fs::write(fixture().join(name), &bytes[..end.next_multiple_of(8)]).unwrap();
+    }
     fs::copy(dir.path().join(CHECKPOINT), fixture().join(CHECKPOINT)).unwrap();
     fs::write(
         fixture().join("expected.json"),
@@ -128,24 +134,43 @@ fn format_v3_bytes_match_format_md() {
         .iter()
         .map(|r| (r.kind, r.execution, r.sequence))
         .collect();
-    // Events 1 (exec-a ×3, exec-b ×2), fork 4 of exec-f (number 2) at 2, its own
-    // event 3, tombstone 3 of exec-b (number 1), exec-c (number 3), the tenant
-    // tombstone (4 executions numbered below it), then the seal 2.
+    // Events 1 (exec-a ×3; exec-b ×2, erased: 5), fork 4 of exec-f (number 2) at 2,
+    // its own event 3, tombstone 3 of exec-b (number 1), exec-c (number 3, erased),
+    // the tenant tombstone (4 executions numbered below it). No seal: the erasure's
+    // roll moved the log to segment 2.
     assert_eq!(
         kinds,
         [
             (1, 0, 1),
             (1, 0, 2),
             (1, 0, 3),
-            (1, 1, 1),
-            (1, 1, 2),
+            (5, 1, 1),
+            (5, 1, 2),
             (4, 2, 2),
             (1, 2, 3),
             (3, 1, 0),
-            (1, 3, 1),
+            (5, 3, 1),
             (3, 4, 0),
-            (2, 0, 0),
         ]
+    );
+    // Erased bodies: the declaration (prefix form 01, bincode strings) in sequence 1,
+    // form 00 otherwise, then zeros.
+    let first = records[3].body;
+    assert_eq!(&first[..16], b"\x01\x06exec-b\x01t\x00\x00\x00\x00\x00\x00");
+    assert!(first[10..].iter().all(|&b| b == 0));
+    assert!(records[4].body.iter().all(|&b| b == 0));
+    assert_eq!(&records[8].body[..13], b"\x01\x06exec-c\x04gone");
+    assert!(records[8].body[13..].iter().all(|&b| b == 0));
+    let b2 = fs::read(fixture().join(SEGMENT_2)).unwrap();
+    assert_eq!(le32(&b2, 8), 3);
+    let seals: Vec<(u16, u64)> = self::records(&b2)
+        .iter()
+        .map(|r| (r.kind, le64(r.body, 0)))
+        .collect();
+    assert_eq!(
+        seals,
+        [(2, 32), (2, 96)],
+        "the roll's seal, then the close's"
     );
     let fork = &records[5];
     assert_eq!(le64(fork.body, 0), 0, "source: exec-a's number");
@@ -168,7 +193,7 @@ fn format_v3_bytes_match_format_md() {
     assert_eq!(le32(&c, 8), 1, "checkpoint layout version");
     let (segments, tenants, executions, forks) =
         (le32(&c, 24), le32(&c, 28), le32(&c, 32), le32(&c, 36));
-    assert_eq!((segments, tenants, executions, forks), (1, 2, 4, 1));
+    assert_eq!((segments, tenants, executions, forks), (2, 2, 4, 1));
     let mut at = 40 + 12 * segments as usize;
     for want in ["t", "gone"] {
         let len = le32(&c, at) as usize;
@@ -206,7 +231,9 @@ fn format_v3_fixture_opens_with_and_without_its_checkpoint() {
     assert!(expected["exec-b"].is_empty() && expected["exec-c"].is_empty());
     for with_checkpoint in [true, false] {
         let work = tempfile::tempdir().unwrap();
-        fs::copy(fixture().join(SEGMENT), work.path().join(SEGMENT)).unwrap();
+        for name in [SEGMENT, SEGMENT_2] {
+            fs::copy(fixture().join(name), work.path().join(name)).unwrap();
+        }
         if with_checkpoint {
             fs::copy(fixture().join(CHECKPOINT), work.path().join(CHECKPOINT)).unwrap();
         }
