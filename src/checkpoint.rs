@@ -374,8 +374,16 @@ impl<'a> Walk<'a> {
             Kind::Seal => return Ok(()),
             Kind::Delete => return self.tombstone(h, body),
             Kind::Fork => return self.fork(h, body),
-            Kind::Event | Kind::Erased => {}
+            Kind::Event | Kind::Erased | Kind::ErasedSpan => {}
         }
+        // An erased span stands for events `h.sequence..=last`, the last at `last_pos`.
+        let ((last, last_pos), body) = match h.kind {
+            Kind::ErasedSpan => {
+                let (last, last_pos, rest) = crate::erasure::decode_span(h, body)?;
+                ((last, last_pos), rest)
+            }
+            _ => ((h.sequence, pos), body),
+        };
         self.newest_event_ns = self.newest_event_ns.max(h.timestamp_ns);
         let first_of_batch = self.batch.is_none();
         self.batch = (h.batch_remaining > 0).then_some((h.execution, h.batch_remaining));
@@ -418,16 +426,19 @@ impl<'a> Walk<'a> {
             }
         }
         let (stride, first) = (index.stride(), index.first_own(no as ExecNo));
-        if (h.sequence - first).is_multiple_of(stride) {
-            let k = usize::try_from((h.sequence - first) / stride).unwrap_or(usize::MAX);
-            if e.sparse().get(k) != Some(&pos) {
-                return Err(format!(
-                    "entry point of {} sequence {} differs",
-                    e.id, h.sequence
-                ));
+        for sequence in h.sequence..=last {
+            let at = if sequence == last { last_pos } else { pos };
+            if (sequence - first).is_multiple_of(stride) {
+                let k = usize::try_from((sequence - first) / stride).unwrap_or(usize::MAX);
+                if e.sparse().get(k) != Some(&at) {
+                    return Err(format!(
+                        "entry point of {} sequence {sequence} differs",
+                        e.id
+                    ));
+                }
             }
         }
-        *reached = (h.sequence, Some(pos));
+        *reached = (last, Some(last_pos));
         Ok(())
     }
 

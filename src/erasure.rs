@@ -88,6 +88,12 @@ impl Plan {
         Plan { deleted, kept }
     }
 
+    /// Whether the dead records of `h`'s execution may be merged into spans: no fork
+    /// reads any of its events (a fork's read may walk its links).
+    fn spannable(&self, h: &Header) -> bool {
+        !self.kept.contains_key(&(h.execution as ExecNo))
+    }
+
     fn dead(&self, h: &Header) -> bool {
         let Ok(no) = usize::try_from(h.execution) else {
             return false;
@@ -100,14 +106,11 @@ impl Plan {
 
 /// The segments that may hold records of deleted executions: those an execution's
 /// own records span, from its first to its durable end.
-pub(crate) fn segments_of(index: &Index, no: ExecNo) -> std::ops::RangeInclusive<u32> {
-    match index.get(no) {
-        Some(e) => match e.sparse().first() {
-            Some(first) => first.segment..=e.durable_pos.segment,
-            None => 1..=0,
-        },
-        None => 1..=0,
-    }
+pub(crate) fn segments_of(index: &Index, no: ExecNo) -> std::ops::Range<u32> {
+    let own = index
+        .get(no)
+        .and_then(|e| Some((e.sparse().first()?, e.durable_pos)));
+    own.map_or(0..0, |(first, last)| first.segment..last.segment + 1)
 }
 
 /// Every segment that may hold dead records of `index` (at open).
@@ -121,51 +124,159 @@ pub(crate) fn all_erasable(index: &Index) -> BTreeSet<u32> {
     set
 }
 
-/// The erased image of a segment's records `[0, end)`, or `None` if none is dead.
+/// An erased span as written: the executions's number, its first and last sequence,
+/// and where the span starts (what the index's entry points for the sequences before
+/// the last move to).
+pub(crate) struct Span {
+    pub(crate) execution: ExecNo,
+    pub(crate) first: u64,
+    pub(crate) last: u64,
+    pub(crate) pos: Pos,
+}
+
+/// Bytes before the prefix in an erased span's body: last sequence, last position.
+const SPAN_FIELDS: usize = 16;
+
+/// Decodes an erased span's body: its last sequence, the position of its last record
+/// as it was, and the rest (the record prefix, then zeros).
+pub(crate) fn decode_span<'a>(
+    header: &Header,
+    body: &'a [u8],
+) -> std::result::Result<(u64, Pos, &'a [u8]), String> {
+    let (fields, rest) = body
+        .split_first_chunk::<SPAN_FIELDS>()
+        .ok_or("erased span too short")?;
+    let last = u64::from_le_bytes(fields[..8].try_into().unwrap_or_default());
+    let last_pos = Pos::unpack(u64::from_le_bytes(
+        fields[8..].try_into().unwrap_or_default(),
+    ))
+    .ok_or("erased span without its last position")?;
+    if last <= header.sequence {
+        return Err("erased span covers fewer than two events".into());
+    }
+    // Each event it replaced took at least the smallest framed record: a forged last
+    // sequence cannot make replay loop beyond the span's bytes.
+    let most = (record::HEADER_LEN + body.len()) / record::framed_len(1);
+    if last - header.sequence >= most as u64 {
+        return Err("erased span claims more events than its bytes held".into());
+    }
+    Ok((last, last_pos, rest))
+}
+
+/// One record of a segment, decoded and checked.
+struct Found<'a> {
+    at: usize,
+    header: Header,
+    body: &'a [u8],
+    len: usize,
+}
+
+/// Every record of a segment's bytes `[0, end)`; any that fails its check is an error.
+fn records(id: u32, bytes: &[u8]) -> Result<Vec<Found<'_>>> {
+    let mut found = Vec::new();
+    let mut at = SEGMENT_HEADER_LEN;
+    while at < bytes.len() {
+        let corrupt = |why: String| Error::corrupt(id, at as u64, why);
+        match record::decode(&bytes[at..]) {
+            Decoded::Record {
+                header,
+                body,
+                framed_len,
+            } => found.push(Found {
+                at,
+                header,
+                body,
+                len: framed_len,
+            }),
+            Decoded::Empty => return Err(corrupt("no record below the durable end".into())),
+            Decoded::Invalid(why) => return Err(corrupt(why.to_string())),
+        }
+        at += found.last().map_or(0, |f| f.len);
+    }
+    Ok(found)
+}
+
+/// The erased image of a segment's records `[0, end)` and the spans in it, or `None`
+/// if no record is dead. Consecutive dead records of an execution no fork reads (in
+/// one commit group) become one span, so that their pages can become holes; others
+/// are erased one by one, keeping their places in the chain.
 fn erase(
     id: u32,
     bytes: &[u8],
     plan: &Plan,
     report: &mut CompactReport,
-) -> Result<Option<Vec<u8>>> {
+) -> Result<Option<(Vec<u8>, Vec<Span>)>> {
+    let found = records(id, bytes)?;
     let mut image: Option<Vec<u8>> = None;
-    let mut at = SEGMENT_HEADER_LEN;
-    while at < bytes.len() {
-        let corrupt = |why: String| Error::corrupt(id, at as u64, why);
-        let (header, body, len) = match record::decode(&bytes[at..]) {
-            Decoded::Record {
-                header,
-                body,
-                framed_len,
-            } => (header, body, framed_len),
-            Decoded::Empty => return Err(corrupt("no record below the durable end".into())),
-            Decoded::Invalid(why) => return Err(corrupt(why.to_string())),
-        };
-        if plan.dead(&header) {
-            let (prefix, _) = codec::split_body(body).map_err(corrupt)?;
-            let mut erased_body = Vec::with_capacity(body.len());
-            codec::encode_declaration(prefix.declaration.as_ref(), &mut erased_body);
-            erased_body.resize(body.len(), 0);
-            let mut record = Vec::with_capacity(len);
-            let erased = Header {
-                kind: Kind::Erased,
-                ..header
-            };
-            record::encode(&erased, &[&erased_body], &mut record);
-            let image = image.get_or_insert_with(|| {
-                // Rewritten as this version's segment: an older build refuses it
-                // (UnsupportedFormat) rather than taking erased records for damage.
-                let mut image = bytes.to_vec();
-                image[..SEGMENT_HEADER_LEN].copy_from_slice(&segment::encode_header(id));
-                image
-            });
-            image[at..at + len].copy_from_slice(&record);
-            report.records_erased += 1;
-            report.bytes_erased += len as u64;
+    let mut spans = Vec::new();
+    let mut i = 0;
+    while i < found.len() {
+        let first = &found[i];
+        if !plan.dead(&first.header) {
+            i += 1;
+            continue;
         }
-        at += len;
+        let mut j = i;
+        if plan.spannable(&first.header) {
+            while found.get(j + 1).is_some_and(|next| {
+                plan.dead(&next.header)
+                    && next.header.execution == first.header.execution
+                    && next.header.group_start == first.header.group_start
+            }) {
+                j += 1;
+            }
+        }
+        let last = &found[j];
+        let end = last.at + last.len;
+        let corrupt = |why: String| Error::corrupt(id, first.at as u64, why);
+        let (prefix, _) = codec::split_body(first.body).map_err(corrupt)?;
+        let mut body = Vec::with_capacity(end - first.at);
+        let mut header = Header {
+            kind: Kind::Erased,
+            ..first.header
+        };
+        if j > i {
+            header.kind = Kind::ErasedSpan;
+            header.batch_remaining = last.header.batch_remaining;
+            body.extend_from_slice(&last.header.sequence.to_le_bytes());
+            let last_pos = Pos {
+                segment: id,
+                offset: last.at as u32,
+            };
+            body.extend_from_slice(&last_pos.pack().to_le_bytes());
+            spans.push(Span {
+                execution: first.header.execution as ExecNo,
+                first: first.header.sequence,
+                last: last.header.sequence,
+                pos: Pos {
+                    segment: id,
+                    offset: first.at as u32,
+                },
+            });
+        }
+        codec::encode_declaration(prefix.declaration.as_ref(), &mut body);
+        let body_len = if j > i {
+            end - first.at - record::HEADER_LEN
+        } else {
+            first.body.len()
+        };
+        body.resize(body_len, 0);
+        let mut record = Vec::with_capacity(end - first.at);
+        record::encode(&header, &[&body], &mut record);
+        debug_assert_eq!(record.len(), end - first.at);
+        let image = image.get_or_insert_with(|| {
+            // Rewritten as this version's segment: an older build refuses it
+            // (UnsupportedFormat) rather than taking erased records for damage.
+            let mut image = bytes.to_vec();
+            image[..SEGMENT_HEADER_LEN].copy_from_slice(&segment::encode_header(id));
+            image
+        });
+        image[first.at..end].copy_from_slice(&record);
+        report.records_erased += (j - i + 1) as u64;
+        report.bytes_erased += (end - first.at) as u64;
+        i = j + 1;
     }
-    Ok(image)
+    Ok(image.map(|image| (image, spans)))
 }
 
 /// Writes `image` as segment `id`'s new file (sparse, durable) and renames it over the
@@ -276,9 +387,18 @@ pub(crate) fn compact(shared: &Shared) -> Result<CompactReport> {
             .as_ref()
             .get(..end as usize)
             .unwrap_or_default();
-        if let Some(image) = erase(id, bytes, &plan, &mut report)? {
+        if let Some((image, spans)) = erase(id, bytes, &plan, &mut report)? {
             let (file, written) = replace(shared, id, &image)?;
             shared.segments.replace(id, file);
+            // The index's entry points into a span now point at its start, as a scan
+            // of the new file finds them (and a checkpoint's walk checks them).
+            let mut state = shared.state.lock();
+            for span in spans {
+                state
+                    .index
+                    .relocate(span.execution, (span.first, span.last), span.pos);
+            }
+            drop(state);
             report.segments_rewritten += 1;
             report.bytes_written += written;
         }

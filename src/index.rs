@@ -442,6 +442,22 @@ impl Index {
         Ok(())
     }
 
+    /// Points execution `no`'s entry points for sequences `first..last` at `pos`, the
+    /// start of the erased span that now holds them (`erasure.rs`); the entry of `last`
+    /// (and the durable cursor) keep the last record's position, which the span names.
+    pub(crate) fn relocate(&mut self, no: ExecNo, (first, last): (u64, u64), pos: Pos) {
+        let (stride, own) = (self.stride, self.first_own(no));
+        if let Some(e) = self.executions.get_mut(no as usize) {
+            for s in first.max(own)..last {
+                if (s - own).is_multiple_of(stride)
+                    && let Some(entry) = e.sparse.get_mut(((s - own) / stride) as usize)
+                {
+                    *entry = pos;
+                }
+            }
+        }
+    }
+
     /// How many entry points an execution with `durable_seq` events and `base` keeps.
     pub(crate) fn entries_for(&self, durable_seq: u64, base: Option<Base>) -> u64 {
         let first = base.map_or(1, |b| b.at + 1);

@@ -9,6 +9,7 @@
 
 use crate::codec;
 use crate::deletion;
+use crate::erasure;
 use crate::error::{Error, Result};
 use crate::idempotency::KeyTables;
 use crate::ids::TenantId;
@@ -24,6 +25,8 @@ pub(crate) struct Waiting {
     execution_id: Option<String>,
     /// The idempotency key, in the first record of a keyed append.
     key: Option<String>,
+    /// For an erased span: its last sequence and that record's position.
+    span_end: Option<(u64, Pos)>,
 }
 
 /// Rebuilds the index from the records, batch by batch.
@@ -77,7 +80,7 @@ impl Rebuild {
         match header.kind {
             Kind::Delete => return self.delete(segment, offset, &header, body),
             Kind::Fork => return self.fork(segment, offset, &header, body),
-            Kind::Event | Kind::Erased | Kind::Seal => {}
+            Kind::Event | Kind::Erased | Kind::ErasedSpan | Kind::Seal => {}
         }
         if let Some(last) = self.batch.last() {
             if header.batch_remaining.checked_add(1) != Some(last.header.batch_remaining)
@@ -88,6 +91,17 @@ impl Rebuild {
         } else {
             self.batch_start = Some(offset);
         }
+        let (span_end, body) = match header.kind {
+            Kind::ErasedSpan => {
+                if !self.batch.is_empty() {
+                    return Err(corrupt("erased span inside a batch"));
+                }
+                let (last, last_pos, rest) =
+                    erasure::decode_span(&header, body).map_err(|why| corrupt(&why))?;
+                (Some((last, last_pos)), rest)
+            }
+            _ => (None, body),
+        };
         let prefix = codec::record_prefix(
             body,
             header.sequence,
@@ -109,6 +123,7 @@ impl Rebuild {
             tenant,
             execution_id,
             key: prefix.key,
+            span_end,
         });
         if header.batch_remaining == 0 {
             self.apply_batch()?;
@@ -156,6 +171,20 @@ impl Rebuild {
         Ok(())
     }
 
+    /// The rest of an erased span whose first sequence was applied: sequences up to
+    /// `last` are its own (entry points at its start), the last one at `last_pos`.
+    fn apply_span(&mut self, h: Header, pos: Pos, (last, last_pos): (u64, Pos)) -> Result<()> {
+        let no = u32::try_from(h.execution)
+            .map_err(|_| Error::corrupt(pos.segment, u64::from(pos.offset), "unknown execution"))?;
+        for sequence in h.sequence + 1..=last {
+            let at = if sequence == last { last_pos } else { pos };
+            self.index.reserve(no, sequence, at);
+        }
+        self.index.make_durable(no, last, last_pos);
+        self.records += last - h.sequence;
+        Ok(())
+    }
+
     /// Files the key of a keyed append, if `key` is one.
     fn file_key(&mut self, no: ExecNo, key: Option<&str>, pos: Pos) {
         if let Some(key) = key {
@@ -193,6 +222,9 @@ impl Rebuild {
                 self.index.reserve(no, h.sequence, w.pos);
                 self.index.make_durable(no, h.sequence, w.pos);
                 self.file_key(no, w.key.as_deref(), w.pos);
+            }
+            if let Some((last, last_pos)) = w.span_end {
+                self.apply_span(h, w.pos, (last, last_pos))?;
             }
             self.last_timestamp_ns = self.last_timestamp_ns.max(h.timestamp_ns);
             self.records += 1;

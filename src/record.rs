@@ -17,7 +17,9 @@
 //!                             seal: the seal's own offset as a u64;
 //!                             delete: what it deletes (deletion.rs);
 //!                             fork: the source and the new id (fork.rs);
-//!                             erased: the event's declaration, then zeros (erasure.rs)
+//!                             erased: the event's declaration, then zeros;
+//!                             erased span: the last sequence and position it
+//!                             covers, the declaration, zeros (erasure.rs)
 //!        …    padding         zeros up to the next multiple of RECORD_ALIGN
 //! ```
 //! All integers are little-endian. A position packs (segment id, offset) into a u64.
@@ -71,6 +73,9 @@ pub(crate) const KIND_FORK: u16 = 4;
 /// Record kind: an event of a deleted execution whose content was erased (format
 /// version 3 on).
 pub(crate) const KIND_ERASED: u16 = 5;
+/// Record kind: consecutive events of a deleted execution erased into one record
+/// (format version 3 on).
+pub(crate) const KIND_ERASED_SPAN: u16 = 6;
 /// `prev` of an execution's first record.
 pub(crate) const NO_PREV: u64 = u64::MAX;
 
@@ -111,6 +116,10 @@ pub(crate) enum Kind {
     /// An event of a deleted execution, erased: its header as it was, its body
     /// reduced to the declaration (if any) and zeros.
     Erased,
+    /// Consecutive events of a deleted execution erased into one record: the first
+    /// one's header fields (the last one's `batch_remaining`), a body naming the last
+    /// sequence and its position, then the declaration (if any) and zeros.
+    ErasedSpan,
 }
 
 /// The fixed fields of a record.
@@ -188,6 +197,7 @@ pub(crate) fn encode_unsealed(header: &Header, body_parts: &[&[u8]], out: &mut V
         Kind::Delete => KIND_DELETE,
         Kind::Fork => KIND_FORK,
         Kind::Erased => KIND_ERASED,
+        Kind::ErasedSpan => KIND_ERASED_SPAN,
     };
     head[KIND_OFFSET..RESERVED_OFFSET].copy_from_slice(&kind.to_le_bytes());
     out.extend_from_slice(&head);
@@ -371,6 +381,7 @@ fn fields(head: &[u8]) -> Result<Header, Invalid> {
         KIND_DELETE => Kind::Delete,
         KIND_FORK => Kind::Fork,
         KIND_ERASED => Kind::Erased,
+        KIND_ERASED_SPAN => Kind::ErasedSpan,
         _ => return Err(Invalid::BadField("unknown record kind")),
     };
     let header = Header {
@@ -389,9 +400,12 @@ fn fields(head: &[u8]) -> Result<Header, Invalid> {
         return Err(Invalid::BadField("reserved bytes set"));
     }
     match kind {
-        Kind::Event | Kind::Erased => {
+        Kind::Event | Kind::Erased | Kind::ErasedSpan => {
             if header.sequence == 0 {
                 return Err(Invalid::BadField("sequence 0"));
+            }
+            if header.kind == Kind::ErasedSpan && header.batch_remaining != 0 {
+                return Err(Invalid::BadField("erased span inside a batch"));
             }
             if (header.sequence == 1) != header.prev.is_none() {
                 return Err(Invalid::BadField("prev does not match sequence"));

@@ -134,18 +134,17 @@ fn format_v3_bytes_match_format_md() {
         .iter()
         .map(|r| (r.kind, r.execution, r.sequence))
         .collect();
-    // Events 1 (exec-a ×3; exec-b ×2, erased: 5), fork 4 of exec-f (number 2) at 2,
-    // its own event 3, tombstone 3 of exec-b (number 1), exec-c (number 3, erased),
-    // the tenant tombstone (4 executions numbered below it). No seal: the erasure's
-    // roll moved the log to segment 2.
+    // Events 1 (exec-a ×3; exec-b's batch of 2, erased into one span: 6), fork 4 of
+    // exec-f (number 2) at 2, its own event 3, tombstone 3 of exec-b (number 1),
+    // exec-c (number 3, one event, erased: 5), the tenant tombstone (4 executions
+    // numbered below it). No seal: the erasure's roll moved the log to segment 2.
     assert_eq!(
         kinds,
         [
             (1, 0, 1),
             (1, 0, 2),
             (1, 0, 3),
-            (5, 1, 1),
-            (5, 1, 2),
+            (6, 1, 1),
             (4, 2, 2),
             (1, 2, 3),
             (3, 1, 0),
@@ -153,14 +152,23 @@ fn format_v3_bytes_match_format_md() {
             (3, 4, 0),
         ]
     );
-    // Erased bodies: the declaration (prefix form 01, bincode strings) in sequence 1,
-    // form 00 otherwise, then zeros.
-    let first = records[3].body;
-    assert_eq!(&first[..16], b"\x01\x06exec-b\x01t\x00\x00\x00\x00\x00\x00");
-    assert!(first[10..].iter().all(|&b| b == 0));
-    assert!(records[4].body.iter().all(|&b| b == 0));
-    assert_eq!(&records[8].body[..13], b"\x01\x06exec-c\x04gone");
-    assert!(records[8].body[13..].iter().all(|&b| b == 0));
+    // The span: last sequence 2, the position its last event had, then the
+    // declaration (prefix form 01, bincode strings), then zeros, over both events'
+    // bytes.
+    let span = &records[3];
+    assert_eq!(le64(span.body, 0), 2);
+    let second = le64(span.body, 8);
+    assert_eq!(second >> 32, 1, "its segment");
+    assert!(
+        (second & 0xFFFF_FFFF) > span.at as u64,
+        "the second event's offset"
+    );
+    assert_eq!(&span.body[16..26], b"\x01\x06exec-b\x01t");
+    assert!(span.body[26..].iter().all(|&b| b == 0));
+    assert_eq!(records[4].at - span.at, 56 + span.body.len());
+    // A single erased event: the declaration, then zeros.
+    assert_eq!(&records[7].body[..13], b"\x01\x06exec-c\x04gone");
+    assert!(records[7].body[13..].iter().all(|&b| b == 0));
     let b2 = fs::read(fixture().join(SEGMENT_2)).unwrap();
     assert_eq!(le32(&b2, 8), 3);
     let seals: Vec<(u16, u64)> = self::records(&b2)
@@ -172,7 +180,7 @@ fn format_v3_bytes_match_format_md() {
         [(2, 32), (2, 96)],
         "the roll's seal, then the close's"
     );
-    let fork = &records[5];
+    let fork = &records[4];
     assert_eq!(le64(fork.body, 0), 0, "source: exec-a's number");
     assert_eq!(&fork.body[8..], b"exec-f");
     let a2 = records[1].at as u64;
@@ -182,11 +190,11 @@ fn format_v3_bytes_match_format_md() {
         "prev: exec-a's record of sequence 2"
     );
     assert_eq!(
-        records[6].prev, fork.prev,
+        records[5].prev, fork.prev,
         "the fork's own event links to it too"
     );
-    assert_eq!(records[7].body, b"\x01exec-b");
-    assert_eq!(records[9].body, b"\x02gone");
+    assert_eq!(records[6].body, b"\x01exec-b");
+    assert_eq!(records[8].body, b"\x02gone");
 
     let c = fs::read(fixture().join(CHECKPOINT)).unwrap();
     assert_eq!(&c[0..8], b"EXLGCKPT");
@@ -216,7 +224,7 @@ fn format_v3_bytes_match_format_md() {
     // exec-f: a fork with one event of its own: one entry point, of sequence 3.
     assert_eq!((le32(&c, at), le64(&c, at + 4)), (0, 3));
     assert_eq!(&c[at + 24..at + 30], b"exec-f");
-    let own = records[6].at as u64;
+    let own = records[5].at as u64;
     assert_eq!(le64(&c, at + 30) & 0xFFFF_FFFF, 1, "entry point's segment");
     assert_eq!(le64(&c, at + 30) >> 32, own, "entry point's offset");
     assert_eq!(le32(&c, c.len() - 4), crc32fast::hash(&c[..c.len() - 4]));

@@ -1,7 +1,7 @@
 //! execlog side by side with SQLite, redb and the disk's own limits, in one run.
 //!
 //! `cargo run --release --manifest-path benches/compare/Cargo.toml -- [--quick] [--events N]
-//! [--seconds S] [--repeats R] [--writers 1,16,64,256] [--ingest-only] [--only SYSTEM [--batch | --open]] [--follow] [--async [--idle-seconds S]] [--memory K --events N]
+//! [--seconds S] [--repeats R] [--writers 1,16,64,256] [--ingest-only] [--only SYSTEM [--batch | --open]] [--follow] [--async [--idle-seconds S]] [--memory K --events N] [--erasure --events N]
 //! [--out docs/BENCHMARKS.md]`
 //!
 //! With `--features postgres` and `--pg-url URL` (or `EXECLOG_PG_URL`), also the
@@ -15,6 +15,7 @@
 
 mod asyncpath;
 mod baseline;
+mod erasure;
 mod follow;
 mod memory;
 #[cfg(feature = "postgres")]
@@ -78,6 +79,8 @@ pub struct Config {
     pub idle_seconds: f64,
     /// Index memory at scale: fill `--events` in executions of this many events each.
     pub memory_per_execution: Option<u64>,
+    /// Erasure (issue 15): space reclaimed, bytes written, effect on ingest.
+    pub erasure: bool,
     /// Profile one system alone (no baselines, no report).
     pub only: Option<String>,
     pub seconds: f64,
@@ -106,6 +109,7 @@ fn parse_args() -> Config {
         async_path: false,
         idle_seconds: 10.0,
         memory_per_execution: None,
+        erasure: false,
         only: None,
         seconds: 2.0,
         repeats: 3,
@@ -135,6 +139,7 @@ fn parse_args() -> Config {
             "--open" => c.open = true,
             "--follow" => c.follow = true,
             "--async" => c.async_path = true,
+            "--erasure" => c.erasure = true,
             "--idle-seconds" => c.idle_seconds = value().parse().expect("--idle-seconds"),
             "--memory" => c.memory_per_execution = Some(value().parse().expect("--memory K")),
             "--memory-open" => {
@@ -361,6 +366,16 @@ fn main() {
         let section = pg::run(&c);
         report::write_pg_section(&c.out, &section);
         eprintln!("wrote the PostgreSQL section of {}", c.out.display());
+        return;
+    }
+    if c.erasure {
+        erasure::run(
+            &c.dir.join("erasure"),
+            c.read_events,
+            &c.writers,
+            c.seconds,
+            c.repeats,
+        );
         return;
     }
     if let Some(per) = c.memory_per_execution {
