@@ -23,6 +23,9 @@
 //! if the prerequisites are missing there.
 //! `EXECLOG_POWER_CUTS=N` sets cuts per file system (default 20 on ext4, 10 on XFS).
 //! Regression guarded: acknowledging before fdatasync (fails nearly every cut).
+//! The child also deletes executions of its own and runs erasure passes (issue 15):
+//! after each cut, every deletion that returned before it must hold, and the content
+//! of executions erased by a pass that returned before it must be in no file.
 
 #![allow(clippy::unwrap_used)]
 
@@ -176,7 +179,7 @@ fn prerequisites() -> Result<(), String> {
 fn power_cut_child_writer() {
     // Runs only as the child of `kernel_power_cuts_lose_nothing`.
     if let Ok(dir) = std::env::var("EXECLOG_POWER_CUT_CHILD") {
-        writer::child(Path::new(&dir));
+        writer::child_erasing(Path::new(&dir), true);
     }
 }
 
@@ -195,6 +198,10 @@ struct Totals {
     /// Counted appends missing after the reopen (where it could be counted).
     lost: usize,
     from_checkpoint: usize,
+    /// Deletions that returned before the cut, found deleted after it.
+    deletions: usize,
+    /// Executions erased by a pass that returned before the cut, found in no file.
+    erased: usize,
     failures: Vec<String>,
 }
 
@@ -207,6 +214,8 @@ impl Totals {
         self.excluded_missing += other.excluded_missing;
         self.lost += other.lost;
         self.from_checkpoint += other.from_checkpoint;
+        self.deletions += other.deletions;
+        self.erased += other.erased;
         self.failures.extend(other.failures);
     }
 
@@ -215,7 +224,8 @@ impl Totals {
             "{what}: {} power cuts, {} acknowledged appends counted, {} excluded (returned \
              after the shutdown was issued; {} of them after xfs_io had finished; {} of them \
              missing after reopen), {} counted appends lost, {} cuts lost data; {} reopens \
-             started from an index checkpoint",
+             started from an index checkpoint; {} acknowledged deletions still deleted, {} \
+             executions erased before the cut found in no file",
             self.cuts,
             self.counted,
             self.excluded,
@@ -224,6 +234,8 @@ impl Totals {
             self.lost,
             self.failures.len(),
             self.from_checkpoint,
+            self.deletions,
+            self.erased,
         );
     }
 }
@@ -301,6 +313,13 @@ fn cuts_on(kind: &str, cuts: u64, rng: &mut u64) -> Totals {
                 t.from_checkpoint += usize::from(store.recovery_report().checkpoint_bytes > 0);
                 let missing = writer::count_missing(&store, &excluded)
                     .unwrap_or_else(|e| panic!("{kind} cut {n}: {e}"));
+                match writer::check_doomed(&store, &dir, &lines, cut.issued_ns) {
+                    Ok((deletions, erased)) => {
+                        t.deletions += deletions;
+                        t.erased += erased;
+                    }
+                    Err(e) => t.failures.push(format!("{kind} cut {n}: {e}")),
+                }
                 if let Err(e) = writer::append_continues(&store, &format!("parent-{n}"), &mut acks)
                 {
                     t.failures.push(format!("{kind} cut {n}: {e}"));

@@ -86,6 +86,12 @@ pub fn monotonic_ns() -> u64 {
 
 /// The child's body: append until killed (or until the file system fails).
 pub fn child(dir: &Path) {
+    child_erasing(dir, false);
+}
+
+/// [`child`], and with `erase`, a thread that deletes and erases executions of its own
+/// ([`check_doomed`] checks them after a cut).
+pub fn child_erasing(dir: &Path, erase: bool) {
     let Ok(store) = LogStore::open_with(dir, options()) else {
         return;
     };
@@ -148,9 +154,108 @@ pub fn child(dir: &Path) {
             })
         })
         .collect();
-    for t in threads {
+    let doomed = erase.then(|| {
+        let (store, out) = (store.clone(), out.clone());
+        std::thread::spawn(move || doomed(&store, &out, nonce))
+    });
+    for t in threads.into_iter().chain(doomed) {
         let _ = t.join();
     }
+}
+
+/// The canary text in the events of doomed execution `k` of writer `nonce`.
+pub fn doomed_canary(nonce: &str, k: &str) -> String {
+    format!("ERASE-ME-{nonce}-{k};")
+}
+
+/// With `erase`: executions `doomed-{nonce}-{k}` get two batches of
+/// canary events, then are deleted (`GONE {at} {id}` once the deletion returned); at
+/// most every 50 ms an erasure pass runs (`ERASED {at}` once it returned: every
+/// execution gone before it is erased from the files).
+fn doomed(store: &LogStore, out: &parking_lot::Mutex<std::io::Stdout>, nonce: u32) {
+    let t = TenantId::from("doomed");
+    let mut last_pass = std::time::Instant::now();
+    for k in 0u64.. {
+        let e = ExecutionId::from(format!("doomed-{nonce}-{k}"));
+        let canary = doomed_canary(&nonce.to_string(), &k.to_string());
+        for b in 0..2 {
+            let events = (0..10).map(|i| event(&canary, 10, i + b)).collect();
+            if store.append_batch_blocking(&e, &t, events).is_err() {
+                return;
+            }
+        }
+        if store.delete_execution_blocking(&e).is_err() {
+            return;
+        }
+        if say(out, &format!("GONE {} {e}", monotonic_ns())).is_none() {
+            return;
+        }
+        if last_pass.elapsed() >= std::time::Duration::from_millis(50) {
+            if store.compact_now().is_err() {
+                return;
+            }
+            last_pass = std::time::Instant::now();
+            if say(out, &format!("ERASED {}", monotonic_ns())).is_none() {
+                return;
+            }
+        }
+    }
+}
+
+/// Checks the doomed executions (`child_erasing`) after a cut at `cutoff_ns`:
+/// every one whose deletion returned before it is still deleted, and the canaries of
+/// those gone before the last erasure pass that returned before it are in no file of
+/// `dir`. Returns (deletions checked, executions checked as erased).
+pub fn check_doomed(
+    store: &LogStore,
+    dir: &Path,
+    lines: &[String],
+    cutoff_ns: u64,
+) -> Result<(usize, usize), String> {
+    let stamp = |l: &str| l.split(' ').nth(1).and_then(|s| s.parse::<u64>().ok());
+    let mut gone = Vec::new();
+    let mut erased = 0;
+    for l in lines {
+        let before = stamp(l).is_some_and(|at| at < cutoff_ns);
+        if let Some(rest) = l.strip_prefix("GONE ").filter(|_| before) {
+            gone.push(rest.split(' ').nth(1).unwrap_or_default().to_string());
+        } else if l.starts_with("ERASED ") && before {
+            erased = gone.len();
+        }
+    }
+    let t = TenantId::from("doomed");
+    for e in &gone {
+        let id = ExecutionId::from(e.as_str());
+        match store.append_blocking(&id, &t, event("after", 1, 0)) {
+            Err(Error::Deleted) => {}
+            other => return Err(format!("{e}: deleted before the cut, now {other:?}")),
+        }
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())? {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        files.push((
+            path.clone(),
+            std::fs::read(&path).map_err(|e| e.to_string())?,
+        ));
+    }
+    for e in &gone[..erased] {
+        let mut parts = e.rsplitn(3, '-');
+        let (k, nonce) = (
+            parts.next().unwrap_or_default(),
+            parts.next().unwrap_or_default(),
+        );
+        let canary = doomed_canary(nonce, k);
+        for (path, bytes) in &files {
+            if bytes.windows(canary.len()).any(|w| w == canary.as_bytes()) {
+                return Err(format!(
+                    "{e}: erased before the cut, found in {}",
+                    path.display()
+                ));
+            }
+        }
+    }
+    Ok((gone.len(), erased))
 }
 
 /// Prints `line` (and flushes); `None` when stdout is gone.
