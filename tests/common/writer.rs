@@ -382,7 +382,8 @@ pub fn spawn(test_name: &str, env_var: &str, dir: &Path, segment_bytes: u64) -> 
         .unwrap()
 }
 
-/// Reads the child's `ACK`, `TRY`, `NAK` and `BAD` lines until its stdout closes.
+/// Reads the child's `ACK`, `TRY`, `NAK`, `BAD`, `GONE` and `ERASED` lines until its
+/// stdout closes.
 pub fn collect_acks(child: &mut Child) -> std::thread::JoinHandle<Vec<String>> {
     let stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -392,7 +393,7 @@ pub fn collect_acks(child: &mut Child) -> std::thread::JoinHandle<Vec<String>> {
         while r.read_line(&mut line).unwrap_or(0) > 0 {
             // A line cut by the kill has no newline: its append may not have returned.
             if line.ends_with('\n')
-                && ["ACK ", "TRY ", "NAK ", "BAD "]
+                && ["ACK ", "TRY ", "NAK ", "BAD ", "GONE ", "ERASED "]
                     .iter()
                     .any(|p| line.starts_with(p))
             {
