@@ -25,7 +25,7 @@ use crate::index::{ExecNo, Life};
 use crate::queue::{Admitted, Pending, Ticket};
 use crate::reader;
 use crate::record::{self, Header, Kind, Pos};
-use crate::state::{Poison, Shared};
+use crate::state::Shared;
 
 /// An append validated and encoded, not yet admitted nor queued.
 pub(crate) struct Prepared {
@@ -348,18 +348,7 @@ pub(crate) fn enqueue_guarded(
         ticket: ticket.clone(),
         admitted,
     };
-    let sent = writer.tx.as_ref().map(|tx| tx.send(pending));
-    if !matches!(sent, Some(Ok(()))) {
-        // The commit thread is gone only after a panic, which poisoned the store.
-        let error = writer
-            .poisoned
-            .get_or_insert(Poison::new("commit thread stopped"))
-            .error();
-        // (The returned `Pending`, with its admission, is dropped here.)
-        drop(sent);
-        shared.queue_bound.stop();
-        return Err(error);
-    }
+    writer.send(pending, &shared.queue_bound)?;
     Ok(Enqueued::Queued {
         first: first_sequence,
         last: last_sequence,

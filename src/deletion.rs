@@ -29,7 +29,7 @@ use crate::index::{ExecNo, Index, Life};
 use crate::log_store::LogStore;
 use crate::queue::{Admitted, Pending, Ticket};
 use crate::record::{self, Header, Kind, Pos};
-use crate::state::{Poison, Shared};
+use crate::state::Shared;
 
 /// The first segment format version that holds tombstones.
 pub(crate) const SINCE_FORMAT_VERSION: u32 = 3;
@@ -229,21 +229,8 @@ pub(crate) fn enqueue(
         ticket: ticket.clone(),
         admitted,
     };
-    if writer
-        .tx
-        .as_ref()
-        .map(|tx| tx.send(pending))
-        .is_none_or(|sent| sent.is_err())
-    {
-        // The commit thread is gone only after a panic, which poisoned the store. The
-        // executions stay `Deleting`: the store takes no more writes anyway.
-        let error = writer
-            .poisoned
-            .get_or_insert(Poison::new("commit thread stopped"))
-            .error();
-        shared.queue_bound.stop();
-        return Err(error);
-    }
+    // On failure the executions stay `Deleting`: the store takes no more writes anyway.
+    writer.send(pending, &shared.queue_bound)?;
     Ok(Some((ticket, count)))
 }
 

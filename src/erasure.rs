@@ -18,8 +18,10 @@
 //!
 //! Dead records are events of executions whose deletion is durable, except the first
 //! `at` events of a source a fork that is not deleted still shares. Only sealed
-//! segments are rewritten; an active segment holding dead records is first sealed by a
-//! roll (a seal record that opens the next segment). A segment with a known damaged
+//! segments are rewritten, and only once every record queued for them is durable (the
+//! pass waits for the last record queued: `Writer::last_ticket`); an active segment
+//! holding dead records is first sealed by a roll (a seal record that opens the next
+//! segment). A segment with a known damaged
 //! range, or in which any record fails its check, is left alone: erasure never
 //! re-stamps damaged bytes with a valid CRC.
 //!
@@ -35,7 +37,7 @@ use crate::log_store::LogStore;
 use crate::queue::{NO_EXECUTION, Pending, Ticket};
 use crate::record::{self, Decoded, Header, Kind, Pos};
 use crate::segment::{self, SEGMENT_HEADER_LEN};
-use crate::state::{Poison, Shared};
+use crate::state::Shared;
 
 /// Pages of this size that are all zeros are not written (left as holes).
 const PAGE: usize = 4096;
@@ -346,65 +348,98 @@ fn roll(shared: &Shared, id: u32) -> Result<Option<Ticket>> {
         ticket: ticket.clone(),
         admitted,
     };
-    if writer
-        .tx
-        .as_ref()
-        .map(|tx| tx.send(pending))
-        .is_none_or(|sent| sent.is_err())
-    {
-        let error = writer
-            .poisoned
-            .get_or_insert(Poison::new("commit thread stopped"))
-            .error();
-        shared.queue_bound.stop();
-        return Err(error);
-    }
+    writer.send(pending, &shared.queue_bound)?;
     Ok(Some(ticket))
 }
 
 /// One erasure pass over the segments that may hold dead records.
 pub(crate) fn compact(shared: &Shared) -> Result<CompactReport> {
+    // One pass at a time (the background thread and `compact_now` may race).
+    let _pass = shared.erasing.lock();
     let mut report = CompactReport::default();
+    // Taken with the plan, under the store lock: a deletion published after the plan
+    // adds its segments anew, for the next pass.
     let (plan, candidates, active) = {
         let state = shared.state.lock();
-        let candidates: Vec<u32> = shared.erasable.lock().iter().copied().collect();
+        let candidates = std::mem::take(&mut *shared.erasable.lock());
         (Plan::of(&state.index), candidates, state.writer.segment)
     };
+    if candidates.is_empty() {
+        return Ok(report);
+    }
+    let mut done = BTreeSet::new();
+    let result = pass(shared, (&plan, &candidates, active), &mut done, &mut report);
+    // What this pass did not finish stays to do.
+    shared
+        .erasable
+        .lock()
+        .extend(candidates.difference(&done).copied());
+    result.map(|()| report)
+}
+
+/// The body of [`compact`]: rewrites the candidates it can, adding each to `done`.
+fn pass(
+    shared: &Shared,
+    (plan, candidates, active): (&Plan, &BTreeSet<u32>, u32),
+    done: &mut BTreeSet<u32>,
+    report: &mut CompactReport,
+) -> Result<()> {
     if candidates.contains(&active)
         && let Some(ticket) = roll(shared, active)?
     {
         ticket.wait()?;
     }
-    for id in candidates {
+    // A segment is final only once every record queued for it is durable: the writer
+    // may have moved on to a later segment while records reserved in an earlier one are
+    // still on their way to the commit thread, which would write them into the old
+    // file after a rename. Wait for the last record queued so far, then rewrite only
+    // segments before the one being written.
+    let (writing, barrier) = {
+        let state = shared.state.lock();
+        (state.writer.segment, state.writer.last_ticket.clone())
+    };
+    if let Some(barrier) = barrier {
+        barrier.settle_blocking();
+    }
+    if let Some(poison) = &shared.state.lock().writer.poisoned {
+        return Err(poison.error());
+    }
+    for &id in candidates.iter().filter(|&&id| id < writing) {
         if shared.closed.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(Error::Closed);
         }
-        let end = shared.segments.durable_end(id);
-        shared.scrub.refuse(id, SEGMENT_HEADER_LEN as u64, end)?;
-        let view = shared.segments.view(id, end)?;
-        let bytes = view
-            .as_ref()
-            .as_ref()
-            .get(..end as usize)
-            .unwrap_or_default();
-        if let Some((image, spans)) = erase(id, bytes, &plan, &mut report)? {
-            let (file, written) = replace(shared, id, &image)?;
-            shared.segments.replace(id, file);
-            // The index's entry points into a span now point at its start, as a scan
-            // of the new file finds them (and a checkpoint's walk checks them).
-            let mut state = shared.state.lock();
-            for span in spans {
-                state
-                    .index
-                    .relocate(span.execution, (span.first, span.last), span.pos);
-            }
-            drop(state);
-            report.segments_rewritten += 1;
-            report.bytes_written += written;
-        }
-        shared.erasable.lock().remove(&id);
+        rewrite(shared, id, plan, report)?;
+        done.insert(id);
     }
-    Ok(report)
+    Ok(())
+}
+
+/// Erases segment `id` (sealed, final) by `plan`, if it holds dead records.
+fn rewrite(shared: &Shared, id: u32, plan: &Plan, report: &mut CompactReport) -> Result<()> {
+    let end = shared.segments.durable_end(id);
+    shared.scrub.refuse(id, SEGMENT_HEADER_LEN as u64, end)?;
+    let view = shared.segments.view(id, end)?;
+    let bytes = view
+        .as_ref()
+        .as_ref()
+        .get(..end as usize)
+        .unwrap_or_default();
+    let Some((image, spans)) = erase(id, bytes, plan, report)? else {
+        return Ok(());
+    };
+    let (file, written) = replace(shared, id, &image)?;
+    shared.segments.replace(id, file);
+    // The index's entry points into a span now point at its start, as a scan of the
+    // new file finds them (and a checkpoint's walk checks them).
+    let mut state = shared.state.lock();
+    for span in spans {
+        state
+            .index
+            .relocate(span.execution, (span.first, span.last), span.pos);
+    }
+    report.segments_rewritten += 1;
+    report.bytes_written += written;
+    Ok(())
 }
 
 impl LogStore {

@@ -30,7 +30,7 @@ use crate::index::{Base, ExecNo, Index, Life};
 use crate::log_store::LogStore;
 use crate::queue::{Admitted, Pending, Ticket};
 use crate::record::{self, Header, Kind, Pos};
-use crate::state::{Poison, Shared};
+use crate::state::Shared;
 use crate::{ParentLink, ParentRelation};
 
 /// Where a fork comes from: [`Lifecycle::fork_point`](crate::Lifecycle::fork_point).
@@ -169,19 +169,7 @@ fn enqueue(
         ticket: ticket.clone(),
         admitted,
     };
-    if writer
-        .tx
-        .as_ref()
-        .map(|tx| tx.send(pending))
-        .is_none_or(|sent| sent.is_err())
-    {
-        let error = writer
-            .poisoned
-            .get_or_insert(Poison::new("commit thread stopped"))
-            .error();
-        shared.queue_bound.stop();
-        return Err(error);
-    }
+    writer.send(pending, &shared.queue_bound)?;
     Ok(ticket)
 }
 

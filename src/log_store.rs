@@ -290,6 +290,7 @@ impl LogStore {
             tx,
             poisoned: None,
             last_timestamp_ns: recovered.last_timestamp_ns,
+            last_ticket: None,
         };
         let publisher = match mode {
             Mode::Write => {
@@ -322,6 +323,7 @@ impl LogStore {
             scrub: crate::scrub::ScrubState::default(),
             deletions,
             erasable: Mutex::new(erasable),
+            erasing: Mutex::new(()),
         });
         if mode == Mode::Reader {
             let poller = Arc::clone(&shared);

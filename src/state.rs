@@ -16,7 +16,7 @@ use crate::io::Io;
 use crate::metrics::Metrics;
 use crate::options::Options;
 use crate::published_end::Publisher;
-use crate::queue::{Pending, QueueBound};
+use crate::queue::{Pending, QueueBound, Ticket};
 use crate::scrub::ScrubState;
 use crate::segment::SEGMENT_HEADER_LEN;
 use crate::segments::Segments;
@@ -49,6 +49,8 @@ pub(crate) struct Shared {
     pub(crate) deletions: AtomicU64,
     /// Segments that may hold records of deleted executions, for erasure.
     pub(crate) erasable: Mutex<std::collections::BTreeSet<u32>>,
+    /// Held by an erasure pass for its whole length: one at a time.
+    pub(crate) erasing: Mutex<()>,
 }
 
 impl Shared {
@@ -82,6 +84,10 @@ pub(crate) struct Writer {
     pub(crate) poisoned: Option<Poison>,
     /// Timestamp of the latest append, to keep timestamps non-decreasing.
     pub(crate) last_timestamp_ns: i64,
+    /// The ticket of the last record queued: once it completes, everything queued
+    /// before it is durable and published (the commit thread works in queue order),
+    /// so every segment before `segment` holds its final records (`erasure.rs`).
+    pub(crate) last_ticket: Option<Ticket>,
 }
 
 /// Space reserved in the log for one append.
@@ -92,6 +98,26 @@ pub(crate) struct Reservation {
 }
 
 impl Writer {
+    /// Hands `pending` to the commit thread. On failure (the commit thread is gone,
+    /// which happens only after a panic that poisoned the store, or the store is
+    /// closing) it poisons the store if it was not, stops the queue bound, and returns
+    /// the error; the `Pending`, with its admission, is dropped.
+    pub(crate) fn send(&mut self, pending: Pending, bound: &QueueBound) -> Result<(), Error> {
+        let ticket = pending.ticket.clone();
+        let sent = self.tx.as_ref().map(|tx| tx.send(pending));
+        if matches!(sent, Some(Ok(()))) {
+            self.last_ticket = Some(ticket);
+            return Ok(());
+        }
+        drop(sent);
+        let error = self
+            .poisoned
+            .get_or_insert(Poison::new("commit thread stopped"))
+            .error();
+        bound.stop();
+        Err(error)
+    }
+
     /// Reserves `len` contiguous bytes, rolling to a new segment when the current one
     /// cannot hold them. A new segment gets `segment_size` bytes, or more if `len`
     /// needs it, so that an append never spans two segments.
