@@ -1,8 +1,9 @@
 //! [`Lifecycle`] on [`PgStore`]: deleting an execution, a tenant's executions, and
 //! pruning, with their blocking twins (docs/POSTGRES.md, "Deleting executions").
 //!
-//! A deletion is one transaction, on the deleter's own connection (made on first use
-//! and kept; one deletion of this store at a time), in two round trips:
+//! A deletion is one transaction, on the store's administrative connection (made on
+//! first use and kept; one deletion or fork, `fork.rs`, of this store at a time, tried
+//! again by [`Deleter::run`]), in two round trips:
 //! 1. `BEGIN`, and lock the head rows of the live executions to delete
 //!    (`SELECT … FOR UPDATE`, in the group commit's order: the execution id's bytes):
 //!    [`EXECUTION_SQL`], [`TENANT_SQL`], or for a chunk of a prune [`STALE_SQL`],
@@ -35,7 +36,9 @@
 //!   without `ord` are a prefix of their transaction's events (nothing before them was
 //!   deleted), where the rank is still the count.
 //! - Deletions take head row locks (in one order) before event row locks (in one
-//!   order), and appends take only head row locks: no deadlock among them.
+//!   order), and appends take only head row locks: no deadlock among them. A fork
+//!   (`fork.rs`) locks its source's head row `FOR KEY SHARE`, which a deletion's
+//!   `FOR UPDATE` waits for, and then waits for no lock a deletion holds.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -26,10 +26,12 @@
 //!   that waited for a deletion's finds the mark and is refused. Under `READ
 //!   COMMITTED`, [`FORK_SQL`] runs after the lock was granted and sees every event the
 //!   head row counts (they committed with it).
-//! - The fork waits for no lock a deletion holds while it holds its own (it inserts a
-//!   new row, reads events without locking them), so it cannot deadlock with
-//!   deletions; two forks to one new id wait on its primary key, and the second finds
-//!   the first's row.
+//! - Holding the source's lock, the fork waits only where its insert meets another
+//!   transaction inserting the same new id (it reads the events without locking
+//!   them): another fork, whose row it then finds (one of two forks to one id wins),
+//!   or an append creating that execution, which waits at most 50 ms for any lock
+//!   (`lock_timeout`) and so cannot hold a cycle with a deletion for long; a deadlock
+//!   the server still reports is retried.
 //! - The copies are rows of the fork; deleting the source (`deletion.rs`) leaves them,
 //!   deleting the fork takes them. Followers skip them (`read::PAGE_SQL`): they are
 //!   not new events.
