@@ -1637,10 +1637,11 @@ mod server {
         }
     }
 
-    /// Deleting executions (issue 15, `Lifecycle`) on the server: what only PostgreSQL
-    /// has (rows erased, positions of transactions shared with a deleted execution, two
-    /// stores, a v3 schema). The contract itself is checked on both backends by
-    /// tests/conformance/lifecycle.rs.
+    /// Deleting executions and forks (issue 15, `Lifecycle`) on the server: what only
+    /// PostgreSQL has (rows erased, positions of transactions shared with a deleted
+    /// execution, two stores, row locks held by another session, v3 and v4 schemas).
+    /// The contract itself is checked on both backends by tests/conformance/lifecycle.rs
+    /// and tests/conformance/fork.rs.
     mod lifecycle {
         use super::*;
 
