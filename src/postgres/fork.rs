@@ -180,9 +180,21 @@ async fn attempt(fork: &Fork, slot: &mut Option<Conn>, target: &Target) -> Attem
     );
     let failure = match (made, commit) {
         (Ok(row), Ok(())) => {
-            let inserted: std::result::Result<i64, _> = row.try_get(0);
-            return match inserted {
-                Ok(1) => {
+            let counts: std::result::Result<(i64, i64), _> =
+                row.try_get(0).and_then(|head| Ok((head, row.try_get(1)?)));
+            return match counts {
+                Ok((1, copied)) => {
+                    if u64::try_from(copied) != Ok(fork.at) {
+                        // Rows removed behind the store's back: the fork reads as the
+                        // source did.
+                        log::warn!(
+                            "execlog: fork {} of {} copied {copied} events, not {}: the \
+                             source has gaps",
+                            fork.new_id,
+                            fork.source,
+                            fork.at
+                        );
+                    }
                     *slot = Some(conn);
                     Attempt::Done(())
                 }
