@@ -905,7 +905,9 @@ mod server {
             psql(
                 &url,
                 &format!(
-                    "DROP TABLE {schema}.execlog_idempotency; \
+                    "ALTER TABLE {schema}.execlog_executions DROP CONSTRAINT execlog_fork_point; \
+                     ALTER TABLE {schema}.execlog_executions DROP COLUMN fork_source, DROP COLUMN fork_at; \
+                     DROP TABLE {schema}.execlog_idempotency; \
                      ALTER TABLE {schema}.execlog_executions DROP COLUMN last_xid; \
                      DROP FUNCTION {schema}.execlog_out_of_order(text, xid8); \
                      DROP TRIGGER execlog_deleted_execution ON {schema}.execlog_executions; \
@@ -946,7 +948,7 @@ mod server {
                     &format!("SELECT string_agg(version::text, ',' ORDER BY version) FROM {schema}.execlog_schema")
                 )
                 .trim(),
-                "1,2,3,4"
+                "1,2,3,4,5"
             );
             let store = store(&url, &schema);
             for (e, events) in execs.iter().zip(&before) {
@@ -1635,10 +1637,11 @@ mod server {
         }
     }
 
-    /// Deleting executions (issue 15, `Lifecycle`) on the server: what only PostgreSQL
-    /// has (rows erased, positions of transactions shared with a deleted execution, two
-    /// stores, a v3 schema). The contract itself is checked on both backends by
-    /// tests/conformance/lifecycle.rs.
+    /// Deleting executions and forks (issue 15, `Lifecycle`) on the server: what only
+    /// PostgreSQL has (rows erased, positions of transactions shared with a deleted
+    /// execution, two stores, row locks held by another session, v3 and v4 schemas).
+    /// The contract itself is checked on both backends by tests/conformance/lifecycle.rs
+    /// and tests/conformance/fork.rs.
     mod lifecycle {
         use super::*;
 
@@ -1931,6 +1934,300 @@ mod server {
             second.close().unwrap();
         }
 
+        /// A session of its own (another client, holding a transaction open), on a
+        /// runtime of its own.
+        struct Session {
+            runtime: tokio::runtime::Runtime,
+            client: tokio_postgres::Client,
+        }
+
+        impl Session {
+            fn open(url: &str, schema: &str) -> Session {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let client = runtime.block_on(async {
+                    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                        .await
+                        .unwrap();
+                    tokio::spawn(connection);
+                    client
+                        .batch_execute(&format!("SET search_path = {schema}"))
+                        .await
+                        .unwrap();
+                    client
+                });
+                Session { runtime, client }
+            }
+
+            fn run(&self, sql: &str) {
+                self.runtime
+                    .block_on(self.client.batch_execute(sql))
+                    .unwrap();
+            }
+
+            fn pid(&self) -> i32 {
+                let row = self
+                    .runtime
+                    .block_on(self.client.query_one("SELECT pg_backend_pid()", &[]))
+                    .unwrap();
+                row.get(0)
+            }
+
+            /// Waits until exactly `n` sessions wait for `pid`'s locks, directly or
+            /// behind another waiter; panics with `what` after 30 s.
+            fn wait_for_waiters(&self, pid: i32, n: i64, what: &str) {
+                let since = Instant::now();
+                loop {
+                    let row = self
+                        .runtime
+                        .block_on(self.client.query_one(
+                            "WITH RECURSIVE blocked(pid) AS ( \
+                                 SELECT pid FROM pg_stat_activity \
+                                 WHERE $1::int = ANY(pg_blocking_pids(pid)) \
+                                 UNION \
+                                 SELECT a.pid FROM pg_stat_activity a \
+                                 JOIN blocked b ON b.pid = ANY(pg_blocking_pids(a.pid))) \
+                             SELECT count(*) FROM blocked",
+                            &[&pid],
+                        ))
+                        .unwrap();
+                    if row.get::<_, i64>(0) == n {
+                        return;
+                    }
+                    assert!(since.elapsed() < PATIENCE, "{what}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+
+        /// Starts `job` on a thread of its own.
+        fn spawn<T: Send + 'static>(
+            job: impl FnOnce() -> T + Send + 'static,
+        ) -> std::thread::JoinHandle<T> {
+            std::thread::spawn(job)
+        }
+
+        /// What a fork must read: `source`'s events up to `at`, under `fork`.
+        fn as_fork(source: &[StoredEvent], at: usize, fork: &ExecutionId) -> Vec<StoredEvent> {
+            source[..at]
+                .iter()
+                .map(|e| StoredEvent {
+                    execution_id: fork.clone(),
+                    ..e.clone()
+                })
+                .collect()
+        }
+
+        /// A fork racing the deletion of its source, from two stores (two machines):
+        /// it forks the source whole or is refused and leaves nothing. Held in place by
+        /// another session: a deletion already waiting for the source's head row makes
+        /// a fork queued behind it refused (it finds the mark); a fork that holds the
+        /// source (waiting for its new id, which another session is inserting) makes
+        /// the deletion wait for its commit, and the fork is whole. Then 20 free races.
+        #[test]
+        fn a_fork_racing_the_deletion_of_its_source_is_whole_or_refused() {
+            let Some(url) = url("a_fork_racing_the_deletion_of_its_source_is_whole_or_refused")
+            else {
+                return;
+            };
+            let _turn = turn();
+            let schema = fresh_schema();
+            let (deleter, forker) = (
+                Arc::new(store(&url, &schema)),
+                Arc::new(store(&url, &schema)),
+            );
+            let t = TenantId::from("t");
+            let (watcher, session) = (Session::open(&url, &schema), Session::open(&url, &schema));
+            let holder = session.pid();
+            let sourced = |name: &str| {
+                let e = ExecutionId::from(name);
+                for i in 1..=3 {
+                    deleter.append_blocking(&e, &t, step_event(i)).unwrap();
+                }
+                (e.clone(), deleter.load_events_blocking(&e).unwrap())
+            };
+
+            // A deletion waits for the source's head row (the session holds it); a
+            // fork queues behind it.
+            let (source, _) = sourced("src-a");
+            let fork = ExecutionId::from("fork-a");
+            session.run(
+                "BEGIN; SELECT 1 FROM execlog_executions WHERE execution_id = 'src-a' FOR UPDATE",
+            );
+            let deleting = {
+                let (d, s) = (Arc::clone(&deleter), source.clone());
+                spawn(move || d.delete_execution_blocking(&s))
+            };
+            watcher.wait_for_waiters(holder, 1, "the deletion never waited");
+            let forking = {
+                let (f, s, n) = (Arc::clone(&forker), source.clone(), fork.clone());
+                spawn(move || f.fork_execution_blocking(&s, 3, &n))
+            };
+            watcher.wait_for_waiters(holder, 2, "the fork never waited behind the deletion");
+            session.run("COMMIT");
+            assert!(deleting.join().unwrap().unwrap());
+            let refused = forking.join().unwrap();
+            assert!(
+                matches!(refused, Err(Error::InvalidArgument(_))),
+                "{refused:?}"
+            );
+            assert_eq!(forker.get_latest_sequence_blocking(&fork).unwrap(), None);
+            assert_eq!(forker.fork_point_blocking(&fork).unwrap(), None);
+            let rows = |id: &str| {
+                count(
+                    &url,
+                    &format!(
+                        "SELECT (SELECT count(*) FROM {schema}.execlog_events WHERE execution_id = '{id}') \
+                         + (SELECT count(*) FROM {schema}.execlog_executions WHERE execution_id = '{id}')"
+                    ),
+                )
+            };
+            assert_eq!(rows("fork-a"), 0, "a refused fork leaves no row");
+
+            // The fork holds the source and waits for its new id, which the session is
+            // inserting; the deletion of the source waits for the fork.
+            let (source, before) = sourced("src-b");
+            let fork = ExecutionId::from("fork-b");
+            session.run(
+                "BEGIN; INSERT INTO execlog_executions (execution_id, tenant_id, last_seq, last_ts_ns) \
+                 VALUES ('fork-b', 't', 0, 0)",
+            );
+            let forking = {
+                let (f, s, n) = (Arc::clone(&forker), source.clone(), fork.clone());
+                spawn(move || f.fork_execution_blocking(&s, 3, &n))
+            };
+            watcher.wait_for_waiters(holder, 1, "the fork never waited for its id");
+            let deleting = {
+                let (d, s) = (Arc::clone(&deleter), source.clone());
+                spawn(move || d.delete_execution_blocking(&s))
+            };
+            watcher.wait_for_waiters(
+                holder,
+                2,
+                "the deletion of the source did not wait for the fork",
+            );
+            assert!(!deleting.is_finished() && !forking.is_finished());
+            session.run("ROLLBACK");
+            forking.join().unwrap().unwrap();
+            assert!(deleting.join().unwrap().unwrap());
+            assert_eq!(
+                deleter.load_events_blocking(&fork).unwrap(),
+                as_fork(&before, 3, &fork)
+            );
+            let point = deleter.fork_point_blocking(&fork).unwrap().unwrap();
+            assert_eq!(
+                (point.parent.execution_id, point.at_sequence),
+                (source.clone(), 3)
+            );
+            assert_eq!(deleter.load_events_blocking(&source).unwrap(), []);
+            assert_eq!(
+                deleter.append_blocking(&fork, &t, step_event(4)).unwrap(),
+                4
+            );
+
+            // Free races.
+            let (mut forked, mut refused) = (0, 0);
+            for round in 0..20 {
+                let (source, before) = sourced(&format!("src-{round}"));
+                let fork = ExecutionId::from(format!("fork-{round}"));
+                let barrier = Arc::new(std::sync::Barrier::new(2));
+                let deleting = {
+                    let (d, s, b) = (Arc::clone(&deleter), source.clone(), barrier.clone());
+                    spawn(move || {
+                        b.wait();
+                        d.delete_execution_blocking(&s)
+                    })
+                };
+                let forking = {
+                    let (f, s, n, b) = (Arc::clone(&forker), source.clone(), fork.clone(), barrier);
+                    spawn(move || {
+                        b.wait();
+                        f.fork_execution_blocking(&s, 3, &n)
+                    })
+                };
+                assert!(deleting.join().unwrap().unwrap());
+                match forking.join().unwrap() {
+                    Ok(()) => {
+                        forked += 1;
+                        assert_eq!(
+                            forker.load_events_blocking(&fork).unwrap(),
+                            as_fork(&before, 3, &fork),
+                            "round {round}: the fork is whole"
+                        );
+                        assert!(forker.fork_point_blocking(&fork).unwrap().is_some());
+                    }
+                    Err(Error::InvalidArgument(_)) => {
+                        refused += 1;
+                        assert_eq!(rows(fork.as_str()), 0, "round {round}: nothing left");
+                    }
+                    Err(other) => panic!("round {round}: {other}"),
+                }
+            }
+            eprintln!("free races: {forked} forked, {refused} refused");
+            deleter.close().unwrap();
+            forker.close().unwrap();
+        }
+
+        /// Eight forks to one new id, from two stores, of eight sources: one wins, the
+        /// other seven are refused with `InvalidArgument`, and the fork is the
+        /// winner's.
+        #[test]
+        fn forks_racing_for_one_id_from_two_stores_make_one() {
+            let Some(url) = url("forks_racing_for_one_id_from_two_stores_make_one") else {
+                return;
+            };
+            let schema = fresh_schema();
+            let stores = [
+                Arc::new(store(&url, &schema)),
+                Arc::new(store(&url, &schema)),
+            ];
+            let t = TenantId::from("t");
+            let sources: Vec<_> = (0..8u64)
+                .map(|i| {
+                    let e = ExecutionId::from(format!("source-{i}"));
+                    stores[0].append_blocking(&e, &t, step_event(i)).unwrap();
+                    e
+                })
+                .collect();
+            let contested = ExecutionId::from("contested");
+            let barrier = Arc::new(std::sync::Barrier::new(8));
+            let racers: Vec<_> = sources
+                .iter()
+                .enumerate()
+                .map(|(i, source)| {
+                    let store = Arc::clone(&stores[i % 2]);
+                    let (source, contested, barrier) =
+                        (source.clone(), contested.clone(), barrier.clone());
+                    spawn(move || {
+                        barrier.wait();
+                        store.fork_execution_blocking(&source, 1, &contested)
+                    })
+                })
+                .collect();
+            let outcomes: Vec<_> = racers.into_iter().map(|r| r.join().unwrap()).collect();
+            let winners: Vec<_> = (0..8).filter(|&i| outcomes[i].is_ok()).collect();
+            assert_eq!(winners.len(), 1, "{outcomes:?}");
+            assert!(
+                outcomes
+                    .iter()
+                    .filter(|o| o.is_err())
+                    .all(|o| matches!(o, Err(Error::InvalidArgument(_)))),
+                "{outcomes:?}"
+            );
+            let winner = &sources[winners[0]];
+            let point = stores[1].fork_point_blocking(&contested).unwrap().unwrap();
+            assert_eq!(&point.parent.execution_id, winner);
+            let events = stores[1].load_events_blocking(&contested).unwrap();
+            assert_eq!(events.len(), 1);
+            assert_eq!(event_number(&events[0].event), Some(winners[0] as u64));
+            for store in stores {
+                store.close().unwrap();
+            }
+        }
+
         /// A schema left at version 3 (what version 4 added dropped and its version row
         /// deleted: what a v3 build left), with data: a store without auto-migration
         /// refuses it; four racing connects migrate it once; every event is intact,
@@ -1973,7 +2270,9 @@ mod server {
             psql(
                 &url,
                 &format!(
-                    "DROP TRIGGER execlog_deleted_execution ON {schema}.execlog_executions; \
+                    "ALTER TABLE {schema}.execlog_executions DROP CONSTRAINT execlog_fork_point; \
+                     ALTER TABLE {schema}.execlog_executions DROP COLUMN fork_source, DROP COLUMN fork_at; \
+                     DROP TRIGGER execlog_deleted_execution ON {schema}.execlog_executions; \
                      DROP FUNCTION {schema}.execlog_deleted_execution(); \
                      ALTER TABLE {schema}.execlog_executions DROP COLUMN deleted_at; \
                      ALTER TABLE {schema}.execlog_events DROP COLUMN ord; \
@@ -2000,7 +2299,7 @@ mod server {
                     )
                 )
                 .trim(),
-                "1,2,3,4"
+                "1,2,3,4,5"
             );
             let store = store(&url, &schema);
             for (e, events) in execs.iter().zip(&before) {
@@ -2031,6 +2330,136 @@ mod server {
             );
             assert_eq!(store.prune_blocking(Duration::ZERO).unwrap(), 2);
             assert_eq!(store.list_executions_blocking(&t, 10, 0).unwrap(), []);
+            store.close().unwrap();
+        }
+
+        /// A schema left at version 4 (what version 5 added dropped and its version row
+        /// deleted: what a v4 build left), with data and a deleted execution: a store
+        /// without auto-migration refuses it; four racing connects migrate it once;
+        /// every event and position is intact; the deleted id stays deleted, for
+        /// appends and as a fork's new id; the old executions are not forks and can be
+        /// forked, and the fork's copies are not delivered to followers; the schema's
+        /// check refuses an impossible fork point.
+        #[test]
+        fn a_v4_schema_migrates_to_v5_with_its_data() {
+            let Some(url) = url("a_v4_schema_migrates_to_v5_with_its_data") else {
+                return;
+            };
+            let _turn = turn();
+            let schema = fresh_schema();
+            let t = TenantId::from("t\\");
+            let execs: Vec<_> = ["old-1", "old\0\\2", "old-3"]
+                .into_iter()
+                .map(ExecutionId::from)
+                .collect();
+            let gone = ExecutionId::from("gone");
+            let key = AppendOptions::key("k");
+            let before: Vec<Vec<StoredEvent>> = {
+                let store = store(&url, &schema);
+                for (i, e) in execs.iter().enumerate() {
+                    let batch = (0..=i as u64).map(step_event).collect();
+                    store.append_batch_blocking(e, &t, batch).unwrap();
+                    store
+                        .append_with_blocking(e, &t, vec![step_event(99)], key.clone())
+                        .unwrap();
+                }
+                store.append_blocking(&gone, &t, step_event(1)).unwrap();
+                assert!(store.delete_execution_blocking(&gone).unwrap());
+                let loaded = execs.iter().map(|e| store.load_events_blocking(e).unwrap());
+                let loaded = loaded.collect();
+                store.close().unwrap();
+                loaded
+            };
+            let positions: Vec<Delivered> = {
+                let store = store(&url, &schema);
+                let mut all = store
+                    .subscribe(SubscriptionFilter::All, StartFrom::Beginning)
+                    .unwrap();
+                take(&mut all, 2 + 3 + 4)
+            };
+            psql(
+                &url,
+                &format!(
+                    "ALTER TABLE {schema}.execlog_executions DROP CONSTRAINT execlog_fork_point; \
+                     ALTER TABLE {schema}.execlog_executions DROP COLUMN fork_source, DROP COLUMN fork_at; \
+                     DELETE FROM {schema}.execlog_schema WHERE version >= 5"
+                ),
+            );
+            let manual = PgOptions::default().schema(&schema).auto_migrate(false);
+            let err = PgStore::connect_with(&url, manual).unwrap_err();
+            assert!(err.to_string().contains("version 4"), "{err}");
+            let racers: Vec<_> = (0..4)
+                .map(|_| {
+                    let (url, schema) = (url.clone(), schema.clone());
+                    std::thread::spawn(move || store(&url, &schema).close().unwrap())
+                })
+                .collect();
+            for racer in racers {
+                racer.join().unwrap();
+            }
+            assert_eq!(
+                psql(
+                    &url,
+                    &format!(
+                        "SELECT string_agg(version::text, ',' ORDER BY version) FROM {schema}.execlog_schema"
+                    )
+                )
+                .trim(),
+                "1,2,3,4,5"
+            );
+            let store = store(&url, &schema);
+            for (e, events) in execs.iter().zip(&before) {
+                assert_eq!(
+                    &store.load_events_blocking(e).unwrap(),
+                    events,
+                    "{e:?} intact"
+                );
+                assert_eq!(store.fork_point_blocking(e).unwrap(), None, "{e:?}");
+            }
+            let again = store.append_blocking(&gone, &t, step_event(2));
+            assert!(matches!(again, Err(Error::Deleted)), "{again:?}");
+            let reused = store.fork_execution_blocking(&execs[2], 2, &gone);
+            assert!(matches!(reused, Err(Error::Deleted)), "{reused:?}");
+
+            let fork = ExecutionId::from("new\0fork");
+            store.fork_execution_blocking(&execs[1], 3, &fork).unwrap();
+            assert_eq!(
+                store.load_events_blocking(&fork).unwrap(),
+                as_fork(&before[1], 3, &fork)
+            );
+            let point = store.fork_point_blocking(&fork).unwrap().unwrap();
+            assert_eq!(
+                (point.parent.execution_id, point.at_sequence),
+                (execs[1].clone(), 3)
+            );
+            assert_eq!(store.append_blocking(&fork, &t, step_event(4)).unwrap(), 4);
+            let mut all = store
+                .subscribe(SubscriptionFilter::All, StartFrom::Beginning)
+                .unwrap();
+            let delivered = take(&mut all, positions.len() + 1);
+            assert_eq!(delivered[..positions.len()], positions[..]);
+            assert_eq!(
+                (
+                    &delivered[positions.len()].event.execution_id,
+                    delivered[positions.len()].event.sequence
+                ),
+                (&fork, 4)
+            );
+            assert_nothing_more(&mut all, "after the migration and a fork");
+
+            let impossible = Command::new("psql")
+                .args([&url, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c"])
+                .arg(format!(
+                    "UPDATE {schema}.execlog_executions SET fork_source = 'old-1', fork_at = 99 \
+                     WHERE execution_id = 'old-3'"
+                ))
+                .output()
+                .unwrap();
+            let refusal = String::from_utf8_lossy(&impossible.stderr);
+            assert!(
+                !impossible.status.success() && refusal.contains("execlog_fork_point"),
+                "{refusal}"
+            );
             store.close().unwrap();
         }
     }

@@ -1,8 +1,9 @@
 //! [`Lifecycle`] on [`PgStore`]: deleting an execution, a tenant's executions, and
 //! pruning, with their blocking twins (docs/POSTGRES.md, "Deleting executions").
 //!
-//! A deletion is one transaction, on the deleter's own connection (made on first use
-//! and kept; one deletion of this store at a time), in two round trips:
+//! A deletion is one transaction, on the store's administrative connection (made on
+//! first use and kept; one deletion or fork, `fork.rs`, of this store at a time, tried
+//! again by [`Deleter::run`]), in two round trips:
 //! 1. `BEGIN`, and lock the head rows of the live executions to delete
 //!    (`SELECT … FOR UPDATE`, in the group commit's order: the execution id's bytes):
 //!    [`EXECUTION_SQL`], [`TENANT_SQL`], or for a chunk of a prune [`STALE_SQL`],
@@ -35,7 +36,9 @@
 //!   without `ord` are a prefix of their transaction's events (nothing before them was
 //!   deleted), where the rank is still the count.
 //! - Deletions take head row locks (in one order) before event row locks (in one
-//!   order), and appends take only head row locks: no deadlock among them.
+//!   order), and appends take only head row locks: no deadlock among them. A fork
+//!   (`fork.rs`) locks its source's head row `FOR KEY SHARE`, which a deletion's
+//!   `FOR UPDATE` waits for, and then waits for no lock a deletion holds.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -51,6 +54,7 @@ use super::group_commit::{in_doubt, settle};
 use super::sql_id::escape;
 use super::{PgStore, block_on, panicked};
 use crate::error::{Error, Result};
+use crate::fork::ForkPoint;
 use crate::ids::{ExecutionId, TenantId, validate_id};
 use crate::lifecycle::Lifecycle;
 
@@ -143,66 +147,98 @@ enum Doomed {
     },
 }
 
-/// The deleter's connection, made on first use.
+/// The connection of the store's administrative transactions (deletions, prunes, and
+/// forks, `fork.rs`), made on first use; one at a time.
 #[derive(Default)]
 pub(crate) struct Deleter {
     conn: Mutex<Option<Conn>>,
 }
 
-struct Conn {
-    client: Client,
+pub(super) struct Conn {
+    pub(super) client: Client,
     execution: Statement,
     tenant: Statement,
     stale: Statement,
     candidates: Statement,
     lock_events: Statement,
     erase: Statement,
+    /// `fork.rs`'s statements.
+    pub(super) fork: super::fork::Statements,
 }
 
-/// How one try ended.
-enum Attempt {
-    /// Committed (or nothing to delete): the executions deleted.
-    Deleted(Vec<String>),
+/// How one try of an administrative transaction ended.
+pub(super) enum Attempt<T> {
+    /// Committed (or nothing to do): what it did (for a deletion, the executions
+    /// deleted).
+    Done(T),
     /// Certainly not committed; may be tried again.
     NotCommitted(Error),
     /// Refused for a reason a retry would not change.
     Refused(Error),
     /// The connection broke around the `COMMIT` of the transaction carrying `token`,
-    /// which deletes `doomed`.
+    /// which did `done`.
     InDoubt {
         token: String,
-        doomed: Vec<String>,
+        done: T,
         error: Error,
     },
 }
 
+/// One administrative transaction, tried by [`Deleter::run`].
+pub(super) trait Job: Sync {
+    type Done: Send;
+    /// What it is, for logs and errors: "a deletion".
+    const WHAT: &'static str;
+    /// How a caller learns the outcome of a commit left in doubt.
+    const HOW_TO_TELL: &'static str;
+    /// One try, on the kept connection (or a new one).
+    fn attempt<'a>(
+        &'a self,
+        slot: &'a mut Option<Conn>,
+        target: &'a Target,
+    ) -> impl Future<Output = Attempt<Self::Done>> + Send + 'a;
+}
+
+impl Job for Doomed {
+    type Done = Vec<String>;
+    const WHAT: &'static str = "a deletion";
+    const HOW_TO_TELL: &'static str =
+        "asking again, or deleting again, tells: a deleted execution reads as unknown";
+
+    fn attempt<'a>(
+        &'a self,
+        slot: &'a mut Option<Conn>,
+        target: &'a Target,
+    ) -> impl Future<Output = Attempt<Vec<String>>> + Send + 'a {
+        attempt(slot, target, self)
+    }
+}
+
 impl Deleter {
-    /// Deletes `doomed` (module docs); returns the executions deleted. Tries again
+    /// Runs `job` (for a deletion, the module docs); returns what it did. Tries again
     /// until `reconnect_timeout` while the server is unreachable or rolled back for
     /// contention. Must run on the store's runtime.
-    async fn delete(&self, target: &Target, doomed: &Doomed) -> Result<Vec<String>> {
+    pub(super) async fn run<J: Job>(&self, target: &Target, job: &J) -> Result<J::Done> {
         let mut slot = self.conn.lock().await;
         let since = Instant::now();
         let mut pause = Duration::from_millis(10);
         loop {
-            let error = match attempt(&mut slot, target, doomed).await {
-                Attempt::Deleted(ids) => return Ok(ids),
+            let error = match job.attempt(&mut slot, target).await {
+                Attempt::Done(done) => return Ok(done),
                 Attempt::Refused(e) => return Err(e),
                 Attempt::NotCommitted(e) => e,
-                Attempt::InDoubt {
-                    token,
-                    doomed,
-                    error,
-                } => match resolve(&mut slot, target, &token, error, since).await {
-                    Ok(None) => return Ok(doomed),
-                    Ok(Some(error)) => error,
-                    Err(e) => return Err(e),
-                },
+                Attempt::InDoubt { token, done, error } => {
+                    match resolve::<J>(&mut slot, target, &token, error, since).await {
+                        Ok(None) => return Ok(done),
+                        Ok(Some(error)) => error,
+                        Err(e) => return Err(e),
+                    }
+                }
             };
             if since.elapsed() >= target.reconnect_timeout {
                 return Err(error);
             }
-            log::debug!("execlog: retrying a deletion: {error}");
+            log::debug!("execlog: retrying {}: {error}", J::WHAT);
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(500));
         }
@@ -263,7 +299,7 @@ impl Deleter {
 }
 
 /// The kept connection if it is alive, else a new one.
-async fn take(slot: &mut Option<Conn>, target: &Target) -> Result<Conn> {
+pub(super) async fn take(slot: &mut Option<Conn>, target: &Target) -> Result<Conn> {
     if let Some(conn) = slot.take().filter(|c| !c.client.is_closed()) {
         return Ok(conn);
     }
@@ -276,6 +312,7 @@ async fn take(slot: &mut Option<Conn>, target: &Target) -> Result<Conn> {
         candidates: client.prepare(CANDIDATES_SQL).await.map_err(err)?,
         lock_events: client.prepare(LOCK_EVENTS_SQL).await.map_err(err)?,
         erase: client.prepare(ERASE_SQL).await.map_err(err)?,
+        fork: super::fork::Statements::prepare(&client, target).await?,
         client,
     })
 }
@@ -283,7 +320,11 @@ async fn take(slot: &mut Option<Conn>, target: &Target) -> Result<Conn> {
 /// One transaction (module docs, steps 1 and 2). No client-side time limit: erasing a
 /// large tenant may take long; a dead server is noticed by the connection's TCP
 /// keepalives and user timeout (`connect.rs`).
-async fn attempt(slot: &mut Option<Conn>, target: &Target, doomed: &Doomed) -> Attempt {
+async fn attempt(
+    slot: &mut Option<Conn>,
+    target: &Target,
+    doomed: &Doomed,
+) -> Attempt<Vec<String>> {
     let conn = match take(slot, target).await {
         Ok(conn) => conn,
         Err(e @ Error::Unavailable { .. }) => return Attempt::NotCommitted(e),
@@ -313,10 +354,10 @@ async fn attempt(slot: &mut Option<Conn>, target: &Target, doomed: &Doomed) -> A
         return match conn.client.batch_execute("ROLLBACK").await {
             Ok(()) => {
                 *slot = Some(conn);
-                Attempt::Deleted(ids)
+                Attempt::Done(ids)
             }
             // Nothing was to be deleted, and nothing was written.
-            Err(e) if is_connection_loss(&conn.client, &e) => Attempt::Deleted(ids),
+            Err(e) if is_connection_loss(&conn.client, &e) => Attempt::Done(ids),
             Err(e) => Attempt::Refused(target.error(&e)),
         };
     }
@@ -332,7 +373,7 @@ async fn attempt(slot: &mut Option<Conn>, target: &Target, doomed: &Doomed) -> A
     let failure = match (locked, erased, commit) {
         (Ok(_), Ok(_), Ok(())) => {
             *slot = Some(conn);
-            return Attempt::Deleted(ids);
+            return Attempt::Done(ids);
         }
         (Err(e), _, _) | (Ok(_), Err(e), _) | (Ok(_), Ok(_), Err(e)) => e,
     };
@@ -344,7 +385,7 @@ async fn attempt(slot: &mut Option<Conn>, target: &Target, doomed: &Doomed) -> A
         );
         return Attempt::InDoubt {
             token,
-            doomed: ids,
+            done: ids,
             error,
         };
     }
@@ -354,12 +395,12 @@ async fn attempt(slot: &mut Option<Conn>, target: &Target, doomed: &Doomed) -> A
 }
 
 /// A failure before `COMMIT` was sent: nothing was written.
-async fn failed(
+pub(super) async fn failed<T>(
     slot: &mut Option<Conn>,
     conn: Conn,
     target: &Target,
     failure: &tokio_postgres::Error,
-) -> Attempt {
+) -> Attempt<T> {
     let error = target.error(failure);
     if is_connection_loss(&conn.client, failure) {
         return Attempt::NotCommitted(error);
@@ -371,7 +412,7 @@ async fn failed(
 }
 
 /// A refusal: tried again when the server rolled back for contention.
-fn classify(failure: &tokio_postgres::Error, error: Error) -> Attempt {
+pub(super) fn classify<T>(failure: &tokio_postgres::Error, error: Error) -> Attempt<T> {
     match failure.code().map(|c| c.code()) {
         // Serialization failure, deadlock, a cancelled statement.
         Some("40001" | "40P01" | "57014") => Attempt::NotCommitted(error),
@@ -382,7 +423,7 @@ fn classify(failure: &tokio_postgres::Error, error: Error) -> Attempt {
 /// Whether the transaction carrying `token` committed (`group_commit::settle`):
 /// `None` if it did, `Some(error)` (why it was lost) if it did not and now never will.
 /// Asks at least once, then until `reconnect_timeout` has passed since `since`.
-async fn resolve(
+async fn resolve<J: Job>(
     slot: &mut Option<Conn>,
     target: &Target,
     token: &str,
@@ -420,10 +461,7 @@ async fn resolve(
             return Err(match in_doubt(error) {
                 Error::Unavailable { server, reason } => Error::Unavailable {
                     server,
-                    reason: format!(
-                        "{reason} (a deletion: asking again, or deleting again, tells: a \
-                         deleted execution reads as unknown)"
-                    ),
+                    reason: format!("{reason} ({}: {})", J::WHAT, J::HOW_TO_TELL),
                 },
                 other => other,
             });
@@ -466,7 +504,7 @@ impl PgStore {
     /// Runs one deletion on the store's runtime; returns how many it deleted.
     async fn erase(&self, doomed: Doomed) -> Result<u64> {
         self.administer(move |deleter, target, hub| async move {
-            let ids = deleter.delete(&target, &doomed).await?;
+            let ids = deleter.run(&target, &doomed).await?;
             hub.deleted(&ids);
             Ok(ids.len() as u64)
         })
@@ -492,7 +530,7 @@ impl PgStore {
                     executions,
                     cutoff_ns,
                 };
-                let ids = deleter.delete(&target, &chunk).await?;
+                let ids = deleter.run(&target, &chunk).await?;
                 hub.deleted(&ids);
                 deleted += ids.len() as u64;
             }
@@ -502,10 +540,11 @@ impl PgStore {
 
     /// Runs `job` on the store's runtime, to its end even if the caller stops waiting,
     /// admitted like a guarded append: `close` waits for it.
-    async fn administer<F, J>(&self, job: J) -> Result<u64>
+    pub(super) async fn administer<F, J, T>(&self, job: J) -> Result<T>
     where
         J: FnOnce(Arc<Deleter>, Arc<Target>, Arc<Hub>) -> F,
-        F: Future<Output = Result<u64>> + Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
     {
         let admitted = Arc::clone(&self.gate).read_owned().await;
         if self.sender.lock().is_none() {
@@ -537,5 +576,18 @@ impl Lifecycle for PgStore {
 
     async fn prune(&self, older_than: Duration) -> anyhow::Result<u64> {
         Ok(self.prune_now(older_than).await?)
+    }
+
+    async fn fork_execution(
+        &self,
+        source: &ExecutionId,
+        at_sequence: u64,
+        new_id: &ExecutionId,
+    ) -> anyhow::Result<()> {
+        Ok(self.fork_now(source, at_sequence, new_id).await?)
+    }
+
+    async fn fork_point(&self, execution_id: &ExecutionId) -> anyhow::Result<Option<ForkPoint>> {
+        Ok(self.fork_point_now(execution_id).await?)
     }
 }

@@ -43,6 +43,9 @@
 //! - **delete, prune** ([`Lifecycle`](crate::Lifecycle)) → `deletion.rs`: one
 //!   transaction per deletion on a connection of its own, under the head row locks
 //!   appends take; then the store's subscriptions drop what they hold of it.
+//! - **fork** ([`Lifecycle::fork_execution`](crate::Lifecycle::fork_execution)) →
+//!   `fork.rs`: one transaction on the deletions' connection copies the shared events
+//!   under the new id, with the source's head row locked against its deletion.
 //!
 //! The connections live on a small tokio runtime owned by the store; callers only wait
 //! on channels and join handles, so the API works from any executor and, through the
@@ -52,6 +55,7 @@ mod block_on;
 mod connect;
 mod deletion;
 mod follow;
+mod fork;
 mod group_commit;
 mod guarded;
 mod guarded_commit;
@@ -100,9 +104,9 @@ pub struct PgStore {
     importer: Arc<import::Importer>,
     /// `guarded_commit.rs`: the guarded appends' connections.
     guarded: Arc<guarded_commit::Guarded>,
-    /// `deletion.rs`: the deletions' connection.
+    /// `deletion.rs`: the connection of deletions and forks (`fork.rs`).
     deleter: Arc<deletion::Deleter>,
-    /// Held (read) by every guarded append and deletion from its admission to its
+    /// Held (read) by every guarded append, deletion and fork from its admission to its
     /// answer; `close` takes it (write) to wait for them.
     gate: Arc<tokio::sync::RwLock<()>>,
     /// `follow.rs`: what subscriptions share with the store.

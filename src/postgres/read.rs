@@ -32,6 +32,12 @@ const TENANT_SQL: &str = "
 SELECT tenant_id FROM execlog_executions
 WHERE execution_id = $1 AND last_seq > 0 AND deleted_at IS NULL";
 
+/// Where a live execution with events was forked from (`fork.rs`): its source (as
+/// stored) and the number of events it shares, both NULL if it is not a fork.
+const FORK_POINT_SQL: &str = "
+SELECT fork_source, fork_at FROM execlog_executions
+WHERE execution_id = $1 AND last_seq > 0 AND deleted_at IS NULL";
+
 const LIST_SQL: &str = "
 SELECT execution_id FROM execlog_executions
 WHERE tenant_id = $1 AND deleted_at IS NULL
@@ -65,6 +71,10 @@ SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
 /// the page, first: the horizon and the number of rows the page scanned.
 /// The last column is the event's `ord`, its rank in its transaction when an event
 /// before it was deleted (NULL otherwise: the rank is counted).
+/// A fork's copies of its source's events (its sequences up to `fork_at`, `fork.rs`)
+/// are never wanted: they are not new events (the source's were delivered), as on the
+/// embedded engine, where a fork shares its source's records. They still move the
+/// cursor and count in their transaction's ranks, as any unwanted row.
 const PAGE_SQL: &str = "
 WITH horizon AS MATERIALIZED (
     SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin
@@ -79,7 +89,8 @@ WITH horizon AS MATERIALIZED (
     SELECT p.*, h.tenant_id,
            CASE $5::int WHEN 0 THEN true
                         WHEN 1 THEN h.tenant_id IS NOT DISTINCT FROM $6::text
-                        ELSE p.execution_id = $6::text END AS wanted
+                        ELSE p.execution_id = $6::text END
+           AND (h.fork_at IS NULL OR p.seq > h.fork_at) AS wanted
     FROM page p LEFT JOIN execlog_executions h ON h.execution_id = p.execution_id
 ), sized AS (
     SELECT m.*,
@@ -110,6 +121,8 @@ pub(crate) enum Query {
     Latest { execution: String },
     /// The owner of an execution with events.
     Tenant { execution: String },
+    /// [`FORK_POINT_SQL`].
+    ForkPoint { execution: String },
     /// A tenant's executions, newest first.
     List {
         tenant: String,
@@ -139,6 +152,7 @@ struct Conn {
     load: Statement,
     latest: Statement,
     tenant: Statement,
+    fork_point: Statement,
     list: Statement,
     snapshot: Statement,
     nth: Statement,
@@ -217,6 +231,9 @@ impl Readers {
             }
             Query::Latest { execution } => conn.client.query(&conn.latest, &[execution]).await,
             Query::Tenant { execution } => conn.client.query(&conn.tenant, &[execution]).await,
+            Query::ForkPoint { execution } => {
+                conn.client.query(&conn.fork_point, &[execution]).await
+            }
             Query::List {
                 tenant,
                 limit,
@@ -268,6 +285,7 @@ impl Readers {
             load: client.prepare(LOAD_SQL).await.map_err(err)?,
             latest: client.prepare(LATEST_SQL).await.map_err(err)?,
             tenant: client.prepare(TENANT_SQL).await.map_err(err)?,
+            fork_point: client.prepare(FORK_POINT_SQL).await.map_err(err)?,
             list: client.prepare(LIST_SQL).await.map_err(err)?,
             snapshot: client.prepare(SNAPSHOT_SQL).await.map_err(err)?,
             nth: client.prepare(NTH_SQL).await.map_err(err)?,

@@ -14,7 +14,7 @@ use super::connect::Target;
 use crate::error::{Error, Result};
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// Each migration: its version, a description, and its SQL.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -100,6 +100,20 @@ END
 $$;
 CREATE TRIGGER execlog_deleted_execution BEFORE UPDATE ON execlog_executions
 FOR EACH ROW WHEN (OLD.deleted_at IS NOT NULL) EXECUTE FUNCTION execlog_deleted_execution();
+",
+    ),
+    (
+        5,
+        "forks: the source and the number of shared events on a fork's head row",
+        // Nullable columns without a default: catalog changes only, no rewrite; the rows
+        // already there read as executions that are not forks. The check is `NOT VALID`:
+        // new and updated rows are checked, the existing ones (all NULL, which passes)
+        // are not scanned under the table's exclusive lock.
+        "
+ALTER TABLE execlog_executions ADD COLUMN fork_source text, ADD COLUMN fork_at bigint;
+ALTER TABLE execlog_executions ADD CONSTRAINT execlog_fork_point
+    CHECK ((fork_source IS NULL) = (fork_at IS NULL) AND fork_at BETWEEN 1 AND last_seq)
+    NOT VALID;
 ",
     ),
 ];

@@ -243,3 +243,97 @@ where
     assert!(store.load_events(&fork).await.unwrap().is_empty());
     store.close().unwrap();
 }
+
+/// Subscriptions deliver a fork's own events only: its shared events are the source's,
+/// delivered once, under the source's id (a fork is not an event). So with every
+/// filter, from the beginning, live, resumed, and after the source was deleted.
+pub async fn subscriptions_deliver_a_forks_own_events_only<B: Backend>(b: B)
+where
+    B::Store: Lifecycle + Follow,
+{
+    use super::follow::{take, take_exactly};
+    let store = b.open();
+    let t = TenantId::from("t");
+    let (source, fork) = (ExecutionId::new(), ExecutionId::new());
+    let names = |delivered: &[Delivered]| -> Vec<(ExecutionId, u64)> {
+        delivered
+            .iter()
+            .map(|d| (d.event.execution_id.clone(), d.event.sequence))
+            .collect()
+    };
+    let mut live = store
+        .subscribe(SubscriptionFilter::All, StartFrom::Beginning)
+        .unwrap();
+    let mut live_fork = store
+        .subscribe(
+            SubscriptionFilter::Execution(fork.clone()),
+            StartFrom::Beginning,
+        )
+        .unwrap();
+    for i in 1..=3 {
+        store.append(&source, &t, step_event(i)).await.unwrap();
+    }
+    store.fork_execution(&source, 2, &fork).await.unwrap();
+    store.append(&fork, &t, step_event(30)).await.unwrap();
+    store.append(&source, &t, step_event(4)).await.unwrap();
+    let want = vec![
+        (source.clone(), 1),
+        (source.clone(), 2),
+        (source.clone(), 3),
+        (fork.clone(), 3),
+        (source.clone(), 4),
+    ];
+    let delivered = take_exactly(&mut live, 5);
+    assert_eq!(names(&delivered), want, "a live subscription");
+    assert_eq!(
+        delivered[3].event,
+        store.load_events(&fork).await.unwrap()[2]
+    );
+    assert_eq!(
+        names(&take_exactly(&mut live_fork, 1)),
+        [(fork.clone(), 3)],
+        "a live subscription to the fork"
+    );
+    for filter in [
+        SubscriptionFilter::All,
+        SubscriptionFilter::Tenant(t.clone()),
+    ] {
+        let mut sub = store.subscribe(filter, StartFrom::Beginning).unwrap();
+        assert_eq!(
+            names(&take_exactly(&mut sub, 5)),
+            want,
+            "from the beginning"
+        );
+    }
+    let mut sub = store
+        .subscribe(
+            SubscriptionFilter::Execution(fork.clone()),
+            StartFrom::Beginning,
+        )
+        .unwrap();
+    assert_eq!(names(&take_exactly(&mut sub, 1)), [(fork.clone(), 3)]);
+    let mut resumed = store
+        .subscribe(
+            SubscriptionFilter::All,
+            StartFrom::After(delivered[1].position),
+        )
+        .unwrap();
+    assert_eq!(names(&take_exactly(&mut resumed, 3)), want[2..], "resumed");
+
+    assert!(store.delete_execution(&source).await.unwrap());
+    store.append(&fork, &t, step_event(31)).await.unwrap();
+    assert_eq!(
+        names(&take(&mut live, 1)),
+        [(fork.clone(), 4)],
+        "live, after the source's deletion"
+    );
+    let mut sub = store
+        .subscribe(SubscriptionFilter::All, StartFrom::Beginning)
+        .unwrap();
+    assert_eq!(
+        names(&take_exactly(&mut sub, 2)),
+        [(fork.clone(), 3), (fork.clone(), 4)],
+        "from the beginning, after the source's deletion"
+    );
+    store.close().unwrap();
+}

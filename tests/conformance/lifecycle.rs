@@ -39,6 +39,7 @@ macro_rules! lifecycle_suite {
             forks_survive_reopen_and_crash,
             bad_forks_are_refused,
             deleting_a_source_keeps_its_forks,
+            subscriptions_deliver_a_forks_own_events_only,
         );
     };
 }
