@@ -42,6 +42,10 @@ impl LogStore {
     /// Copies the store, as of its durable end now, into `dest` (created if missing;
     /// it must be empty), durably, while appends go on. The copy opens as a store
     /// holding exactly the events at positions up to [`BackupReport::position`].
+    ///
+    /// The copy holds the log as it is on disk: deleted executions stay deleted in it,
+    /// but their events are copied too unless erasure ([`LogStore::compact_now`]) ran
+    /// before; compact the copy to erase them there.
     pub fn backup_to(&self, dest: impl AsRef<Path>) -> Result<BackupReport> {
         self.check_open()?;
         let shared = self.shared();

@@ -446,6 +446,19 @@ impl LogStore {
     /// Erases now, instead of at the next background pass, the event bytes of deleted
     /// executions from every segment file, and gives their space back. See
     /// `erasure.rs` and docs/DESIGN.md ("Physical erasure").
+    ///
+    /// What to expect:
+    /// - Erased records are zeroed in place (positions never change); space comes back
+    ///   only for whole 4 KiB pages holding nothing live. Where deleted and live
+    ///   executions were appended interleaved, the content is gone but the files do
+    ///   not shrink ([`CompactReport::bytes_erased`] counts content, not disk space).
+    /// - Execution ids and tenant ids stay in the segments and `checkpoint.idx` (a
+    ///   deleted id stays reserved), and so do the events of a deleted source that a
+    ///   fork not deleted still shares, until that fork is deleted too.
+    /// - An active segment holding dead records is sealed first, which starts a new
+    ///   segment file: on a small store, disk use grows.
+    /// - Copies made before (`backup_to`, file copies) keep what they held; compact
+    ///   them too.
     pub fn compact_now(&self) -> Result<CompactReport> {
         self.check_open()?;
         if self.shared().read_only {

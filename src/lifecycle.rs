@@ -48,6 +48,11 @@ pub trait Lifecycle: EventStore {
     /// source's latest sequence; `new_id` must never have been used (a deleted id is
     /// `Deleted`, a live one `InvalidArgument`). The fork belongs to the source's
     /// tenant and does not inherit its idempotency keys.
+    ///
+    /// A subscription delivers the shared events once, under the source, and a fork's
+    /// own events under the fork: `SubscriptionFilter::Execution(fork)` starts at
+    /// `at_sequence + 1` (read the shared ones with `load_events`). An export writes a
+    /// fork whole, and an import makes it an independent execution (no fork point).
     async fn fork_execution(
         &self,
         source: &ExecutionId,
@@ -56,6 +61,8 @@ pub trait Lifecycle: EventStore {
     ) -> anyhow::Result<()>;
 
     /// Where `execution_id` was forked from: its parent (`ParentRelation::Fork`) and how
-    /// many events it shares; `None` if it is not a fork (or does not exist).
+    /// many events it shares; `None` if it is not a fork (or does not exist). The
+    /// parent named may since have been deleted: the fork still reads its shared
+    /// events, but loading the parent finds nothing.
     async fn fork_point(&self, execution_id: &ExecutionId) -> anyhow::Result<Option<ForkPoint>>;
 }

@@ -169,20 +169,45 @@ enum Command {
     /// Delete an execution, or every execution of a tenant, durably: it is gone for
     /// readers and its id is never reused. Nothing to delete exits 3.
     ///
+    /// Prints {"deleted_executions":N}. Deleting a fork's source keeps the fork whole.
+    /// The event bytes stay in the segment files until they are erased (`execlog
+    /// compact`, or the store's hourly background pass). Like `prune` and `compact`,
+    /// it opens the store for writing: while another process has it open, it fails
+    /// with "locked" (exit 1); delete through that process's `LogStore` instead.
+    ///
     /// Example: execlog delete /tmp/agents --execution run-1
     Delete(lifecycle::DeleteArgs),
     /// Delete every execution whose last event is older than --older-than.
+    ///
+    /// Prints {"deleted_executions":N} (0 when none was old enough: exit 0). There is
+    /// no dry run, and `--older-than 0s` deletes every execution. Needs the store
+    /// for writing, like `delete`. For retention that runs by itself, use
+    /// `Options::retention` in the program that writes the store.
     ///
     /// Example: execlog prune /tmp/agents --older-than 30d
     Prune(lifecycle::PruneArgs),
     /// Erase now the event bytes of deleted executions from every segment file and
     /// give their space back (otherwise done in the background, hourly by default).
     ///
+    /// Prints what it did as JSON: segments_rewritten, records_erased, bytes_erased,
+    /// bytes_written. Erased records are zeroed in place (positions never change), so
+    /// space comes back only for whole 4 KiB pages that hold nothing live: when
+    /// deleted and live executions were written interleaved, the files do not shrink.
+    /// What stays: execution ids and tenant ids (ids are never reused), and the
+    /// shared events of a deleted source that a live fork still reads. The active
+    /// segment is first sealed, which starts a new segment file (zero-filled ahead,
+    /// 4 MiB), so on a small store disk use grows. Needs the store for writing, like
+    /// `delete`; backups taken before hold the deleted events until compacted too.
+    ///
     /// Example: execlog compact /tmp/agents
     Compact(lifecycle::CompactArgs),
     /// Copy the store, as of its durable end now, into a new or empty directory,
     /// durably, while it keeps being written (also by another process). The copy
     /// opens as a store; the printed position is the last one it holds.
+    ///
+    /// The copy is the log as it is on disk: deletions are in it, but the events of
+    /// deleted executions not yet erased are copied too (run `execlog compact` on the
+    /// copy, or on the store before the backup, to erase them).
     ///
     /// Example: execlog backup /tmp/agents /backups/agents-2026-12-03
     Backup(backup::Args),
