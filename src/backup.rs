@@ -85,9 +85,10 @@ impl LogStore {
 /// Creates `dest` if missing; refuses one that holds anything.
 fn prepare_destination(shared: &Shared, dest: &Path) -> Result<()> {
     let io = shared.io.as_ref();
-    if dest == shared.dir {
+    // Compared as written (no file-system call): the usual mistake, `DIR/backup`.
+    if dest.starts_with(&shared.dir) {
         return Err(Error::InvalidArgument(
-            "a backup cannot go into the store's own directory".into(),
+            "a backup cannot go into the store's own directory or one inside it".into(),
         ));
     }
     match io.list(dest) {

@@ -112,8 +112,11 @@ fn a_backup_goes_only_into_a_new_or_empty_directory() {
     store
         .append_blocking(&e, &TenantId::from("t"), step_event(1))
         .unwrap();
-    let err = store.backup_to(dir.path()).unwrap_err();
-    assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+    for inside in [dir.path().to_path_buf(), dir.path().join("backup")] {
+        let err = store.backup_to(&inside).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+    }
+    assert!(!dir.path().join("backup").exists());
     let busy = tempfile::tempdir().unwrap();
     std::fs::write(busy.path().join("notes.txt"), "mine").unwrap();
     let err = store.backup_to(busy.path()).unwrap_err();

@@ -295,6 +295,7 @@ pub fn stats(dir: &Path, json: bool) -> Result<ExitCode, String> {
             "segments": s.segments,
             "events": s.events,
             "executions": s.executions,
+            "deleted_executions": s.deleted_executions,
             "tenants": s.tenants,
             "data_bytes": s.data_bytes,
             "file_bytes": file_bytes,
@@ -323,6 +324,10 @@ pub fn stats(dir: &Path, json: bool) -> Result<ExitCode, String> {
     out!("segments:          {}", s.segments);
     out!("events:            {}", s.events);
     out!("executions:        {}", s.executions);
+    out!(
+        "deleted:           {} executions (ids reserved)",
+        s.deleted_executions
+    );
     out!("tenants:           {}", s.tenants);
     out!("data bytes:        {}", s.data_bytes);
     out!("file bytes:        {file_bytes} (segments are zero-filled ahead of the data)");

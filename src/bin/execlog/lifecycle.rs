@@ -116,6 +116,11 @@ pub fn parse_age(text: &str) -> Result<Duration, String> {
     let n: u64 = number
         .parse()
         .map_err(|_| format!("{text:?} does not start with a whole number"))?;
+    if unit.starts_with('.') {
+        return Err(format!(
+            "{text:?}: ages are whole numbers of a unit (say 90m, not 1.5h)"
+        ));
+    }
     let seconds = match unit {
         "ms" => return Ok(Duration::from_millis(n)),
         "s" => 1,
