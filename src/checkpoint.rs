@@ -379,7 +379,7 @@ impl<'a> Walk<'a> {
         // An erased span stands for events `h.sequence..=last`, the last at `last_pos`.
         let ((last, last_pos), body) = match h.kind {
             Kind::ErasedSpan => {
-                let (last, last_pos, rest) = crate::erasure::decode_span(h, body)?;
+                let (last, last_pos, rest) = crate::erasure::decode_span(h, pos, body)?;
                 ((last, last_pos), rest)
             }
             _ => ((h.sequence, pos), body),
