@@ -332,3 +332,56 @@ fn compact_now_racing_close_writes_nothing_after_close_returns() {
     let store = LogStore::open_with(dir.path(), opts()).unwrap();
     assert!(store.verify(|_, _| {}).is_clean());
 }
+
+/// A checkpoint whose fork table claims that an ordinary execution ("b", declared by
+/// its own first event) is a fork of another ("a", same tenant) at 1, with the entry
+/// points a fork of that length has (none). The walk that checks a checkpoint computed
+/// `sequence - first_own` = 1 - 2 for b's first record: an overflow panic in debug
+/// builds; in release builds the wrapped value skipped the entry-point check and the
+/// checkpoint was accepted, so a read of b served a's event under b's id.
+#[test]
+fn checkpoint_fork_table_claiming_an_ordinary_execution_is_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TenantId::from("t");
+    let (a, b) = (ExecutionId::from("a"), ExecutionId::from("b"));
+    {
+        let store = LogStore::open_with(dir.path(), opts()).unwrap();
+        store.append_blocking(&a, &t, event(1, 10)).unwrap();
+        store.append_blocking(&b, &t, event(2, 10)).unwrap();
+        store.close().unwrap();
+    }
+    let path = dir.path().join("checkpoint.idx");
+    let bytes = fs::read(&path).unwrap();
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let (segments, tenants, executions, forks) = (u32_at(24), u32_at(28), u32_at(32), u32_at(36));
+    assert_eq!((executions, forks), (2, 0));
+    let mut p = 40 + 12 * segments;
+    for _ in 0..tenants {
+        p += 4 + u32_at(p);
+    }
+    let exec0 = 24 + u32_at(p + 20) + 8;
+    let exec1 = 24 + u32_at(p + exec0 + 20) + 8;
+    let mut forged = bytes[..p].to_vec();
+    forged[36..40].copy_from_slice(&1u32.to_le_bytes());
+    forged.extend_from_slice(&1u32.to_le_bytes()); // the fork: execution 1
+    forged.extend_from_slice(&0u32.to_le_bytes()); // its source: execution 0
+    forged.extend_from_slice(&1u64.to_le_bytes()); // at 1
+    forged.extend_from_slice(&bytes[p..p + exec0]);
+    forged.extend_from_slice(&bytes[p + exec0..p + exec0 + exec1 - 8]); // no entry point
+    assert_eq!(p + exec0 + exec1 + 4, bytes.len());
+    let crc = crc32fast::hash(&forged);
+    forged.extend_from_slice(&crc.to_le_bytes());
+    fs::write(&path, &forged).unwrap();
+
+    let opened = std::panic::catch_unwind(|| LogStore::open_with(dir.path(), opts()))
+        .expect("open panicked on a forged checkpoint");
+    let store = opened.unwrap();
+    assert!(
+        store.recovery_report().checkpoint_ignored.is_some(),
+        "the forged checkpoint was trusted"
+    );
+    let events = store.load_events_blocking(&b).unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event, event(2, 10));
+    assert_eq!(store.fork_point_blocking(&b).unwrap(), None);
+}
