@@ -167,7 +167,11 @@ fn doomed_store_with(dir: &Path, rounds: u64, options: Options) -> LogStore {
             .append_batch_blocking(&doomed, &t, (0..20).map(|j| event(j, 1000)).collect())
             .unwrap();
         store
-            .append_blocking(&ExecutionId::from(format!("live-{}", i % 7)), &t, event(i, 300))
+            .append_blocking(
+                &ExecutionId::from(format!("live-{}", i % 7)),
+                &t,
+                event(i, 300),
+            )
             .unwrap();
     }
     for i in 0..rounds {
@@ -211,7 +215,10 @@ fn concurrent_erasure_passes_neither_fail_nor_tear_segments() {
         );
         assert!(store.verify(|_, _| {}).is_clean(), "round {round}");
         for r in &results {
-            assert!(r.is_ok(), "round {round}: a concurrent pass failed: {results:?}");
+            assert!(
+                r.is_ok(),
+                "round {round}: a concurrent pass failed: {results:?}"
+            );
         }
     }
 }
@@ -384,4 +391,63 @@ fn checkpoint_fork_table_claiming_an_ordinary_execution_is_not_trusted() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].event, event(2, 10));
     assert_eq!(store.fork_point_blocking(&b).unwrap(), None);
+}
+
+/// Hostile arguments get answers, not panics or hangs: ids at and past the limit,
+/// with NUL, forks at u64::MAX, prune(Duration::MAX), huge retentions.
+#[test]
+fn hostile_lifecycle_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = opts()
+        .retention(Duration::MAX)
+        .tenant_retention(TenantId::from("t"), Duration::MAX);
+    let store = LogStore::open_with(dir.path(), options).unwrap();
+    let t = TenantId::from("t");
+    let max = ExecutionId::from("m".repeat(MAX_ID_BYTES));
+    let nul = ExecutionId::from("a\0b");
+    store.append_blocking(&max, &t, event(0, 1)).unwrap();
+    store.append_blocking(&nul, &t, event(0, 1)).unwrap();
+    let too_long = ExecutionId::from("m".repeat(MAX_ID_BYTES + 1));
+    assert!(
+        store.delete_execution_blocking(&too_long).is_err()
+            || !store.delete_execution_blocking(&too_long).unwrap()
+    );
+    for at in [0, 2, u64::MAX] {
+        let err = store
+            .fork_execution_blocking(&max, at, &ExecutionId::from(format!("f{at}")))
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+    }
+    store
+        .fork_execution_blocking(&nul, 1, &ExecutionId::from("f\0"))
+        .unwrap();
+    assert_eq!(store.prune_blocking(Duration::MAX).unwrap(), 0);
+    assert_eq!(store.prune_blocking(Duration::ZERO).unwrap(), 3);
+    assert!(!store.delete_execution_blocking(&max).unwrap());
+    store.compact_now().unwrap();
+    store.close().unwrap();
+    drop(store);
+    let store = LogStore::open_with(dir.path(), opts()).unwrap();
+    let err = store.append_blocking(&nul, &t, event(1, 1)).unwrap_err();
+    assert!(matches!(err, Error::Deleted), "{err:?}");
+}
+
+/// A leftover `*.seg.compact` that is a directory: open works, erasure answers with a
+/// clear error (it never removes a directory it did not make) and nothing live is hurt.
+#[test]
+fn a_compact_leftover_that_is_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = doomed_store(dir.path(), 10);
+    let before = positions(&store);
+    store.close().unwrap();
+    drop(store);
+    for seg in segment_files(dir.path()) {
+        fs::create_dir(seg.with_extension("seg.compact")).unwrap();
+    }
+    let store = LogStore::open_with(dir.path(), opts()).unwrap();
+    match store.compact_now() {
+        Ok(_) | Err(Error::Io { .. }) => {}
+        Err(other) => panic!("{other:?}"),
+    }
+    assert_eq!(positions(&store), before);
 }
