@@ -379,7 +379,7 @@ impl<'a> Walk<'a> {
         // An erased span stands for events `h.sequence..=last`, the last at `last_pos`.
         let ((last, last_pos), body) = match h.kind {
             Kind::ErasedSpan => {
-                let (last, last_pos, rest) = crate::erasure::decode_span(h, body)?;
+                let (last, last_pos, rest) = crate::erasure::decode_span(h, pos, body)?;
                 ((last, last_pos), rest)
             }
             _ => ((h.sequence, pos), body),
@@ -426,6 +426,11 @@ impl<'a> Walk<'a> {
             }
         }
         let (stride, first) = (index.stride(), index.first_own(no as ExecNo));
+        // A fork's own records start after what it shares (its fork record set
+        // `reached` to `at`); a table that calls an ordinary execution a fork lies.
+        if h.sequence < first {
+            return Err(format!("{} is not the fork the index says", e.id));
+        }
         for sequence in h.sequence..=last {
             let at = if sequence == last { last_pos } else { pos };
             if (sequence - first).is_multiple_of(stride) {

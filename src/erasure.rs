@@ -112,7 +112,9 @@ pub(crate) fn segments_of(index: &Index, no: ExecNo) -> std::ops::Range<u32> {
     let own = index
         .get(no)
         .and_then(|e| Some((e.sparse().first()?, e.durable_pos)));
-    own.map_or(0..0, |(first, last)| first.segment..last.segment + 1)
+    own.map_or(0..0, |(first, last)| {
+        first.segment..last.segment.saturating_add(1)
+    })
 }
 
 /// Every segment that may hold dead records of `index` (at open).
@@ -141,8 +143,12 @@ const SPAN_FIELDS: usize = 16;
 
 /// Decodes an erased span's body: its last sequence, the position of its last record
 /// as it was, and the rest (the record prefix, then zeros).
+/// `pos` is where the span itself starts: the last record it names must have begun
+/// inside the span's bytes (the index's durable cursor and the erasable segments are
+/// derived from that position, and a later record's `prev` is checked against it).
 pub(crate) fn decode_span<'a>(
     header: &Header,
+    pos: Pos,
     body: &'a [u8],
 ) -> std::result::Result<(u64, Pos, &'a [u8]), String> {
     let (fields, rest) = body
@@ -153,6 +159,14 @@ pub(crate) fn decode_span<'a>(
         fields[8..].try_into().unwrap_or_default(),
     ))
     .ok_or("erased span without its last position")?;
+    let span_end = u64::from(pos.offset) + record::framed_len(body.len()) as u64;
+    if last_pos.segment != pos.segment
+        || last_pos.offset <= pos.offset
+        || u64::from(last_pos.offset) + record::framed_len(1) as u64 > span_end
+        || !last_pos.offset.is_multiple_of(8)
+    {
+        return Err("erased span names a last position outside its bytes".into());
+    }
     if last <= header.sequence {
         return Err("erased span covers fewer than two events".into());
     }
@@ -357,6 +371,9 @@ pub(crate) fn compact(shared: &Shared) -> Result<CompactReport> {
     // One pass at a time (the background thread and `compact_now` may race).
     let _pass = shared.erasing.lock();
     let mut report = CompactReport::default();
+    if shared.closed.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(Error::Closed);
+    }
     // Taken with the plan, under the store lock: a deletion published after the plan
     // adds its segments anew, for the next pass.
     let (plan, candidates, active) = {

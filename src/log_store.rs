@@ -402,6 +402,9 @@ impl LogStore {
         if let Some(eraser) = self.eraser.lock().take() {
             eraser.stop();
         }
+        // A `compact_now` in another thread stops before its next segment; wait for
+        // the one it is rewriting, so that nothing renames files after close returns.
+        drop(self.shared.erasing.lock());
         drop(self.shared.state.lock().writer.tx.take());
         // Appenders waiting for queue space are refused (Error::Closed) now.
         self.shared.queue_bound.stop();

@@ -96,8 +96,12 @@ impl Rebuild {
                 if !self.batch.is_empty() {
                     return Err(corrupt("erased span inside a batch"));
                 }
+                let at = Pos {
+                    segment,
+                    offset: u32::try_from(offset).map_err(|_| corrupt("offset beyond 4 GiB"))?,
+                };
                 let (last, last_pos, rest) =
-                    erasure::decode_span(&header, body).map_err(|why| corrupt(&why))?;
+                    erasure::decode_span(&header, at, body).map_err(|why| corrupt(&why))?;
                 (Some((last, last_pos)), rest)
             }
             _ => (None, body),

@@ -49,7 +49,9 @@ pub(crate) struct Shared {
     pub(crate) deletions: AtomicU64,
     /// Segments that may hold records of deleted executions, for erasure.
     pub(crate) erasable: Mutex<std::collections::BTreeSet<u32>>,
-    /// Held by an erasure pass for its whole length: one at a time.
+    /// Held by an erasure pass from start to end: passes (`compact_now` from several
+    /// threads, the background thread) share `<segment>.compact` and must not
+    /// interleave, and close waits for the pass in progress.
     pub(crate) erasing: Mutex<()>,
 }
 
