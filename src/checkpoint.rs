@@ -205,6 +205,10 @@ pub(crate) fn decode(bytes: &[u8], stride: u32) -> std::result::Result<Checkpoin
         if last_fork.is_some_and(|last| no <= last) || no as usize >= execution_count {
             return Err(format!("fork {no} out of order or beyond the executions"));
         }
+        // Sequences fit an i64 (the contract's timestamps and PostgreSQL's columns).
+        if at == 0 || at > i64::MAX as u64 {
+            return Err(format!("fork {no} shares {at} events"));
+        }
         last_fork = Some(no);
         forks.insert(no, Base { source, at });
     }
@@ -736,5 +740,21 @@ mod tests {
             }
         }
         assert!(refused > body_len, "only {refused} forgeries refused");
+    }
+
+    /// Found by the fuzz smoke (`fuzz/seeds/decode_record/crash-fork-table-at-u64-max`):
+    /// a fork table entry sharing u64::MAX events overflowed the entry count (a panic in
+    /// debug builds). Refused now, as is a fork sharing no event.
+    #[test]
+    fn a_fork_table_sharing_impossible_counts_is_refused() {
+        let crash = include_bytes!("../fuzz/seeds/decode_record/crash-fork-table-at-u64-max");
+        for at in [u64::MAX, 0] {
+            let mut b = crash.to_vec();
+            // The fork table follows the tenants: u32 number, u32 source, then `at`.
+            b[0x54..0x5c].copy_from_slice(&at.to_le_bytes());
+            b.extend_from_slice(&record::crc32(&b).to_le_bytes());
+            let refused = decode(&b, 16).expect_err("an impossible fork table");
+            assert!(refused.contains("shares"), "{refused}");
+        }
     }
 }

@@ -255,7 +255,7 @@ impl Index {
 
     /// The first sequence execution `no` holds records of: 1, or `at + 1` for a fork.
     pub(crate) fn first_own(&self, no: ExecNo) -> u64 {
-        self.forks.get(&no).map_or(1, |b| b.at + 1)
+        self.forks.get(&no).map_or(1, |b| b.at.saturating_add(1))
     }
 
     /// Which execution's records hold execution `no`'s events: `(first sequence,
@@ -460,7 +460,7 @@ impl Index {
 
     /// How many entry points an execution with `durable_seq` events and `base` keeps.
     pub(crate) fn entries_for(&self, durable_seq: u64, base: Option<Base>) -> u64 {
-        let first = base.map_or(1, |b| b.at + 1);
+        let first = base.map_or(1, |b| b.at.saturating_add(1));
         match durable_seq.checked_sub(first) {
             Some(own) => own / self.stride + 1,
             None => 0,

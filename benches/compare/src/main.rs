@@ -1,7 +1,7 @@
 //! execlog side by side with SQLite, redb and the disk's own limits, in one run.
 //!
 //! `cargo run --release --manifest-path benches/compare/Cargo.toml -- [--quick] [--events N]
-//! [--seconds S] [--repeats R] [--writers 1,16,64,256] [--ingest-only] [--only SYSTEM [--batch | --open]] [--follow] [--async [--idle-seconds S]] [--memory K --events N] [--erasure --events N]
+//! [--seconds S] [--repeats R] [--writers 1,16,64,256] [--ingest-only] [--only SYSTEM [--batch | --open]] [--follow] [--async [--idle-seconds S]] [--memory K --events N] [--erasure --events N] [--scrub --events N]
 //! [--out docs/BENCHMARKS.md]`
 //!
 //! With `--features postgres` and `--pg-url URL` (or `EXECLOG_PG_URL`), also the
@@ -21,6 +21,7 @@ mod memory;
 #[cfg(feature = "postgres")]
 mod pg;
 mod report;
+mod scrub;
 mod systems;
 
 use std::path::{Path, PathBuf};
@@ -81,6 +82,8 @@ pub struct Config {
     pub memory_per_execution: Option<u64>,
     /// Erasure (issue 15): space reclaimed, bytes written, effect on ingest.
     pub erasure: bool,
+    /// The scrubber (issue 16): its rate and its effect on ingest.
+    pub scrub: bool,
     /// Profile one system alone (no baselines, no report).
     pub only: Option<String>,
     pub seconds: f64,
@@ -110,6 +113,7 @@ fn parse_args() -> Config {
         idle_seconds: 10.0,
         memory_per_execution: None,
         erasure: false,
+        scrub: false,
         only: None,
         seconds: 2.0,
         repeats: 3,
@@ -140,6 +144,7 @@ fn parse_args() -> Config {
             "--follow" => c.follow = true,
             "--async" => c.async_path = true,
             "--erasure" => c.erasure = true,
+            "--scrub" => c.scrub = true,
             "--idle-seconds" => c.idle_seconds = value().parse().expect("--idle-seconds"),
             "--memory" => c.memory_per_execution = Some(value().parse().expect("--memory K")),
             "--memory-open" => {
@@ -366,6 +371,16 @@ fn main() {
         let section = pg::run(&c);
         report::write_pg_section(&c.out, &section);
         eprintln!("wrote the PostgreSQL section of {}", c.out.display());
+        return;
+    }
+    if c.scrub {
+        scrub::run(
+            &c.dir.join("scrub"),
+            c.read_events,
+            &c.writers,
+            c.seconds,
+            c.repeats,
+        );
         return;
     }
     if c.erasure {
