@@ -345,6 +345,7 @@ pub(crate) fn enqueue_guarded(
         last_sequence,
         last_pos,
         deletes: Vec::new(),
+        timestamp_ns,
         ticket: ticket.clone(),
         admitted,
     };

@@ -102,40 +102,53 @@ pub(crate) fn path(dir: &Path) -> PathBuf {
     dir.join(FILE_NAME)
 }
 
-/// Encodes a checkpoint of `index`, which must hold nothing reserved beyond what is
-/// durable (a clean close), over the segments `segments` describes.
+/// Encodes a checkpoint of the durable side of `index` over the segments `segments`
+/// describes, which end where the index's durable cursors do. What is only reserved
+/// (executions, events and tombstones still on their way to the disk) is left out:
+/// executions are numbered in log order, so the durable ones are a prefix, and so are
+/// their tenants (each numbered when its first execution was created).
 pub(crate) fn encode(index: &Index, segments: &[SegmentDigest], last_timestamp_ns: i64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + 64 * index.len());
+    let executions = index.executions();
+    let durable = executions.partition_point(|e| e.durable_seq > 0);
+    let executions = executions.get(..durable).unwrap_or_default();
+    let tenants = executions.iter().map(|e| e.tenant as usize + 1).max();
+    let tenants = index.tenants().get(..tenants.unwrap_or(0)).unwrap_or_default();
+    let mut forks: Vec<(&ExecNo, &Base)> = index
+        .forks()
+        .iter()
+        .filter(|(no, _)| (**no as usize) < durable)
+        .collect();
+    forks.sort_unstable_by_key(|(no, _)| **no);
+    let mut out = Vec::with_capacity(HEADER_LEN + 64 * executions.len());
     out.extend_from_slice(&MAGIC);
     put_u32(&mut out, CHECKPOINT_VERSION);
     put_u32(&mut out, index.stride() as u32);
     out.extend_from_slice(&last_timestamp_ns.to_le_bytes());
     put_u32(&mut out, segments.len() as u32);
-    put_u32(&mut out, index.tenants().len() as u32);
-    put_u32(&mut out, index.len() as u32);
-    put_u32(&mut out, index.forks().len() as u32);
+    put_u32(&mut out, tenants.len() as u32);
+    put_u32(&mut out, executions.len() as u32);
+    put_u32(&mut out, forks.len() as u32);
     debug_assert_eq!(out.len(), HEADER_LEN);
     for d in segments {
         put_u64(&mut out, d.end);
         put_u32(&mut out, d.crc);
     }
-    for tenant in index.tenants() {
+    for tenant in tenants {
         put_str(&mut out, tenant.as_str());
     }
-    let mut forks: Vec<(&ExecNo, &Base)> = index.forks().iter().collect();
-    forks.sort_unstable_by_key(|(no, _)| **no);
     for (&no, base) in forks {
         put_u32(&mut out, no);
         put_u32(&mut out, base.source);
         put_u64(&mut out, base.at);
     }
-    for e in index.executions() {
-        debug_assert_eq!(e.durable_seq, e.reserved_seq, "checkpoint of a busy index");
+    for (no, e) in (0..).zip(executions) {
         put_u32(&mut out, e.tenant);
         put_u64(&mut out, e.durable_seq);
         put_pos(&mut out, e.durable_pos);
         put_str(&mut out, e.id.as_str());
-        for &pos in e.sparse() {
+        let entries = index.entries_for(e.durable_seq, index.base(no));
+        let entries = usize::try_from(entries).unwrap_or(usize::MAX);
+        for &pos in e.sparse().get(..entries).unwrap_or(e.sparse()) {
             put_pos(&mut out, pos);
         }
     }

@@ -28,7 +28,7 @@ use crate::options::WritePath;
 use crate::queue::{Pending, fail_all};
 use crate::record;
 use crate::segment;
-use crate::state::{Poison, Shared};
+use crate::state::{Durable, Poison, Shared};
 use crate::sync::{MODEL_CHECKED, Receiver, TryRecvError, yield_now};
 
 /// How long an idle commit thread polls the queue before it sleeps.
@@ -68,6 +68,8 @@ pub(crate) struct Committer {
     /// set (see [`Committer::wait_for_stragglers`]).
     skip_waits: u32,
     backoff: u32,
+    /// Bytes made durable since the checkpoint thread was last asked for one.
+    since_checkpoint: u64,
 }
 
 impl Committer {
@@ -95,6 +97,7 @@ impl Committer {
             last_sync: Duration::ZERO,
             skip_waits: 0,
             backoff: 0,
+            since_checkpoint: 0,
         }
     }
 
@@ -130,6 +133,7 @@ impl Committer {
                 Ok(()) => {
                     self.wrote = true;
                     self.publish(group);
+                    let bytes = group.iter().map(|p| p.bytes.len() as u64).sum();
                     let mut woke_task = false;
                     for p in group.drain(..) {
                         woke_task |= p.complete(Ok(()));
@@ -138,6 +142,7 @@ impl Committer {
                     // After the acknowledgements: waking followers (a futex call when
                     // one sleeps) is not on the appenders' path.
                     self.shared.watch.advance();
+                    self.ask_for_checkpoint(bytes);
                 }
                 Err(e @ Error::Poisoned { .. }) => {
                     fail_all(group.drain(..), &e);
@@ -204,6 +209,19 @@ impl Committer {
             &bytes,
             self.shared.options.file_mode(),
         )
+    }
+
+    /// Counts `bytes` made durable and, once they complete an interval, asks the
+    /// checkpoint thread for a checkpoint (`checkpointer.rs`).
+    fn ask_for_checkpoint(&mut self, bytes: u64) {
+        let Some(interval) = self.shared.options.checkpoint_interval() else {
+            return;
+        };
+        self.since_checkpoint += bytes;
+        if self.since_checkpoint >= interval {
+            self.since_checkpoint = 0;
+            self.shared.checkpoints.request();
+        }
     }
 
     /// Writes a seal record after the last group at clean close (see `record.rs`).
@@ -502,7 +520,27 @@ impl Committer {
             if let Some(last) = group.last() {
                 state.keys.settle(last.last_pos);
             }
+            self.publish_digests(group, &mut state.durable);
         }
+    }
+}
+
+impl Committer {
+    /// Copies the digests of the segments `group` wrote, and its newest timestamp,
+    /// to what a running checkpoint reads (`state::Durable`).
+    fn publish_digests(&self, group: &[Pending], durable: &mut Durable) {
+        let (Some(first), Some(last)) = (group.first(), group.last()) else {
+            return;
+        };
+        durable.digests.resize(self.digests.len(), None);
+        for id in first.segment..=last.segment {
+            let i = (id as usize).saturating_sub(1);
+            if let (Some(to), Some(from)) = (durable.digests.get_mut(i), self.digests.get(i)) {
+                *to = *from;
+            }
+        }
+        let newest = group.iter().map(|p| p.timestamp_ns).max();
+        durable.timestamp_ns = durable.timestamp_ns.max(newest.unwrap_or(i64::MIN));
     }
 }
 

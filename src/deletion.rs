@@ -197,13 +197,14 @@ pub(crate) fn enqueue(
     };
     let len = record::framed_len(body.len());
     let reservation = writer.reserve(len as u64, shared.options.segment_size_bytes);
+    let timestamp_ns = writer.next_timestamp_ns();
     let header = Header {
         kind: Kind::Delete,
         // Stamped by the commit thread (record::stamp_group).
         group_start: 0,
         execution: execution_field,
         sequence: 0,
-        timestamp_ns: writer.next_timestamp_ns(),
+        timestamp_ns,
         prev: None,
         batch_remaining: 0,
     };
@@ -226,6 +227,7 @@ pub(crate) fn enqueue(
             offset: reservation.offset,
         },
         deletes: nos,
+        timestamp_ns,
         ticket: ticket.clone(),
         admitted,
     };

@@ -345,7 +345,8 @@ fn roll(shared: &Shared, id: u32) -> Result<Option<Ticket>> {
         shared.options.segment_size_bytes,
     );
     let mut bytes = Vec::new();
-    record::encode_seal(reservation.offset, writer.next_timestamp_ns(), &mut bytes);
+    let timestamp_ns = writer.next_timestamp_ns();
+    record::encode_seal(reservation.offset, timestamp_ns, &mut bytes);
     let ticket = Ticket::default();
     let pending = Pending {
         segment: reservation.segment,
@@ -359,6 +360,7 @@ fn roll(shared: &Shared, id: u32) -> Result<Option<Ticket>> {
             offset: reservation.offset,
         },
         deletes: Vec::new(),
+        timestamp_ns,
         ticket: ticket.clone(),
         admitted,
     };

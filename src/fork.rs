@@ -144,12 +144,13 @@ fn enqueue(
     body.extend_from_slice(new_id.as_str().as_bytes());
     let len = record::framed_len(body.len());
     let reservation = writer.reserve(len as u64, shared.options.segment_size_bytes);
+    let timestamp_ns = writer.next_timestamp_ns();
     let header = Header {
         kind: Kind::Fork,
         group_start: 0,
         execution: u64::from(no),
         sequence: at,
-        timestamp_ns: writer.next_timestamp_ns(),
+        timestamp_ns,
         prev: Some(pos),
         batch_remaining: 0,
     };
@@ -166,6 +167,7 @@ fn enqueue(
         last_sequence: at,
         last_pos: pos,
         deletes: Vec::new(),
+        timestamp_ns,
         ticket: ticket.clone(),
         admitted,
     };

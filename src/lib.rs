@@ -59,6 +59,7 @@
 mod append;
 mod backup;
 mod checkpoint;
+mod checkpointer;
 mod codec;
 mod committer;
 mod damage;

@@ -77,6 +77,8 @@ pub struct LogStore {
     retention: Mutex<Option<Retention>>,
     /// The background erasure thread, if erasure runs in the background.
     eraser: Mutex<Option<crate::eraser::Eraser>>,
+    /// The background checkpoint thread, if checkpoints are written while running.
+    checkpointer: Mutex<Option<crate::checkpointer::Checkpointer>>,
     lock: Mutex<Option<LockGuard>>,
     report: RecoveryReport,
 }
@@ -102,6 +104,9 @@ pub struct Stats {
     pub index_bytes: usize,
     /// Approximate memory of the sparse entry points alone (the per-event part).
     pub sparse_index_bytes: usize,
+    /// Index checkpoints the background thread wrote since open (see
+    /// [`Options::index_checkpoint_interval_bytes`]); close's own is not counted.
+    pub index_checkpoints: u64,
     /// Bytes of encoded records now admitted to the queue to the commit thread and not
     /// yet completed (see [`Options::max_queued_bytes`]). An append is counted from its
     /// admission, before it takes the store lock, with its first record's execution
@@ -312,6 +317,10 @@ impl LogStore {
                 index: recovered.index,
                 keys: recovered.keys,
                 writer,
+                durable: crate::state::Durable {
+                    digests: Vec::new(),
+                    timestamp_ns: recovered.last_timestamp_ns,
+                },
             }),
             segments,
             queue_bound,
@@ -324,6 +333,7 @@ impl LogStore {
             deletions,
             erasable: Mutex::new(erasable),
             erasing: Mutex::new(()),
+            checkpoints: crate::checkpointer::Requests::default(),
         });
         if mode == Mode::Reader {
             let poller = Arc::clone(&shared);
@@ -337,6 +347,7 @@ impl LogStore {
                 scrubber: Mutex::new(None),
                 retention: Mutex::new(None),
                 eraser: Mutex::new(None),
+                checkpointer: Mutex::new(None),
                 lock: Mutex::new(None),
                 report: recovered.report,
             });
@@ -348,6 +359,7 @@ impl LogStore {
                 scrubber: Mutex::new(None),
                 retention: Mutex::new(None),
                 eraser: Mutex::new(None),
+                checkpointer: Mutex::new(None),
                 lock: Mutex::new(lock),
                 report: recovered.report,
             });
@@ -356,6 +368,7 @@ impl LogStore {
         let mut digests: Vec<Option<SegmentDigest>> =
             recovered.segments.iter().map(|s| s.digest).collect();
         digests.push(last.digest);
+        shared.state.lock().durable.digests.clone_from(&digests);
         let committer = Committer::new(
             Arc::clone(&shared),
             rx,
@@ -373,6 +386,7 @@ impl LogStore {
             scrubber: Mutex::new(None),
             retention: Mutex::new(None),
             eraser: Mutex::new(None),
+            checkpointer: Mutex::new(None),
             lock: Mutex::new(lock),
             report: recovered.report,
         };
@@ -380,6 +394,7 @@ impl LogStore {
         *store.scrubber.lock() = scrubber::start(&store.shared)?;
         *store.retention.lock() = retention::start(&store.shared)?;
         *store.eraser.lock() = crate::eraser::start(&store.shared)?;
+        *store.checkpointer.lock() = crate::checkpointer::start(&store.shared)?;
         Ok(store)
     }
 
@@ -401,6 +416,10 @@ impl LogStore {
         }
         if let Some(eraser) = self.eraser.lock().take() {
             eraser.stop();
+        }
+        // Before the commit thread ends: close's checkpoint must be the last written.
+        if let Some(checkpointer) = self.checkpointer.lock().take() {
+            checkpointer.stop();
         }
         // A `compact_now` in another thread stops before its next segment; wait for
         // the one it is rewriting, so that nothing renames files after close returns.
@@ -452,6 +471,7 @@ impl LogStore {
             data_bytes: self.shared.segments.durable_bytes(),
             index_bytes,
             sparse_index_bytes,
+            index_checkpoints: self.shared.checkpoints.written.load(Ordering::Relaxed),
             queued_bytes: self.shared.queue_bound.queued(),
             peak_queued_bytes: self.shared.queue_bound.peak(),
             queue_waiters: self.shared.queue_bound.waiting(),

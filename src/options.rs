@@ -50,6 +50,10 @@ pub enum ScrubRate {
 /// so that a small store is checked within seconds rather than trickled over an hour.
 pub const MIN_SCRUB_BYTES_PER_SECOND: u64 = 1 << 20;
 
+/// The smallest interval between two running index checkpoints: each costs encoding
+/// the whole index.
+const MIN_CHECKPOINT_INTERVAL: u64 = 64 << 10;
+
 /// The default time between two background erasure passes.
 const DEFAULT_ERASURE_INTERVAL: Duration = Duration::from_secs(3600);
 
@@ -74,6 +78,8 @@ pub struct Options {
     pub(crate) commit_delay_us: u64,
     pub(crate) index_stride: u32,
     pub(crate) index_checkpoint: bool,
+    /// `None` until set: the default, which depends on the file system.
+    pub(crate) checkpoint_interval: Option<Option<u64>>,
     pub(crate) write_path: WritePath,
     pub(crate) key_hash_bits: u32,
     pub(crate) group_read: bool,
@@ -100,6 +106,7 @@ impl Default for Options {
             commit_delay_us: 0,
             index_stride: 16,
             index_checkpoint: true,
+            checkpoint_interval: None,
             write_path: WritePath::ZerosAhead,
             key_hash_bits: 64,
             group_read: false,
@@ -207,6 +214,21 @@ impl Options {
     #[must_use]
     pub fn index_checkpoint(mut self, enabled: bool) -> Self {
         self.index_checkpoint = enabled;
+        self
+    }
+
+    /// How much an open after a crash may have to rebuild from records: each time
+    /// this many bytes have become durable since the last checkpoint, a background
+    /// thread (`execlog-checkpoint`) writes a new one describing everything durable
+    /// then, so that open loads it and scans only what followed. `None`: checkpoints
+    /// only at clean close (open after a crash then scans everything appended since).
+    /// Default: the segment size, or `None` with [`Options::io`] (whose tests drive
+    /// I/O from one thread); at least 64 KiB. Writing one costs encoding the index
+    /// (appends wait for that) and writing it once: see docs/DESIGN.md, "Index
+    /// checkpoints". Has no effect with [`Options::index_checkpoint`] off.
+    #[must_use]
+    pub fn index_checkpoint_interval_bytes(mut self, bytes: Option<u64>) -> Self {
+        self.checkpoint_interval = Some(bytes.map(|b| b.max(MIN_CHECKPOINT_INTERVAL)));
         self
     }
 
@@ -325,6 +347,17 @@ impl Options {
     }
 
     /// The erasure interval in effect (see [`Options::erasure_interval`]).
+    pub(crate) fn checkpoint_interval(&self) -> Option<u64> {
+        if !self.index_checkpoint {
+            return None;
+        }
+        match self.checkpoint_interval {
+            Some(every) => every,
+            None if self.io_replaced => None,
+            None => Some(self.segment_size_bytes),
+        }
+    }
+
     pub(crate) fn erasure_every(&self) -> Option<Duration> {
         match self.erasure_interval {
             Some(every) => every,

@@ -62,6 +62,9 @@ pub(crate) struct Pending {
     /// For a tombstone (`deletion.rs`): the executions it deletes once durable, instead
     /// of events becoming durable. Empty for appends.
     pub(crate) deletes: Vec<ExecNo>,
+    /// The newest timestamp of its records: once it is durable, the log's newest
+    /// durable timestamp is at least this (`checkpointer.rs` saves it).
+    pub(crate) timestamp_ns: i64,
     /// Completed when durable (or failed).
     pub(crate) ticket: Ticket,
     /// This append's place under the queue bound, released when the `Pending` is

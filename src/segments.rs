@@ -19,9 +19,9 @@ struct Slot {
     file: Arc<dyn IoFile>,
     durable_end: u64,
     view: Option<Mapped>,
-    /// Replaced by an erasure since open (its bytes differ from what the commit thread
-    /// wrote and digested).
-    rewritten: bool,
+    /// How many times an erasure replaced it since open (its bytes then differ from
+    /// what the commit thread wrote and digested).
+    rewrites: u32,
 }
 
 /// Open segments and their views.
@@ -48,7 +48,7 @@ impl Segments {
             file,
             durable_end,
             view: None,
-            rewritten: false,
+            rewrites: 0,
         });
     }
 
@@ -60,16 +60,21 @@ impl Segments {
         if let Some(slot) = slots.get_mut(id.wrapping_sub(self.first_id) as usize) {
             slot.file = file;
             slot.view = None;
-            slot.rewritten = true;
+            slot.rewrites = slot.rewrites.wrapping_add(1).max(1);
         }
     }
 
     /// Whether segment `id` was replaced by an erasure since open.
     pub(crate) fn rewritten(&self, id: u32) -> bool {
+        self.rewrites(id) > 0
+    }
+
+    /// How many times an erasure replaced segment `id` since open (0: never).
+    pub(crate) fn rewrites(&self, id: u32) -> u32 {
         let slots = self.slots.read();
         slots
             .get(id.wrapping_sub(self.first_id) as usize)
-            .is_some_and(|s| s.rewritten)
+            .map_or(0, |s| s.rewrites)
     }
 
     /// Raises segment `id`'s durable end after an fdatasync.

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::checkpoint::SegmentDigest;
+use crate::checkpointer::Requests;
 use crate::error::Error;
 use crate::idempotency::KeyTables;
 use crate::index::Index;
@@ -53,6 +55,8 @@ pub(crate) struct Shared {
     /// threads, the background thread) share `<segment>.compact` and must not
     /// interleave, and close waits for the pass in progress.
     pub(crate) erasing: Mutex<()>,
+    /// Asks the checkpoint thread for a checkpoint (`checkpointer.rs`).
+    pub(crate) checkpoints: Requests,
 }
 
 impl Shared {
@@ -70,6 +74,21 @@ pub(crate) struct State {
     /// The idempotency keys of the index's executions.
     pub(crate) keys: KeyTables,
     pub(crate) writer: Writer,
+    /// The durable end of the log as the commit thread last published it.
+    pub(crate) durable: Durable,
+}
+
+/// What is durable, described for a checkpoint: every segment's digest up to the
+/// durable end, and the newest timestamp of a durable record. The commit thread sets
+/// it in the same critical section as the index's durable cursors
+/// (`Committer::publish`), so the two always describe the same prefix of the log
+/// (`checkpointer.rs`).
+#[derive(Debug, Default)]
+pub(crate) struct Durable {
+    /// Per segment from the first: its records' end and checksum; `None` for a sealed
+    /// segment an open without a checkpoint found (not computed yet).
+    pub(crate) digests: Vec<Option<SegmentDigest>>,
+    pub(crate) timestamp_ns: i64,
 }
 
 /// Where the next append goes, and whether appends are still allowed.

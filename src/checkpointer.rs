@@ -1,0 +1,197 @@
+//! The background checkpoint thread (`execlog-checkpoint`) of a writable store: each
+//! time [`Options::index_checkpoint_interval_bytes`] bytes have become durable since its
+//! last checkpoint, it writes one (`checkpoint.rs`) describing everything durable at
+//! that moment. An open after a crash then loads that checkpoint and rebuilds from
+//! records only what followed it: about one interval of bytes, not everything
+//! appended since the last clean close.
+//!
+//! Invariants:
+//! - a checkpoint describes exactly one durable prefix of the log: the index's durable
+//!   side and the segments' digests ([`Durable`]) are read under one lock of the state,
+//!   and the commit thread publishes a group's cursors and digests under that same
+//!   lock, so both end at the same group;
+//! - sealed segments' bytes and entry points do not change while it reads them: it
+//!   holds `Shared::erasing`, so no erasure pass rewrites a segment meanwhile;
+//! - a poisoned store writes none; close stops this thread before the commit thread
+//!   writes the checkpoint of the close, so that one is the last written;
+//! - it never blocks appends longer than encoding the index takes (the digests of
+//!   sealed segments it must compute are computed outside the state lock).
+//!
+//! [`Options::index_checkpoint_interval_bytes`]: crate::Options::index_checkpoint_interval_bytes
+//! [`Durable`]: crate::state::Durable
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::checkpoint::{self, SegmentDigest};
+use crate::error::{Error, Result};
+use crate::state::Shared;
+use crate::sync::{self, AtomicU64, Condvar, JoinHandle, Mutex};
+
+/// What the commit thread and close tell the checkpoint thread.
+#[derive(Default)]
+pub(crate) struct Requests {
+    flags: Mutex<Flags>,
+    cond: Condvar,
+    /// Checkpoints this thread wrote since open (`Stats::index_checkpoints`).
+    pub(crate) written: AtomicU64,
+}
+
+#[derive(Default)]
+struct Flags {
+    due: bool,
+    stopped: bool,
+}
+
+impl Requests {
+    /// Asks for a checkpoint of what is durable now (the commit thread, after it
+    /// published a group that completed an interval).
+    pub(crate) fn request(&self) {
+        self.flags.lock().due = true;
+        self.cond.notify_all();
+    }
+
+    fn stop(&self) {
+        self.flags.lock().stopped = true;
+        self.cond.notify_all();
+    }
+
+    /// Waits for a request; false once stopped.
+    fn wait(&self) -> bool {
+        let mut flags = self.flags.lock();
+        while !flags.due && !flags.stopped {
+            self.cond.wait(&mut flags);
+        }
+        flags.due = false;
+        !flags.stopped
+    }
+}
+
+/// The running checkpoint thread; [`Checkpointer::stop`] ends it.
+pub(crate) struct Checkpointer {
+    handle: JoinHandle<()>,
+    shared: Arc<Shared>,
+}
+
+/// Starts the checkpoint thread of a writable store whose options ask for one.
+pub(crate) fn start(shared: &Arc<Shared>) -> Result<Option<Checkpointer>> {
+    if shared.options.checkpoint_interval().is_none() || shared.read_only || sync::MODEL_CHECKED
+    {
+        return Ok(None);
+    }
+    let thread_shared = Arc::clone(shared);
+    let handle = sync::Builder::new()
+        .name("execlog-checkpoint".into())
+        .spawn(move || run(&thread_shared))
+        .map_err(|e| Error::io("spawn checkpoint thread", &shared.dir, e))?;
+    Ok(Some(Checkpointer {
+        handle,
+        shared: Arc::clone(shared),
+    }))
+}
+
+fn run(shared: &Shared) {
+    let mut sealed = SealedDigests::default();
+    while shared.checkpoints.wait() {
+        match write_one(shared, &mut sealed) {
+            Ok(true) => {
+                shared.checkpoints.written.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(false) => return,
+            // The next request tries again; open scans more meanwhile, nothing else.
+            Err(e) => log::warn!("could not write a running index checkpoint: {e}"),
+        }
+    }
+}
+
+/// Writes a checkpoint of what is durable now. False if the store is poisoned (no
+/// more checkpoints).
+fn write_one(shared: &Shared, sealed: &mut SealedDigests) -> Result<bool> {
+    let _no_erasure = shared.erasing.lock();
+    let known = {
+        let state = shared.state.lock();
+        if state.writer.poisoned.is_some() {
+            return Ok(false);
+        }
+        state.durable.digests.clone()
+    };
+    // The last one is the segment being written: the commit thread always knows it.
+    let last = known.len();
+    for (id, digest) in (1..).zip(&known).take(last.saturating_sub(1)) {
+        sealed.compute_if_missing(shared, id, *digest)?;
+    }
+    let bytes = {
+        let state = shared.state.lock();
+        if state.writer.poisoned.is_some() {
+            return Ok(false);
+        }
+        let digests: Option<Vec<SegmentDigest>> = (1..)
+            .zip(&state.durable.digests)
+            .map(|(id, d)| sealed.get(shared, id, *d))
+            .collect();
+        let Some(digests) = digests else {
+            // A segment sealed between the two looks: the next request covers it.
+            return Ok(true);
+        };
+        checkpoint::encode(&state.index, &digests, state.durable.timestamp_ns)
+    };
+    checkpoint::write(
+        shared.io.as_ref(),
+        &shared.dir,
+        &bytes,
+        shared.options.file_mode(),
+    )?;
+    Ok(true)
+}
+
+/// Digests of sealed segments that the commit thread does not know (segments an open
+/// without a checkpoint found, and segments an erasure pass rewrote), computed once
+/// from the mapped file and kept until the segment is rewritten again.
+#[derive(Default)]
+struct SealedDigests {
+    computed: HashMap<u32, (u32, SegmentDigest)>,
+}
+
+impl SealedDigests {
+    fn compute_if_missing(
+        &mut self,
+        shared: &Shared,
+        id: u32,
+        known: Option<SegmentDigest>,
+    ) -> Result<()> {
+        if self.get(shared, id, known).is_some() {
+            return Ok(());
+        }
+        let end = shared.segments.durable_end(id);
+        let view = shared.segments.view(id, end)?;
+        let digest = SegmentDigest::of(view.as_ref().as_ref(), end);
+        self.computed
+            .insert(id, (shared.segments.rewrites(id), digest));
+        Ok(())
+    }
+
+    /// Segment `id`'s digest: the commit thread's unless the segment was rewritten
+    /// since open, else the one computed here for its current rewrite.
+    fn get(&self, shared: &Shared, id: u32, known: Option<SegmentDigest>) -> Option<SegmentDigest> {
+        let rewrites = shared.segments.rewrites(id);
+        match known {
+            Some(d) if rewrites == 0 => Some(d),
+            _ => self
+                .computed
+                .get(&id)
+                .filter(|(r, _)| *r == rewrites)
+                .map(|(_, d)| *d),
+        }
+    }
+}
+
+impl Checkpointer {
+    /// Ends the thread (after the checkpoint in progress, if any) and joins it.
+    pub(crate) fn stop(self) {
+        self.shared.checkpoints.stop();
+        if self.handle.join().is_err() {
+            log::error!("the checkpoint thread panicked; the store is unaffected");
+        }
+    }
+}
