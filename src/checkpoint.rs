@@ -717,6 +717,31 @@ mod tests {
     }
 
     #[test]
+    fn what_is_only_reserved_is_left_out() {
+        let (quiet, segments) = sample();
+        let (mut busy, _) = sample();
+        // Events of `run-a` past an entry point, a new tenant's execution, and a fork,
+        // all reserved and not durable: a checkpoint taken now must not hold them.
+        for (seq, offset) in (10..=14).zip((2000..).step_by(64)) {
+            busy.reserve(0, seq, pos(1, offset));
+        }
+        busy.create(
+            ExecutionId::from("run-c"),
+            &TenantId::from("gamma"),
+            pos(2, 96),
+        );
+        busy.create_fork(ExecutionId::from("run-d"), Base { source: 0, at: 3 }, pos(1, 160));
+        busy.mark_deleting(1);
+        assert_eq!(encode(&busy, &segments, 42), encode(&quiet, &segments, 42));
+        // Durable in part: the entry point of sequence 13 is not, 9's is.
+        busy.make_durable(0, 12, pos(1, 2128));
+        let c = decode(&encode(&busy, &segments, 42), 4).expect("decodes");
+        let a = c.index.get(0).expect("run-a");
+        assert_eq!((a.durable_seq, a.sparse().len()), (12, 3));
+        assert_eq!(c.index.len(), 2);
+    }
+
+    #[test]
     fn every_cut_and_every_flipped_bit_is_refused() {
         let (index, segments) = sample();
         let bytes = encode(&index, &segments, 42);

@@ -86,7 +86,11 @@ fn workload(
             let tenant = TenantId::from(format!("t{}", w % 2));
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let id = ExecutionId::from(format!("w{w}-{}", n % 9));
+                // New executions all the time: a checkpoint often finds one reserved.
+                let id = match n % 3 {
+                    0 => ExecutionId::from(format!("w{w}-new{n}")),
+                    _ => ExecutionId::from(format!("w{w}-{}", n % 9)),
+                };
                 match n % 4 {
                     0 => {
                         let batch = (0..5).map(|k| event(n * 10 + k)).collect();
