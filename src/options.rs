@@ -52,7 +52,7 @@ pub const MIN_SCRUB_BYTES_PER_SECOND: u64 = 1 << 20;
 
 /// The smallest interval between two running index checkpoints: each costs encoding
 /// the whole index.
-const MIN_CHECKPOINT_INTERVAL: u64 = 64 << 10;
+const MIN_CHECKPOINT_INTERVAL: u64 = 4 << 10;
 
 /// The default time between two background erasure passes.
 const DEFAULT_ERASURE_INTERVAL: Duration = Duration::from_secs(3600);
@@ -223,7 +223,7 @@ impl Options {
     /// then, so that open loads it and scans only what followed. `None`: checkpoints
     /// only at clean close (open after a crash then scans everything appended since).
     /// Default: the segment size, or `None` with [`Options::io`] (whose tests drive
-    /// I/O from one thread); at least 64 KiB. Writing one costs encoding the index
+    /// I/O from one thread); at least 4 KiB. Writing one costs encoding the index
     /// (appends wait for that) and writing it once: see docs/DESIGN.md, "Index
     /// checkpoints". Has no effect with [`Options::index_checkpoint`] off.
     #[must_use]
