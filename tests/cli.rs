@@ -767,6 +767,12 @@ fn tail_follows_a_running_demo_and_inspection_works_meanwhile() {
         assert!(started.elapsed().as_secs() < 30, "the demo never published");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+    // The writer publishes its end at open, before its first append: on a loaded
+    // machine `list` could otherwise find no execution yet and fail.
+    while !execlog(&["list", d, "--limit", "1"], "").status.success() {
+        assert!(started.elapsed().as_secs() < 30, "the demo never appended");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let mut tail = Command::new(bin)
         .args(["tail", d, "--from-start", "-f"])
         .stdout(std::process::Stdio::piped())

@@ -1,7 +1,7 @@
 //! execlog side by side with SQLite, redb and the disk's own limits, in one run.
 //!
 //! `cargo run --release --manifest-path benches/compare/Cargo.toml -- [--quick] [--events N]
-//! [--seconds S] [--repeats R] [--writers 1,16,64,256] [--ingest-only] [--only SYSTEM [--batch | --open]] [--follow] [--async [--idle-seconds S]] [--memory K --events N] [--erasure --events N] [--scrub --events N]
+//! [--seconds S] [--repeats R] [--writers 1,16,64,256] [--ingest-only] [--only SYSTEM [--batch | --open]] [--follow] [--async [--idle-seconds S]] [--memory K --events N] [--erasure --events N] [--scrub --events N] [--open-scale N,N,…]
 //! [--out docs/BENCHMARKS.md]`
 //!
 //! With `--features postgres` and `--pg-url URL` (or `EXECLOG_PG_URL`), also the
@@ -21,6 +21,7 @@ mod memory;
 #[cfg(feature = "postgres")]
 mod pg;
 mod report;
+mod scale;
 mod scrub;
 mod systems;
 
@@ -147,6 +148,20 @@ fn parse_args() -> Config {
             "--scrub" => c.scrub = true,
             "--idle-seconds" => c.idle_seconds = value().parse().expect("--idle-seconds"),
             "--memory" => c.memory_per_execution = Some(value().parse().expect("--memory K")),
+            "--open-scale" => {
+                let sizes: Vec<u64> = value()
+                    .split(',')
+                    .map(|n| n.parse().expect("--open-scale N,N,…"))
+                    .collect();
+                scale::run(&c.dir.join("scale"), &sizes);
+                std::process::exit(0);
+            }
+            "--fill-and-crash" => {
+                let name = value();
+                let dir = PathBuf::from(value());
+                let events = value().parse().expect("--fill-and-crash NAME DIR EVENTS");
+                scale::fill_and_crash(&name, &dir, events);
+            }
             "--memory-open" => {
                 let dir = PathBuf::from(value());
                 let executions = value().parse().expect("--memory-open DIR EXECUTIONS");
@@ -344,7 +359,7 @@ fn reads(sys: &dyn systems::System, executions: u64, seconds: f64, after_last: b
 }
 
 /// Bytes of every file under `dir` (RocksDB keeps its files in a subdirectory).
-fn dir_bytes(dir: &Path) -> u64 {
+pub(crate) fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|it| {
             it.filter_map(|e| e.ok())

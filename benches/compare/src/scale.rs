@@ -1,0 +1,122 @@
+//! Open at scale (issue 16): `--open-scale --events 1000000,10000000` fills a fresh
+//! store of each system with N events (executions of 100, one durable batch each, 8
+//! writers) in a child process that then exits without closing anything (a crash: the
+//! page cache keeps every acknowledged byte, nothing runs at close), and times in this
+//! process, to the first read of one execution:
+//! - the open after that crash;
+//! - for execlog, the same crash image without its `checkpoint.idx` (what a store never
+//!   closed cleanly cost before checkpoints were written while running);
+//! - the median of 3 opens after a clean close.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::{dir_bytes, event, fresh, systems};
+
+/// Child side: fills `dir` with `events` events, then exits without closing.
+pub fn fill_and_crash(name: &str, dir: &Path, events: u64) -> ! {
+    let sys = systems::open(name, dir);
+    let next = AtomicU64::new(0);
+    let executions = events / 100;
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                loop {
+                    let e = next.fetch_add(1, Ordering::Relaxed);
+                    if e >= executions {
+                        return;
+                    }
+                    let batch: Vec<_> = (0..100).map(|i| event(e * 100 + i)).collect();
+                    sys.append_batch(&format!("r-{e}"), &format!("tenant-{}", e % 10), &batch);
+                }
+            });
+        }
+    });
+    // No drop, no close: what a crash leaves.
+    std::process::exit(0);
+}
+
+fn first_read(name: &str, dir: &Path) -> Duration {
+    let t = Instant::now();
+    let sys = systems::open(name, dir);
+    assert_eq!(sys.load("r-0"), 100, "{name}: r-0 after open");
+    let took = t.elapsed();
+    drop(sys);
+    took
+}
+
+/// Parent side: runs every system at every size and prints a Markdown table.
+pub fn run(root: &Path, sizes: &[u64]) {
+    println!(
+        "| events | system | data | open after a crash | after a crash, no checkpoint | after a clean close (median of 3) | rebuilt from records after the crash |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|");
+    for &events in sizes {
+        for name in systems::names() {
+            let dir = fresh(&root.join(format!("{name}-{events}")));
+            let exe = std::env::current_exe().expect("current exe");
+            let status = std::process::Command::new(exe)
+                .args(["--fill-and-crash", name])
+                .arg(&dir)
+                .arg(events.to_string())
+                .status()
+                .expect("spawn the filling child");
+            assert!(status.success(), "{name}: fill child {status}");
+            let bytes = dir_bytes(&dir);
+            let (no_checkpoint, rebuilt) = if name == "execlog" {
+                (
+                    Some(without_checkpoint(&dir, root)),
+                    Some(rebuilt_after_crash(&dir)),
+                )
+            } else {
+                (None, None)
+            };
+            let crash = match rebuilt {
+                Some((t, _)) => t,
+                None => first_read(name, &dir),
+            };
+            let mut clean: Vec<Duration> = (0..3).map(|_| first_read(name, &dir)).collect();
+            clean.sort();
+            println!(
+                "| {events} | {name} | {:.0} MB | {:.1} ms | {} | {:.1} ms | {} |",
+                bytes as f64 / 1e6,
+                ms(crash),
+                no_checkpoint.map_or("".into(), |t| format!("{:.1} ms", ms(t))),
+                ms(clean[1]),
+                rebuilt.map_or("".into(), |(_, b)| format!("{:.1} MB", b as f64 / 1e6)),
+            );
+            std::fs::remove_dir_all(&dir).expect("remove");
+        }
+    }
+}
+
+/// The execlog crash image opened directly (to the first read), with the bytes its
+/// open rebuilt from records.
+fn rebuilt_after_crash(dir: &Path) -> (Duration, u64) {
+    let t = Instant::now();
+    let store = execlog::LogStore::open_with(dir, systems::execlog_options()).expect("open");
+    let _ = store.load_events_blocking(&execlog::ExecutionId::from("r-0"));
+    let took = t.elapsed();
+    let rebuilt = store.stats().data_bytes - store.recovery_report().checkpoint_bytes;
+    (took, rebuilt)
+}
+
+/// A copy of the execlog crash image without its checkpoint, opened and removed.
+fn without_checkpoint(dir: &Path, root: &Path) -> Duration {
+    let copy = fresh(&root.join("execlog-no-checkpoint"));
+    for entry in std::fs::read_dir(dir).expect("list") {
+        let entry = entry.expect("entry");
+        let name = entry.file_name();
+        if name != "checkpoint.idx" && name != "LOCK" {
+            std::fs::copy(entry.path(), copy.join(&name)).expect("copy");
+        }
+    }
+    let took = first_read("execlog", &copy);
+    std::fs::remove_dir_all(&copy).expect("remove");
+    took
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
