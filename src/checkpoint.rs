@@ -148,7 +148,7 @@ pub(crate) fn encode(index: &Index, segments: &[SegmentDigest], last_timestamp_n
         put_str(&mut out, e.id.as_str());
         let entries = index.entries_for(e.durable_seq, index.base(no));
         let entries = usize::try_from(entries).unwrap_or(usize::MAX);
-        for &pos in e.sparse().get(..entries).unwrap_or(e.sparse()) {
+        for pos in e.sparse().iter().take(entries) {
             put_pos(&mut out, pos);
         }
     }
@@ -452,7 +452,7 @@ impl<'a> Walk<'a> {
             let at = if sequence == last { last_pos } else { pos };
             if (sequence - first).is_multiple_of(stride) {
                 let k = usize::try_from((sequence - first) / stride).unwrap_or(usize::MAX);
-                if e.sparse().get(k) != Some(&at) {
+                if e.sparse().get(k) != Some(at) {
                     return Err(format!(
                         "entry point of {} sequence {sequence} differs",
                         e.id

@@ -111,7 +111,7 @@ impl Plan {
 pub(crate) fn segments_of(index: &Index, no: ExecNo) -> std::ops::Range<u32> {
     let own = index
         .get(no)
-        .and_then(|e| Some((e.sparse().first()?, e.durable_pos)));
+        .and_then(|e| Some((e.sparse().get(0)?, e.durable_pos)));
     own.map_or(0..0, |(first, last)| {
         first.segment..last.segment.saturating_add(1)
     })

@@ -28,6 +28,7 @@
 
 use std::collections::HashMap;
 
+use crate::id_table::IdTable;
 use crate::ids::{ExecutionId, TenantId};
 use crate::record::Pos;
 
@@ -63,7 +64,69 @@ pub(crate) struct Execution {
     pub(crate) reserved_pos: Pos,
     pub(crate) durable_seq: u64,
     pub(crate) durable_pos: Pos,
-    sparse: Vec<Pos>,
+    sparse: Sparse,
+}
+
+/// An execution's entry points, `k`-th = the position of sequence `first + k * stride`.
+/// The first is kept inline: most executions are short, and a vector of one would
+/// cost a heap allocation (48 bytes with the allocator's) for 8 bytes of position.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Sparse {
+    first: Option<Pos>,
+    rest: Vec<Pos>,
+}
+
+impl Sparse {
+    fn one(pos: Pos) -> Self {
+        Self {
+            first: Some(pos),
+            rest: Vec::new(),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    pub(crate) fn get(&self, k: usize) -> Option<Pos> {
+        match k {
+            0 => self.first,
+            k => self.rest.get(k - 1).copied(),
+        }
+    }
+
+    fn get_mut(&mut self, k: usize) -> Option<&mut Pos> {
+        match k {
+            0 => self.first.as_mut(),
+            k => self.rest.get_mut(k - 1),
+        }
+    }
+
+    fn push(&mut self, pos: Pos) {
+        match self.first {
+            None => self.first = Some(pos),
+            Some(_) => self.rest.push(pos),
+        }
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = Pos> + '_ {
+        self.first.into_iter().chain(self.rest.iter().copied())
+    }
+
+    /// Bytes on the heap.
+    fn heap_bytes(&self) -> usize {
+        self.rest.capacity() * std::mem::size_of::<Pos>()
+    }
+}
+
+impl From<Vec<Pos>> for Sparse {
+    fn from(all: Vec<Pos>) -> Self {
+        let mut all = all.into_iter();
+        Self {
+            first: all.next(),
+            rest: all.collect(),
+        }
+    }
 }
 
 impl Execution {
@@ -79,7 +142,7 @@ impl Execution {
 
     /// Positions of sequences `first, first + stride, …` up to the reserved one (see
     /// the module's invariants).
-    pub(crate) fn sparse(&self) -> &[Pos] {
+    pub(crate) fn sparse(&self) -> &Sparse {
         &self.sparse
     }
 }
@@ -95,7 +158,7 @@ pub(crate) struct EntryPoint {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Index {
     stride: u64,
-    by_id: HashMap<ExecutionId, ExecNo>,
+    by_id: IdTable,
     executions: Vec<Execution>,
     tenant_ids: Vec<TenantId>,
     tenant_by_id: HashMap<TenantId, u32>,
@@ -111,7 +174,7 @@ impl Index {
         debug_assert!(stride >= 1);
         Self {
             stride: u64::from(stride.max(1)),
-            by_id: HashMap::new(),
+            by_id: IdTable::default(),
             executions: Vec::new(),
             tenant_ids: Vec::new(),
             tenant_by_id: HashMap::new(),
@@ -124,7 +187,7 @@ impl Index {
     /// The execution `id`, deleted or not: for appends, which must refuse a deleted
     /// id rather than create it again.
     pub(crate) fn lookup(&self, id: &ExecutionId) -> Option<ExecNo> {
-        self.by_id.get(id).copied()
+        self.by_id.get(id, &self.executions)
     }
 
     pub(crate) fn get(&self, no: ExecNo) -> Option<&Execution> {
@@ -186,7 +249,6 @@ impl Index {
     /// Registers a new execution whose first record is at `pos`; returns its number.
     pub(crate) fn create(&mut self, id: ExecutionId, tenant: &TenantId, pos: Pos) -> ExecNo {
         let no = self.next_exec_no().unwrap_or(ExecNo::MAX);
-        debug_assert!(!self.by_id.contains_key(&id));
         let tenant_no = match self.tenant_by_id.get(tenant) {
             Some(&t) => t,
             None => {
@@ -197,7 +259,8 @@ impl Index {
                 t
             }
         };
-        self.by_id.insert(id.clone(), no);
+        let new = self.by_id.insert(&id, no, &self.executions);
+        debug_assert!(new, "{id} created twice");
         self.executions.push(Execution {
             id,
             tenant: tenant_no,
@@ -207,7 +270,7 @@ impl Index {
             reserved_pos: pos,
             durable_seq: 0,
             durable_pos: pos,
-            sparse: vec![pos],
+            sparse: Sparse::one(pos),
         });
         self.tenant_executions[tenant_no as usize].push(no);
         no
@@ -218,9 +281,9 @@ impl Index {
     /// [`Index::make_durable`] says so for sequence `base.at`.
     pub(crate) fn create_fork(&mut self, id: ExecutionId, base: Base, pos: Pos) -> ExecNo {
         let no = self.next_exec_no().unwrap_or(ExecNo::MAX);
-        debug_assert!(!self.by_id.contains_key(&id));
         let tenant = self.get(base.source).map_or(0, |e| e.tenant);
-        self.by_id.insert(id.clone(), no);
+        let new = self.by_id.insert(&id, no, &self.executions);
+        debug_assert!(new, "{id} created twice");
         self.executions.push(Execution {
             id,
             tenant,
@@ -230,7 +293,7 @@ impl Index {
             reserved_pos: pos,
             durable_seq: 0,
             durable_pos: pos,
-            sparse: Vec::new(),
+            sparse: Sparse::default(),
         });
         if let Some(list) = self.tenant_executions.get_mut(tenant as usize) {
             list.push(no);
@@ -306,7 +369,7 @@ impl Index {
         let k = (sequence - first).div_ceil(self.stride);
         let indexed = first + k * self.stride;
         Some(match e.sparse.get(k as usize) {
-            Some(&pos) if indexed <= e.durable_seq => EntryPoint {
+            Some(pos) if indexed <= e.durable_seq => EntryPoint {
                 sequence: indexed,
                 pos,
             },
@@ -424,7 +487,7 @@ impl Index {
         let Some(list) = self.tenant_executions.get_mut(tenant as usize) else {
             return Err(format!("execution {id}: unknown tenant {tenant}"));
         };
-        if self.by_id.insert(id.clone(), no).is_some() {
+        if !self.by_id.insert(&id, no, &self.executions) {
             return Err(format!("execution {id} listed twice"));
         }
         list.push(no);
@@ -437,7 +500,7 @@ impl Index {
             reserved_pos: durable_pos,
             durable_seq,
             durable_pos,
-            sparse,
+            sparse: Sparse::from(sparse),
         });
         Ok(())
     }
@@ -475,12 +538,16 @@ impl Index {
     /// Approximate heap and inline bytes the index uses.
     pub(crate) fn memory_bytes(&self) -> usize {
         use std::mem::size_of;
-        let per_exec = size_of::<Execution>() + size_of::<(ExecutionId, ExecNo)>() + 8 + 4;
+        // Each id once (the id table holds numbers), behind its `Arc`'s two counts; each
+        // execution's number once more in its tenant's list.
+        let per_exec = size_of::<ExecNo>() + 2 * size_of::<usize>();
         let execs: usize = self
             .executions
             .iter()
-            .map(|e| per_exec + 2 * e.id.as_str().len() + e.sparse.capacity() * size_of::<Pos>())
-            .sum();
+            .map(|e| per_exec + e.id.as_str().len() + e.sparse.heap_bytes())
+            .sum::<usize>()
+            + self.executions.capacity() * size_of::<Execution>()
+            + self.by_id.allocated_bytes();
         let tenants: usize = self
             .tenant_ids
             .iter()
@@ -494,7 +561,7 @@ impl Index {
     pub(crate) fn sparse_bytes(&self) -> usize {
         self.executions
             .iter()
-            .map(|e| e.sparse.capacity() * std::mem::size_of::<Pos>())
+            .map(|e| e.sparse.heap_bytes() + std::mem::size_of::<Option<Pos>>())
             .sum()
     }
 }

@@ -77,6 +77,7 @@ mod fork;
 pub mod fuzzing;
 mod guard;
 mod guarded_append;
+mod id_table;
 mod idempotency;
 mod ids;
 mod import;
