@@ -32,7 +32,7 @@ use crate::deletion::{self, Tombstone};
 use crate::error::{Error, Result};
 use crate::idempotency::KeyTables;
 use crate::ids::{ExecutionId, MAX_ID_BYTES, TenantId};
-use crate::index::{Base, ExecNo, Index};
+use crate::index::{Base, ExecNo, Index, Sparse};
 use crate::io::Io;
 use crate::record::{self, Decoded, Header, Kind, Pos};
 use crate::segment::SEGMENT_HEADER_LEN;
@@ -208,6 +208,7 @@ pub(crate) fn decode(bytes: &[u8], stride: u32) -> std::result::Result<Checkpoin
         segments.push(d);
     }
     let mut index = Index::new(stride);
+    index.make_room(execution_count);
     for _ in 0..tenant_count {
         index.restore_tenant(TenantId::from(r.id()?))?;
     }
@@ -245,11 +246,11 @@ pub(crate) fn decode(bytes: &[u8], stride: u32) -> std::result::Result<Checkpoin
             .ok()
             .filter(|&n| n <= r.remaining() / 8)
             .ok_or_else(|| format!("execution {id}: more entry points than bytes"))?;
-        let mut sparse = Vec::with_capacity(entries);
+        let mut sparse = Sparse::with_capacity(entries);
         for _ in 0..entries {
             sparse.push(r.pos()?);
         }
-        if !inside(durable_pos) || !sparse.iter().all(|&p| inside(p)) {
+        if !inside(durable_pos) || !sparse.iter().all(inside) {
             return Err(format!(
                 "execution {id}: position outside the covered records"
             ));

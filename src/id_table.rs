@@ -52,6 +52,14 @@ impl IdTable {
         }
     }
 
+    /// Makes room for `more` numbers, rehashing once now rather than at each doubling.
+    pub(crate) fn reserve(&mut self, more: usize, executions: &[Execution]) {
+        let hasher = &self.hasher;
+        self.table.reserve(more, |&n| {
+            hasher.hash_one(id_of(executions, n).unwrap_or_default())
+        });
+    }
+
     /// Bytes the table allocated.
     pub(crate) fn allocated_bytes(&self) -> usize {
         self.table.allocation_size()

@@ -102,7 +102,15 @@ impl Sparse {
         }
     }
 
-    fn push(&mut self, pos: Pos) {
+    /// Room for `n` entries without reallocating.
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Self {
+            first: None,
+            rest: Vec::with_capacity(n.saturating_sub(1)),
+        }
+    }
+
+    pub(crate) fn push(&mut self, pos: Pos) {
         match self.first {
             None => self.first = Some(pos),
             Some(_) => self.rest.push(pos),
@@ -119,15 +127,7 @@ impl Sparse {
     }
 }
 
-impl From<Vec<Pos>> for Sparse {
-    fn from(all: Vec<Pos>) -> Self {
-        let mut all = all.into_iter();
-        Self {
-            first: all.next(),
-            rest: all.collect(),
-        }
-    }
-}
+
 
 impl Execution {
     /// Whether readers still see it.
@@ -444,6 +444,12 @@ impl Index {
         &self.executions
     }
 
+    /// Makes room for `executions` more executions (a checkpoint knows how many).
+    pub(crate) fn make_room(&mut self, executions: usize) {
+        self.executions.reserve_exact(executions);
+        self.by_id.reserve(executions, &self.executions);
+    }
+
     /// Adds the next tenant (a checkpoint lists them by number); fails on a repeat.
     pub(crate) fn restore_tenant(&mut self, tenant: TenantId) -> Result<(), String> {
         if self.tenant_by_id.contains_key(&tenant) {
@@ -464,7 +470,7 @@ impl Index {
         id: ExecutionId,
         tenant: u32,
         (durable_seq, durable_pos): (u64, Pos),
-        (sparse, base): (Vec<Pos>, Option<Base>),
+        (sparse, base): (Sparse, Option<Base>),
     ) -> Result<(), String> {
         let no = self
             .next_exec_no()
@@ -500,7 +506,7 @@ impl Index {
             reserved_pos: durable_pos,
             durable_seq,
             durable_pos,
-            sparse: Sparse::from(sparse),
+            sparse,
         });
         Ok(())
     }
