@@ -36,11 +36,8 @@ use crate::index::{Base, ExecNo, Index};
 use crate::io::Io;
 use crate::record::{self, Decoded, Header, Kind, Pos};
 use crate::segment::SEGMENT_HEADER_LEN;
+use crate::store_dir;
 
-/// File name of the checkpoint in a store's directory.
-pub(crate) const FILE_NAME: &str = "checkpoint.idx";
-/// File name a new checkpoint is written under before it replaces the old one.
-pub(crate) const TMP_NAME: &str = "checkpoint.idx.tmp";
 /// First bytes of a checkpoint file.
 pub(crate) const MAGIC: [u8; 8] = *b"EXLGCKPT";
 /// Version of the checkpoint layout. Format version 2 of the segments changed record
@@ -99,7 +96,7 @@ pub(crate) struct Checkpoint {
 
 /// Path of the checkpoint in `dir`.
 pub(crate) fn path(dir: &Path) -> PathBuf {
-    dir.join(FILE_NAME)
+    dir.join(store_dir::CHECKPOINT)
 }
 
 /// Encodes a checkpoint of `index`, which must hold nothing reserved beyond what is
@@ -563,7 +560,7 @@ impl<'a> Walk<'a> {
 /// Replaces the checkpoint of `dir` with `bytes`, durably (see the module docs). The
 /// new file gets permission bits `mode` (less the umask).
 pub(crate) fn write(io: &dyn Io, dir: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let tmp = dir.join(TMP_NAME);
+    let tmp = dir.join(store_dir::CHECKPOINT_TMP);
     // Left over from a close that failed or crashed half way; never read.
     let _ = io.remove(&tmp);
     let file = io

@@ -29,6 +29,7 @@ use crate::queue::{Pending, fail_all};
 use crate::record;
 use crate::segment;
 use crate::state::{Poison, Shared};
+use crate::store_dir;
 use crate::sync::{MODEL_CHECKED, Receiver, TryRecvError, yield_now};
 
 /// How long an idle commit thread polls the queue before it sleeps.
@@ -229,7 +230,7 @@ impl Committer {
         );
         self.buf.clear();
         record::encode_seal(tail as u32, timestamp_ns, &mut self.buf);
-        let path = segment::path(&self.shared.dir, self.segment);
+        let path = store_dir::segment_path(&self.shared.dir, self.segment);
         self.ensure_zeroed(tail + len, &path)?;
         self.file
             .write_at(&self.buf, tail)
@@ -374,7 +375,7 @@ impl Committer {
                 self.buf.extend_from_slice(&p.bytes);
             }
             record::stamp_group(&mut self.buf, first.offset);
-            let path = segment::path(&self.shared.dir, self.segment);
+            let path = store_dir::segment_path(&self.shared.dir, self.segment);
             let end = u64::from(first.offset) + self.buf.len() as u64;
             if self.buf.len() as u64 >= self.shared.options.grow_group_min_bytes {
                 // A large group writes its own bytes past the zeroed end (once).
@@ -393,7 +394,7 @@ impl Committer {
                     .map_err(|e| Error::io("fdatasync", &path, e))?;
             }
         }
-        let path = segment::path(&self.shared.dir, self.segment);
+        let path = store_dir::segment_path(&self.shared.dir, self.segment);
         let started = Instant::now();
         self.file
             .sync_data()

@@ -106,6 +106,7 @@ mod segment;
 mod segments;
 mod state;
 mod stop;
+mod store_dir;
 mod subscription;
 mod sync;
 mod verify;

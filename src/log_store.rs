@@ -35,10 +35,8 @@ use crate::scrubber::{self, Scrubber};
 use crate::segment::{self, SEGMENT_HEADER_LEN};
 use crate::segments::Segments;
 use crate::state::{Shared, State, Writer};
+use crate::store_dir;
 use crate::sync::{self, AtomicBool, JoinHandle, Mutex};
-
-/// Name of the lock file inside a store directory.
-pub(crate) const LOCK_FILE: &str = "LOCK";
 
 /// How a store is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +51,7 @@ enum Mode {
 
 /// Takes the directory lock, or says who holds it.
 fn lock(io: &dyn Io, dir: &Path, mode: u32) -> Result<LockGuard> {
-    let lock_path = dir.join(LOCK_FILE);
+    let lock_path = dir.join(store_dir::LOCK);
     io.try_lock(&lock_path, mode).map_err(|e| {
         if e.kind() == std::io::ErrorKind::WouldBlock {
             Error::Locked {
@@ -208,7 +206,10 @@ impl LogStore {
                 )),
                 _ => Error::io("list directory", &dir, e),
             })?;
-            if !names.iter().any(|n| segment::parse_file_name(n).is_some()) {
+            if !names
+                .iter()
+                .any(|n| store_dir::parse_segment_name(n).is_some())
+            {
                 return Err(Error::InvalidArgument(format!(
                     "{} is not an execlog store (it holds no segment files)",
                     dir.display()

@@ -38,6 +38,7 @@ use crate::scan::{
     Later, Scanner, SearchWork, Step, first_nonzero, last_nonzero, later_group_record,
 };
 use crate::segment::{self, HeaderCheck, SEGMENT_HEADER_LEN};
+use crate::store_dir::{self, Listing};
 use crate::sync::MODEL_CHECKED;
 
 /// What the last open found and did.
@@ -239,29 +240,10 @@ fn pass(
     last_segment: Option<u32>,
 ) -> Result<Pass> {
     let mut report = RecoveryReport::default();
-    let mut ids = Vec::new();
-    for name in io
-        .list(dir)
-        .map_err(|e| Error::io("list directory", dir, e))?
-    {
-        match segment::parse_file_name(&name) {
-            Some(id) => ids.push(id),
-            None if [
-                crate::log_store::LOCK_FILE,
-                checkpoint::FILE_NAME,
-                checkpoint::TMP_NAME,
-                repair::MARKER_NAME,
-                crate::published_end::FILE_NAME,
-                crate::scrub_progress::FILE_NAME,
-                crate::scrub_progress::TMP_NAME,
-            ]
-            .contains(&name.as_str()) => {}
-            None => report.ignored_files.push(name),
-        }
-    }
-    ids.sort_unstable();
+    let listing = Listing::read(io, dir)?;
+    report.ignored_files = listing.ignored();
+    let mut ids = listing.segments;
     ids.retain(|&id| last_segment.is_none_or(|last| id <= last));
-    report.ignored_files.sort();
     for (i, &id) in ids.iter().enumerate() {
         if id as usize != i + 1 {
             return Err(Error::corrupt(i as u32 + 1, 0, "segment file is missing"));
@@ -279,7 +261,7 @@ fn pass(
     // and the prescan helper gets the maps to check CRCs ahead of the scan.
     let mut opened = Vec::with_capacity(ids.len());
     for &id in &ids {
-        let path = segment::path(dir, id);
+        let path = store_dir::segment_path(dir, id);
         let file = io
             .open(&path, read_only)
             .map_err(|e| Error::io("open segment", &path, e))?;
@@ -484,12 +466,12 @@ fn pass(
     }
     if !read_only {
         for &id in &report.removed_segments {
-            let path = segment::path(dir, id);
+            let path = store_dir::segment_path(dir, id);
             if blank {
                 io.remove(&path)
                     .map_err(|e| Error::io("remove blank segment", &path, e))?;
             } else {
-                let aside = path.with_extension("seg.broken");
+                let aside = store_dir::broken_path(dir, id);
                 io.rename(&path, &aside)
                     .map_err(|e| Error::io("set aside unfinished segment", &path, e))?;
             }
@@ -553,7 +535,7 @@ fn establish(
     } else {
         SEGMENT_HEADER_LEN as u64
     };
-    let path = segment::path(dir, last.id);
+    let path = store_dir::segment_path(dir, last.id);
     if !read_only {
         last.file
             .sync_data()

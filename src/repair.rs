@@ -32,9 +32,8 @@ use crate::error::{Error, Result};
 use crate::io::{Io, IoFile};
 use crate::record;
 use crate::segment;
+use crate::store_dir::{self, CUT_PENDING};
 
-/// File name of a cut in progress, in the store directory.
-pub(crate) const MARKER_NAME: &str = "cut.pending";
 const MAGIC: [u8; 8] = *b"EXLGCUT\0";
 const SEGMENT_OFFSET: usize = MAGIC.len();
 const FROM_OFFSET: usize = SEGMENT_OFFSET + 8;
@@ -83,7 +82,7 @@ impl Cut {
 /// Zeroes `cut` of `file` durably, journaled by the marker (see the module docs).
 /// The marker gets permission bits `mode` (less the umask).
 pub(crate) fn cut(io: &dyn Io, dir: &Path, file: &dyn IoFile, cut: Cut, mode: u32) -> Result<()> {
-    let marker = dir.join(MARKER_NAME);
+    let marker = dir.join(CUT_PENDING);
     let _ = io.remove(&marker); // a torn one from an earlier attempt
     let m = io
         .create(&marker, mode)
@@ -93,7 +92,7 @@ pub(crate) fn cut(io: &dyn Io, dir: &Path, file: &dyn IoFile, cut: Cut, mode: u3
         .map_err(|e| Error::io("write the cut marker", &marker, e))?;
     io.sync_dir(dir)
         .map_err(|e| Error::io("fsync directory", dir, e))?;
-    zero(file, &segment::path(dir, cut.segment), cut)?;
+    zero(file, &store_dir::segment_path(dir, cut.segment), cut)?;
     io.remove(&marker)
         .map_err(|e| Error::io("remove the cut marker", &marker, e))?;
     io.sync_dir(dir)
@@ -110,7 +109,7 @@ fn zero(file: &dyn IoFile, path: &Path, cut: Cut) -> Result<()> {
 /// The cut an earlier open left unfinished, if any. A torn marker (a cut that never
 /// started) is reported as `None`; a read-write open then removes it.
 pub(crate) fn pending(io: &dyn Io, dir: &Path) -> Result<Option<Cut>> {
-    let marker = dir.join(MARKER_NAME);
+    let marker = dir.join(CUT_PENDING);
     let file = match io.open(&marker, true) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -128,10 +127,10 @@ pub(crate) fn pending(io: &dyn Io, dir: &Path) -> Result<Option<Cut>> {
 /// Read-write opens, before the scan: redoes a cut an earlier open left unfinished
 /// and removes its marker. Returns the cut redone, for the report.
 pub(crate) fn finish_pending(io: &dyn Io, dir: &Path) -> Result<Option<Cut>> {
-    let marker = dir.join(MARKER_NAME);
+    let marker = dir.join(CUT_PENDING);
     let found = pending(io, dir)?;
     if let Some(cut) = found {
-        let path = segment::path(dir, cut.segment);
+        let path = store_dir::segment_path(dir, cut.segment);
         match io.open(&path, false) {
             Ok(file) => zero(file.as_ref(), &path, cut)?,
             // The segment itself was removed since (an unfinished newest segment).
