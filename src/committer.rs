@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use crate::checkpoint::{self, SegmentDigest};
 use crate::error::{Error, Result};
 use crate::io::IoFile;
+use crate::open::CommitStart;
 use crate::options::WritePath;
 use crate::queue::{Pending, fail_all};
 use crate::record;
@@ -72,13 +73,15 @@ pub(crate) struct Committer {
 }
 
 impl Committer {
-    pub(crate) fn new(
-        shared: Arc<Shared>,
-        rx: Receiver<Pending>,
-        (segment, file): (u32, Arc<dyn IoFile>),
-        (zeroed_end, capacity): (u64, u64),
-        (digests, checkpoint_due): (Vec<Option<SegmentDigest>>, bool),
-    ) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, rx: Receiver<Pending>, start: CommitStart) -> Self {
+        let CommitStart {
+            segment,
+            file,
+            zeroed_end,
+            capacity,
+            digests,
+            checkpoint_due,
+        } = start;
         debug_assert_eq!(digests.len(), segment as usize);
         debug_assert!(digests.last().is_some_and(Option::is_some));
         Self {

@@ -85,6 +85,7 @@ mod lifecycle;
 mod log_store;
 mod metrics;
 mod mmap;
+mod open;
 mod options;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -94,21 +95,25 @@ mod queue;
 mod reader;
 mod rebuild;
 mod record;
-mod recovery;
+mod recovery_report;
 mod refresh;
 mod repair;
 mod retention;
+mod saved_index;
 mod scan;
 mod scrub;
 mod scrub_progress;
 mod scrubber;
 mod segment;
+mod segment_maps;
 mod segments;
 mod state;
 mod stop;
 mod store_dir;
 mod subscription;
 mod sync;
+mod tail_check;
+mod tail_scan;
 mod verify;
 mod watch;
 
@@ -135,9 +140,10 @@ pub use metrics::{Histogram, WriteMetrics};
 #[doc(hidden)]
 pub use options::WritePath;
 pub use options::{MIN_SCRUB_BYTES_PER_SECOND, Options, ScrubRate};
-pub use recovery::{RecoveryReport, TailCheck};
+pub use recovery_report::RecoveryReport;
 pub use scrub::{DamagedRange, ScrubReport, ScrubStats};
 pub use subscription::{Delivered, Follow, StartFrom, Subscription, SubscriptionFilter};
+pub use tail_check::TailCheck;
 pub use verify::VerifyReport;
 
 /// The README, so that `cargo test --doc` compiles its Rust blocks (the quickstart)

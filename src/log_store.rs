@@ -4,7 +4,7 @@
 //! Threads: the caller's threads run validation, encoding, reservation and reads; one
 //! commit thread per store (`committer.rs`) writes and syncs. Open creates the
 //! directory if needed (durably: the new directory and its parent are fsynced), takes
-//! the directory lock, recovers (`recovery.rs`), creates the first segment of an empty
+//! the directory lock, opens the log (`open.rs`), creates the first segment of an empty
 //! store, and starts the commit thread. Close (or drop) stops accepting appends, lets
 //! the commit thread finish what is queued, joins it, and releases the lock. A
 //! writable open also starts the background scrubber (`scrubber.rs`), which close
@@ -23,11 +23,12 @@ use crate::ids::{ExecutionId, TenantId, validate_id};
 use crate::index::Index;
 use crate::io::{Io, LockGuard};
 use crate::metrics::WriteMetrics;
+use crate::open::{self, RecoveredSegment};
 use crate::options::Options;
 use crate::published_end::{self, Publisher};
 use crate::queue::{Admit, Admitted, Appending, QueueBound, Ticket};
 use crate::reader;
-use crate::recovery::{self, RecoveryReport};
+use crate::recovery_report::RecoveryReport;
 use crate::refresh;
 use crate::retention::{self, Retention};
 use crate::scrub::ScrubStats;
@@ -227,7 +228,7 @@ impl LogStore {
             Mode::Write | Mode::ReadOnly => None,
         };
         let limit = published.map(|p| (p.segment, p.end));
-        let mut recovered = recovery::recover(io.as_ref(), &dir, &options, read_only, limit)?;
+        let mut recovered = open::recover(io.as_ref(), &dir, &options, read_only, limit)?;
         if !read_only
             && (recovered.report.truncated_at.is_some()
                 || !recovered.report.removed_segments.is_empty())
@@ -257,7 +258,7 @@ impl LogStore {
                 (zeroed, options.write_path),
                 options.file_mode(),
             )?;
-            recovered.segments.push(recovery::RecoveredSegment {
+            recovered.segments.push(RecoveredSegment {
                 id: 1,
                 file,
                 data_end: SEGMENT_HEADER_LEN as u64,
@@ -270,6 +271,7 @@ impl LogStore {
         for s in &recovered.segments {
             segments.push(s.id, Arc::clone(&s.file), s.data_end);
         }
+        let commit_start = recovered.commit_start(options.segment_size_bytes)?;
         let Some(last) = recovered.segments.pop() else {
             return Err(Error::Internal("no segment after recovery".into()));
         };
@@ -353,17 +355,7 @@ impl LogStore {
                 report: recovered.report,
             });
         }
-        let capacity = last.file_len.max(shared.options.segment_size_bytes);
-        let mut digests: Vec<Option<SegmentDigest>> =
-            recovered.segments.iter().map(|s| s.digest).collect();
-        digests.push(last.digest);
-        let committer = Committer::new(
-            Arc::clone(&shared),
-            rx,
-            (last.id, last.file),
-            (last.file_len, capacity),
-            (digests, !recovered.checkpoint_current),
-        );
+        let committer = Committer::new(Arc::clone(&shared), rx, commit_start);
         let handle = sync::Builder::new()
             .name("execlog-commit".into())
             .spawn(move || committer.run())
