@@ -3,7 +3,7 @@
 //!
 //! A checkpoint is a cache, never a source of truth. Besides the index it records, per
 //! segment it covers, where the records end and the CRC-32 of the segment's bytes from
-//! its first record to that end (a [`SegmentDigest`]). Open (`recovery.rs`) recomputes
+//! its first record to that end (a [`SegmentDigest`]). Open (`saved_index.rs`) recomputes
 //! those CRCs over the mapped segments, one pass over large spans instead of one
 //! decode per record, and uses the checkpoint only if all of them match and every
 //! covered segment except the last is zero after its end, as a full scan demands. The

@@ -45,11 +45,13 @@
 //! - **append** → `append.rs` (validate, `codec.rs` encode, reserve, `record.rs` frame)
 //!   → `queue.rs` → `committer.rs` (one write + one fdatasync per group) → segment files
 //!   (`segment.rs`, `segments.rs`).
-//! - **open** → `recovery.rs` (list, load a `checkpoint.rs` if its segment checksums
-//!   match and it describes the records, `scan.rs` every record after it, verify CRCs,
-//!   refuse corruption, read the last commit group back past the page cache) →
-//!   `repair.rs` (journaled cuts of a torn or never-synced tail) → `index.rs` rebuilt
-//!   in memory.
+//! - **open** → `open.rs`, one step per file: `store_dir.rs` (list) → `saved_index.rs`
+//!   (load a `checkpoint.rs` if its segment checksums match and it describes the
+//!   records) → `segment_maps.rs` (map) → `tail_scan.rs` (`scan.rs` every record after
+//!   it, verify CRCs, refuse corruption; `tail_check.rs` reads the last commit group
+//!   back past the page cache) → `repair.rs` (the only step that writes: journaled cuts
+//!   of a torn or never-synced tail) → `index.rs` rebuilt in memory, and one
+//!   `CommitStart` handed to `committer.rs`.
 //! - **read** → `index.rs` entry point → `reader.rs` walks the execution's own records
 //!   back through `mmap.rs` views → `codec.rs` decode.
 //! - **scrub** → `scrubber.rs` (a paced thread of a writable store) → `scrub.rs`

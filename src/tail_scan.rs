@@ -84,28 +84,26 @@ pub(crate) fn scan(
     let count = maps.len();
     for (i, m) in maps.into_iter().enumerate() {
         report.segments_scanned += 1;
+        let scan = SegmentScan {
+            bytes: visible(&m, hidden),
+            start: start_of(&covered, i),
+            id: m.id,
+            newest: i + 1 == count,
+            prescan: (&prescan, i),
+        };
         let (data_end, digest) = match covered.get(i) {
             Some(&d) if i + 1 < covered.len() => {
                 // Wholly covered by the checkpoint, its checksum and zero tail verified.
                 report.bytes_scanned += d.end;
                 (d.end, Some(d))
             }
-            covered_part => {
-                let scan = SegmentScan {
-                    bytes: visible(&m, hidden),
-                    start: start_of(&covered, i),
-                    id: m.id,
-                    newest: i + 1 == count,
-                    prescan: (&prescan, i),
-                };
-                match scan_records(&mut rebuild, report, &scan, &m.path, covered_part.copied())? {
-                    Outcome::Kept { data_end, digest } => (data_end, digest),
-                    Outcome::Unfinished { blank } => {
-                        unfinished = Some(Unfinished { id: m.id, blank });
-                        break;
-                    }
+            part => match scan_records(&mut rebuild, report, &scan, &m.path, part.copied())? {
+                Outcome::Kept { data_end, digest } => (data_end, digest),
+                Outcome::Unfinished { blank } => {
+                    unfinished = Some(Unfinished { id: m.id, blank });
+                    break;
                 }
-            }
+            },
         };
         segments.push(RecoveredSegment {
             id: m.id,
@@ -117,13 +115,7 @@ pub(crate) fn scan(
         });
         last_view = Some(m.view);
     }
-    // Appends continue in the last segment kept, which needs its digest: it is not the
-    // newest file if a blank newest one was removed.
-    if let (Some(last), Some(view)) = (segments.last_mut(), &last_view)
-        && last.digest.is_none()
-    {
-        last.digest = Some(SegmentDigest::of(view.as_ref().as_ref(), last.data_end));
-    }
+    complete_last_digest(&mut segments, last_view.as_ref());
     // The helper reads the maps: it stops before anything writes to a segment.
     prescan.finish();
     Ok(Scanned {
@@ -133,6 +125,16 @@ pub(crate) fn scan(
         unfinished,
         covered,
     })
+}
+
+/// Appends continue in the last segment kept, which needs its digest: it is not the
+/// newest file (whose digest the scan computed) if a newest one was unfinished.
+fn complete_last_digest(segments: &mut [RecoveredSegment], last_view: Option<&Mapped>) {
+    if let (Some(last), Some(view)) = (segments.last_mut(), last_view)
+        && last.digest.is_none()
+    {
+        last.digest = Some(SegmentDigest::of(view.as_ref().as_ref(), last.data_end));
+    }
 }
 
 /// Where the scan of segment `i` starts: after what the checkpoint covers.
@@ -227,34 +229,9 @@ fn scan_segment(
     scan: &SegmentScan<'_>,
 ) -> Result<u64> {
     let SegmentScan {
-        bytes,
-        start,
-        id,
-        newest,
-        ..
+        bytes, id, newest, ..
     } = *scan;
-    let (prescan, position) = scan.prescan;
-    rebuild.segment_version = segment::version_of(bytes);
-    let mut stop = None;
-    let mut scanner = Scanner::trusting(bytes, start, prescan.verified(position));
-    prescan.scanning(position, start);
-    let mut n = 0usize;
-    while let Some(step) = scanner.next() {
-        n += 1;
-        if n.is_multiple_of(64) {
-            prescan.scanning(position, scanner.offset());
-        }
-        match step {
-            Step::Record {
-                offset,
-                header,
-                body,
-            } => rebuild.add(id, offset as u64, header, body)?,
-            Step::End { offset } => stop = Some((offset, None)),
-            Step::Invalid { offset, why } => stop = Some((offset, Some(why.to_string()))),
-        }
-    }
-    let (stop, invalid) = stop.unwrap_or((bytes.len(), None));
+    let (stop, invalid) = add_records(rebuild, scan)?;
     let garbage = first_nonzero(bytes, stop);
     if invalid.is_none() && garbage.is_none() && rebuild.batch.is_empty() {
         return Ok(stop as u64);
@@ -302,6 +279,36 @@ fn scan_segment(
     report.bytes_truncated = data_end.saturating_sub(cut);
     report.torn_reason = Some(why);
     Ok(cut)
+}
+
+/// Adds the valid records of `scan`'s segment to `rebuild`, from its start to where
+/// they stop; returns that offset and, if a record there is invalid, why.
+fn add_records(rebuild: &mut Rebuild, scan: &SegmentScan<'_>) -> Result<(usize, Option<String>)> {
+    let SegmentScan {
+        bytes, start, id, ..
+    } = *scan;
+    let (prescan, position) = scan.prescan;
+    rebuild.segment_version = segment::version_of(bytes);
+    let mut stop = None;
+    let mut scanner = Scanner::trusting(bytes, start, prescan.verified(position));
+    prescan.scanning(position, start);
+    let mut n = 0usize;
+    while let Some(step) = scanner.next() {
+        n += 1;
+        if n.is_multiple_of(64) {
+            prescan.scanning(position, scanner.offset());
+        }
+        match step {
+            Step::Record {
+                offset,
+                header,
+                body,
+            } => rebuild.add(id, offset as u64, header, body)?,
+            Step::End { offset } => stop = Some((offset, None)),
+            Step::Invalid { offset, why } => stop = Some((offset, Some(why.to_string()))),
+        }
+    }
+    Ok(stop.unwrap_or((bytes.len(), None)))
 }
 
 /// Looks for a record of a commit group that started after `damaged`, counting the
