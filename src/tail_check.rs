@@ -4,8 +4,9 @@
 //! Only the last commit group can be unsynced: the commit thread writes a group only
 //! after the previous one's fdatasync succeeded, and records go into a new segment only
 //! after its header and directory entry were synced. So this reads that group (or a
-//! record-less segment's header) back past the cache and compares. It changes no byte:
-//! a difference is handed back, and the repair step (`repair.rs`) cuts it.
+//! record-less segment's header) back past the cache and compares. It changes no byte
+//! (a read-write open's fdatasync here only writes back what a killed writer left
+//! dirty): a difference is handed back, and the repair step (`repair.rs`) cuts it.
 
 use std::path::Path;
 use std::sync::Arc;
