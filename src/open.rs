@@ -11,9 +11,9 @@
 //! 4. Scan the tail: every record the checkpoint does not cover, rebuilding the index
 //!    and deciding where the log ends (`tail_scan.rs`, `scan.rs`, `rebuild.rs`), then
 //!    check that this end is on the disk, not only in the page cache (`tail_check.rs`).
-//! 5. Repair, the only step that writes and only in a read-write open: cut a torn tail,
-//!    set aside a newest segment that was still being created, fsync the directory
-//!    (`repair.rs`).
+//! 5. Repair, in a read-write open only: cut a torn tail, set aside a newest segment
+//!    that was still being created, fsync the directory (`repair.rs`, which holds every
+//!    write open makes, step 0's too).
 //!
 //! Invariants: nothing is served before step 5 is done; a read-only open writes nothing
 //! and hides what a read-write open would cut. If step 4 finds the log's end only in
