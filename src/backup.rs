@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::log_store::LogStore;
 use crate::record::Pos;
-use crate::segment;
 use crate::state::Shared;
+use crate::store_dir;
 
 /// What [`LogStore::backup_to`] copied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,7 +114,7 @@ fn copy_segment(shared: &Shared, id: u32, end: u64, dest: &Path) -> Result<()> {
         .as_ref()
         .get(..usize::try_from(end).unwrap_or(usize::MAX))
         .ok_or_else(|| Error::corrupt(id, end, "segment shorter than its durable end"))?;
-    let path = segment::path(dest, id);
+    let path = store_dir::segment_path(dest, id);
     let file = shared
         .io
         .create(&path, shared.options.file_mode())

@@ -3,7 +3,7 @@
 //!
 //! A checkpoint is a cache, never a source of truth. Besides the index it records, per
 //! segment it covers, where the records end and the CRC-32 of the segment's bytes from
-//! its first record to that end (a [`SegmentDigest`]). Open (`recovery.rs`) recomputes
+//! its first record to that end (a [`SegmentDigest`]). Open (`saved_index.rs`) recomputes
 //! those CRCs over the mapped segments, one pass over large spans instead of one
 //! decode per record, and uses the checkpoint only if all of them match and every
 //! covered segment except the last is zero after its end, as a full scan demands. The
@@ -36,11 +36,8 @@ use crate::index::{Base, ExecNo, Index, Sparse};
 use crate::io::Io;
 use crate::record::{self, Decoded, Header, Kind, Pos};
 use crate::segment::SEGMENT_HEADER_LEN;
+use crate::store_dir;
 
-/// File name of the checkpoint in a store's directory.
-pub(crate) const FILE_NAME: &str = "checkpoint.idx";
-/// File name a new checkpoint is written under before it replaces the old one.
-pub(crate) const TMP_NAME: &str = "checkpoint.idx.tmp";
 /// First bytes of a checkpoint file.
 pub(crate) const MAGIC: [u8; 8] = *b"EXLGCKPT";
 /// Version of the checkpoint layout. Format version 2 of the segments changed record
@@ -99,7 +96,7 @@ pub(crate) struct Checkpoint {
 
 /// Path of the checkpoint in `dir`.
 pub(crate) fn path(dir: &Path) -> PathBuf {
-    dir.join(FILE_NAME)
+    dir.join(store_dir::CHECKPOINT)
 }
 
 /// Encodes a checkpoint of the durable side of `index` over the segments `segments`
@@ -112,7 +109,10 @@ pub(crate) fn encode(index: &Index, segments: &[SegmentDigest], last_timestamp_n
     let durable = executions.partition_point(|e| e.durable_seq > 0);
     let executions = executions.get(..durable).unwrap_or_default();
     let tenants = executions.iter().map(|e| e.tenant as usize + 1).max();
-    let tenants = index.tenants().get(..tenants.unwrap_or(0)).unwrap_or_default();
+    let tenants = index
+        .tenants()
+        .get(..tenants.unwrap_or(0))
+        .unwrap_or_default();
     let mut forks: Vec<(&ExecNo, &Base)> = index
         .forks()
         .iter()
@@ -577,7 +577,7 @@ impl<'a> Walk<'a> {
 /// Replaces the checkpoint of `dir` with `bytes`, durably (see the module docs). The
 /// new file gets permission bits `mode` (less the umask).
 pub(crate) fn write(io: &dyn Io, dir: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let tmp = dir.join(TMP_NAME);
+    let tmp = dir.join(store_dir::CHECKPOINT_TMP);
     // Left over from a close that failed or crashed half way; never read.
     let _ = io.remove(&tmp);
     let file = io
@@ -731,7 +731,11 @@ mod tests {
             &TenantId::from("gamma"),
             pos(2, 96),
         );
-        busy.create_fork(ExecutionId::from("run-d"), Base { source: 0, at: 3 }, pos(1, 160));
+        busy.create_fork(
+            ExecutionId::from("run-d"),
+            Base { source: 0, at: 3 },
+            pos(1, 160),
+        );
         busy.mark_deleting(1);
         assert_eq!(encode(&busy, &segments, 42), encode(&quiet, &segments, 42));
         // Durable in part: the entry point of sequence 13 is not, 9's is.

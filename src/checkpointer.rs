@@ -76,8 +76,7 @@ pub(crate) struct Checkpointer {
 
 /// Starts the checkpoint thread of a writable store whose options ask for one.
 pub(crate) fn start(shared: &Arc<Shared>) -> Result<Option<Checkpointer>> {
-    if shared.options.checkpoint_interval().is_none() || shared.read_only || sync::MODEL_CHECKED
-    {
+    if shared.options.checkpoint_interval().is_none() || shared.read_only || sync::MODEL_CHECKED {
         return Ok(None);
     }
     let thread_shared = Arc::clone(shared);

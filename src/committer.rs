@@ -24,11 +24,13 @@ use std::time::{Duration, Instant};
 use crate::checkpoint::{self, SegmentDigest};
 use crate::error::{Error, Result};
 use crate::io::IoFile;
+use crate::open::CommitStart;
 use crate::options::WritePath;
 use crate::queue::{Pending, fail_all};
 use crate::record;
 use crate::segment;
 use crate::state::{Durable, Poison, Shared};
+use crate::store_dir;
 use crate::sync::{MODEL_CHECKED, Receiver, TryRecvError, yield_now};
 
 /// How long an idle commit thread polls the queue before it sleeps.
@@ -73,13 +75,15 @@ pub(crate) struct Committer {
 }
 
 impl Committer {
-    pub(crate) fn new(
-        shared: Arc<Shared>,
-        rx: Receiver<Pending>,
-        (segment, file): (u32, Arc<dyn IoFile>),
-        (zeroed_end, capacity): (u64, u64),
-        (digests, checkpoint_due): (Vec<Option<SegmentDigest>>, bool),
-    ) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, rx: Receiver<Pending>, start: CommitStart) -> Self {
+        let CommitStart {
+            segment,
+            file,
+            zeroed_end,
+            capacity,
+            digests,
+            checkpoint_due,
+        } = start;
         debug_assert_eq!(digests.len(), segment as usize);
         debug_assert!(digests.last().is_some_and(Option::is_some));
         Self {
@@ -247,7 +251,7 @@ impl Committer {
         );
         self.buf.clear();
         record::encode_seal(tail as u32, timestamp_ns, &mut self.buf);
-        let path = segment::path(&self.shared.dir, self.segment);
+        let path = store_dir::segment_path(&self.shared.dir, self.segment);
         self.ensure_zeroed(tail + len, &path)?;
         self.file
             .write_at(&self.buf, tail)
@@ -392,7 +396,7 @@ impl Committer {
                 self.buf.extend_from_slice(&p.bytes);
             }
             record::stamp_group(&mut self.buf, first.offset);
-            let path = segment::path(&self.shared.dir, self.segment);
+            let path = store_dir::segment_path(&self.shared.dir, self.segment);
             let end = u64::from(first.offset) + self.buf.len() as u64;
             if self.buf.len() as u64 >= self.shared.options.grow_group_min_bytes {
                 // A large group writes its own bytes past the zeroed end (once).
@@ -411,7 +415,7 @@ impl Committer {
                     .map_err(|e| Error::io("fdatasync", &path, e))?;
             }
         }
-        let path = segment::path(&self.shared.dir, self.segment);
+        let path = store_dir::segment_path(&self.shared.dir, self.segment);
         let started = Instant::now();
         self.file
             .sync_data()

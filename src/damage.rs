@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::io::Io;
 use crate::record::{self, Decoded, Kind, RECORD_ALIGN};
 use crate::segment::{self, HeaderCheck, SEGMENT_HEADER_LEN};
+use crate::store_dir;
 
 /// What the survey found in one segment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -40,14 +41,14 @@ pub(crate) fn survey_with(io: &dyn Io, dir: &Path) -> Result<Vec<SegmentSurvey>>
         .list(dir)
         .map_err(|e| Error::io("list directory", dir, e))?
         .iter()
-        .filter_map(|n| segment::parse_file_name(n))
+        .filter_map(|n| store_dir::parse_segment_name(n))
         .collect();
     ids.sort_unstable();
     ids.iter().map(|&id| survey_segment(io, dir, id)).collect()
 }
 
 fn survey_segment(io: &dyn Io, dir: &Path, id: u32) -> Result<SegmentSurvey> {
-    let path = segment::path(dir, id);
+    let path = store_dir::segment_path(dir, id);
     let file = io
         .open(&path, true)
         .map_err(|e| Error::io("open segment", &path, e))?;

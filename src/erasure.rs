@@ -38,6 +38,7 @@ use crate::queue::{NO_EXECUTION, Pending, Ticket};
 use crate::record::{self, Decoded, Header, Kind, Pos};
 use crate::segment::{self, SEGMENT_HEADER_LEN};
 use crate::state::Shared;
+use crate::store_dir;
 
 /// Pages of this size that are all zeros are not written (left as holes).
 const PAGE: usize = 4096;
@@ -299,8 +300,8 @@ fn erase(
 /// segment; returns the bytes written.
 fn replace(shared: &Shared, id: u32, image: &[u8]) -> Result<(Arc<dyn crate::io::IoFile>, u64)> {
     let io = shared.io.as_ref();
-    let path = segment::path(&shared.dir, id);
-    let tmp = path.with_extension("seg.compact");
+    let path = store_dir::segment_path(&shared.dir, id);
+    let tmp = store_dir::compact_path(&shared.dir, id);
     // Left over from an erasure a crash interrupted; never read.
     let _ = io.remove(&tmp);
     let file = io

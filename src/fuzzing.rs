@@ -76,7 +76,7 @@ pub fn open_with_damaged_tail(bytes: &[u8]) -> Result<usize, crate::Error> {
         Err(why) => panic!("cannot build the fuzzing base store: {why}"),
     };
     let sim = base.snapshot();
-    let path = base_dir().join(crate::segment::file_name(1));
+    let path = base_dir().join(crate::store_dir::segment_name(1));
     let mut file = sim.read_file(&path).unwrap_or_default();
     debug_assert_eq!(file.len(), *end);
     file.extend_from_slice(bytes);
@@ -131,7 +131,7 @@ fn build_base() -> Result<(SimIo, usize), crate::Error> {
     let end = store.stats().data_bytes as usize;
     store.close()?;
     // Cut after the data (the seal and the zeros go): each run copies only this much.
-    let path = base_dir().join(crate::segment::file_name(1));
+    let path = base_dir().join(crate::store_dir::segment_name(1));
     let mut file = sim.read_file(&path).unwrap_or_default();
     file.truncate(end);
     sim.write_file(&path, file);

@@ -35,7 +35,12 @@ impl IdTable {
 
     /// Records that `id` is execution `no`, the next one (not in `executions` yet).
     /// False, and nothing recorded, if another execution has the id.
-    pub(crate) fn insert(&mut self, id: &ExecutionId, no: ExecNo, executions: &[Execution]) -> bool {
+    pub(crate) fn insert(
+        &mut self,
+        id: &ExecutionId,
+        no: ExecNo,
+        executions: &[Execution],
+    ) -> bool {
         let hasher = &self.hasher;
         let hash = hasher.hash_one(id.as_str());
         let entry = self.table.entry(
@@ -106,12 +111,18 @@ mod tests {
             assert_eq!(no, i);
         }
         for i in (0..10_000u32).step_by(7) {
-            assert_eq!(index.lookup(&ExecutionId::from(format!("run-{i}"))), Some(i));
+            assert_eq!(
+                index.lookup(&ExecutionId::from(format!("run-{i}"))),
+                Some(i)
+            );
         }
         assert_eq!(index.lookup(&ExecutionId::from("run-10000")), None);
         let mut table = IdTable::default();
         assert!(table.insert(&ExecutionId::from("run-0"), 0, index.executions()));
         assert!(!table.insert(&ExecutionId::from("run-0"), 1, index.executions()));
-        assert_eq!(table.get(&ExecutionId::from("run-0"), index.executions()), Some(0));
+        assert_eq!(
+            table.get(&ExecutionId::from("run-0"), index.executions()),
+            Some(0)
+        );
     }
 }

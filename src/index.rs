@@ -127,8 +127,6 @@ impl Sparse {
     }
 }
 
-
-
 impl Execution {
     /// Whether readers still see it.
     pub(crate) fn visible(&self) -> bool {

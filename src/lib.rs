@@ -45,11 +45,13 @@
 //! - **append** → `append.rs` (validate, `codec.rs` encode, reserve, `record.rs` frame)
 //!   → `queue.rs` → `committer.rs` (one write + one fdatasync per group) → segment files
 //!   (`segment.rs`, `segments.rs`).
-//! - **open** → `recovery.rs` (list, load a `checkpoint.rs` if its segment checksums
-//!   match and it describes the records, `scan.rs` every record after it, verify CRCs,
-//!   refuse corruption, read the last commit group back past the page cache) →
-//!   `repair.rs` (journaled cuts of a torn or never-synced tail) → `index.rs` rebuilt
-//!   in memory.
+//! - **open** → `open.rs`, one step per file: `store_dir.rs` (list) → `saved_index.rs`
+//!   (load a `checkpoint.rs` if its segment checksums match and it describes the
+//!   records) → `segment_maps.rs` (map) → `tail_scan.rs` (`scan.rs` every record after
+//!   it, verify CRCs, refuse corruption; `tail_check.rs` reads the last commit group
+//!   back past the page cache) → `repair.rs` (the only step that writes: journaled cuts
+//!   of a torn or never-synced tail) → `index.rs` rebuilt in memory, and one
+//!   `CommitStart` handed to `committer.rs`.
 //! - **read** → `index.rs` entry point → `reader.rs` walks the execution's own records
 //!   back through `mmap.rs` views → `codec.rs` decode.
 //! - **scrub** → `scrubber.rs` (a paced thread of a writable store) → `scrub.rs`
@@ -87,6 +89,7 @@ mod lifecycle;
 mod log_store;
 mod metrics;
 mod mmap;
+mod open;
 mod options;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -96,20 +99,25 @@ mod queue;
 mod reader;
 mod rebuild;
 mod record;
-mod recovery;
+mod recovery_report;
 mod refresh;
 mod repair;
 mod retention;
+mod saved_index;
 mod scan;
 mod scrub;
 mod scrub_progress;
 mod scrubber;
 mod segment;
+mod segment_maps;
 mod segments;
 mod state;
 mod stop;
+mod store_dir;
 mod subscription;
 mod sync;
+mod tail_check;
+mod tail_scan;
 mod verify;
 mod watch;
 
@@ -136,9 +144,10 @@ pub use metrics::{Histogram, WriteMetrics};
 #[doc(hidden)]
 pub use options::WritePath;
 pub use options::{MIN_SCRUB_BYTES_PER_SECOND, Options, ScrubRate};
-pub use recovery::{RecoveryReport, TailCheck};
+pub use recovery_report::RecoveryReport;
 pub use scrub::{DamagedRange, ScrubReport, ScrubStats};
 pub use subscription::{Delivered, Follow, StartFrom, Subscription, SubscriptionFilter};
+pub use tail_check::TailCheck;
 pub use verify::VerifyReport;
 
 /// The README, so that `cargo test --doc` compiles its Rust blocks (the quickstart)

@@ -4,7 +4,7 @@
 //! Threads: the caller's threads run validation, encoding, reservation and reads; one
 //! commit thread per store (`committer.rs`) writes and syncs. Open creates the
 //! directory if needed (durably: the new directory and its parent are fsynced), takes
-//! the directory lock, recovers (`recovery.rs`), creates the first segment of an empty
+//! the directory lock, opens the log (`open.rs`), creates the first segment of an empty
 //! store, and starts the commit thread. Close (or drop) stops accepting appends, lets
 //! the commit thread finish what is queued, joins it, and releases the lock. A
 //! writable open also starts the background scrubber (`scrubber.rs`), which close
@@ -23,11 +23,12 @@ use crate::ids::{ExecutionId, TenantId, validate_id};
 use crate::index::Index;
 use crate::io::{Io, LockGuard};
 use crate::metrics::WriteMetrics;
+use crate::open::{self, RecoveredSegment};
 use crate::options::Options;
 use crate::published_end::{self, Publisher};
 use crate::queue::{Admit, Admitted, Appending, QueueBound, Ticket};
 use crate::reader;
-use crate::recovery::{self, RecoveryReport};
+use crate::recovery_report::RecoveryReport;
 use crate::refresh;
 use crate::retention::{self, Retention};
 use crate::scrub::ScrubStats;
@@ -35,10 +36,8 @@ use crate::scrubber::{self, Scrubber};
 use crate::segment::{self, SEGMENT_HEADER_LEN};
 use crate::segments::Segments;
 use crate::state::{Shared, State, Writer};
+use crate::store_dir;
 use crate::sync::{self, AtomicBool, JoinHandle, Mutex};
-
-/// Name of the lock file inside a store directory.
-pub(crate) const LOCK_FILE: &str = "LOCK";
 
 /// How a store is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +52,7 @@ enum Mode {
 
 /// Takes the directory lock, or says who holds it.
 fn lock(io: &dyn Io, dir: &Path, mode: u32) -> Result<LockGuard> {
-    let lock_path = dir.join(LOCK_FILE);
+    let lock_path = dir.join(store_dir::LOCK);
     io.try_lock(&lock_path, mode).map_err(|e| {
         if e.kind() == std::io::ErrorKind::WouldBlock {
             Error::Locked {
@@ -213,7 +212,10 @@ impl LogStore {
                 )),
                 _ => Error::io("list directory", &dir, e),
             })?;
-            if !names.iter().any(|n| segment::parse_file_name(n).is_some()) {
+            if !names
+                .iter()
+                .any(|n| store_dir::parse_segment_name(n).is_some())
+            {
                 return Err(Error::InvalidArgument(format!(
                     "{} is not an execlog store (it holds no segment files)",
                     dir.display()
@@ -231,7 +233,7 @@ impl LogStore {
             Mode::Write | Mode::ReadOnly => None,
         };
         let limit = published.map(|p| (p.segment, p.end));
-        let mut recovered = recovery::recover(io.as_ref(), &dir, &options, read_only, limit)?;
+        let mut recovered = open::recover(io.as_ref(), &dir, &options, read_only, limit)?;
         if !read_only
             && (recovered.report.truncated_at.is_some()
                 || !recovered.report.removed_segments.is_empty())
@@ -261,7 +263,7 @@ impl LogStore {
                 (zeroed, options.write_path),
                 options.file_mode(),
             )?;
-            recovered.segments.push(recovery::RecoveredSegment {
+            recovered.segments.push(RecoveredSegment {
                 id: 1,
                 file,
                 data_end: SEGMENT_HEADER_LEN as u64,
@@ -274,6 +276,7 @@ impl LogStore {
         for s in &recovered.segments {
             segments.push(s.id, Arc::clone(&s.file), s.data_end);
         }
+        let commit_start = recovered.commit_start(options.segment_size_bytes)?;
         let Some(last) = recovered.segments.pop() else {
             return Err(Error::Internal("no segment after recovery".into()));
         };
@@ -364,18 +367,13 @@ impl LogStore {
                 report: recovered.report,
             });
         }
-        let capacity = last.file_len.max(shared.options.segment_size_bytes);
-        let mut digests: Vec<Option<SegmentDigest>> =
-            recovered.segments.iter().map(|s| s.digest).collect();
-        digests.push(last.digest);
-        shared.state.lock().durable.digests.clone_from(&digests);
-        let committer = Committer::new(
-            Arc::clone(&shared),
-            rx,
-            (last.id, last.file),
-            (last.file_len, capacity),
-            (digests, !recovered.checkpoint_current),
-        );
+        shared
+            .state
+            .lock()
+            .durable
+            .digests
+            .clone_from(&commit_start.digests);
+        let committer = Committer::new(Arc::clone(&shared), rx, commit_start);
         let handle = sync::Builder::new()
             .name("execlog-commit".into())
             .spawn(move || committer.run())

@@ -1,6 +1,6 @@
 //! Open's helper thread: checks record CRCs ahead of the recovery scan.
 //!
-//! Recovery (`recovery.rs`) walks the segments front to back on the opening thread and,
+//! Open's tail scan (`tail_scan.rs`) walks the segments front to back on the opening thread and,
 //! per record, verifies the CRC and rebuilds the index; the CRC was about 40% of that
 //! work (perf). This thread walks the same maps ahead of the scan with full decodes
 //! and publishes, per segment, how far every record decoded cleanly; the scan skips the

@@ -21,11 +21,9 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::io::{Io, IoFile};
 use crate::record::crc32;
+use crate::store_dir::PUBLISHED_END;
 use crate::sync::AtomicBool;
 use std::sync::atomic::Ordering;
-
-/// The file's name in the store directory.
-pub(crate) const FILE_NAME: &str = "published.end";
 
 const MAGIC: &[u8; 8] = b"EXECEND\0";
 const LEN: usize = 32;
@@ -77,7 +75,7 @@ impl Published {
 
 /// Reads the published end, if the file exists and is intact.
 pub(crate) fn read(io: &dyn Io, dir: &Path) -> Result<Option<Published>> {
-    let path = dir.join(FILE_NAME);
+    let path = dir.join(PUBLISHED_END);
     let file = match io.open(&path, true) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -100,7 +98,7 @@ pub(crate) struct Publisher {
 impl Publisher {
     /// Opens (or creates) the file for a writable open, with the next generation.
     pub(crate) fn open(io: &dyn Io, dir: &Path, mode: u32) -> Result<Publisher> {
-        let path = dir.join(FILE_NAME);
+        let path = dir.join(PUBLISHED_END);
         let previous = read(io, dir).ok().flatten();
         let file = match io.open(&path, false) {
             Ok(f) => f,

@@ -26,6 +26,7 @@ use crate::rebuild::Rebuild;
 use crate::scan::{Scanner, Step};
 use crate::segment::{self, HeaderCheck, SEGMENT_HEADER_LEN};
 use crate::state::Shared;
+use crate::store_dir;
 
 /// Poll interval right after the end moved.
 const FAST_POLL: Duration = Duration::from_millis(1);
@@ -119,7 +120,7 @@ fn extend_segment(
     applied: &mut Vec<(u32, u64)>,
 ) -> Result<()> {
     let segments = &shared.segments;
-    let path = segment::path(&shared.dir, id);
+    let path = store_dir::segment_path(&shared.dir, id);
     if id as usize > segments.count() {
         let file = shared
             .io
@@ -185,7 +186,7 @@ fn extend_segment(
 
 /// A map of segment `id` long enough for `end` (or the whole file).
 fn map(shared: &Shared, id: u32, end: Option<u64>) -> Result<Mapped> {
-    let path = segment::path(&shared.dir, id);
+    let path = store_dir::segment_path(&shared.dir, id);
     let file = shared
         .segments
         .file(id)

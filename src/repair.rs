@@ -1,5 +1,7 @@
-//! Repair at open: cutting a torn or never-synced tail, journaled so that a cut whose
-//! fdatasync fails is redone, never half-trusted.
+//! Repair at open, the only step of open that writes (`open.rs`, step 5; read-write
+//! opens only): cutting a torn or never-synced tail, journaled so that a cut whose
+//! fdatasync fails is redone, never half-trusted; setting aside a newest segment that
+//! was still being created; making the directory's entries durable.
 //!
 //! A cut overwrites `[from, end)` of a segment with zeros and fdatasyncs. If that
 //! fdatasync fails, Linux may keep the zeros in the page cache marked clean while the
@@ -32,9 +34,8 @@ use crate::error::{Error, Result};
 use crate::io::{Io, IoFile};
 use crate::record;
 use crate::segment;
+use crate::store_dir::{self, CUT_PENDING};
 
-/// File name of a cut in progress, in the store directory.
-pub(crate) const MARKER_NAME: &str = "cut.pending";
 const MAGIC: [u8; 8] = *b"EXLGCUT\0";
 const SEGMENT_OFFSET: usize = MAGIC.len();
 const FROM_OFFSET: usize = SEGMENT_OFFSET + 8;
@@ -83,7 +84,7 @@ impl Cut {
 /// Zeroes `cut` of `file` durably, journaled by the marker (see the module docs).
 /// The marker gets permission bits `mode` (less the umask).
 pub(crate) fn cut(io: &dyn Io, dir: &Path, file: &dyn IoFile, cut: Cut, mode: u32) -> Result<()> {
-    let marker = dir.join(MARKER_NAME);
+    let marker = dir.join(CUT_PENDING);
     let _ = io.remove(&marker); // a torn one from an earlier attempt
     let m = io
         .create(&marker, mode)
@@ -91,13 +92,11 @@ pub(crate) fn cut(io: &dyn Io, dir: &Path, file: &dyn IoFile, cut: Cut, mode: u3
     m.write_at(&cut.encode(), 0)
         .and_then(|()| m.sync_data())
         .map_err(|e| Error::io("write the cut marker", &marker, e))?;
-    io.sync_dir(dir)
-        .map_err(|e| Error::io("fsync directory", dir, e))?;
-    zero(file, &segment::path(dir, cut.segment), cut)?;
+    sync_dir(io, dir)?;
+    zero(file, &store_dir::segment_path(dir, cut.segment), cut)?;
     io.remove(&marker)
         .map_err(|e| Error::io("remove the cut marker", &marker, e))?;
-    io.sync_dir(dir)
-        .map_err(|e| Error::io("fsync directory", dir, e))
+    sync_dir(io, dir)
 }
 
 fn zero(file: &dyn IoFile, path: &Path, cut: Cut) -> Result<()> {
@@ -110,7 +109,7 @@ fn zero(file: &dyn IoFile, path: &Path, cut: Cut) -> Result<()> {
 /// The cut an earlier open left unfinished, if any. A torn marker (a cut that never
 /// started) is reported as `None`; a read-write open then removes it.
 pub(crate) fn pending(io: &dyn Io, dir: &Path) -> Result<Option<Cut>> {
-    let marker = dir.join(MARKER_NAME);
+    let marker = dir.join(CUT_PENDING);
     let file = match io.open(&marker, true) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -125,13 +124,35 @@ pub(crate) fn pending(io: &dyn Io, dir: &Path) -> Result<Option<Cut>> {
     Ok(Cut::decode(bytes.as_ref().as_ref()))
 }
 
+/// Sets aside segment `id`, a newest segment whose header never became durable and
+/// that holds no valid record: removed if `blank` (all zeros), else renamed to
+/// `<name>.broken` for the operator (it is not what execlog wrote, so it is kept).
+pub(crate) fn set_aside(io: &dyn Io, dir: &Path, id: u32, blank: bool) -> Result<()> {
+    let path = store_dir::segment_path(dir, id);
+    if blank {
+        io.remove(&path)
+            .map_err(|e| Error::io("remove blank segment", &path, e))?;
+    } else {
+        let aside = store_dir::broken_path(dir, id);
+        io.rename(&path, &aside)
+            .map_err(|e| Error::io("set aside unfinished segment", &path, e))?;
+    }
+    sync_dir(io, dir)
+}
+
+/// Fsyncs `dir`, so that the entries open created, removed or renamed are durable.
+pub(crate) fn sync_dir(io: &dyn Io, dir: &Path) -> Result<()> {
+    io.sync_dir(dir)
+        .map_err(|e| Error::io("fsync directory", dir, e))
+}
+
 /// Read-write opens, before the scan: redoes a cut an earlier open left unfinished
 /// and removes its marker. Returns the cut redone, for the report.
 pub(crate) fn finish_pending(io: &dyn Io, dir: &Path) -> Result<Option<Cut>> {
-    let marker = dir.join(MARKER_NAME);
+    let marker = dir.join(CUT_PENDING);
     let found = pending(io, dir)?;
     if let Some(cut) = found {
-        let path = segment::path(dir, cut.segment);
+        let path = store_dir::segment_path(dir, cut.segment);
         match io.open(&path, false) {
             Ok(file) => zero(file.as_ref(), &path, cut)?,
             // The segment itself was removed since (an unfinished newest segment).
@@ -140,9 +161,7 @@ pub(crate) fn finish_pending(io: &dyn Io, dir: &Path) -> Result<Option<Cut>> {
         }
     }
     match io.remove(&marker) {
-        Ok(()) => io
-            .sync_dir(dir)
-            .map_err(|e| Error::io("fsync directory", dir, e))?,
+        Ok(()) => sync_dir(io, dir)?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io("remove the cut marker", &marker, e)),
     }

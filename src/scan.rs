@@ -3,8 +3,8 @@
 //! A scan yields every valid record in order and ends with the reason it stopped:
 //! [`Stop::End`] where a zero length field says nothing was written, or
 //! [`Stop::Invalid`] at the first record that is cut short or fails its checks. What a
-//! stop means (clean end, torn tail, corruption) is decided by `recovery.rs`, which also
-//! uses [`valid_record_after`] to tell a torn tail from damage followed by good data.
+//! stop means (clean end, torn tail, corruption) is decided by `tail_scan.rs`, which also
+//! uses [`later_group_record`] to tell a torn tail from damage followed by good data.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -198,7 +198,7 @@ pub(crate) const CRC_BUDGET_PER_BYTE: u64 = 2;
 ///
 /// Used once per open, on the bytes after a bad record, to decide between a torn tail
 /// (records of the same, last group may follow, whatever survived of it) and
-/// corruption (a later group proves the damaged one was synced), see `recovery.rs`.
+/// corruption (a later group proves the damaged one was synced), see `tail_scan.rs`.
 /// Linear in `bytes`: zero words are skipped without decoding, every candidate's cheap
 /// fields are checked before its CRC, and the CRC work is bounded by
 /// [`CRC_BUDGET_PER_BYTE`]; past it the answer is [`Later::Undecided`].

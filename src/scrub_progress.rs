@@ -21,11 +21,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::io::Io;
 use crate::record::crc32;
-
-/// The file's name in the store directory.
-pub(crate) const FILE_NAME: &str = "scrub.progress";
-/// The file being written (never read; replaced by the next write).
-pub(crate) const TMP_NAME: &str = "scrub.progress.tmp";
+use crate::store_dir::{SCRUB_PROGRESS, SCRUB_PROGRESS_TMP};
 
 const MAGIC: &[u8; 8] = b"EXECSCRB";
 const PASSES_OFFSET: usize = MAGIC.len();
@@ -88,7 +84,7 @@ impl Progress {
 /// The saved progress, or [`Progress::START`] when there is none or it is not valid.
 /// Never an error: the worst a bad file costs is a repeated pass.
 pub(crate) fn load(io: &dyn Io, dir: &Path) -> Progress {
-    let path = dir.join(FILE_NAME);
+    let path = dir.join(SCRUB_PROGRESS);
     let Ok(file) = io.open(&path, true) else {
         return Progress::START;
     };
@@ -104,8 +100,14 @@ pub(crate) fn load(io: &dyn Io, dir: &Path) -> Progress {
 
 /// Replaces the saved progress with `progress` (see the module docs).
 pub(crate) fn save(io: &dyn Io, dir: &Path, progress: Progress, mode: u32) -> Result<()> {
-    crate::io::replace_file(io, dir, (TMP_NAME, FILE_NAME), &progress.encode(), mode)
-        .map_err(|e| Error::io("write scrub progress", dir.join(FILE_NAME), e))
+    crate::io::replace_file(
+        io,
+        dir,
+        (SCRUB_PROGRESS_TMP, SCRUB_PROGRESS),
+        &progress.encode(),
+        mode,
+    )
+    .map_err(|e| Error::io("write scrub progress", dir.join(SCRUB_PROGRESS), e))
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! One segment file: its name, its header, and how it is created.
+//! One segment file: its header, and how it is created (its name: `store_dir.rs`).
 //!
 //! ```text
 //! offset size field
@@ -26,7 +26,7 @@
 //! Invariant: a segment's header is durable (fdatasync of the file, fsync of the
 //! directory) before any record is written into it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -46,33 +46,10 @@ const RESERVED_OFFSET: usize = ID_OFFSET + 4;
 const CRC_OFFSET: usize = RESERVED_OFFSET + 12;
 /// Length of the segment header; the first record starts here.
 pub(crate) const SEGMENT_HEADER_LEN: usize = CRC_OFFSET + 4;
-/// File name extension of segment files.
-pub(crate) const EXTENSION: &str = "seg";
-/// Digits in a segment file name: enough for every u32, so names sort as numbers do.
-const NAME_DIGITS: usize = 10;
 
 const _: () = assert!(SEGMENT_HEADER_LEN == 32);
 const _: () = assert!(SEGMENT_HEADER_LEN.is_multiple_of(crate::record::RECORD_ALIGN));
 const _: () = assert!(crate::codec::CODEC_VERSION == FORMAT_VERSION);
-
-/// `0000000042.seg` for segment 42.
-pub(crate) fn file_name(id: u32) -> String {
-    format!("{id:0NAME_DIGITS$}.{EXTENSION}")
-}
-
-/// The id in a segment file name, or `None` for any other file.
-pub(crate) fn parse_file_name(name: &str) -> Option<u32> {
-    let digits = name.strip_suffix(EXTENSION)?.strip_suffix('.')?;
-    if digits.len() != NAME_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
-
-/// Path of segment `id` in `dir`.
-pub(crate) fn path(dir: &Path, id: u32) -> PathBuf {
-    dir.join(file_name(id))
-}
 
 /// The header bytes of segment `id`.
 pub(crate) fn encode_header(id: u32) -> [u8; SEGMENT_HEADER_LEN] {
@@ -157,7 +134,7 @@ pub(crate) fn create(
     (zeroed, write_path): (u64, WritePath),
     mode: u32,
 ) -> Result<Arc<dyn IoFile>> {
-    let path = path(dir, id);
+    let path = crate::store_dir::segment_path(dir, id);
     let file = io
         .create(&path, mode)
         .map_err(|e| Error::io("create segment", &path, e))?;
@@ -214,23 +191,6 @@ pub(crate) fn write_zeros(file: &dyn IoFile, from: u64, to: u64) -> std::io::Res
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_sort_numerically_and_parse_back() {
-        assert_eq!(file_name(42), "0000000042.seg");
-        assert_eq!(parse_file_name("0000000042.seg"), Some(42));
-        assert_eq!(parse_file_name(&file_name(u32::MAX)), Some(u32::MAX));
-        assert!(file_name(9) < file_name(10));
-        for bad in [
-            "42.seg",
-            "000000004x.seg",
-            "0000000042.seg.tmp",
-            "LOCK",
-            "0000000042",
-        ] {
-            assert_eq!(parse_file_name(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn header_checks() {

@@ -163,7 +163,7 @@ impl Segments {
         {
             return Ok(Arc::clone(view));
         }
-        let path = crate::segment::path(&self.dir, id);
+        let path = crate::store_dir::segment_path(&self.dir, id);
         let view = slot
             .file
             .map(slot.durable_end)

@@ -75,10 +75,7 @@ fn everything(store: &LogStore) -> HashMap<ExecutionId, Vec<StoredEvent>> {
 
 /// Writers on four threads (singles, batches, keyed appends), one thread forking and
 /// deleting and erasing, until `stop`.
-fn workload(
-    store: &Arc<LogStore>,
-    stop: &Arc<AtomicBool>,
-) -> Vec<std::thread::JoinHandle<()>> {
+fn workload(store: &Arc<LogStore>, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>> {
     let mut threads = Vec::new();
     for w in 0..4u64 {
         let (store, stop) = (Arc::clone(store), Arc::clone(stop));
@@ -212,13 +209,12 @@ fn a_crash_rescans_at_most_about_one_interval() {
     );
     // Without running checkpoints the same crash rebuilds everything.
     let off = tempfile::tempdir().unwrap();
-    let store = LogStore::open_with(
-        off.path(),
-        options().index_checkpoint_interval_bytes(None),
-    )
-    .unwrap();
+    let store =
+        LogStore::open_with(off.path(), options().index_checkpoint_interval_bytes(None)).unwrap();
     for n in 0..200u64 {
-        store.append_blocking(&ExecutionId::from("x"), &tenant, event(n)).unwrap();
+        store
+            .append_blocking(&ExecutionId::from("x"), &tenant, event(n))
+            .unwrap();
     }
     assert_eq!(store.stats().index_checkpoints, 0);
     let image = crash_image(off.path());

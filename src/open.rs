@@ -1,0 +1,310 @@
+//! Opening a store's log: the steps, in order, each in its own file, and the one value
+//! handed on to the commit thread (docs/DESIGN.md, "Recovery (open)").
+//!
+//! 0. A cut an earlier open journaled but could not make durable is redone, or hidden
+//!    by a read-only open (`repair.rs`, `cut.pending`).
+//! 1. List: the directory's names sorted into segments, leftovers and unknown files
+//!    (`store_dir.rs`); segment ids must be contiguous from 1.
+//! 2. Load the durable index state: the checkpoint, read before the segments are mapped
+//!    and verified over the maps (`saved_index.rs`, `checkpoint.rs`).
+//! 3. Map every segment, in id order (`segment_maps.rs`).
+//! 4. Scan the tail: every record the checkpoint does not cover, rebuilding the index
+//!    and deciding where the log ends (`tail_scan.rs`, `scan.rs`, `rebuild.rs`), then
+//!    check that this end is on the disk, not only in the page cache (`tail_check.rs`).
+//! 5. Repair, in a read-write open only: cut a torn tail, set aside a newest segment
+//!    that was still being created, fsync the directory (`repair.rs`, which holds every
+//!    write open makes, step 0's too).
+//!
+//! Invariants: nothing is served before step 5 is done; a read-only open writes nothing
+//! and hides what a read-write open would cut. If step 4 finds the log's end only in
+//! the page cache, it is cut (or hidden) and steps 1 to 5 run again: only the last
+//! commit group can be affected, so a second pass finds the end durable, and a third
+//! is never needed.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::checkpoint::SegmentDigest;
+use crate::error::{Error, Result};
+use crate::idempotency::KeyTables;
+use crate::index::Index;
+use crate::io::{Io, IoFile};
+use crate::options::Options;
+use crate::recovery_report::RecoveryReport;
+use crate::repair::{self, Cut};
+use crate::saved_index;
+use crate::segment_maps::{self, SegmentMap};
+use crate::store_dir::Listing;
+use crate::tail_check::{self, LogEnd, Unestablished};
+use crate::tail_scan::{self, Scanned};
+
+/// One recovered segment, ready to be opened for reads (and the last for appends).
+pub(crate) struct RecoveredSegment {
+    pub(crate) id: u32,
+    pub(crate) file: Arc<dyn IoFile>,
+    pub(crate) data_end: u64,
+    /// The file's length: how far it is zeroed (or written).
+    pub(crate) file_len: u64,
+    /// Where its records end (`data_end`) and their checksum, if known: from a
+    /// checkpoint, or computed for the newest segment (which appends continue). A
+    /// sealed segment's is computed only when a checkpoint needs it (at close), so
+    /// that an open without a checkpoint makes one pass over the bytes, not two.
+    pub(crate) digest: Option<SegmentDigest>,
+    /// The format version in its header.
+    pub(crate) version: u32,
+}
+
+/// The result of a successful open of the log.
+pub(crate) struct Recovered {
+    pub(crate) index: Index,
+    /// The idempotency keys of the index's executions.
+    pub(crate) keys: KeyTables,
+    pub(crate) segments: Vec<RecoveredSegment>,
+    pub(crate) last_timestamp_ns: i64,
+    pub(crate) report: RecoveryReport,
+    /// Whether a checkpoint described the whole log as found (nothing after it).
+    pub(crate) checkpoint_current: bool,
+}
+
+/// What the commit thread starts from: the segment appends continue in, and what close
+/// needs to write a checkpoint.
+pub(crate) struct CommitStart {
+    /// The last segment, where appends continue.
+    pub(crate) segment: u32,
+    pub(crate) file: Arc<dyn IoFile>,
+    /// How far its file is zeroed (or written): its length.
+    pub(crate) zeroed_end: u64,
+    /// Where the commit thread stops zeroing it: the configured segment size, or the
+    /// file if larger.
+    pub(crate) capacity: u64,
+    /// Every segment's digest, in id order; the last one's is always known.
+    pub(crate) digests: Vec<Option<SegmentDigest>>,
+    /// Whether close must write a checkpoint even if nothing is appended (open found
+    /// none, or one that does not cover the whole log).
+    pub(crate) checkpoint_due: bool,
+}
+
+impl Recovered {
+    /// The value the commit thread starts from; `Err` if the log has no segment.
+    pub(crate) fn commit_start(&self, segment_size_bytes: u64) -> Result<CommitStart> {
+        let Some(last) = self.segments.last() else {
+            return Err(Error::Internal("no segment after recovery".into()));
+        };
+        Ok(CommitStart {
+            segment: last.id,
+            file: Arc::clone(&last.file),
+            zeroed_end: last.file_len,
+            capacity: last.file_len.max(segment_size_bytes),
+            digests: self.segments.iter().map(|s| s.digest).collect(),
+            checkpoint_due: !self.checkpoint_current,
+        })
+    }
+}
+
+/// Opens the log in `dir`. With `read_only`, a torn tail is reported but not cut, and a
+/// blank newest segment is reported but not removed. With `limit` (segment, end), the
+/// published end of a writer in another process, nothing past it is read.
+pub(crate) fn recover(
+    io: &dyn Io,
+    dir: &Path,
+    options: &Options,
+    read_only: bool,
+    limit: Option<(u32, u64)>,
+) -> Result<Recovered> {
+    let started = Instant::now();
+    let mut dropped = unfinished_cut(io, dir, read_only)?;
+    let mut hidden = dropped
+        .as_ref()
+        .filter(|_| read_only)
+        .map(|(cut, _)| (cut.segment, cut.from));
+    for _ in 0..3 {
+        // A reader never looks past what the writer published.
+        let bound = match (hidden, limit) {
+            (Some(h), Some(l)) => Some(h.min(l)),
+            (h, l) => h.or(l),
+        };
+        match pass(io, dir, options, read_only, bound, limit.map(|l| l.0))? {
+            Pass::Done(recovered) => {
+                let mut recovered = *recovered;
+                report_dropped(&mut recovered.report, dropped);
+                if !read_only {
+                    // Segment files a crashed or failed open created, or kept, reach
+                    // the directory durably before anything is served from them.
+                    repair::sync_dir(io, dir)?;
+                }
+                recovered.report.duration = started.elapsed();
+                return Ok(recovered);
+            }
+            Pass::NotOnDisk(u) => {
+                let cut = Cut {
+                    segment: u.segment,
+                    from: u.from,
+                    end: u.end,
+                };
+                if !read_only && u.from > 0 {
+                    repair::cut(io, dir, u.file.as_ref(), cut, options.file_mode())?;
+                } else {
+                    // Read-only: hide it. A segment whose header is not on the disk
+                    // is treated as one still being created (removed when writable).
+                    hidden = Some((u.segment, u.from));
+                }
+                dropped = Some((cut, u.reason));
+            }
+        }
+    }
+    Err(Error::corrupt(
+        dropped.map_or(0, |d| d.0.segment),
+        0,
+        "the end of the log still differs from the disk after it was cut",
+    ))
+}
+
+/// Step 0: a cut an earlier open could not make durable, redone (read-write) or only
+/// found (read-only, which then hides it), with the reason to report.
+fn unfinished_cut(io: &dyn Io, dir: &Path, read_only: bool) -> Result<Option<(Cut, String)>> {
+    let unfinished = if read_only {
+        repair::pending(io, dir)?
+    } else {
+        repair::finish_pending(io, dir)?
+    };
+    let why = "an earlier open's cut of a torn tail was not durable; it was redone";
+    Ok(unfinished.map(|cut| (cut, why.to_string())))
+}
+
+/// Reports `dropped`, a cut made before the last pass, unless that pass cut earlier.
+fn report_dropped(report: &mut RecoveryReport, dropped: Option<(Cut, String)>) {
+    if let Some((d, reason)) = dropped
+        && report
+            .truncated_at
+            .is_none_or(|(s, at)| (s, at) > (d.segment, d.from))
+    {
+        report.truncated_at = Some((d.segment, d.from));
+        report.bytes_truncated = d.end - d.from;
+        report.torn_reason = Some(reason);
+    }
+}
+
+/// What one pass ended with.
+enum Pass {
+    Done(Box<Recovered>),
+    /// The end of the log in the page cache is not what the disk holds.
+    NotOnDisk(Unestablished),
+}
+
+/// Steps 1 to 5 once, with the bytes of `hidden` (segment, from) left out and no
+/// segment after `last_segment` read.
+fn pass(
+    io: &dyn Io,
+    dir: &Path,
+    options: &Options,
+    read_only: bool,
+    hidden: Option<(u32, u64)>,
+    last_segment: Option<u32>,
+) -> Result<Pass> {
+    let mut report = RecoveryReport::default();
+    let ids = list(io, dir, last_segment, &mut report)?;
+    let saved = saved_index::load(io, dir, options, &mut report);
+    // A reader maps its bounded segment only up to the bound: past it, the live writer
+    // is writing.
+    let bound = hidden.filter(|&(s, _)| last_segment == Some(s));
+    let maps = segment_maps::map(io, dir, &ids, read_only, bound)?;
+    let start = {
+        let bytes: Vec<&[u8]> = maps.iter().map(SegmentMap::bytes).collect();
+        saved_index::verify(saved, &bytes, options, &mut report)
+    };
+    let scanned = tail_scan::scan(maps, start, hidden, &mut report)?;
+    if let Some(u) = check_tail(&scanned, dir, read_only, &mut report)? {
+        return Ok(Pass::NotOnDisk(u));
+    }
+    if !read_only {
+        repair_found(io, dir, options, &scanned, &report)?;
+    }
+    Ok(Pass::Done(Box::new(recovered(scanned, report))))
+}
+
+/// Step 1: the segment ids up to `last_segment`, which must be contiguous from 1.
+fn list(
+    io: &dyn Io,
+    dir: &Path,
+    last_segment: Option<u32>,
+    report: &mut RecoveryReport,
+) -> Result<Vec<u32>> {
+    let listing = Listing::read(io, dir)?;
+    report.ignored_files = listing.ignored();
+    let mut ids = listing.segments;
+    ids.retain(|&id| last_segment.is_none_or(|last| id <= last));
+    for (i, &id) in ids.iter().enumerate() {
+        if id as usize != i + 1 {
+            return Err(Error::corrupt(i as u32 + 1, 0, "segment file is missing"));
+        }
+    }
+    Ok(ids)
+}
+
+/// The end of step 4: whether the end of the log the scan found is on the disk.
+fn check_tail(
+    scanned: &Scanned,
+    dir: &Path,
+    read_only: bool,
+    report: &mut RecoveryReport,
+) -> Result<Option<Unestablished>> {
+    let (Some(last), Some(view)) = (scanned.segments.last(), &scanned.last_view) else {
+        return Ok(None);
+    };
+    let end = LogEnd {
+        segment: last,
+        bytes: view.as_ref().as_ref(),
+        group_start: scanned.rebuild.tail.filter(|t| t.0 == last.id).map(|t| t.1),
+        covered: scanned.covered.len() == scanned.segments.len(),
+    };
+    let (check, unestablished) = tail_check::establish(&end, dir, read_only)?;
+    report.tail_check = check;
+    Ok(unestablished)
+}
+
+/// Step 5, read-write opens only: cuts the torn tail the scan reported and sets aside
+/// a newest segment that was still being created.
+fn repair_found(
+    io: &dyn Io,
+    dir: &Path,
+    options: &Options,
+    scanned: &Scanned,
+    report: &RecoveryReport,
+) -> Result<()> {
+    if let Some((segment, from)) = report.truncated_at {
+        // The scan reports a torn tail only in the newest segment, which it keeps.
+        let end = from + report.bytes_truncated;
+        if let Some(torn) = scanned.segments.iter().find(|s| s.id == segment) {
+            let cut = Cut { segment, from, end };
+            repair::cut(io, dir, torn.file.as_ref(), cut, options.file_mode())?;
+        }
+    }
+    if let Some(u) = scanned.unfinished {
+        repair::set_aside(io, dir, u.id, u.blank)?;
+    }
+    Ok(())
+}
+
+/// The value a pass hands back: the index, the segments and the report.
+fn recovered(scanned: Scanned, mut report: RecoveryReport) -> Recovered {
+    let Scanned {
+        rebuild,
+        segments,
+        covered,
+        ..
+    } = scanned;
+    report.records = rebuild.records;
+    report.executions = rebuild.index.len() as u64;
+    let checkpoint_current = covered.len() == segments.len()
+        && segments.last().map(|s| s.data_end) == covered.last().map(|d| d.end)
+        && report.removed_segments.is_empty();
+    Recovered {
+        index: rebuild.index,
+        keys: rebuild.keys,
+        segments,
+        last_timestamp_ns: rebuild.last_timestamp_ns,
+        report,
+        checkpoint_current,
+    }
+}

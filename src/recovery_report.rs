@@ -1,0 +1,49 @@
+//! [`RecoveryReport`]: what the last open found and did, for `LogStore::recovery_report`.
+//!
+//! Each step of open (`open.rs`) fills in its own fields; the report changes nothing and
+//! is never read back by the store. `log_store.rs` logs a cut or a removed segment at
+//! warning level from it.
+
+use std::time::Duration;
+
+use crate::tail_check::TailCheck;
+
+/// What the last open found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecoveryReport {
+    /// Segment files scanned.
+    pub segments_scanned: u32,
+    /// Valid records found (and indexed).
+    pub records: u64,
+    /// Executions found.
+    pub executions: u64,
+    /// Bytes of data scanned, segment headers included.
+    pub bytes_scanned: u64,
+    /// Where a torn tail was cut: (segment id, offset), if one was.
+    pub truncated_at: Option<(u32, u64)>,
+    /// How many nonzero bytes the cut removed.
+    pub bytes_truncated: u64,
+    /// Why the tail counted as torn.
+    pub torn_reason: Option<String>,
+    /// Newest segments whose header never became durable and that hold no valid
+    /// record: an all-zero one is removed, any other is renamed to `<name>.broken`.
+    pub removed_segments: Vec<u32>,
+    /// Files in the directory that are not segments (left alone).
+    pub ignored_files: Vec<String>,
+    /// Bytes of records whose index came from a checkpoint (their segments'
+    /// checksums verified instead of every record); 0 when none was used.
+    pub checkpoint_bytes: u64,
+    /// Why a checkpoint present in the directory was not used, if one was not.
+    pub checkpoint_ignored: Option<String>,
+    /// Records checksummed while looking past a damaged record for a later commit
+    /// group (0 when nothing was damaged).
+    pub search_candidates: u64,
+    /// Bytes those checksums covered: at most twice the segment searched, whatever
+    /// its bytes (`scan::CRC_BUDGET_PER_BYTE`).
+    pub search_bytes_checksummed: u64,
+    /// How open established that the end of the log it serves is on the disk.
+    pub tail_check: TailCheck,
+    /// How long the scan took.
+    pub duration: Duration,
+}

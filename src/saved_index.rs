@@ -1,0 +1,155 @@
+//! Open's second step: the index state saved on disk (`checkpoint.idx`, written at
+//! clean close), loaded and trusted only once verified against the segments.
+//!
+//! The file is read and decoded before the segments are mapped (so the I/O calls keep
+//! their order) and verified after, over the maps: every covered segment's digest
+//! (checksum of its records, zeros after those of a sealed one), then the header walk
+//! that proves the index describes the records (`checkpoint::check_records`).
+//!
+//! Invariant: a checkpoint changes how long open takes, never what it finds. Any
+//! failure ignores it, with the reason in `RecoveryReport::checkpoint_ignored`, and the
+//! scan then starts from an empty index at the first record.
+
+use std::path::Path;
+
+use crate::checkpoint::{self, Checkpoint, SegmentDigest};
+use crate::idempotency::KeyTables;
+use crate::index::Index;
+use crate::io::Io;
+use crate::options::Options;
+use crate::rebuild::Rebuild;
+use crate::recovery_report::RecoveryReport;
+use crate::scan::first_nonzero;
+use crate::segment::{self, HeaderCheck};
+use crate::sync::MODEL_CHECKED;
+
+/// Where the scan of the tail starts.
+pub(crate) struct Start {
+    /// The index as the checkpoint left it, or empty.
+    pub(crate) rebuild: Rebuild,
+    /// The digests of the segments the checkpoint covers (none without one).
+    pub(crate) covered: Vec<SegmentDigest>,
+}
+
+/// Reads and decodes the checkpoint of `dir`, if checkpoints are on and it has one; a
+/// file that cannot be used is reported and ignored.
+pub(crate) fn load(
+    io: &dyn Io,
+    dir: &Path,
+    options: &Options,
+    report: &mut RecoveryReport,
+) -> Option<Checkpoint> {
+    if !options.index_checkpoint {
+        return None;
+    }
+    checkpoint::load(io, dir, options.index_stride).unwrap_or_else(|why| {
+        report.checkpoint_ignored = Some(why);
+        None
+    })
+}
+
+/// The scan's start: `saved`'s index if its digests match `maps` (the segments, in
+/// id order) and it describes their records, else an empty index.
+pub(crate) fn verify(
+    saved: Option<Checkpoint>,
+    maps: &[&[u8]],
+    options: &Options,
+    report: &mut RecoveryReport,
+) -> Start {
+    let verified = saved.and_then(|c| match trusted(c, maps, options) {
+        Ok(trusted) => Some(trusted),
+        Err(why) => {
+            report.checkpoint_ignored = Some(why);
+            None
+        }
+    });
+    match verified {
+        Some((c, keys)) => {
+            report.checkpoint_bytes = c.segments.iter().map(|d| d.end).sum();
+            Start {
+                rebuild: Rebuild::resume(c.index, keys, c.last_timestamp_ns),
+                covered: c.segments,
+            }
+        }
+        None => Start {
+            rebuild: Rebuild::resume(
+                Index::new(options.index_stride),
+                KeyTables::new(options.key_hash_bits),
+                0,
+            ),
+            covered: Vec::new(),
+        },
+    }
+}
+
+/// `c` with the executions its covered tombstones deleted marked so, and the keys of
+/// its covered keyed appends; `Err` says why it cannot be trusted.
+fn trusted(
+    mut c: Checkpoint,
+    maps: &[&[u8]],
+    options: &Options,
+) -> std::result::Result<(Checkpoint, KeyTables), String> {
+    let mut keys = KeyTables::new(options.key_hash_bits);
+    verify_digests(&c.segments, maps)?;
+    for no in checkpoint::check_records(&c, maps, &mut keys)? {
+        c.index.mark_deleting(no);
+        c.index.delete(no);
+        keys.forget(no);
+    }
+    Ok((c, keys))
+}
+
+/// Checks a checkpoint's segment digests against the mapped segments: the checksum of
+/// each covered segment's records, and zeros after the records of each covered segment
+/// but the last (the rule a full scan applies to sealed segments). `Err` says what
+/// differs; the caller then scans everything.
+fn verify_digests(digests: &[SegmentDigest], maps: &[&[u8]]) -> std::result::Result<(), String> {
+    if digests.len() > maps.len() {
+        return Err(format!(
+            "covers {} segments, the directory holds {}",
+            digests.len(),
+            maps.len()
+        ));
+    }
+    let check = |i: usize, d: SegmentDigest, bytes: &[u8]| {
+        let id = i as u32 + 1;
+        if segment::check_header(bytes, id) != HeaderCheck::Valid {
+            return Err(format!("segment {id}: header is not valid"));
+        }
+        if d.end > bytes.len() as u64 {
+            return Err(format!("segment {id}: shorter than the covered records"));
+        }
+        if SegmentDigest::of(bytes, d.end) != d {
+            return Err(format!("segment {id}: checksum of the records differs"));
+        }
+        if i + 1 < digests.len() && first_nonzero(bytes, d.end as usize).is_some() {
+            return Err(format!("segment {id}: bytes after the covered records"));
+        }
+        Ok(())
+    };
+    let work: Vec<(usize, SegmentDigest, &[u8])> = digests
+        .iter()
+        .zip(maps)
+        .enumerate()
+        .map(|(i, (&d, &bytes))| (i, d, bytes))
+        .collect();
+    let total: u64 = digests.iter().map(|d| d.end).sum();
+    if MODEL_CHECKED || total < PARALLEL_DIGEST_BYTES {
+        return work.into_iter().try_for_each(|(i, d, b)| check(i, d, b));
+    }
+    // Two halves of the work, one on a helper thread: checksums are memory-bound and
+    // the machine has a second core. Segments alternate so that sizes even out.
+    let (mine, theirs): (Vec<_>, Vec<_>) = work.into_iter().partition(|w| w.0 % 2 == 0);
+    std::thread::scope(|scope| {
+        let helper = scope.spawn(|| theirs.into_iter().try_for_each(|(i, d, b)| check(i, d, b)));
+        let here = mine.into_iter().try_for_each(|(i, d, b)| check(i, d, b));
+        let there = helper
+            .join()
+            .unwrap_or_else(|_| Err("checksum thread panicked".into()));
+        here.and(there)
+    })
+}
+
+/// Stores smaller than this verify checkpoint digests on one thread; larger ones on
+/// two, in every build (`tests/checkpoint.rs` opens one that large).
+const PARALLEL_DIGEST_BYTES: u64 = 8 << 20;
