@@ -27,7 +27,7 @@ use std::sync::atomic::Ordering;
 use crate::checkpoint::{self, SegmentDigest};
 use crate::error::{Error, Result};
 use crate::state::Shared;
-use crate::sync::{self, AtomicU64, Condvar, JoinHandle, Mutex};
+use crate::sync::{self, AtomicBool, AtomicU64, Condvar, JoinHandle, Mutex};
 
 /// What the commit thread and close tell the checkpoint thread.
 #[derive(Default)]
@@ -36,6 +36,10 @@ pub(crate) struct Requests {
     cond: Condvar,
     /// Checkpoints this thread wrote since open (`Stats::index_checkpoints`).
     pub(crate) written: AtomicU64,
+    /// An erasure pass rewrote a segment since the last checkpoint was written: the
+    /// checkpoint on disk no longer matches the segments (open would ignore it), so
+    /// one is due, and close writes one even if nothing was appended.
+    stale: AtomicBool,
 }
 
 #[derive(Default)]
@@ -50,6 +54,17 @@ impl Requests {
     pub(crate) fn request(&self) {
         self.flags.lock().due = true;
         self.cond.notify_all();
+    }
+
+    /// Says that an erasure pass rewrote segments: the checkpoint on disk is stale.
+    pub(crate) fn segments_rewritten(&self) {
+        self.stale.store(true, Ordering::SeqCst);
+        self.request();
+    }
+
+    /// Whether a segment was rewritten since the last checkpoint was written.
+    pub(crate) fn stale(&self) -> bool {
+        self.stale.load(Ordering::SeqCst)
     }
 
     fn stop(&self) {
@@ -108,6 +123,18 @@ fn run(shared: &Shared) {
 /// more checkpoints).
 fn write_one(shared: &Shared, sealed: &mut SealedDigests) -> Result<bool> {
     let _no_erasure = shared.erasing.lock();
+    // No pass rewrites a segment until this one is written (or has failed, which
+    // leaves it stale again).
+    let was_stale = shared.checkpoints.stale.swap(false, Ordering::SeqCst);
+    let written = write_unerased(shared, sealed);
+    if !matches!(written, Ok(true)) && was_stale {
+        shared.checkpoints.stale.store(true, Ordering::SeqCst);
+    }
+    written
+}
+
+/// [`write_one`] while no erasure pass runs.
+fn write_unerased(shared: &Shared, sealed: &mut SealedDigests) -> Result<bool> {
     let known = {
         let state = shared.state.lock();
         if state.writer.poisoned.is_some() {

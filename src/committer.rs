@@ -83,6 +83,7 @@ impl Committer {
             capacity,
             digests,
             checkpoint_due,
+            rebuilt_bytes,
         } = start;
         debug_assert_eq!(digests.len(), segment as usize);
         debug_assert!(digests.last().is_some_and(Option::is_some));
@@ -101,7 +102,9 @@ impl Committer {
             last_sync: Duration::ZERO,
             skip_waits: 0,
             backoff: 0,
-            since_checkpoint: 0,
+            // What open rebuilt from records counts: crash loops of sessions shorter
+            // than an interval would otherwise never be checkpointed.
+            since_checkpoint: rebuilt_bytes,
         }
     }
 
@@ -110,6 +113,7 @@ impl Committer {
     /// every acknowledged append is durable regardless, but the next open will have to
     /// scan more than it would have.
     pub(crate) fn run(mut self) -> Result<()> {
+        self.ask_for_checkpoint(0);
         let mut group = Vec::new();
         let outcome = catch_unwind(AssertUnwindSafe(|| self.run_groups(&mut group)));
         match outcome {
@@ -169,7 +173,7 @@ impl Committer {
             log::warn!("could not seal the log at close: {e}");
             at_close = Err(e);
         }
-        if (self.wrote || self.checkpoint_due)
+        if (self.wrote || self.checkpoint_due || self.shared.checkpoints.stale())
             && let Err(e) = self.checkpoint()
         {
             // Not fatal either: the next open rebuilds the index from the records.

@@ -389,6 +389,10 @@ pub(crate) fn compact(shared: &Shared) -> Result<CompactReport> {
     }
     let mut done = BTreeSet::new();
     let result = pass(shared, (&plan, &candidates, active), &mut done, &mut report);
+    if report.segments_rewritten > 0 {
+        // The checkpoint's digests of those segments no longer match.
+        shared.checkpoints.segments_rewritten();
+    }
     // What this pass did not finish stays to do.
     shared
         .erasable

@@ -83,6 +83,9 @@ pub(crate) struct CommitStart {
     /// Whether close must write a checkpoint even if nothing is appended (open found
     /// none, or one that does not cover the whole log).
     pub(crate) checkpoint_due: bool,
+    /// Bytes open rebuilt from records rather than load from a checkpoint: they count
+    /// toward the next running checkpoint (`checkpointer.rs`).
+    pub(crate) rebuilt_bytes: u64,
 }
 
 impl Recovered {
@@ -98,6 +101,10 @@ impl Recovered {
             capacity: last.file_len.max(segment_size_bytes),
             digests: self.segments.iter().map(|s| s.digest).collect(),
             checkpoint_due: !self.checkpoint_current,
+            rebuilt_bytes: self
+                .report
+                .bytes_scanned
+                .saturating_sub(self.report.checkpoint_bytes),
         })
     }
 }
