@@ -234,20 +234,17 @@ impl Committer {
 
     /// Writes a seal record after the last group at clean close (see `record.rs`).
     fn seal(&mut self) -> Result<()> {
-        let (tail, capacity, poisoned, timestamp_ns) = {
+        let len = record::framed_len(8) as u64;
+        let (tail, timestamp_ns) = {
             let mut state = self.shared.state.lock();
             let w = &mut state.writer;
-            (
-                w.tail,
-                w.capacity,
-                w.poisoned.is_some(),
-                w.next_timestamp_ns(),
-            )
+            // The clock moves only for a seal that is written: the checkpoint saves
+            // it, and open refuses a saved time newer than every record.
+            if w.poisoned.is_some() || w.tail + len > w.capacity {
+                return Ok(());
+            }
+            (w.tail, w.next_timestamp_ns())
         };
-        let len = record::framed_len(8) as u64;
-        if poisoned || tail + len > capacity {
-            return Ok(());
-        }
         debug_assert_eq!(
             self.shared.state.lock().writer.segment,
             self.segment,

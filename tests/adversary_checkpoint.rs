@@ -99,7 +99,15 @@ fn everything(store: &LogStore) -> HashMap<ExecutionId, Vec<StoredEvent>> {
         .filter_map(|(id, _)| match store.load_events_blocking(&id) {
             Ok(events) => Some((id, events)),
             // Deleted (and possibly erased) between the listing and the read.
-            Err(_) if !store.all_executions_blocking().unwrap().iter().any(|e| e.0 == id) => None,
+            Err(_)
+                if !store
+                    .all_executions_blocking()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e.0 == id) =>
+            {
+                None
+            }
             Err(e) => panic!("{id} at {}: {e:?}", store.path().display()),
         })
         .collect()
@@ -142,7 +150,10 @@ fn an_erasure_pass_after_the_last_checkpoint_makes_a_crash_rescan_everything() {
     let data_bytes = store.stats().data_bytes;
     let before = settle(dir.path(), data_bytes, 2 * INTERVAL);
     assert_eq!(before.checkpoint_ignored, None, "{before:?}");
-    assert!(data_bytes - before.checkpoint_bytes <= 2 * INTERVAL, "{before:?}");
+    assert!(
+        data_bytes - before.checkpoint_bytes <= 2 * INTERVAL,
+        "{before:?}"
+    );
 
     // The erasure pass rewrites sealed segments holding `dead`'s events.
     let report = store.compact_now().unwrap();
@@ -156,10 +167,15 @@ fn an_erasure_pass_after_the_last_checkpoint_makes_a_crash_rescan_everything() {
     let image = crash_image(dir.path());
     let reopened = LogStore::open_with(image.path(), options()).unwrap();
     let after = reopened.recovery_report().clone();
-    assert_eq!(everything(&reopened), expected, "answers are right either way");
+    assert_eq!(
+        everything(&reopened),
+        expected,
+        "answers are right either way"
+    );
     reopened.close().unwrap();
     assert_eq!(
-        after.checkpoint_ignored, None,
+        after.checkpoint_ignored,
+        None,
         "the running checkpoint is stale after the erasure pass: open rebuilt {} of {} \
          bytes from records",
         data_bytes - after.checkpoint_bytes,
@@ -240,7 +256,10 @@ fn a_crash_exactly_at_a_running_checkpoint_then_quiet_sessions() {
     let again = LogStore::open_with(image.path(), options()).unwrap();
     assert_eq!(again.recovery_report().checkpoint_ignored, None);
     assert_eq!(
-        again.load_events_blocking(&ExecutionId::from("e0")).unwrap().len(),
+        again
+            .load_events_blocking(&ExecutionId::from("e0"))
+            .unwrap()
+            .len(),
         expected[&ExecutionId::from("e0")].len() + 1
     );
 }
@@ -326,7 +345,11 @@ fn crash_images_with_real_erasure_serve_everything_served() {
     for (image, served) in images {
         let reopened = LogStore::open_with(image.path(), options()).unwrap();
         ignored += usize::from(reopened.recovery_report().checkpoint_ignored.is_some());
-        eprintln!("image {}: {:?}", image.path().display(), reopened.recovery_report());
+        eprintln!(
+            "image {}: {:?}",
+            image.path().display(),
+            reopened.recovery_report()
+        );
         let now = everything(&reopened);
         for (id, events) in served {
             if !now.contains_key(&id) {
@@ -396,12 +419,20 @@ fn a_session_that_only_erases_leaves_a_stale_checkpoint() {
     {
         let store = LogStore::open_with(dir.path(), options()).unwrap();
         for n in 0..80u64 {
-            store.append_blocking(&ExecutionId::from("dead"), &tenant, event(n)).unwrap();
+            store
+                .append_blocking(&ExecutionId::from("dead"), &tenant, event(n))
+                .unwrap();
         }
-        assert!(store.delete_execution_blocking(&ExecutionId::from("dead")).unwrap());
+        assert!(
+            store
+                .delete_execution_blocking(&ExecutionId::from("dead"))
+                .unwrap()
+        );
         // Dead records only in sealed segments: the active one holds live ones.
         for n in 0..80u64 {
-            store.append_blocking(&ExecutionId::from("live"), &tenant, event(n)).unwrap();
+            store
+                .append_blocking(&ExecutionId::from("live"), &tenant, event(n))
+                .unwrap();
         }
         store.close().unwrap();
     }

@@ -327,3 +327,28 @@ fn a_checkpoint_failure_at_close_is_returned_by_close() {
     assert_eq!(store.load_events_blocking(&e).unwrap().len(), 5);
     store.close().unwrap();
 }
+
+/// A batch larger than a segment gets a segment sized to fit it, with no room left for
+/// the seal at close: the checkpoint of that close must still be usable (the seal that
+/// was not written must not move the saved clock past every record).
+#[test]
+fn a_close_without_room_for_the_seal_leaves_a_usable_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), true);
+    let id = ExecutionId::from("big");
+    let event = ExecutionEventData::StepCompleted {
+        step_id: StepId::from("s"),
+        output: Some("x".repeat(100_000)),
+        duration_ms: 1,
+    };
+    store
+        .append_blocking(&id, &TenantId::from("t0"), event)
+        .unwrap();
+    store.close().unwrap();
+    drop(store);
+    let reopened = open(dir.path(), true);
+    let report = reopened.recovery_report();
+    assert_eq!(report.checkpoint_ignored, None, "{report:?}");
+    assert!(report.checkpoint_bytes > 100_000, "{report:?}");
+    assert_eq!(reopened.load_events_blocking(&id).unwrap().len(), 1);
+}
