@@ -125,12 +125,12 @@ impl Writer {
     /// the error; the `Pending`, with its admission, is dropped.
     pub(crate) fn send(&mut self, pending: Pending, bound: &QueueBound) -> Result<(), Error> {
         let ticket = pending.ticket.clone();
-        let sent = self.tx.as_ref().map(|tx| tx.send(pending));
-        if matches!(sent, Some(Ok(()))) {
+        // A failed send hands the `Pending` back; it is dropped here, with its admission.
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(pending).is_ok());
+        if sent {
             self.last_ticket = Some(ticket);
             return Ok(());
         }
-        drop(sent);
         let error = self
             .poisoned
             .get_or_insert(Poison::new("commit thread stopped"))

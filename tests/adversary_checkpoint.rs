@@ -297,11 +297,11 @@ fn crash_images_with_real_erasure_serve_everything_served() {
                 } else {
                     store.append_blocking(&id, &tenant, event(n)).unwrap();
                 }
-                if n % 5 == 4 && n % 3 == 0 {
+                if n % 5 == 4 && n.is_multiple_of(3) {
                     let fork = ExecutionId::from(format!("f{w}-{n}"));
                     store.fork_execution_blocking(&id, 2, &fork).unwrap();
                     store.append_blocking(&fork, &tenant, event(n)).unwrap();
-                    if n % 2 == 0 {
+                    if n.is_multiple_of(2) {
                         store.delete_execution_blocking(&id).unwrap();
                     }
                 }

@@ -116,7 +116,7 @@ fn workload(store: &Arc<LogStore>, stop: &Arc<AtomicBool>) -> Vec<std::thread::J
         while !stop.load(Ordering::Relaxed) {
             let source = ExecutionId::from(format!("w0-{}", n % 9));
             let fork = ExecutionId::from(format!("fork{n}"));
-            if store.fork_execution_blocking(&source, 1, &fork).is_ok() && n % 2 == 0 {
+            if store.fork_execution_blocking(&source, 1, &fork).is_ok() && n.is_multiple_of(2) {
                 store.delete_execution_blocking(&fork).unwrap();
             }
             if n % 5 == 4 {
