@@ -198,6 +198,10 @@ struct Totals {
     /// Counted appends missing after the reopen (where it could be counted).
     lost: usize,
     from_checkpoint: usize,
+    /// Bytes the reopens after the cuts held, and of them those rebuilt from records
+    /// (not covered by a checkpoint: the writer's running ones, or the previous close's).
+    reopened_bytes: u64,
+    rebuilt_bytes: u64,
     /// Deletions that returned before the cut, found deleted after it.
     deletions: usize,
     /// Executions erased by a pass that returned before the cut, found in no file.
@@ -214,6 +218,8 @@ impl Totals {
         self.excluded_missing += other.excluded_missing;
         self.lost += other.lost;
         self.from_checkpoint += other.from_checkpoint;
+        self.reopened_bytes += other.reopened_bytes;
+        self.rebuilt_bytes += other.rebuilt_bytes;
         self.deletions += other.deletions;
         self.erased += other.erased;
         self.failures.extend(other.failures);
@@ -224,8 +230,9 @@ impl Totals {
             "{what}: {} power cuts, {} acknowledged appends counted, {} excluded (returned \
              after the shutdown was issued; {} of them after xfs_io had finished; {} of them \
              missing after reopen), {} counted appends lost, {} cuts lost data; {} reopens \
-             started from an index checkpoint; {} acknowledged deletions still deleted, {} \
-             executions erased before the cut found in no file",
+             started from an index checkpoint ({} of {} bytes rebuilt from records); {} \
+             acknowledged deletions still deleted, {} executions erased before the cut \
+             found in no file",
             self.cuts,
             self.counted,
             self.excluded,
@@ -234,6 +241,8 @@ impl Totals {
             self.lost,
             self.failures.len(),
             self.from_checkpoint,
+            self.rebuilt_bytes,
+            self.reopened_bytes,
             self.deletions,
             self.erased,
         );
@@ -310,7 +319,11 @@ fn cuts_on(kind: &str, cuts: u64, rng: &mut u64) -> Totals {
             Ok(store) => {
                 // The previous cut's verification closed the store cleanly: its
                 // checkpoint covers a prefix, the scan the writer's appends since.
-                t.from_checkpoint += usize::from(store.recovery_report().checkpoint_bytes > 0);
+                let report = store.recovery_report();
+                t.from_checkpoint += usize::from(report.checkpoint_bytes > 0);
+                let bytes = store.stats().data_bytes;
+                t.reopened_bytes += bytes;
+                t.rebuilt_bytes += bytes.saturating_sub(report.checkpoint_bytes);
                 let missing = writer::count_missing(&store, &excluded)
                     .unwrap_or_else(|e| panic!("{kind} cut {n}: {e}"));
                 match writer::check_doomed(&store, &dir, &lines, cut.issued_ns) {

@@ -73,6 +73,8 @@ pub struct Config {
     pub batch: bool,
     /// With `only execlog`: fill `--events`, then time open against the raw scan.
     pub open: bool,
+    /// `--open-scale`: the store sizes to time open at (all systems, or `--only`).
+    pub open_scale: Vec<u64>,
     /// Ingest with and without a subscriber following it (issue 14), at `--writers`.
     pub follow: bool,
     /// The async path beside the blocking one (issue 18), at `--writers`.
@@ -109,6 +111,7 @@ fn parse_args() -> Config {
         ingest_only: false,
         batch: false,
         open: false,
+        open_scale: Vec::new(),
         follow: false,
         async_path: false,
         idle_seconds: 10.0,
@@ -149,12 +152,10 @@ fn parse_args() -> Config {
             "--idle-seconds" => c.idle_seconds = value().parse().expect("--idle-seconds"),
             "--memory" => c.memory_per_execution = Some(value().parse().expect("--memory K")),
             "--open-scale" => {
-                let sizes: Vec<u64> = value()
+                c.open_scale = value()
                     .split(',')
                     .map(|n| n.parse().expect("--open-scale N,N,…"))
                     .collect();
-                scale::run(&c.dir.join("scale"), &sizes);
-                std::process::exit(0);
             }
             "--fill-and-crash" => {
                 let name = value();
@@ -421,6 +422,10 @@ fn main() {
             c.repeats,
             c.idle_seconds,
         );
+        return;
+    }
+    if !c.open_scale.is_empty() {
+        scale::run(&c.dir.join("scale"), &c.open_scale, c.only.as_deref());
         return;
     }
     if c.follow {
