@@ -90,8 +90,23 @@ fn trusted(
     options: &Options,
 ) -> std::result::Result<(Checkpoint, KeyTables), String> {
     let mut keys = KeyTables::new(options.key_hash_bits);
-    verify_digests(&c.segments, maps)?;
-    for no in checkpoint::check_records(&c, maps, &mut keys)? {
+    let total: u64 = c.segments.iter().map(|d| d.end).sum();
+    // The walk only reads (bounds-checked, whatever the bytes), so it runs beside the
+    // checksums instead of after them; its verdict counts only if they match.
+    let deleted = if MODEL_CHECKED || total < PARALLEL_DIGEST_BYTES {
+        verify_digests(&c.segments, maps)?;
+        checkpoint::check_records(&c, maps, &mut keys)?
+    } else {
+        std::thread::scope(|scope| {
+            let digests = scope.spawn(|| verify_digests(&c.segments, maps));
+            let walked = checkpoint::check_records(&c, maps, &mut keys);
+            let digests = digests
+                .join()
+                .unwrap_or_else(|_| Err("checksum thread panicked".into()));
+            digests.and(walked)
+        })?
+    };
+    for no in deleted {
         c.index.mark_deleting(no);
         c.index.delete(no);
         keys.forget(no);
@@ -127,29 +142,14 @@ fn verify_digests(digests: &[SegmentDigest], maps: &[&[u8]]) -> std::result::Res
         }
         Ok(())
     };
-    let work: Vec<(usize, SegmentDigest, &[u8])> = digests
+    digests
         .iter()
         .zip(maps)
         .enumerate()
-        .map(|(i, (&d, &bytes))| (i, d, bytes))
-        .collect();
-    let total: u64 = digests.iter().map(|d| d.end).sum();
-    if MODEL_CHECKED || total < PARALLEL_DIGEST_BYTES {
-        return work.into_iter().try_for_each(|(i, d, b)| check(i, d, b));
-    }
-    // Two halves of the work, one on a helper thread: checksums are memory-bound and
-    // the machine has a second core. Segments alternate so that sizes even out.
-    let (mine, theirs): (Vec<_>, Vec<_>) = work.into_iter().partition(|w| w.0 % 2 == 0);
-    std::thread::scope(|scope| {
-        let helper = scope.spawn(|| theirs.into_iter().try_for_each(|(i, d, b)| check(i, d, b)));
-        let here = mine.into_iter().try_for_each(|(i, d, b)| check(i, d, b));
-        let there = helper
-            .join()
-            .unwrap_or_else(|_| Err("checksum thread panicked".into()));
-        here.and(there)
-    })
+        .try_for_each(|(i, (&d, &bytes))| check(i, d, bytes))
 }
 
-/// Stores smaller than this verify checkpoint digests on one thread; larger ones on
-/// two, in every build (`tests/checkpoint.rs` opens one that large).
+/// Stores smaller than this verify a checkpoint on one thread; larger ones check the
+/// digests on a second thread while this one walks the records, in every build
+/// (`tests/checkpoint.rs` opens one that large).
 const PARALLEL_DIGEST_BYTES: u64 = 8 << 20;
