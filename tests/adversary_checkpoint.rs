@@ -15,12 +15,8 @@
 //!   checkpoint, leaving a stale one. Fix: close writes one when a segment was rewritten
 //!   since the last.
 //!
-//! Note on crash images: copying a live directory file by file in ascending order
-//! (as `tests/checkpoint_running.rs` does) can produce states no crash leaves (a segment
-//! copied before its last records while the next one, created meanwhile, is copied
-//! with records pointing back into them; an erased segment copied before the segment
-//! receiving the tombstone). `consistent_image` copies newest first with erasure held
-//! off.
+//! Crash images come from `common::crash_image::copy` (checkpoint first, segments
+//! newest first, erasure held off by the caller where it would rewrite meanwhile).
 //!
 //! The other tests are things that held up.
 
@@ -28,89 +24,19 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::crash_image::{self, kilobyte_event};
 use common::small_segments;
 use execlog::*;
 
-const CHECKPOINT: &str = "checkpoint.idx";
 const INTERVAL: u64 = 4096;
 
 fn options() -> Options {
     small_segments().index_checkpoint_interval_bytes(Some(INTERVAL))
-}
-
-/// An event of about 1 KB.
-fn event(n: u64) -> ExecutionEventData {
-    ExecutionEventData::StepCompleted {
-        step_id: StepId::from(format!("s{n}")),
-        output: Some(format!("{n:>1000}")),
-        duration_ms: n,
-    }
-}
-
-/// A crash image of a live store (checkpoint first, then the segments).
-fn crash_image(from: &Path) -> tempfile::TempDir {
-    let to = tempfile::tempdir().unwrap();
-    let _ = fs::copy(from.join(CHECKPOINT), to.path().join(CHECKPOINT));
-    let mut names: Vec<_> = fs::read_dir(from)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .filter(|n| n.to_string_lossy().ends_with(".seg"))
-        .collect();
-    names.sort();
-    for name in names {
-        fs::copy(from.join(&name), to.path().join(&name)).unwrap();
-    }
-    to
-}
-
-/// A crash image that a real crash could leave while appends continue: the checkpoint
-/// first, then the segments newest first (a segment only grows while it is the newest,
-/// so each older one copied later holds at least what the newer ones point back to).
-/// Erasure must not run meanwhile (the caller holds it off): an erased segment copied
-/// before the segment that receives its tombstone is a state no crash leaves.
-fn consistent_image(from: &Path) -> tempfile::TempDir {
-    let to = tempfile::tempdir().unwrap();
-    let _ = fs::copy(from.join(CHECKPOINT), to.path().join(CHECKPOINT));
-    let mut names: Vec<_> = fs::read_dir(from)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .filter(|n| n.to_string_lossy().ends_with(".seg"))
-        .collect();
-    names.sort();
-    names.reverse();
-    for name in names {
-        fs::copy(from.join(&name), to.path().join(&name)).unwrap();
-    }
-    to
-}
-
-fn everything(store: &LogStore) -> HashMap<ExecutionId, Vec<StoredEvent>> {
-    store
-        .all_executions_blocking()
-        .unwrap()
-        .into_iter()
-        .filter_map(|(id, _)| match store.load_events_blocking(&id) {
-            Ok(events) => Some((id, events)),
-            // Deleted (and possibly erased) between the listing and the read.
-            Err(_)
-                if !store
-                    .all_executions_blocking()
-                    .unwrap()
-                    .iter()
-                    .any(|e| e.0 == id) =>
-            {
-                None
-            }
-            Err(e) => panic!("{id} at {}: {e:?}", store.path().display()),
-        })
-        .collect()
 }
 
 /// Opens a crash image of `dir` until its checkpoint covers all but `slack` bytes (the
@@ -118,7 +44,7 @@ fn everything(store: &LogStore) -> HashMap<ExecutionId, Vec<StoredEvent>> {
 fn settle(dir: &Path, data_bytes: u64, slack: u64) -> RecoveryReport {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let image = crash_image(dir);
+        let image = crash_image::copy(dir);
         let reopened = LogStore::open_with(image.path(), options()).unwrap();
         let report = reopened.recovery_report().clone();
         reopened.close().unwrap();
@@ -140,12 +66,16 @@ fn an_erasure_pass_after_the_last_checkpoint_makes_a_crash_rescan_everything() {
     // ~300 KB over about five 64 KiB segments, the two executions interleaved.
     for n in 0..300u64 {
         let id = if n % 2 == 0 { &dead } else { &live };
-        store.append_blocking(id, &tenant, event(n)).unwrap();
+        store
+            .append_blocking(id, &tenant, kilobyte_event(n))
+            .unwrap();
     }
     assert!(store.delete_execution_blocking(&dead).unwrap());
     // More than an interval after the tombstone: a checkpoint covering it is written.
     for n in 300..320u64 {
-        store.append_blocking(&live, &tenant, event(n)).unwrap();
+        store
+            .append_blocking(&live, &tenant, kilobyte_event(n))
+            .unwrap();
     }
     let data_bytes = store.stats().data_bytes;
     let before = settle(dir.path(), data_bytes, 2 * INTERVAL);
@@ -158,17 +88,17 @@ fn an_erasure_pass_after_the_last_checkpoint_makes_a_crash_rescan_everything() {
     // The erasure pass rewrites sealed segments holding `dead`'s events.
     let report = store.compact_now().unwrap();
     assert!(report.segments_rewritten > 0, "{report:?}");
-    let expected = everything(&store);
+    let expected = crash_image::everything(&store);
     // Give the checkpoint thread every chance to catch up: nothing asks it to.
     std::thread::sleep(Duration::from_millis(500));
     let data_bytes = store.stats().data_bytes;
 
     // A crash now.
-    let image = crash_image(dir.path());
+    let image = crash_image::copy(dir.path());
     let reopened = LogStore::open_with(image.path(), options()).unwrap();
     let after = reopened.recovery_report().clone();
     assert_eq!(
-        everything(&reopened),
+        crash_image::everything(&reopened),
         expected,
         "answers are right either way"
     );
@@ -201,11 +131,13 @@ fn crash_loops_shorter_than_an_interval_never_checkpoint() {
     for _ in 0..6 {
         let store = LogStore::open_with(dir.path(), options()).unwrap();
         for _ in 0..40 {
-            store.append_blocking(&id, &tenant, event(n)).unwrap();
+            store
+                .append_blocking(&id, &tenant, kilobyte_event(n))
+                .unwrap();
             n += 1;
         }
         std::thread::sleep(Duration::from_millis(100));
-        let image = crash_image(dir.path());
+        let image = crash_image::copy(dir.path());
         drop(store); // closes `dir`, not the image: the image is the crash
         dir = image;
     }
@@ -231,26 +163,32 @@ fn a_crash_exactly_at_a_running_checkpoint_then_quiet_sessions() {
     let tenant = TenantId::from("t");
     for n in 0..40u64 {
         let id = ExecutionId::from(format!("e{}", n % 3));
-        store.append_blocking(&id, &tenant, event(n)).unwrap();
+        store
+            .append_blocking(&id, &tenant, kilobyte_event(n))
+            .unwrap();
     }
     let data_bytes = store.stats().data_bytes;
-    let expected = everything(&store);
+    let expected = crash_image::everything(&store);
     // Wait until the checkpoint covers everything.
     let report = settle(dir.path(), data_bytes, 0);
     assert_eq!(report.checkpoint_bytes, data_bytes, "{report:?}");
-    let image = crash_image(dir.path());
+    let image = crash_image::copy(dir.path());
     store.close().unwrap();
     for round in 0..3 {
         let reopened = LogStore::open_with(image.path(), options()).unwrap();
         let r = reopened.recovery_report().clone();
         assert_eq!(r.checkpoint_ignored, None, "round {round}: {r:?}");
-        assert_eq!(everything(&reopened), expected, "round {round}");
+        assert_eq!(
+            crash_image::everything(&reopened),
+            expected,
+            "round {round}"
+        );
         reopened.close().unwrap();
     }
     // And the same image still takes appends and reopens with them.
     let reopened = LogStore::open_with(image.path(), options()).unwrap();
     reopened
-        .append_blocking(&ExecutionId::from("e0"), &tenant, event(999))
+        .append_blocking(&ExecutionId::from("e0"), &tenant, kilobyte_event(999))
         .unwrap();
     reopened.close().unwrap();
     let again = LogStore::open_with(image.path(), options()).unwrap();
@@ -292,15 +230,19 @@ fn crash_images_with_real_erasure_serve_everything_served() {
                         ..AppendOptions::default()
                     };
                     store
-                        .append_with_blocking(&id, &tenant, vec![event(n)], options)
+                        .append_with_blocking(&id, &tenant, vec![kilobyte_event(n)], options)
                         .unwrap();
                 } else {
-                    store.append_blocking(&id, &tenant, event(n)).unwrap();
+                    store
+                        .append_blocking(&id, &tenant, kilobyte_event(n))
+                        .unwrap();
                 }
                 if n % 5 == 4 && n.is_multiple_of(3) {
                     let fork = ExecutionId::from(format!("f{w}-{n}"));
                     store.fork_execution_blocking(&id, 2, &fork).unwrap();
-                    store.append_blocking(&fork, &tenant, event(n)).unwrap();
+                    store
+                        .append_blocking(&fork, &tenant, kilobyte_event(n))
+                        .unwrap();
                     if n.is_multiple_of(2) {
                         store.delete_execution_blocking(&id).unwrap();
                     }
@@ -331,8 +273,8 @@ fn crash_images_with_real_erasure_serve_everything_served() {
     while images.len() < 8 && started.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(200));
         let _held = no_erasure.lock().unwrap();
-        let served = everything(&store);
-        images.push((consistent_image(dir.path()), served));
+        let served = crash_image::everything(&store);
+        images.push((crash_image::copy(dir.path()), served));
     }
     stop.store(true, Ordering::Relaxed);
     for t in threads {
@@ -340,7 +282,7 @@ fn crash_images_with_real_erasure_serve_everything_served() {
     }
     // Deletions are final: an execution served before a copy and missing from it must
     // have been deleted meanwhile, so the live store no longer has it either.
-    let finally = everything(&store);
+    let finally = crash_image::everything(&store);
     let mut ignored = 0;
     for (image, served) in images {
         let reopened = LogStore::open_with(image.path(), options()).unwrap();
@@ -350,7 +292,7 @@ fn crash_images_with_real_erasure_serve_everything_served() {
             image.path().display(),
             reopened.recovery_report()
         );
-        let now = everything(&reopened);
+        let now = crash_image::everything(&reopened);
         for (id, events) in served {
             if !now.contains_key(&id) {
                 assert!(!finally.contains_key(&id), "{id} lost, yet still live");
@@ -380,7 +322,7 @@ fn imports_with_old_and_future_timestamps_keep_the_checkpoint() {
     let tenant = TenantId::from("t");
     for n in 0..10u64 {
         store
-            .append_blocking(&ExecutionId::from("live"), &tenant, event(n))
+            .append_blocking(&ExecutionId::from("live"), &tenant, kilobyte_event(n))
             .unwrap();
     }
     for (k, year) in [(0u64, 1999), (1, 2001), (2, 2200), (3, 1970)] {
@@ -391,19 +333,19 @@ fn imports_with_old_and_future_timestamps_keep_the_checkpoint() {
                 tenant_id: tenant.clone(),
                 sequence: s,
                 timestamp: Utc.with_ymd_and_hms(year, 1, 1, 0, 0, s as u32).unwrap(),
-                event: event(s),
+                event: kilobyte_event(s),
             })
             .collect();
         store.import_blocking(events).unwrap();
     }
     let data_bytes = store.stats().data_bytes;
-    let expected = everything(&store);
+    let expected = crash_image::everything(&store);
     let report = settle(dir.path(), data_bytes, 0);
     assert_eq!(report.checkpoint_ignored, None, "{report:?}");
     assert_eq!(report.checkpoint_bytes, data_bytes, "{report:?}");
-    let image = crash_image(dir.path());
+    let image = crash_image::copy(dir.path());
     let reopened = LogStore::open_with(image.path(), options()).unwrap();
-    assert_eq!(everything(&reopened), expected);
+    assert_eq!(crash_image::everything(&reopened), expected);
     store.close().unwrap();
 }
 
@@ -420,7 +362,7 @@ fn a_session_that_only_erases_leaves_a_stale_checkpoint() {
         let store = LogStore::open_with(dir.path(), options()).unwrap();
         for n in 0..80u64 {
             store
-                .append_blocking(&ExecutionId::from("dead"), &tenant, event(n))
+                .append_blocking(&ExecutionId::from("dead"), &tenant, kilobyte_event(n))
                 .unwrap();
         }
         assert!(
@@ -431,7 +373,7 @@ fn a_session_that_only_erases_leaves_a_stale_checkpoint() {
         // Dead records only in sealed segments: the active one holds live ones.
         for n in 0..80u64 {
             store
-                .append_blocking(&ExecutionId::from("live"), &tenant, event(n))
+                .append_blocking(&ExecutionId::from("live"), &tenant, kilobyte_event(n))
                 .unwrap();
         }
         store.close().unwrap();

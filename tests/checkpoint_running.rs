@@ -17,60 +17,18 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::fs;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::crash_image::{self, kilobyte_event};
 use common::small_segments;
 use execlog::*;
 
-const CHECKPOINT: &str = "checkpoint.idx";
 const INTERVAL: u64 = 64 * 1024;
 
 fn options() -> Options {
     small_segments().index_checkpoint_interval_bytes(Some(INTERVAL))
-}
-
-/// An event of about 1 KB.
-fn event(n: u64) -> ExecutionEventData {
-    ExecutionEventData::StepCompleted {
-        step_id: StepId::from(format!("s{n}")),
-        output: Some(format!("{n:>1000}")),
-        duration_ms: n,
-    }
-}
-
-/// A crash image of a live store: the checkpoint first, then the segments, so that the
-/// segments copied hold at least what the checkpoint covers.
-fn crash_image(from: &Path) -> tempfile::TempDir {
-    let to = tempfile::tempdir().unwrap();
-    let _ = fs::copy(from.join(CHECKPOINT), to.path().join(CHECKPOINT));
-    let mut names: Vec<_> = fs::read_dir(from)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .filter(|n| n.to_string_lossy().ends_with(".seg"))
-        .collect();
-    names.sort();
-    for name in names {
-        fs::copy(from.join(&name), to.path().join(&name)).unwrap();
-    }
-    to
-}
-
-/// Every execution's events, by id, as `store` serves them.
-fn everything(store: &LogStore) -> HashMap<ExecutionId, Vec<StoredEvent>> {
-    store
-        .all_executions_blocking()
-        .unwrap()
-        .into_iter()
-        .map(|(id, _)| {
-            let events = store.load_events_blocking(&id).unwrap();
-            (id, events)
-        })
-        .collect()
 }
 
 /// Writers on four threads (singles, batches, keyed appends), one thread forking and
@@ -90,7 +48,7 @@ fn workload(store: &Arc<LogStore>, stop: &Arc<AtomicBool>) -> Vec<std::thread::J
                 };
                 match n % 4 {
                     0 => {
-                        let batch = (0..5).map(|k| event(n * 10 + k)).collect();
+                        let batch = (0..5).map(|k| kilobyte_event(n * 10 + k)).collect();
                         store.append_batch_blocking(&id, &tenant, batch).unwrap();
                     }
                     1 => {
@@ -99,11 +57,13 @@ fn workload(store: &Arc<LogStore>, stop: &Arc<AtomicBool>) -> Vec<std::thread::J
                             ..AppendOptions::default()
                         };
                         store
-                            .append_with_blocking(&id, &tenant, vec![event(n)], options)
+                            .append_with_blocking(&id, &tenant, vec![kilobyte_event(n)], options)
                             .unwrap();
                     }
                     _ => {
-                        store.append_blocking(&id, &tenant, event(n)).unwrap();
+                        store
+                            .append_blocking(&id, &tenant, kilobyte_event(n))
+                            .unwrap();
                     }
                 }
                 n += 1;
@@ -142,8 +102,8 @@ fn crash_images_taken_while_writing_load_their_checkpoint() {
     while images.lock().unwrap().len() < 12 && started.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(150));
         // Everything served before the copy is acknowledged: it must survive the crash.
-        let served = everything(&store);
-        let image = crash_image(dir.path());
+        let served = crash_image::everything(&store);
+        let image = crash_image::copy(dir.path());
         images.lock().unwrap().push((image, served));
     }
     stop.store(true, Ordering::Relaxed);
@@ -161,7 +121,7 @@ fn crash_images_taken_while_writing_load_their_checkpoint() {
         let report = reopened.recovery_report().clone();
         assert_eq!(report.checkpoint_ignored, None, "{report:?}");
         loaded += usize::from(report.checkpoint_bytes > 0);
-        let now = everything(&reopened);
+        let now = crash_image::everything(&reopened);
         for (id, events) in served {
             let survived = now.get(&id).map(Vec::as_slice).unwrap_or_default();
             assert!(
@@ -183,18 +143,20 @@ fn a_crash_rescans_at_most_about_one_interval() {
     let tenant = TenantId::from("t");
     for n in 0..2_000u64 {
         let id = ExecutionId::from(format!("e{}", n % 37));
-        store.append_blocking(&id, &tenant, event(n)).unwrap();
+        store
+            .append_blocking(&id, &tenant, kilobyte_event(n))
+            .unwrap();
     }
     let data_bytes = store.stats().data_bytes;
     assert!(data_bytes > 20 * INTERVAL, "{data_bytes}");
-    let expected = everything(&store);
+    let expected = crash_image::everything(&store);
     // The request for the last interval may still be on its way to the thread.
     let deadline = Instant::now() + Duration::from_secs(20);
     let report = loop {
-        let image = crash_image(dir.path());
+        let image = crash_image::copy(dir.path());
         let reopened = LogStore::open_with(image.path(), options()).unwrap();
         let report = reopened.recovery_report().clone();
-        assert_eq!(everything(&reopened), expected);
+        assert_eq!(crash_image::everything(&reopened), expected);
         reopened.close().unwrap();
         if data_bytes - report.checkpoint_bytes <= 2 * INTERVAL || Instant::now() > deadline {
             break report;
@@ -213,11 +175,11 @@ fn a_crash_rescans_at_most_about_one_interval() {
         LogStore::open_with(off.path(), options().index_checkpoint_interval_bytes(None)).unwrap();
     for n in 0..200u64 {
         store
-            .append_blocking(&ExecutionId::from("x"), &tenant, event(n))
+            .append_blocking(&ExecutionId::from("x"), &tenant, kilobyte_event(n))
             .unwrap();
     }
     assert_eq!(store.stats().index_checkpoints, 0);
-    let image = crash_image(off.path());
+    let image = crash_image::copy(off.path());
     let reopened = LogStore::open_with(image.path(), options()).unwrap();
     assert_eq!(reopened.recovery_report().checkpoint_bytes, 0);
 }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod crash_image;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod writer;
