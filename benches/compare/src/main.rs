@@ -1,7 +1,7 @@
 //! execlog side by side with SQLite, redb and the disk's own limits, in one run.
 //!
 //! `cargo run --release --manifest-path benches/compare/Cargo.toml -- [--quick] [--events N]
-//! [--seconds S] [--repeats R] [--writers 1,16,64,256] [--ingest-only] [--only SYSTEM [--batch | --open]] [--follow] [--async [--idle-seconds S]] [--memory K --events N] [--erasure --events N] [--scrub --events N] [--open-scale N,N,…]
+//! [--seconds S] [--repeats R] [--writers 1,16,64,256] [--ingest-only] [--only SYSTEM [--batch | --open]] [--follow] [--async [--idle-seconds S]] [--memory K --events N] [--erasure --events N] [--scrub --events N] [--open-scale N,N,…] [--checkpoint-stall --events EXECUTIONS]
 //! [--out docs/BENCHMARKS.md]`
 //!
 //! With `--features postgres` and `--pg-url URL` (or `EXECLOG_PG_URL`), also the
@@ -15,6 +15,7 @@
 
 mod asyncpath;
 mod baseline;
+mod checkpoint_stall;
 mod erasure;
 mod follow;
 mod memory;
@@ -75,6 +76,8 @@ pub struct Config {
     pub open: bool,
     /// `--open-scale`: the store sizes to time open at (all systems, or `--only`).
     pub open_scale: Vec<u64>,
+    /// `--checkpoint-stall`: append latency with running checkpoints on and off.
+    pub checkpoint_stall: bool,
     /// Ingest with and without a subscriber following it (issue 14), at `--writers`.
     pub follow: bool,
     /// The async path beside the blocking one (issue 18), at `--writers`.
@@ -112,6 +115,7 @@ fn parse_args() -> Config {
         batch: false,
         open: false,
         open_scale: Vec::new(),
+        checkpoint_stall: false,
         follow: false,
         async_path: false,
         idle_seconds: 10.0,
@@ -146,6 +150,7 @@ fn parse_args() -> Config {
             "--batch" => c.batch = true,
             "--open" => c.open = true,
             "--follow" => c.follow = true,
+            "--checkpoint-stall" => c.checkpoint_stall = true,
             "--async" => c.async_path = true,
             "--erasure" => c.erasure = true,
             "--scrub" => c.scrub = true,
@@ -422,6 +427,11 @@ fn main() {
             c.repeats,
             c.idle_seconds,
         );
+        return;
+    }
+    if c.checkpoint_stall {
+        let dir = c.dir.join("checkpoint-stall");
+        checkpoint_stall::run(&dir, c.read_events, c.seconds, c.repeats);
         return;
     }
     if !c.open_scale.is_empty() {
