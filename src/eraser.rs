@@ -13,33 +13,25 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::background::{self, Background};
 use crate::erasure;
 use crate::error::{Error, Result};
 use crate::state::Shared;
 use crate::stop::Stop;
-use crate::sync::{self, JoinHandle};
-
-/// The running erasure thread; [`Eraser::stop`] ends it.
-pub(crate) struct Eraser {
-    stop: Arc<Stop>,
-    handle: JoinHandle<()>,
-}
+use crate::sync;
 
 /// Starts the erasure thread of a writable store whose options ask for one.
-pub(crate) fn start(shared: &Arc<Shared>) -> Result<Option<Eraser>> {
+pub(crate) fn start(shared: &Arc<Shared>) -> Result<Option<Background>> {
     let Some(every) = shared.options.erasure_every() else {
         return Ok(None);
     };
     if shared.read_only || sync::MODEL_CHECKED {
         return Ok(None);
     }
-    let stop = Arc::new(Stop::default());
-    let (thread_stop, thread_shared) = (Arc::clone(&stop), Arc::clone(shared));
-    let handle = sync::Builder::new()
-        .name("execlog-erasure".into())
-        .spawn(move || run(&thread_shared, &thread_stop, every))
-        .map_err(|e| Error::io("spawn erasure thread", &shared.dir, e))?;
-    Ok(Some(Eraser { stop, handle }))
+    background::spawn(shared, "execlog-erasure", move |shared, stop| {
+        run(&shared, &stop, every);
+    })
+    .map(Some)
 }
 
 fn run(shared: &Shared, stop: &Stop, every: Duration) {
@@ -63,17 +55,6 @@ fn run(shared: &Shared, stop: &Stop, every: Duration) {
                 return;
             }
             Err(e) => log::warn!("erasure: pass failed, trying again later: {e}"),
-        }
-    }
-}
-
-impl Eraser {
-    /// Wakes the thread, which ends (after the rewrite in progress, if any), and joins
-    /// it.
-    pub(crate) fn stop(self) {
-        self.stop.stop();
-        if self.handle.join().is_err() {
-            log::error!("the erasure thread panicked; the store is unaffected");
         }
     }
 }

@@ -59,6 +59,7 @@
 //!   every later read ([`LogStore::scrub_now`] on demand, [`Options::scrub`] to tune).
 
 mod append;
+mod background;
 mod backup;
 mod checkpoint;
 mod checkpointer;

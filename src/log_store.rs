@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::append::{self, Given, Prepared};
+use crate::background::Background;
 use crate::checkpoint::SegmentDigest;
 use crate::committer::Committer;
 use crate::error::{Error, Result};
@@ -30,9 +31,9 @@ use crate::queue::{Admit, Admitted, Appending, QueueBound, Ticket};
 use crate::reader;
 use crate::recovery_report::RecoveryReport;
 use crate::refresh;
-use crate::retention::{self, Retention};
+use crate::retention;
 use crate::scrub::ScrubStats;
-use crate::scrubber::{self, Scrubber};
+use crate::scrubber;
 use crate::segment::{self, SEGMENT_HEADER_LEN};
 use crate::segments::Segments;
 use crate::state::{Shared, State, Writer};
@@ -71,11 +72,11 @@ fn lock(io: &dyn Io, dir: &Path, mode: u32) -> Result<LockGuard> {
 pub struct LogStore {
     shared: Arc<Shared>,
     committer: Mutex<Option<JoinHandle<Result<()>>>>,
-    scrubber: Mutex<Option<Scrubber>>,
+    scrubber: Mutex<Option<Background>>,
     /// The background pruner, if a retention is set.
-    retention: Mutex<Option<Retention>>,
+    retention: Mutex<Option<Background>>,
     /// The background erasure thread, if erasure runs in the background.
-    eraser: Mutex<Option<crate::eraser::Eraser>>,
+    eraser: Mutex<Option<Background>>,
     /// The background checkpoint thread, if checkpoints are written while running.
     checkpointer: Mutex<Option<crate::checkpointer::Checkpointer>>,
     lock: Mutex<Option<LockGuard>>,

@@ -19,6 +19,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::background::{self, Background};
 use crate::deletion::{self, Target};
 use crate::error::{Error, Result};
 use crate::ids::{ExecutionId, TenantId};
@@ -28,7 +29,7 @@ use crate::reader;
 use crate::record::Pos;
 use crate::state::Shared;
 use crate::stop::Stop;
-use crate::sync::{self, JoinHandle};
+use crate::sync;
 
 /// Executions looked at per chunk.
 const CHUNK: u32 = 4096;
@@ -138,27 +139,18 @@ impl LogStore {
     }
 }
 
-/// The running background pruner; [`Retention::stop`] ends it.
-pub(crate) struct Retention {
-    stop: Arc<Stop>,
-    handle: JoinHandle<()>,
-}
-
 /// Starts the background pruner of a writable store whose options set a retention.
-pub(crate) fn start(shared: &Arc<Shared>) -> Result<Option<Retention>> {
+pub(crate) fn start(shared: &Arc<Shared>) -> Result<Option<Background>> {
     let Some(interval) = shared.options.retention_interval() else {
         return Ok(None);
     };
     if shared.read_only || sync::MODEL_CHECKED {
         return Ok(None);
     }
-    let stop = Arc::new(Stop::default());
-    let (thread_stop, thread_shared) = (Arc::clone(&stop), Arc::clone(shared));
-    let handle = sync::Builder::new()
-        .name("execlog-retention".into())
-        .spawn(move || run(&thread_shared, &thread_stop, interval))
-        .map_err(|e| Error::io("spawn retention thread", &shared.dir, e))?;
-    Ok(Some(Retention { stop, handle }))
+    background::spawn(shared, "execlog-retention", move |shared, stop| {
+        run(&shared, &stop, interval);
+    })
+    .map(Some)
 }
 
 /// Prunes once per `interval`, from open on, until stopped or the store refuses
@@ -178,16 +170,6 @@ fn run(shared: &Shared, stop: &Stop, interval: Duration) {
         }
         if stop.sleep_until(started + interval) {
             return;
-        }
-    }
-}
-
-impl Retention {
-    /// Wakes the thread, which ends, and joins it.
-    pub(crate) fn stop(self) {
-        self.stop.stop();
-        if self.handle.join().is_err() {
-            log::error!("the retention thread panicked; the store is unaffected");
         }
     }
 }

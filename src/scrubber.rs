@@ -20,13 +20,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
+use crate::background::{self, Background};
+use crate::error::Result;
 use crate::options::{MIN_SCRUB_BYTES_PER_SECOND, ScrubRate};
 use crate::scrub;
 use crate::scrub_progress::{self, Progress};
 use crate::state::Shared;
 use crate::stop::Stop;
-use crate::sync::{self, JoinHandle};
+use crate::sync;
 
 /// Most bytes checked between two looks at the clock and the stop flag.
 const MAX_CHUNK_BYTES: u64 = 256 << 10;
@@ -36,16 +37,10 @@ const SAVE_INTERVAL: Duration = Duration::from_secs(1);
 /// busy loop.
 const MIN_PASS: Duration = Duration::from_secs(1);
 
-/// The running scrubber; [`Scrubber::stop`] ends it.
-pub(crate) struct Scrubber {
-    stop: Arc<Stop>,
-    handle: JoinHandle<()>,
-}
-
 /// Starts the scrubber of a writable store, unless its rate is [`ScrubRate::Off`]
 /// (or the engine runs under the model checker, whose clock it would only confuse).
 /// Loads the saved progress first, so `stats()` shows it from open on.
-pub(crate) fn start(shared: &Arc<Shared>) -> Result<Option<Scrubber>> {
+pub(crate) fn start(shared: &Arc<Shared>) -> Result<Option<Background>> {
     let rate = shared.options.scrub_rate();
     if rate == ScrubRate::Off || sync::MODEL_CHECKED {
         return Ok(None);
@@ -57,30 +52,19 @@ pub(crate) fn start(shared: &Arc<Shared>) -> Result<Option<Scrubber>> {
     }
     shared.scrub.add_passes(progress.passes);
     shared.scrub.set_segment(progress.segment);
-    let stop = Arc::new(Stop::default());
-    let mut walk = Walk {
-        shared: Arc::clone(shared),
-        stop: Arc::clone(&stop),
-        rate,
-        progress,
-        saved: (progress, Instant::now()),
-        save_failed: false,
-    };
-    let handle = sync::Builder::new()
-        .name("execlog-scrub".into())
-        .spawn(move || walk.run())
-        .map_err(|e| Error::io("spawn scrub thread", &shared.dir, e))?;
-    Ok(Some(Scrubber { stop, handle }))
-}
-
-impl Scrubber {
-    /// Wakes the thread, which saves its position and ends, and joins it.
-    pub(crate) fn stop(self) {
-        self.stop.stop();
-        if self.handle.join().is_err() {
-            log::error!("the scrub thread panicked; the store is unaffected");
+    // Stopped, the walk saves its position before it ends.
+    background::spawn(shared, "execlog-scrub", move |shared, stop| {
+        Walk {
+            shared,
+            stop,
+            rate,
+            progress,
+            saved: (progress, Instant::now()),
+            save_failed: false,
         }
-    }
+        .run();
+    })
+    .map(Some)
 }
 
 /// The thread's state.
