@@ -213,12 +213,7 @@ pub(crate) fn enqueue_guarded(
     let mut state = shared.state.lock();
     let state = &mut *state;
     let writer = &mut state.writer;
-    if let Some(poison) = &writer.poisoned {
-        return Err(poison.error());
-    }
-    if writer.tx.is_none() {
-        return Err(Error::Closed);
-    }
+    writer.check_open()?;
     let existing = state.index.lookup(execution_id);
     let key_hash = key.as_deref().map(|k| state.keys.hash(k));
     let (execution, first_sequence, mut prev, first_prefix) = match existing {

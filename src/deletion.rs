@@ -162,12 +162,7 @@ pub(crate) fn enqueue(
     let mut state = shared.state.lock();
     let state = &mut *state;
     let writer = &mut state.writer;
-    if let Some(poison) = &writer.poisoned {
-        return Err(poison.error());
-    }
-    if writer.tx.is_none() {
-        return Err(Error::Closed);
-    }
+    writer.check_open()?;
     let index = &mut state.index;
     let (nos, execution_field, body) = match target {
         Target::Execution(id) | Target::Unchanged(id, _) => {

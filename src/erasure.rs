@@ -331,12 +331,7 @@ fn roll(shared: &Shared, id: u32) -> Result<Option<Ticket>> {
     let admitted = shared.queue_bound.admit_blocking(record::framed_len(8));
     let mut state = shared.state.lock();
     let writer = &mut state.writer;
-    if let Some(poison) = &writer.poisoned {
-        return Err(poison.error());
-    }
-    if writer.tx.is_none() {
-        return Err(Error::Closed);
-    }
+    writer.check_open()?;
     if writer.segment != id {
         return Ok(None);
     }

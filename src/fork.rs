@@ -112,12 +112,7 @@ fn enqueue(
     let mut state = shared.state.lock();
     let state = &mut *state;
     let writer = &mut state.writer;
-    if let Some(poison) = &writer.poisoned {
-        return Err(poison.error());
-    }
-    if writer.tx.is_none() {
-        return Err(Error::Closed);
-    }
+    writer.check_open()?;
     let index = &mut state.index;
     if let Some(existing) = index.lookup(new_id).and_then(|no| index.get(no)) {
         return Err(match existing.life {

@@ -119,6 +119,18 @@ pub(crate) struct Reservation {
 }
 
 impl Writer {
+    /// Whether appends may be queued: the error they get if not (the poison, or
+    /// [`Error::Closed`] once close took the channel).
+    pub(crate) fn check_open(&self) -> Result<(), Error> {
+        if let Some(poison) = &self.poisoned {
+            return Err(poison.error());
+        }
+        if self.tx.is_none() {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
     /// Hands `pending` to the commit thread. On failure (the commit thread is gone,
     /// which happens only after a panic that poisoned the store, or the store is
     /// closing) it poisons the store if it was not, stops the queue bound, and returns
