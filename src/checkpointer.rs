@@ -157,8 +157,11 @@ fn write_unerased(shared: &Shared, sealed: &mut SealedDigests) -> Result<bool> {
             .map(|(id, d)| sealed.get(shared, id, *d))
             .collect();
         let Some(digests) = digests else {
-            // A segment sealed between the two looks: the next request covers it.
-            return Ok(true);
+            // Only a segment sealed between the two looks could lack one (the commit
+            // thread knows every segment it sealed): the next request covers it.
+            return Err(Error::Internal(
+                "a sealed segment's digest is unknown".into(),
+            ));
         };
         checkpoint::encode(&state.index, &digests, state.durable.timestamp_ns)
     };
