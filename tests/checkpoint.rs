@@ -70,7 +70,7 @@ fn copy_dir(from: &Path) -> tempfile::TempDir {
     let to = tempfile::tempdir().unwrap();
     for entry in fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
-        if entry.file_name() != "LOCK" {
+        if entry.file_name() != "LOCK" && !entry.file_name().to_string_lossy().ends_with(".tmp") {
             fs::copy(entry.path(), to.path().join(entry.file_name())).unwrap();
         }
     }

@@ -292,8 +292,10 @@ impl Files {
                 let image = tempfile::tempdir().unwrap();
                 for entry in std::fs::read_dir(dirs.last().unwrap().path()).unwrap() {
                     let entry = entry.unwrap();
-                    if entry.file_name() != "LOCK" {
-                        std::fs::copy(entry.path(), image.path().join(entry.file_name())).unwrap();
+                    let name = entry.file_name();
+                    // A running checkpoint's tmp file is never read, and may vanish.
+                    if name != "LOCK" && !name.to_string_lossy().ends_with(".tmp") {
+                        std::fs::copy(entry.path(), image.path().join(&name)).unwrap();
                     }
                 }
                 dirs.push(image);

@@ -234,10 +234,13 @@ pub fn check_doomed(
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())? {
         let path = entry.map_err(|e| e.to_string())?.path();
-        files.push((
-            path.clone(),
-            std::fs::read(&path).map_err(|e| e.to_string())?,
-        ));
+        match std::fs::read(&path) {
+            Ok(bytes) => files.push((path, bytes)),
+            // A running checkpoint's tmp file renamed away since the listing; a
+            // checkpoint holds no event content.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
     }
     for e in &gone[..erased] {
         let mut parts = e.rsplitn(3, '-');
