@@ -32,7 +32,7 @@ use crate::deletion::{self, Tombstone};
 use crate::error::{Error, Result};
 use crate::idempotency::KeyTables;
 use crate::ids::{ExecutionId, MAX_ID_BYTES, TenantId};
-use crate::index::{Base, ExecNo, Index, Sparse};
+use crate::index::{Base, ExecNo, Index, Life, Sparse};
 use crate::io::Io;
 use crate::record::{self, Decoded, Header, Kind, Pos};
 use crate::segment::SEGMENT_HEADER_LEN;
@@ -40,9 +40,12 @@ use crate::store_dir;
 
 /// First bytes of a checkpoint file.
 pub(crate) const MAGIC: [u8; 8] = *b"EXLGCKPT";
-/// Version of the checkpoint layout. Format version 2 of the segments changed record
-/// bodies only; the checkpoint's layout is still version 1's.
-const CHECKPOINT_VERSION: u32 = 1;
+/// Version of the checkpoint layout written. Layout 2 is layout 1 followed by the list
+/// of deleted executions, which lets an open that verifies the checkpoint only after
+/// it returns (`Options::verify_checkpoint_after_open`) know them without the walk.
+const CHECKPOINT_VERSION: u32 = 2;
+/// The first layout, which open still reads (without a list of deletions).
+const CHECKPOINT_VERSION_1: u32 = 1;
 /// Length of the fixed header.
 const HEADER_LEN: usize = 40;
 /// Bytes of one segment digest.
@@ -92,6 +95,9 @@ pub(crate) struct Checkpoint {
     pub(crate) segments: Vec<SegmentDigest>,
     pub(crate) last_timestamp_ns: i64,
     pub(crate) index: Index,
+    /// The executions whose tombstones it covers, increasing (layout 2); `None` for
+    /// layout 1, where only the walk over the records finds them.
+    pub(crate) deleted: Option<Vec<ExecNo>>,
 }
 
 /// Path of the checkpoint in `dir`.
@@ -152,6 +158,15 @@ pub(crate) fn encode(index: &Index, segments: &[SegmentDigest], last_timestamp_n
             put_pos(&mut out, pos);
         }
     }
+    let deleted: Vec<u32> = (0..)
+        .zip(executions)
+        .filter(|(_, e)| e.life == Life::Deleted)
+        .map(|(no, _)| no)
+        .collect();
+    put_u32(&mut out, deleted.len() as u32);
+    for no in deleted {
+        put_u32(&mut out, no);
+    }
     let crc = record::crc32(&out);
     put_u32(&mut out, crc);
     out
@@ -174,9 +189,9 @@ pub(crate) fn decode(bytes: &[u8], stride: u32) -> std::result::Result<Checkpoin
         at: MAGIC.len(),
     };
     let version = r.u32()?;
-    if version != CHECKPOINT_VERSION {
+    if version != CHECKPOINT_VERSION && version != CHECKPOINT_VERSION_1 {
         return Err(format!(
-            "format version {version}, expected {CHECKPOINT_VERSION}"
+            "format version {version}, expected {CHECKPOINT_VERSION_1} or {CHECKPOINT_VERSION}"
         ));
     }
     let saved_stride = r.u32()?;
@@ -257,14 +272,37 @@ pub(crate) fn decode(bytes: &[u8], stride: u32) -> std::result::Result<Checkpoin
         }
         index.restore_execution(id, tenant, (durable_seq, durable_pos), (sparse, base))?;
     }
+    let deleted = if version == CHECKPOINT_VERSION_1 {
+        None
+    } else {
+        Some(decode_deleted(&mut r, execution_count)?)
+    };
     if r.remaining() != 0 {
-        return Err(format!("{} bytes after the last execution", r.remaining()));
+        return Err(format!("{} bytes after the last section", r.remaining()));
     }
     Ok(Checkpoint {
         segments,
         last_timestamp_ns,
         index,
+        deleted,
     })
+}
+
+/// Layout 2's list of deleted executions: increasing numbers of listed executions.
+fn decode_deleted(
+    r: &mut Reader<'_>,
+    execution_count: usize,
+) -> std::result::Result<Vec<ExecNo>, String> {
+    let count = r.count(4)?;
+    let mut deleted = Vec::with_capacity(count);
+    for _ in 0..count {
+        let no = r.u32()?;
+        if deleted.last().is_some_and(|&last| no <= last) || no as usize >= execution_count {
+            return Err(format!("deleted execution {no} out of order or unknown"));
+        }
+        deleted.push(no);
+    }
+    Ok(deleted)
 }
 
 /// Reads and decodes the checkpoint of `dir`: `Ok(None)` if there is none, `Err(why)`
@@ -569,8 +607,19 @@ impl<'a> Walk<'a> {
         if self.tenant_owns.contains(&false) {
             return Err("a tenant owns no execution".into());
         }
-        let deleted = (0..self.deleted.len()).filter(|&no| self.deleted[no]);
-        Ok(deleted.map(|no| no as ExecNo).collect())
+        let deleted: Vec<ExecNo> = (0..self.deleted.len())
+            .filter(|&no| self.deleted[no])
+            .map(|no| no as ExecNo)
+            .collect();
+        if self
+            .checkpoint
+            .deleted
+            .as_ref()
+            .is_some_and(|d| *d != deleted)
+        {
+            return Err("its list of deleted executions differs from the tombstones".into());
+        }
+        Ok(deleted)
     }
 }
 

@@ -612,6 +612,8 @@ const CHECKPOINT: &str = "checkpoint.idx";
 struct Forgery {
     prefix: Vec<u8>,
     executions: Vec<ForgedExec>,
+    /// Layout 2's list of deleted executions, unchanged.
+    suffix: Vec<u8>,
 }
 
 struct ForgedExec {
@@ -665,10 +667,19 @@ impl Forgery {
                 entries,
             });
         }
-        assert_eq!(at + 4, bytes.len());
+        // Layout 2 ends with the deleted executions: a count, then their numbers.
+        assert_eq!(u32_at(&bytes, 8), 2, "checkpoint layout");
+        let deleted = u32_at(&bytes, at) as usize;
+        let suffix = bytes[at..at + 4 + 4 * deleted].to_vec();
+        assert_eq!(
+            at + suffix.len() + 4,
+            bytes.len(),
+            "the test parses the whole checkpoint"
+        );
         Forgery {
             prefix,
             executions: execs,
+            suffix,
         }
     }
 
@@ -684,6 +695,7 @@ impl Forgery {
                 out.extend(entry);
             }
         }
+        out.extend(&self.suffix);
         let crc = crc32fast::hash(&out);
         out.extend(crc.to_le_bytes());
         fs::write(dir.join(CHECKPOINT), out).unwrap();

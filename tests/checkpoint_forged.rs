@@ -24,6 +24,8 @@ struct Forgery {
     /// Magic .. the digests and tenants, unchanged.
     prefix: Vec<u8>,
     executions: Vec<Exec>,
+    /// Layout 2's list of deleted executions, unchanged.
+    suffix: Vec<u8>,
 }
 
 struct Exec {
@@ -81,10 +83,19 @@ impl Forgery {
                 entries,
             });
         }
-        assert_eq!(at + 4, bytes.len(), "the test parses the whole checkpoint");
+        // Layout 2 ends with the deleted executions: a count, then their numbers.
+        assert_eq!(u32_at(&bytes, 8), 2, "checkpoint layout");
+        let deleted = u32_at(&bytes, at) as usize;
+        let suffix = bytes[at..at + 4 + 4 * deleted].to_vec();
+        assert_eq!(
+            at + suffix.len() + 4,
+            bytes.len(),
+            "the test parses the whole checkpoint"
+        );
         Forgery {
             prefix,
             executions: execs,
+            suffix,
         }
     }
 
@@ -105,6 +116,7 @@ impl Forgery {
                 out.extend(entry);
             }
         }
+        out.extend(&self.suffix);
         let crc = crc32(&out);
         out.extend(crc.to_le_bytes());
         fs::write(dir.join(CHECKPOINT), out).unwrap();
@@ -274,4 +286,51 @@ fn a_forged_last_timestamp_is_refused() {
     let events = s.load_events_blocking(&ExecutionId::from("run-c")).unwrap();
     let stamped = events.last().unwrap().timestamp;
     assert!(stamped.timestamp() < 4_000_000_000, "stamped {stamped}");
+}
+
+/// `store`, then `run-b` deleted and the store closed again: the checkpoint lists it.
+fn store_with_deletion() -> (tempfile::TempDir, Options) {
+    let (dir, options) = store(4);
+    let s = LogStore::open_with(dir.path(), options.clone()).unwrap();
+    assert!(
+        s.delete_execution_blocking(&ExecutionId::from("run-b"))
+            .unwrap()
+    );
+    s.close().unwrap();
+    (dir, options)
+}
+
+#[test]
+fn a_deleted_execution_left_off_the_list_is_refused() {
+    let (dir, options) = store_with_deletion();
+    let mut f = Forgery::read(dir.path());
+    assert_eq!(
+        f.suffix,
+        [1, 0, 0, 0, 1, 0, 0, 0],
+        "run-b (number 1) listed"
+    );
+    f.suffix = 0u32.to_le_bytes().to_vec();
+    f.write(dir.path());
+    let s = assert_forgery_ignored(dir.path(), &options);
+    assert!(
+        s.load_events_blocking(&ExecutionId::from("run-b"))
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_live_execution_listed_as_deleted_is_refused() {
+    let (dir, options) = store(4);
+    let mut f = Forgery::read(dir.path());
+    assert_eq!(f.suffix, [0, 0, 0, 0], "nothing deleted");
+    f.suffix = [1u32.to_le_bytes(), 0u32.to_le_bytes()].concat();
+    f.write(dir.path());
+    let s = assert_forgery_ignored(dir.path(), &options);
+    assert_eq!(
+        s.load_events_blocking(&ExecutionId::from("run-a"))
+            .unwrap()
+            .len(),
+        10
+    );
 }
