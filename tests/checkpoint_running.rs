@@ -89,6 +89,13 @@ fn workload(store: &Arc<LogStore>, stop: &Arc<AtomicBool>) -> Vec<std::thread::J
     threads
 }
 
+/// Whether `workload` deletes `id` (every other fork, right after forking it).
+fn deleted_by_workload(id: &str) -> bool {
+    id.strip_prefix("fork")
+        .and_then(|n| n.parse::<u64>().ok())
+        .is_some_and(|n| n.is_multiple_of(2))
+}
+
 #[test]
 fn crash_images_taken_while_writing_load_their_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
@@ -124,6 +131,10 @@ fn crash_images_taken_while_writing_load_their_checkpoint() {
         let now = crash_image::everything(&reopened);
         for (id, events) in served {
             let survived = now.get(&id).map(Vec::as_slice).unwrap_or_default();
+            if survived.is_empty() && deleted_by_workload(id.as_str()) {
+                // Deleted between the snapshot of what was served and the copy.
+                continue;
+            }
             assert!(
                 survived.len() >= events.len() && survived[..events.len()] == events[..],
                 "{id}: served {} events, {} after the crash",
