@@ -108,6 +108,10 @@ pub(crate) fn start(shared: &Arc<Shared>) -> Result<Option<Checkpointer>> {
 fn run(shared: &Shared) {
     let mut sealed = SealedDigests::default();
     while shared.checkpoints.wait() {
+        // Nothing is saved of an index resting on a checkpoint not verified yet.
+        if shared.verification.wait_verified().is_err() {
+            return;
+        }
         match write_one(shared, &mut sealed) {
             Ok(true) => {
                 shared.checkpoints.written.fetch_add(1, Ordering::Relaxed);

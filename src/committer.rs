@@ -186,7 +186,10 @@ impl Committer {
     /// Saves the index for the next open (see `checkpoint.rs`). Only for a store whose
     /// every reserved append is durable: a poisoned one gets none.
     fn checkpoint(&self) -> Result<()> {
+        // An index resting on a checkpoint not verified yet is not saved: the file
+        // open trusted stays, for the next open to verify.
         if !self.shared.options.index_checkpoint
+            || !self.shared.verification.is_verified()
             || self.shared.state.lock().writer.poisoned.is_some()
         {
             return Ok(());

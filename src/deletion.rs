@@ -273,7 +273,7 @@ fn check_deletable(shared: &Shared) -> Result<()> {
             "the store was opened read-only; open it with LogStore::open to delete".into(),
         ));
     }
-    Ok(())
+    shared.verification.wait_verified()
 }
 
 impl LogStore {

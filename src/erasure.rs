@@ -366,6 +366,9 @@ fn roll(shared: &Shared, id: u32) -> Result<Option<Ticket>> {
 
 /// One erasure pass over the segments that may hold dead records.
 pub(crate) fn compact(shared: &Shared) -> Result<CompactReport> {
+    // The digests of a checkpoint open trusted are checked against the segments as
+    // they were: none is rewritten before the verdict.
+    shared.verification.wait_verified()?;
     // One pass at a time (the background thread and `compact_now` may race).
     let _pass = shared.erasing.lock();
     let mut report = CompactReport::default();
@@ -479,7 +482,7 @@ impl LogStore {
     /// - Copies made before (`backup_to`, file copies) keep what they held; compact
     ///   them too.
     pub fn compact_now(&self) -> Result<CompactReport> {
-        self.check_open()?;
+        self.check_writable_index()?;
         if self.shared().read_only {
             return Err(Error::InvalidArgument(
                 "the store was opened read-only; open it with LogStore::open to compact".into(),

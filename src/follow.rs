@@ -44,7 +44,7 @@ const HEADER: u64 = SEGMENT_HEADER_LEN as u64;
 
 impl Follow for LogStore {
     fn subscribe(&self, filter: SubscriptionFilter, start: StartFrom) -> Result<Subscription> {
-        self.check_open()?;
+        self.check_writable_index()?;
         let follower = LogFollower::new(self.shared_arc(), filter, start);
         Ok(Subscription::new(Box::new(follower)))
     }

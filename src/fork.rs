@@ -177,7 +177,7 @@ fn prepare(
     at: u64,
     new_id: &ExecutionId,
 ) -> Result<(ExecNo, Pos)> {
-    store.check_open()?;
+    store.check_writable_index()?;
     validate_id("execution", source.as_str())?;
     validate_id("execution", new_id.as_str())?;
     let shared = store.shared();

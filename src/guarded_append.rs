@@ -99,7 +99,7 @@ impl LogStore {
         events: Vec<ExecutionEventData>,
         options: &AppendOptions,
     ) -> Result<Prepared> {
-        self.check_open()?;
+        self.check_writable_index()?;
         // The order of the checks is PgStore's too: ids, key, then the events.
         validate_id("execution", execution_id.as_str())?;
         validate_id("tenant", tenant_id.as_str())?;

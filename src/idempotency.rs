@@ -87,6 +87,34 @@ impl KeyTables {
         }
     }
 
+    /// Empty tables that hash keys as these do, so that [`KeyTables::absorb`] can
+    /// merge them.
+    pub(crate) fn sibling(&self) -> Self {
+        KeyTables {
+            hasher: self.hasher.clone(),
+            mask: self.mask,
+            by_execution: HashMap::new(),
+            in_flight: VecDeque::new(),
+            count: 0,
+        }
+    }
+
+    /// Files every durable keyed append of `other`, a [`KeyTables::sibling`] of these.
+    pub(crate) fn absorb(&mut self, other: KeyTables) {
+        debug_assert!(other.in_flight.is_empty());
+        for (no, keys) in other.by_execution {
+            match keys {
+                Keys::One(hash, pos) => self.insert(no, hash, pos),
+                Keys::Many(many) => {
+                    let collided = many.collided.into_iter();
+                    for (hash, pos) in many.by_hash.into_iter().chain(collided) {
+                        self.insert(no, hash, pos);
+                    }
+                }
+            }
+        }
+    }
+
     /// The hash under which `key` is filed.
     pub(crate) fn hash(&self, key: &str) -> u64 {
         self.hasher.hash_one(key.as_bytes()) & self.mask

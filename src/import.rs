@@ -172,7 +172,7 @@ impl LogStore {
     #[doc(hidden)]
     pub fn import_blocking(&self, events: Vec<StoredEvent>) -> Result<u64> {
         let chunk = Chunk::new(events)?;
-        self.check_open()?;
+        self.check_writable_index()?;
         let last_sequence = chunk.last_sequence();
         let previous = chunk.first_sequence - 1;
         if previous > 0 && self.get_latest_sequence_blocking(&chunk.execution_id)? == Some(previous)

@@ -66,6 +66,7 @@ mod checkpointer;
 mod codec;
 mod committer;
 mod damage;
+mod deferred_verification;
 mod deletion;
 mod eraser;
 mod erasure;

@@ -18,6 +18,7 @@ use crate::append::{self, Given, Prepared};
 use crate::background::Background;
 use crate::checkpoint::SegmentDigest;
 use crate::committer::Committer;
+use crate::deferred_verification::{self, Verification};
 use crate::error::{Error, Result};
 use crate::event::{ExecutionEventData, StoredEvent};
 use crate::ids::{ExecutionId, TenantId, validate_id};
@@ -79,6 +80,8 @@ pub struct LogStore {
     eraser: Mutex<Option<Background>>,
     /// The background checkpoint thread, if checkpoints are written while running.
     checkpointer: Mutex<Option<crate::checkpointer::Checkpointer>>,
+    /// Verifies a checkpoint open trusted (`deferred_verification.rs`).
+    verifier: Mutex<Option<Background>>,
     lock: Mutex<Option<LockGuard>>,
     report: RecoveryReport,
 }
@@ -107,6 +110,9 @@ pub struct Stats {
     /// Index checkpoints the background thread wrote since open (see
     /// [`Options::index_checkpoint_interval_bytes`]); close's own is not counted.
     pub index_checkpoints: u64,
+    /// Whether the checkpoint this open trusted is still being verified (see
+    /// [`Options::verify_checkpoint_after_open`]): calls that write wait meanwhile.
+    pub checkpoint_unverified: bool,
     /// Bytes of encoded records now admitted to the queue to the commit thread and not
     /// yet completed (see [`Options::max_queued_bytes`]). An append is counted from its
     /// admission, before it takes the store lock, with its first record's execution
@@ -338,6 +344,11 @@ impl LogStore {
             erasable: Mutex::new(erasable),
             erasing: Mutex::new(()),
             checkpoints: crate::checkpointer::Requests::default(),
+            verification: if recovered.report.checkpoint_verification_deferred {
+                Verification::pending()
+            } else {
+                Verification::verified()
+            },
         });
         if mode == Mode::Reader {
             let poller = Arc::clone(&shared);
@@ -352,6 +363,7 @@ impl LogStore {
                 retention: Mutex::new(None),
                 eraser: Mutex::new(None),
                 checkpointer: Mutex::new(None),
+                verifier: Mutex::new(None),
                 lock: Mutex::new(None),
                 report: recovered.report,
             });
@@ -364,6 +376,7 @@ impl LogStore {
                 retention: Mutex::new(None),
                 eraser: Mutex::new(None),
                 checkpointer: Mutex::new(None),
+                verifier: Mutex::new(None),
                 lock: Mutex::new(lock),
                 report: recovered.report,
             });
@@ -386,6 +399,7 @@ impl LogStore {
             retention: Mutex::new(None),
             eraser: Mutex::new(None),
             checkpointer: Mutex::new(None),
+            verifier: Mutex::new(None),
             lock: Mutex::new(lock),
             report: recovered.report,
         };
@@ -394,6 +408,7 @@ impl LogStore {
         *store.retention.lock() = retention::start(&store.shared)?;
         *store.eraser.lock() = crate::eraser::start(&store.shared)?;
         *store.checkpointer.lock() = crate::checkpointer::start(&store.shared)?;
+        *store.verifier.lock() = deferred_verification::start(&store.shared)?;
         Ok(store)
     }
 
@@ -406,6 +421,10 @@ impl LogStore {
     /// open cannot use a checkpoint and scans the log.
     pub fn close(&self) -> Result<()> {
         self.shared.closed.store(true, Ordering::SeqCst);
+        // Writers and the checkpoint thread may be waiting for its verdict.
+        if let Some(verifier) = self.verifier.lock().take() {
+            verifier.stop();
+        }
         // First, so that it saves its position while the store is still locked.
         if let Some(scrubber) = self.scrubber.lock().take() {
             scrubber.stop();
@@ -471,6 +490,7 @@ impl LogStore {
             index_bytes,
             sparse_index_bytes,
             index_checkpoints: self.shared.checkpoints.written.load(Ordering::Relaxed),
+            checkpoint_unverified: self.shared.verification.is_pending(),
             queued_bytes: self.shared.queue_bound.queued(),
             peak_queued_bytes: self.shared.queue_bound.peak(),
             queue_waiters: self.shared.queue_bound.waiting(),
@@ -505,11 +525,19 @@ impl LogStore {
         self.shared.state.lock().index.durable_executions()
     }
 
+    /// Fails if the store is closed, or if the checkpoint open trusted was refuted.
     pub(crate) fn check_open(&self) -> Result<()> {
         if self.shared.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
-        Ok(())
+        self.shared.verification.check()
+    }
+
+    /// [`LogStore::check_open`], after waiting for the verdict on a checkpoint open
+    /// trusted: what writes (or follows the log) must not act on an index not verified.
+    pub(crate) fn check_writable_index(&self) -> Result<()> {
+        self.check_open()?;
+        self.shared.verification.wait_verified()
     }
 
     /// Validates and encodes an append (step 1 of `append.rs`).
@@ -519,7 +547,7 @@ impl LogStore {
         tenant_id: &TenantId,
         events: Vec<ExecutionEventData>,
     ) -> Result<Prepared> {
-        self.check_open()?;
+        self.check_writable_index()?;
         append::prepare(&self.shared, execution_id, tenant_id, events)
     }
 

@@ -218,7 +218,8 @@ fn pass(
     let maps = segment_maps::map(io, dir, &ids, read_only, bound)?;
     let start = {
         let bytes: Vec<&[u8]> = maps.iter().map(SegmentMap::bytes).collect();
-        saved_index::verify(saved, &bytes, options, &mut report)
+        let defer = options.verify_checkpoint_after_open && !read_only;
+        saved_index::verify(saved, &bytes, options, defer, &mut report)
     };
     let scanned = tail_scan::scan(maps, start, hidden, &mut report)?;
     if let Some(u) = check_tail(&scanned, dir, read_only, &mut report)? {

@@ -78,6 +78,9 @@ pub struct Options {
     pub(crate) commit_delay_us: u64,
     pub(crate) index_stride: u32,
     pub(crate) index_checkpoint: bool,
+    pub(crate) verify_checkpoint_after_open: bool,
+    /// Test hook: how long the verification after open waits before it starts.
+    pub(crate) checkpoint_verification_delay: Duration,
     /// `None` until set: the default, which depends on the file system.
     pub(crate) checkpoint_interval: Option<Option<u64>>,
     pub(crate) write_path: WritePath,
@@ -106,6 +109,8 @@ impl Default for Options {
             commit_delay_us: 0,
             index_stride: 16,
             index_checkpoint: true,
+            verify_checkpoint_after_open: false,
+            checkpoint_verification_delay: Duration::ZERO,
             checkpoint_interval: None,
             write_path: WritePath::ZerosAhead,
             key_hash_bits: 64,
@@ -214,6 +219,40 @@ impl Options {
     #[must_use]
     pub fn index_checkpoint(mut self, enabled: bool) -> Self {
         self.index_checkpoint = enabled;
+        self
+    }
+
+    /// Whether a read-write open trusts a checkpoint on its own checksum and verifies it
+    /// against the segments in the background, after open returns, instead of before.
+    /// Default off.
+    ///
+    /// Off, open recomputes the checksum of every covered segment and walks every
+    /// covered record header before it uses a checkpoint: open reads the whole log.
+    /// On, open reads only the checkpoint (layout 2) and the tail after it, so its cost
+    /// follows the number of executions, not the bytes; a background thread
+    /// (`execlog-verify`) then makes the same checks. Until it is done, reads are
+    /// served (each record's CRC, execution number and sequence are checked as
+    /// always, and an execution's first read checks that its first record declares
+    /// its id and tenant), and every call that writes waits for the verdict. If the
+    /// checkpoint does not describe the records, the store is poisoned
+    /// ([`Error::Poisoned`], reads included), the checkpoint is removed, and the next
+    /// open scans the log. [`Stats::checkpoint_unverified`] tells whether it is still
+    /// running. Read-only opens always verify first. docs/DESIGN.md, "Verifying a
+    /// checkpoint after open".
+    ///
+    /// [`Stats::checkpoint_unverified`]: crate::Stats::checkpoint_unverified
+    #[must_use]
+    pub fn verify_checkpoint_after_open(mut self, enabled: bool) -> Self {
+        self.verify_checkpoint_after_open = enabled;
+        self
+    }
+
+    /// Test hook: the verification after open starts only after `delay`, so that a
+    /// test can act while it has not run.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn checkpoint_verification_delay(mut self, delay: Duration) -> Self {
+        self.checkpoint_verification_delay = delay;
         self
     }
 

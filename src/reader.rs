@@ -11,6 +11,11 @@
 //! and must carry the execution number and sequence the chain predicts. A record that
 //! overlaps a range the scrubber found damaged (`scrub.rs`) is refused before it is
 //! decoded, even if its bytes check now.
+//!
+//! While a checkpoint open trusted is being verified (`deferred_verification.rs`), an
+//! execution's first read also checks that its first record declares the id and
+//! tenant the index gives it: a wrong index then makes reads fail, never serve another
+//! execution's events.
 
 use chrono::{DateTime, Utc};
 
@@ -21,6 +26,7 @@ use crate::ids::ExecutionId;
 use crate::index::{EntryPoint, ExecNo, Index};
 use crate::io::Mapped;
 use crate::record::{self, Decoded, HEADER_LEN, Pos};
+use crate::segment::{self, SEGMENT_HEADER_LEN};
 use crate::state::Shared;
 
 /// Events of `execution_id` with sequence in `(after, after + limit]`, in order.
@@ -30,6 +36,8 @@ pub(crate) fn read(
     after: u64,
     limit: usize,
 ) -> Result<Vec<StoredEvent>> {
+    shared.verification.check()?;
+    check_owner(shared, execution_id)?;
     let (chain, to, tenant_id) = {
         let state = shared.state.lock();
         let Some((no, e)) = state.index.visible(execution_id) else {
@@ -70,6 +78,60 @@ pub(crate) fn read(
             .all(|w| w[0].sequence + 1 == w[1].sequence)
     );
     Ok(events)
+}
+
+/// While the checkpoint open trusted is being verified, checks once per execution that
+/// `execution_id`'s first record declares it and the tenant the index gives it; a
+/// fork's read waits for the verdict instead (its declaration is not on its chain).
+fn check_owner(shared: &Shared, execution_id: &ExecutionId) -> Result<()> {
+    if !shared.verification.is_pending() {
+        return Ok(());
+    }
+    let (no, first, tenant, fork) = {
+        let state = shared.state.lock();
+        let Some((no, e)) = state.index.visible(execution_id) else {
+            return Ok(());
+        };
+        if !shared.verification.owner_unchecked(no) {
+            return Ok(());
+        }
+        let fork = state.index.base(no).is_some();
+        (
+            no,
+            e.sparse().get(0),
+            state.index.tenant_of(e).clone(),
+            fork,
+        )
+    };
+    if fork {
+        return shared.verification.wait_verified();
+    }
+    let Some(first) = first else {
+        return Err(Error::Internal(
+            "an execution without an entry point".into(),
+        ));
+    };
+    let mut cursor = Cursor::default();
+    let version =
+        segment::version_of(cursor.bytes(shared, first.segment, SEGMENT_HEADER_LEN as u64)?);
+    let (header, body) = cursor.record(shared, first)?;
+    let declared = (header.execution == u64::from(no)
+        && header.sequence == 1
+        && header.kind == record::Kind::Event)
+        .then(|| codec::record_prefix(body, 1, true, version).ok())
+        .flatten()
+        .and_then(|prefix| prefix.declaration);
+    match declared {
+        Some(d) if d.execution_id == execution_id.as_str() && d.tenant_id == tenant.as_str() => {
+            shared.verification.owner_checked(no);
+            Ok(())
+        }
+        _ => Err(Error::corrupt(
+            first.segment,
+            u64::from(first.offset),
+            "the execution's first record does not declare the id and tenant the index gives it",
+        )),
+    }
 }
 
 /// The position of the record of durable `sequence` of execution `no` (a fork's

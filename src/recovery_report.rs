@@ -36,6 +36,10 @@ pub struct RecoveryReport {
     pub checkpoint_bytes: u64,
     /// Why a checkpoint present in the directory was not used, if one was not.
     pub checkpoint_ignored: Option<String>,
+    /// Whether open trusted the checkpoint without reading the segments it covers,
+    /// leaving its verification to a thread that runs after open
+    /// ([`Options::verify_checkpoint_after_open`](crate::Options::verify_checkpoint_after_open)).
+    pub checkpoint_verification_deferred: bool,
     /// Records checksummed while looking past a damaged record for a later commit
     /// group (0 when nothing was damaged).
     pub search_candidates: u64,

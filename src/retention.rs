@@ -134,7 +134,7 @@ impl LogStore {
     /// Deletes, durably, every execution whose last event is older than `older_than`;
     /// returns how many. See [`Lifecycle::prune`](crate::Lifecycle::prune).
     pub fn prune_blocking(&self, older_than: Duration) -> Result<u64> {
-        self.check_open()?;
+        self.check_writable_index()?;
         prune_blocking(self.shared(), &|_: &TenantId| Some(older_than))
     }
 }

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use crate::checkpoint::{self, Checkpoint, SegmentDigest};
 use crate::idempotency::KeyTables;
-use crate::index::Index;
+use crate::index::{ExecNo, Index};
 use crate::io::Io;
 use crate::options::Options;
 use crate::rebuild::Rebuild;
@@ -49,13 +49,24 @@ pub(crate) fn load(
 }
 
 /// The scan's start: `saved`'s index if its digests match `maps` (the segments, in
-/// id order) and it describes their records, else an empty index.
+/// id order) and it describes their records, else an empty index. With `defer`, a
+/// checkpoint that lists its deletions (layout 2) and whose covered segments are there,
+/// with valid headers and long enough, is trusted without reading them: the caller
+/// verifies it after open (`deferred_verification.rs`), and the report says so.
 pub(crate) fn verify(
     saved: Option<Checkpoint>,
     maps: &[&[u8]],
     options: &Options,
+    defer: bool,
     report: &mut RecoveryReport,
 ) -> Start {
+    let saved = match saved {
+        Some(c) if defer && c.deleted.is_some() && plausible(&c.segments, maps) => {
+            report.checkpoint_verification_deferred = true;
+            return start_from(deferred(c, options), report);
+        }
+        other => other,
+    };
     let verified = saved.and_then(|c| match trusted(c, maps, options) {
         Ok(trusted) => Some(trusted),
         Err(why) => {
@@ -64,13 +75,7 @@ pub(crate) fn verify(
         }
     });
     match verified {
-        Some((c, keys)) => {
-            report.checkpoint_bytes = c.segments.iter().map(|d| d.end).sum();
-            Start {
-                rebuild: Rebuild::resume(c.index, keys, c.last_timestamp_ns),
-                covered: c.segments,
-            }
-        }
+        Some(trusted) => start_from(trusted, report),
         None => Start {
             rebuild: Rebuild::resume(
                 Index::new(options.index_stride),
@@ -82,6 +87,35 @@ pub(crate) fn verify(
     }
 }
 
+/// The scan's start from a checkpoint open uses.
+fn start_from((c, keys): (Checkpoint, KeyTables), report: &mut RecoveryReport) -> Start {
+    report.checkpoint_bytes = c.segments.iter().map(|d| d.end).sum();
+    Start {
+        rebuild: Rebuild::resume(c.index, keys, c.last_timestamp_ns),
+        covered: c.segments,
+    }
+}
+
+/// Whether the segments `digests` covers are all there, each with a valid header and
+/// at least as long as its covered records: what open checks of a checkpoint it
+/// verifies only later, reading one page of each segment.
+fn plausible(digests: &[SegmentDigest], maps: &[&[u8]]) -> bool {
+    digests.len() <= maps.len()
+        && (1..).zip(digests.iter().zip(maps)).all(|(id, (d, bytes))| {
+            segment::check_header(bytes, id) == HeaderCheck::Valid && d.end <= bytes.len() as u64
+        })
+}
+
+/// `c` trusted as it is, with the executions it lists as deleted marked so; the keys
+/// of its covered keyed appends are filed by the verification after open.
+fn deferred(mut c: Checkpoint, options: &Options) -> (Checkpoint, KeyTables) {
+    for &no in c.deleted.iter().flatten() {
+        c.index.mark_deleting(no);
+        c.index.delete(no);
+    }
+    (c, KeyTables::new(options.key_hash_bits))
+}
+
 /// `c` with the executions its covered tombstones deleted marked so, and the keys of
 /// its covered keyed appends; `Err` says why it cannot be trusted.
 fn trusted(
@@ -90,28 +124,40 @@ fn trusted(
     options: &Options,
 ) -> std::result::Result<(Checkpoint, KeyTables), String> {
     let mut keys = KeyTables::new(options.key_hash_bits);
-    let total: u64 = c.segments.iter().map(|d| d.end).sum();
-    // The walk only reads (bounds-checked, whatever the bytes), so it runs beside the
-    // checksums instead of after them; its verdict counts only if they match.
-    let deleted = if MODEL_CHECKED || total < PARALLEL_DIGEST_BYTES {
-        verify_digests(&c.segments, maps)?;
-        checkpoint::check_records(&c, maps, &mut keys)?
-    } else {
-        std::thread::scope(|scope| {
-            let digests = scope.spawn(|| verify_digests(&c.segments, maps));
-            let walked = checkpoint::check_records(&c, maps, &mut keys);
-            let digests = digests
-                .join()
-                .unwrap_or_else(|_| Err("checksum thread panicked".into()));
-            digests.and(walked)
-        })?
-    };
+    let deleted = check(&c, maps, &mut keys)?;
     for no in deleted {
         c.index.mark_deleting(no);
         c.index.delete(no);
         keys.forget(no);
     }
     Ok((c, keys))
+}
+
+/// Checks `c` against the segments `maps` (every covered digest, then the walk over
+/// the covered records, `checkpoint::check_records`), filing the covered keyed appends
+/// in `keys`; returns the executions the covered tombstones deleted, or why `c` cannot
+/// be trusted.
+pub(crate) fn check(
+    c: &Checkpoint,
+    maps: &[&[u8]],
+    keys: &mut KeyTables,
+) -> std::result::Result<Vec<ExecNo>, String> {
+    let total: u64 = c.segments.iter().map(|d| d.end).sum();
+    // The walk only reads (bounds-checked, whatever the bytes), so it runs beside the
+    // checksums instead of after them; its verdict counts only if they match.
+    if MODEL_CHECKED || total < PARALLEL_DIGEST_BYTES {
+        verify_digests(&c.segments, maps)?;
+        checkpoint::check_records(c, maps, keys)
+    } else {
+        std::thread::scope(|scope| {
+            let digests = scope.spawn(|| verify_digests(&c.segments, maps));
+            let walked = checkpoint::check_records(c, maps, keys);
+            let digests = digests
+                .join()
+                .unwrap_or_else(|_| Err("checksum thread panicked".into()));
+            digests.and(walked)
+        })
+    }
 }
 
 /// Checks a checkpoint's segment digests against the mapped segments: the checksum of

@@ -11,6 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::checkpoint::SegmentDigest;
 use crate::checkpointer::Requests;
+use crate::deferred_verification::Verification;
 use crate::error::Error;
 use crate::idempotency::KeyTables;
 use crate::index::Index;
@@ -57,6 +58,9 @@ pub(crate) struct Shared {
     pub(crate) erasing: Mutex<()>,
     /// Asks the checkpoint thread for a checkpoint (`checkpointer.rs`).
     pub(crate) checkpoints: Requests,
+    /// The verdict on a checkpoint open trusted without reading the segments
+    /// (`deferred_verification.rs`).
+    pub(crate) verification: Verification,
 }
 
 impl Shared {

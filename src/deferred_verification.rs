@@ -1,0 +1,210 @@
+//! Verifying a checkpoint after open ([`Options::verify_checkpoint_after_open`]): open
+//! trusts `checkpoint.idx` on its own checksum, and the `execlog-verify` thread then
+//! makes the checks an ordinary open makes before it (`saved_index::check`: every
+//! covered segment's digest, the walk over every covered record header), while reads
+//! are served.
+//!
+//! Invariants:
+//! - Nothing that writes runs on an index not yet verified: every call that writes
+//!   waits for the verdict ([`Verification::wait_verified`]), so does the checkpoint
+//!   thread, and close writes no checkpoint unless the verdict is in and good (the old
+//!   file stays, for the next open to verify again). Idempotency keys of the covered
+//!   appends are found by the walk, so keyed appends could not be answered before
+//!   anyway.
+//! - A read served before the verdict never returns another execution's or tenant's
+//!   events: each record's CRC, execution number and sequence are checked as always,
+//!   and an execution's first read checks that its first record declares the id and
+//!   tenant the index gives it (a fork's read waits for the verdict instead).
+//! - A checkpoint found not to describe the records poisons the store, for reads too,
+//!   and is removed (durably) so that the next open rebuilds the index from the records.
+//!
+//! [`Options::verify_checkpoint_after_open`]: crate::Options::verify_checkpoint_after_open
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::background::{self, Background};
+use crate::checkpoint;
+use crate::committer;
+use crate::error::{Error, Result};
+use crate::index::ExecNo;
+use crate::repair;
+use crate::saved_index;
+use crate::state::{Poison, Shared};
+use crate::stop::Stop;
+use crate::sync::{Condvar, Mutex};
+
+/// Where the verification of the checkpoint open trusted stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    /// Nothing to verify (the open verified before, or used no checkpoint), or the
+    /// verification found the checkpoint good.
+    Verified,
+    /// Open trusted a checkpoint; its verification has not ended.
+    Pending,
+    /// The checkpoint does not describe the records: the store is poisoned.
+    Refuted(String),
+    /// The store closed before the verification ran.
+    Abandoned,
+}
+
+/// The verdict, with what waits for it.
+pub(crate) struct Verification {
+    verdict: Mutex<Verdict>,
+    settled: Condvar,
+    /// Executions whose first record was found to declare their id and tenant, while
+    /// the verdict is pending.
+    owners_checked: Mutex<HashSet<ExecNo>>,
+}
+
+impl Verification {
+    /// Nothing left to verify.
+    pub(crate) fn verified() -> Self {
+        Self::with(Verdict::Verified)
+    }
+
+    /// A checkpoint trusted by open, to be verified.
+    pub(crate) fn pending() -> Self {
+        Self::with(Verdict::Pending)
+    }
+
+    fn with(verdict: Verdict) -> Self {
+        Verification {
+            verdict: Mutex::new(verdict),
+            settled: Condvar::default(),
+            owners_checked: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Whether the verification has not ended.
+    pub(crate) fn is_pending(&self) -> bool {
+        *self.verdict.lock() == Verdict::Pending
+    }
+
+    /// Whether the index may be saved: verified, or never in doubt.
+    pub(crate) fn is_verified(&self) -> bool {
+        *self.verdict.lock() == Verdict::Verified
+    }
+
+    /// `Err` if the checkpoint was refuted (reads and writes alike are refused).
+    pub(crate) fn check(&self) -> Result<()> {
+        match &*self.verdict.lock() {
+            Verdict::Refuted(why) => Err(Error::poisoned(why.clone())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Waits for the verdict; `Err` if the checkpoint was refuted or the store closed
+    /// before it was verified.
+    pub(crate) fn wait_verified(&self) -> Result<()> {
+        let mut verdict = self.verdict.lock();
+        while *verdict == Verdict::Pending {
+            self.settled.wait(&mut verdict);
+        }
+        match &*verdict {
+            Verdict::Verified => Ok(()),
+            Verdict::Refuted(why) => Err(Error::poisoned(why.clone())),
+            Verdict::Pending | Verdict::Abandoned => Err(Error::Closed),
+        }
+    }
+
+    /// Whether a read of execution `no` must first check its owner: only while the
+    /// verdict is pending, once per execution.
+    pub(crate) fn owner_unchecked(&self, no: ExecNo) -> bool {
+        self.is_pending() && !self.owners_checked.lock().contains(&no)
+    }
+
+    /// Execution `no`'s first record declares what the index says.
+    pub(crate) fn owner_checked(&self, no: ExecNo) {
+        if self.is_pending() {
+            self.owners_checked.lock().insert(no);
+        }
+    }
+
+    fn settle(&self, verdict: Verdict) {
+        {
+            let mut current = self.verdict.lock();
+            if *current == Verdict::Pending {
+                *current = verdict;
+            }
+        }
+        self.settled.notify_all();
+        self.owners_checked.lock().clear();
+    }
+}
+
+/// Starts the verification of the checkpoint open trusted, if it did.
+pub(crate) fn start(shared: &Arc<Shared>) -> Result<Option<Background>> {
+    if !shared.verification.is_pending() {
+        return Ok(None);
+    }
+    background::spawn(shared, "execlog-verify", |shared, stop| run(&shared, &stop)).map(Some)
+}
+
+fn run(shared: &Shared, stop: &Stop) {
+    let delay = shared.options.checkpoint_verification_delay;
+    if stop.sleep_until(Instant::now() + delay) {
+        shared.verification.settle(Verdict::Abandoned);
+        return;
+    }
+    let started = Instant::now();
+    match verify(shared) {
+        Ok(()) => {
+            log::info!(
+                "{}: the index checkpoint describes the records (verified in {:?})",
+                shared.dir.display(),
+                started.elapsed()
+            );
+            shared.verification.settle(Verdict::Verified);
+            // What open rebuilt since the checkpoint may be saved now.
+            shared.checkpoints.request();
+        }
+        Err(why) => refute(shared, &why),
+    }
+}
+
+/// The checks an ordinary open makes, over the segments as they are now (nothing has
+/// written to them since open: writes wait for this), and the covered keys filed.
+fn verify(shared: &Shared) -> std::result::Result<(), String> {
+    let saved = checkpoint::load(shared.io.as_ref(), &shared.dir, shared.options.index_stride)?
+        .ok_or("the checkpoint open used is gone")?;
+    let mut maps = Vec::with_capacity(saved.segments.len());
+    for id in (1..).take(saved.segments.len()) {
+        let file = shared
+            .segments
+            .file(id)
+            .ok_or_else(|| format!("segment {id} is not open"))?;
+        let len = file.size().map_err(|e| format!("segment {id}: {e}"))?;
+        maps.push(file.map(len).map_err(|e| format!("segment {id}: {e}"))?);
+    }
+    let bytes: Vec<&[u8]> = maps.iter().map(|m| m.as_ref().as_ref()).collect();
+    let mut keys = shared.state.lock().keys.sibling();
+    let deleted = saved_index::check(&saved, &bytes, &mut keys)?;
+    for no in deleted {
+        keys.forget(no);
+    }
+    shared.state.lock().keys.absorb(keys);
+    Ok(())
+}
+
+/// The checkpoint does not describe the records: it is removed, and the store
+/// poisoned.
+fn refute(shared: &Shared, why: &str) {
+    let cause = format!(
+        "the index checkpoint open trusted does not describe the records ({why}); it was \
+         removed: reopen the store to rebuild the index from the records"
+    );
+    log::error!("{}: {cause}", shared.dir.display());
+    let path = checkpoint::path(&shared.dir);
+    let removed = shared
+        .io
+        .remove(&path)
+        .map_err(|e| Error::io("remove refuted checkpoint", &path, e))
+        .and_then(|()| repair::sync_dir(shared.io.as_ref(), &shared.dir));
+    if let Err(e) = removed {
+        log::error!("{}: {e}", shared.dir.display());
+    }
+    committer::poison(shared, Poison::new(cause.clone()));
+    shared.verification.settle(Verdict::Refuted(cause));
+}

@@ -1,0 +1,245 @@
+//! `Options::verify_checkpoint_after_open`: open trusts `checkpoint.idx` on its own
+//! checksum, reads none of the segments it covers, and verifies it in the background.
+//!
+//! A good checkpoint: the same answers as a full scan, before and after the verdict,
+//! and the covered idempotency keys answer retries once it is in. A checkpoint edited
+//! with its CRC recomputed: reads before the verdict never serve another execution's
+//! events, writes wait and are refused, the file is removed, and the next open answers
+//! as a full scan. Close before the verdict keeps the file as it was.
+//!
+//! Regression guarded: trusting a checkpoint without ever verifying it; serving an
+//! execution under another's id while the verdict is pending; appending on an index
+//! that was not verified; saving an unverified index in a new checkpoint.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::step_event;
+use execlog::*;
+
+const CHECKPOINT: &str = "checkpoint.idx";
+
+fn tenant(n: u32) -> TenantId {
+    TenantId::from(format!("tenant-{n}"))
+}
+
+fn keyed(key: &str) -> AppendOptions {
+    AppendOptions {
+        idempotency_key: Some(key.into()),
+        ..AppendOptions::default()
+    }
+}
+
+/// `run-a` (tenant 0, 10 events, the last keyed "k"), `run-b` (tenant 1, 7 events),
+/// `run-c` (tenant 0, 3 events), `gone` (deleted) and `fork-a` (run-a's first 4 events
+/// and one of its own), closed cleanly.
+fn store() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let s = LogStore::open_with(dir.path(), Options::default().index_stride(4)).unwrap();
+    for (id, t, n) in [
+        ("run-a", 0, 9u64),
+        ("run-b", 1, 7),
+        ("run-c", 0, 3),
+        ("gone", 1, 2),
+    ] {
+        for i in 0..n {
+            s.append_blocking(&ExecutionId::from(id), &tenant(t), step_event(i))
+                .unwrap();
+        }
+    }
+    let a = ExecutionId::from("run-a");
+    s.append_with_blocking(&a, &tenant(0), vec![step_event(9)], keyed("k"))
+        .unwrap();
+    s.fork_execution_blocking(&a, 4, &ExecutionId::from("fork-a"))
+        .unwrap();
+    s.append_blocking(&ExecutionId::from("fork-a"), &tenant(0), step_event(40))
+        .unwrap();
+    assert!(
+        s.delete_execution_blocking(&ExecutionId::from("gone"))
+            .unwrap()
+    );
+    s.close().unwrap();
+    dir
+}
+
+/// Everything the store answers about its executions and tenants.
+fn answers(s: &LogStore) -> String {
+    let mut out = String::new();
+    for t in 0..2 {
+        let ids = s.list_executions_blocking(&tenant(t), 100, 0).unwrap();
+        out += &format!("{t}: {ids:?}\n");
+    }
+    for id in ["run-a", "run-b", "run-c", "gone", "fork-a"] {
+        let events = s.load_events_blocking(&ExecutionId::from(id)).unwrap();
+        out += &serde_json::to_string(&events).unwrap();
+        out += "\n";
+    }
+    out
+}
+
+fn full_scan_answers(dir: &Path) -> String {
+    let options = Options::default().index_stride(4).index_checkpoint(false);
+    let s = LogStore::open_with(dir, options).unwrap();
+    answers(&s)
+}
+
+fn after_open(delay: Duration) -> Options {
+    Options::default()
+        .index_stride(4)
+        .verify_checkpoint_after_open(true)
+        .checkpoint_verification_delay(delay)
+}
+
+fn wait_for_verdict(s: &LogStore) {
+    let started = Instant::now();
+    while s.stats().checkpoint_unverified {
+        assert!(started.elapsed() < Duration::from_secs(60), "no verdict");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Swaps the ids of two executions of the same length in the checkpoint and
+/// recomputes its CRC: a forgery only the walk over the records can see.
+fn swap_ids(dir: &Path, a: &str, b: &str) {
+    assert_eq!(a.len(), b.len());
+    let mut bytes = fs::read(dir.join(CHECKPOINT)).unwrap();
+    let find = |bytes: &[u8], id: &str| {
+        let needle = [&(id.len() as u32).to_le_bytes()[..], id.as_bytes()].concat();
+        bytes
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .unwrap()
+            + 4
+    };
+    let (at_a, at_b) = (find(&bytes, a), find(&bytes, b));
+    bytes[at_a..at_a + a.len()].copy_from_slice(b.as_bytes());
+    bytes[at_b..at_b + b.len()].copy_from_slice(a.as_bytes());
+    recompute_crc(&mut bytes);
+    fs::write(dir.join(CHECKPOINT), bytes).unwrap();
+}
+
+fn recompute_crc(bytes: &mut [u8]) {
+    let body = bytes.len() - 4;
+    let crc = crc32fast::hash(&bytes[..body]);
+    bytes[body..].copy_from_slice(&crc.to_le_bytes());
+}
+
+#[test]
+fn a_good_checkpoint_answers_as_a_full_scan_before_and_after_its_verdict() {
+    let dir = store();
+    let truth = full_scan_answers(dir.path());
+    let s = LogStore::open_with(dir.path(), after_open(Duration::from_millis(300))).unwrap();
+    let report = s.recovery_report().clone();
+    assert!(report.checkpoint_verification_deferred, "{report:?}");
+    assert!(report.checkpoint_bytes > 0 && report.checkpoint_ignored.is_none());
+    assert!(s.stats().checkpoint_unverified);
+    assert_eq!(answers(&s), truth, "before the verdict");
+    // A keyed retry needs the covered keys, which the verification files: it waits.
+    let a = ExecutionId::from("run-a");
+    let retry = s
+        .append_with_blocking(&a, &tenant(0), vec![step_event(9)], keyed("k"))
+        .unwrap();
+    assert!(retry.replayed && retry.first_sequence == 10, "{retry:?}");
+    assert!(!s.stats().checkpoint_unverified);
+    assert_eq!(answers(&s), truth, "after the verdict");
+    assert_eq!(
+        s.append_blocking(&a, &tenant(0), step_event(10)).unwrap(),
+        11
+    );
+    s.close().unwrap();
+    // Close saved a verified index: the next open trusts it again.
+    let s = LogStore::open_with(dir.path(), after_open(Duration::ZERO)).unwrap();
+    assert!(s.recovery_report().checkpoint_verification_deferred);
+    wait_for_verdict(&s);
+    assert_eq!(s.load_events_blocking(&a).unwrap().len(), 11);
+}
+
+#[test]
+fn swapped_ids_are_never_served_and_the_checkpoint_is_refuted() {
+    let dir = store();
+    let truth = full_scan_answers(dir.path());
+    swap_ids(dir.path(), "run-a", "run-c");
+    let s = std::sync::Arc::new(
+        LogStore::open_with(dir.path(), after_open(Duration::from_secs(2))).unwrap(),
+    );
+    assert!(s.recovery_report().checkpoint_verification_deferred);
+    // Before the verdict: the owner check refuses both reads.
+    for id in ["run-a", "run-c"] {
+        let read = s.load_events_blocking(&ExecutionId::from(id));
+        assert!(
+            matches!(read, Err(Error::Corrupt { .. })),
+            "{id} before the verdict: {read:?}"
+        );
+    }
+    // An unaffected execution is served.
+    let b = s.load_events_blocking(&ExecutionId::from("run-b")).unwrap();
+    assert_eq!(b.len(), 7);
+    // An append waits for the verdict, and is refused.
+    let appender = {
+        let s = std::sync::Arc::clone(&s);
+        std::thread::spawn(move || {
+            s.append_blocking(&ExecutionId::from("run-b"), &tenant(1), step_event(7))
+        })
+    };
+    let appended = appender.join().unwrap();
+    assert!(
+        matches!(appended, Err(Error::Poisoned { .. })),
+        "{appended:?}"
+    );
+    assert!(!s.stats().checkpoint_unverified);
+    let read = s.load_events_blocking(&ExecutionId::from("run-b"));
+    assert!(matches!(read, Err(Error::Poisoned { .. })), "{read:?}");
+    assert!(!dir.path().join(CHECKPOINT).exists(), "refuted file kept");
+    s.close().unwrap();
+    drop(s);
+    let reopened = LogStore::open_with(dir.path(), after_open(Duration::ZERO)).unwrap();
+    assert!(!reopened.recovery_report().checkpoint_verification_deferred);
+    assert_eq!(answers(&reopened), truth);
+}
+
+#[test]
+fn a_deletion_left_off_the_list_is_refuted_and_stays_deleted() {
+    let dir = store();
+    let truth = full_scan_answers(dir.path());
+    let mut bytes = fs::read(dir.path().join(CHECKPOINT)).unwrap();
+    // Layout 2 ends with the deleted list (count 1, `gone`), then the CRC.
+    let end = bytes.len() - 4;
+    assert_eq!(bytes[end - 8..end - 4], 1u32.to_le_bytes());
+    bytes.drain(end - 8..end);
+    bytes.splice(end - 8..end - 8, 0u32.to_le_bytes());
+    recompute_crc(&mut bytes);
+    fs::write(dir.path().join(CHECKPOINT), bytes).unwrap();
+    let s = LogStore::open_with(dir.path(), after_open(Duration::ZERO)).unwrap();
+    assert!(s.recovery_report().checkpoint_verification_deferred);
+    let deleted = s.delete_execution_blocking(&ExecutionId::from("run-c"));
+    assert!(
+        matches!(deleted, Err(Error::Poisoned { .. })),
+        "{deleted:?}"
+    );
+    s.close().unwrap();
+    let reopened = LogStore::open(dir.path()).unwrap();
+    assert!(reopened.recovery_report().checkpoint_ignored.is_none());
+    assert_eq!(answers(&reopened), truth);
+}
+
+#[test]
+fn close_before_the_verdict_keeps_the_checkpoint_as_it_was() {
+    let dir = store();
+    let before = fs::read(dir.path().join(CHECKPOINT)).unwrap();
+    let s = LogStore::open_with(dir.path(), after_open(Duration::from_secs(30))).unwrap();
+    assert!(s.stats().checkpoint_unverified);
+    let started = Instant::now();
+    s.close().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "close waited out the delay"
+    );
+    assert_eq!(fs::read(dir.path().join(CHECKPOINT)).unwrap(), before);
+    let append = s.append_blocking(&ExecutionId::from("run-b"), &tenant(1), step_event(7));
+    assert!(matches!(append, Err(Error::Closed)), "{append:?}");
+}
