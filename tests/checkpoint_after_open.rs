@@ -19,7 +19,7 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::step_event;
+use common::{crash_image, step_event};
 use execlog::*;
 
 const CHECKPOINT: &str = "checkpoint.idx";
@@ -229,17 +229,31 @@ fn a_deletion_left_off_the_list_is_refuted_and_stays_deleted() {
 
 #[test]
 fn close_before_the_verdict_keeps_the_checkpoint_as_it_was() {
+    // A crash image whose checkpoint does not cover the last append: a close that
+    // trusted the index would save a new one.
     let dir = store();
-    let before = fs::read(dir.path().join(CHECKPOINT)).unwrap();
-    let s = LogStore::open_with(dir.path(), after_open(Duration::from_secs(30))).unwrap();
+    let live = LogStore::open_with(dir.path(), Options::default().index_stride(4)).unwrap();
+    live.append_blocking(&ExecutionId::from("run-b"), &tenant(1), step_event(7))
+        .unwrap();
+    let image = crash_image::copy(dir.path());
+    live.close().unwrap();
+    let before = fs::read(image.path().join(CHECKPOINT)).unwrap();
+    let s = LogStore::open_with(image.path(), after_open(Duration::from_secs(30))).unwrap();
+    assert!(s.recovery_report().checkpoint_verification_deferred);
     assert!(s.stats().checkpoint_unverified);
+    assert_eq!(
+        s.load_events_blocking(&ExecutionId::from("run-b"))
+            .unwrap()
+            .len(),
+        8
+    );
     let started = Instant::now();
     s.close().unwrap();
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "close waited out the delay"
     );
-    assert_eq!(fs::read(dir.path().join(CHECKPOINT)).unwrap(), before);
-    let append = s.append_blocking(&ExecutionId::from("run-b"), &tenant(1), step_event(7));
+    assert_eq!(fs::read(image.path().join(CHECKPOINT)).unwrap(), before);
+    let append = s.append_blocking(&ExecutionId::from("run-b"), &tenant(1), step_event(8));
     assert!(matches!(append, Err(Error::Closed)), "{append:?}");
 }
