@@ -257,3 +257,35 @@ fn close_before_the_verdict_keeps_the_checkpoint_as_it_was() {
     let append = s.append_blocking(&ExecutionId::from("run-b"), &tenant(1), step_event(8));
     assert!(matches!(append, Err(Error::Closed)), "{append:?}");
 }
+
+#[test]
+fn running_checkpoints_wait_for_the_verdict() {
+    let dir = store();
+    let live = LogStore::open_with(dir.path(), Options::default().index_stride(4)).unwrap();
+    for i in 0..60 {
+        live.append_blocking(&ExecutionId::from("run-b"), &tenant(1), step_event(7 + i))
+            .unwrap();
+    }
+    let image = crash_image::copy(dir.path());
+    live.close().unwrap();
+    let before = fs::read(image.path().join(CHECKPOINT)).unwrap();
+    // Open rebuilds more than an interval: it asks for a checkpoint at once.
+    let options =
+        after_open(Duration::from_millis(700)).index_checkpoint_interval_bytes(Some(4096));
+    let s = LogStore::open_with(image.path(), options).unwrap();
+    assert!(s.recovery_report().checkpoint_verification_deferred);
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(s.stats().checkpoint_unverified);
+    assert_eq!(s.stats().index_checkpoints, 0);
+    assert_eq!(fs::read(image.path().join(CHECKPOINT)).unwrap(), before);
+    wait_for_verdict(&s);
+    let started = Instant::now();
+    while s.stats().index_checkpoints == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no checkpoint after the verdict"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_ne!(fs::read(image.path().join(CHECKPOINT)).unwrap(), before);
+}
