@@ -362,10 +362,16 @@ fn run_seed(seed: u64) -> Retries {
     let after = sim.power_loss(rng.next_u64());
     drop(store);
 
-    let store = match LogStore::open_with(dir, options(&after)) {
+    // Odd seeds trust the checkpoint and verify it after open: reads below run before
+    // the verdict, keyed retries wait for it.
+    let reopen = options(&after).verify_checkpoint_after_open(seed % 2 == 1);
+    let store = match LogStore::open_with(dir, reopen) {
         Ok(s) => s,
         Err(e) => panic!("seed {seed}: reopen after power loss failed: {e}"),
     };
+    if store.recovery_report().checkpoint_verification_deferred {
+        VERIFIED_AFTER_OPEN.fetch_add(1, Ordering::Relaxed);
+    }
     let mut histories = HashMap::new();
     for e in &execs {
         let events = store.load_events_blocking(e).unwrap();
@@ -457,6 +463,9 @@ fn follow(store: &LogStore, followed: &mut Option<u64>, served: &mut Vec<StoredE
 /// Index checkpoints the stores of all seeds wrote while running (before a restart).
 static RUNNING_CHECKPOINTS: AtomicU64 = AtomicU64::new(0);
 
+/// Reopens after the cut that trusted a checkpoint and verified it after open.
+static VERIFIED_AFTER_OPEN: AtomicU64 = AtomicU64::new(0);
+
 /// Follows the old store one last time (a poisoned store still serves what is durable),
 /// drops it, and reopens in the same boot.
 fn restart(
@@ -525,15 +534,18 @@ fn power_loss_never_loses_acknowledged_events() {
         "{seeds} simulated power losses, 0 acknowledged events lost; keyed retries after \
          the cut: {} acknowledged (replayed), unacknowledged: {} found stored (replayed), \
          {} stored by the retry, {} refused (stale expectation); {} retries in the boot \
-         before the cut; {} index checkpoints written while running",
+         before the cut; {} index checkpoints written while running; {} reopens after the \
+         cut verified their checkpoint after open",
         all.acknowledged,
         all.replayed,
         all.stored,
         all.refused,
         all.in_boot,
-        RUNNING_CHECKPOINTS.load(Ordering::Relaxed)
+        RUNNING_CHECKPOINTS.load(Ordering::Relaxed),
+        VERIFIED_AFTER_OPEN.load(Ordering::Relaxed)
     );
     if seeds >= 100 {
         assert!(RUNNING_CHECKPOINTS.load(Ordering::Relaxed) > 0);
+        assert!(VERIFIED_AFTER_OPEN.load(Ordering::Relaxed) > 0);
     }
 }
