@@ -212,7 +212,10 @@ impl Committer {
                 Some(state.writer.tail),
                 "the digests cover every record"
             );
-            checkpoint::encode(&state.index, &digests, state.writer.last_timestamp_ns)
+            // The newest durable record's time (the seal's, if one was written), not the
+            // clock's: a call that took a time and wrote nothing moved the clock, and
+            // open refuses a saved time newer than every covered record.
+            checkpoint::encode(&state.index, &digests, state.durable.timestamp_ns)
         };
         checkpoint::write(
             self.shared.io.as_ref(),
@@ -270,6 +273,7 @@ impl Committer {
         }
         let mut state = self.shared.state.lock();
         state.writer.tail = tail + len;
+        state.durable.timestamp_ns = state.durable.timestamp_ns.max(timestamp_ns);
         Ok(())
     }
 
