@@ -213,8 +213,8 @@ impl Committer {
                 "the digests cover every record"
             );
             // The newest durable record's time (the seal's, if one was written), not the
-            // clock's: a call that took a time and wrote nothing moved the clock, and
-            // open refuses a saved time newer than every covered record.
+            // clock's: a seal whose fdatasync failed moved the clock, and open refuses a
+            // saved time newer than every covered record.
             checkpoint::encode(&state.index, &digests, state.durable.timestamp_ns)
         };
         checkpoint::write(

@@ -375,7 +375,12 @@ fn checkpoint_fork_table_claiming_an_ordinary_execution_is_not_trusted() {
     forged.extend_from_slice(&1u64.to_le_bytes()); // at 1
     forged.extend_from_slice(&bytes[p..p + exec0]);
     forged.extend_from_slice(&bytes[p + exec0..p + exec0 + exec1 - 8]); // no entry point
-    assert_eq!(p + exec0 + exec1 + 4, bytes.len());
+    // Layout 2's deleted list: none.
+    assert_eq!(
+        &bytes[p + exec0 + exec1..bytes.len() - 4],
+        &0u32.to_le_bytes()
+    );
+    forged.extend_from_slice(&0u32.to_le_bytes());
     let crc = crc32fast::hash(&forged);
     forged.extend_from_slice(&crc.to_le_bytes());
     fs::write(&path, &forged).unwrap();
