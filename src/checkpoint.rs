@@ -345,9 +345,13 @@ pub(crate) fn check_records(
     c: &Checkpoint,
     maps: &[&[u8]],
     keys: &mut KeyTables,
+    stopped: &(dyn Fn() -> bool + Sync),
 ) -> std::result::Result<Vec<ExecNo>, String> {
     let mut walk = Walk::new(c, keys);
     for (i, (d, bytes)) in c.segments.iter().zip(maps).enumerate() {
+        if stopped() {
+            return Err(crate::saved_index::STOPPED.into());
+        }
         let segment = u32::try_from(i + 1).map_err(|_| "too many segments".to_string())?;
         let records = bytes
             .get(..d.end as usize)

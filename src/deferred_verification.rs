@@ -29,6 +29,7 @@ use crate::checkpoint;
 use crate::committer;
 use crate::error::{Error, Result};
 use crate::index::ExecNo;
+use crate::queue::Ticket;
 use crate::repair;
 use crate::saved_index;
 use crate::state::{Poison, Shared};
@@ -53,6 +54,8 @@ enum Verdict {
 pub(crate) struct Verification {
     verdict: Mutex<Verdict>,
     settled: Condvar,
+    /// Completed with the verdict, for async writers to await (`Ticket::settled`).
+    ticket: Ticket,
     /// Executions whose first record was found to declare their id and tenant, while
     /// the verdict is pending.
     owners_checked: Mutex<HashSet<ExecNo>>,
@@ -73,6 +76,7 @@ impl Verification {
         Verification {
             verdict: Mutex::new(verdict),
             settled: Condvar::default(),
+            ticket: Ticket::default(),
             owners_checked: Mutex::new(HashSet::new()),
         }
     }
@@ -85,6 +89,22 @@ impl Verification {
     /// Whether the index may be saved: verified, or never in doubt.
     pub(crate) fn is_verified(&self) -> bool {
         *self.verdict.lock() == Verdict::Verified
+    }
+
+    /// Why the checkpoint was refuted, if it was.
+    pub(crate) fn refuted(&self) -> Option<String> {
+        match &*self.verdict.lock() {
+            Verdict::Refuted(why) => Some(why.clone()),
+            _ => None,
+        }
+    }
+
+    /// Resolves once the verdict is in, without blocking the thread: async writers
+    /// await it before they call what waits for it.
+    pub(crate) async fn settled(&self) {
+        if self.is_pending() {
+            self.ticket.settled().await;
+        }
     }
 
     /// `Err` if the checkpoint was refuted (reads and writes alike are refused).
@@ -125,11 +145,13 @@ impl Verification {
     fn settle(&self, verdict: Verdict) {
         {
             let mut current = self.verdict.lock();
-            if *current == Verdict::Pending {
-                *current = verdict;
+            if *current != Verdict::Pending {
+                return;
             }
+            *current = verdict;
         }
         self.settled.notify_all();
+        self.ticket.complete(Ok(()));
         self.owners_checked.lock().clear();
     }
 }
@@ -149,7 +171,7 @@ fn run(shared: &Shared, stop: &Stop) {
         return;
     }
     let started = Instant::now();
-    match verify(shared) {
+    match verify(shared, stop) {
         Ok(()) => {
             log::info!(
                 "{}: the index checkpoint describes the records (verified in {:?})",
@@ -157,16 +179,16 @@ fn run(shared: &Shared, stop: &Stop) {
                 started.elapsed()
             );
             shared.verification.settle(Verdict::Verified);
-            // What open rebuilt since the checkpoint may be saved now.
-            shared.checkpoints.request();
         }
+        // Close asked it to stop: no verdict, the file stays for the next open.
+        Err(_) if stop.is_stopped() => shared.verification.settle(Verdict::Abandoned),
         Err(why) => refute(shared, &why),
     }
 }
 
 /// The checks an ordinary open makes, over the segments as they are now (nothing has
 /// written to them since open: writes wait for this), and the covered keys filed.
-fn verify(shared: &Shared) -> std::result::Result<(), String> {
+fn verify(shared: &Shared, stop: &Stop) -> std::result::Result<(), String> {
     let saved = checkpoint::load(shared.io.as_ref(), &shared.dir, shared.options.index_stride)?
         .ok_or("the checkpoint open used is gone")?;
     let mut maps = Vec::with_capacity(saved.segments.len());
@@ -180,7 +202,7 @@ fn verify(shared: &Shared) -> std::result::Result<(), String> {
     }
     let bytes: Vec<&[u8]> = maps.iter().map(|m| m.as_ref().as_ref()).collect();
     let mut keys = shared.state.lock().keys.sibling();
-    let deleted = saved_index::check(&saved, &bytes, &mut keys)?;
+    let deleted = saved_index::check(&saved, &bytes, &mut keys, &|| stop.is_stopped())?;
     for no in deleted {
         keys.forget(no);
     }
@@ -192,8 +214,10 @@ fn verify(shared: &Shared) -> std::result::Result<(), String> {
 /// poisoned.
 fn refute(shared: &Shared, why: &str) {
     let cause = format!(
-        "the index checkpoint open trusted does not describe the records ({why}); it was \
-         removed: reopen the store to rebuild the index from the records"
+        "the index checkpoint this open trusted failed its verification after open ({why}): \
+         the segments may be damaged or replaced, or the checkpoint is wrong; it was \
+         removed, so the next open checks every record itself and reports any damage \
+         with its segment and offset (`execlog verify DIR` surveys it without opening)"
     );
     log::error!("{}: {cause}", shared.dir.display());
     let path = checkpoint::path(&shared.dir);

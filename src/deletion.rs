@@ -250,6 +250,7 @@ pub(crate) fn delete_blocking(shared: &Shared, targets: &[Target<'_>]) -> Result
 
 /// [`delete_blocking`] without blocking the thread.
 pub(crate) async fn delete_async(shared: &Shared, targets: &[Target<'_>]) -> Result<u64> {
+    shared.verification.settled().await;
     check_deletable(shared)?;
     let mut queued = Vec::new();
     for target in targets {

@@ -47,7 +47,9 @@ pub enum Error {
         /// The store directory.
         path: PathBuf,
     },
-    /// An earlier write or fsync failed; the store refuses further writes.
+    /// An earlier write or fsync failed, or the checkpoint an open trusted failed its
+    /// verification after open; the store refuses further writes (and, in the second
+    /// case, reads). The cause says which.
     Poisoned {
         /// A description of the failure that poisoned the store.
         cause: String,
@@ -163,8 +165,8 @@ impl fmt::Display for Error {
             ),
             Error::Poisoned { cause, .. } => write!(
                 f,
-                "store is poisoned after a failed write or sync ({cause}); nothing uncertain was \
-                 acknowledged: close and reopen the store to recover"
+                "store is poisoned ({cause}); nothing uncertain was acknowledged: close and \
+                 reopen the store to recover"
             ),
             Error::TenantMismatch {
                 execution_id,

@@ -262,6 +262,7 @@ impl LogStore {
         at_sequence: u64,
         new_id: &ExecutionId,
     ) -> Result<()> {
+        self.shared().verification.settled().await;
         let (no, pos) = prepare(self, source, at_sequence, new_id)?;
         let shared = self.shared();
         let admitted = shared.queue_bound.admit(queued_bytes(new_id)).await;

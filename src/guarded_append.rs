@@ -145,6 +145,7 @@ impl GuardedEventStore for LogStore {
         options: AppendOptions,
     ) -> anyhow::Result<AppendOutcome> {
         let _appending = Appending::start_async(&self.shared().queue_bound);
+        self.shared().verification.settled().await;
         let prepared = self.prepare_guarded(execution_id, tenant_id, events, &options)?;
         let mut admitted: Admitted = self.admit(&prepared).await;
         let mut ruled_out = Vec::new();

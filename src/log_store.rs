@@ -113,6 +113,10 @@ pub struct Stats {
     /// Whether the checkpoint this open trusted is still being verified (see
     /// [`Options::verify_checkpoint_after_open`]): calls that write wait meanwhile.
     pub checkpoint_unverified: bool,
+    /// Why the checkpoint this open trusted failed its verification, if it did: the
+    /// store is then poisoned. `checkpoint_unverified == false` alone does not say
+    /// the verification passed.
+    pub checkpoint_refuted: Option<String>,
     /// Bytes of encoded records now admitted to the queue to the commit thread and not
     /// yet completed (see [`Options::max_queued_bytes`]). An append is counted from its
     /// admission, before it takes the store lock, with its first record's execution
@@ -491,6 +495,7 @@ impl LogStore {
             sparse_index_bytes,
             index_checkpoints: self.shared.checkpoints.written.load(Ordering::Relaxed),
             checkpoint_unverified: self.shared.verification.is_pending(),
+            checkpoint_refuted: self.shared.verification.refuted(),
             queued_bytes: self.shared.queue_bound.queued(),
             peak_queued_bytes: self.shared.queue_bound.peak(),
             queue_waiters: self.shared.queue_bound.waiting(),

@@ -230,17 +230,32 @@ impl Options {
     /// covered record header before it uses a checkpoint: open reads the whole log.
     /// On, open reads only the checkpoint (layout 2) and the tail after it, so its cost
     /// follows the number of executions, not the bytes; a background thread
-    /// (`execlog-verify`) then makes the same checks. Until it is done, reads are
-    /// served (each record's CRC, execution number and sequence are checked as
-    /// always, and an execution's first read checks that its first record declares
-    /// its id and tenant), and every call that writes waits for the verdict. If the
-    /// checkpoint does not describe the records, the store is poisoned
-    /// ([`Error::Poisoned`], reads included), the checkpoint is removed, and the next
-    /// open scans the log. [`Stats::checkpoint_unverified`] tells whether it is still
-    /// running. Read-only opens always verify first. docs/DESIGN.md, "Verifying a
-    /// checkpoint after open".
+    /// (`execlog-verify`) then makes the same checks, taking about as long as an
+    /// ordinary open would have. The cost moves, it does not vanish:
+    /// - Reads are served at once: each record's CRC, execution number and sequence
+    ///   are checked as always, and an execution's first read checks that its first
+    ///   record declares its id and tenant. A fork's first read waits for the verdict.
+    /// - Everything that writes waits for the verdict: appends (plain, guarded, keyed),
+    ///   forks, deletions, prunes, imports, erasure passes, and new subscriptions. The
+    ///   async methods await it without blocking their thread.
+    /// - Until the verdict, metadata (`get_latest_sequence`, `list_executions`) comes
+    ///   from the checkpoint as written, and damage to the covered bytes is not known:
+    ///   the verdict (or the scrubber) finds it, not open.
+    /// - If the checkpoint fails, the store is poisoned ([`Error::Poisoned`], reads
+    ///   included, with the reason), `checkpoint.idx` is removed, and the next open
+    ///   checks every record as an ordinary open does, reporting damage with its
+    ///   segment and offset. [`Stats::checkpoint_unverified`] says whether the verdict
+    ///   is pending, [`Stats::checkpoint_refuted`] why it failed.
+    /// - Close stops the verification between two segments and leaves the file as it
+    ///   was, for the next open to verify; no checkpoint is written from an index not
+    ///   verified.
     ///
+    /// Read-only opens always verify first. docs/DESIGN.md, "Verifying a checkpoint
+    /// after open".
+    ///
+    /// [`Error::Poisoned`]: crate::Error::Poisoned
     /// [`Stats::checkpoint_unverified`]: crate::Stats::checkpoint_unverified
+    /// [`Stats::checkpoint_refuted`]: crate::Stats::checkpoint_refuted
     #[must_use]
     pub fn verify_checkpoint_after_open(mut self, enabled: bool) -> Self {
         self.verify_checkpoint_after_open = enabled;

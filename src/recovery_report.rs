@@ -32,7 +32,9 @@ pub struct RecoveryReport {
     /// Files in the directory that are not segments (left alone).
     pub ignored_files: Vec<String>,
     /// Bytes of records whose index came from a checkpoint (their segments'
-    /// checksums verified instead of every record); 0 when none was used.
+    /// checksums verified instead of every record, before open returned or, with
+    /// `checkpoint_verification_deferred`, after); 0 when none was used. They count
+    /// in `bytes_scanned` too, although open then read only the checkpoint.
     pub checkpoint_bytes: u64,
     /// Why a checkpoint present in the directory was not used, if one was not.
     pub checkpoint_ignored: Option<String>,

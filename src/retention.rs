@@ -122,6 +122,7 @@ pub(crate) fn prune_blocking(shared: &Shared, policy: Policy<'_>) -> Result<u64>
 /// [`prune_blocking`] that waits for durability without blocking the thread (reading
 /// timestamps runs on the calling task, as reads do).
 pub(crate) async fn prune_async(shared: &Shared, policy: Policy<'_>) -> Result<u64> {
+    shared.verification.settled().await;
     let mut prune = Prune::new(shared, policy);
     let mut deleted = 0;
     while let Some(stale) = prune.next_chunk()? {

@@ -124,7 +124,7 @@ fn trusted(
     options: &Options,
 ) -> std::result::Result<(Checkpoint, KeyTables), String> {
     let mut keys = KeyTables::new(options.key_hash_bits);
-    let deleted = check(&c, maps, &mut keys)?;
+    let deleted = check(&c, maps, &mut keys, &|| false)?;
     for no in deleted {
         c.index.mark_deleting(no);
         c.index.delete(no);
@@ -136,22 +136,24 @@ fn trusted(
 /// Checks `c` against the segments `maps` (every covered digest, then the walk over
 /// the covered records, `checkpoint::check_records`), filing the covered keyed appends
 /// in `keys`; returns the executions the covered tombstones deleted, or why `c` cannot
-/// be trusted.
+/// be trusted. Both passes give up between segments once `stopped` says so (an `Err`
+/// that is then no verdict).
 pub(crate) fn check(
     c: &Checkpoint,
     maps: &[&[u8]],
     keys: &mut KeyTables,
+    stopped: &(dyn Fn() -> bool + Sync),
 ) -> std::result::Result<Vec<ExecNo>, String> {
     let total: u64 = c.segments.iter().map(|d| d.end).sum();
     // The walk only reads (bounds-checked, whatever the bytes), so it runs beside the
     // checksums instead of after them; its verdict counts only if they match.
     if MODEL_CHECKED || total < PARALLEL_DIGEST_BYTES {
-        verify_digests(&c.segments, maps)?;
-        checkpoint::check_records(c, maps, keys)
+        verify_digests(&c.segments, maps, stopped)?;
+        checkpoint::check_records(c, maps, keys, stopped)
     } else {
         std::thread::scope(|scope| {
-            let digests = scope.spawn(|| verify_digests(&c.segments, maps));
-            let walked = checkpoint::check_records(c, maps, keys);
+            let digests = scope.spawn(|| verify_digests(&c.segments, maps, stopped));
+            let walked = checkpoint::check_records(c, maps, keys, stopped);
             let digests = digests
                 .join()
                 .unwrap_or_else(|_| Err("checksum thread panicked".into()));
@@ -164,7 +166,11 @@ pub(crate) fn check(
 /// each covered segment's records, and zeros after the records of each covered segment
 /// but the last (the rule a full scan applies to sealed segments). `Err` says what
 /// differs; the caller then scans everything.
-fn verify_digests(digests: &[SegmentDigest], maps: &[&[u8]]) -> std::result::Result<(), String> {
+fn verify_digests(
+    digests: &[SegmentDigest],
+    maps: &[&[u8]],
+    stopped: &(dyn Fn() -> bool + Sync),
+) -> std::result::Result<(), String> {
     if digests.len() > maps.len() {
         return Err(format!(
             "covers {} segments, the directory holds {}",
@@ -174,6 +180,9 @@ fn verify_digests(digests: &[SegmentDigest], maps: &[&[u8]]) -> std::result::Res
     }
     let check = |i: usize, d: SegmentDigest, bytes: &[u8]| {
         let id = i as u32 + 1;
+        if stopped() {
+            return Err(STOPPED.to_string());
+        }
         if segment::check_header(bytes, id) != HeaderCheck::Valid {
             return Err(format!("segment {id}: header is not valid"));
         }
@@ -194,6 +203,9 @@ fn verify_digests(digests: &[SegmentDigest], maps: &[&[u8]]) -> std::result::Res
         .enumerate()
         .try_for_each(|(i, (&d, &bytes))| check(i, d, bytes))
 }
+
+/// Why a check that was asked to stop gave up.
+pub(crate) const STOPPED: &str = "stopped before the end";
 
 /// Stores smaller than this verify a checkpoint on one thread; larger ones check the
 /// digests on a second thread while this one walks the records, in every build

@@ -22,6 +22,11 @@ impl Stop {
         *stopped
     }
 
+    /// Whether the flag is set.
+    pub(crate) fn is_stopped(&self) -> bool {
+        *self.stopped.lock()
+    }
+
     /// Sets the flag and wakes the sleeper.
     pub(crate) fn stop(&self) {
         *self.stopped.lock() = true;

@@ -192,6 +192,11 @@ fn swapped_ids_are_never_served_and_the_checkpoint_is_refuted() {
         "{appended:?}"
     );
     assert!(!s.stats().checkpoint_unverified);
+    let refuted = s.stats().checkpoint_refuted.unwrap_or_default();
+    assert!(
+        refuted.contains("next open checks every record"),
+        "{refuted}"
+    );
     let read = s.load_events_blocking(&ExecutionId::from("run-b"));
     assert!(matches!(read, Err(Error::Poisoned { .. })), "{read:?}");
     assert!(!dir.path().join(CHECKPOINT).exists(), "refuted file kept");
@@ -288,4 +293,36 @@ fn running_checkpoints_wait_for_the_verdict() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_ne!(fs::read(image.path().join(CHECKPOINT)).unwrap(), before);
+}
+
+#[test]
+fn an_async_append_awaits_the_verdict_without_blocking_its_thread() {
+    let dir = store();
+    let s = LogStore::open_with(dir.path(), after_open(Duration::from_millis(500))).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let (ticks, sequence) = rt.block_on(async {
+        let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let ticker = {
+            let ticks = std::sync::Arc::clone(&ticks);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        };
+        let b = ExecutionId::from("run-b");
+        let sequence = s.append(&b, &tenant(1), step_event(7)).await.unwrap();
+        ticker.abort();
+        (ticks.load(std::sync::atomic::Ordering::Relaxed), sequence)
+    });
+    assert_eq!(sequence, 8);
+    // Blocked, the one thread would have run no tick in the 500 ms.
+    assert!(
+        ticks >= 10,
+        "{ticks} ticks while the append waited for the verdict"
+    );
 }

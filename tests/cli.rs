@@ -330,7 +330,19 @@ fn bad_input_gets_one_clear_line() {
 fn corrupt_middle(dir: &Path) {
     let e = execlog::ExecutionId::from("e");
     let t = execlog::TenantId::from("t");
-    let store = execlog::LogStore::open(dir).unwrap();
+    // Another test's child process may hold the lock for a moment: a fork inherits
+    // every descriptor until its exec closes them.
+    let started = std::time::Instant::now();
+    let store = loop {
+        match execlog::LogStore::open(dir) {
+            Err(execlog::Error::Locked { .. })
+                if started.elapsed() < std::time::Duration::from_secs(10) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => break other.unwrap(),
+        }
+    };
     for _ in 0..3 {
         store
             .append_blocking(&e, &t, execlog::ExecutionEventData::ExecutionResumed)
