@@ -14,7 +14,8 @@
 //! - `backup_before_the_verdict_copies_what_the_unverified_checkpoint_says`: `backup_to`
 //!   neither waits for the verdict nor checks it: it copies each sealed segment up to
 //!   the end the unverified checkpoint gives it and reports success; the copy does not
-//!   open (`Corrupt`: the chain runs into the bytes left out).
+//!   open (`Corrupt`: the chain runs into the bytes left out). Fixed on branch
+//!   adv-verify by the one-line gate in `backup_to` (`check_writable_index`).
 //! - `a_checkpoint_replaced_during_the_window_is_verified_instead_of_the_trusted_one`:
 //!   the verifier reloads `checkpoint.idx` from disk and verifies that file, not the
 //!   index open trusted; a good file put back during the window turns a forged index
@@ -289,8 +290,8 @@ fn two_segment_store(pad: u64) -> tempfile::TempDir {
     dir
 }
 
-/// FAILS: `backup_to` copies, and reports as complete, what an unverified checkpoint
-/// says segment 1 holds.
+/// FAILED before `backup_to` waited for the verdict: it copied, and reported as complete, what an unverified checkpoint
+/// said segment 1 holds.
 #[test]
 fn backup_before_the_verdict_copies_what_the_unverified_checkpoint_says() {
     // The last entry point in segment 1 is at a sequence 1 + 4k; the records after it
