@@ -290,8 +290,8 @@ fn two_segment_store(pad: u64) -> tempfile::TempDir {
     dir
 }
 
-/// FAILED before `backup_to` waited for the verdict: it copied, and reported as complete, what an unverified checkpoint
-/// said segment 1 holds.
+/// FAILED before `backup_to` waited for the verdict: it copied, and reported as
+/// complete, what an unverified checkpoint said segment 1 holds.
 #[test]
 fn backup_before_the_verdict_copies_what_the_unverified_checkpoint_says() {
     // The last entry point in segment 1 is at a sequence 1 + 4k; the records after it
