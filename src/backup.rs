@@ -47,7 +47,8 @@ impl LogStore {
     /// but their events are copied too unless erasure ([`LogStore::compact_now`]) ran
     /// before; compact the copy to erase them there.
     pub fn backup_to(&self, dest: impl AsRef<Path>) -> Result<BackupReport> {
-        self.check_open()?;
+        // Its segments' ends come from the index: not from one still unverified.
+        self.check_writable_index()?;
         let shared = self.shared();
         let dest = dest.as_ref();
         prepare_destination(shared, dest)?;
