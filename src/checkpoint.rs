@@ -98,6 +98,8 @@ pub(crate) struct Checkpoint {
     /// The executions whose tombstones it covers, increasing (layout 2); `None` for
     /// layout 1, where only the walk over the records finds them.
     pub(crate) deleted: Option<Vec<ExecNo>>,
+    /// The file's CRC: which file this is, for a verification after open.
+    pub(crate) file_crc: u32,
 }
 
 /// Path of the checkpoint in `dir`.
@@ -285,6 +287,7 @@ pub(crate) fn decode(bytes: &[u8], stride: u32) -> std::result::Result<Checkpoin
         last_timestamp_ns,
         index,
         deleted,
+        file_crc: u32::from_le_bytes(*crc),
     })
 }
 

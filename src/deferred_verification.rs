@@ -56,6 +56,9 @@ pub(crate) struct Verification {
     settled: Condvar,
     /// Completed with the verdict, for async writers to await (`Ticket::settled`).
     ticket: Ticket,
+    /// The CRC of the checkpoint file open trusted: the one verified, whatever the
+    /// directory holds by then.
+    trusted_crc: u32,
     /// Executions whose first record was found to declare their id and tenant, while
     /// the verdict is pending.
     owners_checked: Mutex<HashSet<ExecNo>>,
@@ -64,16 +67,17 @@ pub(crate) struct Verification {
 impl Verification {
     /// Nothing left to verify.
     pub(crate) fn verified() -> Self {
-        Self::with(Verdict::Verified)
+        Self::with(Verdict::Verified, 0)
     }
 
-    /// A checkpoint trusted by open, to be verified.
-    pub(crate) fn pending() -> Self {
-        Self::with(Verdict::Pending)
+    /// The checkpoint open trusted, whose file has CRC `trusted_crc`, to be verified.
+    pub(crate) fn pending(trusted_crc: u32) -> Self {
+        Self::with(Verdict::Pending, trusted_crc)
     }
 
-    fn with(verdict: Verdict) -> Self {
+    fn with(verdict: Verdict, trusted_crc: u32) -> Self {
         Verification {
+            trusted_crc,
             verdict: Mutex::new(verdict),
             settled: Condvar::default(),
             ticket: Ticket::default(),
@@ -191,6 +195,9 @@ fn run(shared: &Shared, stop: &Stop) {
 fn verify(shared: &Shared, stop: &Stop) -> std::result::Result<(), String> {
     let saved = checkpoint::load(shared.io.as_ref(), &shared.dir, shared.options.index_stride)?
         .ok_or("the checkpoint open used is gone")?;
+    if saved.file_crc != shared.verification.trusted_crc {
+        return Err("checkpoint.idx was replaced after open: the file open trusted is gone".into());
+    }
     let mut maps = Vec::with_capacity(saved.segments.len());
     for id in (1..).take(saved.segments.len()) {
         let file = shared

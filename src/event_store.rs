@@ -110,6 +110,7 @@ impl EventStore for LogStore {
         event: ExecutionEventData,
     ) -> anyhow::Result<u64> {
         let _appending = Appending::start_async(&self.shared().queue_bound);
+        self.shared().verification.settled().await;
         let prepared = self.prepare(execution_id, tenant_id, vec![event])?;
         let admitted = self.admit(&prepared).await;
         let (sequence, ticket) = self.enqueue(execution_id, tenant_id, prepared, admitted)?;
@@ -124,6 +125,7 @@ impl EventStore for LogStore {
         events: Vec<ExecutionEventData>,
     ) -> anyhow::Result<u64> {
         let _appending = Appending::start_async(&self.shared().queue_bound);
+        self.shared().verification.settled().await;
         let prepared = self.prepare(execution_id, tenant_id, events)?;
         let admitted = self.admit(&prepared).await;
         let (sequence, ticket) = self.enqueue(execution_id, tenant_id, prepared, admitted)?;

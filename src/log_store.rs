@@ -348,10 +348,9 @@ impl LogStore {
             erasable: Mutex::new(erasable),
             erasing: Mutex::new(()),
             checkpoints: crate::checkpointer::Requests::default(),
-            verification: if recovered.report.checkpoint_verification_deferred {
-                Verification::pending()
-            } else {
-                Verification::verified()
+            verification: match recovered.trusted_checkpoint_crc {
+                Some(crc) => Verification::pending(crc),
+                None => Verification::verified(),
             },
         });
         if mode == Mode::Reader {

@@ -65,6 +65,9 @@ pub(crate) struct Recovered {
     pub(crate) report: RecoveryReport,
     /// Whether a checkpoint described the whole log as found (nothing after it).
     pub(crate) checkpoint_current: bool,
+    /// The CRC of the checkpoint open trusted without its checks, if it did: the
+    /// verification after open checks that file (`deferred_verification.rs`).
+    pub(crate) trusted_checkpoint_crc: Option<u32>,
 }
 
 /// What the commit thread starts from: the segment appends continue in, and what close
@@ -209,6 +212,30 @@ fn pass(
     hidden: Option<(u32, u64)>,
     last_segment: Option<u32>,
 ) -> Result<Pass> {
+    let ids = (hidden, last_segment);
+    if options.verify_checkpoint_after_open && !read_only {
+        // A checkpoint trusted without its checks is never the reason anything is cut
+        // or refused: on anything but a clean tail the pass runs again with them.
+        if let Ok(Some(pass)) = pass_once(io, dir, options, read_only, ids, true) {
+            return Ok(pass);
+        }
+    }
+    pass_once(io, dir, options, read_only, ids, false)?
+        .ok_or_else(|| Error::Internal("a pass that verified its checkpoint declined it".into()))
+}
+
+/// One pass, with `defer` as [`saved_index::verify`] takes it; `None` if a checkpoint
+/// trusted without its checks met anything but a clean tail (something to cut or set
+/// aside, a tail not on the disk): whether that is damage or a wrong checkpoint is for
+/// a pass with the checks to say.
+fn pass_once(
+    io: &dyn Io,
+    dir: &Path,
+    options: &Options,
+    read_only: bool,
+    (hidden, last_segment): (Option<(u32, u64)>, Option<u32>),
+    defer: bool,
+) -> Result<Option<Pass>> {
     let mut report = RecoveryReport::default();
     let ids = list(io, dir, last_segment, &mut report)?;
     let saved = saved_index::load(io, dir, options, &mut report);
@@ -218,17 +245,29 @@ fn pass(
     let maps = segment_maps::map(io, dir, &ids, read_only, bound)?;
     let start = {
         let bytes: Vec<&[u8]> = maps.iter().map(SegmentMap::bytes).collect();
-        let defer = options.verify_checkpoint_after_open && !read_only;
         saved_index::verify(saved, &bytes, options, defer, &mut report)
     };
-    let scanned = tail_scan::scan(maps, start, hidden, &mut report)?;
+    let deferred = report.checkpoint_verification_deferred;
+    let trusted_crc = start.trusted_crc;
+    let scanned = match tail_scan::scan(maps, start, hidden, &mut report) {
+        Err(_) if deferred => return Ok(None),
+        scanned => scanned?,
+    };
+    if deferred && (report.truncated_at.is_some() || scanned.unfinished.is_some()) {
+        return Ok(None);
+    }
     if let Some(u) = check_tail(&scanned, dir, read_only, &mut report)? {
-        return Ok(Pass::NotOnDisk(u));
+        if deferred {
+            return Ok(None);
+        }
+        return Ok(Some(Pass::NotOnDisk(u)));
     }
     if !read_only {
         repair_found(io, dir, options, &scanned, &report)?;
     }
-    Ok(Pass::Done(Box::new(recovered(scanned, report))))
+    let mut recovered = recovered(scanned, report);
+    recovered.trusted_checkpoint_crc = trusted_crc;
+    Ok(Some(Pass::Done(Box::new(recovered))))
 }
 
 /// Step 1: the segment ids up to `last_segment`, which must be contiguous from 1.
@@ -314,5 +353,6 @@ fn recovered(scanned: Scanned, mut report: RecoveryReport) -> Recovered {
         last_timestamp_ns: rebuild.last_timestamp_ns,
         report,
         checkpoint_current,
+        trusted_checkpoint_crc: None,
     }
 }

@@ -29,6 +29,9 @@ pub(crate) struct Start {
     pub(crate) rebuild: Rebuild,
     /// The digests of the segments the checkpoint covers (none without one).
     pub(crate) covered: Vec<SegmentDigest>,
+    /// The CRC of a checkpoint trusted without its checks, which the verification
+    /// after open must find again.
+    pub(crate) trusted_crc: Option<u32>,
 }
 
 /// Reads and decodes the checkpoint of `dir`, if checkpoints are on and it has one; a
@@ -83,6 +86,7 @@ pub(crate) fn verify(
                 0,
             ),
             covered: Vec::new(),
+            trusted_crc: None,
         },
     }
 }
@@ -91,6 +95,9 @@ pub(crate) fn verify(
 fn start_from((c, keys): (Checkpoint, KeyTables), report: &mut RecoveryReport) -> Start {
     report.checkpoint_bytes = c.segments.iter().map(|d| d.end).sum();
     Start {
+        trusted_crc: report
+            .checkpoint_verification_deferred
+            .then_some(c.file_crc),
         rebuild: Rebuild::resume(c.index, keys, c.last_timestamp_ns),
         covered: c.segments,
     }

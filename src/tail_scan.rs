@@ -71,6 +71,7 @@ pub(crate) fn scan(
     let Start {
         mut rebuild,
         covered,
+        ..
     } = start;
     let prescan = Prescan::start(
         maps.iter()
