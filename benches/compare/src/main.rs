@@ -168,6 +168,12 @@ fn parse_args() -> Config {
                 let events = value().parse().expect("--fill-and-crash NAME DIR EVENTS");
                 scale::fill_and_crash(&name, &dir, events);
             }
+            "--open-loop" => {
+                let dir = PathBuf::from(value());
+                let times = value().parse().expect("--open-loop DIR TIMES");
+                scale::open_loop(&dir, times);
+                std::process::exit(0);
+            }
             "--memory-open" => {
                 let dir = PathBuf::from(value());
                 let executions = value().parse().expect("--memory-open DIR EXECUTIONS");

@@ -161,3 +161,46 @@ fn without_checkpoint(dir: &Path) -> Duration {
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
+
+/// `--open-loop DIR TIMES`: opens a clean-closed execlog store TIMES times with its
+/// checkpoint verified after open, and prints the median time to return from open, to
+/// the first read, and to the verdict (for profiling the open itself).
+pub fn open_loop(dir: &Path, times: usize) {
+    // EXECLOG_BENCH_NO_VERDICT=1: the verification never starts (close stops it), so
+    // that a profile shows the open alone.
+    let no_verdict = std::env::var("EXECLOG_BENCH_NO_VERDICT").is_ok();
+    let mut runs = Vec::new();
+    for _ in 0..times {
+        let mut options = systems::execlog_options().verify_checkpoint_after_open(true);
+        if no_verdict {
+            options = options.checkpoint_verification_delay(Duration::from_secs(3600));
+        }
+        let t = Instant::now();
+        let store = execlog::LogStore::open_with(dir, options).expect("open");
+        let opened = t.elapsed();
+        if std::env::var("EXECLOG_BENCH_PHASES").is_ok() {
+            eprintln!(
+                "recover {:?} of open {opened:?}",
+                store.recovery_report().duration
+            );
+        }
+        let events = store
+            .load_events_blocking(&execlog::ExecutionId::from("r-0"))
+            .expect("read");
+        let read = t.elapsed();
+        assert_eq!(events.len(), 100);
+        while !no_verdict && store.stats().checkpoint_unverified {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        runs.push((opened, read, t.elapsed()));
+        store.close().expect("close");
+    }
+    runs.sort();
+    let (opened, read, verdict) = runs[runs.len() / 2];
+    println!(
+        "open {:.2} ms, first read {:.2} ms, verdict {:.1} ms (median of {times})",
+        ms(opened),
+        ms(read),
+        ms(verdict)
+    );
+}
