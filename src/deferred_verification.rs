@@ -22,6 +22,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::background::{self, Background};
@@ -34,7 +35,7 @@ use crate::repair;
 use crate::saved_index;
 use crate::state::{Poison, Shared};
 use crate::stop::Stop;
-use crate::sync::{Condvar, Mutex};
+use crate::sync::{AtomicBool, Condvar, Mutex};
 
 /// Where the verification of the checkpoint open trusted stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +53,9 @@ enum Verdict {
 
 /// The verdict, with what waits for it.
 pub(crate) struct Verification {
+    /// Whether the verdict is `Verified`: the one load every read and write makes
+    /// once it is (always, when open verified first), instead of taking the lock.
+    verified: AtomicBool,
     verdict: Mutex<Verdict>,
     settled: Condvar,
     /// Completed with the verdict, for async writers to await (`Ticket::settled`).
@@ -78,6 +82,7 @@ impl Verification {
     fn with(verdict: Verdict, trusted_crc: u32) -> Self {
         Verification {
             trusted_crc,
+            verified: AtomicBool::new(verdict == Verdict::Verified),
             verdict: Mutex::new(verdict),
             settled: Condvar::default(),
             ticket: Ticket::default(),
@@ -87,12 +92,12 @@ impl Verification {
 
     /// Whether the verification has not ended.
     pub(crate) fn is_pending(&self) -> bool {
-        *self.verdict.lock() == Verdict::Pending
+        !self.is_verified() && *self.verdict.lock() == Verdict::Pending
     }
 
     /// Whether the index may be saved: verified, or never in doubt.
     pub(crate) fn is_verified(&self) -> bool {
-        *self.verdict.lock() == Verdict::Verified
+        self.verified.load(Ordering::Acquire)
     }
 
     /// Why the checkpoint was refuted, if it was.
@@ -113,6 +118,9 @@ impl Verification {
 
     /// `Err` if the checkpoint was refuted (reads and writes alike are refused).
     pub(crate) fn check(&self) -> Result<()> {
+        if self.is_verified() {
+            return Ok(());
+        }
         match &*self.verdict.lock() {
             Verdict::Refuted(why) => Err(Error::poisoned(why.clone())),
             _ => Ok(()),
@@ -122,6 +130,9 @@ impl Verification {
     /// Waits for the verdict; `Err` if the checkpoint was refuted or the store closed
     /// before it was verified.
     pub(crate) fn wait_verified(&self) -> Result<()> {
+        if self.is_verified() {
+            return Ok(());
+        }
         let mut verdict = self.verdict.lock();
         while *verdict == Verdict::Pending {
             self.settled.wait(&mut verdict);
@@ -152,6 +163,8 @@ impl Verification {
             if *current != Verdict::Pending {
                 return;
             }
+            self.verified
+                .store(verdict == Verdict::Verified, Ordering::Release);
             *current = verdict;
         }
         self.settled.notify_all();
