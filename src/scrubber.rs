@@ -96,9 +96,10 @@ impl Walk {
                     passes: self.progress.passes + 1,
                     segment: 1,
                 };
+                // Saved before the stats say so: a pass counted is a pass on disk.
+                self.save();
                 self.shared.scrub.add_passes(1);
                 self.shared.scrub.set_segment(1);
-                self.save();
             }
             if self.stop.sleep_until(started + self.min_pass()) {
                 return;
