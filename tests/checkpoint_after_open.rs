@@ -326,3 +326,43 @@ fn an_async_append_awaits_the_verdict_without_blocking_its_thread() {
         "{ticks} ticks while the append waited for the verdict"
     );
 }
+
+#[test]
+fn close_during_the_verification_is_no_verdict() {
+    // Many small segments: the verification stops between two of them.
+    let dir = tempfile::tempdir().unwrap();
+    let options = common::small_segments().index_checkpoint_interval_bytes(None);
+    let s = LogStore::open_with(dir.path(), options.clone()).unwrap();
+    for i in 0..3000u64 {
+        let id = ExecutionId::from(format!("run-{}", i % 50));
+        s.append_blocking(&id, &tenant(0), step_event(i)).unwrap();
+    }
+    s.close().unwrap();
+    let before = fs::read(dir.path().join(CHECKPOINT)).unwrap();
+    let mut stopped_early = 0;
+    for _ in 0..20 {
+        let s = LogStore::open_with(
+            dir.path(),
+            options.clone().verify_checkpoint_after_open(true),
+        )
+        .unwrap();
+        assert!(s.recovery_report().checkpoint_verification_deferred);
+        stopped_early += usize::from(s.stats().checkpoint_unverified);
+        s.close().unwrap();
+        assert_eq!(
+            fs::read(dir.path().join(CHECKPOINT)).unwrap(),
+            before,
+            "a close during the verification changed or removed the checkpoint"
+        );
+    }
+    assert!(stopped_early > 0, "every verification ended before close");
+    let s = LogStore::open_with(dir.path(), options.verify_checkpoint_after_open(true)).unwrap();
+    wait_for_verdict(&s);
+    assert_eq!(s.stats().checkpoint_refuted, None);
+    assert_eq!(
+        s.load_events_blocking(&ExecutionId::from("run-7"))
+            .unwrap()
+            .len(),
+        60
+    );
+}
