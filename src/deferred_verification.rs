@@ -222,7 +222,12 @@ fn verify(shared: &Shared, stop: &Stop) -> std::result::Result<(), String> {
     }
     let bytes: Vec<&[u8]> = maps.iter().map(|m| m.as_ref().as_ref()).collect();
     let mut keys = shared.state.lock().keys.sibling();
-    let deleted = saved_index::check(&saved, &bytes, &mut keys, &|| stop.is_stopped())?;
+    let pause = shared.options.checkpoint_verification_pause;
+    let stopped = || match pause.is_zero() {
+        true => stop.is_stopped(),
+        false => stop.sleep_until(Instant::now() + pause),
+    };
+    let deleted = saved_index::check(&saved, &bytes, &mut keys, &stopped)?;
     for no in deleted {
         keys.forget(no);
     }

@@ -81,6 +81,8 @@ pub struct Options {
     pub(crate) verify_checkpoint_after_open: bool,
     /// Test hook: how long the verification after open waits before it starts.
     pub(crate) checkpoint_verification_delay: Duration,
+    /// Test hook: how long the verification after open pauses before each segment.
+    pub(crate) checkpoint_verification_pause: Duration,
     /// `None` until set: the default, which depends on the file system.
     pub(crate) checkpoint_interval: Option<Option<u64>>,
     pub(crate) write_path: WritePath,
@@ -111,6 +113,7 @@ impl Default for Options {
             index_checkpoint: true,
             verify_checkpoint_after_open: false,
             checkpoint_verification_delay: Duration::ZERO,
+            checkpoint_verification_pause: Duration::ZERO,
             checkpoint_interval: None,
             write_path: WritePath::ZerosAhead,
             key_hash_bits: 64,
@@ -268,6 +271,15 @@ impl Options {
     #[must_use]
     pub fn checkpoint_verification_delay(mut self, delay: Duration) -> Self {
         self.checkpoint_verification_delay = delay;
+        self
+    }
+
+    /// Test hook: the verification after open pauses `pause` before each segment, so
+    /// that a test can close the store while it runs.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn checkpoint_verification_pause(mut self, pause: Duration) -> Self {
+        self.checkpoint_verification_pause = pause;
         self
     }
 

@@ -329,40 +329,32 @@ fn an_async_append_awaits_the_verdict_without_blocking_its_thread() {
 
 #[test]
 fn close_during_the_verification_is_no_verdict() {
-    // Many small segments: the verification stops between two of them.
-    let dir = tempfile::tempdir().unwrap();
-    let options = common::small_segments().index_checkpoint_interval_bytes(None);
-    let s = LogStore::open_with(dir.path(), options.clone()).unwrap();
-    for i in 0..3000u64 {
-        let id = ExecutionId::from(format!("run-{}", i % 50));
-        s.append_blocking(&id, &tenant(0), step_event(i)).unwrap();
-    }
-    s.close().unwrap();
+    let dir = store();
     let before = fs::read(dir.path().join(CHECKPOINT)).unwrap();
-    let mut stopped_early = 0;
-    for _ in 0..20 {
-        let s = LogStore::open_with(
-            dir.path(),
-            options.clone().verify_checkpoint_after_open(true),
-        )
-        .unwrap();
-        assert!(s.recovery_report().checkpoint_verification_deferred);
-        stopped_early += usize::from(s.stats().checkpoint_unverified);
-        s.close().unwrap();
-        assert_eq!(
-            fs::read(dir.path().join(CHECKPOINT)).unwrap(),
-            before,
-            "a close during the verification changed or removed the checkpoint"
-        );
-    }
-    assert!(stopped_early > 0, "every verification ended before close");
-    let s = LogStore::open_with(dir.path(), options.verify_checkpoint_after_open(true)).unwrap();
+    // The verification pauses before each segment: close lands in the middle of it.
+    let options = after_open(Duration::ZERO).checkpoint_verification_pause(Duration::from_secs(30));
+    let s = LogStore::open_with(dir.path(), options).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(s.stats().checkpoint_unverified);
+    let started = Instant::now();
+    s.close().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "close waited for the verification"
+    );
+    assert_eq!(s.stats().checkpoint_refuted, None);
+    assert_eq!(
+        fs::read(dir.path().join(CHECKPOINT)).unwrap(),
+        before,
+        "a close during the verification changed or removed the checkpoint"
+    );
+    let s = LogStore::open_with(dir.path(), after_open(Duration::ZERO)).unwrap();
     wait_for_verdict(&s);
     assert_eq!(s.stats().checkpoint_refuted, None);
     assert_eq!(
-        s.load_events_blocking(&ExecutionId::from("run-7"))
+        s.load_events_blocking(&ExecutionId::from("run-a"))
             .unwrap()
             .len(),
-        60
+        10
     );
 }
