@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::verify_after_open::{after_open, recompute_crc, swap_ids, wait_for_verdict};
 use common::{crash_image, step_event};
 use execlog::*;
 
@@ -110,27 +111,6 @@ fn full_scan_answers(dir: &Path) -> String {
     answers(&s)
 }
 
-fn after_open(delay: Duration) -> Options {
-    Options::default()
-        .index_stride(4)
-        .verify_checkpoint_after_open(true)
-        .checkpoint_verification_delay(delay)
-}
-
-fn wait_for_verdict(s: &LogStore) {
-    let started = Instant::now();
-    while s.stats().checkpoint_unverified {
-        assert!(started.elapsed() < Duration::from_secs(60), "no verdict");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn recompute_crc(bytes: &mut [u8]) {
-    let body = bytes.len() - 4;
-    let crc = crc32fast::hash(&bytes[..body]);
-    bytes[body..].copy_from_slice(&crc.to_le_bytes());
-}
-
 /// The offsets of the records of a segment file, in order.
 fn record_starts(segment: &[u8]) -> Vec<usize> {
     let mut starts = Vec::new();
@@ -158,26 +138,6 @@ fn set_covered_end(dir: &Path, n: u32, end: usize) {
     bytes[at..at + 8].copy_from_slice(&(end as u64).to_le_bytes());
     let digest = crc32fast::hash(&segment[32..end]);
     bytes[at + 8..at + 12].copy_from_slice(&digest.to_le_bytes());
-    recompute_crc(&mut bytes);
-    fs::write(dir.join(CHECKPOINT), bytes).unwrap();
-}
-
-/// Swaps the ids of two executions of the same length in the checkpoint and
-/// recomputes its CRC.
-fn swap_ids(dir: &Path, a: &str, b: &str) {
-    assert_eq!(a.len(), b.len());
-    let mut bytes = fs::read(dir.join(CHECKPOINT)).unwrap();
-    let find = |bytes: &[u8], id: &str| {
-        let needle = [&(id.len() as u32).to_le_bytes()[..], id.as_bytes()].concat();
-        bytes
-            .windows(needle.len())
-            .position(|w| w == needle)
-            .unwrap()
-            + 4
-    };
-    let (at_a, at_b) = (find(&bytes, a), find(&bytes, b));
-    bytes[at_a..at_a + a.len()].copy_from_slice(b.as_bytes());
-    bytes[at_b..at_b + b.len()].copy_from_slice(a.as_bytes());
     recompute_crc(&mut bytes);
     fs::write(dir.join(CHECKPOINT), bytes).unwrap();
 }

@@ -19,6 +19,7 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::verify_after_open::{after_open, recompute_crc, swap_ids, wait_for_verdict};
 use common::{crash_image, step_event};
 use execlog::*;
 
@@ -86,47 +87,6 @@ fn full_scan_answers(dir: &Path) -> String {
     let options = Options::default().index_stride(4).index_checkpoint(false);
     let s = LogStore::open_with(dir, options).unwrap();
     answers(&s)
-}
-
-fn after_open(delay: Duration) -> Options {
-    Options::default()
-        .index_stride(4)
-        .verify_checkpoint_after_open(true)
-        .checkpoint_verification_delay(delay)
-}
-
-fn wait_for_verdict(s: &LogStore) {
-    let started = Instant::now();
-    while s.stats().checkpoint_unverified {
-        assert!(started.elapsed() < Duration::from_secs(60), "no verdict");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Swaps the ids of two executions of the same length in the checkpoint and
-/// recomputes its CRC: a forgery only the walk over the records can see.
-fn swap_ids(dir: &Path, a: &str, b: &str) {
-    assert_eq!(a.len(), b.len());
-    let mut bytes = fs::read(dir.join(CHECKPOINT)).unwrap();
-    let find = |bytes: &[u8], id: &str| {
-        let needle = [&(id.len() as u32).to_le_bytes()[..], id.as_bytes()].concat();
-        bytes
-            .windows(needle.len())
-            .position(|w| w == needle)
-            .unwrap()
-            + 4
-    };
-    let (at_a, at_b) = (find(&bytes, a), find(&bytes, b));
-    bytes[at_a..at_a + a.len()].copy_from_slice(b.as_bytes());
-    bytes[at_b..at_b + b.len()].copy_from_slice(a.as_bytes());
-    recompute_crc(&mut bytes);
-    fs::write(dir.join(CHECKPOINT), bytes).unwrap();
-}
-
-fn recompute_crc(bytes: &mut [u8]) {
-    let body = bytes.len() - 4;
-    let crc = crc32fast::hash(&bytes[..body]);
-    bytes[body..].copy_from_slice(&crc.to_le_bytes());
 }
 
 #[test]

@@ -1,0 +1,56 @@
+//! Helpers of the tests of `Options::verify_checkpoint_after_open`
+//! (`tests/checkpoint_after_open.rs`, `tests/adversary_verify_after_open.rs`): the
+//! options, waiting for the verdict, and forging `checkpoint.idx` with a valid CRC.
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use execlog::*;
+
+const CHECKPOINT: &str = "checkpoint.idx";
+
+/// Stride 4, the checkpoint verified after open, its verification starting after
+/// `delay`.
+pub fn after_open(delay: Duration) -> Options {
+    Options::default()
+        .index_stride(4)
+        .verify_checkpoint_after_open(true)
+        .checkpoint_verification_delay(delay)
+}
+
+/// Waits (at most a minute) until the verdict is in.
+pub fn wait_for_verdict(s: &LogStore) {
+    let started = Instant::now();
+    while s.stats().checkpoint_unverified {
+        assert!(started.elapsed() < Duration::from_secs(60), "no verdict");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Rewrites the last 4 bytes of a checkpoint: the CRC of the others.
+pub fn recompute_crc(bytes: &mut [u8]) {
+    let body = bytes.len() - 4;
+    let crc = crc32fast::hash(&bytes[..body]);
+    bytes[body..].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Swaps the ids of two executions of the same length in the checkpoint and
+/// recomputes its CRC: a forgery only the walk over the records can see.
+pub fn swap_ids(dir: &Path, a: &str, b: &str) {
+    assert_eq!(a.len(), b.len());
+    let mut bytes = fs::read(dir.join(CHECKPOINT)).unwrap();
+    let find = |bytes: &[u8], id: &str| {
+        let needle = [&(id.len() as u32).to_le_bytes()[..], id.as_bytes()].concat();
+        bytes
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .unwrap()
+            + 4
+    };
+    let (at_a, at_b) = (find(&bytes, a), find(&bytes, b));
+    bytes[at_a..at_a + a.len()].copy_from_slice(b.as_bytes());
+    bytes[at_b..at_b + b.len()].copy_from_slice(a.as_bytes());
+    recompute_crc(&mut bytes);
+    fs::write(dir.join(CHECKPOINT), bytes).unwrap();
+}
