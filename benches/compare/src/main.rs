@@ -168,6 +168,9 @@ fn parse_args() -> Config {
                 let events = value().parse().expect("--fill-and-crash NAME DIR EVENTS");
                 scale::fill_and_crash(&name, &dir, events);
             }
+            "--crash-open-verified" => {
+                scale::crash_open_verified(&PathBuf::from(value()));
+            }
             "--open-loop" => {
                 let dir = PathBuf::from(value());
                 let times = value().parse().expect("--open-loop DIR TIMES");

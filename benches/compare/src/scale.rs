@@ -8,6 +8,9 @@
 //!   (what a store never closed cleanly cost before checkpoints were written while
 //!   running);
 //! - the median of 3 opens after a clean close;
+//! - for execlog, the same crash image opened with `Options::verify_checkpoint_after_open`
+//!   in a child process that exits without closing (so that the image stays a crash
+//!   image), and how long after open its verdict came;
 //! - for execlog, the median of 3 opens after a clean close with
 //!   `Options::verify_checkpoint_after_open`, and how long after open its verdict came.
 
@@ -52,9 +55,9 @@ fn first_read(name: &str, dir: &Path) -> Duration {
 /// Parent side: runs every system at every size and prints a Markdown table.
 pub fn run(root: &Path, sizes: &[u64], only: Option<&str>) {
     println!(
-        "| events | system | data | open after a crash | after a crash, no checkpoint | after a clean close (median of 3) | after a clean close, verified after open (median of 3) | its verdict, after open | rebuilt from records after the crash |"
+        "| events | system | data | open after a crash | after a crash, no checkpoint | after a crash, verified after open | its verdict, after open | after a clean close (median of 3) | after a clean close, verified after open (median of 3) | its verdict, after open | rebuilt from records after the crash |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &events in sizes {
         for name in systems::names()
             .into_iter()
@@ -70,13 +73,14 @@ pub fn run(root: &Path, sizes: &[u64], only: Option<&str>) {
                 .expect("spawn the filling child");
             assert!(status.success(), "{name}: fill child {status}");
             let bytes = dir_bytes(&dir);
-            let (no_checkpoint, rebuilt) = if name == "execlog" {
+            let (no_checkpoint, crash_deferred, rebuilt) = if name == "execlog" {
                 (
                     Some(without_checkpoint(&dir)),
+                    Some(crash_verified_after_open(&dir)),
                     Some(rebuilt_after_crash(&dir)),
                 )
             } else {
-                (None, None)
+                (None, None, None)
             };
             let crash = match rebuilt {
                 Some((t, _)) => t,
@@ -91,10 +95,12 @@ pub fn run(root: &Path, sizes: &[u64], only: Option<&str>) {
                 runs[1]
             });
             println!(
-                "| {events} | {name} | {:.0} MB | {:.1} ms | {} | {:.1} ms | {} | {} | {} |",
+                "| {events} | {name} | {:.0} MB | {:.1} ms | {} | {} | {} | {:.1} ms | {} | {} | {} |",
                 bytes as f64 / 1e6,
                 ms(crash),
                 no_checkpoint.map_or("".into(), |t| format!("{:.1} ms", ms(t))),
+                crash_deferred.map_or("".into(), |(t, _)| format!("{:.2} ms", ms(t))),
+                crash_deferred.map_or("".into(), |(_, v)| format!("{:.1} ms", ms(v))),
                 ms(clean[1]),
                 deferred.map_or("".into(), |(t, _)| format!("{:.2} ms", ms(t))),
                 deferred.map_or("".into(), |(_, v)| format!("{:.1} ms", ms(v))),
@@ -137,6 +143,52 @@ fn verified_after_open(dir: &Path) -> (Duration, Duration) {
         .expect("the checkpoint was refuted");
     store.close().expect("close");
     (took, verdict)
+}
+
+/// The execlog crash image opened with its checkpoint verified after open, in a child
+/// process ([`crash_open_verified`]) that exits without closing, so that the image stays
+/// what a crash left: the time to the first read, and from open to the verdict.
+fn crash_verified_after_open(dir: &Path) -> (Duration, Duration) {
+    let exe = std::env::current_exe().expect("current exe");
+    let out = std::process::Command::new(exe)
+        .arg("--crash-open-verified")
+        .arg(dir)
+        .output()
+        .expect("spawn the opening child");
+    assert!(out.status.success(), "crash-open child: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut nanos = text
+        .split_whitespace()
+        .map(|n| n.parse::<u64>().expect("child prints nanoseconds"));
+    let (took, verdict) = (nanos.next(), nanos.next());
+    (
+        Duration::from_nanos(took.expect("time to the first read")),
+        Duration::from_nanos(verdict.expect("time to the verdict")),
+    )
+}
+
+/// Child side of [`crash_verified_after_open`]: opens, reads, waits for the verdict,
+/// prints both times in nanoseconds and exits without closing.
+pub fn crash_open_verified(dir: &Path) -> ! {
+    let options = systems::execlog_options().verify_checkpoint_after_open(true);
+    let t = Instant::now();
+    let store = execlog::LogStore::open_with(dir, options).expect("open");
+    let events = store
+        .load_events_blocking(&execlog::ExecutionId::from("r-0"))
+        .expect("read");
+    let took = t.elapsed();
+    assert_eq!(events.len(), 100);
+    assert!(store.recovery_report().checkpoint_verification_deferred);
+    while store.stats().checkpoint_unverified {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let verdict = t.elapsed();
+    store
+        .load_events_blocking(&execlog::ExecutionId::from("r-1"))
+        .expect("the checkpoint was refuted");
+    println!("{} {}", took.as_nanos(), verdict.as_nanos());
+    // No close: the image stays a crash image for the opens that follow.
+    std::process::exit(0);
 }
 
 /// The execlog crash image opened without its checkpoint, read-only (so that it stays
