@@ -32,22 +32,24 @@ use crate::deletion::{self, Tombstone};
 use crate::error::{Error, Result};
 use crate::idempotency::KeyTables;
 use crate::ids::{ExecutionId, MAX_ID_BYTES, TenantId};
-use crate::index::{Base, ExecNo, Index, Life, Sparse};
+use crate::index::{Base, ExecNo, Index, Sparse};
 use crate::io::Io;
 use crate::record::{self, Decoded, Header, Kind, Pos};
 use crate::segment::SEGMENT_HEADER_LEN;
 use crate::store_dir;
+
+pub(crate) use crate::checkpoint_encode::encode;
 
 /// First bytes of a checkpoint file.
 pub(crate) const MAGIC: [u8; 8] = *b"EXLGCKPT";
 /// Version of the checkpoint layout written. Layout 2 is layout 1 followed by the list
 /// of deleted executions, which lets an open that verifies the checkpoint only after
 /// it returns (`Options::verify_checkpoint_after_open`) know them without the walk.
-const CHECKPOINT_VERSION: u32 = 2;
+pub(crate) const CHECKPOINT_VERSION: u32 = 2;
 /// The first layout, which open still reads (without a list of deletions).
 const CHECKPOINT_VERSION_1: u32 = 1;
 /// Length of the fixed header.
-const HEADER_LEN: usize = 40;
+pub(crate) const HEADER_LEN: usize = 40;
 /// Bytes of one segment digest.
 const DIGEST_LEN: usize = 12;
 /// Bytes of one fork's entry: its number, its source's, and the shared length.
@@ -105,73 +107,6 @@ pub(crate) struct Checkpoint {
 /// Path of the checkpoint in `dir`.
 pub(crate) fn path(dir: &Path) -> PathBuf {
     dir.join(store_dir::CHECKPOINT)
-}
-
-/// Encodes a checkpoint of the durable side of `index` over the segments `segments`
-/// describes, which end where the index's durable cursors do. What is only reserved
-/// (executions, events and tombstones still on their way to the disk) is left out:
-/// executions are numbered in log order, so the durable ones are a prefix, and so are
-/// their tenants (each numbered when its first execution was created).
-pub(crate) fn encode(index: &Index, segments: &[SegmentDigest], last_timestamp_ns: i64) -> Vec<u8> {
-    let executions = index.executions();
-    let durable = executions.partition_point(|e| e.durable_seq > 0);
-    let executions = executions.get(..durable).unwrap_or_default();
-    let tenants = executions.iter().map(|e| e.tenant as usize + 1).max();
-    let tenants = index
-        .tenants()
-        .get(..tenants.unwrap_or(0))
-        .unwrap_or_default();
-    let mut forks: Vec<(&ExecNo, &Base)> = index
-        .forks()
-        .iter()
-        .filter(|(no, _)| (**no as usize) < durable)
-        .collect();
-    forks.sort_unstable_by_key(|(no, _)| **no);
-    let mut out = Vec::with_capacity(HEADER_LEN + 64 * executions.len());
-    out.extend_from_slice(&MAGIC);
-    put_u32(&mut out, CHECKPOINT_VERSION);
-    put_u32(&mut out, index.stride() as u32);
-    out.extend_from_slice(&last_timestamp_ns.to_le_bytes());
-    put_u32(&mut out, segments.len() as u32);
-    put_u32(&mut out, tenants.len() as u32);
-    put_u32(&mut out, executions.len() as u32);
-    put_u32(&mut out, forks.len() as u32);
-    debug_assert_eq!(out.len(), HEADER_LEN);
-    for d in segments {
-        put_u64(&mut out, d.end);
-        put_u32(&mut out, d.crc);
-    }
-    for tenant in tenants {
-        put_str(&mut out, tenant.as_str());
-    }
-    for (&no, base) in forks {
-        put_u32(&mut out, no);
-        put_u32(&mut out, base.source);
-        put_u64(&mut out, base.at);
-    }
-    for (no, e) in (0..).zip(executions) {
-        put_u32(&mut out, e.tenant);
-        put_u64(&mut out, e.durable_seq);
-        put_pos(&mut out, e.durable_pos);
-        put_str(&mut out, e.id.as_str());
-        let entries = index.entries_for(e.durable_seq, index.base(no));
-        let entries = usize::try_from(entries).unwrap_or(usize::MAX);
-        for pos in e.sparse().iter().take(entries) {
-            put_pos(&mut out, pos);
-        }
-    }
-    let deleted: Vec<u32> = (0..)
-        .zip(executions)
-        .filter(|(_, e)| e.life == Life::Deleted)
-        .map(|(no, _)| no)
-        .collect();
-    put_u32(&mut out, deleted.len() as u32);
-    for no in deleted {
-        put_u32(&mut out, no);
-    }
-    let crc = record::crc32(&out);
-    put_u32(&mut out, crc);
-    out
 }
 
 /// Decodes a checkpoint written for an index of `stride`. Any deviation from the
@@ -650,24 +585,6 @@ pub(crate) fn write(io: &dyn Io, dir: &Path, bytes: &[u8], mode: u32) -> Result<
         .map_err(|e| Error::io("fsync directory", dir, e))
 }
 
-fn put_u32(out: &mut Vec<u8>, v: u32) {
-    out.extend_from_slice(&v.to_le_bytes());
-}
-
-fn put_u64(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(&v.to_le_bytes());
-}
-
-fn put_pos(out: &mut Vec<u8>, pos: Pos) {
-    put_u32(out, pos.segment);
-    put_u32(out, pos.offset);
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    put_u32(out, s.len() as u32);
-    out.extend_from_slice(s.as_bytes());
-}
-
 /// A cursor over a checkpoint's bytes; every read is bounds-checked.
 struct Reader<'a> {
     bytes: &'a [u8],
@@ -765,7 +682,7 @@ mod tests {
     #[test]
     fn an_index_round_trips() {
         let (index, segments) = sample();
-        let bytes = encode(&index, &segments, 42);
+        let bytes = encode(&index, &segments, 42).expect("encodes");
         let c = decode(&bytes, 4).expect("decodes");
         assert_eq!(c.index, index);
         assert_eq!(c.segments, segments);
@@ -793,10 +710,13 @@ mod tests {
             pos(1, 160),
         );
         busy.mark_deleting(1);
-        assert_eq!(encode(&busy, &segments, 42), encode(&quiet, &segments, 42));
+        assert_eq!(
+            encode(&busy, &segments, 42).expect("encodes"),
+            encode(&quiet, &segments, 42).expect("encodes")
+        );
         // Durable in part: the entry point of sequence 13 is not, 9's is.
         busy.make_durable(0, 12, pos(1, 2128));
-        let c = decode(&encode(&busy, &segments, 42), 4).expect("decodes");
+        let c = decode(&encode(&busy, &segments, 42).expect("encodes"), 4).expect("decodes");
         let a = c.index.get(0).expect("run-a");
         assert_eq!((a.durable_seq, a.sparse().len()), (12, 3));
         assert_eq!(c.index.len(), 2);
@@ -805,7 +725,7 @@ mod tests {
     #[test]
     fn every_cut_and_every_flipped_bit_is_refused() {
         let (index, segments) = sample();
-        let bytes = encode(&index, &segments, 42);
+        let bytes = encode(&index, &segments, 42).expect("encodes");
         for len in 0..bytes.len() {
             assert!(decode(&bytes[..len], 4).is_err(), "cut at {len}");
         }
@@ -820,7 +740,7 @@ mod tests {
     #[test]
     fn forged_fields_with_a_valid_crc_are_refused() {
         let (index, segments) = sample();
-        let good = encode(&index, &segments, 42);
+        let good = encode(&index, &segments, 42).expect("encodes");
         let body_len = good.len() - 4;
         let mut refused = 0;
         for i in 8..body_len {

@@ -6,16 +6,18 @@
 //! appended since the last clean close.
 //!
 //! Invariants:
-//! - a checkpoint describes exactly one durable prefix of the log: the index's durable
-//!   side and the segments' digests ([`Durable`]) are read under one lock of the state,
-//!   and the commit thread publishes a group's cursors and digests under that same
-//!   lock, so both end at the same group;
+//! - a checkpoint describes exactly one durable prefix of the log: the index is frozen
+//!   and the segments' digests ([`Durable`]) are read under one lock of the state, and
+//!   the commit thread publishes a group's cursors and digests under that same lock, so
+//!   both end at the same group; the freeze keeps the index's view at that group;
 //! - sealed segments' bytes and entry points do not change while it reads them: it
 //!   holds `Shared::erasing`, so no erasure pass rewrites a segment meanwhile;
 //! - a poisoned store writes none; close stops this thread before the commit thread
 //!   writes the checkpoint of the close, so that one is the last written;
-//! - it never blocks appends longer than encoding the index takes (the digests of
-//!   sealed segments it must compute are computed outside the state lock).
+//! - it never holds the state lock longer than encoding one slice of executions takes:
+//!   it freezes the index's durable side at one group (`frozen_index.rs`) and encodes
+//!   it in slices, while appends and group commits go on between them; the digests of
+//!   sealed segments it must compute are computed outside the lock, and so is the CRC.
 //!
 //! [`Options::index_checkpoint_interval_bytes`]: crate::Options::index_checkpoint_interval_bytes
 //! [`Durable`]: crate::state::Durable
@@ -25,6 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::checkpoint::{self, SegmentDigest};
+use crate::checkpoint_encode::{self, Encoder};
 use crate::error::{Error, Result};
 use crate::state::Shared;
 use crate::sync::{self, AtomicBool, AtomicU64, Condvar, JoinHandle, Mutex};
@@ -151,10 +154,26 @@ fn write_unerased(shared: &Shared, sealed: &mut SealedDigests) -> Result<bool> {
     for (id, digest) in (1..).zip(&known).take(last.saturating_sub(1)) {
         sealed.compute_if_missing(shared, id, *digest)?;
     }
-    let bytes = {
-        let state = shared.state.lock();
+    let Some(bytes) = encode_in_slices(shared, sealed)? else {
+        return Ok(false);
+    };
+    checkpoint::write(
+        shared.io.as_ref(),
+        &shared.dir,
+        &bytes,
+        shared.options.file_mode(),
+    )?;
+    Ok(true)
+}
+
+/// Encodes a checkpoint of what is durable now, one slice of executions per hold of the
+/// state lock, over a freeze of the index (`checkpoint_encode.rs`); `None` if the store
+/// is poisoned meanwhile.
+fn encode_in_slices(shared: &Shared, sealed: &SealedDigests) -> Result<Option<Vec<u8>>> {
+    let mut encoder = {
+        let mut state = shared.state.lock();
         if state.writer.poisoned.is_some() {
-            return Ok(false);
+            return Ok(None);
         }
         let digests: Option<Vec<SegmentDigest>> = (1..)
             .zip(&state.durable.digests)
@@ -167,15 +186,29 @@ fn write_unerased(shared: &Shared, sealed: &mut SealedDigests) -> Result<bool> {
                 "a sealed segment's digest is unknown".into(),
             ));
         };
-        checkpoint::encode(&state.index, &digests, state.durable.timestamp_ns)
+        state.index.freeze();
+        Encoder::begin(&state.index, &digests, state.durable.timestamp_ns)
     };
-    checkpoint::write(
-        shared.io.as_ref(),
-        &shared.dir,
-        &bytes,
-        shared.options.file_mode(),
-    )?;
-    Ok(true)
+    let _thaw = Thaw(shared);
+    loop {
+        let state = shared.state.lock();
+        if state.writer.poisoned.is_some() {
+            return Ok(None);
+        }
+        if encoder.step(&state.index, checkpoint_encode::SLICE) {
+            break;
+        }
+    }
+    encoder.finish().map(Some)
+}
+
+/// Ends the freeze of the index however the encode ends.
+struct Thaw<'a>(&'a Shared);
+
+impl Drop for Thaw<'_> {
+    fn drop(&mut self) {
+        self.0.state.lock().index.thaw();
+    }
 }
 
 /// Digests of sealed segments that the commit thread does not know (segments an open

@@ -215,7 +215,7 @@ impl Committer {
             // The newest durable record's time (the seal's, if one was written), not the
             // clock's: a seal whose fdatasync failed moved the clock, and open refuses a
             // saved time newer than every covered record.
-            checkpoint::encode(&state.index, &digests, state.durable.timestamp_ns)
+            checkpoint::encode(&state.index, &digests, state.durable.timestamp_ns)?
         };
         checkpoint::write(
             self.shared.io.as_ref(),

@@ -28,6 +28,7 @@
 
 use std::collections::HashMap;
 
+use crate::frozen_index::{DurableView, Frozen};
 use crate::id_table::IdTable;
 use crate::ids::{ExecutionId, TenantId};
 use crate::record::Pos;
@@ -165,6 +166,8 @@ pub(crate) struct Index {
     deleted: usize,
     /// The bases of the forks.
     forks: HashMap<ExecNo, Base>,
+    /// The durable side as it was when a running checkpoint began encoding it.
+    frozen: Option<Frozen>,
 }
 
 impl Index {
@@ -179,6 +182,7 @@ impl Index {
             tenant_executions: Vec::new(),
             deleted: 0,
             forks: HashMap::new(),
+            frozen: None,
         }
     }
 
@@ -216,6 +220,7 @@ impl Index {
 
     /// The tombstone of execution `no` is durable: readers stop seeing it.
     pub(crate) fn delete(&mut self, no: ExecNo) {
+        self.save_frozen(no);
         if let Some(e) = self.executions.get_mut(no as usize)
             && e.life != Life::Deleted
         {
@@ -349,6 +354,7 @@ impl Index {
 
     /// Publishes `sequence` of execution `no`, at `pos`, as durable.
     pub(crate) fn make_durable(&mut self, no: ExecNo, sequence: u64, pos: Pos) {
+        self.save_frozen(no);
         if let Some(e) = self.executions.get_mut(no as usize) {
             debug_assert!(sequence > e.durable_seq && sequence <= e.reserved_seq);
             e.durable_seq = sequence;
@@ -440,6 +446,68 @@ impl Index {
     /// Executions by number.
     pub(crate) fn executions(&self) -> &[Execution] {
         &self.executions
+    }
+
+    /// Freezes the durable side (`frozen_index.rs`): until [`Index::thaw`], the
+    /// `durable_*` views below describe it as it is now, whatever is made durable or
+    /// deleted meanwhile.
+    pub(crate) fn freeze(&mut self) {
+        self.frozen = None;
+        self.frozen = Some(Frozen::new(self.durable_prefix()));
+    }
+
+    /// Ends a freeze: the views follow the index again.
+    pub(crate) fn thaw(&mut self) {
+        self.frozen = None;
+    }
+
+    /// How many executions are durable (at the freeze, if frozen): durable executions
+    /// are a prefix, numbered in log order.
+    pub(crate) fn durable_prefix(&self) -> usize {
+        match &self.frozen {
+            Some(f) => f.count(),
+            None => self.executions.partition_point(|e| e.durable_seq > 0),
+        }
+    }
+
+    /// Execution `no`'s durable side (at the freeze, if frozen).
+    pub(crate) fn durable_view(&self, no: ExecNo) -> Option<DurableView> {
+        if let Some(saved) = self.frozen.as_ref().and_then(|f| f.saved(no)) {
+            return Some(saved);
+        }
+        self.get(no).map(|e| DurableView {
+            seq: e.durable_seq,
+            pos: e.durable_pos,
+            deleted: e.life == Life::Deleted,
+        })
+    }
+
+    /// How many tenants the first `executions` executions refer to: tenants are
+    /// numbered when their first execution is created, so they are a prefix too.
+    pub(crate) fn tenants_of_prefix(&self, executions: usize) -> usize {
+        self.tenant_executions
+            .partition_point(|list| list.first().is_none_or(|&no| (no as usize) < executions))
+    }
+
+    /// How many executions changed since the freeze, if frozen.
+    #[cfg(test)]
+    pub(crate) fn frozen_changes(&self) -> Option<usize> {
+        self.frozen.as_ref().map(Frozen::changed)
+    }
+
+    /// Saves execution `no`'s durable side in the freeze, if any, before it changes.
+    fn save_frozen(&mut self, no: ExecNo) {
+        let Some(frozen) = &self.frozen else {
+            return;
+        };
+        if (no as usize) >= frozen.count() {
+            return;
+        }
+        if let Some(now) = self.durable_view(no)
+            && let Some(frozen) = &mut self.frozen
+        {
+            frozen.save(no, now);
+        }
     }
 
     /// Makes room for `executions` more executions (a checkpoint knows how many).

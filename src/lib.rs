@@ -62,6 +62,7 @@ mod append;
 mod background;
 mod backup;
 mod checkpoint;
+mod checkpoint_encode;
 mod checkpointer;
 mod codec;
 mod committer;
@@ -77,6 +78,7 @@ mod event_store;
 pub mod fault;
 mod follow;
 mod fork;
+mod frozen_index;
 #[cfg(any(feature = "fuzzing", all(test, feature = "fault-injection")))]
 pub mod fuzzing;
 mod guard;
