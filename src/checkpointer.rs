@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::checkpoint::{self, SegmentDigest};
-use crate::checkpoint_encode::{self, Encoder};
+use crate::checkpoint_encode::Encoder;
 use crate::error::{Error, Result};
 use crate::state::Shared;
 use crate::sync::{self, AtomicBool, AtomicU64, Condvar, JoinHandle, Mutex};
@@ -195,7 +195,7 @@ fn encode_in_slices(shared: &Shared, sealed: &SealedDigests) -> Result<Option<Ve
         if state.writer.poisoned.is_some() {
             return Ok(None);
         }
-        if encoder.step(&state.index, checkpoint_encode::SLICE) {
+        if encoder.step(&state.index, shared.options.checkpoint_slice) {
             break;
         }
     }

@@ -83,6 +83,8 @@ pub struct Options {
     pub(crate) checkpoint_verification_delay: Duration,
     /// Test hook: how long the verification after open pauses before each segment.
     pub(crate) checkpoint_verification_pause: Duration,
+    /// Executions a running checkpoint encodes per hold of the store lock.
+    pub(crate) checkpoint_slice: usize,
     /// `None` until set: the default, which depends on the file system.
     pub(crate) checkpoint_interval: Option<Option<u64>>,
     pub(crate) write_path: WritePath,
@@ -114,6 +116,7 @@ impl Default for Options {
             verify_checkpoint_after_open: false,
             checkpoint_verification_delay: Duration::ZERO,
             checkpoint_verification_pause: Duration::ZERO,
+            checkpoint_slice: crate::checkpoint_encode::SLICE,
             checkpoint_interval: None,
             write_path: WritePath::ZerosAhead,
             key_hash_bits: 64,
@@ -280,6 +283,16 @@ impl Options {
     #[must_use]
     pub fn checkpoint_verification_pause(mut self, pause: Duration) -> Self {
         self.checkpoint_verification_pause = pause;
+        self
+    }
+
+    /// Test hook: a running checkpoint encodes `executions` executions (at least 1)
+    /// per hold of the store lock, so that a test with a small index sees appends,
+    /// group commits and deletions land between two slices.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn checkpoint_slice(mut self, executions: usize) -> Self {
+        self.checkpoint_slice = executions.max(1);
         self
     }
 

@@ -28,7 +28,11 @@ use execlog::*;
 const INTERVAL: u64 = 64 * 1024;
 
 fn options() -> Options {
-    small_segments().index_checkpoint_interval_bytes(Some(INTERVAL))
+    // One execution per slice of the encode: appends, group commits and deletions
+    // land between slices, which the freeze must keep out of the checkpoint.
+    small_segments()
+        .index_checkpoint_interval_bytes(Some(INTERVAL))
+        .checkpoint_slice(1)
 }
 
 /// Writers on four threads (singles, batches, keyed appends), one thread forking and
