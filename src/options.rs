@@ -50,8 +50,8 @@ pub enum ScrubRate {
 /// so that a small store is checked within seconds rather than trickled over an hour.
 pub const MIN_SCRUB_BYTES_PER_SECOND: u64 = 1 << 20;
 
-/// The smallest interval between two running index checkpoints: each costs encoding
-/// the whole index.
+/// The smallest interval between two running index checkpoints: each encodes and
+/// writes the whole index.
 const MIN_CHECKPOINT_INTERVAL: u64 = 4 << 10;
 
 /// The default time between two background erasure passes.

@@ -68,7 +68,7 @@ fn options(io: &SimIo) -> Options {
         .grow_group_min_bytes(8 * 1024)
         // Index checkpoints while running, every 4 KiB: cuts land in their writes too.
         .index_checkpoint_interval_bytes(Some(4096))
-        // Slices of two executions: commits land inside a running checkpoint's encode.
+        // Slices of two executions: a commit can land between two slices of an encode.
         .checkpoint_slice(2)
         .io(Arc::new(io.clone()))
 }
