@@ -591,7 +591,7 @@ struct Reader<'a> {
     at: usize,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn take<const N: usize>(&mut self) -> std::result::Result<[u8; N], String> {
         let b = self
             .bytes
@@ -630,19 +630,19 @@ impl Reader<'_> {
         Ok(n)
     }
 
-    /// A length-prefixed id: valid UTF-8, 1 to [`MAX_ID_BYTES`] bytes.
-    fn id(&mut self) -> std::result::Result<String, String> {
+    /// A length-prefixed id: valid UTF-8, 1 to [`MAX_ID_BYTES`] bytes, borrowed from
+    /// the file (the caller copies it once, into the id it keeps).
+    fn id(&mut self) -> std::result::Result<&'a str, String> {
         let len = self.u32()? as usize;
         if len == 0 || len > MAX_ID_BYTES {
             return Err(format!("id length {len} at byte {}", self.at));
         }
-        let bytes = self
+        let bytes: &'a [u8] = self
             .bytes
             .get(self.at..self.at + len)
             .ok_or_else(|| format!("id cut short at byte {}", self.at))?;
         self.at += len;
-        String::from_utf8(bytes.to_vec())
-            .map_err(|_| format!("id is not UTF-8 at byte {}", self.at))
+        std::str::from_utf8(bytes).map_err(|_| format!("id is not UTF-8 at byte {}", self.at))
     }
 }
 
