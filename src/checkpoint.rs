@@ -196,13 +196,17 @@ pub(crate) fn decode(bytes: &[u8], stride: u32) -> std::result::Result<Checkpoin
         let entries = index.entries_for(durable_seq, base);
         let entries = usize::try_from(entries)
             .ok()
-            .filter(|&n| n <= r.remaining() / 8)
+            .and_then(|n| r.slice(n.checked_mul(8)?))
             .ok_or_else(|| format!("execution {id}: more entry points than bytes"))?;
-        let mut sparse = Sparse::with_capacity(entries);
-        for _ in 0..entries {
-            sparse.push(r.pos()?);
+        let (entries, _) = entries.as_chunks::<8>();
+        let mut sparse = Sparse::with_capacity(entries.len());
+        let mut all_inside = inside(durable_pos);
+        for entry in entries {
+            let pos = pos_from(entry);
+            all_inside &= inside(pos);
+            sparse.push(pos);
         }
-        if !inside(durable_pos) || !sparse.iter().all(inside) {
+        if !all_inside {
             return Err(format!(
                 "execution {id}: position outside the covered records"
             ));
@@ -585,6 +589,15 @@ pub(crate) fn write(io: &dyn Io, dir: &Path, bytes: &[u8], mode: u32) -> Result<
         .map_err(|e| Error::io("fsync directory", dir, e))
 }
 
+/// The position encoded in the 8 bytes of `entry` (segment, offset; little-endian).
+fn pos_from(entry: &[u8; 8]) -> Pos {
+    let [s0, s1, s2, s3, o0, o1, o2, o3] = *entry;
+    Pos {
+        segment: u32::from_le_bytes([s0, s1, s2, s3]),
+        offset: u32::from_le_bytes([o0, o1, o2, o3]),
+    }
+}
+
 /// A cursor over a checkpoint's bytes; every read is bounds-checked.
 struct Reader<'a> {
     bytes: &'a [u8],
@@ -600,6 +613,13 @@ impl<'a> Reader<'a> {
             .ok_or_else(|| format!("cut short at byte {}", self.at))?;
         self.at += N;
         Ok(*b)
+    }
+
+    /// The next `len` bytes, if there are as many.
+    fn slice(&mut self, len: usize) -> Option<&'a [u8]> {
+        let bytes: &'a [u8] = self.bytes.get(self.at..self.at.checked_add(len)?)?;
+        self.at += len;
+        Some(bytes)
     }
 
     fn u32(&mut self) -> std::result::Result<u32, String> {
