@@ -258,6 +258,13 @@ impl LogStore {
                 recovered.report.removed_segments
             );
         }
+        if let Some(why) = &recovered.report.checkpoint_ignored {
+            log::warn!(
+                "{}: ignored {} ({why}); the index was rebuilt from the records",
+                dir.display(),
+                store_dir::CHECKPOINT
+            );
+        }
         if recovered.segments.is_empty() && read_only {
             return Err(Error::InvalidArgument(format!(
                 "{} holds no readable segment",

@@ -1,8 +1,8 @@
 //! [`RecoveryReport`]: what the last open found and did, for `LogStore::recovery_report`.
 //!
 //! Each step of open (`open.rs`) fills in its own fields; the report changes nothing and
-//! is never read back by the store. `log_store.rs` logs a cut or a removed segment at
-//! warning level from it.
+//! is never read back by the store. `log_store.rs` logs a cut, a removed segment or
+//! an ignored checkpoint at warning level from it.
 
 use std::time::Duration;
 
