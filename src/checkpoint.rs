@@ -199,18 +199,12 @@ pub(crate) fn decode(bytes: &[u8], stride: u32) -> std::result::Result<Checkpoin
             .and_then(|n| r.slice(n.checked_mul(8)?))
             .ok_or_else(|| format!("execution {id}: more entry points than bytes"))?;
         let (entries, _) = entries.as_chunks::<8>();
-        let mut sparse = Sparse::with_capacity(entries.len());
-        let mut all_inside = inside(durable_pos);
-        for entry in entries {
-            let pos = pos_from(entry);
-            all_inside &= inside(pos);
-            sparse.push(pos);
-        }
-        if !all_inside {
+        if !inside(durable_pos) || !entries.iter().all(|e| inside(pos_from(e))) {
             return Err(format!(
                 "execution {id}: position outside the covered records"
             ));
         }
+        let sparse = Sparse::from_entries(entries.iter().map(pos_from));
         index.restore_execution(id, tenant, (durable_seq, durable_pos), (sparse, base))?;
     }
     let deleted = if version == CHECKPOINT_VERSION_1 {

@@ -103,11 +103,12 @@ impl Sparse {
         }
     }
 
-    /// Room for `n` entries without reallocating.
-    pub(crate) fn with_capacity(n: usize) -> Self {
+    /// The entries `entries` yields, in order, in one allocation at most.
+    pub(crate) fn from_entries(mut entries: impl ExactSizeIterator<Item = Pos>) -> Self {
+        let first = entries.next();
         Self {
-            first: None,
-            rest: Vec::with_capacity(n.saturating_sub(1)),
+            first,
+            rest: entries.collect(),
         }
     }
 
