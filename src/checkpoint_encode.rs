@@ -285,6 +285,85 @@ mod tests {
         assert_eq!(index.frozen_changes(), Some(4));
     }
 
+    /// Between slices: a fork of a frozen execution made durable, then its source
+    /// deleted; a fork of that fork; a tenant's every execution deleted; executions of
+    /// brand-new tenants; appends to a fork that was durable at the freeze. The bytes
+    /// stay those of the freeze, in every slicing.
+    #[test]
+    fn forks_deletions_and_new_tenants_between_slices_leave_the_freeze() {
+        let (untouched, segments) = store();
+        let expected = encode(&untouched, &segments, 7).expect("encodes");
+        for budget in [1, 2, 3, 5, 8, 13] {
+            let (mut index, _) = store();
+            index.freeze();
+            let mut encoder = Encoder::begin(&index, &segments, 7);
+            let mut round = 0u32;
+            while !encoder.step(&index, budget) {
+                match round {
+                    0 => {
+                        // A fork of run-1 (durable at the freeze), durable at once.
+                        let at = index.get(1).map(|e| e.durable_pos).expect("run-1");
+                        let f = index.create_fork(
+                            ExecutionId::from(format!("fork-of-1-{budget}")),
+                            Base { source: 1, at: 1 },
+                            at,
+                        );
+                        index.make_durable(f, 1, at);
+                        index.reserve(f, 2, pos(3, 32));
+                        index.make_durable(f, 2, pos(3, 32));
+                        // Its source deleted.
+                        index.mark_deleting(1);
+                        index.delete(1);
+                        // A fork of the fork.
+                        let ff = index.create_fork(
+                            ExecutionId::from(format!("fork-of-fork-{budget}")),
+                            Base { source: f, at: 2 },
+                            pos(3, 32),
+                        );
+                        index.make_durable(ff, 2, pos(3, 32));
+                    }
+                    1 => {
+                        // Tenant 2's executions (2, 8, 11) all deleted.
+                        for no in [2, 8, 11] {
+                            if index
+                                .get(no)
+                                .is_some_and(|e| e.life == crate::index::Life::Live)
+                            {
+                                index.mark_deleting(no);
+                                index.delete(no);
+                            }
+                        }
+                    }
+                    _ => {
+                        // New tenants and appends to run-3 (a fork durable at the freeze).
+                        let t = TenantId::from(format!("new-{round}"));
+                        let no = index.create(
+                            ExecutionId::from(format!("new-{budget}-{round}")),
+                            &t,
+                            pos(4, 32 + 64 * round),
+                        );
+                        index.make_durable(no, 1, pos(4, 32 + 64 * round));
+                        let seq = index.get(3).map_or(0, |e| e.reserved_seq) + 1;
+                        index.reserve(3, seq, pos(5, 32 + 64 * round));
+                        index.make_durable(3, seq, pos(5, 32 + 64 * round));
+                    }
+                }
+                round += 1;
+            }
+            assert_eq!(
+                encoder.finish().expect("finishes"),
+                expected,
+                "slices of {budget}"
+            );
+            index.thaw();
+            let after = encode(&index, &segments, 7).expect("encodes");
+            assert_ne!(
+                after, expected,
+                "slices of {budget}: the changes are seen after"
+            );
+        }
+    }
+
     #[test]
     fn a_slice_encode_equals_the_one_go_encode() {
         let (index, segments) = store();
