@@ -27,6 +27,7 @@
 //! - a store poisoned by a failing fdatasync while encodes run: close returns, and the
 //!   reopen (same boot, and after a power cut) accepts the checkpoint on disk and
 //!   serves every acknowledged append.
+//!
 //! `checkpoint_encode::tests::forks_deletions_and_new_tenants_between_slices_leave_the_freeze`
 //! drives the same changes between slices deterministically, for slices of 1 to 13.
 //!
