@@ -32,6 +32,12 @@ use crate::error::{Error, Result};
 use crate::state::Shared;
 use crate::sync::{self, AtomicBool, AtomicU64, Condvar, JoinHandle, Mutex};
 
+/// With the default interval, bytes made durable between two checkpoints per byte of
+/// the last one: checkpoints then add at most a quarter to what is written, however
+/// large the index grows (a million short executions make one of ~40 MB, more than half
+/// a 64 MiB segment).
+pub(crate) const DEFAULT_INTERVAL_PER_CHECKPOINT_BYTE: u64 = 4;
+
 /// What the commit thread and close tell the checkpoint thread.
 #[derive(Default)]
 pub(crate) struct Requests {
@@ -39,6 +45,11 @@ pub(crate) struct Requests {
     cond: Condvar,
     /// Checkpoints this thread wrote since open (`Stats::index_checkpoints`).
     pub(crate) written: AtomicU64,
+    /// Bytes of those checkpoints (`Stats::index_checkpoint_bytes`).
+    pub(crate) written_bytes: AtomicU64,
+    /// The size of the last one: the default interval is at least
+    /// [`DEFAULT_INTERVAL_PER_CHECKPOINT_BYTE`] times it.
+    pub(crate) last_bytes: AtomicU64,
     /// An erasure pass rewrote a segment since the last checkpoint was written: the
     /// checkpoint on disk no longer matches the segments (open would ignore it), so
     /// one is due, and close writes one even if nothing was appended.
@@ -116,36 +127,41 @@ fn run(shared: &Shared) {
             return;
         }
         match write_one(shared, &mut sealed) {
-            Ok(true) => {
-                shared.checkpoints.written.fetch_add(1, Ordering::Relaxed);
+            Ok(Some(bytes)) => {
+                let checkpoints = &shared.checkpoints;
+                checkpoints.last_bytes.store(bytes, Ordering::Relaxed);
+                checkpoints
+                    .written_bytes
+                    .fetch_add(bytes, Ordering::Relaxed);
+                checkpoints.written.fetch_add(1, Ordering::Relaxed);
             }
-            Ok(false) => return,
+            Ok(None) => return,
             // The next request tries again; open scans more meanwhile, nothing else.
             Err(e) => log::warn!("could not write a running index checkpoint: {e}"),
         }
     }
 }
 
-/// Writes a checkpoint of what is durable now. False if the store is poisoned (no
-/// more checkpoints).
-fn write_one(shared: &Shared, sealed: &mut SealedDigests) -> Result<bool> {
+/// Writes a checkpoint of what is durable now; its size, or `None` if the store is
+/// poisoned (no more checkpoints).
+fn write_one(shared: &Shared, sealed: &mut SealedDigests) -> Result<Option<u64>> {
     let _no_erasure = shared.erasing.lock();
     // No pass rewrites a segment until this one is written (or has failed, which
     // leaves it stale again).
     let was_stale = shared.checkpoints.stale.swap(false, Ordering::SeqCst);
     let written = write_unerased(shared, sealed);
-    if !matches!(written, Ok(true)) && was_stale {
+    if !matches!(written, Ok(Some(_))) && was_stale {
         shared.checkpoints.stale.store(true, Ordering::SeqCst);
     }
     written
 }
 
 /// [`write_one`] while no erasure pass runs.
-fn write_unerased(shared: &Shared, sealed: &mut SealedDigests) -> Result<bool> {
+fn write_unerased(shared: &Shared, sealed: &mut SealedDigests) -> Result<Option<u64>> {
     let known = {
         let state = shared.state.lock();
         if state.writer.poisoned.is_some() {
-            return Ok(false);
+            return Ok(None);
         }
         state.durable.digests.clone()
     };
@@ -155,7 +171,7 @@ fn write_unerased(shared: &Shared, sealed: &mut SealedDigests) -> Result<bool> {
         sealed.compute_if_missing(shared, id, *digest)?;
     }
     let Some(bytes) = encode_in_slices(shared, sealed)? else {
-        return Ok(false);
+        return Ok(None);
     };
     checkpoint::write(
         shared.io.as_ref(),
@@ -163,7 +179,7 @@ fn write_unerased(shared: &Shared, sealed: &mut SealedDigests) -> Result<bool> {
         &bytes,
         shared.options.file_mode(),
     )?;
-    Ok(true)
+    Ok(Some(bytes.len() as u64))
 }
 
 /// Encodes a checkpoint of what is durable now, one slice of executions per hold of the

@@ -228,7 +228,12 @@ impl Committer {
     /// Counts `bytes` made durable and, once they complete an interval, asks the
     /// checkpoint thread for a checkpoint (`checkpointer.rs`).
     fn ask_for_checkpoint(&mut self, bytes: u64) {
-        let Some(interval) = self.shared.options.checkpoint_interval() else {
+        let last = self
+            .shared
+            .checkpoints
+            .last_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let Some(interval) = self.shared.options.checkpoint_interval_after(last) else {
             return;
         };
         self.since_checkpoint += bytes;

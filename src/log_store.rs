@@ -110,6 +110,8 @@ pub struct Stats {
     /// Index checkpoints the background thread wrote since open (see
     /// [`Options::index_checkpoint_interval_bytes`]); close's own is not counted.
     pub index_checkpoints: u64,
+    /// Bytes of those checkpoints: what running checkpoints added to the bytes written.
+    pub index_checkpoint_bytes: u64,
     /// Whether the checkpoint this open trusted is still being verified (see
     /// [`Options::verify_checkpoint_after_open`]): calls that write wait meanwhile.
     pub checkpoint_unverified: bool,
@@ -500,6 +502,11 @@ impl LogStore {
             index_bytes,
             sparse_index_bytes,
             index_checkpoints: self.shared.checkpoints.written.load(Ordering::Relaxed),
+            index_checkpoint_bytes: self
+                .shared
+                .checkpoints
+                .written_bytes
+                .load(Ordering::Relaxed),
             checkpoint_unverified: self.shared.verification.is_pending(),
             checkpoint_refuted: self.shared.verification.refuted(),
             queued_bytes: self.shared.queue_bound.queued(),

@@ -301,10 +301,14 @@ impl Options {
     /// thread (`execlog-checkpoint`) writes a new one describing everything durable
     /// then, so that open loads it and scans only what followed. `None`: checkpoints
     /// only at clean close (open after a crash then scans everything appended since).
-    /// Default: the segment size, or `None` with [`Options::io`] (whose tests drive
-    /// I/O from one thread); at least 4 KiB. Writing one costs encoding the index
-    /// (appends wait for that) and writing it once: see docs/DESIGN.md, "Index
-    /// checkpoints". Has no effect with [`Options::index_checkpoint`] off.
+    /// Default: the segment size, or four times the size of the last checkpoint
+    /// written if that is more (so that checkpoints add at most a quarter to what is
+    /// written, however many executions the index holds), or `None` with
+    /// [`Options::io`] (whose tests drive I/O from one thread). A set interval is kept
+    /// as set, at least 4 KiB. Writing one costs encoding the index (appends wait at
+    /// most for one slice of 4096 executions) and writing it whole: see
+    /// docs/DESIGN.md, "Index checkpoints". Has no effect with
+    /// [`Options::index_checkpoint`] off.
     #[must_use]
     pub fn index_checkpoint_interval_bytes(mut self, bytes: Option<u64>) -> Self {
         self.checkpoint_interval = Some(bytes.map(|b| b.max(MIN_CHECKPOINT_INTERVAL)));
@@ -425,7 +429,21 @@ impl Options {
         self
     }
 
-    /// The erasure interval in effect (see [`Options::erasure_interval`]).
+    /// The checkpoint interval in effect after a checkpoint of `last_bytes`: the
+    /// default grows with the checkpoint (`checkpointer.rs`), a set one does not.
+    pub(crate) fn checkpoint_interval_after(&self, last_bytes: u64) -> Option<u64> {
+        let interval = self.checkpoint_interval()?;
+        Some(match self.checkpoint_interval {
+            Some(_) => interval,
+            None => interval.max(
+                last_bytes
+                    .saturating_mul(crate::checkpointer::DEFAULT_INTERVAL_PER_CHECKPOINT_BYTE),
+            ),
+        })
+    }
+
+    /// The checkpoint interval configured, or the default's base (see
+    /// [`Options::index_checkpoint_interval_bytes`]).
     pub(crate) fn checkpoint_interval(&self) -> Option<u64> {
         if !self.index_checkpoint {
             return None;

@@ -198,3 +198,44 @@ fn a_crash_rescans_at_most_about_one_interval() {
     let reopened = LogStore::open_with(image.path(), options()).unwrap();
     assert_eq!(reopened.recovery_report().checkpoint_bytes, 0);
 }
+
+/// With the default interval, running checkpoints add at most about a quarter to the
+/// bytes written, even when the index outgrows a segment: many short executions (one
+/// small event each) make each checkpoint a sizeable share of a 64 KiB segment.
+#[test]
+fn the_default_interval_keeps_checkpoints_within_a_quarter_of_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    // The default interval: the segment size, at least 4 times the last checkpoint.
+    let store = Arc::new(LogStore::open_with(dir.path(), small_segments()).unwrap());
+    let writers: Vec<_> = (0..8u64)
+        .map(|w| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                let tenant = TenantId::from(format!("t{}", w % 3));
+                for n in 0..800u64 {
+                    let event = ExecutionEventData::StepCompleted {
+                        step_id: StepId::from("s"),
+                        output: None,
+                        duration_ms: n,
+                    };
+                    let id = ExecutionId::from(format!("short-{w}-{n}"));
+                    store.append_blocking(&id, &tenant, event).unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    let stats = store.stats();
+    assert!(stats.index_checkpoints >= 2, "{stats:?}");
+    let last = std::fs::metadata(dir.path().join("checkpoint.idx"))
+        .unwrap()
+        .len();
+    assert!(
+        stats.index_checkpoint_bytes <= stats.data_bytes / 4 + 2 * last,
+        "checkpoints wrote {} bytes for {} bytes of data (last checkpoint {last} bytes)",
+        stats.index_checkpoint_bytes,
+        stats.data_bytes
+    );
+}
