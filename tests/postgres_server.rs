@@ -1565,6 +1565,8 @@ mod server {
             let Some(url) = url("a_resume_inside_a_transaction_crosses_a_reconnect") else {
                 return;
             };
+            // Its psql calls and stores fail while another test restarts the server.
+            let _turn = turn();
             let schema = fresh_schema();
             let (a, b, t) = (
                 ExecutionId::from("a"),
@@ -1691,6 +1693,8 @@ mod server {
             else {
                 return;
             };
+            // Its psql calls and stores fail while another test restarts the server.
+            let _turn = turn();
             let schema = fresh_schema();
             let store = store(&url, &schema);
             let t = TenantId::from("t");
@@ -1817,6 +1821,8 @@ mod server {
             let Some(url) = url("deletion_erases_the_rows_while_another_store_appends") else {
                 return;
             };
+            // Its psql calls and stores fail while another test restarts the server.
+            let _turn = turn();
             let schema = fresh_schema();
             let (first, second) = (store(&url, &schema), store(&url, &schema));
             let (e, kept, t) = (
@@ -2179,6 +2185,8 @@ mod server {
             let Some(url) = url("forks_racing_for_one_id_from_two_stores_make_one") else {
                 return;
             };
+            // Its psql calls and stores fail while another test restarts the server.
+            let _turn = turn();
             let schema = fresh_schema();
             let stores = [
                 Arc::new(store(&url, &schema)),
