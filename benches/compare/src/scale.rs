@@ -128,6 +128,16 @@ fn rebuilt_after_crash(dir: &Path) -> (Duration, u64) {
 /// The clean-closed execlog store opened with its checkpoint verified after open: the
 /// time to the first read, and the time from open to the verdict.
 fn verified_after_open(dir: &Path) -> (Duration, Duration) {
+    let (store, took, verdict) = open_until_verdict(dir);
+    assert!(store.recovery_report().checkpoint_verification_deferred);
+    store.close().expect("close");
+    (took, verdict)
+}
+
+/// Opens the execlog store in `dir` with its checkpoint verified after open, reads
+/// `r-0`, waits for the verdict and reads `r-1` (which a refuted checkpoint fails): the
+/// store, the time to the first read and the time to the verdict.
+fn open_until_verdict(dir: &Path) -> (execlog::LogStore, Duration, Duration) {
     let options = systems::execlog_options().verify_checkpoint_after_open(true);
     let t = Instant::now();
     let store = execlog::LogStore::open_with(dir, options).expect("open");
@@ -136,16 +146,14 @@ fn verified_after_open(dir: &Path) -> (Duration, Duration) {
         .expect("read");
     let took = t.elapsed();
     assert_eq!(events.len(), 100);
-    assert!(store.recovery_report().checkpoint_verification_deferred);
     while store.stats().checkpoint_unverified {
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(1));
     }
     let verdict = t.elapsed();
     store
         .load_events_blocking(&execlog::ExecutionId::from("r-1"))
         .expect("the checkpoint was refuted");
-    store.close().expect("close");
-    (took, verdict)
+    (store, took, verdict)
 }
 
 /// The execlog crash image opened with its checkpoint verified after open, in a child
@@ -174,22 +182,8 @@ fn crash_verified_after_open(dir: &Path) -> (Duration, Option<Duration>) {
 /// prints both times in nanoseconds and whether there was a checkpoint to verify (1 or
 /// 0), and exits without closing.
 pub fn crash_open_verified(dir: &Path) -> ! {
-    let options = systems::execlog_options().verify_checkpoint_after_open(true);
-    let t = Instant::now();
-    let store = execlog::LogStore::open_with(dir, options).expect("open");
-    let events = store
-        .load_events_blocking(&execlog::ExecutionId::from("r-0"))
-        .expect("read");
-    let took = t.elapsed();
-    assert_eq!(events.len(), 100);
+    let (store, took, verdict) = open_until_verdict(dir);
     let deferred = store.recovery_report().checkpoint_verification_deferred;
-    while store.stats().checkpoint_unverified {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let verdict = t.elapsed();
-    store
-        .load_events_blocking(&execlog::ExecutionId::from("r-1"))
-        .expect("the checkpoint was refuted");
     println!(
         "{} {} {}",
         took.as_nanos(),
