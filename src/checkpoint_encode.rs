@@ -34,8 +34,9 @@ pub(crate) struct Encoder {
     forks: Vec<(ExecNo, Base)>,
     executions: Range<ExecNo>,
     deleted: Vec<ExecNo>,
-    /// An execution referred to a tenant beyond the listed ones.
-    unlisted_tenant: Option<ExecNo>,
+    /// The first execution the index could not describe: missing, or referring to a
+    /// tenant beyond the listed ones.
+    inconsistent: Option<ExecNo>,
 }
 
 impl Encoder {
@@ -71,7 +72,7 @@ impl Encoder {
             forks,
             executions: 0..executions as ExecNo,
             deleted: Vec::new(),
-            unlisted_tenant: None,
+            inconsistent: None,
         }
     }
 
@@ -104,11 +105,11 @@ impl Encoder {
     /// Writes execution `no` as the durable view has it.
     fn execution(&mut self, index: &Index, no: ExecNo) {
         let (Some(e), Some(view)) = (index.get(no), index.durable_view(no)) else {
-            self.unlisted_tenant.get_or_insert(no);
+            self.inconsistent.get_or_insert(no);
             return;
         };
         if e.tenant as usize >= self.tenants.end {
-            self.unlisted_tenant.get_or_insert(no);
+            self.inconsistent.get_or_insert(no);
         }
         put_u32(&mut self.out, e.tenant);
         put_u64(&mut self.out, view.seq);
@@ -126,9 +127,9 @@ impl Encoder {
 
     /// The file's bytes, its CRC last. Needs no lock.
     pub(crate) fn finish(mut self) -> Result<Vec<u8>> {
-        if let Some(no) = self.unlisted_tenant {
+        if let Some(no) = self.inconsistent {
             return Err(Error::Internal(format!(
-                "checkpoint: execution {no} is not in the index's durable prefix of tenants"
+                "checkpoint: execution {no} is missing or refers to a tenant not listed"
             )));
         }
         put_u32(&mut self.out, self.deleted.len() as u32);
