@@ -252,3 +252,63 @@ fn format_v3_fixture_opens_with_and_without_its_checkpoint() {
         assert_eq!(store.stats().deleted_executions, 2);
     }
 }
+
+/// The fixture's segments with the layout 2 checkpoint (`checkpoint_layout2.idx`: the
+/// deleted list, no directory) a clean close of a build writing layout 2 left for
+/// them. Regenerate only with such a build:
+/// `EXECLOG_WRITE_FIXTURE=layout2 cargo test --test format_golden_v3`.
+const CHECKPOINT_LAYOUT_2: &str = "checkpoint_layout2.idx";
+
+fn write_layout2_fixture() {
+    let work = tempfile::tempdir().unwrap();
+    for name in [SEGMENT, SEGMENT_2] {
+        fs::copy(fixture().join(name), work.path().join(name)).unwrap();
+    }
+    let store = LogStore::open(work.path()).unwrap();
+    store.close().unwrap();
+    drop(store);
+    let c = fs::read(work.path().join(CHECKPOINT)).unwrap();
+    assert_eq!(
+        le32(&c, 8),
+        2,
+        "written by a build whose checkpoint layout is 2"
+    );
+    for name in [SEGMENT, SEGMENT_2] {
+        let now = fs::read(work.path().join(name)).unwrap();
+        let was = fs::read(fixture().join(name)).unwrap();
+        assert_eq!(
+            &now[..was.len()],
+            &was[..],
+            "the open left {name} as it was"
+        );
+    }
+    fs::write(fixture().join(CHECKPOINT_LAYOUT_2), c).unwrap();
+}
+
+#[test]
+fn a_layout_2_checkpoint_still_opens_eagerly_and_verified_after_open() {
+    if std::env::var("EXECLOG_WRITE_FIXTURE").as_deref() == Ok("layout2") {
+        write_layout2_fixture();
+    }
+    let expected: BTreeMap<String, Vec<StoredEvent>> =
+        serde_json::from_str(&fs::read_to_string(fixture().join("expected.json")).unwrap())
+            .unwrap();
+    let c = fs::read(fixture().join(CHECKPOINT_LAYOUT_2)).unwrap();
+    assert_eq!(le32(&c, 8), 2, "checkpoint layout version");
+    for after_open in [false, true] {
+        let work = tempfile::tempdir().unwrap();
+        for name in [SEGMENT, SEGMENT_2] {
+            fs::copy(fixture().join(name), work.path().join(name)).unwrap();
+        }
+        fs::write(work.path().join(CHECKPOINT), &c).unwrap();
+        let options = Options::default().verify_checkpoint_after_open(after_open);
+        let store = LogStore::open_with(work.path(), options).unwrap();
+        let report = store.recovery_report().clone();
+        assert!(report.checkpoint_bytes > 0, "{report:?}");
+        assert_eq!(report.checkpoint_ignored, None);
+        assert_eq!(report.checkpoint_verification_deferred, after_open);
+        assert_eq!(reads(&store), expected, "verified after open: {after_open}");
+        assert_eq!(store.stats().deleted_executions, 2);
+        store.close().unwrap();
+    }
+}
