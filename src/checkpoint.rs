@@ -27,6 +27,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::checkpoint_directory::{self, Directory, Listed, Opened};
 use crate::codec;
 use crate::deletion::{self, Tombstone};
 use crate::error::{Error, Result};
@@ -45,7 +46,9 @@ pub(crate) const MAGIC: [u8; 8] = *b"EXLGCKPT";
 /// Version of the checkpoint layout written. Layout 2 is layout 1 followed by the list
 /// of deleted executions, which lets an open that verifies the checkpoint only after
 /// it returns (`Options::verify_checkpoint_after_open`) know them without the walk.
-pub(crate) const CHECKPOINT_VERSION: u32 = 2;
+/// Layout 3 adds the directory that lets such an open find one execution without
+/// decoding the others (`checkpoint_directory.rs`).
+pub(crate) const CHECKPOINT_VERSION: u32 = checkpoint_directory::LAYOUT_WITH_DIRECTORY;
 /// The first layout, which open still reads (without a list of deletions).
 const CHECKPOINT_VERSION_1: u32 = 1;
 /// Length of the fixed header.
@@ -102,6 +105,8 @@ pub(crate) struct Checkpoint {
     pub(crate) deleted: Option<Vec<ExecNo>>,
     /// The file's CRC: which file this is, for a verification after open.
     pub(crate) file_crc: u32,
+    /// Its layout version.
+    pub(crate) layout: u32,
 }
 
 /// Path of the checkpoint in `dir`.
@@ -112,6 +117,49 @@ pub(crate) fn path(dir: &Path) -> PathBuf {
 /// Decodes a checkpoint written for an index of `stride`. Any deviation from the
 /// format is an error naming it; nothing is allocated beyond what the bytes hold.
 pub(crate) fn decode(bytes: &[u8], stride: u32) -> std::result::Result<Checkpoint, String> {
+    decode_with(bytes, stride, &mut checkpoint_directory::check)
+}
+
+/// What [`decode`] does with a layout 3 file's directory: the bytes before the file's
+/// CRC, where the directory starts, the length of the header and digests, and what
+/// the executions section lists.
+type OnDirectory<'a> =
+    dyn FnMut(&[u8], usize, usize, &Listed) -> std::result::Result<(), String> + 'a;
+
+/// Makes a checkpoint changed in place (a test's forgery) consistent again: its
+/// directory, trailer and CRC recomputed from the rest, as far as the rest decodes.
+#[cfg(any(test, feature = "fault-injection"))]
+pub(crate) fn reseal(bytes: &mut [u8]) {
+    let fix_crc = |bytes: &mut [u8]| {
+        if let Some((body, crc)) = bytes.split_last_chunk_mut::<4>() {
+            *crc = record::crc32(body).to_le_bytes();
+        }
+    };
+    fix_crc(bytes);
+    let Some(stride) = bytes.get(12..16).and_then(|b| b.try_into().ok()) else {
+        return;
+    };
+    let mut found = None;
+    let _ = decode_with(
+        bytes,
+        u32::from_le_bytes(stride),
+        &mut |_, start, prefix, listed| {
+            found = Some((start, prefix, listed.clone()));
+            Ok(())
+        },
+    );
+    if let Some((start, prefix, listed)) = found {
+        let end = bytes.len() - 4;
+        checkpoint_directory::rewrite(&mut bytes[..end], start, prefix, &listed);
+        fix_crc(bytes);
+    }
+}
+
+fn decode_with(
+    bytes: &[u8],
+    stride: u32,
+    on_directory: &mut OnDirectory<'_>,
+) -> std::result::Result<Checkpoint, String> {
     let Some((body, crc)) = bytes.split_last_chunk::<4>() else {
         return Err("file is too short".into());
     };
@@ -126,9 +174,9 @@ pub(crate) fn decode(bytes: &[u8], stride: u32) -> std::result::Result<Checkpoin
         at: MAGIC.len(),
     };
     let version = r.u32()?;
-    if version != CHECKPOINT_VERSION && version != CHECKPOINT_VERSION_1 {
+    if !(CHECKPOINT_VERSION_1..=CHECKPOINT_VERSION).contains(&version) {
         return Err(format!(
-            "format version {version}, expected {CHECKPOINT_VERSION_1} or {CHECKPOINT_VERSION}"
+            "format version {version}, expected {CHECKPOINT_VERSION_1} to {CHECKPOINT_VERSION}"
         ));
     }
     let saved_stride = r.u32()?;
@@ -142,23 +190,8 @@ pub(crate) fn decode(bytes: &[u8], stride: u32) -> std::result::Result<Checkpoin
     let tenant_count = r.count(4)?;
     let execution_count = r.count(MIN_EXECUTION_LEN)?;
     let fork_count = r.count(FORK_LEN)?;
-    if segment_count == 0 {
-        return Err("covers no segment".into());
-    }
-    let mut segments = Vec::with_capacity(segment_count);
-    for _ in 0..segment_count {
-        let d = SegmentDigest {
-            end: r.u64()?,
-            crc: r.u32()?,
-        };
-        if d.end < SEGMENT_HEADER_LEN as u64
-            || d.end > u64::from(u32::MAX)
-            || !d.end.is_multiple_of(record::RECORD_ALIGN as u64)
-        {
-            return Err(format!("segment end {} out of range", d.end));
-        }
-        segments.push(d);
-    }
+    let prefix = r.at + segment_count * DIGEST_LEN;
+    let segments = decode_digests(r.slice(segment_count * DIGEST_LEN).ok_or("cut short")?)?;
     let mut index = Index::new(stride);
     index.make_room(execution_count);
     for _ in 0..tenant_count {
@@ -184,7 +217,20 @@ pub(crate) fn decode(bytes: &[u8], stride: u32) -> std::result::Result<Checkpoin
             .map_or(0, |d| d.end);
         pos.offset as usize >= SEGMENT_HEADER_LEN && u64::from(pos.offset) < end
     };
+    let mut listed = Listed {
+        starts: Vec::new(),
+        hashes: Vec::new(),
+        flags: Vec::new(),
+    };
+    let with_directory = version >= checkpoint_directory::LAYOUT_WITH_DIRECTORY;
+    if with_directory {
+        listed.starts.reserve(execution_count + 1);
+        listed.hashes.reserve(execution_count);
+    }
     for no in 0..execution_count as ExecNo {
+        if with_directory {
+            listed.starts.push(r.at);
+        }
         let base = forks.get(&no).copied();
         let tenant = r.u32()?;
         let durable_seq = r.u64()?;
@@ -204,14 +250,36 @@ pub(crate) fn decode(bytes: &[u8], stride: u32) -> std::result::Result<Checkpoin
                 "execution {id}: position outside the covered records"
             ));
         }
+        if with_directory {
+            listed
+                .hashes
+                .push(checkpoint_directory::id_hash(id.as_str().as_bytes()));
+        }
         let sparse = Sparse::from_entries(entries.iter().map(pos_from));
         index.restore_execution(id, tenant, (durable_seq, durable_pos), (sparse, base))?;
+    }
+    if with_directory {
+        listed.starts.push(r.at);
     }
     let deleted = if version == CHECKPOINT_VERSION_1 {
         None
     } else {
         Some(decode_deleted(&mut r, execution_count)?)
     };
+    if with_directory {
+        listed.flags = (0..execution_count as ExecNo)
+            .map(|no| {
+                let fork = forks.contains_key(&no);
+                let deleted = deleted
+                    .as_ref()
+                    .is_some_and(|d| d.binary_search(&no).is_ok());
+                u32::from(fork) * checkpoint_directory::FORK
+                    + u32::from(deleted) * checkpoint_directory::DELETED
+            })
+            .collect();
+        on_directory(body, r.at, prefix, &listed)?;
+        r.at = body.len();
+    }
     if r.remaining() != 0 {
         return Err(format!("{} bytes after the last section", r.remaining()));
     }
@@ -221,7 +289,33 @@ pub(crate) fn decode(bytes: &[u8], stride: u32) -> std::result::Result<Checkpoin
         index,
         deleted,
         file_crc: u32::from_le_bytes(*crc),
+        layout: version,
     })
+}
+
+/// The segment digests of a checkpoint, `bytes` holding exactly them.
+pub(crate) fn decode_digests(bytes: &[u8]) -> std::result::Result<Vec<SegmentDigest>, String> {
+    let (digests, rest) = bytes.as_chunks::<DIGEST_LEN>();
+    if digests.is_empty() || !rest.is_empty() {
+        return Err("covers no segment".into());
+    }
+    digests
+        .iter()
+        .map(|d| {
+            let (end, crc) = d.split_at(8);
+            let d = SegmentDigest {
+                end: u64::from_le_bytes(end.try_into().unwrap_or_default()),
+                crc: u32::from_le_bytes(crc.try_into().unwrap_or_default()),
+            };
+            if d.end < SEGMENT_HEADER_LEN as u64
+                || d.end > u64::from(u32::MAX)
+                || !d.end.is_multiple_of(record::RECORD_ALIGN as u64)
+            {
+                return Err(format!("segment end {} out of range", d.end));
+            }
+            Ok(d)
+        })
+        .collect()
 }
 
 /// Layout 2's list of deleted executions: increasing numbers of listed executions.
@@ -239,6 +333,24 @@ fn decode_deleted(
         deleted.push(no);
     }
     Ok(deleted)
+}
+
+/// Maps the checkpoint of `dir` for a decode after open (layout 3): `Ok(None)` if there
+/// is none, `Err(why)` if there is one that cannot be used that way.
+pub(crate) fn load_lazy(
+    io: &dyn Io,
+    dir: &Path,
+    stride: u32,
+) -> std::result::Result<Option<Opened>, String> {
+    let path = path(dir);
+    let file = match io.open(&path, true) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("open: {e}")),
+    };
+    let len = file.size().map_err(|e| format!("stat: {e}"))?;
+    let map = file.map(len).map_err(|e| format!("mmap: {e}"))?;
+    Directory::open(map, stride).map(Some)
 }
 
 /// Reads and decodes the checkpoint of `dir`: `Ok(None)` if there is none, `Err(why)`

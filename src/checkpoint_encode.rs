@@ -16,6 +16,7 @@
 use std::ops::Range;
 
 use crate::checkpoint::{CHECKPOINT_VERSION, HEADER_LEN, MAGIC, SegmentDigest};
+use crate::checkpoint_directory::{self as directory, ENTRY_LEN};
 use crate::error::{Error, Result};
 use crate::index::{Base, ExecNo, Index};
 use crate::record::{self, Pos};
@@ -34,6 +35,10 @@ pub(crate) struct Encoder {
     forks: Vec<(ExecNo, Base)>,
     executions: Range<ExecNo>,
     deleted: Vec<ExecNo>,
+    /// One entry per execution written, for the directory.
+    directory: Vec<directory::Entry>,
+    /// Bytes of the header and digests, which the trailer's CRC covers.
+    prefix: usize,
     /// The first execution the index could not describe: missing, or referring to a
     /// tenant beyond the listed ones.
     inconsistent: Option<ExecNo>,
@@ -52,7 +57,7 @@ impl Encoder {
             .map(|(no, base)| (*no, *base))
             .collect();
         forks.sort_unstable_by_key(|(no, _)| *no);
-        let mut out = Vec::with_capacity(HEADER_LEN + 64 * executions);
+        let mut out = Vec::with_capacity(HEADER_LEN + (64 + ENTRY_LEN) * executions);
         out.extend_from_slice(&MAGIC);
         put_u32(&mut out, CHECKPOINT_VERSION);
         put_u32(&mut out, index.stride() as u32);
@@ -67,11 +72,13 @@ impl Encoder {
             put_u32(&mut out, d.crc);
         }
         Self {
+            prefix: out.len(),
             out,
             tenants: 0..tenants,
             forks,
             executions: 0..executions as ExecNo,
             deleted: Vec::new(),
+            directory: Vec::with_capacity(executions),
             inconsistent: None,
         }
     }
@@ -111,6 +118,7 @@ impl Encoder {
         if e.tenant as usize >= self.tenants.end {
             self.inconsistent.get_or_insert(no);
         }
+        let start = self.out.len();
         put_u32(&mut self.out, e.tenant);
         put_u64(&mut self.out, view.seq);
         put_pos(&mut self.out, view.pos);
@@ -123,6 +131,16 @@ impl Encoder {
         if view.deleted {
             self.deleted.push(no);
         }
+        let fork = index.base(no).is_some();
+        let flags =
+            u32::from(fork) * directory::FORK + u32::from(view.deleted) * directory::DELETED;
+        self.directory.push(directory::Entry {
+            hash: directory::id_hash(e.id.as_str().as_bytes()),
+            no,
+            flags,
+            offset: start as u64,
+            crc: directory::entry_crc(no, flags, &self.out[start..]),
+        });
     }
 
     /// The file's bytes, its CRC last. Needs no lock.
@@ -136,6 +154,14 @@ impl Encoder {
         for no in std::mem::take(&mut self.deleted) {
             put_u32(&mut self.out, no);
         }
+        let start = self.out.len() as u64;
+        self.directory.sort_unstable();
+        for entry in &self.directory {
+            entry.put(&mut self.out);
+        }
+        put_u64(&mut self.out, start);
+        let trailer = directory::trailer_crc(&self.out[..self.prefix], start);
+        put_u32(&mut self.out, trailer);
         let crc = record::crc32(&self.out);
         put_u32(&mut self.out, crc);
         Ok(self.out)

@@ -30,12 +30,13 @@ use crate::checkpoint;
 use crate::committer;
 use crate::error::{Error, Result};
 use crate::index::ExecNo;
+use crate::lazy_index;
 use crate::queue::Ticket;
 use crate::repair;
 use crate::saved_index;
-use crate::state::{Poison, Shared};
+use crate::state::{Poison, Shared, State};
 use crate::stop::Stop;
-use crate::sync::{AtomicBool, Condvar, Mutex};
+use crate::sync::{self, AtomicBool, Condvar, Mutex, Sender};
 
 /// Where the verification of the checkpoint open trusted stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,15 +174,39 @@ impl Verification {
     }
 }
 
-/// Starts the verification of the checkpoint open trusted, if it did.
+/// Starts the verification of the checkpoint open trusted, if it did; with an index
+/// still to decode, returns once the thread holds the store lock for the decode.
 pub(crate) fn start(shared: &Arc<Shared>) -> Result<Option<Background>> {
     if !shared.verification.is_pending() {
         return Ok(None);
     }
-    background::spawn(shared, "execlog-verify", |shared, stop| run(&shared, &stop)).map(Some)
+    let (ready, locked) = sync::channel();
+    let background = background::spawn(shared, "execlog-verify", |shared, stop| {
+        run(&shared, &stop, ready)
+    })?;
+    if shared.lazy.is_some() && locked.recv().is_err() {
+        background.stop();
+        return Err(Error::Internal(
+            "the thread that decodes the index ended before it took the lock".into(),
+        ));
+    }
+    Ok(Some(background))
 }
 
-fn run(shared: &Shared, stop: &Stop) {
+fn run(shared: &Shared, stop: &Stop, ready: Sender<()>) {
+    if let Some(lazy) = &shared.lazy {
+        let locked = || {
+            // Open waits on the other end; if it is gone, nobody waits.
+            let _ = ready.send(());
+        };
+        lazy_index::decode(shared, (lazy, stop), locked, |state, why| {
+            refute_locked(shared, state, why);
+        });
+        if let Some(cause) = shared.verification.refuted() {
+            committer::poison(shared, Poison::new(cause));
+            return;
+        }
+    }
     let delay = shared.options.checkpoint_verification_delay;
     if stop.sleep_until(Instant::now() + delay) {
         shared.verification.settle(Verdict::Abandoned);
@@ -238,6 +263,24 @@ fn verify(shared: &Shared, stop: &Stop) -> std::result::Result<(), String> {
 /// The checkpoint does not describe the records: it is removed, and the store
 /// poisoned.
 fn refute(shared: &Shared, why: &str) {
+    let cause = remove_refuted(shared, why);
+    committer::poison(shared, Poison::new(cause.clone()));
+    shared.verification.settle(Verdict::Refuted(cause));
+}
+
+/// [`refute`] with the store lock held (by the index decode): the poison is set in
+/// `state` directly; the caller completes it (`committer::poison`) once it let go.
+fn refute_locked(shared: &Shared, state: &mut State, why: &str) {
+    let cause = remove_refuted(shared, why);
+    state
+        .writer
+        .poisoned
+        .get_or_insert_with(|| Poison::new(cause.clone()));
+    shared.verification.settle(Verdict::Refuted(cause));
+}
+
+/// Logs why the checkpoint is refuted and removes it (durably); returns the cause.
+fn remove_refuted(shared: &Shared, why: &str) -> String {
     let cause = format!(
         "the index checkpoint this open trusted failed its verification after open ({why}): \
          the segments may be damaged or replaced, or the checkpoint is wrong; it was \
@@ -254,6 +297,5 @@ fn refute(shared: &Shared, why: &str) {
     if let Err(e) = removed {
         log::error!("{}: {e}", shared.dir.display());
     }
-    committer::poison(shared, Poison::new(cause.clone()));
-    shared.verification.settle(Verdict::Refuted(cause));
+    cause
 }

@@ -23,7 +23,23 @@ pub fn decode_record(bytes: &[u8]) -> usize {
     }
     let mut checkpoint = bytes.to_vec();
     checkpoint.extend_from_slice(&record::crc32(bytes).to_le_bytes());
-    decoded + usize::from(crate::checkpoint::decode(&checkpoint, 16).is_ok())
+    decoded += usize::from(crate::checkpoint::decode(&checkpoint, 16).is_ok());
+    decoded + find_in_directory(checkpoint)
+}
+
+/// Opens `checkpoint` as open does before the index is decoded, and looks up the ids
+/// its bytes could hold (every run of printable bytes): how many were found.
+fn find_in_directory(checkpoint: Vec<u8>) -> usize {
+    let Ok(opened) = crate::checkpoint_directory::Directory::open(Arc::new(checkpoint), 16) else {
+        return 0;
+    };
+    let bytes = opened.directory.file();
+    bytes
+        .split(|b| !b.is_ascii_graphic())
+        .filter_map(|run| std::str::from_utf8(run).ok())
+        .filter(|id| !id.is_empty())
+        .filter(|id| opened.directory.find(id).is_some())
+        .count()
 }
 
 /// Frames `event` as the first record of an execution, exactly as the append path

@@ -208,6 +208,6 @@ impl LogStore {
     #[doc(hidden)]
     pub fn all_executions_blocking(&self) -> Result<Vec<(ExecutionId, u64)>> {
         self.check_open()?;
-        Ok(self.execution_ids())
+        self.execution_ids()
     }
 }

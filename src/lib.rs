@@ -62,6 +62,7 @@ mod append;
 mod background;
 mod backup;
 mod checkpoint;
+mod checkpoint_directory;
 mod checkpoint_encode;
 mod checkpointer;
 mod codec;
@@ -77,6 +78,9 @@ mod event_store;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 mod follow;
+#[cfg(feature = "fault-injection")]
+#[doc(hidden)]
+pub mod forgery;
 mod fork;
 mod frozen_index;
 #[cfg(any(feature = "fuzzing", all(test, feature = "fault-injection")))]
@@ -89,6 +93,7 @@ mod ids;
 mod import;
 mod index;
 mod io;
+mod lazy_index;
 mod lifecycle;
 mod log_store;
 mod metrics;

@@ -24,6 +24,7 @@ use crate::event::{ExecutionEventData, StoredEvent};
 use crate::ids::{ExecutionId, TenantId, validate_id};
 use crate::index::Index;
 use crate::io::{Io, LockGuard};
+use crate::lazy_index::LazyIndex;
 use crate::metrics::WriteMetrics;
 use crate::open::{self, RecoveredSegment};
 use crate::options::Options;
@@ -341,7 +342,7 @@ impl LogStore {
                 keys: recovered.keys,
                 writer,
                 durable: crate::state::Durable {
-                    digests: Vec::new(),
+                    digests: commit_start.digests.clone(),
                     timestamp_ns: recovered.last_timestamp_ns,
                 },
             }),
@@ -361,7 +362,14 @@ impl LogStore {
                 Some(crc) => Verification::pending(crc),
                 None => Verification::verified(),
             },
+            lazy: recovered.lazy.take().map(LazyIndex::new),
         });
+        // An index still to decode: its thread takes the lock before any other thread
+        // that could take it starts (`lazy_index.rs`).
+        let decoder = match shared.lazy {
+            Some(_) => deferred_verification::start(&shared)?,
+            None => None,
+        };
         if mode == Mode::Reader {
             let poller = Arc::clone(&shared);
             let handle = sync::Builder::new()
@@ -393,17 +401,20 @@ impl LogStore {
                 report: recovered.report,
             });
         }
-        shared
-            .state
-            .lock()
-            .durable
-            .digests
-            .clone_from(&commit_start.digests);
         let committer = Committer::new(Arc::clone(&shared), rx, commit_start);
-        let handle = sync::Builder::new()
+        let spawned = sync::Builder::new()
             .name("execlog-commit".into())
             .spawn(move || committer.run())
-            .map_err(|e| Error::io("spawn commit thread", &shared.dir, e))?;
+            .map_err(|e| Error::io("spawn commit thread", &shared.dir, e));
+        let handle = match spawned {
+            Ok(handle) => handle,
+            Err(e) => {
+                if let Some(decoder) = decoder {
+                    decoder.stop();
+                }
+                return Err(e);
+            }
+        };
         let store = LogStore {
             shared,
             committer: Mutex::new(Some(handle)),
@@ -411,7 +422,7 @@ impl LogStore {
             retention: Mutex::new(None),
             eraser: Mutex::new(None),
             checkpointer: Mutex::new(None),
-            verifier: Mutex::new(None),
+            verifier: Mutex::new(decoder),
             lock: Mutex::new(lock),
             report: recovered.report,
         };
@@ -420,7 +431,9 @@ impl LogStore {
         *store.retention.lock() = retention::start(&store.shared)?;
         *store.eraser.lock() = crate::eraser::start(&store.shared)?;
         *store.checkpointer.lock() = crate::checkpointer::start(&store.shared)?;
-        *store.verifier.lock() = deferred_verification::start(&store.shared)?;
+        if store.shared.lazy.is_none() {
+            *store.verifier.lock() = deferred_verification::start(&store.shared)?;
+        }
         Ok(store)
     }
 
@@ -521,6 +534,13 @@ impl LogStore {
     }
 
     /// The parts of the store its other modules work on.
+    /// Test hook: whether the index is in memory (false only while open's checkpoint
+    /// is still being decoded after open, `Options::verify_checkpoint_after_open`).
+    #[doc(hidden)]
+    pub fn index_decoded(&self) -> bool {
+        self.shared.lazy.as_ref().is_none_or(LazyIndex::is_decoded)
+    }
+
     pub(crate) fn shared_arc(&self) -> Arc<Shared> {
         Arc::clone(&self.shared)
     }
@@ -539,8 +559,8 @@ impl LogStore {
     }
 
     /// Every execution with its durable event count, in creation order.
-    pub(crate) fn execution_ids(&self) -> Vec<(ExecutionId, u64)> {
-        self.shared.state.lock().index.durable_executions()
+    pub(crate) fn execution_ids(&self) -> Result<Vec<(ExecutionId, u64)>> {
+        Ok(self.shared.index()?.index.durable_executions())
     }
 
     /// Fails if the store is closed, or if the checkpoint open trusted was refuted.
@@ -671,7 +691,10 @@ impl LogStore {
     pub fn get_latest_sequence_blocking(&self, execution_id: &ExecutionId) -> Result<Option<u64>> {
         self.check_open()?;
         validate_id("execution", execution_id.as_str())?;
-        let state = self.shared.state.lock();
+        if let Some(latest) = reader::latest_before_decode(&self.shared, execution_id) {
+            return Ok(Some(latest));
+        }
+        let state = self.shared.index()?;
         Ok(state
             .index
             .visible(execution_id)
@@ -688,12 +711,7 @@ impl LogStore {
     ) -> Result<Vec<ExecutionId>> {
         self.check_open()?;
         validate_id("tenant", tenant_id.as_str())?;
-        Ok(self
-            .shared
-            .state
-            .lock()
-            .index
-            .list(tenant_id, limit, offset))
+        Ok(self.shared.index()?.index.list(tenant_id, limit, offset))
     }
 }
 

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::checkpoint::SegmentDigest;
+use crate::checkpoint_directory::Directory;
 use crate::error::{Error, Result};
 use crate::idempotency::KeyTables;
 use crate::index::Index;
@@ -68,6 +69,9 @@ pub(crate) struct Recovered {
     /// The CRC of the checkpoint open trusted without its checks, if it did: the
     /// verification after open checks that file (`deferred_verification.rs`).
     pub(crate) trusted_checkpoint_crc: Option<u32>,
+    /// The checkpoint whose index is still to decode, if open left it to decode
+    /// (`lazy_index.rs`); `index` is then empty.
+    pub(crate) lazy: Option<Directory>,
 }
 
 /// What the commit thread starts from: the segment appends continue in, and what close
@@ -202,6 +206,17 @@ enum Pass {
     NotOnDisk(Unestablished),
 }
 
+/// How much of its checks open may leave until after it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    /// The checkpoint's index is decoded after open too (`lazy_index.rs`).
+    Lazy,
+    /// The checkpoint is decoded, its verification left until after open.
+    Deferred,
+    /// Everything is checked before open returns.
+    Full,
+}
+
 /// Steps 1 to 5 once, with the bytes of `hidden` (segment, from) left out and no
 /// segment after `last_segment` read.
 fn pass(
@@ -215,37 +230,60 @@ fn pass(
     let ids = (hidden, last_segment);
     if options.verify_checkpoint_after_open && !read_only {
         // A checkpoint trusted without its checks is never the reason anything is cut
-        // or refused: on anything but a clean tail the pass runs again with them.
-        if let Ok(Some(pass)) = pass_once(io, dir, options, read_only, ids, true) {
-            return Ok(pass);
+        // or refused: on anything but a clean tail the pass runs again with more
+        // checks (a tail to scan needs the decoded index).
+        for tier in [Tier::Lazy, Tier::Deferred] {
+            if let Ok(Some(pass)) = pass_once(io, dir, options, read_only, ids, tier) {
+                return Ok(pass);
+            }
         }
     }
-    pass_once(io, dir, options, read_only, ids, false)?
+    pass_once(io, dir, options, read_only, ids, Tier::Full)?
         .ok_or_else(|| Error::Internal("a pass that verified its checkpoint declined it".into()))
 }
 
-/// One pass, with `defer` as [`saved_index::verify`] takes it; `None` if a checkpoint
-/// trusted without its checks met anything but a clean tail (something to cut or set
-/// aside, a tail not on the disk): whether that is damage or a wrong checkpoint is for
-/// a pass with the checks to say.
+/// One pass at `tier`; `None` if a checkpoint trusted without its checks met anything
+/// but a clean tail (something to cut or set aside, a tail not on the disk, for
+/// `Tier::Lazy` any record after it) or, at `Tier::Lazy`, if there is no checkpoint
+/// to map: whether that is damage or a wrong checkpoint is for a pass with the checks
+/// to say.
 fn pass_once(
     io: &dyn Io,
     dir: &Path,
     options: &Options,
     read_only: bool,
     (hidden, last_segment): (Option<(u32, u64)>, Option<u32>),
-    defer: bool,
+    tier: Tier,
 ) -> Result<Option<Pass>> {
     let mut report = RecoveryReport::default();
     let ids = list(io, dir, last_segment, &mut report)?;
-    let saved = saved_index::load(io, dir, options, &mut report);
+    let (saved, lazy) = match tier {
+        Tier::Lazy => match saved_index::load_lazy(io, dir, options) {
+            Some(opened) => (None, Some(opened)),
+            None => return Ok(None),
+        },
+        Tier::Deferred | Tier::Full => (saved_index::load(io, dir, options, &mut report), None),
+    };
     // A reader maps its bounded segment only up to the bound: past it, the live writer
     // is writing.
     let bound = hidden.filter(|&(s, _)| last_segment == Some(s));
     let maps = segment_maps::map(io, dir, &ids, read_only, bound)?;
-    let start = {
+    let (start, directory) = {
         let bytes: Vec<&[u8]> = maps.iter().map(SegmentMap::bytes).collect();
-        saved_index::verify(saved, &bytes, options, defer, &mut report)
+        match lazy {
+            Some(o) => {
+                let header = (o.last_timestamp_ns, o.file_crc);
+                match saved_index::lazy_start(o.segments, header, &bytes, options, &mut report) {
+                    Some(start) => (start, Some((o.directory, o.executions))),
+                    None => return Ok(None),
+                }
+            }
+            None => {
+                let defer = tier == Tier::Deferred;
+                let start = saved_index::verify(saved, &bytes, options, defer, &mut report);
+                (start, None)
+            }
+        }
     };
     let deferred = report.checkpoint_verification_deferred;
     let trusted_crc = start.trusted_crc;
@@ -267,6 +305,10 @@ fn pass_once(
     }
     let mut recovered = recovered(scanned, report);
     recovered.trusted_checkpoint_crc = trusted_crc;
+    if let Some((directory, executions)) = directory {
+        recovered.report.executions = executions as u64;
+        recovered.lazy = Some(directory);
+    }
     Ok(Some(Pass::Done(Box::new(recovered))))
 }
 
@@ -339,11 +381,13 @@ fn recovered(scanned: Scanned, mut report: RecoveryReport) -> Recovered {
         rebuild,
         segments,
         covered,
+        outdated,
         ..
     } = scanned;
     report.records = rebuild.records;
     report.executions = rebuild.index.len() as u64;
-    let checkpoint_current = covered.len() == segments.len()
+    let checkpoint_current = !outdated
+        && covered.len() == segments.len()
         && segments.last().map(|s| s.data_end) == covered.last().map(|d| d.end)
         && report.removed_segments.is_empty();
     Recovered {
@@ -354,5 +398,6 @@ fn recovered(scanned: Scanned, mut report: RecoveryReport) -> Recovered {
         report,
         checkpoint_current,
         trusted_checkpoint_crc: None,
+        lazy: None,
     }
 }

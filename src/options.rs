@@ -83,6 +83,9 @@ pub struct Options {
     pub(crate) checkpoint_verification_delay: Duration,
     /// Test hook: how long the verification after open pauses before each segment.
     pub(crate) checkpoint_verification_pause: Duration,
+    /// Test hook: how long the decode of an index left to decode after open holds the
+    /// store lock before it decodes.
+    pub(crate) checkpoint_decode_hold: Duration,
     /// Executions a running checkpoint encodes per hold of the store lock.
     pub(crate) checkpoint_slice: usize,
     /// `None` until set: the default, which depends on the file system.
@@ -116,6 +119,7 @@ impl Default for Options {
             verify_checkpoint_after_open: false,
             checkpoint_verification_delay: Duration::ZERO,
             checkpoint_verification_pause: Duration::ZERO,
+            checkpoint_decode_hold: Duration::ZERO,
             checkpoint_slice: crate::checkpoint_encode::SLICE,
             checkpoint_interval: None,
             write_path: WritePath::ZerosAhead,
@@ -283,6 +287,16 @@ impl Options {
     #[must_use]
     pub fn checkpoint_verification_pause(mut self, pause: Duration) -> Self {
         self.checkpoint_verification_pause = pause;
+        self
+    }
+
+    /// Test hook: when open leaves the checkpoint's index to decode after it returns,
+    /// the decode holds the store lock for `hold` before it decodes (close cuts the
+    /// hold short), so that a test can read while the index is not decoded.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn checkpoint_decode_hold(mut self, hold: Duration) -> Self {
+        self.checkpoint_decode_hold = hold;
         self
     }
 

@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::event::StoredEvent;
-use crate::ids::ExecutionId;
+use crate::ids::{ExecutionId, TenantId};
 use crate::index::{EntryPoint, ExecNo, Index};
 use crate::io::Mapped;
 use crate::record::{self, Decoded, HEADER_LEN, Pos};
@@ -37,47 +37,72 @@ pub(crate) fn read(
     limit: usize,
 ) -> Result<Vec<StoredEvent>> {
     shared.verification.check()?;
+    if let Some(events) = read_before_decode(shared, execution_id, after, limit) {
+        return Ok(events);
+    }
     check_owner(shared, execution_id)?;
     let (chain, to, tenant_id) = {
-        let state = shared.state.lock();
+        let state = shared.index()?;
         let Some((no, e)) = state.index.visible(execution_id) else {
             return Ok(Vec::new());
         };
         if e.durable_seq <= after || limit == 0 {
             return Ok(Vec::new());
         }
-        let to = e
-            .durable_seq
-            .min(after.saturating_add(u64::try_from(limit).unwrap_or(u64::MAX)));
+        let to = last_wanted(e.durable_seq, after, limit);
         let Some(chain) = Chain::of(&state.index, no, to) else {
             return Err(Error::Internal("the index lost a fork's source".into()));
         };
         (chain, to, state.index.tenant_of(e).clone())
     };
-    // Bounded: the sequence comes from the index, the events from the records.
-    let wanted = usize::try_from(to - after).unwrap_or(usize::MAX);
-    let mut events = Vec::with_capacity(wanted.min(MAX_PREALLOCATED_EVENTS));
-    chain.walk_back(shared, (after, to), |sequence, header, body, at| {
-        if sequence <= to {
-            let mismatch = |why: &str| Error::corrupt(at.segment, u64::from(at.offset), why);
-            let (_, event) = codec::decode_body(body).map_err(|why| mismatch(&why))?;
-            events.push(StoredEvent {
-                sequence,
-                execution_id: execution_id.clone(),
-                tenant_id: tenant_id.clone(),
-                event,
-                timestamp: timestamp(header.timestamp_ns),
-            });
-        }
-        Ok(())
-    })?;
-    events.reverse();
-    debug_assert!(
-        events
-            .windows(2)
-            .all(|w| w[0].sequence + 1 == w[1].sequence)
-    );
-    Ok(events)
+    chain.events(shared, (after, to), execution_id, &tenant_id)
+}
+
+/// The read, served from the checkpoint's directory while the index open left to
+/// decode is not decoded yet (`lazy_index.rs`); `None` if the directory does not prove
+/// the execution, or anything on the way fails: the read then waits for the index.
+fn read_before_decode(
+    shared: &Shared,
+    execution_id: &ExecutionId,
+    after: u64,
+    limit: usize,
+) -> Option<Vec<StoredEvent>> {
+    let found = shared
+        .lazy
+        .as_ref()?
+        .pending()?
+        .find(execution_id.as_str())?;
+    if found.durable_seq <= after || limit == 0 {
+        return Some(Vec::new());
+    }
+    let (id, tenant) = declared(shared, found.no, found.first()?).ok()??;
+    if id != execution_id.as_str() {
+        return None;
+    }
+    let to = last_wanted(found.durable_seq, after, limit);
+    let (sequence, pos) = found.entry_point(to);
+    let chain = Chain {
+        entry: EntryPoint { sequence, pos },
+        owners: vec![(1, found.no)],
+    };
+    chain
+        .events(shared, (after, to), execution_id, &TenantId::from(tenant))
+        .ok()
+}
+
+/// `execution_id`'s latest durable sequence, from the checkpoint's directory while the
+/// index open left to decode is not decoded yet; `None` if the directory does not
+/// prove the execution.
+pub(crate) fn latest_before_decode(shared: &Shared, execution_id: &ExecutionId) -> Option<u64> {
+    let directory = shared.lazy.as_ref()?.pending()?;
+    directory
+        .find(execution_id.as_str())
+        .map(|found| found.durable_seq)
+}
+
+/// The last sequence a read of `limit` events after `after` wants, of `durable_seq`.
+fn last_wanted(durable_seq: u64, after: u64, limit: usize) -> u64 {
+    durable_seq.min(after.saturating_add(u64::try_from(limit).unwrap_or(u64::MAX)))
 }
 
 /// While the checkpoint open trusted is being verified, checks once per execution that
@@ -88,7 +113,7 @@ fn check_owner(shared: &Shared, execution_id: &ExecutionId) -> Result<()> {
         return Ok(());
     }
     let (no, first, tenant, fork) = {
-        let state = shared.state.lock();
+        let state = shared.index()?;
         let Some((no, e)) = state.index.visible(execution_id) else {
             return Ok(());
         };
@@ -111,18 +136,8 @@ fn check_owner(shared: &Shared, execution_id: &ExecutionId) -> Result<()> {
             "an execution without an entry point".into(),
         ));
     };
-    let mut cursor = Cursor::default();
-    let version =
-        segment::version_of(cursor.bytes(shared, first.segment, SEGMENT_HEADER_LEN as u64)?);
-    let (header, body) = cursor.record(shared, first)?;
-    let declared = (header.execution == u64::from(no)
-        && header.sequence == 1
-        && header.kind == record::Kind::Event)
-        .then(|| codec::record_prefix(body, 1, true, version).ok())
-        .flatten()
-        .and_then(|prefix| prefix.declaration);
-    match declared {
-        Some(d) if d.execution_id == execution_id.as_str() && d.tenant_id == tenant.as_str() => {
+    match declared(shared, no, first)? {
+        Some((id, t)) if id == execution_id.as_str() && t == tenant.as_str() => {
             shared.verification.owner_checked(no);
             Ok(())
         }
@@ -134,11 +149,27 @@ fn check_owner(shared: &Shared, execution_id: &ExecutionId) -> Result<()> {
     }
 }
 
+/// The execution id and tenant that the record at `first`, sequence 1 of execution
+/// `no`, declares; `None` if it is not such a record.
+fn declared(shared: &Shared, no: ExecNo, first: Pos) -> Result<Option<(String, String)>> {
+    let mut cursor = Cursor::default();
+    let version =
+        segment::version_of(cursor.bytes(shared, first.segment, SEGMENT_HEADER_LEN as u64)?);
+    let (header, body) = cursor.record(shared, first)?;
+    Ok((header.execution == u64::from(no)
+        && header.sequence == 1
+        && header.kind == record::Kind::Event)
+        .then(|| codec::record_prefix(body, 1, true, version).ok())
+        .flatten()
+        .and_then(|prefix| prefix.declaration)
+        .map(|d| (d.execution_id.to_string(), d.tenant_id.to_string())))
+}
+
 /// The position of the record of durable `sequence` of execution `no` (a fork's
 /// shared sequences are its source's records).
 pub(crate) fn position_of(shared: &Shared, no: ExecNo, sequence: u64) -> Result<Pos> {
     let chain = {
-        let state = shared.state.lock();
+        let state = shared.index()?;
         Chain::of(&state.index, no, sequence)
             .ok_or_else(|| Error::Internal("the index lost an execution".into()))?
     };
@@ -178,6 +209,41 @@ impl Chain {
             .iter()
             .find(|(first, _)| sequence >= *first)
             .map(|&(_, no)| no)
+    }
+
+    /// The events of sequences `(after, to]` of `execution_id` (of `tenant_id`), in
+    /// order.
+    fn events(
+        &self,
+        shared: &Shared,
+        (after, to): (u64, u64),
+        execution_id: &ExecutionId,
+        tenant_id: &TenantId,
+    ) -> Result<Vec<StoredEvent>> {
+        // Bounded: the sequence comes from the index, the events from the records.
+        let wanted = usize::try_from(to - after).unwrap_or(usize::MAX);
+        let mut events = Vec::with_capacity(wanted.min(MAX_PREALLOCATED_EVENTS));
+        self.walk_back(shared, (after, to), |sequence, header, body, at| {
+            if sequence <= to {
+                let mismatch = |why: &str| Error::corrupt(at.segment, u64::from(at.offset), why);
+                let (_, event) = codec::decode_body(body).map_err(|why| mismatch(&why))?;
+                events.push(StoredEvent {
+                    sequence,
+                    execution_id: execution_id.clone(),
+                    tenant_id: tenant_id.clone(),
+                    event,
+                    timestamp: timestamp(header.timestamp_ns),
+                });
+            }
+            Ok(())
+        })?;
+        events.reverse();
+        debug_assert!(
+            events
+                .windows(2)
+                .all(|w| w[0].sequence + 1 == w[1].sequence)
+        );
+        Ok(events)
     }
 
     /// Walks back from the entry point through every sequence above `after`, giving

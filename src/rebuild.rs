@@ -41,6 +41,9 @@ pub(crate) struct Rebuild {
     pub(crate) records: u64,
     /// The segment and commit group start of the last record kept (seal included).
     pub(crate) tail: Option<(u32, u32)>,
+    /// Whether `index` is an empty stand-in for a checkpoint's index still to decode
+    /// (`lazy_index.rs`): no record may be added to it.
+    pub(crate) lazy: bool,
 }
 
 impl Rebuild {
@@ -56,6 +59,7 @@ impl Rebuild {
             last_timestamp_ns,
             records,
             tail: None,
+            lazy: false,
         }
     }
 
@@ -68,6 +72,11 @@ impl Rebuild {
         body: &[u8],
     ) -> Result<()> {
         let corrupt = |why: &str| Error::corrupt(segment, offset, why);
+        if self.lazy {
+            return Err(corrupt(
+                "a record after a checkpoint whose index is still to decode",
+            ));
+        }
         if header.kind == Kind::Seal {
             if !self.batch.is_empty() {
                 return Err(corrupt("seal inside a batch"));

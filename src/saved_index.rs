@@ -13,6 +13,7 @@
 use std::path::Path;
 
 use crate::checkpoint::{self, Checkpoint, SegmentDigest};
+use crate::checkpoint_directory::Opened;
 use crate::idempotency::KeyTables;
 use crate::index::{ExecNo, Index};
 use crate::io::Io;
@@ -29,6 +30,9 @@ pub(crate) struct Start {
     pub(crate) rebuild: Rebuild,
     /// The digests of the segments the checkpoint covers (none without one).
     pub(crate) covered: Vec<SegmentDigest>,
+    /// Whether the checkpoint has an older layout than the one written: close writes
+    /// a new one even if nothing changed.
+    pub(crate) outdated: bool,
     /// The CRC of a checkpoint trusted without its checks, which the verification
     /// after open must find again.
     pub(crate) trusted_crc: Option<u32>,
@@ -48,6 +52,45 @@ pub(crate) fn load(
     checkpoint::load(io, dir, options.index_stride).unwrap_or_else(|why| {
         report.checkpoint_ignored = Some(why);
         None
+    })
+}
+
+/// Maps the checkpoint of `dir` for an index decoded after open, if checkpoints are on
+/// and it is a layout 3 file whose header, digests and trailer check.
+pub(crate) fn load_lazy(io: &dyn Io, dir: &Path, options: &Options) -> Option<Opened> {
+    if !options.index_checkpoint {
+        return None;
+    }
+    checkpoint::load_lazy(io, dir, options.index_stride)
+        .ok()
+        .flatten()
+}
+
+/// The scan's start from a checkpoint whose index is still to decode (an empty index
+/// that takes no record), if the segments it covers are there as `plausible` checks;
+/// the report says that the decode and the verification come after open.
+pub(crate) fn lazy_start(
+    segments: Vec<SegmentDigest>,
+    (last_timestamp_ns, file_crc): (i64, u32),
+    maps: &[&[u8]],
+    options: &Options,
+    report: &mut RecoveryReport,
+) -> Option<Start> {
+    if !plausible(&segments, maps) {
+        return None;
+    }
+    report.checkpoint_verification_deferred = true;
+    report.index_decoded_after_open = true;
+    report.checkpoint_bytes = segments.iter().map(|d| d.end).sum();
+    let index = Index::new(options.index_stride);
+    let keys = KeyTables::new(options.key_hash_bits);
+    let mut rebuild = Rebuild::resume(index, keys, last_timestamp_ns);
+    rebuild.lazy = true;
+    Some(Start {
+        rebuild,
+        covered: segments,
+        trusted_crc: Some(file_crc),
+        outdated: false,
     })
 }
 
@@ -87,6 +130,7 @@ pub(crate) fn verify(
             ),
             covered: Vec::new(),
             trusted_crc: None,
+            outdated: false,
         },
     }
 }
@@ -100,6 +144,7 @@ fn start_from((c, keys): (Checkpoint, KeyTables), report: &mut RecoveryReport) -
             .then_some(c.file_crc),
         rebuild: Rebuild::resume(c.index, keys, c.last_timestamp_ns),
         covered: c.segments,
+        outdated: c.layout < checkpoint::CHECKPOINT_VERSION,
     }
 }
 
@@ -115,7 +160,7 @@ fn plausible(digests: &[SegmentDigest], maps: &[&[u8]]) -> bool {
 
 /// `c` trusted as it is, with the executions it lists as deleted marked so; the keys
 /// of its covered keyed appends are filed by the verification after open.
-fn deferred(mut c: Checkpoint, options: &Options) -> (Checkpoint, KeyTables) {
+pub(crate) fn deferred(mut c: Checkpoint, options: &Options) -> (Checkpoint, KeyTables) {
     for &no in c.deleted.iter().flatten() {
         c.index.mark_deleting(no);
         c.index.delete(no);

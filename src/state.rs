@@ -16,6 +16,7 @@ use crate::error::Error;
 use crate::idempotency::KeyTables;
 use crate::index::Index;
 use crate::io::Io;
+use crate::lazy_index::LazyIndex;
 use crate::metrics::Metrics;
 use crate::options::Options;
 use crate::published_end::Publisher;
@@ -23,7 +24,7 @@ use crate::queue::{Pending, QueueBound, Ticket};
 use crate::scrub::ScrubState;
 use crate::segment::SEGMENT_HEADER_LEN;
 use crate::segments::Segments;
-use crate::sync::{AtomicBool, AtomicU64, Mutex, Sender};
+use crate::sync::{AtomicBool, AtomicU64, Mutex, MutexGuard, Sender};
 use crate::watch::Watch;
 
 /// Everything the parts of one open store share.
@@ -61,9 +62,21 @@ pub(crate) struct Shared {
     /// The verdict on a checkpoint open trusted without reading the segments
     /// (`deferred_verification.rs`).
     pub(crate) verification: Verification,
+    /// The checkpoint whose index is decoded after open, if open left it to decode
+    /// (`lazy_index.rs`).
+    pub(crate) lazy: Option<LazyIndex>,
 }
 
 impl Shared {
+    /// The store lock, for an answer drawn from the index: `Err` if the checkpoint open
+    /// trusted was refuted, which an index decoded after open may have been while the
+    /// caller waited for the lock.
+    pub(crate) fn index(&self) -> Result<MutexGuard<'_, State>, Error> {
+        let state = self.state.lock();
+        self.verification.check()?;
+        Ok(state)
+    }
+
     /// Mirrors `index`'s count of deleted executions (called with the lock held, after
     /// the index changed).
     pub(crate) fn note_deletions(&self, index: &Index) {

@@ -20,7 +20,7 @@ pub(crate) const MODEL_CHECKED: bool = cfg!(feature = "shuttle");
 #[cfg(not(feature = "shuttle"))]
 mod imp {
     pub(crate) use crossbeam_channel::{Receiver, Sender, TryRecvError, unbounded as channel};
-    pub(crate) use parking_lot::{Condvar, Mutex, RwLock};
+    pub(crate) use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
     pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
     pub(crate) use std::thread::{Builder, JoinHandle, yield_now};
 }

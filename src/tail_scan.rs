@@ -50,6 +50,8 @@ pub(crate) struct Scanned {
     pub(crate) unfinished: Option<Unfinished>,
     /// The digests of the segments the checkpoint covered.
     pub(crate) covered: Vec<SegmentDigest>,
+    /// Whether that checkpoint has an older layout than the one written.
+    pub(crate) outdated: bool,
 }
 
 /// A newest segment whose header never became durable, holding no valid record.
@@ -71,6 +73,7 @@ pub(crate) fn scan(
     let Start {
         mut rebuild,
         covered,
+        outdated,
         ..
     } = start;
     let prescan = Prescan::start(
@@ -125,6 +128,7 @@ pub(crate) fn scan(
         last_view,
         unfinished,
         covered,
+        outdated,
     })
 }
 

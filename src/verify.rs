@@ -40,7 +40,15 @@ impl LogStore {
                 self.recovery_report().torn_reason.as_deref().unwrap_or("incomplete")
             ));
         }
-        let executions = self.execution_ids();
+        let executions = match self.execution_ids() {
+            Ok(executions) => executions,
+            Err(e) => {
+                report
+                    .problems
+                    .push(format!("the index cannot be read: {e}"));
+                return report;
+            }
+        };
         let total = executions.len() as u64;
         for (done, (id, latest)) in executions.into_iter().enumerate() {
             report.executions += 1;

@@ -667,10 +667,11 @@ impl Forgery {
                 entries,
             });
         }
-        // Layout 2 ends with the deleted executions: a count, then their numbers.
-        assert_eq!(u32_at(&bytes, 8), 2, "checkpoint layout");
+        // Layout 3 ends with the deleted executions (a count, then their numbers), the
+        // directory (28 bytes per execution) and its trailer (12 bytes).
+        assert_eq!(u32_at(&bytes, 8), 3, "checkpoint layout");
         let deleted = u32_at(&bytes, at) as usize;
-        let suffix = bytes[at..at + 4 + 4 * deleted].to_vec();
+        let suffix = bytes[at..at + 4 + 4 * deleted + 28 * execs.len() + 12].to_vec();
         assert_eq!(
             at + suffix.len() + 4,
             bytes.len(),
@@ -696,8 +697,9 @@ impl Forgery {
             }
         }
         out.extend(&self.suffix);
-        let crc = crc32fast::hash(&out);
-        out.extend(crc.to_le_bytes());
+        out.extend([0; 4]);
+        // The directory, its trailer and the CRC, made to match.
+        execlog::forgery::reseal_checkpoint(&mut out);
         fs::write(dir.join(CHECKPOINT), out).unwrap();
     }
 }

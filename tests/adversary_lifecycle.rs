@@ -375,14 +375,11 @@ fn checkpoint_fork_table_claiming_an_ordinary_execution_is_not_trusted() {
     forged.extend_from_slice(&1u64.to_le_bytes()); // at 1
     forged.extend_from_slice(&bytes[p..p + exec0]);
     forged.extend_from_slice(&bytes[p + exec0..p + exec0 + exec1 - 8]); // no entry point
-    // Layout 2's deleted list: none.
-    assert_eq!(
-        &bytes[p + exec0 + exec1..bytes.len() - 4],
-        &0u32.to_le_bytes()
-    );
+    // The deleted list: none; then layout 3's directory, made to match.
+    let directory = common::verify_after_open::directory_start(&bytes);
+    assert_eq!(&bytes[p + exec0 + exec1..directory], &0u32.to_le_bytes());
     forged.extend_from_slice(&0u32.to_le_bytes());
-    let crc = crc32fast::hash(&forged);
-    forged.extend_from_slice(&crc.to_le_bytes());
+    let forged = common::verify_after_open::as_layout_3(forged);
     fs::write(&path, &forged).unwrap();
 
     let opened = std::panic::catch_unwind(|| LogStore::open_with(dir.path(), opts()))

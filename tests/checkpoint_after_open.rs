@@ -19,7 +19,9 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::verify_after_open::{after_open, recompute_crc, swap_ids, wait_for_verdict};
+use common::verify_after_open::{
+    after_open, directory_start, recompute_crc, swap_ids, wait_for_verdict,
+};
 use common::{crash_image, step_event};
 use execlog::*;
 
@@ -172,8 +174,9 @@ fn a_deletion_left_off_the_list_is_refuted_and_stays_deleted() {
     let dir = store();
     let truth = full_scan_answers(dir.path());
     let mut bytes = fs::read(dir.path().join(CHECKPOINT)).unwrap();
-    // Layout 2 ends with the deleted list (count 1, `gone`), then the CRC.
-    let end = bytes.len() - 4;
+    // The deleted list (count 1, `gone`) ends where layout 3's directory starts; the
+    // directory is made to match again with the CRC.
+    let end = directory_start(&bytes);
     assert_eq!(bytes[end - 8..end - 4], 1u32.to_le_bytes());
     bytes.drain(end - 8..end);
     bytes.splice(end - 8..end - 8, 0u32.to_le_bytes());
@@ -317,4 +320,151 @@ fn close_during_the_verification_is_no_verdict() {
             .len(),
         10
     );
+}
+
+// ---------------------------------------------------------------------------------
+// The index decoded after open (`lazy_index.rs`): a clean close's layout 3 checkpoint
+// covers the whole log, so open returns once the file is mapped.
+// ---------------------------------------------------------------------------------
+
+/// Each execution's events and latest sequence, as text.
+fn reads(s: &LogStore, ids: &[&str]) -> Vec<[String; 2]> {
+    ids.iter()
+        .map(|id| {
+            let id = ExecutionId::from(*id);
+            let events = s
+                .load_events_blocking(&id)
+                .map(|e| serde_json::to_string(&e).unwrap());
+            let latest = s.get_latest_sequence_blocking(&id);
+            [format!("{events:?}"), format!("{latest:?}")]
+        })
+        .collect()
+}
+
+/// The executions the checkpoint's directory serves (not a fork, not deleted).
+const DIRECT: [&str; 3] = ["run-a", "run-b", "run-c"];
+
+#[test]
+fn a_clean_close_opens_before_its_index_is_decoded_and_answers_as_a_full_scan() {
+    let dir = store();
+    let truth = full_scan_answers(dir.path());
+    let s = LogStore::open_with(dir.path(), after_open(Duration::ZERO)).unwrap();
+    let report = s.recovery_report().clone();
+    assert!(report.index_decoded_after_open, "{report:?}");
+    assert!(report.checkpoint_verification_deferred && report.checkpoint_bytes > 0);
+    assert_eq!(report.executions, 5);
+    assert_eq!(answers(&s), truth);
+    assert!(s.index_decoded());
+    let a = ExecutionId::from("run-a");
+    assert_eq!(
+        s.append_blocking(&a, &tenant(0), step_event(10)).unwrap(),
+        11
+    );
+    wait_for_verdict(&s);
+    assert_eq!(s.stats().checkpoint_refuted, None);
+    s.close().unwrap();
+}
+
+#[test]
+fn reads_are_served_from_the_directory_while_the_decode_holds_the_lock() {
+    let dir = store();
+    let truth = {
+        let s = LogStore::open_with(dir.path(), Options::default().index_stride(4)).unwrap();
+        reads(&s, &DIRECT)
+    };
+    let options = after_open(Duration::ZERO).checkpoint_decode_hold(Duration::from_secs(600));
+    let s = LogStore::open_with(dir.path(), options).unwrap();
+    assert!(s.recovery_report().index_decoded_after_open);
+    assert_eq!(reads(&s, &DIRECT), truth);
+    // Served without the index: a read that waited for it would still be waiting.
+    assert!(!s.index_decoded());
+    // Close cuts the hold short.
+    s.close().unwrap();
+}
+
+#[test]
+fn what_takes_the_lock_waits_for_the_decoded_index() {
+    let dir = store();
+    let truth = full_scan_answers(dir.path());
+    let options = after_open(Duration::ZERO).checkpoint_decode_hold(Duration::from_millis(300));
+    let s = LogStore::open_with(dir.path(), options).unwrap();
+    assert!(s.recovery_report().index_decoded_after_open);
+    assert!(!s.index_decoded());
+    // Lists, forks and deleted executions are not in the directory's reach.
+    assert_eq!(answers(&s), truth);
+    let fork = ExecutionId::from("fork-a");
+    assert_eq!(
+        s.append_blocking(&fork, &tenant(0), step_event(41))
+            .unwrap(),
+        6
+    );
+    s.close().unwrap();
+}
+
+#[test]
+fn a_tail_after_the_checkpoint_is_scanned_with_the_decoded_index() {
+    let dir = store();
+    let s = LogStore::open_with(dir.path(), after_open(Duration::ZERO)).unwrap();
+    let c = ExecutionId::from("run-c");
+    s.append_blocking(&c, &tenant(0), step_event(3)).unwrap();
+    let image = crash_image::copy(dir.path());
+    drop(s);
+    let truth = full_scan_answers(image.path());
+    let s = LogStore::open_with(image.path(), after_open(Duration::ZERO)).unwrap();
+    let report = s.recovery_report().clone();
+    assert!(!report.index_decoded_after_open, "{report:?}");
+    assert!(report.checkpoint_verification_deferred, "{report:?}");
+    assert_eq!(answers(&s), truth);
+    assert_eq!(s.get_latest_sequence_blocking(&c).unwrap(), Some(4));
+}
+
+#[test]
+fn a_checkpoint_that_does_not_decode_is_refuted_and_the_next_open_scans() {
+    let dir = store();
+    let truth = full_scan_answers(dir.path());
+    let mut bytes = fs::read(dir.path().join(CHECKPOINT)).unwrap();
+    // A tenant's name (after the header and the one digest): not behind the
+    // trailer's CRC, and not part of any execution's entry.
+    bytes[40 + 12 + 4] ^= 1;
+    fs::write(dir.path().join(CHECKPOINT), &bytes).unwrap();
+    let s = LogStore::open_with(dir.path(), after_open(Duration::ZERO)).unwrap();
+    assert!(s.recovery_report().index_decoded_after_open);
+    let listed = s.list_executions_blocking(&tenant(0), 10, 0);
+    assert!(matches!(listed, Err(Error::Poisoned { .. })), "{listed:?}");
+    let refuted = s.stats().checkpoint_refuted.unwrap_or_default();
+    assert!(refuted.contains("does not decode"), "{refuted}");
+    assert!(!dir.path().join(CHECKPOINT).exists(), "refuted file kept");
+    drop(s);
+    let s = LogStore::open_with(dir.path(), after_open(Duration::ZERO)).unwrap();
+    assert!(!s.recovery_report().checkpoint_verification_deferred);
+    assert_eq!(answers(&s), truth);
+}
+
+/// Whatever bit of the checkpoint flips, a read right after open (from the directory
+/// or the index) returns what a full scan returns, or an error.
+#[test]
+fn every_flipped_bit_of_the_checkpoint_reads_right_or_fails() {
+    let dir = store();
+    let all = ["run-a", "run-b", "run-c", "gone", "fork-a"];
+    let truth = {
+        let s = LogStore::open_with(dir.path(), Options::default().index_stride(4)).unwrap();
+        reads(&s, &all)
+    };
+    let bytes = fs::read(dir.path().join(CHECKPOINT)).unwrap();
+    let mut lazy_opens = 0;
+    for i in 0..bytes.len() * 8 {
+        let image = crash_image::copy(dir.path());
+        let mut b = bytes.clone();
+        b[i / 8] ^= 1 << (i % 8);
+        fs::write(image.path().join(CHECKPOINT), &b).unwrap();
+        let s = LogStore::open_with(image.path(), after_open(Duration::ZERO)).unwrap();
+        lazy_opens += usize::from(s.recovery_report().index_decoded_after_open);
+        for (got, want) in reads(&s, &all).iter().flatten().zip(truth.iter().flatten()) {
+            assert!(
+                got == want || got.starts_with("Err"),
+                "bit {i}: {got} instead of {want}"
+            );
+        }
+    }
+    assert!(lazy_opens > 0, "no flip left the header and trailer intact");
 }

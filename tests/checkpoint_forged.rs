@@ -83,12 +83,13 @@ impl Forgery {
                 entries,
             });
         }
-        // Layout 2 ends with the deleted executions: a count, then their numbers.
-        assert_eq!(u32_at(&bytes, 8), 2, "checkpoint layout");
+        // Layout 3 ends with the deleted executions (a count, then their numbers), the
+        // directory (28 bytes per execution) and its trailer (12 bytes).
+        assert_eq!(u32_at(&bytes, 8), 3, "checkpoint layout");
         let deleted = u32_at(&bytes, at) as usize;
         let suffix = bytes[at..at + 4 + 4 * deleted].to_vec();
         assert_eq!(
-            at + suffix.len() + 4,
+            at + suffix.len() + 28 * execs.len() + 12 + 4,
             bytes.len(),
             "the test parses the whole checkpoint"
         );
@@ -117,8 +118,12 @@ impl Forgery {
             }
         }
         out.extend(&self.suffix);
-        let crc = crc32(&out);
-        out.extend(crc.to_le_bytes());
+        // The directory and its trailer made to match (with the engine's code: a
+        // forger who knows the format), then the CRC.
+        out.resize(out.len() + 28 * self.executions.len() + 12 + 4, 0);
+        execlog::forgery::reseal_checkpoint(&mut out);
+        let body = out.len() - 4;
+        assert_eq!(crc32(&out[..body]).to_le_bytes(), out[body..], "resealed");
         fs::write(dir.join(CHECKPOINT), out).unwrap();
     }
 }

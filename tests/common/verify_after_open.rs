@@ -28,11 +28,10 @@ pub fn wait_for_verdict(s: &LogStore) {
     }
 }
 
-/// Rewrites the last 4 bytes of a checkpoint: the CRC of the others.
+/// Makes a forged checkpoint consistent again: its directory (layout 3) and its CRC
+/// recomputed, as a forger who knows the format would.
 pub fn recompute_crc(bytes: &mut [u8]) {
-    let body = bytes.len() - 4;
-    let crc = crc32fast::hash(&bytes[..body]);
-    bytes[body..].copy_from_slice(&crc.to_le_bytes());
+    execlog::forgery::reseal_checkpoint(bytes);
 }
 
 /// Swaps the ids of two executions of the same length in the checkpoint and
@@ -53,4 +52,20 @@ pub fn swap_ids(dir: &Path, a: &str, b: &str) {
     bytes[at_b..at_b + b.len()].copy_from_slice(a.as_bytes());
     recompute_crc(&mut bytes);
     fs::write(dir.join(CHECKPOINT), bytes).unwrap();
+}
+
+/// The checkpoint `layout2`, layout 2 bytes without their CRC, as layout 3: the same
+/// sections, then a directory and trailer (and the CRC) computed to match them.
+pub fn as_layout_3(mut layout2: Vec<u8>) -> Vec<u8> {
+    let executions = u32::from_le_bytes(layout2[32..36].try_into().unwrap()) as usize;
+    layout2[8..12].copy_from_slice(&3u32.to_le_bytes());
+    layout2.resize(layout2.len() + 28 * executions + 12 + 4, 0);
+    recompute_crc(&mut layout2);
+    layout2
+}
+
+/// Where the deleted list of a layout 3 checkpoint ends: where its directory starts.
+pub fn directory_start(bytes: &[u8]) -> usize {
+    let trailer = bytes.len() - 4 - 12;
+    u64::from_le_bytes(bytes[trailer..trailer + 8].try_into().unwrap()) as usize
 }

@@ -1,0 +1,92 @@
+//! An index decoded after open: with `Options::verify_checkpoint_after_open`, an open
+//! whose layout 3 checkpoint covers the whole log returns once the file is mapped and
+//! its header, digests and trailer check. The `execlog-verify` thread decodes the index
+//! first, then verifies it (`deferred_verification.rs`); meanwhile reads find their
+//! execution through the checkpoint's directory (`checkpoint_directory.rs`).
+//!
+//! Invariants:
+//! - The decode holds the store lock from before open returns until the index is in
+//!   place: whatever takes the lock (appends, deletions, lists, every background
+//!   thread) waits for the decoded index, and never sees the empty one open left.
+//!   Open starts the decode before any other thread that could take the lock.
+//! - Until the decode ends, only reads go around the lock, through the directory, and
+//!   only for an execution the directory proves (not a fork, not deleted); anything
+//!   else, or any error on the way, and the read takes the lock like any other.
+//! - A checkpoint that does not decode is refuted before the lock is released: the
+//!   store is poisoned, and what took the lock next finds the verdict
+//!   (`Shared::index`), never the empty index.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use crate::checkpoint;
+use crate::checkpoint_directory::Directory;
+use crate::state::{Shared, State};
+use crate::stop::Stop;
+use crate::sync::AtomicBool;
+
+/// The checkpoint open mapped, until its index is decoded.
+pub(crate) struct LazyIndex {
+    directory: Directory,
+    decoded: AtomicBool,
+}
+
+impl LazyIndex {
+    pub(crate) fn new(directory: Directory) -> Self {
+        Self {
+            directory,
+            decoded: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the index is decoded (or its decode failed and the store is poisoned).
+    pub(crate) fn is_decoded(&self) -> bool {
+        self.decoded.load(Ordering::Acquire)
+    }
+
+    /// The directory, while the index is not decoded yet.
+    pub(crate) fn pending(&self) -> Option<&Directory> {
+        (!self.decoded.load(Ordering::Acquire)).then_some(&self.directory)
+    }
+}
+
+/// Decodes the index into the store, holding the lock from before `locked` is called
+/// (open waits for that) to the end; `Err` says why the checkpoint does not decode,
+/// with the lock still held, for the caller to refute it under the lock.
+pub(crate) fn decode(
+    shared: &Shared,
+    (lazy, stop): (&LazyIndex, &Stop),
+    locked: impl FnOnce(),
+    refute: impl FnOnce(&mut State, &str),
+) {
+    let mut state = shared.state.lock();
+    locked();
+    let hold = shared.options.checkpoint_decode_hold;
+    if !hold.is_zero() {
+        stop.sleep_until(Instant::now() + hold);
+    }
+    let stride = shared.options.index_stride;
+    let decoded = checkpoint::decode(lazy.directory.file(), stride).and_then(|c| {
+        if c.segments != lazy.directory.segments() {
+            return Err("the decoded digests differ from those open used".to_string());
+        }
+        Ok(c)
+    });
+    match decoded {
+        Ok(c) => {
+            let (c, _) = crate::saved_index::deferred(c, &shared.options);
+            state.index = c.index;
+            *shared.erasable.lock() = crate::erasure::all_erasable(&state.index);
+            shared.note_deletions(&state.index);
+            lazy.decoded.store(true, Ordering::Release);
+            log::debug!(
+                "{}: the index checkpoint was decoded after open",
+                shared.dir.display()
+            );
+        }
+        Err(why) => {
+            refute(&mut state, &format!("it does not decode: {why}"));
+            lazy.decoded.store(true, Ordering::Release);
+        }
+    }
+}
