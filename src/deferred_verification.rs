@@ -26,7 +26,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::background::{self, Background};
-use crate::checkpoint;
+use crate::checkpoint::{self, SegmentDigest};
 use crate::committer;
 use crate::error::{Error, Result};
 use crate::index::ExecNo;
@@ -34,9 +34,11 @@ use crate::lazy_index;
 use crate::queue::Ticket;
 use crate::repair;
 use crate::saved_index;
+use crate::scan::first_nonzero;
+use crate::segment::SEGMENT_HEADER_LEN;
 use crate::state::{Poison, Shared, State};
 use crate::stop::Stop;
-use crate::sync::{self, AtomicBool, Condvar, Mutex, Sender};
+use crate::sync::{self, AtomicBool, Condvar, Mutex, Receiver, Sender};
 
 /// Where the verification of the checkpoint open trusted stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,14 +177,16 @@ impl Verification {
 }
 
 /// Starts the verification of the checkpoint open trusted, if it did; with an index
-/// still to decode, returns once the thread holds the store lock for the decode.
-pub(crate) fn start(shared: &Arc<Shared>) -> Result<Option<Background>> {
+/// still to decode, returns once the thread holds the store lock for the decode, which
+/// starts once `opened` disconnects (open drops its end as it returns: the decode
+/// takes no core from open).
+pub(crate) fn start(shared: &Arc<Shared>, opened: Receiver<()>) -> Result<Option<Background>> {
     if !shared.verification.is_pending() {
         return Ok(None);
     }
     let (ready, locked) = sync::channel();
-    let background = background::spawn(shared, "execlog-verify", |shared, stop| {
-        run(&shared, &stop, ready)
+    let background = background::spawn(shared, "execlog-verify", move |shared, stop| {
+        run(&shared, &stop, ready, &opened);
     })?;
     if shared.lazy.is_some() && locked.recv().is_err() {
         background.stop();
@@ -193,11 +197,13 @@ pub(crate) fn start(shared: &Arc<Shared>) -> Result<Option<Background>> {
     Ok(Some(background))
 }
 
-fn run(shared: &Shared, stop: &Stop, ready: Sender<()>) {
+fn run(shared: &Shared, stop: &Stop, ready: Sender<()>, opened: &Receiver<()>) {
     if let Some(lazy) = &shared.lazy {
         let locked = || {
             // Open waits on the other end; if it is gone, nobody waits.
             let _ = ready.send(());
+            // Returns when open drops its end (nothing is ever sent).
+            let _ = opened.recv();
         };
         lazy_index::decode(shared, (lazy, stop), locked, |state, why| {
             refute_locked(shared, state, why);
@@ -253,10 +259,36 @@ fn verify(shared: &Shared, stop: &Stop) -> std::result::Result<(), String> {
         false => stop.sleep_until(Instant::now() + pause),
     };
     let deleted = saved_index::check(&saved, &bytes, &mut keys, &stopped)?;
+    if shared.lazy.is_some() {
+        zero_tail(shared, &saved.segments)?;
+    }
     for no in deleted {
         keys.forget(no);
     }
     shared.state.lock().keys.absorb(keys);
+    Ok(())
+}
+
+/// Open of an index left to decode read only the first record header after the
+/// checkpoint's end (`tail_scan.rs`): the rest of that segment, and every segment
+/// after it, must be zeros after its header, as a full scan demands. Nothing has
+/// written there since open: writes wait for this verdict.
+fn zero_tail(shared: &Shared, covered: &[SegmentDigest]) -> std::result::Result<(), String> {
+    let last = covered.len() as u32;
+    let mut from = covered.last().map_or(SEGMENT_HEADER_LEN as u64, |d| d.end);
+    let mut id = last.max(1);
+    while let Some(file) = shared.segments.file(id) {
+        let len = file.size().map_err(|e| format!("segment {id}: {e}"))?;
+        let map = file.map(len).map_err(|e| format!("segment {id}: {e}"))?;
+        if let Some(at) = first_nonzero(map.as_ref().as_ref(), from as usize) {
+            return Err(format!(
+                "segment {id} holds bytes at offset {at}, after the end the checkpoint \
+                 covers, that open did not scan"
+            ));
+        }
+        id += 1;
+        from = SEGMENT_HEADER_LEN as u64;
+    }
     Ok(())
 }
 

@@ -366,8 +366,9 @@ impl LogStore {
         });
         // An index still to decode: its thread takes the lock before any other thread
         // that could take it starts (`lazy_index.rs`).
+        let (opened, opening) = sync::channel();
         let decoder = match shared.lazy {
-            Some(_) => deferred_verification::start(&shared)?,
+            Some(_) => deferred_verification::start(&shared, opening)?,
             None => None,
         };
         if mode == Mode::Reader {
@@ -432,8 +433,10 @@ impl LogStore {
         *store.eraser.lock() = crate::eraser::start(&store.shared)?;
         *store.checkpointer.lock() = crate::checkpointer::start(&store.shared)?;
         if store.shared.lazy.is_none() {
-            *store.verifier.lock() = deferred_verification::start(&store.shared)?;
+            let (_, never) = sync::channel();
+            *store.verifier.lock() = deferred_verification::start(&store.shared, never)?;
         }
+        drop(opened);
         Ok(store)
     }
 

@@ -468,3 +468,35 @@ fn every_flipped_bit_of_the_checkpoint_reads_right_or_fails() {
     }
     assert!(lazy_opens > 0, "no flip left the header and trailer intact");
 }
+
+/// Open reads only the first record header after the checkpoint's end; the rest of
+/// the tail is the verification's to check, before anything may write there.
+#[test]
+fn bytes_after_the_first_header_past_the_checkpoint_are_checked_after_open() {
+    let dir = store();
+    let truth = full_scan_answers(dir.path());
+    let mut names: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".seg"))
+        .collect();
+    names.sort();
+    let last = dir.path().join(names.last().unwrap());
+    let mut segment = fs::read(&last).unwrap();
+    let end = segment.iter().rposition(|&b| b != 0).unwrap() + 1;
+    let at = (end + 4096).min(segment.len() - 1);
+    segment[at] = 0x5a;
+    fs::write(&last, &segment).unwrap();
+    let s = LogStore::open_with(dir.path(), after_open(Duration::ZERO)).unwrap();
+    assert!(s.recovery_report().index_decoded_after_open);
+    wait_for_verdict(&s);
+    let refuted = s.stats().checkpoint_refuted.unwrap_or_default();
+    assert!(refuted.contains("did not scan"), "{refuted:?}");
+    drop(s);
+    // Without the checkpoint, open scans the tail and cuts it as a torn one.
+    let s = LogStore::open_with(dir.path(), after_open(Duration::ZERO)).unwrap();
+    let report = s.recovery_report().clone();
+    assert!(!report.checkpoint_verification_deferred, "{report:?}");
+    assert!(report.truncated_at.is_some(), "{report:?}");
+    assert_eq!(answers(&s), truth);
+}

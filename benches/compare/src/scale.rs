@@ -230,13 +230,20 @@ pub fn open_loop(dir: &Path, times: usize) {
         if no_verdict {
             options = options.checkpoint_verification_delay(Duration::from_secs(3600));
         }
+        // EXECLOG_BENCH_NO_DECODE=1: the index is not decoded during the loop either
+        // (a read of a fork or a deleted execution would wait for it), to show open
+        // without the decode thread beside it.
+        if std::env::var("EXECLOG_BENCH_NO_DECODE").is_ok() {
+            options = options.checkpoint_decode_hold(Duration::from_secs(3600));
+        }
         let t = Instant::now();
         let store = execlog::LogStore::open_with(dir, options).expect("open");
         let opened = t.elapsed();
         if std::env::var("EXECLOG_BENCH_PHASES").is_ok() {
+            let report = store.recovery_report();
             eprintln!(
-                "recover {:?} of open {opened:?}",
-                store.recovery_report().duration
+                "recover {:?} of open {opened:?} (index decoded after open: {})",
+                report.duration, report.index_decoded_after_open
             );
         }
         let events = store
