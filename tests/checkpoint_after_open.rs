@@ -500,3 +500,21 @@ fn bytes_after_the_first_header_past_the_checkpoint_are_checked_after_open() {
     assert!(report.truncated_at.is_some(), "{report:?}");
     assert_eq!(answers(&s), truth);
 }
+
+/// A call that took its turn for the lock while the decode held it, and got the lock
+/// once the decode had failed, gets the verdict, not the empty stand-in index.
+#[test]
+fn a_call_waiting_for_a_decode_that_fails_gets_the_verdict() {
+    let dir = store();
+    let mut bytes = fs::read(dir.path().join(CHECKPOINT)).unwrap();
+    bytes[40 + 12 + 4] ^= 1;
+    fs::write(dir.path().join(CHECKPOINT), &bytes).unwrap();
+    let options = after_open(Duration::ZERO).checkpoint_decode_hold(Duration::from_millis(300));
+    let s = LogStore::open_with(dir.path(), options).unwrap();
+    assert!(!s.index_decoded());
+    // Both pass the verdict check (still pending), then wait for the lock.
+    let listed = s.list_executions_blocking(&tenant(0), 10, 0);
+    assert!(matches!(listed, Err(Error::Poisoned { .. })), "{listed:?}");
+    let fork = s.get_latest_sequence_blocking(&ExecutionId::from("fork-a"));
+    assert!(matches!(fork, Err(Error::Poisoned { .. })), "{fork:?}");
+}
