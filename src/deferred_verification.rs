@@ -26,7 +26,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::background::{self, Background};
-use crate::checkpoint::{self, SegmentDigest};
+use crate::checkpoint;
 use crate::committer;
 use crate::error::{Error, Result};
 use crate::index::ExecNo;
@@ -34,8 +34,6 @@ use crate::lazy_index;
 use crate::queue::Ticket;
 use crate::repair;
 use crate::saved_index;
-use crate::scan::first_nonzero;
-use crate::segment::SEGMENT_HEADER_LEN;
 use crate::state::{Poison, Shared, State};
 use crate::stop::Stop;
 use crate::sync::{self, AtomicBool, Condvar, Mutex, Receiver, Sender};
@@ -259,36 +257,10 @@ fn verify(shared: &Shared, stop: &Stop) -> std::result::Result<(), String> {
         false => stop.sleep_until(Instant::now() + pause),
     };
     let deleted = saved_index::check(&saved, &bytes, &mut keys, &stopped)?;
-    if shared.lazy.is_some() {
-        zero_tail(shared, &saved.segments)?;
-    }
     for no in deleted {
         keys.forget(no);
     }
     shared.state.lock().keys.absorb(keys);
-    Ok(())
-}
-
-/// Open of an index left to decode read only the first record header after the
-/// checkpoint's end (`tail_scan.rs`): the rest of that segment, and every segment
-/// after it, must be zeros after its header, as a full scan demands. Nothing has
-/// written there since open: writes wait for this verdict.
-fn zero_tail(shared: &Shared, covered: &[SegmentDigest]) -> std::result::Result<(), String> {
-    let last = covered.len() as u32;
-    let mut from = covered.last().map_or(SEGMENT_HEADER_LEN as u64, |d| d.end);
-    let mut id = last.max(1);
-    while let Some(file) = shared.segments.file(id) {
-        let len = file.size().map_err(|e| format!("segment {id}: {e}"))?;
-        let map = file.map(len).map_err(|e| format!("segment {id}: {e}"))?;
-        if let Some(at) = first_nonzero(map.as_ref().as_ref(), from as usize) {
-            return Err(format!(
-                "segment {id} holds bytes at offset {at}, after the end the checkpoint \
-                 covers, that open did not scan"
-            ));
-        }
-        id += 1;
-        from = SEGMENT_HEADER_LEN as u64;
-    }
     Ok(())
 }
 

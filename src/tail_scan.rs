@@ -237,13 +237,7 @@ fn scan_segment(
         bytes, id, newest, ..
     } = *scan;
     let (stop, invalid) = add_records(rebuild, scan)?;
-    // Behind a checkpoint whose index is still to decode, open looks at the first
-    // record header only: the verification after open checks that the rest is zeros
-    // (`deferred_verification.rs`), before anything may write there.
-    let garbage = match rebuild.lazy {
-        true => None,
-        false => first_nonzero(bytes, stop),
-    };
+    let garbage = first_nonzero(bytes, stop);
     if invalid.is_none() && garbage.is_none() && rebuild.batch.is_empty() {
         return Ok(stop as u64);
     }
