@@ -30,6 +30,16 @@
 //!   (A forgery; the eager deferred tier has the same exposure for a resealed file
 //!   whose deleted list leaves it out, so this is the cheaper form of a known one.)
 //!
+//!
+//! Found by reading, without a test (it needs a thread spawn to fail): open hangs
+//! instead of failing if a thread spawn fails after `deferred_verification::start`.
+//! The decode thread, holding the store lock, waits in `opened.recv()` for open's
+//! `Sender` to drop and never looks at its stop flag; `open_as` stops it
+//! (`decoder.stop()` when the commit thread does not spawn, or `store`'s drop, i.e.
+//! close, when a later `?` fails) while that `Sender` is still alive, and
+//! `Background::stop` joins it: a deadlock. Dropping `opened` before stopping (or
+//! having the wait also end on the stop flag) fixes it.
+//!
 //! The others are regression tests of claims that held.
 
 #![allow(clippy::unwrap_used)]
@@ -561,4 +571,84 @@ fn reads_racing_the_installation_and_appends_see_the_truth_or_later() {
         let b = s.load_events_blocking(&id("run-b")).unwrap();
         assert_eq!(b.len(), truth[1].len() + 3);
     }
+}
+
+/// Pages of every size from every point, read from the directory while the decode
+/// holds the lock, are what the decoded index serves (the directory's entry points
+/// are its own code, not the index's).
+#[test]
+fn pages_read_from_the_directory_are_the_index_pages() {
+    let dir = store();
+    let page = |s: &LogStore, name: &str, after: u64, limit: usize| {
+        s.read_range_blocking(&id(name), after, limit)
+            .map(|e| serde_json::to_string(&e).unwrap())
+            .map_err(|e| e.to_string())
+    };
+    let mut truth = Vec::new();
+    {
+        let image = crash_image::copy(dir.path());
+        let s = LogStore::open_with(image.path(), Options::default().index_stride(4)).unwrap();
+        for name in DIRECT {
+            for after in 0..12 {
+                for limit in 0..12 {
+                    truth.push(page(&s, name, after, limit));
+                }
+            }
+        }
+    }
+    let options = after_open(Duration::ZERO).checkpoint_decode_hold(Duration::from_secs(60));
+    let s = LogStore::open_with(dir.path(), options).unwrap();
+    let mut got = Vec::new();
+    for name in DIRECT {
+        for after in 0..12 {
+            for limit in 0..12 {
+                got.push(page(&s, name, after, limit));
+            }
+        }
+    }
+    assert!(!s.index_decoded(), "the pages waited for the decode");
+    s.close().unwrap();
+    for (i, (got, want)) in got.iter().zip(&truth).enumerate() {
+        assert_eq!(got, want, "page {i}");
+    }
+}
+
+/// Executions interleaved over several segments, a larger stride: what the directory
+/// serves while the decode holds the lock is what a full scan serves.
+#[test]
+fn executions_over_several_segments_read_from_the_directory_as_a_full_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || {
+        Options::default()
+            .index_stride(16)
+            .segment_size_bytes(64 * 1024)
+    };
+    {
+        let s = LogStore::open_with(dir.path(), options()).unwrap();
+        for i in 0..150u64 {
+            let name = format!("x{}", i % 3);
+            let event = crash_image::kilobyte_event(i);
+            s.append_blocking(&id(&name), &tenant((i % 3 % 2) as u32), event)
+                .unwrap();
+        }
+        s.close().unwrap();
+    }
+    assert!(
+        segment_path(dir.path(), 3).exists(),
+        "fewer than 3 segments"
+    );
+    let names = ["x0", "x1", "x2"];
+    let truth = {
+        let image = crash_image::copy(dir.path());
+        let s = LogStore::open_with(image.path(), options().index_checkpoint(false)).unwrap();
+        reads(&s, &names)
+    };
+    let lazy = options()
+        .verify_checkpoint_after_open(true)
+        .checkpoint_decode_hold(Duration::from_secs(60));
+    let s = LogStore::open_with(dir.path(), lazy).unwrap();
+    assert!(s.recovery_report().index_decoded_after_open);
+    assert_eq!(reads(&s, &names), truth);
+    assert!(!s.index_decoded(), "the reads waited for the decode");
+    s.close().unwrap();
 }
