@@ -233,7 +233,7 @@ impl LogStore {
     pub fn fork_point_blocking(&self, execution_id: &ExecutionId) -> Result<Option<ForkPoint>> {
         self.check_open()?;
         validate_id("execution", execution_id.as_str())?;
-        let state = self.shared().state.lock();
+        let state = self.shared().index()?;
         let index = &state.index;
         let Some((no, e)) = index
             .visible(execution_id)

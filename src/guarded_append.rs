@@ -78,7 +78,7 @@ impl LogStore {
     ) -> Result<Option<TenantId>> {
         self.check_open()?;
         validate_id("execution", execution_id.as_str())?;
-        let state = self.shared().state.lock();
+        let state = self.shared().index()?;
         Ok(state
             .index
             .visible(execution_id)

@@ -40,7 +40,7 @@ use crate::segment::{self, SEGMENT_HEADER_LEN};
 use crate::segments::Segments;
 use crate::state::{Shared, State, Writer};
 use crate::store_dir;
-use crate::sync::{self, AtomicBool, JoinHandle, Mutex};
+use crate::sync::{self, AtomicBool, JoinHandle, Mutex, Sender};
 
 /// How a store is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +83,10 @@ pub struct LogStore {
     checkpointer: Mutex<Option<crate::checkpointer::Checkpointer>>,
     /// Verifies a checkpoint open trusted (`deferred_verification.rs`).
     verifier: Mutex<Option<Background>>,
+    /// Open's end of the channel the index decode waits on (`lazy_index.rs`), until
+    /// open returns: a store dropped by a failing open lets go of it before it stops
+    /// the decode.
+    opening: Mutex<Option<Sender<()>>>,
     lock: Mutex<Option<LockGuard>>,
     report: RecoveryReport,
 }
@@ -118,7 +122,9 @@ pub struct Stats {
     pub checkpoint_unverified: bool,
     /// Why the checkpoint this open trusted failed its verification, if it did: the
     /// store is then poisoned. `checkpoint_unverified == false` alone does not say
-    /// the verification passed.
+    /// the verification passed. A checkpoint whose index open left to decode and that
+    /// does not decode ("it does not decode: …") never gave the store an index: the
+    /// counts above are then zero.
     pub checkpoint_refuted: Option<String>,
     /// Bytes of encoded records now admitted to the queue to the commit thread and not
     /// yet completed (see [`Options::max_queued_bytes`]). An append is counted from its
@@ -385,6 +391,7 @@ impl LogStore {
                 eraser: Mutex::new(None),
                 checkpointer: Mutex::new(None),
                 verifier: Mutex::new(None),
+                opening: Mutex::new(None),
                 lock: Mutex::new(None),
                 report: recovered.report,
             });
@@ -398,6 +405,7 @@ impl LogStore {
                 eraser: Mutex::new(None),
                 checkpointer: Mutex::new(None),
                 verifier: Mutex::new(None),
+                opening: Mutex::new(None),
                 lock: Mutex::new(lock),
                 report: recovered.report,
             });
@@ -410,6 +418,8 @@ impl LogStore {
         let handle = match spawned {
             Ok(handle) => handle,
             Err(e) => {
+                // The decode waits for open to let go of its end before it stops.
+                drop(opened);
                 if let Some(decoder) = decoder {
                     decoder.stop();
                 }
@@ -424,6 +434,7 @@ impl LogStore {
             eraser: Mutex::new(None),
             checkpointer: Mutex::new(None),
             verifier: Mutex::new(decoder),
+            opening: Mutex::new(Some(opened)),
             lock: Mutex::new(lock),
             report: recovered.report,
         };
@@ -436,7 +447,7 @@ impl LogStore {
             let (_, never) = sync::channel();
             *store.verifier.lock() = deferred_verification::start(&store.shared, never)?;
         }
-        drop(opened);
+        store.opening.lock().take();
         Ok(store)
     }
 
@@ -449,6 +460,7 @@ impl LogStore {
     /// open cannot use a checkpoint and scans the log.
     pub fn close(&self) -> Result<()> {
         self.shared.closed.store(true, Ordering::SeqCst);
+        drop(self.opening.lock().take());
         // Writers and the checkpoint thread may be waiting for its verdict.
         if let Some(verifier) = self.verifier.lock().take() {
             verifier.stop();
@@ -537,9 +549,11 @@ impl LogStore {
     }
 
     /// The parts of the store its other modules work on.
-    /// Test hook: whether the index is in memory (false only while open's checkpoint
-    /// is still being decoded after open, `Options::verify_checkpoint_after_open`).
-    #[doc(hidden)]
+    /// Whether the index is in memory: false only while the checkpoint of a clean
+    /// close is decoded after open ([`RecoveryReport::index_decoded_after_open`], with
+    /// [`Options::verify_checkpoint_after_open`]). Meanwhile reads of executions that
+    /// are neither forks nor deleted are served from the checkpoint's directory, and
+    /// every other call waits for the decode.
     pub fn index_decoded(&self) -> bool {
         self.shared.lazy.as_ref().is_none_or(LazyIndex::is_decoded)
     }

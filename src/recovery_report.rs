@@ -56,6 +56,6 @@ pub struct RecoveryReport {
     pub search_bytes_checksummed: u64,
     /// How open established that the end of the log it serves is on the disk.
     pub tail_check: TailCheck,
-    /// How long the scan took.
+    /// How long open's recovery took (listing, checkpoint, scan, repair).
     pub duration: Duration,
 }
