@@ -109,7 +109,10 @@ pub fn run(root: &Path, sizes: &[u64], only: Option<&str>) {
                 deferred.map_or("".into(), |(_, v)| format!("{:.1} ms", ms(v))),
                 rebuilt.map_or("".into(), |(_, b)| format!("{:.1} MB", b as f64 / 1e6)),
             );
-            std::fs::remove_dir_all(&dir).expect("remove");
+            // EXECLOG_BENCH_KEEP=1 keeps the (clean-closed) store, for `--open-loop`.
+            if std::env::var("EXECLOG_BENCH_KEEP").is_err() {
+                std::fs::remove_dir_all(&dir).expect("remove");
+            }
         }
     }
 }
