@@ -285,6 +285,10 @@ fn write_layout2_fixture() {
     fs::write(fixture().join(CHECKPOINT_LAYOUT_2), c).unwrap();
 }
 
+fn options_after_open() -> Options {
+    Options::default().verify_checkpoint_after_open(true)
+}
+
 #[test]
 fn a_layout_2_checkpoint_still_opens_eagerly_and_verified_after_open() {
     if std::env::var("EXECLOG_WRITE_FIXTURE").as_deref() == Ok("layout2") {
@@ -309,6 +313,19 @@ fn a_layout_2_checkpoint_still_opens_eagerly_and_verified_after_open() {
         assert_eq!(report.checkpoint_verification_deferred, after_open);
         assert_eq!(reads(&store), expected, "verified after open: {after_open}");
         assert_eq!(store.stats().deleted_executions, 2);
+        assert!(
+            !report.index_decoded_after_open,
+            "layout 2 has no directory"
+        );
+        if after_open {
+            common::verify_after_open::wait_for_verdict(&store);
+        }
         store.close().unwrap();
+        // Close rewrote it as the current layout, although nothing changed.
+        let c = fs::read(work.path().join(CHECKPOINT)).unwrap();
+        assert_eq!(le32(&c, 8), 3, "rewritten as layout 3");
+        let store = LogStore::open_with(work.path(), options_after_open()).unwrap();
+        assert!(store.recovery_report().index_decoded_after_open);
+        assert_eq!(reads(&store), expected);
     }
 }
