@@ -489,7 +489,7 @@ impl Committer {
         self.shared.segments.push(
             first.segment,
             Arc::clone(&file),
-            segment::SEGMENT_HEADER_LEN as u64,
+            (segment::SEGMENT_HEADER_LEN as u64, None),
         );
         self.segment = first.segment;
         self.file = file;

@@ -297,11 +297,15 @@ impl LogStore {
                 file_len: zeroed,
                 digest: Some(SegmentDigest::EMPTY),
                 version: segment::FORMAT_VERSION,
+                view: None,
             });
         }
         let segments = Segments::new(&dir, 1);
-        for s in &recovered.segments {
-            segments.push(s.id, Arc::clone(&s.file), s.data_end);
+        let newest = recovered.segments.last().map(|s| s.id);
+        for s in &mut recovered.segments {
+            // The newest segment grows: its views are mapped as reads need them.
+            let view = s.view.take().filter(|_| Some(s.id) != newest);
+            segments.push(s.id, Arc::clone(&s.file), (s.data_end, view));
         }
         let commit_start = recovered.commit_start(options.segment_size_bytes)?;
         let Some(last) = recovered.segments.pop() else {

@@ -30,7 +30,7 @@ use crate::checkpoint_directory::Directory;
 use crate::error::{Error, Result};
 use crate::idempotency::KeyTables;
 use crate::index::Index;
-use crate::io::{Io, IoFile};
+use crate::io::{Io, IoFile, Mapped};
 use crate::options::Options;
 use crate::recovery_report::RecoveryReport;
 use crate::repair::{self, Cut};
@@ -54,6 +54,9 @@ pub(crate) struct RecoveredSegment {
     pub(crate) digest: Option<SegmentDigest>,
     /// The format version in its header.
     pub(crate) version: u32,
+    /// The whole file as open mapped it: reads of a sealed segment use it rather than
+    /// map it again (and open does not unmap hundreds of files it just mapped).
+    pub(crate) view: Option<Mapped>,
 }
 
 /// The result of a successful open of the log.

@@ -126,7 +126,7 @@ fn extend_segment(
             .io
             .open(&path, true)
             .map_err(|e| Error::io("open segment", &path, e))?;
-        segments.push(id, file, 0);
+        segments.push(id, file, (0, None));
     }
     let view = map(shared, id, end)?;
     let all: &[u8] = view.as_ref().as_ref();

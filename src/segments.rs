@@ -40,14 +40,21 @@ impl Segments {
         }
     }
 
-    /// Adds the next segment with `durable_end` bytes already durable.
-    pub(crate) fn push(&self, id: u32, file: Arc<dyn IoFile>, durable_end: u64) {
+    /// Adds the next segment with `durable_end` bytes already durable, and a view of
+    /// at least those bytes if one is at hand.
+    pub(crate) fn push(
+        &self,
+        id: u32,
+        file: Arc<dyn IoFile>,
+        (durable_end, view): (u64, Option<Mapped>),
+    ) {
         let mut slots = self.slots.write();
         debug_assert_eq!(id as usize, self.first_id as usize + slots.len());
+        let view = view.filter(|v| v.as_ref().as_ref().len() as u64 >= durable_end);
         slots.push(Slot {
             file,
             durable_end,
-            view: None,
+            view,
             rewrites: 0,
         });
     }
@@ -137,8 +144,11 @@ impl Segments {
                     "record points into a missing segment",
                 ));
             };
+            // A view may reach past the durable end (open's map of a whole sealed
+            // file): what lies there is never served.
             if let Some(view) = &slot.view
                 && view.as_ref().as_ref().len() as u64 >= end
+                && end <= slot.durable_end
             {
                 return Ok(Arc::clone(view));
             }

@@ -116,6 +116,7 @@ pub(crate) fn scan(
             data_end,
             file_len: m.capacity,
             digest,
+            view: Some(Arc::clone(&m.view)),
         });
         last_view = Some(m.view);
     }
