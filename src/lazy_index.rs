@@ -51,8 +51,8 @@ impl LazyIndex {
 }
 
 /// Decodes the index into the store, holding the lock from before `locked` is called
-/// (open waits for that) to the end; `Err` says why the checkpoint does not decode,
-/// with the lock still held, for the caller to refute it under the lock.
+/// (which tells open, then waits until open has returned) to the end. If the
+/// checkpoint does not decode, `refute` gets the reason with the lock still held.
 pub(crate) fn decode(
     shared: &Shared,
     (lazy, stop): (&LazyIndex, &Stop),
