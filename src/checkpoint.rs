@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::idempotency::KeyTables;
 use crate::ids::{ExecutionId, MAX_ID_BYTES, TenantId};
 use crate::index::{Base, ExecNo, Index, Sparse};
-use crate::io::Io;
+use crate::io::{Io, Mapped};
 use crate::record::{self, Decoded, Header, Kind, Pos};
 use crate::segment::SEGMENT_HEADER_LEN;
 use crate::store_dir;
@@ -342,15 +342,9 @@ pub(crate) fn load_lazy(
     dir: &Path,
     stride: u32,
 ) -> std::result::Result<Option<Opened>, String> {
-    let path = path(dir);
-    let file = match io.open(&path, true) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("open: {e}")),
-    };
-    let len = file.size().map_err(|e| format!("stat: {e}"))?;
-    let map = file.map(len).map_err(|e| format!("mmap: {e}"))?;
-    Directory::open(map, stride).map(Some)
+    map_file(io, dir)?
+        .map(|map| Directory::open(map, stride))
+        .transpose()
 }
 
 /// Reads and decodes the checkpoint of `dir`: `Ok(None)` if there is none, `Err(why)`
@@ -360,15 +354,20 @@ pub(crate) fn load(
     dir: &Path,
     stride: u32,
 ) -> std::result::Result<Option<Checkpoint>, String> {
-    let path = path(dir);
-    let file = match io.open(&path, true) {
+    map_file(io, dir)?
+        .map(|map| decode(map.as_ref().as_ref(), stride))
+        .transpose()
+}
+
+/// The checkpoint file of `dir`, mapped whole; `Ok(None)` if there is none.
+fn map_file(io: &dyn Io, dir: &Path) -> std::result::Result<Option<Mapped>, String> {
+    let file = match io.open(&path(dir), true) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("open: {e}")),
     };
     let len = file.size().map_err(|e| format!("stat: {e}"))?;
-    let map = file.map(len).map_err(|e| format!("mmap: {e}"))?;
-    decode(map.as_ref().as_ref(), stride).map(Some)
+    file.map(len).map(Some).map_err(|e| format!("mmap: {e}"))
 }
 
 /// Checks that `c`'s index describes the records it covers, in `maps` (the segments,
