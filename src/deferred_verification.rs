@@ -245,7 +245,7 @@ fn verify(shared: &Shared, stop: &Stop) -> std::result::Result<(), String> {
         let file = shared
             .segments
             .file(id)
-            .ok_or_else(|| format!("segment {id} is not open"))?;
+            .map_err(|e| format!("segment {id}: {e}"))?;
         let len = file.size().map_err(|e| format!("segment {id}: {e}"))?;
         maps.push(file.map(len).map_err(|e| format!("segment {id}: {e}"))?);
     }

@@ -300,7 +300,10 @@ impl LogStore {
                 view: None,
             });
         }
-        let segments = Segments::new(&dir, 1);
+        let segments = Segments::new(Arc::clone(&io), &dir, 1, read_only);
+        for (id, d) in (1..).zip(&recovered.closed) {
+            segments.push_closed(id, d.end);
+        }
         let newest = recovered.segments.last().map(|s| s.id);
         for s in &mut recovered.segments {
             // The newest segment grows: its views are mapped as reads need them.

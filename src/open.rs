@@ -7,7 +7,9 @@
 //!    (`store_dir.rs`); segment ids must be contiguous from 1.
 //! 2. Load the durable index state: the checkpoint, read before the segments are mapped
 //!    and verified over the maps (`saved_index.rs`, `checkpoint.rs`).
-//! 3. Map every segment, in id order (`segment_maps.rs`).
+//! 3. Map every segment, in id order (`segment_maps.rs`), but the sealed segments a
+//!    checkpoint covers when its index is decoded after open: those stay closed until
+//!    first used (`segments.rs`).
 //! 4. Scan the tail: every record the checkpoint does not cover, rebuilding the index
 //!    and deciding where the log ends (`tail_scan.rs`, `scan.rs`, `rebuild.rs`), then
 //!    check that this end is on the disk, not only in the page cache (`tail_check.rs`).
@@ -64,6 +66,11 @@ pub(crate) struct Recovered {
     pub(crate) index: Index,
     /// The idempotency keys of the index's executions.
     pub(crate) keys: KeyTables,
+    /// The sealed segments before `segments` that open left closed, from segment 1:
+    /// wholly covered by a checkpoint, opened on first use (`segments.rs`). Empty
+    /// unless the index is decoded after open.
+    pub(crate) closed: Vec<SegmentDigest>,
+    /// The segments after those, in id order.
     pub(crate) segments: Vec<RecoveredSegment>,
     pub(crate) last_timestamp_ns: i64,
     pub(crate) report: RecoveryReport,
@@ -109,7 +116,9 @@ impl Recovered {
             file: Arc::clone(&last.file),
             zeroed_end: last.file_len,
             capacity: last.file_len.max(segment_size_bytes),
-            digests: self.segments.iter().map(|s| s.digest).collect(),
+            digests: (self.closed.iter().copied().map(Some))
+                .chain(self.segments.iter().map(|s| s.digest))
+                .collect(),
             checkpoint_due: !self.checkpoint_current,
             rebuilt_bytes: self
                 .report
@@ -270,13 +279,25 @@ fn pass_once(
     // A reader maps its bounded segment only up to the bound: past it, the live writer
     // is writing.
     let bound = hidden.filter(|&(s, _)| last_segment == Some(s));
-    let maps = segment_maps::map(io, dir, &ids, read_only, bound)?;
+    // Without a decoded index nothing needs the sealed segments the checkpoint covers
+    // (all but its last): they stay closed, so that open does not grow with them.
+    let closed = lazy
+        .as_ref()
+        .map_or(0, |o| o.segments.len().min(ids.len()).saturating_sub(1));
+    let maps = segment_maps::map(
+        io,
+        dir,
+        ids.get(closed..).unwrap_or_default(),
+        read_only,
+        bound,
+    )?;
     let (start, directory) = {
         let bytes: Vec<&[u8]> = maps.iter().map(SegmentMap::bytes).collect();
         match lazy {
             Some(o) => {
                 let header = (o.last_timestamp_ns, o.file_crc);
-                match saved_index::lazy_start(o.segments, header, &bytes, options, &mut report) {
+                let maps = (closed, &bytes[..]);
+                match saved_index::lazy_start(o.segments, header, maps, options, &mut report) {
                     Some(start) => (start, Some((o.directory, o.executions))),
                     None => return Ok(None),
                 }
@@ -290,7 +311,7 @@ fn pass_once(
     };
     let deferred = report.checkpoint_verification_deferred;
     let trusted_crc = start.trusted_crc;
-    let scanned = match tail_scan::scan(maps, start, hidden, &mut report) {
+    let scanned = match tail_scan::scan(maps, (start, closed), hidden, &mut report) {
         Err(_) if deferred => return Ok(None),
         scanned => scanned?,
     };
@@ -348,7 +369,7 @@ fn check_tail(
         segment: last,
         bytes: view.as_ref().as_ref(),
         group_start: scanned.rebuild.tail.filter(|t| t.0 == last.id).map(|t| t.1),
-        covered: scanned.covered.len() == scanned.segments.len(),
+        covered: scanned.covered.len() == scanned.closed.len() + scanned.segments.len(),
     };
     let (check, unestablished) = tail_check::establish(&end, dir, read_only)?;
     report.tail_check = check;
@@ -382,6 +403,7 @@ fn repair_found(
 fn recovered(scanned: Scanned, mut report: RecoveryReport) -> Recovered {
     let Scanned {
         rebuild,
+        closed,
         segments,
         covered,
         outdated,
@@ -390,12 +412,13 @@ fn recovered(scanned: Scanned, mut report: RecoveryReport) -> Recovered {
     report.records = rebuild.records;
     report.executions = rebuild.index.len() as u64;
     let checkpoint_current = !outdated
-        && covered.len() == segments.len()
+        && covered.len() == closed.len() + segments.len()
         && segments.last().map(|s| s.data_end) == covered.last().map(|d| d.end)
         && report.removed_segments.is_empty();
     Recovered {
         index: rebuild.index,
         keys: rebuild.keys,
+        closed,
         segments,
         last_timestamp_ns: rebuild.last_timestamp_ns,
         report,

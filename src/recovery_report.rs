@@ -14,6 +14,11 @@ use crate::tail_check::TailCheck;
 pub struct RecoveryReport {
     /// Segment files scanned.
     pub segments_scanned: u32,
+    /// Sealed segment files open did not even open, counted in `segments_scanned`
+    /// too: a checkpoint whose index is decoded after open covers them wholly
+    /// (`index_decoded_after_open`). Each is opened, and its length and header
+    /// checked, when first used; the verification after open checks them all.
+    pub segments_left_closed: u32,
     /// Valid records found (and indexed).
     pub records: u64,
     /// Executions found.

@@ -187,10 +187,7 @@ fn extend_segment(
 /// A map of segment `id` long enough for `end` (or the whole file).
 fn map(shared: &Shared, id: u32, end: Option<u64>) -> Result<Mapped> {
     let path = store_dir::segment_path(&shared.dir, id);
-    let file = shared
-        .segments
-        .file(id)
-        .ok_or_else(|| Error::corrupt(id, 0, "segment missing from the reader's list"))?;
+    let file = shared.segments.file(id)?;
     let size = file
         .size()
         .map_err(|e| Error::io("stat segment", &path, e))?;

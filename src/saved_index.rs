@@ -67,16 +67,17 @@ pub(crate) fn load_lazy(io: &dyn Io, dir: &Path, options: &Options) -> Option<Op
 }
 
 /// The scan's start from a checkpoint whose index is still to decode (an empty index
-/// that takes no record), if the segments it covers are there as `plausible` checks;
-/// the report says that the decode and the verification come after open.
+/// that takes no record), if the segments it covers are there as `plausible` checks
+/// (those open mapped: `maps` holds the segments after the first `closed`, which open
+/// left closed and the verification after open checks); the report says that the decode and the verification come after open.
 pub(crate) fn lazy_start(
     segments: Vec<SegmentDigest>,
     (last_timestamp_ns, file_crc): (i64, u32),
-    maps: &[&[u8]],
+    (closed, maps): (usize, &[&[u8]]),
     options: &Options,
     report: &mut RecoveryReport,
 ) -> Option<Start> {
-    if !plausible(&segments, maps) {
+    if !plausible_after(closed, &segments, maps) {
         return None;
     }
     report.checkpoint_verification_deferred = true;
@@ -152,10 +153,20 @@ fn start_from((c, keys): (Checkpoint, KeyTables), report: &mut RecoveryReport) -
 /// at least as long as its covered records: what open checks of a checkpoint it
 /// verifies only later, reading one page of each segment.
 fn plausible(digests: &[SegmentDigest], maps: &[&[u8]]) -> bool {
-    digests.len() <= maps.len()
-        && (1..).zip(digests.iter().zip(maps)).all(|(id, (d, bytes))| {
-            segment::check_header(bytes, id) == HeaderCheck::Valid && d.end <= bytes.len() as u64
-        })
+    plausible_after(0, digests, maps)
+}
+
+/// [`plausible`] for `maps` of the segments after the first `closed`, which open left
+/// closed: only the mapped ones are looked at.
+fn plausible_after(closed: usize, digests: &[SegmentDigest], maps: &[&[u8]]) -> bool {
+    let mapped = digests.get(closed..).unwrap_or_default();
+    digests.len() <= closed + maps.len()
+        && (closed as u32 + 1..)
+            .zip(mapped.iter().zip(maps))
+            .all(|(id, (d, bytes))| {
+                segment::check_header(bytes, id) == HeaderCheck::Valid
+                    && d.end <= bytes.len() as u64
+            })
 }
 
 /// `c` trusted as it is, with the executions it lists as deleted marked so; the keys

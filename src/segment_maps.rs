@@ -1,6 +1,8 @@
-//! Open's third step: every segment file opened and mapped, before anything is scanned.
+//! Open's third step: every segment file opened and mapped, before anything is scanned
+//! (but the sealed ones an open that decodes its index later leaves closed, which
+//! `segments.rs` opens through [`open_one`] on first use).
 //!
-//! All segments are opened and mapped first, in id order, so that open's I/O calls keep
+//! All segments open maps are opened and mapped first, in id order, so that open's I/O calls keep
 //! one order whatever the segments hold (the simulated file system's seeds replay
 //! exactly), and so that the prescan helper and the checkpoint's digest check get every
 //! map at once.
@@ -45,40 +47,49 @@ pub(crate) fn map(
     read_only: bool,
     bound: Option<(u32, u64)>,
 ) -> Result<Vec<SegmentMap>> {
-    let mut maps = Vec::with_capacity(ids.len());
-    for &id in ids {
-        let path = store_dir::segment_path(dir, id);
-        let file = io
-            .open(&path, read_only)
-            .map_err(|e| Error::io("open segment", &path, e))?;
-        let capacity = file
-            .size()
-            .map_err(|e| Error::io("stat segment", &path, e))?;
-        if capacity > MAX_SEGMENT_FILE_BYTES {
-            // Positions keep offsets in 32 bits: past 4 GiB they would wrap.
-            return Err(Error::corrupt(
-                id,
-                MAX_SEGMENT_FILE_BYTES,
-                format!(
-                    "segment file is {capacity} bytes, longer than the 4 GiB a segment can \
-                     address; it was not written by execlog"
-                ),
-            ));
-        }
-        let mapped = match bound {
-            Some((s, end)) if s == id => capacity.min(end),
-            _ => capacity,
-        };
-        let view = file
-            .map(mapped)
-            .map_err(|e| Error::io("mmap segment", &path, e))?;
-        maps.push(SegmentMap {
+    ids.iter()
+        .map(|&id| {
+            let bound = bound.and_then(|(s, end)| (s == id).then_some(end));
+            open_one(io, dir, id, read_only, bound)
+        })
+        .collect()
+}
+
+/// Opens and maps segment `id` of `dir`: the whole file, or only up to `bound`.
+pub(crate) fn open_one(
+    io: &dyn Io,
+    dir: &Path,
+    id: u32,
+    read_only: bool,
+    bound: Option<u64>,
+) -> Result<SegmentMap> {
+    let path = store_dir::segment_path(dir, id);
+    let file = io
+        .open(&path, read_only)
+        .map_err(|e| Error::io("open segment", &path, e))?;
+    let capacity = file
+        .size()
+        .map_err(|e| Error::io("stat segment", &path, e))?;
+    if capacity > MAX_SEGMENT_FILE_BYTES {
+        // Positions keep offsets in 32 bits: past 4 GiB they would wrap.
+        return Err(Error::corrupt(
             id,
-            path,
-            file,
-            capacity,
-            view,
-        });
+            MAX_SEGMENT_FILE_BYTES,
+            format!(
+                "segment file is {capacity} bytes, longer than the 4 GiB a segment can \
+                 address; it was not written by execlog"
+            ),
+        ));
     }
-    Ok(maps)
+    let mapped = bound.map_or(capacity, |end| capacity.min(end));
+    let view = file
+        .map(mapped)
+        .map_err(|e| Error::io("mmap segment", &path, e))?;
+    Ok(SegmentMap {
+        id,
+        path,
+        file,
+        capacity,
+        view,
+    })
 }

@@ -6,6 +6,12 @@
 //! the view is a mapped prefix, remapped (larger) only when a read needs bytes beyond
 //! the current one. Views are shared (`Arc`), so a remap never invalidates a view a
 //! reader still holds.
+//!
+//! A slot may start closed: a sealed segment a checkpoint covers, which an open that
+//! decodes its index after returning (`lazy_index.rs`) leaves unopened so that open
+//! does not grow with the number of segments. It is opened, mapped and its header
+//! checked on first use, under the write lock; until then its durable end is the
+//! checkpoint's word, which the verification after open checks.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,10 +19,13 @@ use std::sync::Arc;
 use crate::sync::RwLock;
 
 use crate::error::{Error, Result};
-use crate::io::{IoFile, Mapped};
+use crate::io::{Io, IoFile, Mapped};
+use crate::segment::{self, HeaderCheck};
+use crate::segment_maps;
 
 struct Slot {
-    file: Arc<dyn IoFile>,
+    /// `None` until first used, for a segment open left closed.
+    file: Option<Arc<dyn IoFile>>,
     durable_end: u64,
     view: Option<Mapped>,
     /// How many times an erasure replaced it since open (its bytes then differ from
@@ -29,14 +38,19 @@ pub(crate) struct Segments {
     first_id: u32,
     slots: RwLock<Vec<Slot>>,
     dir: std::path::PathBuf,
+    /// What opens closed slots, and whether it opens them read-only.
+    io: Arc<dyn Io>,
+    read_only: bool,
 }
 
 impl Segments {
-    pub(crate) fn new(dir: &Path, first_id: u32) -> Self {
+    pub(crate) fn new(io: Arc<dyn Io>, dir: &Path, first_id: u32, read_only: bool) -> Self {
         Self {
             first_id,
             slots: RwLock::new(Vec::new()),
             dir: dir.to_path_buf(),
+            io,
+            read_only,
         }
     }
 
@@ -52,9 +66,22 @@ impl Segments {
         debug_assert_eq!(id as usize, self.first_id as usize + slots.len());
         let view = view.filter(|v| v.as_ref().as_ref().len() as u64 >= durable_end);
         slots.push(Slot {
-            file,
+            file: Some(file),
             durable_end,
             view,
+            rewrites: 0,
+        });
+    }
+
+    /// Adds the next segment, sealed with `durable_end` bytes, left closed until first
+    /// used.
+    pub(crate) fn push_closed(&self, id: u32, durable_end: u64) {
+        let mut slots = self.slots.write();
+        debug_assert_eq!(id as usize, self.first_id as usize + slots.len());
+        slots.push(Slot {
+            file: None,
+            durable_end,
+            view: None,
             rewrites: 0,
         });
     }
@@ -65,7 +92,7 @@ impl Segments {
     pub(crate) fn replace(&self, id: u32, file: Arc<dyn IoFile>) {
         let mut slots = self.slots.write();
         if let Some(slot) = slots.get_mut(id.wrapping_sub(self.first_id) as usize) {
-            slot.file = file;
+            slot.file = Some(file);
             slot.view = None;
             slot.rewrites = slot.rewrites.wrapping_add(1).max(1);
         }
@@ -114,12 +141,16 @@ impl Segments {
             .flatten()
     }
 
-    /// Segment `id`'s file, if it holds it.
-    pub(crate) fn file(&self, id: u32) -> Option<Arc<dyn IoFile>> {
-        self.slots
-            .read()
-            .get(id.wrapping_sub(self.first_id) as usize)
-            .map(|s| Arc::clone(&s.file))
+    /// Segment `id`'s file, opened if it was left closed; `Err` if it does not hold it
+    /// or it cannot be opened.
+    pub(crate) fn file(&self, id: u32) -> Result<Arc<dyn IoFile>> {
+        let slot_no = id.wrapping_sub(self.first_id) as usize;
+        if let Some(file) = self.slots.read().get(slot_no).and_then(|s| s.file.clone()) {
+            return Ok(file);
+        }
+        let mut slots = self.slots.write();
+        let slot = slots.get_mut(slot_no).ok_or_else(|| missing(id))?;
+        self.open_closed(id, slot)
     }
 
     /// Number of segments.
@@ -137,13 +168,7 @@ impl Segments {
         let slot_no = id.wrapping_sub(self.first_id) as usize;
         {
             let slots = self.slots.read();
-            let Some(slot) = slots.get(slot_no) else {
-                return Err(Error::corrupt(
-                    id,
-                    0,
-                    "record points into a missing segment",
-                ));
-            };
+            let slot = slots.get(slot_no).ok_or_else(|| missing(id))?;
             // A view may reach past the durable end (open's map of a whole sealed
             // file): what lies there is never served.
             if let Some(view) = &slot.view
@@ -154,13 +179,8 @@ impl Segments {
             }
         }
         let mut slots = self.slots.write();
-        let Some(slot) = slots.get_mut(slot_no) else {
-            return Err(Error::corrupt(
-                id,
-                0,
-                "record points into a missing segment",
-            ));
-        };
+        let slot = slots.get_mut(slot_no).ok_or_else(|| missing(id))?;
+        let file = self.open_closed(id, slot)?;
         if end > slot.durable_end {
             return Err(Error::corrupt(
                 id,
@@ -174,11 +194,47 @@ impl Segments {
             return Ok(Arc::clone(view));
         }
         let path = crate::store_dir::segment_path(&self.dir, id);
-        let view = slot
-            .file
+        let view = file
             .map(slot.durable_end)
             .map_err(|e| Error::io("mmap segment", path, e))?;
         slot.view = Some(Arc::clone(&view));
         Ok(view)
     }
+
+    /// `slot`'s file (segment `id`), opened first if it was left closed: the whole file
+    /// mapped, its length and header checked as open checks them.
+    fn open_closed(&self, id: u32, slot: &mut Slot) -> Result<Arc<dyn IoFile>> {
+        if let Some(file) = &slot.file {
+            return Ok(Arc::clone(file));
+        }
+        let opened = segment_maps::open_one(self.io.as_ref(), &self.dir, id, self.read_only, None)?;
+        if opened.capacity < slot.durable_end {
+            return Err(Error::corrupt(
+                id,
+                opened.capacity,
+                format!(
+                    "segment file is {} bytes, shorter than the {} the checkpoint says are \
+                     durable",
+                    opened.capacity, slot.durable_end
+                ),
+            ));
+        }
+        match segment::check_header(opened.bytes(), id) {
+            HeaderCheck::Valid => {}
+            HeaderCheck::Version(version) => {
+                let path = opened.path;
+                return Err(Error::UnsupportedFormat { path, version });
+            }
+            HeaderCheck::Blank => return Err(Error::corrupt(id, 0, "segment header is blank")),
+            HeaderCheck::Bad(why) => return Err(Error::corrupt(id, 0, why)),
+        }
+        slot.view = Some(opened.view);
+        slot.file = Some(Arc::clone(&opened.file));
+        Ok(opened.file)
+    }
+}
+
+/// The error for a segment the store does not hold.
+fn missing(id: u32) -> Error {
+    Error::corrupt(id, 0, "record points into a missing segment")
 }

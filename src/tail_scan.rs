@@ -42,7 +42,10 @@ use crate::segment_maps::SegmentMap;
 pub(crate) struct Scanned {
     /// The index rebuilt up to the end of the log.
     pub(crate) rebuild: Rebuild,
-    /// The segments kept, in id order.
+    /// The sealed segments before `maps` that open left closed (from segment 1): the
+    /// checkpoint covers them wholly, and its digests are their word.
+    pub(crate) closed: Vec<SegmentDigest>,
+    /// The segments kept after those, in id order.
     pub(crate) segments: Vec<RecoveredSegment>,
     /// The map of the last segment kept.
     pub(crate) last_view: Option<Mapped>,
@@ -62,11 +65,11 @@ pub(crate) struct Unfinished {
     pub(crate) blank: bool,
 }
 
-/// Scans `maps` (the segments, in id order) from `start`, leaving out the bytes of
-/// `hidden` (segment, from).
+/// Scans `maps` (the segments after the first `closed`, which open left closed, in id
+/// order) from `start`, leaving out the bytes of `hidden` (segment, from).
 pub(crate) fn scan(
     maps: Vec<SegmentMap>,
-    start: Start,
+    (start, closed): (Start, usize),
     hidden: Option<(u32, u64)>,
     report: &mut RecoveryReport,
 ) -> Result<Scanned> {
@@ -79,21 +82,28 @@ pub(crate) fn scan(
     let prescan = Prescan::start(
         maps.iter()
             .enumerate()
-            .map(|(i, m)| (Arc::clone(&m.view), start_of(&covered, i)))
+            .map(|(j, m)| (Arc::clone(&m.view), start_of(&covered, closed + j)))
             .collect(),
     );
     let mut segments = Vec::with_capacity(maps.len());
     let mut last_view = None;
     let mut unfinished = None;
     let count = maps.len();
-    for (i, m) in maps.into_iter().enumerate() {
+    let closed = covered.get(..closed).unwrap_or_default().to_vec();
+    for d in &closed {
+        report.segments_scanned += 1;
+        report.segments_left_closed += 1;
+        report.bytes_scanned += d.end;
+    }
+    for (j, m) in maps.into_iter().enumerate() {
+        let i = closed.len() + j;
         report.segments_scanned += 1;
         let scan = SegmentScan {
             bytes: visible(&m, hidden),
             start: start_of(&covered, i),
             id: m.id,
-            newest: i + 1 == count,
-            prescan: (&prescan, i),
+            newest: j + 1 == count,
+            prescan: (&prescan, j),
         };
         let (data_end, digest) = match covered.get(i) {
             Some(&d) if i + 1 < covered.len() => {
@@ -125,6 +135,7 @@ pub(crate) fn scan(
     prescan.finish();
     Ok(Scanned {
         rebuild,
+        closed,
         segments,
         last_view,
         unfinished,

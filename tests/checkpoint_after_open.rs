@@ -514,3 +514,122 @@ fn a_call_waiting_for_a_decode_that_fails_gets_the_verdict() {
     let fork = s.get_latest_sequence_blocking(&ExecutionId::from("fork-a"));
     assert!(matches!(fork, Err(Error::Poisoned { .. })), "{fork:?}");
 }
+
+/// `early` (in segment 1) then `filler` executions rolling the log over several 64 KiB
+/// segments, then `late` (in the last one), closed cleanly; returns the segment count.
+fn store_over_segments() -> (tempfile::TempDir, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = LogStore::open_with(dir.path(), common::small_segments()).unwrap();
+    let early = ExecutionId::from("early");
+    for i in 0..5 {
+        s.append_blocking(&early, &tenant(0), step_event(i))
+            .unwrap();
+    }
+    let filler = ExecutionEventData::StepCompleted {
+        step_id: StepId::from("filler"),
+        output: Some("x".repeat(4000)),
+        duration_ms: 0,
+    };
+    for i in 0..80 {
+        let id = ExecutionId::from(format!("filler-{}", i % 7));
+        s.append_blocking(&id, &tenant(1), filler.clone()).unwrap();
+    }
+    s.append_blocking(&ExecutionId::from("late"), &tenant(0), step_event(0))
+        .unwrap();
+    let segments = s.stats().segments;
+    s.close().unwrap();
+    assert!(segments >= 4, "{segments} segments");
+    (dir, segments)
+}
+
+/// The segment file `id` of `dir`.
+fn segment_file(dir: &Path, id: u32) -> std::path::PathBuf {
+    dir.join(format!("{id:010}.seg"))
+}
+
+#[test]
+fn sealed_segments_stay_closed_until_first_used() {
+    let (dir, segments) = store_over_segments();
+    let ids = ["early", "late", "filler-0", "filler-6"];
+    let truth = {
+        let s = LogStore::open_with(dir.path(), common::small_segments()).unwrap();
+        reads(&s, &ids)
+    };
+    let options = common::small_segments()
+        .verify_checkpoint_after_open(true)
+        .checkpoint_decode_hold(Duration::from_secs(600));
+    let s = LogStore::open_with(dir.path(), options).unwrap();
+    let report = s.recovery_report().clone();
+    assert!(report.index_decoded_after_open, "{report:?}");
+    assert_eq!(report.segments_left_closed as usize, segments - 1);
+    assert_eq!(report.segments_scanned as usize, segments);
+    assert_eq!(reads(&s, &ids), truth);
+    assert!(!s.index_decoded());
+    s.close().unwrap();
+    let s = LogStore::open_with(dir.path(), after_open(Duration::ZERO)).unwrap();
+    wait_for_verdict(&s);
+    assert_eq!(s.stats().checkpoint_refuted, None);
+    assert_eq!(reads(&s, &ids), truth);
+}
+
+/// Segment 1 made unopenable after close (a directory in its place): an open that
+/// opened it would fail, the lazy open does not, and only what lies in it is refused.
+#[test]
+fn a_sealed_segment_that_cannot_be_opened_fails_only_its_reads_and_the_verdict() {
+    let (dir, _) = store_over_segments();
+    let first = segment_file(dir.path(), 1);
+    let kept = dir.path().join("segment-1.kept");
+    fs::rename(&first, &kept).unwrap();
+    fs::create_dir(&first).unwrap();
+    let options = common::small_segments()
+        .verify_checkpoint_after_open(true)
+        .checkpoint_decode_hold(Duration::from_millis(200));
+    let s = LogStore::open_with(dir.path(), options).unwrap();
+    assert!(s.recovery_report().index_decoded_after_open);
+    let late = s.load_events_blocking(&ExecutionId::from("late"));
+    assert_eq!(late.unwrap().len(), 1);
+    let early = s.load_events_blocking(&ExecutionId::from("early"));
+    assert!(early.is_err(), "{early:?}");
+    wait_for_verdict(&s);
+    let refuted = s.stats().checkpoint_refuted.unwrap_or_default();
+    assert!(refuted.contains("segment 1"), "{refuted}");
+    drop(s);
+    fs::remove_dir(&first).unwrap();
+    fs::rename(&kept, &first).unwrap();
+    let s = LogStore::open_with(dir.path(), after_open(Duration::ZERO)).unwrap();
+    assert!(!s.recovery_report().checkpoint_verification_deferred);
+    let early = s.load_events_blocking(&ExecutionId::from("early"));
+    assert_eq!(early.unwrap().len(), 5);
+}
+
+/// A sealed segment cut short or with a damaged header after close: its first use
+/// checks what open would have, so a read fails with `Corrupt` instead of mapping
+/// past the end of the file or trusting a foreign header.
+#[test]
+fn a_sealed_segment_damaged_after_close_is_refused_on_first_use() {
+    for damage in ["cut short", "header"] {
+        let (dir, _) = store_over_segments();
+        let first = segment_file(dir.path(), 1);
+        let mut bytes = fs::read(&first).unwrap();
+        match damage {
+            "cut short" => bytes.truncate(40),
+            _ => bytes[0] ^= 1,
+        }
+        fs::write(&first, &bytes).unwrap();
+        let options = common::small_segments()
+            .verify_checkpoint_after_open(true)
+            .checkpoint_decode_hold(Duration::from_millis(200));
+        let s = LogStore::open_with(dir.path(), options).unwrap();
+        assert!(s.recovery_report().index_decoded_after_open, "{damage}");
+        // The directory's read fails on the segment, and takes the ordinary path,
+        // which waits for the decode and fails on it again.
+        let early = s.load_events_blocking(&ExecutionId::from("early"));
+        assert!(
+            matches!(early, Err(Error::Corrupt { segment: 1, .. })),
+            "{damage}: {early:?}"
+        );
+        let late = s.get_latest_sequence_blocking(&ExecutionId::from("late"));
+        assert_eq!(late.unwrap(), Some(1), "{damage}");
+        s.close().unwrap();
+    }
+}
