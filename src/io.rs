@@ -32,6 +32,16 @@ pub trait Io: Send + Sync + fmt::Debug {
     fn create_dir_all(&self, dir: &Path, mode: u32) -> io::Result<()>;
     /// Names of the entries in `dir`.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Whether `path` exists; `Err` if that cannot be told. By default it lists
+    /// `path` as a directory, which costs what the directory holds: real file systems
+    /// answer from its metadata.
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        match self.list(path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
     /// Opens an existing regular file for reading, and for writing unless `read_only`;
     /// anything else (a FIFO, a device, a directory) is an error, without blocking.
     fn open(&self, path: &Path, read_only: bool) -> io::Result<Arc<dyn IoFile>>;
@@ -139,6 +149,14 @@ impl Io for RealIo {
             names.push(entry?.file_name().to_string_lossy().into_owned());
         }
         Ok(names)
+    }
+
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        match std::fs::metadata(path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     fn open(&self, path: &Path, read_only: bool) -> io::Result<Arc<dyn IoFile>> {

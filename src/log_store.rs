@@ -746,8 +746,7 @@ impl LogStore {
 /// existing (an unreadable ancestor is left alone). `dir` gets `mode` if it is created
 /// (an existing one keeps its own); missing parents get the default mode.
 fn create_dir_durably(io: &dyn Io, dir: &Path, mode: u32) -> Result<()> {
-    let missing =
-        |d: &Path| matches!(io.list(d), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+    let missing = |d: &Path| matches!(io.exists(d), Ok(false));
     // The directories to create, deepest first.
     let mut created = Vec::new();
     let mut next = Some(dir);

@@ -153,10 +153,15 @@ pub(crate) fn recover(
         match pass(io, dir, options, read_only, bound, limit.map(|l| l.0))? {
             Pass::Done(recovered) => {
                 let mut recovered = *recovered;
+                // Segment files a crashed or failed open created, or kept, reach the
+                // directory durably before anything is served from them. A checkpoint
+                // that covers every segment, with nothing cut, vouches for them: each
+                // segment's entry was synced before its first record was written, and
+                // the checkpoint covers only records that were durable.
+                let vouched =
+                    recovered.lazy.is_some() && recovered.checkpoint_current && dropped.is_none();
                 report_dropped(&mut recovered.report, dropped);
-                if !read_only {
-                    // Segment files a crashed or failed open created, or kept, reach
-                    // the directory durably before anything is served from them.
+                if !read_only && !vouched {
                     repair::sync_dir(io, dir)?;
                 }
                 recovered.report.duration = started.elapsed();
