@@ -260,6 +260,11 @@ impl Options {
     /// - Until the verdict, metadata (`get_latest_sequence`, `list_executions`) comes
     ///   from the checkpoint as written, and damage to the covered bytes is not known:
     ///   the verdict (or the scrubber) finds it, not open.
+    /// - After a clean close, open does not even open the sealed segment files the
+    ///   checkpoint covers ([`RecoveryReport::segments_left_closed`]): each is opened
+    ///   on first use, which checks its length and header as open would have. One
+    ///   removed, cut short or replaced after close fails the reads that need it
+    ///   ([`Error::Corrupt`] or [`Error::Io`]) and the verdict, not open.
     /// - If the checkpoint fails, the store is poisoned ([`Error::Poisoned`], reads
     ///   included, with the reason), `checkpoint.idx` is removed, and the next open
     ///   checks every record as an ordinary open does, reporting damage with its
@@ -273,6 +278,9 @@ impl Options {
     /// after open".
     ///
     /// [`Error::Poisoned`]: crate::Error::Poisoned
+    /// [`Error::Corrupt`]: crate::Error::Corrupt
+    /// [`Error::Io`]: crate::Error::Io
+    /// [`RecoveryReport::segments_left_closed`]: crate::RecoveryReport::segments_left_closed
     /// [`Stats::checkpoint_unverified`]: crate::Stats::checkpoint_unverified
     /// [`Stats::checkpoint_refuted`]: crate::Stats::checkpoint_refuted
     #[must_use]
