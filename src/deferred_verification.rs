@@ -36,6 +36,7 @@ use crate::repair;
 use crate::saved_index;
 use crate::state::{Poison, Shared, State};
 use crate::stop::Stop;
+use crate::store_dir::Listing;
 use crate::sync::{self, AtomicBool, Condvar, Mutex, Receiver, Sender};
 
 /// Where the verification of the checkpoint open trusted stands.
@@ -235,6 +236,7 @@ fn run(shared: &Shared, stop: &Stop, ready: Sender<()>, opened: &Receiver<()>) {
 /// The checks an ordinary open makes, over the segments as they are now (nothing has
 /// written to them since open: writes wait for this), and the covered keys filed.
 fn verify(shared: &Shared, stop: &Stop) -> std::result::Result<(), String> {
+    check_listing(shared)?;
     let saved = checkpoint::load(shared.io.as_ref(), &shared.dir, shared.options.index_stride)?
         .ok_or("the checkpoint open used is gone")?;
     if saved.file_crc != shared.verification.trusted_crc {
@@ -261,6 +263,25 @@ fn verify(shared: &Shared, stop: &Stop) -> std::result::Result<(), String> {
         keys.forget(no);
     }
     shared.state.lock().keys.absorb(keys);
+    Ok(())
+}
+
+/// Checks that the directory holds segments 1 to the number the store holds, and no
+/// other: an open that left its index to decode did not list it (`open::covered_ids`).
+/// No segment is created before the verdict (writes wait for it), so the two agree.
+fn check_listing(shared: &Shared) -> std::result::Result<(), String> {
+    let listing = Listing::read(shared.io.as_ref(), &shared.dir).map_err(|e| e.to_string())?;
+    let count = shared.segments.count();
+    let expected = (1..).take(count);
+    if listing.segments.iter().copied().ne(expected) {
+        let found = listing.segments.len();
+        let first = listing.segments.first().copied().unwrap_or_default();
+        let last = listing.segments.last().copied().unwrap_or_default();
+        return Err(format!(
+            "the directory holds {found} segment files ({first} to {last}), open found \
+             segments 1 to {count}"
+        ));
+    }
     Ok(())
 }
 

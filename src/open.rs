@@ -4,7 +4,9 @@
 //! 0. A cut an earlier open journaled but could not make durable is redone, or hidden
 //!    by a read-only open (`repair.rs`, `cut.pending`).
 //! 1. List: the directory's names sorted into segments, leftovers and unknown files
-//!    (`store_dir.rs`); segment ids must be contiguous from 1.
+//!    (`store_dir.rs`); segment ids must be contiguous from 1. An open that leaves its
+//!    index to decode takes the segments its checkpoint covers instead, if no segment
+//!    follows them, and leaves the listing to the verification after open.
 //! 2. Load the durable index state: the checkpoint, read before the segments are mapped
 //!    and verified over the maps (`saved_index.rs`, `checkpoint.rs`).
 //! 3. Map every segment, in id order (`segment_maps.rs`), but the sealed segments a
@@ -38,7 +40,7 @@ use crate::recovery_report::RecoveryReport;
 use crate::repair::{self, Cut};
 use crate::saved_index;
 use crate::segment_maps::{self, SegmentMap};
-use crate::store_dir::Listing;
+use crate::store_dir::{self, Listing};
 use crate::tail_check::{self, LogEnd, Unestablished};
 use crate::tail_scan::{self, Scanned};
 
@@ -273,13 +275,17 @@ fn pass_once(
     tier: Tier,
 ) -> Result<Option<Pass>> {
     let mut report = RecoveryReport::default();
-    let ids = list(io, dir, last_segment, &mut report)?;
     let (saved, lazy) = match tier {
         Tier::Lazy => match saved_index::load_lazy(io, dir, options) {
             Some(opened) => (None, Some(opened)),
             None => return Ok(None),
         },
         Tier::Deferred | Tier::Full => (saved_index::load(io, dir, options, &mut report), None),
+    };
+    let covered = lazy.as_ref().map(|o| o.segments.len());
+    let ids = match covered.map(|n| covered_ids(io, dir, n)).transpose()? {
+        Some(Some(ids)) => ids,
+        _ => list(io, dir, last_segment, &mut report)?,
     };
     // A reader maps its bounded segment only up to the bound: past it, the live writer
     // is writing.
@@ -358,6 +364,22 @@ fn list(
         }
     }
     Ok(ids)
+}
+
+/// Step 1 for an open that leaves its index to decode: segments 1 to `covered`, the
+/// ones its checkpoint covers, without listing the directory (which costs what the
+/// directory holds), if no segment follows them; `None` (list it) if one does. That
+/// they are all there, and nothing else, is for their first use and for the
+/// verification after open to find (`deferred_verification.rs`).
+fn covered_ids(io: &dyn Io, dir: &Path, covered: usize) -> Result<Option<Vec<u32>>> {
+    let Ok(covered) = u32::try_from(covered) else {
+        return Ok(None);
+    };
+    let next = store_dir::segment_path(dir, covered.saturating_add(1));
+    let followed = io
+        .exists(&next)
+        .map_err(|e| Error::io("look for segment", &next, e))?;
+    Ok((!followed && covered > 0).then(|| (1..=covered).collect()))
 }
 
 /// The end of step 4: whether the end of the log the scan found is on the disk.

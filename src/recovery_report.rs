@@ -34,7 +34,9 @@ pub struct RecoveryReport {
     /// Newest segments whose header never became durable and that hold no valid
     /// record: an all-zero one is removed, any other is renamed to `<name>.broken`.
     pub removed_segments: Vec<u32>,
-    /// Files in the directory that are not segments (left alone).
+    /// Files in the directory that are not segments (left alone). Not filled by an
+    /// open that leaves its index to decode (`index_decoded_after_open`): it does not
+    /// list the directory.
     pub ignored_files: Vec<String>,
     /// Bytes of records whose index came from a checkpoint (their segments'
     /// checksums verified instead of every record, before open returned or, with

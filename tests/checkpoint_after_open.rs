@@ -633,3 +633,40 @@ fn a_sealed_segment_damaged_after_close_is_refused_on_first_use() {
         s.close().unwrap();
     }
 }
+
+/// An open that leaves its index to decode does not list the directory: a segment
+/// file after a gap is found by the verification after open, which refutes the
+/// checkpoint, and the next open refuses the store as an ordinary open does.
+#[test]
+fn a_segment_after_a_gap_is_found_by_the_verdict() {
+    let (dir, segments) = store_over_segments();
+    let stray = segment_file(dir.path(), segments as u32 + 2);
+    fs::copy(segment_file(dir.path(), 1), &stray).unwrap();
+    let s = LogStore::open_with(dir.path(), after_open(Duration::ZERO)).unwrap();
+    assert!(s.recovery_report().index_decoded_after_open);
+    wait_for_verdict(&s);
+    let refuted = s.stats().checkpoint_refuted.unwrap_or_default();
+    assert!(refuted.contains("the directory holds"), "{refuted}");
+    drop(s);
+    let reopened = LogStore::open_with(dir.path(), after_open(Duration::ZERO));
+    assert!(
+        matches!(reopened, Err(Error::Corrupt { .. })),
+        "{:?}",
+        reopened.map(|_| ())
+    );
+}
+
+/// A segment right after the covered ones is looked for: a blank one (a roll a crash
+/// interrupted) is removed by open, as an ordinary open removes it.
+#[test]
+fn a_segment_after_the_covered_ones_sends_open_to_the_listing() {
+    let (dir, segments) = store_over_segments();
+    let next = segments as u32 + 1;
+    fs::write(segment_file(dir.path(), next), vec![0u8; 4096]).unwrap();
+    let s = LogStore::open_with(dir.path(), after_open(Duration::ZERO)).unwrap();
+    let report = s.recovery_report().clone();
+    assert_eq!(report.removed_segments, vec![next], "{report:?}");
+    assert!(!segment_file(dir.path(), next).exists());
+    wait_for_verdict(&s);
+    assert_eq!(s.stats().checkpoint_refuted, None);
+}
