@@ -225,6 +225,7 @@ fn run(shared: &Shared, stop: &Stop, ready: Sender<()>, opened: &Receiver<()>) {
                 shared.dir.display(),
                 started.elapsed()
             );
+            sync_dir_before_writes(shared);
             shared.verification.settle(Verdict::Verified);
         }
         // Close asked it to stop: no verdict, the file stays for the next open.
@@ -264,6 +265,21 @@ fn verify(shared: &Shared, stop: &Stop) -> std::result::Result<(), String> {
     }
     shared.state.lock().keys.absorb(keys);
     Ok(())
+}
+
+/// Fsyncs the store directory before the verdict lets anything write. An open that
+/// left its index to decode skips that fsync (`open::recover`): what it serves, the
+/// records its checkpoint covers, is durable without it, but an earlier open that
+/// failed may have left directory changes in the cache only (the removal of
+/// `cut.pending` after a cut), and an acknowledged append must not depend on them.
+/// A failure poisons the store before the verdict is given, so that writes waiting
+/// for it meet the poison.
+fn sync_dir_before_writes(shared: &Shared) {
+    if let Err(e) = repair::sync_dir(shared.io.as_ref(), &shared.dir) {
+        let cause = format!("the store directory could not be made durable before writes: {e}");
+        log::error!("{}: {cause}", shared.dir.display());
+        committer::poison(shared, Poison::new(cause));
+    }
 }
 
 /// Checks that the directory holds segments 1 to the number the store holds, and no

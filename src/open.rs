@@ -159,7 +159,10 @@ pub(crate) fn recover(
                 // directory durably before anything is served from them. A checkpoint
                 // that covers every segment, with nothing cut, vouches for them: each
                 // segment's entry was synced before its first record was written, and
-                // the checkpoint covers only records that were durable.
+                // the checkpoint covers only records that were durable. Other changes
+                // a failed open left in the cache (a removed `cut.pending`) matter
+                // only to writes, which wait for the verification after open: it
+                // fsyncs the directory before its verdict.
                 let vouched =
                     recovered.lazy.is_some() && recovered.checkpoint_current && dropped.is_none();
                 report_dropped(&mut recovered.report, dropped);
