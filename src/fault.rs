@@ -451,6 +451,11 @@ impl Io for SimIo {
             .collect())
     }
 
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        let w = self.enter(Op::Any)?;
+        Ok(w.dirs.contains(path) || w.live_dir.contains_key(path))
+    }
+
     fn open(&self, path: &Path, _read_only: bool) -> io::Result<Arc<dyn IoFile>> {
         let w = self.enter(Op::Open)?;
         let Some(&ino) = w.live_dir.get(path) else {

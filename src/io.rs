@@ -32,10 +32,17 @@ pub trait Io: Send + Sync + fmt::Debug {
     fn create_dir_all(&self, dir: &Path, mode: u32) -> io::Result<()>;
     /// Names of the entries in `dir`.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
-    /// Whether `path` exists; `Err` if that cannot be told. By default it lists
-    /// `path` as a directory, which costs what the directory holds: real file systems
-    /// answer from its metadata.
+    /// Whether `path` (a file or a directory) exists; `Err` if that cannot be told.
+    /// By default it opens `path` as a file and, if there is none, lists it as a
+    /// directory, which costs what the directory holds: real file systems answer from
+    /// its metadata.
     fn exists(&self, path: &Path) -> io::Result<bool> {
+        match self.open(path, true) {
+            Ok(_) => return Ok(true),
+            // Something that is not a regular file (a directory, a FIFO) is there.
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Ok(true),
+            Err(_) => {}
+        }
         match self.list(path) {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),

@@ -215,3 +215,28 @@ fn a_new_store_directory_is_fsynced_on_the_real_file_system() {
         );
     }
 }
+
+/// `Io::exists` tells files and directories from nothing, on the real file system, on
+/// the simulated one, and through the default method (the recorder does not override
+/// it). An open that does not list the directory relies on it to find the segment
+/// after the ones its checkpoint covers.
+#[test]
+fn exists_finds_files_and_directories() {
+    let real = tempfile::tempdir().unwrap();
+    std::fs::write(real.path().join("file"), b"x").unwrap();
+    let sim = SimIo::new();
+    sim.create_dir_all(Path::new("/s"), 0o700).unwrap();
+    sim.create(Path::new("/s/file"), 0o600).unwrap();
+    let recorder = Recorder::new(&sim);
+    let cases: [(&dyn Io, &Path); 3] = [
+        (&RealIo, real.path()),
+        (&sim, Path::new("/s")),
+        (&recorder, Path::new("/s")),
+    ];
+    for (io, dir) in cases {
+        assert!(io.exists(dir).unwrap(), "{io:?}: {}", dir.display());
+        assert!(io.exists(&dir.join("file")).unwrap(), "{io:?}: file");
+        assert!(!io.exists(&dir.join("missing")).unwrap(), "{io:?}: missing");
+        assert!(!io.exists(&dir.join("missing/deeper")).unwrap(), "{io:?}");
+    }
+}
