@@ -69,7 +69,8 @@ pub(crate) fn load_lazy(io: &dyn Io, dir: &Path, options: &Options) -> Option<Op
 /// The scan's start from a checkpoint whose index is still to decode (an empty index
 /// that takes no record), if the segments it covers are there as `plausible` checks
 /// (those open mapped: `maps` holds the segments after the first `closed`, which open
-/// left closed and the verification after open checks); the report says that the decode and the verification come after open.
+/// left closed and the verification after open checks); the report says that the
+/// decode and the verification come after open.
 pub(crate) fn lazy_start(
     segments: Vec<SegmentDigest>,
     (last_timestamp_ns, file_crc): (i64, u32),
