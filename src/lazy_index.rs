@@ -16,27 +16,45 @@
 //!   store is poisoned, and what took the lock next finds the verdict
 //!   (`Shared::index`), never the empty index.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::checkpoint;
-use crate::checkpoint_directory::Directory;
+use crate::checkpoint_directory::{Directory, Found};
+use crate::index::Index;
+use crate::rebuild::{self, Held, Rebuild};
 use crate::state::{Shared, State};
 use crate::stop::Stop;
-use crate::sync::AtomicBool;
+use crate::sync::{AtomicBool, Mutex};
 
 /// The checkpoint open mapped, until its index is decoded.
 pub(crate) struct LazyIndex {
     directory: Directory,
+    /// The tail open scanned after the checkpoint, for the decode to apply.
+    tail: Mutex<Vec<Held>>,
+    /// The executions the tail appends to; `None` if it deletes or forks.
+    touched: Option<HashSet<u64>>,
     decoded: AtomicBool,
 }
 
 impl LazyIndex {
-    pub(crate) fn new(directory: Directory) -> Self {
+    pub(crate) fn new(directory: Directory, tail: Vec<Held>) -> Self {
         Self {
             directory,
+            touched: rebuild::touched(&tail),
+            tail: Mutex::new(tail),
             decoded: AtomicBool::new(false),
         }
+    }
+
+    /// `execution_id` in the checkpoint's directory, while the index is not decoded
+    /// yet and if the tail after the checkpoint leaves it as the checkpoint has it:
+    /// what the directory says of it is then what the decoded index will.
+    pub(crate) fn find_pending(&self, execution_id: &str) -> Option<Found<'_>> {
+        let found = self.pending()?.find(execution_id)?;
+        let touched = self.touched.as_ref()?;
+        (!touched.contains(&u64::from(found.no))).then_some(found)
     }
 
     /// Whether the index is decoded (or its decode failed and the store is poisoned).
@@ -75,7 +93,15 @@ pub(crate) fn decode(
     match decoded {
         Ok(c) => {
             let (c, _) = crate::saved_index::deferred(c, &shared.options);
-            state.index = c.index;
+            let tail = std::mem::take(&mut *lazy.tail.lock());
+            if let Err(e) = apply_tail(&mut state, c.index, tail) {
+                refute(
+                    &mut state,
+                    &format!("the tail after it does not apply: {e}"),
+                );
+                lazy.decoded.store(true, Ordering::Release);
+                return;
+            }
             *shared.erasable.lock() = crate::erasure::all_erasable(&state.index);
             shared.note_deletions(&state.index);
             lazy.decoded.store(true, Ordering::Release);
@@ -89,4 +115,16 @@ pub(crate) fn decode(
             lazy.decoded.store(true, Ordering::Release);
         }
     }
+}
+
+/// Puts `index` in place with `tail` (the records open scanned after the checkpoint)
+/// applied, with every check a scan into the index makes.
+fn apply_tail(state: &mut State, index: Index, tail: Vec<Held>) -> crate::error::Result<()> {
+    let empty = state.keys.sibling();
+    let keys = std::mem::replace(&mut state.keys, empty);
+    let mut rebuild = Rebuild::resume(index, keys, state.durable.timestamp_ns);
+    rebuild.replay(tail)?;
+    state.index = rebuild.index;
+    state.keys = rebuild.keys;
+    Ok(())
 }

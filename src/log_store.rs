@@ -375,7 +375,7 @@ impl LogStore {
                 Some(crc) => Verification::pending(crc),
                 None => Verification::verified(),
             },
-            lazy: recovered.lazy.take().map(LazyIndex::new),
+            lazy: recovered.lazy.take(),
         });
         // An index still to decode: its thread takes the lock before any other thread
         // that could take it starts (`lazy_index.rs`).

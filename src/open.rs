@@ -30,12 +30,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::checkpoint::SegmentDigest;
-use crate::checkpoint_directory::Directory;
 use crate::error::{Error, Result};
 use crate::idempotency::KeyTables;
 use crate::index::Index;
 use crate::io::{Io, IoFile, Mapped};
+use crate::lazy_index::LazyIndex;
 use crate::options::Options;
+use crate::rebuild;
 use crate::recovery_report::RecoveryReport;
 use crate::repair::{self, Cut};
 use crate::saved_index;
@@ -81,9 +82,9 @@ pub(crate) struct Recovered {
     /// The CRC of the checkpoint open trusted without its checks, if it did: the
     /// verification after open checks that file (`deferred_verification.rs`).
     pub(crate) trusted_checkpoint_crc: Option<u32>,
-    /// The checkpoint whose index is still to decode, if open left it to decode
-    /// (`lazy_index.rs`); `index` is then empty.
-    pub(crate) lazy: Option<Directory>,
+    /// The checkpoint whose index is still to decode, with the tail after it, if open
+    /// left it to decode (`lazy_index.rs`); `index` is then empty.
+    pub(crate) lazy: Option<LazyIndex>,
 }
 
 /// What the commit thread starts from: the segment appends continue in, and what close
@@ -325,7 +326,7 @@ fn pass_once(
     };
     let deferred = report.checkpoint_verification_deferred;
     let trusted_crc = start.trusted_crc;
-    let scanned = match tail_scan::scan(maps, (start, closed), hidden, &mut report) {
+    let mut scanned = match tail_scan::scan(maps, (start, closed), hidden, &mut report) {
         Err(_) if deferred => return Ok(None),
         scanned => scanned?,
     };
@@ -341,11 +342,12 @@ fn pass_once(
     if !read_only {
         repair_found(io, dir, options, &scanned, &report)?;
     }
+    let held = scanned.rebuild.held.take().unwrap_or_default();
     let mut recovered = recovered(scanned, report);
     recovered.trusted_checkpoint_crc = trusted_crc;
     if let Some((directory, executions)) = directory {
-        recovered.report.executions = executions as u64;
-        recovered.lazy = Some(directory);
+        recovered.report.executions = executions as u64 + rebuild::declared(&held);
+        recovered.lazy = Some(LazyIndex::new(directory, held));
     }
     Ok(Some(Pass::Done(Box::new(recovered))))
 }

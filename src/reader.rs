@@ -67,11 +67,7 @@ fn read_before_decode(
     after: u64,
     limit: usize,
 ) -> Option<Vec<StoredEvent>> {
-    let found = shared
-        .lazy
-        .as_ref()?
-        .pending()?
-        .find(execution_id.as_str())?;
+    let found = shared.lazy.as_ref()?.find_pending(execution_id.as_str())?;
     if found.durable_seq <= after || limit == 0 {
         return Some(Vec::new());
     }
@@ -94,9 +90,8 @@ fn read_before_decode(
 /// index open left to decode is not decoded yet; `None` if the directory does not
 /// prove the execution.
 pub(crate) fn latest_before_decode(shared: &Shared, execution_id: &ExecutionId) -> Option<u64> {
-    let directory = shared.lazy.as_ref()?.pending()?;
-    directory
-        .find(execution_id.as_str())
+    let lazy = shared.lazy.as_ref()?;
+    lazy.find_pending(execution_id.as_str())
         .map(|found| found.durable_seq)
 }
 

@@ -7,6 +7,8 @@
 //! pointing at the previous record) and an execution is declared once, in creation
 //! order. Anything else is `Error::Corrupt` with segment and offset.
 
+use std::collections::HashSet;
+
 use crate::codec;
 use crate::deletion;
 use crate::erasure;
@@ -41,10 +43,55 @@ pub(crate) struct Rebuild {
     pub(crate) records: u64,
     /// The segment and commit group start of the last record kept (seal included).
     pub(crate) tail: Option<(u32, u32)>,
-    /// Whether `index` is an empty stand-in for a checkpoint's index still to decode
-    /// (`lazy_index.rs`): no record may be added to it.
-    pub(crate) lazy: bool,
+    /// `Some` while `index` is an empty stand-in for a checkpoint's index still to
+    /// decode (`lazy_index.rs`): the records of the tail after the checkpoint, checked
+    /// as far as they can be without the index, and held for the decode to apply.
+    pub(crate) held: Option<Vec<Held>>,
 }
+
+/// A complete batch, tombstone or fork of the tail after a checkpoint whose index is
+/// still to decode, held until the decode applies it ([`Rebuild::replay`]).
+pub(crate) enum Held {
+    Batch(Vec<Waiting>),
+    Delete(Pos, Header, Vec<u8>),
+    Fork(Pos, Header, Vec<u8>),
+}
+
+impl Held {
+    /// The execution each held record appends to, if it appends at all.
+    fn appends_to(&self) -> impl Iterator<Item = u64> + '_ {
+        let batch = match self {
+            Held::Batch(batch) => &batch[..],
+            Held::Delete(..) | Held::Fork(..) => &[],
+        };
+        batch.iter().map(|w| w.header.execution)
+    }
+}
+
+/// The executions `held` appends to, which the checkpoint's directory cannot answer
+/// for; `None` if it deletes or forks any (it then answers for none).
+pub(crate) fn touched(held: &[Held]) -> Option<HashSet<u64>> {
+    let changes = |h: &Held| matches!(h, Held::Delete(..) | Held::Fork(..));
+    if held.iter().any(changes) {
+        return None;
+    }
+    Some(held.iter().flat_map(Held::appends_to).collect())
+}
+
+/// How many executions `held` declares (forks included).
+pub(crate) fn declared(held: &[Held]) -> u64 {
+    let declares = |h: &Held| match h {
+        Held::Batch(batch) => batch.iter().filter(|w| w.execution_id.is_some()).count(),
+        Held::Fork(..) => 1,
+        Held::Delete(..) => 0,
+    };
+    held.iter().map(declares).sum::<usize>() as u64
+}
+
+/// The most records an open that leaves its index to decode holds for the decode (a
+/// longer tail is scanned into the decoded index before open returns): a held record
+/// costs about 100 bytes until the decode, against a few for an indexed one.
+pub(crate) const HELD_RECORDS_MAX: u64 = 1 << 18;
 
 impl Rebuild {
     /// Continues from `index` (empty, or restored from a checkpoint).
@@ -59,8 +106,25 @@ impl Rebuild {
             last_timestamp_ns,
             records,
             tail: None,
-            lazy: false,
+            held: None,
         }
+    }
+
+    /// Applies the records a scan held (`held`), in order, to the decoded index:
+    /// every check a scan into the index makes is made here.
+    pub(crate) fn replay(&mut self, held: Vec<Held>) -> Result<()> {
+        debug_assert!(self.held.is_none());
+        for h in held {
+            match h {
+                Held::Batch(batch) => {
+                    self.batch = batch;
+                    self.apply_batch()?;
+                }
+                Held::Delete(pos, header, body) => self.apply_delete(pos, &header, &body)?,
+                Held::Fork(pos, header, body) => self.apply_fork(pos, &header, &body)?,
+            }
+        }
+        Ok(())
     }
 
     /// Takes one valid record; applies its batch once the batch is complete.
@@ -72,9 +136,10 @@ impl Rebuild {
         body: &[u8],
     ) -> Result<()> {
         let corrupt = |why: &str| Error::corrupt(segment, offset, why);
-        if self.lazy {
+        if self.held.is_some() && self.records >= HELD_RECORDS_MAX {
             return Err(corrupt(
-                "a record after a checkpoint whose index is still to decode",
+                "more records after a checkpoint whose index is still to decode than \
+                 open holds for the decode",
             ));
         }
         if header.kind == Kind::Seal {
@@ -156,13 +221,22 @@ impl Rebuild {
                 "tombstone in a segment of a format version without them",
             ));
         }
-        let deleted =
-            deletion::replay(&mut self.index, header, body).map_err(|why| corrupt(&why))?;
-        for no in deleted {
-            self.keys.forget(no);
+        let pos = position(segment, offset)?;
+        match &mut self.held {
+            Some(held) => held.push(Held::Delete(pos, *header, body.to_vec())),
+            None => self.apply_delete(pos, header, body)?,
         }
         self.last_timestamp_ns = self.last_timestamp_ns.max(header.timestamp_ns);
         self.tail = Some((segment, header.group_start));
+        Ok(())
+    }
+
+    fn apply_delete(&mut self, pos: Pos, header: &Header, body: &[u8]) -> Result<()> {
+        let deleted = deletion::replay(&mut self.index, header, body)
+            .map_err(|why| Error::corrupt(pos.segment, u64::from(pos.offset), why))?;
+        for no in deleted {
+            self.keys.forget(no);
+        }
         Ok(())
     }
 
@@ -178,10 +252,19 @@ impl Rebuild {
                 "fork in a segment of a format version without them",
             ));
         }
-        crate::fork::replay(&mut self.index, header, body).map_err(|why| corrupt(&why))?;
+        let pos = position(segment, offset)?;
+        match &mut self.held {
+            Some(held) => held.push(Held::Fork(pos, *header, body.to_vec())),
+            None => self.apply_fork(pos, header, body)?,
+        }
         self.last_timestamp_ns = self.last_timestamp_ns.max(header.timestamp_ns);
         self.tail = Some((segment, header.group_start));
         Ok(())
+    }
+
+    fn apply_fork(&mut self, pos: Pos, header: &Header, body: &[u8]) -> Result<()> {
+        crate::fork::replay(&mut self.index, header, body)
+            .map_err(|why| Error::corrupt(pos.segment, u64::from(pos.offset), why))
     }
 
     /// The rest of an erased span whose first sequence was applied: sequences up to
@@ -207,6 +290,20 @@ impl Rebuild {
     }
 
     fn apply_batch(&mut self) -> Result<()> {
+        if let Some(held) = &mut self.held {
+            let batch = std::mem::take(&mut self.batch);
+            for w in &batch {
+                let span = w
+                    .span_end
+                    .map_or(0, |(last, _)| last.saturating_sub(w.header.sequence));
+                self.last_timestamp_ns = self.last_timestamp_ns.max(w.header.timestamp_ns);
+                self.records += 1 + span;
+                self.tail = Some((w.pos.segment, w.header.group_start));
+            }
+            held.push(Held::Batch(batch));
+            self.batch_start = None;
+            return Ok(());
+        }
         // Drained, not taken: the buffer keeps its capacity, so recovery does not
         // allocate once per batch (once per record for single-event appends).
         let mut batch = std::mem::take(&mut self.batch);
@@ -247,4 +344,11 @@ impl Rebuild {
         self.batch_start = None;
         Ok(())
     }
+}
+
+/// The position of the record at `offset` of `segment`.
+fn position(segment: u32, offset: u64) -> Result<Pos> {
+    let offset = u32::try_from(offset)
+        .map_err(|_| Error::corrupt(segment, offset, "offset beyond 4 GiB"))?;
+    Ok(Pos { segment, offset })
 }

@@ -87,7 +87,7 @@ pub(crate) fn lazy_start(
     let index = Index::new(options.index_stride);
     let keys = KeyTables::new(options.key_hash_bits);
     let mut rebuild = Rebuild::resume(index, keys, last_timestamp_ns);
-    rebuild.lazy = true;
+    rebuild.held = Some(Vec::new());
     Some(Start {
         rebuild,
         covered: segments,

@@ -354,6 +354,49 @@ fn a_directory_entry_lying_about_deletion_is_refuted_by_the_decode() {
     assert_eq!(s.get_latest_sequence_blocking(&id("gone")).unwrap(), None);
 }
 
+/// A checkpoint resealed by a forger to say `run-c` ends at sequence 2 (it ends at 3),
+/// behind a crash tail that appends `run-c`'s fourth event: open holds the tail, and
+/// the decode, applying it, finds that it does not continue `run-c`'s chain. The store
+/// is poisoned before anything reads the index, the file is removed, and the next
+/// open answers as a full scan.
+#[test]
+fn a_checkpoint_its_tail_does_not_continue_is_refuted_by_the_decode() {
+    let dir = store();
+    let s = LogStore::open_with(dir.path(), after_open(Duration::ZERO)).unwrap();
+    s.append_blocking(&id("run-c"), &tenant(0), step_event(3))
+        .unwrap();
+    let image = crash_image::copy(dir.path());
+    drop(s);
+    let truth = full_scan_answers(image.path());
+    let mut bytes = fs::read(image.path().join(CHECKPOINT)).unwrap();
+    let (.., offset) = entries(&bytes)
+        .into_iter()
+        .find(|e| e.1 == id_hash("run-c"))
+        .unwrap();
+    let seq = offset as usize + 4;
+    assert_eq!(bytes[seq..seq + 8], 3u64.to_le_bytes());
+    bytes[seq..seq + 8].copy_from_slice(&2u64.to_le_bytes());
+    execlog::forgery::reseal_checkpoint(&mut bytes);
+    fs::write(image.path().join(CHECKPOINT), &bytes).unwrap();
+    let s = LogStore::open_with(image.path(), after_open(Duration::ZERO)).unwrap();
+    assert!(s.recovery_report().index_decoded_after_open);
+    let latest = s.get_latest_sequence_blocking(&id("run-c"));
+    assert!(matches!(latest, Err(Error::Poisoned { .. })), "{latest:?}");
+    let refuted = s.stats().checkpoint_refuted.unwrap_or_default();
+    assert!(
+        refuted.contains("the tail after it does not apply"),
+        "{refuted}"
+    );
+    drop(s);
+    assert!(!image.path().join(CHECKPOINT).exists(), "refuted file kept");
+    let s = LogStore::open_with(image.path(), after_open(Duration::ZERO)).unwrap();
+    assert_eq!(answers(&s), truth);
+    assert_eq!(
+        s.get_latest_sequence_blocking(&id("run-c")).unwrap(),
+        Some(4)
+    );
+}
+
 // ---------------------------------------------------------------------------------
 // Claims that held
 // ---------------------------------------------------------------------------------

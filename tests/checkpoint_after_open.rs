@@ -401,21 +401,107 @@ fn what_takes_the_lock_waits_for_the_decoded_index() {
     s.close().unwrap();
 }
 
-#[test]
-fn a_tail_after_the_checkpoint_is_scanned_with_the_decoded_index() {
+/// A crash image of a session that opened `store()` without decoding its index, then
+/// appended after its clean close's checkpoint: `run-c`'s fourth event, `run-d` (new,
+/// tenant 1, two events) and a keyed append ("kb") to `run-b`; with `more` after them.
+fn crashed_after_a_tail(more: impl FnOnce(&LogStore)) -> tempfile::TempDir {
     let dir = store();
     let s = LogStore::open_with(dir.path(), after_open(Duration::ZERO)).unwrap();
-    let c = ExecutionId::from("run-c");
+    let (b, c, d) = ("run-b".into(), "run-c".into(), "run-d".into());
     s.append_blocking(&c, &tenant(0), step_event(3)).unwrap();
+    for i in 0..2 {
+        s.append_blocking(&d, &tenant(1), step_event(i)).unwrap();
+    }
+    s.append_with_blocking(&b, &tenant(1), vec![step_event(7)], keyed("kb"))
+        .unwrap();
+    more(&s);
     let image = crash_image::copy(dir.path());
     drop(s);
-    let truth = full_scan_answers(image.path());
-    let s = LogStore::open_with(image.path(), after_open(Duration::ZERO)).unwrap();
+    image
+}
+
+/// What a full scan of a copy of `dir` answers, with `run-d` too, and its count of
+/// executions.
+fn full_scan_of_copy(dir: &Path) -> (String, u64) {
+    let image = crash_image::copy(dir);
+    let options = Options::default().index_stride(4).index_checkpoint(false);
+    let s = LogStore::open_with(image.path(), options).unwrap();
+    let d = s.load_events_blocking(&ExecutionId::from("run-d")).unwrap();
+    let answers = answers(&s) + &serde_json::to_string(&d).unwrap();
+    (answers, s.recovery_report().executions)
+}
+
+/// After a crash, the records after the checkpoint are scanned at open and held for
+/// the decode: open still leaves the index to decode, reads of executions the tail
+/// leaves alone are served from the directory meanwhile, reads of the others wait for
+/// the index with the tail applied, and everything answers as a full scan.
+#[test]
+fn a_tail_after_the_checkpoint_is_held_for_the_decode() {
+    let image = crashed_after_a_tail(|_| {});
+    let (truth, executions) = full_scan_of_copy(image.path());
+    let untouched = {
+        let s = LogStore::open_with(crash_image::copy(image.path()).path(), Options::default())
+            .unwrap();
+        reads(&s, &["run-a"])
+    };
+    let held = after_open(Duration::ZERO).checkpoint_decode_hold(Duration::from_secs(600));
+    let s = LogStore::open_with(image.path(), held).unwrap();
     let report = s.recovery_report().clone();
-    assert!(!report.index_decoded_after_open, "{report:?}");
-    assert!(report.checkpoint_verification_deferred, "{report:?}");
-    assert_eq!(answers(&s), truth);
+    assert!(report.index_decoded_after_open, "{report:?}");
+    assert!(report.truncated_at.is_none(), "{report:?}");
+    assert_eq!(report.executions, executions, "{report:?}");
+    assert_eq!(reads(&s, &["run-a"]), untouched);
+    assert!(!s.index_decoded(), "run-a waited for the index");
+    s.close().unwrap();
+
+    let options = after_open(Duration::ZERO).checkpoint_decode_hold(Duration::from_millis(300));
+    let s = LogStore::open_with(image.path(), options).unwrap();
+    assert!(s.recovery_report().index_decoded_after_open);
+    assert!(!s.index_decoded());
+    // The directory says 3: the read must wait for the index and the tail.
+    let c = ExecutionId::from("run-c");
     assert_eq!(s.get_latest_sequence_blocking(&c).unwrap(), Some(4));
+    let d = ExecutionId::from("run-d");
+    let all = answers(&s) + &serde_json::to_string(&s.load_events_blocking(&d).unwrap()).unwrap();
+    assert_eq!(all, truth);
+    let b = ExecutionId::from("run-b");
+    let retry = s
+        .append_with_blocking(&b, &tenant(1), vec![step_event(7)], keyed("kb"))
+        .unwrap();
+    assert!(retry.replayed && retry.first_sequence == 8, "{retry:?}");
+    assert_eq!(s.append_blocking(&d, &tenant(1), step_event(2)).unwrap(), 3);
+    wait_for_verdict(&s);
+    assert_eq!(s.stats().checkpoint_refuted, None);
+    s.close().unwrap();
+    let s = LogStore::open_with(image.path(), after_open(Duration::ZERO)).unwrap();
+    assert!(s.recovery_report().index_decoded_after_open);
+    assert_eq!(s.get_latest_sequence_blocking(&d).unwrap(), Some(3));
+}
+
+/// A tail that deletes or forks changes what the directory would say of executions it
+/// does not append to: until the decode, every read waits for the index.
+#[test]
+fn a_tail_that_deletes_or_forks_leaves_every_read_to_the_decoded_index() {
+    for fork in [false, true] {
+        let image = crashed_after_a_tail(|s| {
+            let a = ExecutionId::from("run-a");
+            match fork {
+                true => s.fork_execution_blocking(&a, 2, &"fork-b".into()).unwrap(),
+                false => assert!(s.delete_execution_blocking(&a).unwrap()),
+            }
+        });
+        let (truth, _) = full_scan_of_copy(image.path());
+        let options = after_open(Duration::ZERO).checkpoint_decode_hold(Duration::from_millis(300));
+        let s = LogStore::open_with(image.path(), options).unwrap();
+        assert!(s.recovery_report().index_decoded_after_open);
+        let a = ExecutionId::from("run-a");
+        let latest = s.get_latest_sequence_blocking(&a).unwrap();
+        assert_eq!(latest, fork.then_some(10), "fork {fork}");
+        let d = ExecutionId::from("run-d");
+        let all =
+            answers(&s) + &serde_json::to_string(&s.load_events_blocking(&d).unwrap()).unwrap();
+        assert_eq!(all, truth, "fork {fork}");
+    }
 }
 
 #[test]
