@@ -16,34 +16,32 @@
 //!   store is poisoned, and what took the lock next finds the verdict
 //!   (`Shared::index`), never the empty index.
 
-use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::checkpoint;
 use crate::checkpoint_directory::{Directory, Found};
+use crate::error::{Error, Result};
 use crate::index::Index;
-use crate::rebuild::{self, Held, Rebuild};
+use crate::rebuild::{HeldTail, Rebuild};
 use crate::state::{Shared, State};
 use crate::stop::Stop;
-use crate::sync::{AtomicBool, Mutex};
+use crate::sync::AtomicBool;
 
 /// The checkpoint open mapped, until its index is decoded.
 pub(crate) struct LazyIndex {
     directory: Directory,
-    /// The tail open scanned after the checkpoint, for the decode to apply.
-    tail: Mutex<Vec<Held>>,
-    /// The executions the tail appends to; `None` if it deletes or forks.
-    touched: Option<HashSet<u64>>,
+    /// What open learned of the tail after the checkpoint, for the decode to scan
+    /// into the decoded index.
+    tail: HeldTail,
     decoded: AtomicBool,
 }
 
 impl LazyIndex {
-    pub(crate) fn new(directory: Directory, tail: Vec<Held>) -> Self {
+    pub(crate) fn new(directory: Directory, tail: HeldTail) -> Self {
         Self {
             directory,
-            touched: rebuild::touched(&tail),
-            tail: Mutex::new(tail),
+            tail,
             decoded: AtomicBool::new(false),
         }
     }
@@ -53,8 +51,8 @@ impl LazyIndex {
     /// what the directory says of it is then what the decoded index will.
     pub(crate) fn find_pending(&self, execution_id: &str) -> Option<Found<'_>> {
         let found = self.pending()?.find(execution_id)?;
-        let touched = self.touched.as_ref()?;
-        (!touched.contains(&u64::from(found.no))).then_some(found)
+        let tail = &self.tail;
+        (!tail.changes_others && !tail.touched.contains(&u64::from(found.no))).then_some(found)
     }
 
     /// Whether the index is decoded (or its decode failed and the store is poisoned).
@@ -93,8 +91,7 @@ pub(crate) fn decode(
     match decoded {
         Ok(c) => {
             let (c, _) = crate::saved_index::deferred(c, &shared.options);
-            let tail = std::mem::take(&mut *lazy.tail.lock());
-            if let Err(e) = apply_tail(&mut state, c.index, tail) {
+            if let Err(e) = apply_tail(shared, &mut state, c.index, &lazy.tail) {
                 refute(
                     &mut state,
                     &format!("the tail after it does not apply: {e}"),
@@ -117,13 +114,21 @@ pub(crate) fn decode(
     }
 }
 
-/// Puts `index` in place with `tail` (the records open scanned after the checkpoint)
-/// applied, with every check a scan into the index makes.
-fn apply_tail(state: &mut State, index: Index, tail: Vec<Held>) -> crate::error::Result<()> {
+/// Puts `index` in place with `tail` (what open scanned after the checkpoint) scanned
+/// into it again, with every check a scan into the index makes.
+fn apply_tail(shared: &Shared, state: &mut State, index: Index, tail: &HeldTail) -> Result<()> {
     let empty = state.keys.sibling();
     let keys = std::mem::replace(&mut state.keys, empty);
     let mut rebuild = Rebuild::resume(index, keys, state.durable.timestamp_ns);
-    rebuild.replay(tail)?;
+    for &(id, from, to) in &tail.ranges {
+        let view = shared.segments.view(id, to)?;
+        let bytes = view.as_ref().as_ref();
+        let bytes = bytes.get(..to as usize).unwrap_or(bytes);
+        rebuild.replay(id, bytes, from)?;
+    }
+    if rebuild.batch_start.is_some() {
+        return Err(Error::Internal("the tail held ends inside a batch".into()));
+    }
     state.index = rebuild.index;
     state.keys = rebuild.keys;
     Ok(())

@@ -36,10 +36,11 @@ use crate::index::Index;
 use crate::io::{Io, IoFile, Mapped};
 use crate::lazy_index::LazyIndex;
 use crate::options::Options;
-use crate::rebuild;
+use crate::rebuild::HeldTail;
 use crate::recovery_report::RecoveryReport;
 use crate::repair::{self, Cut};
 use crate::saved_index;
+use crate::segment::SEGMENT_HEADER_LEN;
 use crate::segment_maps::{self, SegmentMap};
 use crate::store_dir::{self, Listing};
 use crate::tail_check::{self, LogEnd, Unestablished};
@@ -342,14 +343,34 @@ fn pass_once(
     if !read_only {
         repair_found(io, dir, options, &scanned, &report)?;
     }
-    let held = scanned.rebuild.held.take().unwrap_or_default();
+    let held = scanned
+        .rebuild
+        .held
+        .take()
+        .map(|tail| held_ranges(tail, &scanned));
     let mut recovered = recovered(scanned, report);
     recovered.trusted_checkpoint_crc = trusted_crc;
-    if let Some((directory, executions)) = directory {
-        recovered.report.executions = executions as u64 + rebuild::declared(&held);
-        recovered.lazy = Some(LazyIndex::new(directory, held));
+    if let (Some((directory, executions)), Some(tail)) = (directory, held) {
+        recovered.report.executions = executions as u64 + tail.declared;
+        recovered.lazy = Some(LazyIndex::new(directory, tail));
     }
     Ok(Some(Pass::Done(Box::new(recovered))))
+}
+
+/// `tail` with where it lies: in each segment kept, from the end of what the checkpoint
+/// covers of it (its header without a digest) to the end of its records.
+fn held_ranges(mut tail: HeldTail, scanned: &Scanned) -> HeldTail {
+    let first = scanned.closed.len();
+    for (i, s) in scanned.segments.iter().enumerate() {
+        let from = scanned
+            .covered
+            .get(first + i)
+            .map_or(SEGMENT_HEADER_LEN as u64, |d| d.end);
+        if s.data_end > from {
+            tail.ranges.push((s.id, from, s.data_end));
+        }
+    }
+    tail
 }
 
 /// Step 1: the segment ids up to `last_segment`, which must be contiguous from 1.

@@ -17,6 +17,7 @@ use crate::idempotency::KeyTables;
 use crate::ids::TenantId;
 use crate::index::{ExecNo, Index, Life};
 use crate::record::{Header, Kind, Pos};
+use crate::scan::{Scanner, Step};
 use crate::segment;
 
 /// A record waiting for the rest of its batch.
@@ -44,54 +45,27 @@ pub(crate) struct Rebuild {
     /// The segment and commit group start of the last record kept (seal included).
     pub(crate) tail: Option<(u32, u32)>,
     /// `Some` while `index` is an empty stand-in for a checkpoint's index still to
-    /// decode (`lazy_index.rs`): the records of the tail after the checkpoint, checked
-    /// as far as they can be without the index, and held for the decode to apply.
-    pub(crate) held: Option<Vec<Held>>,
+    /// decode (`lazy_index.rs`): the tail after the checkpoint is checked as far as it
+    /// can be without the index (records, batches, torn tail), applied to nothing, and
+    /// held for the decode to scan again.
+    pub(crate) held: Option<HeldTail>,
 }
 
-/// A complete batch, tombstone or fork of the tail after a checkpoint whose index is
-/// still to decode, held until the decode applies it ([`Rebuild::replay`]).
-pub(crate) enum Held {
-    Batch(Vec<Waiting>),
-    Delete(Pos, Header, Vec<u8>),
-    Fork(Pos, Header, Vec<u8>),
+/// What a scan into the stand-in index of a checkpoint still to decode learned of the
+/// tail after it. The records stay in the segments: the decode scans them again into
+/// the decoded index ([`Rebuild::replay`]), so holding a tail costs no memory per record.
+#[derive(Debug, Default)]
+pub(crate) struct HeldTail {
+    /// The executions its records append to (declarations included).
+    pub(crate) touched: HashSet<u64>,
+    /// Whether it holds a tombstone or a fork, which change what the checkpoint says
+    /// of executions it does not append to.
+    pub(crate) changes_others: bool,
+    /// The executions it declares, forks included.
+    pub(crate) declared: u64,
+    /// Where it lies: (segment, from, to), set once the scan has found its ends.
+    pub(crate) ranges: Vec<(u32, u64, u64)>,
 }
-
-impl Held {
-    /// The execution each held record appends to, if it appends at all.
-    fn appends_to(&self) -> impl Iterator<Item = u64> + '_ {
-        let batch = match self {
-            Held::Batch(batch) => &batch[..],
-            Held::Delete(..) | Held::Fork(..) => &[],
-        };
-        batch.iter().map(|w| w.header.execution)
-    }
-}
-
-/// The executions `held` appends to, which the checkpoint's directory cannot answer
-/// for; `None` if it deletes or forks any (it then answers for none).
-pub(crate) fn touched(held: &[Held]) -> Option<HashSet<u64>> {
-    let changes = |h: &Held| matches!(h, Held::Delete(..) | Held::Fork(..));
-    if held.iter().any(changes) {
-        return None;
-    }
-    Some(held.iter().flat_map(Held::appends_to).collect())
-}
-
-/// How many executions `held` declares (forks included).
-pub(crate) fn declared(held: &[Held]) -> u64 {
-    let declares = |h: &Held| match h {
-        Held::Batch(batch) => batch.iter().filter(|w| w.execution_id.is_some()).count(),
-        Held::Fork(..) => 1,
-        Held::Delete(..) => 0,
-    };
-    held.iter().map(declares).sum::<usize>() as u64
-}
-
-/// The most records an open that leaves its index to decode holds for the decode (a
-/// longer tail is scanned into the decoded index before open returns): a held record
-/// costs about 100 bytes until the decode, against a few for an indexed one.
-pub(crate) const HELD_RECORDS_MAX: u64 = 1 << 18;
 
 impl Rebuild {
     /// Continues from `index` (empty, or restored from a checkpoint).
@@ -110,18 +84,24 @@ impl Rebuild {
         }
     }
 
-    /// Applies the records a scan held (`held`), in order, to the decoded index:
-    /// every check a scan into the index makes is made here.
-    pub(crate) fn replay(&mut self, held: Vec<Held>) -> Result<()> {
+    /// Scans the records of `bytes` (segment `segment`, from `from` to its end) into
+    /// the index: the decode's second scan of a tail open held ([`HeldTail`]), with
+    /// every check, CRCs included, of a scan at open.
+    pub(crate) fn replay(&mut self, segment: u32, bytes: &[u8], from: u64) -> Result<()> {
         debug_assert!(self.held.is_none());
-        for h in held {
-            match h {
-                Held::Batch(batch) => {
-                    self.batch = batch;
-                    self.apply_batch()?;
+        self.segment_version = segment::version_of(bytes);
+        let from = usize::try_from(from).unwrap_or(usize::MAX);
+        for step in Scanner::new(bytes, from) {
+            match step {
+                Step::Record {
+                    offset,
+                    header,
+                    body,
+                } => self.add(segment, offset as u64, header, body)?,
+                Step::End { .. } => break,
+                Step::Invalid { offset, why } => {
+                    return Err(Error::corrupt(segment, offset as u64, why.to_string()));
                 }
-                Held::Delete(pos, header, body) => self.apply_delete(pos, &header, &body)?,
-                Held::Fork(pos, header, body) => self.apply_fork(pos, &header, &body)?,
             }
         }
         Ok(())
@@ -136,12 +116,6 @@ impl Rebuild {
         body: &[u8],
     ) -> Result<()> {
         let corrupt = |why: &str| Error::corrupt(segment, offset, why);
-        if self.held.is_some() && self.records >= HELD_RECORDS_MAX {
-            return Err(corrupt(
-                "more records after a checkpoint whose index is still to decode than \
-                 open holds for the decode",
-            ));
-        }
         if header.kind == Kind::Seal {
             if !self.batch.is_empty() {
                 return Err(corrupt("seal inside a batch"));
@@ -221,10 +195,9 @@ impl Rebuild {
                 "tombstone in a segment of a format version without them",
             ));
         }
-        let pos = position(segment, offset)?;
         match &mut self.held {
-            Some(held) => held.push(Held::Delete(pos, *header, body.to_vec())),
-            None => self.apply_delete(pos, header, body)?,
+            Some(held) => held.changes_others = true,
+            None => self.apply_delete(position(segment, offset)?, header, body)?,
         }
         self.last_timestamp_ns = self.last_timestamp_ns.max(header.timestamp_ns);
         self.tail = Some((segment, header.group_start));
@@ -252,10 +225,12 @@ impl Rebuild {
                 "fork in a segment of a format version without them",
             ));
         }
-        let pos = position(segment, offset)?;
         match &mut self.held {
-            Some(held) => held.push(Held::Fork(pos, *header, body.to_vec())),
-            None => self.apply_fork(pos, header, body)?,
+            Some(held) => {
+                held.changes_others = true;
+                held.declared += 1;
+            }
+            None => self.apply_fork(position(segment, offset)?, header, body)?,
         }
         self.last_timestamp_ns = self.last_timestamp_ns.max(header.timestamp_ns);
         self.tail = Some((segment, header.group_start));
@@ -291,16 +266,17 @@ impl Rebuild {
 
     fn apply_batch(&mut self) -> Result<()> {
         if let Some(held) = &mut self.held {
-            let batch = std::mem::take(&mut self.batch);
-            for w in &batch {
+            for w in self.batch.drain(..) {
+                let h = w.header;
                 let span = w
                     .span_end
-                    .map_or(0, |(last, _)| last.saturating_sub(w.header.sequence));
-                self.last_timestamp_ns = self.last_timestamp_ns.max(w.header.timestamp_ns);
+                    .map_or(0, |(last, _)| last.saturating_sub(h.sequence));
+                held.touched.insert(h.execution);
+                held.declared += u64::from(w.execution_id.is_some());
+                self.last_timestamp_ns = self.last_timestamp_ns.max(h.timestamp_ns);
                 self.records += 1 + span;
-                self.tail = Some((w.pos.segment, w.header.group_start));
+                self.tail = Some((w.pos.segment, h.group_start));
             }
-            held.push(Held::Batch(batch));
             self.batch_start = None;
             return Ok(());
         }

@@ -18,7 +18,7 @@ use crate::idempotency::KeyTables;
 use crate::index::{ExecNo, Index};
 use crate::io::Io;
 use crate::options::Options;
-use crate::rebuild::Rebuild;
+use crate::rebuild::{HeldTail, Rebuild};
 use crate::recovery_report::RecoveryReport;
 use crate::scan::first_nonzero;
 use crate::segment::{self, HeaderCheck};
@@ -87,7 +87,7 @@ pub(crate) fn lazy_start(
     let index = Index::new(options.index_stride);
     let keys = KeyTables::new(options.key_hash_bits);
     let mut rebuild = Rebuild::resume(index, keys, last_timestamp_ns);
-    rebuild.held = Some(Vec::new());
+    rebuild.held = Some(HeldTail::default());
     Some(Start {
         rebuild,
         covered: segments,
