@@ -378,8 +378,12 @@ fn run_seed(seed: u64) -> Retries {
         None,
         "seed {seed}"
     );
-    if store.recovery_report().checkpoint_verification_deferred {
+    let report = store.recovery_report();
+    if report.checkpoint_verification_deferred {
         VERIFIED_AFTER_OPEN.fetch_add(1, Ordering::Relaxed);
+    }
+    if report.index_decoded_after_open && report.records > 0 {
+        HELD_TAILS.fetch_add(1, Ordering::Relaxed);
     }
     let mut histories = HashMap::new();
     for e in &execs {
@@ -475,6 +479,10 @@ static RUNNING_CHECKPOINTS: AtomicU64 = AtomicU64::new(0);
 /// Reopens after the cut that trusted a checkpoint and verified it after open.
 static VERIFIED_AFTER_OPEN: AtomicU64 = AtomicU64::new(0);
 
+/// Of those, reopens that left the index to decode with a tail after the checkpoint
+/// held for the decode.
+static HELD_TAILS: AtomicU64 = AtomicU64::new(0);
+
 /// Follows the old store one last time (a poisoned store still serves what is durable),
 /// drops it, and reopens in the same boot.
 fn restart(
@@ -544,16 +552,19 @@ fn power_loss_never_loses_acknowledged_events() {
          the cut: {} acknowledged (replayed), unacknowledged: {} found stored (replayed), \
          {} stored by the retry, {} refused (stale expectation); {} retries in the boot \
          before the cut; {} index checkpoints written while running; {} reopens after the \
-         cut verified their checkpoint after open",
+         cut verified their checkpoint after open, {} of them with a tail held for the \
+         decode",
         all.acknowledged,
         all.replayed,
         all.stored,
         all.refused,
         all.in_boot,
         RUNNING_CHECKPOINTS.load(Ordering::Relaxed),
-        VERIFIED_AFTER_OPEN.load(Ordering::Relaxed)
+        VERIFIED_AFTER_OPEN.load(Ordering::Relaxed),
+        HELD_TAILS.load(Ordering::Relaxed)
     );
     if seeds >= 100 {
+        assert!(HELD_TAILS.load(Ordering::Relaxed) > 0);
         assert!(RUNNING_CHECKPOINTS.load(Ordering::Relaxed) > 0);
         assert!(VERIFIED_AFTER_OPEN.load(Ordering::Relaxed) > 0);
     }
