@@ -1,8 +1,9 @@
 //! An index decoded after open: with `Options::verify_checkpoint_after_open`, an open
-//! whose layout 3 checkpoint covers the whole log returns once the file is mapped and
-//! its header, digests and trailer check. The `execlog-verify` thread decodes the index
-//! first, then verifies it (`deferred_verification.rs`); meanwhile reads find their
-//! execution through the checkpoint's directory (`checkpoint_directory.rs`).
+//! behind a layout 3 checkpoint returns once the file is mapped, its header, digests
+//! and trailer check, and the tail after it is scanned (`Rebuild::held`). The
+//! `execlog-verify` thread decodes the index, scans the tail into it again, then
+//! verifies it (`deferred_verification.rs`); meanwhile reads find their execution
+//! through the checkpoint's directory (`checkpoint_directory.rs`).
 //!
 //! Invariants:
 //! - The decode holds the store lock from before open returns until the index is in
@@ -10,11 +11,13 @@
 //!   thread) waits for the decoded index, and never sees the empty one open left.
 //!   Open starts the decode before any other thread that could take the lock.
 //! - Until the decode ends, only reads go around the lock, through the directory, and
-//!   only for an execution the directory proves (not a fork, not deleted); anything
-//!   else, or any error on the way, and the read takes the lock like any other.
-//! - A checkpoint that does not decode is refuted before the lock is released: the
-//!   store is poisoned, and what took the lock next finds the verdict
-//!   (`Shared::index`), never the empty index.
+//!   only for an execution the directory proves (not a fork, not deleted) and the tail
+//!   leaves as the checkpoint has it (no record of it, no tombstone or fork in the
+//!   tail); anything else, or any error on the way, and the read takes the lock like
+//!   any other.
+//! - A checkpoint that does not decode, or that the tail does not continue, is refuted
+//!   before the lock is released: the store is poisoned, and what took the lock next
+//!   finds the verdict (`Shared::index`), never the empty index.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;

@@ -241,13 +241,16 @@ impl Options {
     /// On, open reads only the checkpoint (layout 2 and later) and the tail after it,
     /// so its cost follows the number of executions, not the bytes; a background
     /// thread (`execlog-verify`) then makes the same checks, taking about as long as an
-    /// ordinary open would have. After a clean close (a layout 3 checkpoint covering
-    /// the whole log) open does not even decode the index: it maps the checkpoint and
-    /// returns, and the thread decodes the index first
+    /// ordinary open would have. Behind a layout 3 checkpoint (every checkpoint this
+    /// version writes, at close or while running) open does not even decode the
+    /// index: it maps the checkpoint, scans the records after it (a crash's tail) and
+    /// returns, and the thread decodes the index first, with that tail
     /// ([`RecoveryReport::index_decoded_after_open`](crate::RecoveryReport::index_decoded_after_open),
     /// [`LogStore::index_decoded`](crate::LogStore::index_decoded)).
     /// Until it is decoded, reads and `get_latest_sequence` of executions that are
-    /// neither forks nor deleted are answered from the checkpoint's directory, and
+    /// neither forks nor deleted, and that the tail neither appends to nor could
+    /// change (a tail with a deletion or a fork), are answered from the
+    /// checkpoint's directory, and
     /// every other call (lists, stats, forks' and deleted executions' reads, and
     /// everything below that waits for the verdict) waits for the decode: about 2 ms
     /// per 10,000 executions. The cost moves, it does not vanish:
@@ -265,7 +268,8 @@ impl Options {
     ///   on first use, which checks its length and header as open would have. One
     ///   removed, cut short or replaced after close fails the reads that need it
     ///   ([`Error::Corrupt`] or [`Error::Io`]) and the verdict, not open.
-    /// - If the checkpoint fails, the store is poisoned ([`Error::Poisoned`], reads
+    /// - If the checkpoint fails (its checks, its decode, or a tail that does not
+    ///   continue its executions), the store is poisoned ([`Error::Poisoned`], reads
     ///   included, with the reason), `checkpoint.idx` is removed, and the next open
     ///   checks every record as an ordinary open does, reporting damage with its
     ///   segment and offset. [`Stats::checkpoint_unverified`] says whether the verdict

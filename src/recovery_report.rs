@@ -49,11 +49,12 @@ pub struct RecoveryReport {
     /// leaving its verification to a thread that runs after open
     /// ([`Options::verify_checkpoint_after_open`](crate::Options::verify_checkpoint_after_open)).
     pub checkpoint_verification_deferred: bool,
-    /// Whether open returned before it decoded the checkpoint's index, which covered
-    /// the whole log: that thread decodes it first, reads find their execution in
-    /// the checkpoint's directory meanwhile, and everything else waits for the
-    /// decode. `records` then counts none of the covered records, and `executions`
-    /// is the count the checkpoint states.
+    /// Whether open returned before it decoded the checkpoint's index: that thread
+    /// decodes it first (with the tail open scanned after it), reads of executions
+    /// the tail leaves alone find their execution in the checkpoint's directory
+    /// meanwhile, and everything else waits for the decode. `records` then counts
+    /// only the tail's records, and `executions` is the count the checkpoint states
+    /// plus the tail's declarations.
     pub index_decoded_after_open: bool,
     /// Records checksummed while looking past a damaged record for a later commit
     /// group (0 when nothing was damaged).

@@ -14,7 +14,8 @@
 //! - `a_torn_group_whose_first_page_was_lost_does_not_poison_the_next_session`: the
 //!   lazy tier left the zeros after the first header past the checkpoint to the
 //!   verdict, which refuted a good checkpoint after an ordinary torn tail. Fixed: open
-//!   scans the tail as always, and the lazy pass declines anything there.
+//!   scans the tail as always, and the lazy pass declines a tail to cut (records after
+//!   the checkpoint are held for the decode since, `Rebuild::held`).
 //! - `a_directory_entry_lying_about_deletion_is_refuted_by_the_decode`: a forged
 //!   entry is taken at its own CRC's word until the decode refutes the file; kept as
 //!   a documented limit.
