@@ -1,6 +1,8 @@
 //! Rebuilding the index from records, batch by batch: what recovery does with every
 //! record it scans, and what a reader in another process does with the records a
-//! writer publishes after it opened.
+//! writer publishes after it opened. An open that leaves the index to decode scans the
+//! tail after its checkpoint into nothing ([`HeldTail`]: batches and the torn tail
+//! checked, chains not), and the decode scans it again into the decoded index.
 //!
 //! Invariants: a batch is applied only when its last record (`batch_remaining == 0`)
 //! arrives; every record must continue its execution's chain (sequence + 1, `prev`
@@ -197,19 +199,16 @@ impl Rebuild {
         }
         match &mut self.held {
             Some(held) => held.changes_others = true,
-            None => self.apply_delete(position(segment, offset)?, header, body)?,
+            None => {
+                let deleted =
+                    deletion::replay(&mut self.index, header, body).map_err(|why| corrupt(&why))?;
+                for no in deleted {
+                    self.keys.forget(no);
+                }
+            }
         }
         self.last_timestamp_ns = self.last_timestamp_ns.max(header.timestamp_ns);
         self.tail = Some((segment, header.group_start));
-        Ok(())
-    }
-
-    fn apply_delete(&mut self, pos: Pos, header: &Header, body: &[u8]) -> Result<()> {
-        let deleted = deletion::replay(&mut self.index, header, body)
-            .map_err(|why| Error::corrupt(pos.segment, u64::from(pos.offset), why))?;
-        for no in deleted {
-            self.keys.forget(no);
-        }
         Ok(())
     }
 
@@ -230,16 +229,13 @@ impl Rebuild {
                 held.changes_others = true;
                 held.declared += 1;
             }
-            None => self.apply_fork(position(segment, offset)?, header, body)?,
+            None => {
+                crate::fork::replay(&mut self.index, header, body).map_err(|why| corrupt(&why))?;
+            }
         }
         self.last_timestamp_ns = self.last_timestamp_ns.max(header.timestamp_ns);
         self.tail = Some((segment, header.group_start));
         Ok(())
-    }
-
-    fn apply_fork(&mut self, pos: Pos, header: &Header, body: &[u8]) -> Result<()> {
-        crate::fork::replay(&mut self.index, header, body)
-            .map_err(|why| Error::corrupt(pos.segment, u64::from(pos.offset), why))
     }
 
     /// The rest of an erased span whose first sequence was applied: sequences up to
@@ -320,11 +316,4 @@ impl Rebuild {
         self.batch_start = None;
         Ok(())
     }
-}
-
-/// The position of the record at `offset` of `segment`.
-fn position(segment: u32, offset: u64) -> Result<Pos> {
-    let offset = u32::try_from(offset)
-        .map_err(|_| Error::corrupt(segment, offset, "offset beyond 4 GiB"))?;
-    Ok(Pos { segment, offset })
 }

@@ -23,11 +23,14 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::segment_files::{
+    le32, record_offsets, segment_path, store_over_segments, store_over_segments_of,
+};
 use common::step_event;
 use common::verify_after_open::wait_for_verdict;
 use execlog::*;
@@ -36,45 +39,10 @@ fn tenant(n: u32) -> TenantId {
     TenantId::from(format!("tenant-{n}"))
 }
 
-/// As `store_over_segments` in tests/checkpoint_after_open.rs, with the filler's
-/// execution names and payload byte chosen (same lengths: same offsets).
-fn store_with(name: &str, fill: char) -> (tempfile::TempDir, usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let s = LogStore::open_with(dir.path(), common::small_segments()).unwrap();
-    let early = ExecutionId::from("early");
-    for i in 0..5 {
-        s.append_blocking(&early, &tenant(0), step_event(i))
-            .unwrap();
-    }
-    let filler = ExecutionEventData::StepCompleted {
-        step_id: StepId::from("filler"),
-        output: Some(fill.to_string().repeat(4000)),
-        duration_ms: 0,
-    };
-    for i in 0..80 {
-        let id = ExecutionId::from(format!("{name}-{}", i % 7));
-        s.append_blocking(&id, &tenant(1), filler.clone()).unwrap();
-    }
-    s.append_blocking(&ExecutionId::from("late"), &tenant(0), step_event(0))
-        .unwrap();
-    let segments = s.stats().segments;
-    s.close().unwrap();
-    assert!(segments >= 4, "{segments} segments");
-    (dir, segments)
-}
-
-fn store_over_segments() -> (tempfile::TempDir, usize) {
-    store_with("filler", 'x')
-}
-
 const IDS: [&str; 9] = [
     "early", "late", "filler-0", "filler-1", "filler-2", "filler-3", "filler-4", "filler-5",
     "filler-6",
 ];
-
-fn segment_file(dir: &Path, id: u32) -> PathBuf {
-    dir.join(format!("{id:010}.seg"))
-}
 
 fn lazy(hold: Duration) -> Options {
     common::small_segments()
@@ -129,10 +97,10 @@ fn open_damaged(dir: &Path, truth: &[Vec<StoredEvent>], ctx: &str) -> (Option<St
 
 /// Damage applied to closed segment `id` (or the pair `id`, `id + 1`).
 fn damage(dir: &Path, id: u32, how: &str) {
-    let path = segment_file(dir, id);
+    let path = segment_path(dir, id);
     match how {
         "swap" => {
-            let other = segment_file(dir, id + 1);
+            let other = segment_path(dir, id + 1);
             let tmp = dir.join("swap.tmp");
             fs::rename(&path, &tmp).unwrap();
             fs::rename(&other, &path).unwrap();
@@ -140,7 +108,7 @@ fn damage(dir: &Path, id: u32, how: &str) {
         }
         "symlink to the next" => {
             fs::remove_file(&path).unwrap();
-            std::os::unix::fs::symlink(segment_file(dir, id + 1), &path).unwrap();
+            std::os::unix::fs::symlink(segment_path(dir, id + 1), &path).unwrap();
         }
         "fifo" => {
             fs::remove_file(&path).unwrap();
@@ -226,9 +194,9 @@ fn damage_to_a_closed_segment_fails_its_reads_and_the_verdict_never_serves_wrong
             header and length only (as every covered segment was before this change)"]
 fn a_foreign_segment_with_the_same_id_and_shape_is_not_served() {
     let (dir, _) = store_over_segments();
-    let (other, _) = store_with("others", 'y');
+    let (other, _) = store_over_segments_of("others", 'y');
     let truth = truth(dir.path());
-    fs::copy(segment_file(other.path(), 2), segment_file(dir.path(), 2)).unwrap();
+    fs::copy(segment_path(other.path(), 2), segment_path(dir.path(), 2)).unwrap();
     let s = LogStore::open_with(dir.path(), lazy(Duration::from_millis(100))).unwrap();
     assert!(s.recovery_report().segments_left_closed > 0);
     let served = |s: &LogStore| -> Vec<String> {
@@ -269,7 +237,7 @@ fn a_foreign_segment_with_the_same_id_and_shape_is_not_served() {
 fn a_removed_closed_segment_fails_its_reads_the_verdict_and_the_next_open() {
     let (dir, _) = store_over_segments();
     let truth = truth(dir.path());
-    fs::remove_file(segment_file(dir.path(), 2)).unwrap();
+    fs::remove_file(segment_path(dir.path(), 2)).unwrap();
     let (verdict, failed) = open_damaged(dir.path(), &truth, "removed");
     assert!(failed > 0, "no read needed segment 2");
     let verdict = verdict.unwrap_or_default();
@@ -390,21 +358,6 @@ mod power {
             output: Some("x".repeat(100)),
             duration_ms: 1,
         }
-    }
-
-    fn le32(b: &[u8], at: usize) -> u32 {
-        u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-    }
-
-    /// Record offsets of segment bytes (by length fields, until a zero one).
-    fn record_offsets(bytes: &[u8]) -> Vec<usize> {
-        let mut at = 32;
-        let mut out = Vec::new();
-        while at + 56 <= bytes.len() && le32(bytes, at + 4) != 0 {
-            out.push(at);
-            at += (56 + le32(bytes, at + 4) as usize).next_multiple_of(8);
-        }
-        out
     }
 
     /// A clean close (checkpoint covering segment 1 to E, the seal's end), then a torn

@@ -40,6 +40,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::segment_files::segment_path;
 use common::verify_after_open::{after_open, directory_start, wait_for_verdict};
 use common::{crash_image, step_event};
 use execlog::*;
@@ -58,10 +59,6 @@ fn tenant(n: u32) -> TenantId {
 
 fn id(s: &str) -> ExecutionId {
     ExecutionId::from(s)
-}
-
-fn segment_path(dir: &Path, n: u32) -> std::path::PathBuf {
-    dir.join(format!("{n:010}.seg"))
 }
 
 /// `run-a` (tenant 0, 10 events), `run-b` (tenant 1, 7 events), `run-c` (tenant 0, 3

@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::segment_files::segment_path;
 use common::verify_after_open::{after_open, recompute_crc, swap_ids, wait_for_verdict};
 use common::{crash_image, step_event};
 use execlog::*;
@@ -52,10 +53,6 @@ fn keyed(key: &str) -> AppendOptions {
         idempotency_key: Some(key.into()),
         ..AppendOptions::default()
     }
-}
-
-fn segment_path(dir: &Path, n: u32) -> std::path::PathBuf {
-    dir.join(format!("{n:010}.seg"))
 }
 
 /// `run-a` (tenant 0, 10 events, the last keyed "k"), `run-b` (tenant 1, 7 events),

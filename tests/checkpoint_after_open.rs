@@ -19,6 +19,7 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::segment_files::{segment_path, store_over_segments};
 use common::verify_after_open::{
     after_open, directory_start, recompute_crc, swap_ids, wait_for_verdict,
 };
@@ -601,38 +602,6 @@ fn a_call_waiting_for_a_decode_that_fails_gets_the_verdict() {
     assert!(matches!(fork, Err(Error::Poisoned { .. })), "{fork:?}");
 }
 
-/// `early` (in segment 1) then `filler` executions rolling the log over several 64 KiB
-/// segments, then `late` (in the last one), closed cleanly; returns the segment count.
-fn store_over_segments() -> (tempfile::TempDir, usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let s = LogStore::open_with(dir.path(), common::small_segments()).unwrap();
-    let early = ExecutionId::from("early");
-    for i in 0..5 {
-        s.append_blocking(&early, &tenant(0), step_event(i))
-            .unwrap();
-    }
-    let filler = ExecutionEventData::StepCompleted {
-        step_id: StepId::from("filler"),
-        output: Some("x".repeat(4000)),
-        duration_ms: 0,
-    };
-    for i in 0..80 {
-        let id = ExecutionId::from(format!("filler-{}", i % 7));
-        s.append_blocking(&id, &tenant(1), filler.clone()).unwrap();
-    }
-    s.append_blocking(&ExecutionId::from("late"), &tenant(0), step_event(0))
-        .unwrap();
-    let segments = s.stats().segments;
-    s.close().unwrap();
-    assert!(segments >= 4, "{segments} segments");
-    (dir, segments)
-}
-
-/// The segment file `id` of `dir`.
-fn segment_file(dir: &Path, id: u32) -> std::path::PathBuf {
-    dir.join(format!("{id:010}.seg"))
-}
-
 #[test]
 fn sealed_segments_stay_closed_until_first_used() {
     let (dir, segments) = store_over_segments();
@@ -663,7 +632,7 @@ fn sealed_segments_stay_closed_until_first_used() {
 #[test]
 fn a_sealed_segment_that_cannot_be_opened_fails_only_its_reads_and_the_verdict() {
     let (dir, _) = store_over_segments();
-    let first = segment_file(dir.path(), 1);
+    let first = segment_path(dir.path(), 1);
     let kept = dir.path().join("segment-1.kept");
     fs::rename(&first, &kept).unwrap();
     fs::create_dir(&first).unwrap();
@@ -695,7 +664,7 @@ fn a_sealed_segment_that_cannot_be_opened_fails_only_its_reads_and_the_verdict()
 fn a_sealed_segment_damaged_after_close_is_refused_on_first_use() {
     for damage in ["cut short", "header"] {
         let (dir, _) = store_over_segments();
-        let first = segment_file(dir.path(), 1);
+        let first = segment_path(dir.path(), 1);
         let mut bytes = fs::read(&first).unwrap();
         match damage {
             "cut short" => bytes.truncate(40),
@@ -726,8 +695,8 @@ fn a_sealed_segment_damaged_after_close_is_refused_on_first_use() {
 #[test]
 fn a_segment_after_a_gap_is_found_by_the_verdict() {
     let (dir, segments) = store_over_segments();
-    let stray = segment_file(dir.path(), segments as u32 + 2);
-    fs::copy(segment_file(dir.path(), 1), &stray).unwrap();
+    let stray = segment_path(dir.path(), segments as u32 + 2);
+    fs::copy(segment_path(dir.path(), 1), &stray).unwrap();
     let s = LogStore::open_with(dir.path(), after_open(Duration::ZERO)).unwrap();
     assert!(s.recovery_report().index_decoded_after_open);
     wait_for_verdict(&s);
@@ -748,11 +717,11 @@ fn a_segment_after_a_gap_is_found_by_the_verdict() {
 fn a_segment_after_the_covered_ones_sends_open_to_the_listing() {
     let (dir, segments) = store_over_segments();
     let next = segments as u32 + 1;
-    fs::write(segment_file(dir.path(), next), vec![0u8; 4096]).unwrap();
+    fs::write(segment_path(dir.path(), next), vec![0u8; 4096]).unwrap();
     let s = LogStore::open_with(dir.path(), after_open(Duration::ZERO)).unwrap();
     let report = s.recovery_report().clone();
     assert_eq!(report.removed_segments, vec![next], "{report:?}");
-    assert!(!segment_file(dir.path(), next).exists());
+    assert!(!segment_path(dir.path(), next).exists());
     wait_for_verdict(&s);
     assert_eq!(s.stats().checkpoint_refuted, None);
 }

@@ -10,9 +10,12 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
+use common::segment_files::record_offsets;
 use execlog::fault::{Fault, Op, SimIo};
 use execlog::*;
 
@@ -36,21 +39,6 @@ fn ev(tag: u64, len: u64, out: usize) -> ExecutionEventData {
 
 fn ids() -> (ExecutionId, TenantId) {
     (ExecutionId::from("e"), TenantId::from("t"))
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-}
-
-/// Record offsets of segment bytes (by length fields, until a zero one).
-fn record_offsets(bytes: &[u8]) -> Vec<usize> {
-    let mut at = 32;
-    let mut out = Vec::new();
-    while at + 56 <= bytes.len() && le32(bytes, at + 4) != 0 {
-        out.push(at);
-        at += (56 + le32(bytes, at + 4) as usize).next_multiple_of(8);
-    }
-    out
 }
 
 /// The events of `e` after a power cut of `sim` (seeded), or the open's error.

@@ -12,6 +12,7 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use common::segment_files::record_offsets;
 use common::{event_number, small_segments, step_event};
 use execlog::*;
 
@@ -40,21 +41,6 @@ fn copy_dir(from: &Path) -> tempfile::TempDir {
         fs::copy(entry.path(), to.path().join(entry.file_name())).unwrap();
     }
     to
-}
-
-/// Offsets of record starts in a segment: walk the length fields.
-fn record_offsets(bytes: &[u8]) -> Vec<usize> {
-    let mut at = 32;
-    let mut out = Vec::new();
-    while at + 8 <= bytes.len() {
-        let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
-        if len == 0 {
-            break;
-        }
-        out.push(at);
-        at += (56 + len).next_multiple_of(8);
-    }
-    out
 }
 
 /// Data end of a segment (after the last record).

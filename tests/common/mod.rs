@@ -6,6 +6,7 @@
 pub mod crash_image;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod segment_files;
 pub mod verify_after_open;
 pub mod writer;
 
