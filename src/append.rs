@@ -74,7 +74,7 @@ pub(crate) fn prepare_keyed(
     validate_id("tenant", tenant_id.as_str())?;
     if events.is_empty() {
         return Err(Error::InvalidArgument(
-            "append_batch needs at least one event; nothing was stored".into(),
+            "an append needs at least one event; nothing was stored".into(),
         ));
     }
     if shared.read_only {

@@ -185,7 +185,9 @@ impl LogStore {
     /// Opens an existing store for reading only: nothing on disk changes (a torn tail
     /// is reported in [`LogStore::recovery_report`] and hidden from reads, not cut), no
     /// commit thread runs, and appends fail with [`Error::InvalidArgument`]. The
-    /// directory lock is still taken, so a store in use elsewhere is [`Error::Locked`].
+    /// directory lock is still taken, so a store in use elsewhere is [`Error::Locked`];
+    /// taking it creates `LOCK` if it is missing, which needs write access to the
+    /// directory (a copy on read-only media opens with [`LogStore::open_reader`]).
     /// A directory without segment files is not a store: [`Error::InvalidArgument`].
     pub fn open_read_only(dir: impl AsRef<Path>) -> Result<LogStore> {
         Self::open_mode(dir.as_ref(), Options::default(), true)

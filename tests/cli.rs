@@ -371,6 +371,25 @@ fn help_has_examples() {
     }
 }
 
+/// `execlog demo --dir` into a directory that already holds a store is refused, and
+/// the store is left as it was (a new user's report: the demo's tenants appeared beside
+/// real ones).
+#[test]
+fn demo_refuses_a_directory_that_holds_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let demo = ["demo", "--dir", d, "--executions", "3", "--writers", "1"];
+    assert!(execlog(&demo, "").status.success());
+    let before = text(&execlog(&["tenants", d], "").stdout);
+    let again = execlog(&demo, "");
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("already holds a store"),
+        "{again:?}"
+    );
+    assert_eq!(text(&execlog(&["tenants", d], "").stdout), before);
+}
+
 /// A closed stdout (`execlog stats DIR | true`) is a normal end: exit 0, no panic, for
 /// every command that writes to stdout.
 #[test]

@@ -72,7 +72,7 @@ impl PgStore {
         }
         if events.is_empty() {
             return Err(Error::InvalidArgument(
-                "append_batch needs at least one event; nothing was stored".into(),
+                "an append needs at least one event; nothing was stored".into(),
             ));
         }
         super::follow::check_transaction_events(events.len())?;

@@ -298,7 +298,7 @@ impl PgStore {
         validate_id("tenant", tenant_id.as_str())?;
         if events.is_empty() {
             return Err(Error::InvalidArgument(
-                "append_batch needs at least one event; nothing was stored".into(),
+                "an append needs at least one event; nothing was stored".into(),
             ));
         }
         follow::check_transaction_events(events.len())?;

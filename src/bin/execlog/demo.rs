@@ -131,6 +131,16 @@ fn execution_of(n: u64) -> ExecutionId {
     ExecutionId::from(format!("run-{n:06}"))
 }
 
+/// Whether `dir` holds segment files (a missing or unreadable directory holds none; open
+/// then reports what is wrong with it).
+fn holds_segments(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+    })
+}
+
 pub fn run(args: &Args) -> Result<ExitCode, String> {
     let dir = match &args.dir {
         Some(d) => d.clone(),
@@ -141,6 +151,13 @@ pub fn run(args: &Args) -> Result<ExitCode, String> {
             std::env::temp_dir().join(format!("execlog-demo-{}-{stamp}", std::process::id()))
         }
     };
+    if holds_segments(&dir) {
+        return Err(format!(
+            "{} already holds a store: the demo writes only into a new or empty directory, \
+             so that its simulated runs never mix with real ones",
+            dir.display()
+        ));
+    }
     eprintln!("execlog demo: store in {}", dir.display());
     let store = Arc::new(LogStore::open(&dir).map_err(|e| e.to_string())?);
     let plans: u64 = args.executions;
