@@ -449,6 +449,7 @@ fn rewrite(shared: &Shared, id: u32, plan: &Plan, report: &mut CompactReport) ->
     let Some((image, spans)) = erase(id, bytes, plan, report)? else {
         return Ok(());
     };
+    forget_checkpoint(shared)?;
     let (file, written) = replace(shared, id, &image)?;
     shared.segments.replace(id, file);
     // The index's entry points into a span now point at its start, as a scan of the
@@ -461,6 +462,29 @@ fn rewrite(shared: &Shared, id: u32, plan: &Plan, report: &mut CompactReport) ->
     }
     report.segments_rewritten += 1;
     report.bytes_written += written;
+    Ok(())
+}
+
+/// Removes `checkpoint.idx`, durably, before a segment it covers is rewritten: its
+/// digest of that segment no longer matches, and a crash before the next checkpoint
+/// would otherwise leave it to an open that trusts it (`verify_checkpoint_after_open`),
+/// whose verdict would refute it and poison a store nothing is wrong with. The next
+/// checkpoint (requested once the pass ends, or at close) replaces it; meanwhile an
+/// open after a crash scans the records. The checkpoint thread holds
+/// `Shared::erasing` while it writes, so none is renamed in during a pass.
+fn forget_checkpoint(shared: &Shared) -> Result<()> {
+    let path = crate::checkpoint::path(&shared.dir);
+    let io = shared.io.as_ref();
+    let exists = io
+        .exists(&path)
+        .map_err(|e| Error::io("look for checkpoint", &path, e))?;
+    if exists {
+        io.remove(&path)
+            .map_err(|e| Error::io("remove checkpoint before a rewrite", &path, e))?;
+        crate::repair::sync_dir(io, &shared.dir)?;
+        // Close writes one even if nothing else changed, should the pass fail.
+        shared.checkpoints.segments_rewritten();
+    }
     Ok(())
 }
 

@@ -725,3 +725,40 @@ fn a_segment_after_the_covered_ones_sends_open_to_the_listing() {
     wait_for_verdict(&s);
     assert_eq!(s.stats().checkpoint_refuted, None);
 }
+
+/// A crash after an erasure pass rewrote a segment, before any new checkpoint (none
+/// while running here): the checkpoint of the clean close no longer matches that
+/// segment. The pass removed it before the rewrite, so the open after the crash scans
+/// the records instead of trusting it, and its verdict refutes nothing.
+#[test]
+fn a_crash_after_an_erasure_pass_leaves_no_checkpoint_to_refute() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TenantId::from("t");
+    let options = || {
+        after_open(Duration::ZERO)
+            .segment_size_bytes(64 * 1024)
+            .index_checkpoint_interval_bytes(None)
+    };
+    let s = LogStore::open_with(dir.path(), options()).unwrap();
+    for i in 0..200 {
+        let id = ExecutionId::from(format!("e-{}", i % 5));
+        s.append_blocking(&id, &t, step_event(i)).unwrap();
+    }
+    s.close().unwrap();
+    let s = LogStore::open_with(dir.path(), options()).unwrap();
+    assert!(s.recovery_report().index_decoded_after_open);
+    assert!(s.delete_execution_blocking(&"e-0".into()).unwrap());
+    assert!(s.compact_now().unwrap().segments_rewritten > 0);
+    let image = crash_image::copy(dir.path());
+    drop(s);
+    let s = LogStore::open_with(image.path(), options()).unwrap();
+    wait_for_verdict(&s);
+    assert_eq!(s.stats().checkpoint_refuted, None);
+    assert_eq!(s.get_latest_sequence_blocking(&"e-0".into()).unwrap(), None);
+    let e1 = s.load_events_blocking(&"e-1".into()).unwrap();
+    assert_eq!(e1.len(), 40);
+    s.close().unwrap();
+    // Close wrote a checkpoint again: the next open trusts it.
+    let s = LogStore::open_with(image.path(), options()).unwrap();
+    assert!(s.recovery_report().index_decoded_after_open);
+}
