@@ -88,7 +88,8 @@ impl Rebuild {
 
     /// Scans the records of `bytes` (segment `segment`, from `from` to its end) into
     /// the index: the decode's second scan of a tail open held ([`HeldTail`]), with
-    /// every check, CRCs included, of a scan at open.
+    /// every check, CRCs included, of a scan at open. The records must reach the end
+    /// of `bytes`, where open found them to end.
     pub(crate) fn replay(&mut self, segment: u32, bytes: &[u8], from: u64) -> Result<()> {
         debug_assert!(self.held.is_none());
         self.segment_version = segment::version_of(bytes);
@@ -100,6 +101,13 @@ impl Rebuild {
                     header,
                     body,
                 } => self.add(segment, offset as u64, header, body)?,
+                Step::End { offset } if offset < bytes.len() => {
+                    return Err(Error::corrupt(
+                        segment,
+                        offset as u64,
+                        "the tail open scanned ends earlier now: the segment changed since open",
+                    ));
+                }
                 Step::End { .. } => break,
                 Step::Invalid { offset, why } => {
                     return Err(Error::corrupt(segment, offset as u64, why.to_string()));
