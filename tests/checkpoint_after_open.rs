@@ -671,9 +671,12 @@ fn a_sealed_segment_damaged_after_close_is_refused_on_first_use() {
             _ => bytes[0] ^= 1,
         }
         fs::write(&first, &bytes).unwrap();
+        // The verification waits (close stops it): its verdict would refute the
+        // checkpoint and poison the store before `late` is read.
         let options = common::small_segments()
             .verify_checkpoint_after_open(true)
-            .checkpoint_decode_hold(Duration::from_millis(200));
+            .checkpoint_decode_hold(Duration::from_millis(200))
+            .checkpoint_verification_delay(Duration::from_secs(600));
         let s = LogStore::open_with(dir.path(), options).unwrap();
         assert!(s.recovery_report().index_decoded_after_open, "{damage}");
         // The directory's read fails on the segment, and takes the ordinary path,

@@ -371,6 +371,27 @@ fn help_has_examples() {
     }
 }
 
+/// `events --timeline` shows an outcome whose start is not in the history (a
+/// `step_completed` appended alone) instead of dropping it.
+#[test]
+fn the_timeline_shows_an_outcome_without_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let events = "{\"type\":\"step_completed\",\"step_id\":\"s-9\",\"duration_ms\":7}\n\
+                  {\"type\":\"tool_call_completed\",\"tool_call_id\":\"c-9\",\"output\":1}\n";
+    let args = ["append", d, "--execution", "e", "--tenant", "t", "--create"];
+    let out = execlog(&args, events);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = execlog(&["events", d, "e", "--timeline"], "");
+    let timeline = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        timeline.contains("step_completed: s-9 in 7 ms")
+            && timeline.contains("tool_call_completed: c-9"),
+        "{timeline}"
+    );
+}
+
 /// `execlog demo --dir` into a directory that already holds a store is refused, and
 /// the store is left as it was (a new user's report: the demo's tenants appeared beside
 /// real ones).

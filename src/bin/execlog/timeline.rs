@@ -2,11 +2,12 @@
 //!
 //! One line per step and per tool call, indented under the step that started it
 //! (`parent_step_id`, a tool call's `step_id`), with its outcome and duration merged in
-//! from the matching `step_completed` / `step_failed` / `tool_call_completed`; other
-//! events get a line of their own at the depth of their step. Times are offsets from
+//! from the matching `step_completed` / `step_failed` / `tool_call_completed` (one whose
+//! start is not in the history gets a line of its own); other events get a line of
+//! their own at the depth of their step. Times are offsets from
 //! the execution's first event.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use execlog::{ExecutionEventData as E, StoredEvent};
 
@@ -14,6 +15,7 @@ use execlog::{ExecutionEventData as E, StoredEvent};
 pub fn render(events: &[StoredEvent]) -> Vec<String> {
     let start = events.first().map(|e| e.timestamp);
     let ends = outcomes(events);
+    let opened = opened(events);
     let mut depth_of_step: HashMap<String, usize> = HashMap::new();
     let mut lines = Vec::new();
     for e in events {
@@ -56,8 +58,13 @@ pub fn render(events: &[StoredEvent]) -> Vec<String> {
                     .unwrap_or_else(|| "running".into());
                 (depth, format!("tool {tool_name} [{tool_call_id}] {end}"))
             }
-            // Merged into the line of what they complete.
-            E::StepCompleted { .. } | E::StepFailed { .. } | E::ToolCallCompleted { .. } => {
+            // Merged into the line of what they complete, if it is in the history.
+            E::StepCompleted { step_id, .. } | E::StepFailed { step_id, .. }
+                if opened.contains(step_id.as_str()) =>
+            {
+                continue;
+            }
+            E::ToolCallCompleted { tool_call_id, .. } if opened.contains(tool_call_id.as_str()) => {
                 continue;
             }
             other => {
@@ -69,6 +76,19 @@ pub fn render(events: &[StoredEvent]) -> Vec<String> {
         lines.push(format!("{offset:>+12.6}s  {}{text}", "  ".repeat(depth)));
     }
     lines
+}
+
+/// The ids of the steps and tool calls whose start is in `events`: their outcomes are
+/// merged into that line; an outcome without one gets a line of its own.
+fn opened(events: &[StoredEvent]) -> HashSet<&str> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            E::StepStarted { step_id, .. } => Some(step_id.as_str()),
+            E::ToolCallStarted { tool_call_id, .. } => Some(tool_call_id.as_str()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// How each step and tool call ended, by step id or tool call id.
@@ -128,6 +148,9 @@ fn event_step(event: &E) -> Option<String> {
     match event {
         E::ArtifactStored { step_id, .. } => Some(step_id.to_string()),
         E::StepDiscovered { discovered_by, .. } => discovered_by.as_ref().map(|s| s.to_string()),
+        E::StepCompleted { step_id, .. } | E::StepFailed { step_id, .. } => {
+            Some(step_id.to_string())
+        }
         E::CheckpointSaved { step_id, .. } | E::GoalEvaluated { step_id, .. } => {
             step_id.as_ref().map(|s| s.to_string())
         }
@@ -156,6 +179,19 @@ fn other_line(event: &E) -> String {
             ..
         } => format!("{artifact_id} ({size_bytes} bytes)"),
         E::Custom { event_type, .. } => event_type.clone(),
+        // An outcome whose start is not in the history.
+        E::StepCompleted {
+            step_id,
+            duration_ms,
+            ..
+        } => format!("{step_id} in {duration_ms} ms (its start is not in the history)"),
+        E::StepFailed { step_id, error } => format!(
+            "{step_id}: {} (its start is not in the history)",
+            short(&error.message)
+        ),
+        E::ToolCallCompleted { tool_call_id, .. } => {
+            format!("{tool_call_id} (its start is not in the history)")
+        }
         _ => String::new(),
     };
     if detail.is_empty() {
