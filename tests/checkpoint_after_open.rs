@@ -636,9 +636,11 @@ fn a_sealed_segment_that_cannot_be_opened_fails_only_its_reads_and_the_verdict()
     let kept = dir.path().join("segment-1.kept");
     fs::rename(&first, &kept).unwrap();
     fs::create_dir(&first).unwrap();
+    // The hold keeps the verdict (which refutes, and poisons) until after `late` is
+    // read from the directory, however loaded the machine.
     let options = common::small_segments()
         .verify_checkpoint_after_open(true)
-        .checkpoint_decode_hold(Duration::from_millis(200));
+        .checkpoint_decode_hold(Duration::from_secs(2));
     let s = LogStore::open_with(dir.path(), options).unwrap();
     assert!(s.recovery_report().index_decoded_after_open);
     let late = s.load_events_blocking(&ExecutionId::from("late"));
