@@ -152,7 +152,7 @@ pub use log_store::{LogStore, Stats};
 pub use metrics::{Histogram, WriteMetrics};
 #[doc(hidden)]
 pub use options::WritePath;
-pub use options::{MIN_SCRUB_BYTES_PER_SECOND, Options, ScrubRate};
+pub use options::{MIN_SCRUB_BYTES_PER_SECOND, Options, ScrubRate, VERIFY_AFTER_OPEN_FROM_BYTES};
 pub use recovery_report::RecoveryReport;
 pub use scrub::{DamagedRange, ScrubReport, ScrubStats};
 pub use subscription::{Delivered, Follow, StartFrom, Subscription, SubscriptionFilter};

@@ -252,7 +252,7 @@ fn pass(
     last_segment: Option<u32>,
 ) -> Result<Pass> {
     let ids = (hidden, last_segment);
-    if options.verify_checkpoint_after_open && !read_only {
+    if !read_only && verifies_after_open(io, dir, options) {
         // A checkpoint trusted without its checks is never the reason anything is cut
         // or refused: on anything but a clean tail the pass runs again with more
         // checks (a tail to scan needs the decoded index).
@@ -264,6 +264,18 @@ fn pass(
     }
     pass_once(io, dir, options, read_only, ids, Tier::Full)?
         .ok_or_else(|| Error::Internal("a pass that verified its checkpoint declined it".into()))
+}
+
+/// Whether a read-write open leaves the checks of its checkpoint until after it returns
+/// (`Options::verify_checkpoint_after_open`); by default, if the checkpoint covers
+/// enough records to make them cost more than open's fixed part. A forged size only
+/// chooses between two tiers that each refuse a wrong checkpoint.
+fn verifies_after_open(io: &dyn Io, dir: &Path, options: &Options) -> bool {
+    options.verify_checkpoint_after_open.unwrap_or_else(|| {
+        let covered: u64 = saved_index::load_lazy(io, dir, options)
+            .map_or(0, |opened| opened.segments.iter().map(|d| d.end).sum());
+        covered >= options.verify_after_open_from
+    })
 }
 
 /// One pass at `tier`; `None` if a checkpoint trusted without its checks met anything
