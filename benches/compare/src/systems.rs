@@ -135,7 +135,9 @@ fn now_ns() -> i64 {
 }
 
 /// SQLite as an application would use it: WAL, synchronous=FULL, one transaction per
-/// append, primary key (execution_id, seq), events as JSON, one shared connection.
+/// append, primary key (execution_id, seq), events as JSON, one shared connection. The
+/// index on `created` keeps numbering a new execution (`max(created) + 1`) from scanning
+/// every execution: without it, a fill of a million executions slowed to a halt.
 struct Sqlite(Mutex<rusqlite::Connection>);
 
 impl Sqlite {
@@ -148,7 +150,8 @@ impl Sqlite {
                  PRIMARY KEY (execution_id, seq));
              CREATE TABLE IF NOT EXISTS executions(execution_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL,
                  created INTEGER NOT NULL);
-             CREATE INDEX IF NOT EXISTS by_tenant ON executions(tenant_id, created);",
+             CREATE INDEX IF NOT EXISTS by_tenant ON executions(tenant_id, created);
+             CREATE INDEX IF NOT EXISTS by_created ON executions(created);",
         )
         .expect("sqlite schema");
         Sqlite(Mutex::new(c))
