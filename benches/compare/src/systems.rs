@@ -73,6 +73,13 @@ pub fn execlog_options() -> execlog::Options {
     options
 }
 
+/// execlog opened in `dir` with `options`.
+pub fn execlog_with(dir: &Path, options: execlog::Options) -> Box<dyn System> {
+    Box::new(Execlog(
+        LogStore::open_with(dir, options).expect("open execlog"),
+    ))
+}
+
 pub fn open(name: &str, dir: &Path) -> Box<dyn System> {
     std::fs::create_dir_all(dir).expect("create bench dir");
     match name {
