@@ -567,6 +567,15 @@ impl LogStore {
         self.shared.lazy.as_ref().is_none_or(LazyIndex::is_decoded)
     }
 
+    /// Whether the index open built on is verified: false only while the checkpoint an
+    /// open trusted awaits its verdict ([`Options::verify_checkpoint_after_open`];
+    /// writes wait meanwhile) and after the verdict refuted it
+    /// ([`Stats::checkpoint_refuted`]). A single atomic load, unlike [`LogStore::stats`],
+    /// which walks the index under the store lock: for polling.
+    pub fn checkpoint_verified(&self) -> bool {
+        self.shared.verification.is_verified()
+    }
+
     pub(crate) fn shared_arc(&self) -> Arc<Shared> {
         Arc::clone(&self.shared)
     }

@@ -131,6 +131,7 @@ fn swapped_ids_are_never_served_and_the_checkpoint_is_refuted() {
         LogStore::open_with(dir.path(), after_open(Duration::from_secs(2))).unwrap(),
     );
     assert!(s.recovery_report().checkpoint_verification_deferred);
+    assert!(!s.checkpoint_verified(), "verified before its verdict");
     // Before the verdict: the owner check refuses both reads.
     for id in ["run-a", "run-c"] {
         let read = s.load_events_blocking(&ExecutionId::from(id));
@@ -155,6 +156,10 @@ fn swapped_ids_are_never_served_and_the_checkpoint_is_refuted() {
         "{appended:?}"
     );
     assert!(!s.stats().checkpoint_unverified);
+    assert!(
+        !s.checkpoint_verified(),
+        "a refuted checkpoint counted as verified"
+    );
     let refuted = s.stats().checkpoint_refuted.unwrap_or_default();
     assert!(
         refuted.contains("next open checks every record"),

@@ -177,6 +177,12 @@ fn parse_args() -> Config {
                 scale::open_loop(&dir, times);
                 std::process::exit(0);
             }
+            "--stats-cost" => {
+                let dir = PathBuf::from(value());
+                let times = value().parse().expect("--stats-cost DIR TIMES");
+                scale::stats_cost(&dir, times);
+                std::process::exit(0);
+            }
             "--memory-open" => {
                 let dir = PathBuf::from(value());
                 let executions = value().parse().expect("--memory-open DIR EXECUTIONS");

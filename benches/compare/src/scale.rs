@@ -162,9 +162,7 @@ fn open_until_verdict(dir: &Path) -> (execlog::LogStore, Duration, Duration) {
         .expect("read");
     let took = t.elapsed();
     assert_eq!(events.len(), 100);
-    while store.stats().checkpoint_unverified {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_for_verdict(&store);
     let verdict = t.elapsed();
     store
         .load_events_blocking(&execlog::ExecutionId::from("r-1"))
@@ -229,6 +227,27 @@ fn without_checkpoint(dir: &Path) -> Duration {
     took
 }
 
+/// Polls the verdict every millisecond with the one atomic load
+/// `LogStore::checkpoint_verified` makes (`stats()` walks the index under the store
+/// lock, which at a million executions took a core from the verification it timed);
+/// panics on a refuted checkpoint.
+fn wait_for_verdict(store: &execlog::LogStore) {
+    for polls in 0u64.. {
+        if store.checkpoint_verified() {
+            return;
+        }
+        if polls % 1000 == 999 {
+            let stats = store.stats();
+            assert!(
+                stats.checkpoint_unverified || store.checkpoint_verified(),
+                "no good verdict to wait for: {:?}",
+                stats.checkpoint_refuted
+            );
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -267,8 +286,8 @@ pub fn open_loop(dir: &Path, times: usize) {
             .expect("read");
         let read = t.elapsed();
         assert_eq!(events.len(), 100);
-        while !no_verdict && store.stats().checkpoint_unverified {
-            std::thread::sleep(Duration::from_millis(1));
+        if !no_verdict {
+            wait_for_verdict(&store);
         }
         runs.push((opened, read, t.elapsed()));
         store.close().expect("close");
@@ -280,5 +299,25 @@ pub fn open_loop(dir: &Path, times: usize) {
         ms(opened),
         ms(read),
         ms(verdict)
+    );
+}
+
+/// `--stats-cost DIR TIMES`: opens the execlog store in `DIR` as a reader and prints the
+/// median time of `LogStore::stats` over TIMES calls, with the store's executions.
+pub fn stats_cost(dir: &Path, times: usize) {
+    let store = execlog::LogStore::open_reader(dir).expect("open reader");
+    let mut runs: Vec<Duration> = (0..times.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(store.stats());
+            t.elapsed()
+        })
+        .collect();
+    runs.sort();
+    println!(
+        "stats(): median {:.3} ms over {} calls, {} executions",
+        ms(runs[runs.len() / 2]),
+        runs.len(),
+        store.stats().executions
     );
 }
