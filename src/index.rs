@@ -154,6 +154,19 @@ pub(crate) struct EntryPoint {
     pub(crate) pos: Pos,
 }
 
+/// The index's part of `Stats`: what readers see (visible executions, their durable
+/// events, tenants with one) and approximate memory.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Summary {
+    pub(crate) executions: usize,
+    pub(crate) events: u64,
+    pub(crate) tenants: usize,
+    /// Heap and inline bytes the index uses.
+    pub(crate) memory_bytes: usize,
+    /// Bytes of the sparse entries alone (the part that grows per event).
+    pub(crate) sparse_bytes: usize,
+}
+
 /// All executions of a store.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Index {
@@ -410,25 +423,6 @@ impl Index {
             .collect()
     }
 
-    /// Counts for statistics, of what readers see: (executions, durable events,
-    /// tenants with an execution).
-    pub(crate) fn counts(&self) -> (usize, u64, usize) {
-        let visible = || self.executions.iter().filter(|e| e.visible());
-        let events = visible().map(|e| e.durable_seq).sum();
-        let tenants = self
-            .tenant_executions
-            .iter()
-            .filter(|list| {
-                list.iter().any(|&no| {
-                    self.executions
-                        .get(no as usize)
-                        .is_some_and(Execution::visible)
-                })
-            })
-            .count();
-        (visible().count(), events, tenants)
-    }
-
     /// Durable event records indexed, those of deleted executions included.
     pub(crate) fn records(&self) -> u64 {
         self.executions.iter().map(|e| e.durable_seq).sum()
@@ -608,33 +602,47 @@ impl Index {
         &self.forks
     }
 
-    /// Approximate heap and inline bytes the index uses.
-    pub(crate) fn memory_bytes(&self) -> usize {
+    /// What statistics report of the index, in one pass over the executions: the
+    /// caller holds the store lock, which appends wait for.
+    pub(crate) fn summary(&self) -> Summary {
         use std::mem::size_of;
         // Each id once (the id table holds numbers), behind its `Arc`'s two counts; each
         // execution's number once more in its tenant's list.
         let per_exec = size_of::<ExecNo>() + 2 * size_of::<usize>();
-        let execs: usize = self
-            .executions
+        let mut sum = Summary::default();
+        let mut exec_heap = 0;
+        for e in &self.executions {
+            let sparse = e.sparse.heap_bytes();
+            exec_heap += per_exec + e.id.as_str().len() + sparse;
+            sum.sparse_bytes += sparse + size_of::<Option<Pos>>();
+            if e.visible() {
+                sum.executions += 1;
+                sum.events += e.durable_seq;
+            }
+        }
+        sum.tenants = self
+            .tenant_executions
             .iter()
-            .map(|e| per_exec + e.id.as_str().len() + e.sparse.heap_bytes())
-            .sum::<usize>()
-            + self.executions.capacity() * size_of::<Execution>()
-            + self.by_id.allocated_bytes();
+            .filter(|list| {
+                list.iter().any(|&no| {
+                    self.executions
+                        .get(no as usize)
+                        .is_some_and(Execution::visible)
+                })
+            })
+            .count();
         let tenants: usize = self
             .tenant_ids
             .iter()
             .map(|t| 2 * (t.as_str().len() + size_of::<TenantId>()) + size_of::<Vec<ExecNo>>())
             .sum();
         let forks = self.forks.capacity() * (size_of::<(ExecNo, Base)>() + 1);
-        size_of::<Self>() + execs + tenants + forks
-    }
-
-    /// Approximate bytes of the sparse entries alone (the part that grows per event).
-    pub(crate) fn sparse_bytes(&self) -> usize {
-        self.executions
-            .iter()
-            .map(|e| e.sparse.heap_bytes() + std::mem::size_of::<Option<Pos>>())
-            .sum()
+        sum.memory_bytes = size_of::<Self>()
+            + exec_heap
+            + self.executions.capacity() * size_of::<Execution>()
+            + self.by_id.allocated_bytes()
+            + tenants
+            + forks;
+        sum
     }
 }

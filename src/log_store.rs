@@ -22,7 +22,6 @@ use crate::deferred_verification::{self, Verification};
 use crate::error::{Error, Result};
 use crate::event::{ExecutionEventData, StoredEvent};
 use crate::ids::{ExecutionId, TenantId, validate_id};
-use crate::index::Index;
 use crate::io::{Io, LockGuard};
 use crate::lazy_index::LazyIndex;
 use crate::metrics::WriteMetrics;
@@ -517,27 +516,20 @@ impl LogStore {
 
     /// Counts and sizes, for monitoring.
     pub fn stats(&self) -> Stats {
-        let (index_bytes, sparse_index_bytes, (executions, events, tenants), deleted, keys) = {
+        let (index, deleted, keys) = {
             let state = self.shared.state.lock();
-            let index: &Index = &state.index;
             let keys = (state.keys.len(), state.keys.memory_bytes());
-            (
-                index.memory_bytes(),
-                index.sparse_bytes(),
-                index.counts(),
-                index.deleted(),
-                keys,
-            )
+            (state.index.summary(), state.index.deleted(), keys)
         };
         Stats {
             segments: self.shared.segments.count(),
-            events,
-            executions,
+            events: index.events,
+            executions: index.executions,
             deleted_executions: deleted,
-            tenants,
+            tenants: index.tenants,
             data_bytes: self.shared.segments.durable_bytes(),
-            index_bytes,
-            sparse_index_bytes,
+            index_bytes: index.memory_bytes,
+            sparse_index_bytes: index.sparse_bytes,
             index_checkpoints: self.shared.checkpoints.written.load(Ordering::Relaxed),
             index_checkpoint_bytes: self
                 .shared
