@@ -176,7 +176,12 @@ impl LogStore {
     ///
     /// Fails with [`Error::Locked`] at once if another `LogStore` has it open, with
     /// [`Error::Corrupt`] if acknowledged data is damaged. A torn tail left by a crash is
-    /// cut and described in [`LogStore::recovery_report`].
+    /// cut and described in [`LogStore::recovery_report`]. Damage to bytes a checkpoint
+    /// covers is found by open itself only when open verifies the checkpoint before it
+    /// returns ([`Options::verify_checkpoint_after_open`]: by default, below 64 MiB of
+    /// covered records); otherwise open returns, reads never serve the damaged bytes,
+    /// the verdict poisons the store ([`Error::Poisoned`]) and removes the checkpoint, and
+    /// the next open fails with [`Error::Corrupt`].
     pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<LogStore> {
         Self::open_mode(dir.as_ref(), options, false)
     }

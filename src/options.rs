@@ -246,8 +246,10 @@ impl Options {
     /// By default (neither set), on when the checkpoint covers at least
     /// [`VERIFY_AFTER_OPEN_FROM_BYTES`] of records (64 MiB, one default segment), off
     /// below: a small store is verified before open returns, in a few milliseconds,
-    /// and a large one opens in about a millisecond at any size. Set it to choose one
-    /// behaviour at every size (`false` for damage to be found by open itself).
+    /// and a large one opens in about a millisecond at any size. Only a layout 3
+    /// checkpoint (every one this version writes) counts: an older one is verified
+    /// before open, and rewritten at close. Set it to choose one behaviour at every
+    /// size (`false` for damage to be found by open itself).
     ///
     /// Off, open recomputes the checksum of every covered segment and walks every
     /// covered record header before it uses a checkpoint: open reads the whole log.
