@@ -15,7 +15,8 @@ pub const MAX_SEGMENT_SIZE_BYTES: u64 = 1 << 30;
 pub const MAX_BATCH_LIMIT_BYTES: usize = 1 << 30;
 /// Records a checkpoint must cover for a read-write open to verify it after open by
 /// default ([`Options::verify_checkpoint_after_open`]): one default segment, which an
-/// open verifies in about 10 ms. Smaller stores are verified before open returns.
+/// open verifies in a few tens of milliseconds. Smaller stores are verified before open
+/// returns.
 pub const VERIFY_AFTER_OPEN_FROM_BYTES: u64 = 64 << 20;
 
 /// How the commit thread prepares segment space before records are written there.
@@ -245,11 +246,11 @@ impl Options {
     ///
     /// By default (neither set), on when the checkpoint covers at least
     /// [`VERIFY_AFTER_OPEN_FROM_BYTES`] of records (64 MiB, one default segment), off
-    /// below: a small store is verified before open returns, in a few milliseconds,
-    /// and a large one opens in about a millisecond at any size. Only a layout 3
-    /// checkpoint (every one this version writes) counts: an older one is verified
-    /// before open, and rewritten at close. Set it to choose one behaviour at every
-    /// size (`false` for damage to be found by open itself).
+    /// below: a small store is verified before open returns, in at most a few tens of
+    /// milliseconds, and a large one opens in about a millisecond at any size. Only a
+    /// layout 3 checkpoint (every one this version writes) counts: an older one is
+    /// verified before open, and rewritten at close. Set it to choose one behaviour at
+    /// every size (`false` for damage to be found by open itself).
     ///
     /// Off, open recomputes the checksum of every covered segment and walks every
     /// covered record header before it uses a checkpoint: open reads the whole log.
