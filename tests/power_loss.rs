@@ -365,8 +365,13 @@ fn run_seed(seed: u64) -> Retries {
     drop(store);
 
     // Odd seeds trust the checkpoint and verify it after open: reads below run before
-    // the verdict, keyed retries wait for it.
-    let reopen = options(&after).verify_checkpoint_after_open(seed % 2 == 1);
+    // the verdict, keyed retries wait for it. Seeds 2 mod 4 leave the choice to the
+    // default, with the size where it turns moved among these stores' sizes, so that
+    // the choice itself meets every kind of cut; seeds 0 mod 4 verify before open.
+    let reopen = match seed % 4 {
+        2 => options(&after).verify_after_open_from(auto_threshold(seed)),
+        odd_or_zero => options(&after).verify_checkpoint_after_open(odd_or_zero % 2 == 1),
+    };
     let store = match LogStore::open_with(dir, reopen) {
         Ok(s) => s,
         Err(e) => panic!("seed {seed}: reopen after power loss failed: {e}"),
@@ -381,6 +386,17 @@ fn run_seed(seed: u64) -> Retries {
     let report = store.recovery_report();
     if report.checkpoint_verification_deferred {
         VERIFIED_AFTER_OPEN.fetch_add(1, Ordering::Relaxed);
+    }
+    // Past the size, the tiers that trust the checkpoint may still decline (a tail to
+    // cut): then open verifies first, as when the default chose to.
+    if seed % 4 == 2 && report.checkpoint_bytes > 0 {
+        let past = report.checkpoint_bytes >= auto_threshold(seed);
+        if report.checkpoint_verification_deferred {
+            assert!(past, "seed {seed}: verified after open below the size");
+            AUTO_AFTER_OPEN.fetch_add(1, Ordering::Relaxed);
+        } else if !past {
+            AUTO_BEFORE_OPEN.fetch_add(1, Ordering::Relaxed);
+        }
     }
     if report.index_decoded_after_open && report.records > 0 {
         HELD_TAILS.fetch_add(1, Ordering::Relaxed);
@@ -483,6 +499,17 @@ static VERIFIED_AFTER_OPEN: AtomicU64 = AtomicU64::new(0);
 /// held for the decode.
 static HELD_TAILS: AtomicU64 = AtomicU64::new(0);
 
+/// Reopens of seeds 2 mod 4 with a checkpoint that the default verified before open
+/// (below the size), or after.
+static AUTO_BEFORE_OPEN: AtomicU64 = AtomicU64::new(0);
+static AUTO_AFTER_OPEN: AtomicU64 = AtomicU64::new(0);
+
+/// Where seed `seed`'s default turns from verifying before open to after: somewhere in
+/// the first 64 KiB, where these stores' checkpoints end.
+fn auto_threshold(seed: u64) -> u64 {
+    (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % (64 << 10)
+}
+
 /// Follows the old store one last time (a poisoned store still serves what is durable),
 /// drops it, and reopens in the same boot.
 fn restart(
@@ -553,7 +580,7 @@ fn power_loss_never_loses_acknowledged_events() {
          {} stored by the retry, {} refused (stale expectation); {} retries in the boot \
          before the cut; {} index checkpoints written while running; {} reopens after the \
          cut verified their checkpoint after open, {} of them with a tail held for the \
-         decode",
+         decode; the default chose before open {} times and after open {} times",
         all.acknowledged,
         all.replayed,
         all.stored,
@@ -561,11 +588,15 @@ fn power_loss_never_loses_acknowledged_events() {
         all.in_boot,
         RUNNING_CHECKPOINTS.load(Ordering::Relaxed),
         VERIFIED_AFTER_OPEN.load(Ordering::Relaxed),
-        HELD_TAILS.load(Ordering::Relaxed)
+        HELD_TAILS.load(Ordering::Relaxed),
+        AUTO_BEFORE_OPEN.load(Ordering::Relaxed),
+        AUTO_AFTER_OPEN.load(Ordering::Relaxed)
     );
     if seeds >= 100 {
         assert!(HELD_TAILS.load(Ordering::Relaxed) > 0);
         assert!(RUNNING_CHECKPOINTS.load(Ordering::Relaxed) > 0);
         assert!(VERIFIED_AFTER_OPEN.load(Ordering::Relaxed) > 0);
+        assert!(AUTO_BEFORE_OPEN.load(Ordering::Relaxed) > 0);
+        assert!(AUTO_AFTER_OPEN.load(Ordering::Relaxed) > 0);
     }
 }
