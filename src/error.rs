@@ -166,7 +166,8 @@ impl fmt::Display for Error {
             Error::Poisoned { cause, .. } => write!(
                 f,
                 "store is poisoned ({cause}); nothing uncertain was acknowledged: close and \
-                 reopen the store to recover"
+                 reopen the store, which recovers what is durable or, if acknowledged data is \
+                 damaged, refuses to open and names it"
             ),
             Error::TenantMismatch {
                 execution_id,

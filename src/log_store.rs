@@ -564,13 +564,13 @@ impl LogStore {
         self.shared.lazy.as_ref().is_none_or(LazyIndex::is_decoded)
     }
 
-    /// Whether the index open built on is verified: false only while the checkpoint an
-    /// open trusted awaits its verdict ([`Options::verify_checkpoint_after_open`];
-    /// writes wait meanwhile) and after the verdict refuted it
-    /// ([`Stats::checkpoint_refuted`]). A single atomic load, unlike [`LogStore::stats`],
-    /// which walks the index under the store lock: for polling.
-    pub fn checkpoint_verified(&self) -> bool {
-        self.shared.verification.is_verified()
+    /// [`Stats::checkpoint_unverified`] without the rest of [`LogStore::stats`] (which
+    /// walks the index under the store lock): whether the verification of the checkpoint
+    /// open trusted ([`Options::verify_checkpoint_after_open`]) has not ended, so writes
+    /// still wait for it. For polling; once it is false, [`Stats::checkpoint_refuted`]
+    /// says whether the checkpoint was refuted.
+    pub fn checkpoint_unverified(&self) -> bool {
+        self.shared.verification.is_pending()
     }
 
     pub(crate) fn shared_arc(&self) -> Arc<Shared> {

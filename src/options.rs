@@ -246,8 +246,8 @@ impl Options {
     ///
     /// By default (neither set), on when the checkpoint covers at least
     /// [`VERIFY_AFTER_OPEN_FROM_BYTES`] of records (64 MiB, one default segment), off
-    /// below: a small store is verified before open returns, in at most a few tens of
-    /// milliseconds, and a large one opens in about a millisecond at any size. Only a
+    /// below: a small store is verified before open returns, in tens of milliseconds
+    /// (more when its files are not in the page cache), and a large one opens in about a millisecond at any size. Only a
     /// layout 3 checkpoint (every one this version writes) counts: an older one is
     /// verified before open, and rewritten at close. Set it to choose one behaviour at
     /// every size (`false` for damage to be found by open itself).

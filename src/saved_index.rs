@@ -254,7 +254,7 @@ fn verify_digests(
             return Err(format!("segment {id}: shorter than the covered records"));
         }
         if SegmentDigest::of(bytes, d.end) != d {
-            return Err(format!("segment {id}: checksum of the records differs"));
+            return Err(digest_differs(id, &bytes[..d.end as usize]));
         }
         if i + 1 < digests.len() && first_nonzero(bytes, d.end as usize).is_some() {
             return Err(format!("segment {id}: bytes after the covered records"));
@@ -266,6 +266,19 @@ fn verify_digests(
         .zip(maps)
         .enumerate()
         .try_for_each(|(i, (&d, &bytes))| check(i, d, bytes))
+}
+
+/// Why segment `id`'s records (`records`) do not match their digest, with the first
+/// record that fails its own checks if one does: otherwise the records check and the
+/// checkpoint's digest is what is wrong.
+fn digest_differs(id: u32, records: &[u8]) -> String {
+    match crate::scrub::first_damage(id, records) {
+        Some(d) => format!(
+            "segment {id}: checksum of the records differs; bytes {}..{} are damaged ({})",
+            d.from, d.to, d.reason
+        ),
+        None => format!("segment {id}: checksum of the records differs"),
+    }
 }
 
 /// Why a check that was asked to stop gave up.

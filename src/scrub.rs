@@ -231,6 +231,15 @@ fn check_bytes(id: u32, bytes: &[u8], mut offset: usize, budget: usize) -> Check
     out
 }
 
+/// The first damaged range of sealed segment `id`'s records (`bytes`, exactly its
+/// data), if a record check finds one: what a checksum over them that differs can name.
+pub(crate) fn first_damage(id: u32, bytes: &[u8]) -> Option<DamagedRange> {
+    check_bytes(id, bytes, 0, usize::MAX)
+        .damaged
+        .into_iter()
+        .next()
+}
+
 fn damaged(segment: u32, from: usize, to: usize, why: &str) -> DamagedRange {
     DamagedRange {
         segment,

@@ -363,7 +363,11 @@ fn damage_in_a_sealed_segment_past_the_threshold() {
             "segment {target}: {appended:?}"
         );
         wait_for_verdict(&s);
-        assert!(s.stats().checkpoint_refuted.is_some());
+        // The refutation names the damaged bytes, as the next open will.
+        let refuted = s.stats().checkpoint_refuted.unwrap_or_default();
+        let damaged =
+            format!("segment {target}: checksum of the records differs; bytes {victim}..");
+        assert!(refuted.contains(&damaged), "{refuted}");
         drop(s);
         assert!(!dir.path().join(CHECKPOINT).exists());
         for options in [auto(1), Options::default()] {

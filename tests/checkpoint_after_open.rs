@@ -131,7 +131,10 @@ fn swapped_ids_are_never_served_and_the_checkpoint_is_refuted() {
         LogStore::open_with(dir.path(), after_open(Duration::from_secs(2))).unwrap(),
     );
     assert!(s.recovery_report().checkpoint_verification_deferred);
-    assert!(!s.checkpoint_verified(), "verified before its verdict");
+    assert!(
+        s.checkpoint_unverified(),
+        "no verification pending before its verdict"
+    );
     // Before the verdict: the owner check refuses both reads.
     for id in ["run-a", "run-c"] {
         let read = s.load_events_blocking(&ExecutionId::from(id));
@@ -157,8 +160,8 @@ fn swapped_ids_are_never_served_and_the_checkpoint_is_refuted() {
     );
     assert!(!s.stats().checkpoint_unverified);
     assert!(
-        !s.checkpoint_verified(),
-        "a refuted checkpoint counted as verified"
+        !s.checkpoint_unverified(),
+        "a refuted checkpoint still pending"
     );
     let refuted = s.stats().checkpoint_refuted.unwrap_or_default();
     assert!(

@@ -73,7 +73,7 @@ fn the_default_turns_to_after_open_at_exactly_the_threshold() {
 
     let s = LogStore::open_with(dir.path(), at(covered + 1)).unwrap();
     assert!(!deferred(&s), "one byte short of the threshold");
-    assert!(s.checkpoint_verified(), "verified before open returned");
+    assert!(!s.checkpoint_unverified(), "verified before open returned");
     s.close().unwrap();
 
     let s = LogStore::open_with(dir.path(), at(covered)).unwrap();
@@ -81,7 +81,7 @@ fn the_default_turns_to_after_open_at_exactly_the_threshold() {
     assert!(s.recovery_report().index_decoded_after_open);
     wait_for_verdict(&s);
     assert_eq!(s.stats().checkpoint_refuted, None);
-    assert!(s.checkpoint_verified());
+    assert!(!s.checkpoint_unverified());
     assert_eq!(
         s.append_blocking(&run(0), &tenant(), step_event(20))
             .unwrap(),

@@ -414,7 +414,7 @@ pub fn verify(dir: &Path) -> Result<ExitCode, String> {
 
 /// `verify` of a store that does not open: every damaged range, and what is readable.
 fn survey(dir: &Path, why: &str) -> Result<ExitCode, String> {
-    eprintln!("execlog: the store does not open: {why}");
+    eprintln!("execlog: the store does not open ({why}); surveying its segments instead");
     let surveys = execlog::survey_damage(dir).map_err(|e| e.to_string())?;
     for s in &surveys {
         for (from, to, reason) in &s.damaged {
