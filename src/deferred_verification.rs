@@ -1,4 +1,5 @@
-//! Verifying a checkpoint after open ([`Options::verify_checkpoint_after_open`]): open
+//! Verifying a checkpoint after open ([`Options::verify_checkpoint_after_open`], by
+//! default once a checkpoint covers `VERIFY_AFTER_OPEN_FROM_BYTES` of records): open
 //! trusts `checkpoint.idx` on its own checksum, and the `execlog-verify` thread then
 //! makes the checks an ordinary open makes before it (`saved_index::check`: every
 //! covered segment's digest, the walk over every covered record header), while reads

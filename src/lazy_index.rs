@@ -1,4 +1,4 @@
-//! An index decoded after open: with `Options::verify_checkpoint_after_open`, an open
+//! An index decoded after open: when a checkpoint is verified after open, an open
 //! behind a layout 3 checkpoint returns once the file is mapped, its header, digests
 //! and trailer check, and the tail after it is scanned (`Rebuild::held`). The
 //! `execlog-verify` thread decodes the index, scans the tail into it again, then

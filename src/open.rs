@@ -8,7 +8,9 @@
 //!    index to decode takes the segments its checkpoint covers instead, if no segment
 //!    follows them, and leaves the listing to the verification after open.
 //! 2. Load the durable index state: the checkpoint, read before the segments are mapped
-//!    and verified over the maps (`saved_index.rs`, `checkpoint.rs`).
+//!    and verified over the maps (`saved_index.rs`, `checkpoint.rs`), or, for a
+//!    read-write open past `VERIFY_AFTER_OPEN_FROM_BYTES` by default, trusted on its own
+//!    checksum and verified after open (`deferred_verification.rs`).
 //! 3. Map every segment, in id order (`segment_maps.rs`), but the sealed segments a
 //!    checkpoint covers when its index is decoded after open: those stay closed until
 //!    first used (`segments.rs`).
