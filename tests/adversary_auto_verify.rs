@@ -42,7 +42,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::segment_files::{record_offsets, segment_path, store_over_segments};
-use common::verify_after_open::{recompute_crc, wait_for_verdict};
+use common::verify_after_open::{recompute_crc, set_covered_end, wait_for_verdict};
 use common::{crash_image, small_segments, step_event};
 use execlog::*;
 
@@ -100,17 +100,12 @@ fn segments_covered(dir: &Path) -> u32 {
     u32::from_le_bytes(bytes[24..28].try_into().unwrap())
 }
 
-/// Sets the covered end of segment `n` to `end`, with the digest of the segment's
-/// bytes `[32, end)`, and reseals the checkpoint.
-fn set_covered_end(dir: &Path, n: u32, end: usize) {
-    let mut bytes = fs::read(dir.join(CHECKPOINT)).unwrap();
-    let at = 40 + 12 * (n as usize - 1);
-    let segment = fs::read(segment_path(dir, n)).unwrap();
-    bytes[at..at + 8].copy_from_slice(&(end as u64).to_le_bytes());
-    let digest = crc32fast::hash(&segment[32..end]);
-    bytes[at + 8..at + 12].copy_from_slice(&digest.to_le_bytes());
-    recompute_crc(&mut bytes);
-    fs::write(dir.join(CHECKPOINT), bytes).unwrap();
+/// The last covered segment, and where each record it covers starts.
+fn last_covered_records(dir: &Path) -> (u32, Vec<usize>) {
+    let last = segments_covered(dir);
+    let end = covered_end(dir, last);
+    let segment = fs::read(segment_path(dir, last)).unwrap();
+    (last, record_offsets(&segment[..end]))
 }
 
 fn covered_end(dir: &Path, n: u32) -> usize {
@@ -201,10 +196,7 @@ fn a_forged_end_before_the_last_records_pulls_a_store_below_the_threshold() {
     let (dir, _) = store_over_segments();
     let truth = full_scan_answers(dir.path());
     let real = covered(dir.path());
-    let last = segments_covered(dir.path());
-    let end = covered_end(dir.path(), last);
-    let segment = fs::read(segment_path(dir.path(), last)).unwrap();
-    let starts: Vec<_> = record_offsets(&segment[..end]);
+    let (last, starts) = last_covered_records(dir.path());
     for &cut in starts.iter().rev().take(3) {
         for forged_end in [cut, cut + 8] {
             let image = crash_image::copy(dir.path());
@@ -226,10 +218,7 @@ fn a_forged_end_before_the_last_records_pulls_a_store_below_the_threshold() {
 fn a_forged_end_before_the_last_records_above_the_threshold() {
     let (dir, _) = store_over_segments();
     let truth = full_scan_answers(dir.path());
-    let last = segments_covered(dir.path());
-    let end = covered_end(dir.path(), last);
-    let segment = fs::read(segment_path(dir.path(), last)).unwrap();
-    let starts: Vec<_> = record_offsets(&segment[..end]);
+    let (last, starts) = last_covered_records(dir.path());
     for &cut in starts.iter().rev().take(3) {
         for forged_end in [cut, cut + 8] {
             let image = crash_image::copy(dir.path());

@@ -34,7 +34,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::segment_files::segment_path;
-use common::verify_after_open::{after_open, recompute_crc, swap_ids, wait_for_verdict};
+use common::verify_after_open::{after_open, set_covered_end, swap_ids, wait_for_verdict};
 use common::{crash_image, step_event};
 use execlog::*;
 
@@ -121,22 +121,6 @@ fn record_starts(segment: &[u8]) -> Vec<usize> {
         at += (56 + len).next_multiple_of(8);
     }
     starts
-}
-
-/// Sets the covered end of segment `n` in the checkpoint to `end`, with the digest of
-/// the segment's bytes `[32, end)` (so that the digest alone cannot tell), and
-/// recomputes the file's CRC.
-fn set_covered_end(dir: &Path, n: u32, end: usize) {
-    let mut bytes = fs::read(dir.join(CHECKPOINT)).unwrap();
-    let covered = u32::from_le_bytes(bytes[24..28].try_into().unwrap());
-    assert!(n <= covered, "segment {n} is not covered");
-    let at = 40 + 12 * (n as usize - 1);
-    let segment = fs::read(segment_path(dir, n)).unwrap();
-    bytes[at..at + 8].copy_from_slice(&(end as u64).to_le_bytes());
-    let digest = crc32fast::hash(&segment[32..end]);
-    bytes[at + 8..at + 12].copy_from_slice(&digest.to_le_bytes());
-    recompute_crc(&mut bytes);
-    fs::write(dir.join(CHECKPOINT), bytes).unwrap();
 }
 
 /// A crash image of `store()` reopened and given one more append to `run-b` (its own

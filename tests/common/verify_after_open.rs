@@ -1,6 +1,7 @@
 //! Helpers of the tests of `Options::verify_checkpoint_after_open`
 //! (`tests/checkpoint_after_open.rs`, `tests/adversary_verify_after_open.rs`): the
-//! options, waiting for the verdict, and forging `checkpoint.idx` with a valid CRC.
+//! options, waiting for the verdict, and forging `checkpoint.idx` with a valid CRC (also
+//! `tests/adversary_auto_verify.rs`).
 
 use std::fs;
 use std::path::Path;
@@ -68,4 +69,20 @@ pub fn as_layout_3(mut layout2: Vec<u8>) -> Vec<u8> {
 pub fn directory_start(bytes: &[u8]) -> usize {
     let trailer = bytes.len() - 4 - 12;
     u64::from_le_bytes(bytes[trailer..trailer + 8].try_into().unwrap()) as usize
+}
+
+/// Sets the covered end of segment `n` in the checkpoint to `end`, with the digest of
+/// the segment's bytes `[32, end)` (so that the digest alone cannot tell), and
+/// recomputes the file's CRC.
+pub fn set_covered_end(dir: &Path, n: u32, end: usize) {
+    let mut bytes = fs::read(dir.join(CHECKPOINT)).unwrap();
+    let covered = u32::from_le_bytes(bytes[24..28].try_into().unwrap());
+    assert!(n <= covered, "segment {n} is not covered");
+    let at = 40 + 12 * (n as usize - 1);
+    let segment = fs::read(crate::common::segment_files::segment_path(dir, n)).unwrap();
+    bytes[at..at + 8].copy_from_slice(&(end as u64).to_le_bytes());
+    let digest = crc32fast::hash(&segment[32..end]);
+    bytes[at + 8..at + 12].copy_from_slice(&digest.to_le_bytes());
+    recompute_crc(&mut bytes);
+    fs::write(dir.join(CHECKPOINT), bytes).unwrap();
 }
