@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::checkpoint::SegmentDigest;
+use crate::checkpoint_directory::Opened;
 use crate::error::{Error, Result};
 use crate::idempotency::KeyTables;
 use crate::index::Index;
@@ -233,10 +234,10 @@ enum Pass {
 }
 
 /// How much of its checks open may leave until after it returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tier {
-    /// The checkpoint's index is decoded after open too (`lazy_index.rs`).
-    Lazy,
+    /// The checkpoint (mapped, its header and trailer checked) is decoded after open
+    /// too (`lazy_index.rs`).
+    Lazy(Box<Opened>),
     /// The checkpoint is decoded, its verification left until after open.
     Deferred,
     /// Everything is checked before open returns.
@@ -254,13 +255,20 @@ fn pass(
     last_segment: Option<u32>,
 ) -> Result<Pass> {
     let ids = (hidden, last_segment);
-    if !read_only && verifies_after_open(io, dir, options) {
-        // A checkpoint trusted without its checks is never the reason anything is cut
-        // or refused: on anything but a clean tail the pass runs again with more
-        // checks (a tail to scan needs the decoded index).
-        for tier in [Tier::Lazy, Tier::Deferred] {
-            if let Ok(Some(pass)) = pass_once(io, dir, options, read_only, ids, tier) {
-                return Ok(pass);
+    if !read_only {
+        // Mapped once: it is both what decides the tier and what the lazy pass opens.
+        let mapped = (options.verify_checkpoint_after_open != Some(false))
+            .then(|| saved_index::load_lazy(io, dir, options))
+            .flatten();
+        if verifies_after_open(options, mapped.as_ref()) {
+            // A checkpoint trusted without its checks is never the reason anything is
+            // cut or refused: on anything but a clean tail the pass runs again with
+            // more checks (a tail to scan needs the decoded index).
+            let lazy = mapped.map(|opened| Tier::Lazy(Box::new(opened)));
+            for tier in lazy.into_iter().chain([Tier::Deferred]) {
+                if let Ok(Some(pass)) = pass_once(io, dir, options, read_only, ids, tier) {
+                    return Ok(pass);
+                }
             }
         }
     }
@@ -269,21 +277,19 @@ fn pass(
 }
 
 /// Whether a read-write open leaves the checks of its checkpoint until after it returns
-/// (`Options::verify_checkpoint_after_open`); by default, if the checkpoint covers
-/// enough records to make them cost more than open's fixed part. A forged size only
-/// chooses between two tiers that each refuse a wrong checkpoint.
-fn verifies_after_open(io: &dyn Io, dir: &Path, options: &Options) -> bool {
+/// (`Options::verify_checkpoint_after_open`); by default, if the checkpoint (`mapped`)
+/// covers enough records to make them cost more than open's fixed part. A forged size
+/// only chooses between two tiers that each refuse a wrong checkpoint.
+fn verifies_after_open(options: &Options, mapped: Option<&Opened>) -> bool {
     options.verify_checkpoint_after_open.unwrap_or_else(|| {
-        let covered: u64 = saved_index::load_lazy(io, dir, options)
-            .map_or(0, |opened| opened.segments.iter().map(|d| d.end).sum());
+        let covered: u64 = mapped.map_or(0, |opened| opened.segments.iter().map(|d| d.end).sum());
         covered >= options.verify_after_open_from
     })
 }
 
 /// One pass at `tier`; `None` if a checkpoint trusted without its checks met anything
 /// but a clean tail (something to cut or set aside, a tail not on the disk, for
-/// `Tier::Lazy` any record after it) or, at `Tier::Lazy`, if there is no checkpoint
-/// to map: whether that is damage or a wrong checkpoint is for a pass with the checks
+/// `Tier::Lazy` any record after it): whether that is damage or a wrong checkpoint is for a pass with the checks
 /// to say.
 fn pass_once(
     io: &dyn Io,
@@ -294,11 +300,9 @@ fn pass_once(
     tier: Tier,
 ) -> Result<Option<Pass>> {
     let mut report = RecoveryReport::default();
+    let defer = matches!(tier, Tier::Deferred);
     let (saved, lazy) = match tier {
-        Tier::Lazy => match saved_index::load_lazy(io, dir, options) {
-            Some(opened) => (None, Some(opened)),
-            None => return Ok(None),
-        },
+        Tier::Lazy(opened) => (None, Some(*opened)),
         Tier::Deferred | Tier::Full => (saved_index::load(io, dir, options, &mut report), None),
     };
     let covered = lazy.as_ref().map(|o| o.segments.len());
@@ -333,7 +337,6 @@ fn pass_once(
                 }
             }
             None => {
-                let defer = tier == Tier::Deferred;
                 let start = saved_index::verify(saved, &bytes, options, defer, &mut report);
                 (start, None)
             }
