@@ -206,7 +206,11 @@ fn run(shared: &Shared, stop: &Stop, ready: Sender<()>, opened: &Receiver<()>) {
             // Returns when open drops its end (nothing is ever sent).
             let _ = opened.recv();
         };
-        let decode = || {
+        let decode = |after_open: &mut dyn FnMut()| {
+            let locked = || {
+                locked();
+                after_open();
+            };
             lazy_index::decode(shared, (lazy, stop), locked, |state, why| {
                 refute_locked(shared, state, why);
             });
@@ -240,13 +244,15 @@ fn run(shared: &Shared, stop: &Stop, ready: Sender<()>, opened: &Receiver<()>) {
 }
 
 /// Runs `decode` and, on a second thread beside it, `load`, whose result it returns:
-/// the verification's own decode of the file then costs no time after the index's. Only
-/// on the real file system with no delay before the verification: a simulated one
-/// replays its seeds by counting I/O calls, which a second thread would reorder, and a
-/// delay asks for the verification's memory to wait too. `None`: load it later.
+/// the verification's own decode of the file then costs no time after the index's.
+/// `decode` calls its argument once open has returned, which starts `load`, so that it
+/// takes no core from open either. Only on the real file system with no delay before
+/// the verification: a simulated one replays its seeds by counting I/O calls, which a
+/// second thread would reorder, and a delay asks for the verification's memory to wait
+/// too. `None`: load it later.
 fn beside<T: Send>(
     shared: &Shared,
-    decode: impl FnOnce(),
+    decode: impl FnOnce(&mut dyn FnMut()),
     load: impl FnOnce() -> T + Send,
 ) -> Option<T> {
     let options = &shared.options;
@@ -254,15 +260,19 @@ fn beside<T: Send>(
         || options.io_replaced
         || !options.checkpoint_verification_delay.is_zero()
     {
-        decode();
+        decode(&mut || {});
         return None;
     }
     std::thread::scope(|scope| {
-        let loaded = std::thread::Builder::new()
-            .name("execlog-verify-load".into())
-            .spawn_scoped(scope, load);
-        decode();
-        loaded.ok().and_then(|thread| thread.join().ok())
+        let mut load = Some(load);
+        let mut loading = None;
+        decode(&mut || {
+            if let Some(load) = load.take() {
+                let thread = std::thread::Builder::new().name("execlog-verify-load".into());
+                loading = thread.spawn_scoped(scope, load).ok();
+            }
+        });
+        loading.and_then(|thread| thread.join().ok())
     })
 }
 
