@@ -27,7 +27,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::background::{self, Background};
-use crate::checkpoint::{self, Checkpoint};
+use crate::checkpoint;
 use crate::committer;
 use crate::error::{Error, Result};
 use crate::index::ExecNo;
@@ -198,7 +198,6 @@ pub(crate) fn start(shared: &Arc<Shared>, opened: Receiver<()>) -> Result<Option
 }
 
 fn run(shared: &Shared, stop: &Stop, ready: Sender<()>, opened: &Receiver<()>) {
-    let mut preloaded = None;
     if let Some(lazy) = &shared.lazy {
         let locked = || {
             // Open waits on the other end; if it is gone, nobody waits.
@@ -206,16 +205,9 @@ fn run(shared: &Shared, stop: &Stop, ready: Sender<()>, opened: &Receiver<()>) {
             // Returns when open drops its end (nothing is ever sent).
             let _ = opened.recv();
         };
-        let decode = |after_open: &mut dyn FnMut()| {
-            let locked = || {
-                locked();
-                after_open();
-            };
-            lazy_index::decode(shared, (lazy, stop), locked, |state, why| {
-                refute_locked(shared, state, why);
-            });
-        };
-        preloaded = beside(shared, decode, || load_trusted(shared));
+        lazy_index::decode(shared, (lazy, stop), locked, |state, why| {
+            refute_locked(shared, state, why);
+        });
         if let Some(cause) = shared.verification.refuted() {
             committer::poison(shared, Poison::new(cause));
             return;
@@ -227,7 +219,7 @@ fn run(shared: &Shared, stop: &Stop, ready: Sender<()>, opened: &Receiver<()>) {
         return;
     }
     let started = Instant::now();
-    match verify(shared, stop, preloaded) {
+    match verify(shared, stop) {
         Ok(()) => {
             log::info!(
                 "{}: the index checkpoint describes the records (verified in {:?})",
@@ -243,61 +235,15 @@ fn run(shared: &Shared, stop: &Stop, ready: Sender<()>, opened: &Receiver<()>) {
     }
 }
 
-/// Runs `decode` and, on a second thread beside it, `load`, whose result it returns:
-/// the verification's own decode of the file then costs no time after the index's.
-/// `decode` calls its argument once open has returned, which starts `load`, so that it
-/// takes no core from open either. Only on the real file system with no delay before
-/// the verification: a simulated one replays its seeds by counting I/O calls, which a
-/// second thread would reorder, and a delay asks for the verification's memory to wait
-/// too. `None`: load it later.
-fn beside<T: Send>(
-    shared: &Shared,
-    decode: impl FnOnce(&mut dyn FnMut()),
-    load: impl FnOnce() -> T + Send,
-) -> Option<T> {
-    let options = &shared.options;
-    if sync::MODEL_CHECKED
-        || options.io_replaced
-        || !options.checkpoint_verification_delay.is_zero()
-    {
-        decode(&mut || {});
-        return None;
-    }
-    std::thread::scope(|scope| {
-        let mut load = Some(load);
-        let mut loading = None;
-        decode(&mut || {
-            if let Some(load) = load.take() {
-                let thread = std::thread::Builder::new().name("execlog-verify-load".into());
-                loading = thread.spawn_scoped(scope, load).ok();
-            }
-        });
-        loading.and_then(|thread| thread.join().ok())
-    })
-}
-
-/// The checkpoint open trusted, decoded from the file again for the walk (the index
-/// decoded from it was changed by the tail since): the file's CRC must be the one open
-/// trusted, or a file written into the directory since would be verified in its place.
-fn load_trusted(shared: &Shared) -> std::result::Result<Checkpoint, String> {
+/// The checks an ordinary open makes, over the segments as they are now (nothing has
+/// written to them since open: writes wait for this), and the covered keys filed.
+fn verify(shared: &Shared, stop: &Stop) -> std::result::Result<(), String> {
+    check_listing(shared)?;
     let saved = checkpoint::load(shared.io.as_ref(), &shared.dir, shared.options.index_stride)?
         .ok_or("the checkpoint open used is gone")?;
     if saved.file_crc != shared.verification.trusted_crc {
         return Err("checkpoint.idx was replaced after open: the file open trusted is gone".into());
     }
-    Ok(saved)
-}
-
-/// The checks an ordinary open makes, over the segments as they are now (nothing has
-/// written to them since open: writes wait for this), and the covered keys filed;
-/// `preloaded` is the trusted checkpoint if it was already loaded.
-fn verify(
-    shared: &Shared,
-    stop: &Stop,
-    preloaded: Option<std::result::Result<Checkpoint, String>>,
-) -> std::result::Result<(), String> {
-    check_listing(shared)?;
-    let saved = preloaded.unwrap_or_else(|| load_trusted(shared))?;
     let mut maps = Vec::with_capacity(saved.segments.len());
     for id in (1..).take(saved.segments.len()) {
         let file = shared

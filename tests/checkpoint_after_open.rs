@@ -178,11 +178,11 @@ fn swapped_ids_are_never_served_and_the_checkpoint_is_refuted() {
     assert_eq!(answers(&reopened), truth);
 }
 
-/// With no delay, the verifier decodes the file for its walk while the index is decoded,
-/// right after open returns. Whichever file it reads (the forged one open trusted, or
-/// the good one renamed over it), the verdict refutes: the walk finds the swap, or the
+/// With no delay, the verifier decodes the file for its walk right after the index's
+/// decode. Whichever file it reads (the forged one open trusted, or the good one renamed
+/// over it right after open), the verdict refutes: the walk finds the swap, or the
 /// file's CRC is not the one open trusted. (Written in place instead, the truncation
-/// would fault the maps of the file open trusted: DESIGN, "Known limits".)
+/// would fault the map of the file open trusted: DESIGN, "Known limits".)
 #[test]
 fn a_checkpoint_put_back_at_once_after_open_is_refuted_whichever_file_was_read() {
     let dir = store();
