@@ -98,6 +98,11 @@ impl Verification {
         !self.is_verified() && *self.verdict.lock() == Verdict::Pending
     }
 
+    /// The CRC of the checkpoint file open trusted.
+    pub(crate) fn trusted_crc(&self) -> u32 {
+        self.trusted_crc
+    }
+
     /// Whether the index may be saved: verified, or never in doubt.
     pub(crate) fn is_verified(&self) -> bool {
         self.verified.load(Ordering::Acquire)

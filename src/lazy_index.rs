@@ -89,6 +89,12 @@ pub(crate) fn decode(
         if c.segments != lazy.directory.segments() {
             return Err("the decoded digests differ from those open used".to_string());
         }
+        // Open's map shows the file's inode as it is now: one written in place since
+        // open must not become the index, even for the moment before the verifier's
+        // own decode of the path (whose CRC check would refute it too) runs.
+        if c.file_crc != shared.verification.trusted_crc() {
+            return Err("checkpoint.idx was changed in place after open".to_string());
+        }
         Ok(c)
     });
     match decoded {
