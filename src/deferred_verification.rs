@@ -203,6 +203,7 @@ pub(crate) fn start(shared: &Arc<Shared>, opened: Receiver<()>) -> Result<Option
 }
 
 fn run(shared: &Shared, stop: &Stop, ready: Sender<()>, opened: &Receiver<()>) {
+    let _settles = SettleOnPanic(shared);
     if let Some(lazy) = &shared.lazy {
         let locked = || {
             // Open waits on the other end; if it is gone, nobody waits.
@@ -240,9 +241,34 @@ fn run(shared: &Shared, stop: &Stop, ready: Sender<()>, opened: &Receiver<()>) {
     }
 }
 
+/// A verdict the thread did not reach because it panicked (a bug), given on its way
+/// out: the store is poisoned and whoever waits for the verdict (writers, the checkpoint
+/// thread, close) is released, rather than waiting forever. The file stays: it is not
+/// known to be wrong.
+struct SettleOnPanic<'a>(&'a Shared);
+
+impl Drop for SettleOnPanic<'_> {
+    fn drop(&mut self) {
+        let shared = self.0;
+        if std::thread::panicking() && shared.verification.is_pending() {
+            let cause = "the verification of the index checkpoint after open panicked \
+                         (a bug): close and reopen the store, with \
+                         `verify_checkpoint_after_open(false)` to verify it before open"
+                .to_string();
+            log::error!("{}: {cause}", shared.dir.display());
+            committer::poison(shared, Poison::new(cause.clone()));
+            shared.verification.settle(Verdict::Refuted(cause));
+        }
+    }
+}
+
 /// The checks an ordinary open makes, over the segments as they are now (nothing has
 /// written to them since open: writes wait for this), and the covered keys filed.
 fn verify(shared: &Shared, stop: &Stop) -> std::result::Result<(), String> {
+    #[expect(clippy::panic, reason = "a test hook standing for a bug")]
+    if shared.options.checkpoint_verification_panics {
+        panic!("checkpoint_verification_panics");
+    }
     check_listing(shared)?;
     let saved = checkpoint::load(shared.io.as_ref(), &shared.dir, shared.options.index_stride)?
         .ok_or("the checkpoint open used is gone")?;

@@ -94,6 +94,8 @@ pub struct Options {
     /// Test hook: how long the decode of an index left to decode after open holds the
     /// store lock before it decodes.
     pub(crate) checkpoint_decode_hold: Duration,
+    /// Test hook: the verification after open panics where it would verify.
+    pub(crate) checkpoint_verification_panics: bool,
     /// Executions a running checkpoint encodes per hold of the store lock.
     pub(crate) checkpoint_slice: usize,
     /// `None` until set: the default, which depends on the file system.
@@ -129,6 +131,7 @@ impl Default for Options {
             checkpoint_verification_delay: Duration::ZERO,
             checkpoint_verification_pause: Duration::ZERO,
             checkpoint_decode_hold: Duration::ZERO,
+            checkpoint_verification_panics: false,
             checkpoint_slice: crate::checkpoint_encode::SLICE,
             checkpoint_interval: None,
             write_path: WritePath::ZerosAhead,
@@ -343,6 +346,15 @@ impl Options {
     #[must_use]
     pub fn checkpoint_decode_hold(mut self, hold: Duration) -> Self {
         self.checkpoint_decode_hold = hold;
+        self
+    }
+
+    /// Test hook: the verification after open panics after the decode, where it would
+    /// verify, so that a test can see what a bug there leaves behind.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn checkpoint_verification_panics(mut self) -> Self {
+        self.checkpoint_verification_panics = true;
         self
     }
 

@@ -803,3 +803,39 @@ fn a_crash_after_an_erasure_pass_leaves_no_checkpoint_to_refute() {
     let s = LogStore::open_with(image.path(), options()).unwrap();
     assert!(s.recovery_report().index_decoded_after_open);
 }
+
+/// A panic in the verification (a bug; a test hook stands for it) gives a verdict on
+/// its way out: writers waiting for the verdict are refused with `Poisoned` instead of
+/// waiting forever, close returns, the file stays (it is not known to be wrong), and
+/// the next open verifies it.
+#[test]
+fn a_panic_in_the_verification_poisons_instead_of_leaving_writers_waiting() {
+    let dir = store();
+    let truth = full_scan_answers(dir.path());
+    let options = after_open(Duration::ZERO).checkpoint_verification_panics();
+    let s = std::sync::Arc::new(LogStore::open_with(dir.path(), options).unwrap());
+    assert!(s.recovery_report().checkpoint_verification_deferred);
+    let (sent, appended) = std::sync::mpsc::channel();
+    let appender = std::sync::Arc::clone(&s);
+    std::thread::spawn(move || {
+        let id = ExecutionId::from("run-b");
+        let _ = sent.send(appender.append_blocking(&id, &tenant(1), step_event(7)));
+    });
+    let appended = appended
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the append still waits for a verdict");
+    assert!(
+        matches!(appended, Err(Error::Poisoned { .. })),
+        "{appended:?}"
+    );
+    let refuted = s.stats().checkpoint_refuted.unwrap_or_default();
+    assert!(refuted.contains("panicked"), "{refuted}");
+    s.close().unwrap();
+    drop(s);
+    assert!(dir.path().join(CHECKPOINT).exists(), "the file was removed");
+    let reopened = LogStore::open_with(dir.path(), after_open(Duration::ZERO)).unwrap();
+    assert!(reopened.recovery_report().checkpoint_verification_deferred);
+    wait_for_verdict(&reopened);
+    assert_eq!(reopened.stats().checkpoint_refuted, None);
+    assert_eq!(answers(&reopened), truth);
+}
