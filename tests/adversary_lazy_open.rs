@@ -61,30 +61,9 @@ fn id(s: &str) -> ExecutionId {
     ExecutionId::from(s)
 }
 
-/// `run-a` (tenant 0, 10 events), `run-b` (tenant 1, 7 events), `run-c` (tenant 0, 3
-/// events), `gone` (tenant 1, deleted) and `fork-a` (run-a's first 4 events and one
-/// of its own), closed cleanly.
+/// The five executions of `common::verify_after_open::five_executions`.
 fn store() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let s = LogStore::open_with(dir.path(), Options::default().index_stride(4)).unwrap();
-    for (name, t, n) in [
-        ("run-a", 0, 10u64),
-        ("run-b", 1, 7),
-        ("run-c", 0, 3),
-        ("gone", 1, 2),
-    ] {
-        for i in 0..n {
-            s.append_blocking(&id(name), &tenant(t), step_event(i))
-                .unwrap();
-        }
-    }
-    s.fork_execution_blocking(&id("run-a"), 4, &id("fork-a"))
-        .unwrap();
-    s.append_blocking(&id("fork-a"), &tenant(0), step_event(40))
-        .unwrap();
-    assert!(s.delete_execution_blocking(&id("gone")).unwrap());
-    s.close().unwrap();
-    dir
+    common::verify_after_open::five_executions()
 }
 
 const ALL: [&str; 5] = ["run-a", "run-b", "run-c", "gone", "fork-a"];

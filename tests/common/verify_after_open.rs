@@ -1,7 +1,8 @@
 //! Helpers of the tests of `Options::verify_checkpoint_after_open`
 //! (`tests/checkpoint_after_open.rs`, `tests/adversary_verify_after_open.rs`): the
 //! options, waiting for the verdict, and forging `checkpoint.idx` with a valid CRC (also
-//! `tests/adversary_auto_verify.rs`).
+//! `tests/adversary_auto_verify.rs`), and the small store the lazy-open adversary tests
+//! share.
 
 use std::fs;
 use std::path::Path;
@@ -85,4 +86,33 @@ pub fn set_covered_end(dir: &Path, n: u32, end: usize) {
     bytes[at + 8..at + 12].copy_from_slice(&digest.to_le_bytes());
     recompute_crc(&mut bytes);
     fs::write(dir.join(CHECKPOINT), bytes).unwrap();
+}
+
+/// `run-a` (tenant 0, 10 events), `run-b` (tenant 1, 7), `run-c` (tenant 0, 3), `gone`
+/// (tenant 1, deleted) and `fork-a` (run-a's first 4 events and one of its own), stride
+/// 4, closed cleanly: a layout 3 checkpoint covering the whole log.
+#[allow(clippy::unwrap_used)]
+pub fn five_executions() -> tempfile::TempDir {
+    let id = |s: &str| ExecutionId::from(s);
+    let tenant = |n: u32| TenantId::from(format!("tenant-{n}"));
+    let dir = tempfile::tempdir().unwrap();
+    let s = LogStore::open_with(dir.path(), Options::default().index_stride(4)).unwrap();
+    for (name, t, n) in [
+        ("run-a", 0, 10u64),
+        ("run-b", 1, 7),
+        ("run-c", 0, 3),
+        ("gone", 1, 2),
+    ] {
+        for i in 0..n {
+            s.append_blocking(&id(name), &tenant(t), super::step_event(i))
+                .unwrap();
+        }
+    }
+    s.fork_execution_blocking(&id("run-a"), 4, &id("fork-a"))
+        .unwrap();
+    s.append_blocking(&id("fork-a"), &tenant(0), super::step_event(40))
+        .unwrap();
+    assert!(s.delete_execution_blocking(&id("gone")).unwrap());
+    s.close().unwrap();
+    dir
 }
