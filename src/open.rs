@@ -289,8 +289,8 @@ fn verifies_after_open(options: &Options, mapped: Option<&Opened>) -> bool {
 
 /// One pass at `tier`; `None` if a checkpoint trusted without its checks met anything
 /// but a clean tail (something to cut or set aside, a tail not on the disk, for
-/// `Tier::Lazy` any record after it): whether that is damage or a wrong checkpoint is for a pass with the checks
-/// to say.
+/// `Tier::Lazy` any record after it): whether that is damage or a wrong checkpoint is
+/// for a pass with the checks to say.
 fn pass_once(
     io: &dyn Io,
     dir: &Path,
