@@ -31,6 +31,7 @@ use std::collections::HashMap;
 use crate::frozen_index::{DurableView, Frozen};
 use crate::id_table::IdTable;
 use crate::ids::{ExecutionId, TenantId};
+use crate::index_tally::{Shape, Summary, Tally};
 use crate::record::Pos;
 
 /// Index of an execution in [`Index::executions`]; also its number on disk.
@@ -122,11 +123,6 @@ impl Sparse {
     pub(crate) fn iter(&self) -> impl Iterator<Item = Pos> + '_ {
         self.first.into_iter().chain(self.rest.iter().copied())
     }
-
-    /// Bytes on the heap.
-    fn heap_bytes(&self) -> usize {
-        self.rest.capacity() * std::mem::size_of::<Pos>()
-    }
 }
 
 impl Execution {
@@ -154,19 +150,6 @@ pub(crate) struct EntryPoint {
     pub(crate) pos: Pos,
 }
 
-/// The index's part of `Stats`: what readers see (visible executions, their durable
-/// events, tenants with one) and approximate memory.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Summary {
-    pub(crate) executions: usize,
-    pub(crate) events: u64,
-    pub(crate) tenants: usize,
-    /// Heap and inline bytes the index uses.
-    pub(crate) memory_bytes: usize,
-    /// Bytes of the sparse entries alone (the part that grows per event).
-    pub(crate) sparse_bytes: usize,
-}
-
 /// All executions of a store.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Index {
@@ -182,6 +165,8 @@ pub(crate) struct Index {
     forks: HashMap<ExecNo, Base>,
     /// The durable side as it was when a running checkpoint began encoding it.
     frozen: Option<Frozen>,
+    /// What statistics report, kept as the executions change.
+    tally: Tally,
 }
 
 impl Index {
@@ -197,6 +182,7 @@ impl Index {
             deleted: 0,
             forks: HashMap::new(),
             frozen: None,
+            tally: Tally::default(),
         }
     }
 
@@ -240,6 +226,7 @@ impl Index {
         {
             e.life = Life::Deleted;
             self.deleted += 1;
+            self.tally.deleted(e.tenant, e.durable_seq);
         }
     }
 
@@ -270,6 +257,7 @@ impl Index {
             Some(&t) => t,
             None => {
                 let t = self.tenant_ids.len() as u32;
+                self.tally.tenant_added(tenant);
                 self.tenant_ids.push(tenant.clone());
                 self.tenant_by_id.insert(tenant.clone(), t);
                 self.tenant_executions.push(Vec::new());
@@ -278,6 +266,8 @@ impl Index {
         };
         let new = self.by_id.insert(&id, no, &self.executions);
         debug_assert!(new, "{id} created twice");
+        self.tally
+            .execution_added(id.as_str().len(), tenant_no, 0, 0);
         self.executions.push(Execution {
             id,
             tenant: tenant_no,
@@ -301,6 +291,7 @@ impl Index {
         let tenant = self.get(base.source).map_or(0, |e| e.tenant);
         let new = self.by_id.insert(&id, no, &self.executions);
         debug_assert!(new, "{id} created twice");
+        self.tally.execution_added(id.as_str().len(), tenant, 0, 0);
         self.executions.push(Execution {
             id,
             tenant,
@@ -362,6 +353,9 @@ impl Index {
         e.reserved_pos = pos;
         if (sequence - first).is_multiple_of(stride) {
             debug_assert_eq!(e.sparse.len() as u64, (sequence - first) / stride);
+            if e.sparse.first.is_some() {
+                self.tally.heap_entry_added();
+            }
             e.sparse.push(pos);
         }
     }
@@ -371,6 +365,10 @@ impl Index {
         self.save_frozen(no);
         if let Some(e) = self.executions.get_mut(no as usize) {
             debug_assert!(sequence > e.durable_seq && sequence <= e.reserved_seq);
+            if e.visible() {
+                self.tally
+                    .made_durable(sequence.saturating_sub(e.durable_seq));
+            }
             e.durable_seq = sequence;
             e.durable_pos = pos;
         }
@@ -518,6 +516,7 @@ impl Index {
         }
         self.tenant_by_id
             .insert(tenant.clone(), self.tenant_ids.len() as u32);
+        self.tally.tenant_added(&tenant);
         self.tenant_ids.push(tenant);
         self.tenant_executions.push(Vec::new());
         Ok(())
@@ -558,6 +557,9 @@ impl Index {
             return Err(format!("execution {id} listed twice"));
         }
         list.push(no);
+        let heap_entries = sparse.rest.len();
+        self.tally
+            .execution_added(id.as_str().len(), tenant, durable_seq, heap_entries);
         self.executions.push(Execution {
             id,
             tenant,
@@ -602,47 +604,38 @@ impl Index {
         &self.forks
     }
 
-    /// What statistics report of the index, in one pass over the executions: the
-    /// caller holds the store lock, which appends wait for.
+    /// What statistics report of the index, from its tally: the caller holds the
+    /// store lock, which appends wait for, so this does not walk the executions.
     pub(crate) fn summary(&self) -> Summary {
         use std::mem::size_of;
-        // Each id once (the id table holds numbers), behind its `Arc`'s two counts; each
-        // execution's number once more in its tenant's list.
-        let per_exec = size_of::<ExecNo>() + 2 * size_of::<usize>();
-        let mut sum = Summary::default();
-        let mut exec_heap = 0;
-        for e in &self.executions {
-            let sparse = e.sparse.heap_bytes();
-            exec_heap += per_exec + e.id.as_str().len() + sparse;
-            sum.sparse_bytes += sparse + size_of::<Option<Pos>>();
-            if e.visible() {
-                sum.executions += 1;
-                sum.events += e.durable_seq;
-            }
-        }
-        sum.tenants = self
+        self.tally.summary(&Shape {
+            executions: self.executions.len(),
+            execution_slot_bytes: self.executions.capacity() * size_of::<Execution>(),
+            id_table_bytes: self.by_id.allocated_bytes(),
+            fork_bytes: self.forks.capacity() * (size_of::<(ExecNo, Base)>() + 1),
+            index_bytes: size_of::<Self>(),
+        })
+    }
+
+    /// [`Index::summary`] counted the slow way, over every execution, to check the
+    /// tally against.
+    #[cfg(test)]
+    pub(crate) fn recount(&self) -> (usize, u64, usize, usize) {
+        let visible = || self.executions.iter().filter(|e| e.visible());
+        let tenants = self
             .tenant_executions
             .iter()
             .filter(|list| {
-                list.iter().any(|&no| {
-                    self.executions
-                        .get(no as usize)
-                        .is_some_and(Execution::visible)
-                })
+                list.iter()
+                    .any(|&no| self.executions[no as usize].visible())
             })
             .count();
-        let tenants: usize = self
-            .tenant_ids
-            .iter()
-            .map(|t| 2 * (t.as_str().len() + size_of::<TenantId>()) + size_of::<Vec<ExecNo>>())
-            .sum();
-        let forks = self.forks.capacity() * (size_of::<(ExecNo, Base)>() + 1);
-        sum.memory_bytes = size_of::<Self>()
-            + exec_heap
-            + self.executions.capacity() * size_of::<Execution>()
-            + self.by_id.allocated_bytes()
-            + tenants
-            + forks;
-        sum
+        let heap_entries = self.executions.iter().map(|e| e.sparse.rest.len()).sum();
+        (
+            visible().count(),
+            visible().map(|e| e.durable_seq).sum(),
+            tenants,
+            heap_entries,
+        )
     }
 }

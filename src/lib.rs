@@ -92,6 +92,7 @@ mod idempotency;
 mod ids;
 mod import;
 mod index;
+mod index_tally;
 mod io;
 mod lazy_index;
 mod lifecycle;

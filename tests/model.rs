@@ -101,6 +101,16 @@ struct Model {
 }
 
 impl Model {
+    /// Statistics count what the model holds, after any op (the index keeps them as
+    /// it changes, `src/index_tally.rs`, whichever way it was built).
+    fn check_stats(&self, stats: &Stats, after: &Op) {
+        let events: usize = self.events.values().map(Vec::len).sum();
+        let tenants: std::collections::HashSet<_> = self.owner.values().collect();
+        let got = (stats.executions, stats.events, stats.tenants);
+        let want = (self.created.len(), events as u64, tenants.len());
+        assert_eq!(got, want, "executions, events, tenants after {after:?}");
+    }
+
     /// Checks the store's answer to an append of `events` and updates the model.
     fn apply(&mut self, exec: u8, t: u8, events: Vec<ExecutionEventData>, got: Result<u64, Error>) {
         if self.owner.get(&exec).is_some_and(|&owner| owner != t) {
@@ -483,6 +493,7 @@ fn run(ops: &[Op], mut files: Files) {
                 assert_eq!(got, model.owner.get(&exec).map(|&t| tenant(t)));
             }
         }
+        model.check_stats(&store.stats(), op);
     }
 }
 
