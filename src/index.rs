@@ -639,3 +639,58 @@ impl Index {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(offset: u32) -> Pos {
+        Pos { segment: 1, offset }
+    }
+
+    fn check(index: &Index) {
+        let s = index.summary();
+        let (executions, events, tenants, heap_entries) = index.recount();
+        assert_eq!(
+            (s.executions, s.events, s.tenants),
+            (executions, events, tenants)
+        );
+        let sparse = heap_entries * size_of::<Pos>() + index.len() * size_of::<Option<Pos>>();
+        assert_eq!(s.sparse_bytes, sparse);
+    }
+
+    /// The tally follows every change that moves a figure: creation, entry points,
+    /// durable cursors, forks, deletion, and a restore from a checkpoint.
+    #[test]
+    fn the_summary_equals_a_recount_after_every_change() {
+        let mut index = Index::new(2);
+        let a = index.create(ExecutionId::from("a"), &TenantId::from("t1"), at(0));
+        check(&index);
+        for seq in 2..=7 {
+            index.reserve(a, seq, at(seq as u32 * 8));
+            index.make_durable(a, seq, at(seq as u32 * 8));
+            check(&index);
+        }
+        let b = index.create(ExecutionId::from("b"), &TenantId::from("t2"), at(100));
+        index.make_durable(b, 1, at(100));
+        let f = index.create_fork(ExecutionId::from("f"), Base { source: a, at: 5 }, at(40));
+        index.make_durable(f, 5, at(40));
+        check(&index);
+        index.mark_deleting(b);
+        check(&index);
+        index.delete(b);
+        index.delete(b);
+        check(&index);
+        index.delete(a);
+        check(&index);
+
+        let mut restored = Index::new(2);
+        restored.restore_tenant(TenantId::from("t1")).unwrap();
+        let sparse = Sparse::from_entries([at(0), at(16), at(32)].into_iter());
+        restored
+            .restore_execution(ExecutionId::from("a"), 0, (5, at(40)), (sparse, None))
+            .unwrap();
+        check(&restored);
+        assert_eq!(restored.summary().events, 5);
+    }
+}
