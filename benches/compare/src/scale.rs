@@ -305,8 +305,8 @@ pub fn stats_cost(dir: &Path, times: usize) {
         .collect();
     runs.sort();
     println!(
-        "stats(): median {:.3} ms over {} calls, {} executions",
-        ms(runs[runs.len() / 2]),
+        "stats(): median {:.2} µs over {} calls, {} executions",
+        runs[runs.len() / 2].as_secs_f64() * 1e6,
         runs.len(),
         store.stats().executions
     );
