@@ -353,10 +353,9 @@ impl Index {
         e.reserved_pos = pos;
         if (sequence - first).is_multiple_of(stride) {
             debug_assert_eq!(e.sparse.len() as u64, (sequence - first) / stride);
-            if e.sparse.first.is_some() {
-                self.tally.heap_entry_added();
-            }
+            let before = e.sparse.rest.capacity();
             e.sparse.push(pos);
+            self.tally.heap_grew(before, e.sparse.rest.capacity());
         }
     }
 
@@ -557,9 +556,9 @@ impl Index {
             return Err(format!("execution {id} listed twice"));
         }
         list.push(no);
-        let heap_entries = sparse.rest.len();
+        let heap_capacity = sparse.rest.capacity();
         self.tally
-            .execution_added(id.as_str().len(), tenant, durable_seq, heap_entries);
+            .execution_added(id.as_str().len(), tenant, durable_seq, heap_capacity);
         self.executions.push(Execution {
             id,
             tenant,
@@ -630,12 +629,16 @@ impl Index {
                     .any(|&no| self.executions[no as usize].visible())
             })
             .count();
-        let heap_entries = self.executions.iter().map(|e| e.sparse.rest.len()).sum();
+        let heap_capacity = self
+            .executions
+            .iter()
+            .map(|e| e.sparse.rest.capacity())
+            .sum();
         (
             visible().count(),
             visible().map(|e| e.durable_seq).sum(),
             tenants,
-            heap_entries,
+            heap_capacity,
         )
     }
 }
@@ -650,12 +653,12 @@ mod tests {
 
     fn check(index: &Index) {
         let s = index.summary();
-        let (executions, events, tenants, heap_entries) = index.recount();
+        let (executions, events, tenants, heap_capacity) = index.recount();
         assert_eq!(
             (s.executions, s.events, s.tenants),
             (executions, events, tenants)
         );
-        let sparse = heap_entries * size_of::<Pos>() + index.len() * size_of::<Option<Pos>>();
+        let sparse = heap_capacity * size_of::<Pos>() + index.len() * size_of::<Option<Pos>>();
         assert_eq!(s.sparse_bytes, sparse);
     }
 
