@@ -230,23 +230,8 @@ impl LogStore {
         options.validate()?;
         let dir = dir.to_path_buf();
         let io = Arc::clone(&options.io);
-        if read_only {
-            let names = io.list(&dir).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => Error::InvalidArgument(format!(
-                    "{} does not exist: not an execlog store",
-                    dir.display()
-                )),
-                _ => Error::io("list directory", &dir, e),
-            })?;
-            if !names
-                .iter()
-                .any(|n| store_dir::parse_segment_name(n).is_some())
-            {
-                return Err(Error::InvalidArgument(format!(
-                    "{} is not an execlog store (it holds no segment files)",
-                    dir.display()
-                )));
-            }
+        if read_only || !options.create_if_missing {
+            require_store(io.as_ref(), &dir)?;
         } else {
             create_dir_durably(io.as_ref(), &dir, options.dir_mode())?;
         }
@@ -745,6 +730,32 @@ impl LogStore {
         validate_id("tenant", tenant_id.as_str())?;
         Ok(self.shared.index()?.index.list(tenant_id, limit, offset))
     }
+}
+
+/// Refuses `dir` unless it holds a store: a checkpoint or a segment file. Read-only
+/// opens and [`Options::create_if_missing`]`(false)` create nothing, so a directory
+/// without one is a mistake to report, not a store to start.
+fn require_store(io: &dyn Io, dir: &Path) -> Result<()> {
+    if io.exists(&dir.join(store_dir::CHECKPOINT)).unwrap_or(false) {
+        return Ok(());
+    }
+    let names = io.list(dir).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::InvalidArgument(format!(
+            "{} does not exist: not an execlog store",
+            dir.display()
+        )),
+        _ => Error::io("list directory", dir, e),
+    })?;
+    if !names
+        .iter()
+        .any(|n| store_dir::parse_segment_name(n).is_some())
+    {
+        return Err(Error::InvalidArgument(format!(
+            "{} is not an execlog store (it holds no segment files)",
+            dir.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Creates `dir` and its missing parents; when it did not exist, fsyncs it and the

@@ -103,6 +103,7 @@ pub struct Options {
     pub(crate) write_path: WritePath,
     pub(crate) key_hash_bits: u32,
     pub(crate) group_read: bool,
+    pub(crate) create_if_missing: bool,
     /// `None` until set: the default, which depends on the file system (`scrub_rate`).
     pub(crate) scrub: Option<ScrubRate>,
     pub(crate) retention: Option<Duration>,
@@ -137,6 +138,7 @@ impl Default for Options {
             write_path: WritePath::ZerosAhead,
             key_hash_bits: 64,
             group_read: false,
+            create_if_missing: true,
             scrub: None,
             retention: None,
             erasure_interval: None,
@@ -425,6 +427,18 @@ impl Options {
     #[must_use]
     pub fn group_read(mut self, enabled: bool) -> Self {
         self.group_read = enabled;
+        self
+    }
+
+    /// Whether [`LogStore::open_with`](crate::LogStore::open_with) creates a store
+    /// where there is none. With `false`, a directory that does not exist, or holds
+    /// no segment file, is refused with [`Error::InvalidArgument`] and nothing is
+    /// created, so a mistyped path fails instead of opening a new, empty store
+    /// beside the one meant. Checking costs a listing of the directory unless it
+    /// holds a checkpoint. Default `true` (read-only opens never create).
+    #[must_use]
+    pub fn create_if_missing(mut self, enabled: bool) -> Self {
+        self.create_if_missing = enabled;
         self
     }
 

@@ -9,9 +9,12 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use common::step_event;
 use execlog::fault::SimIo;
 use execlog::*;
 
@@ -239,4 +242,49 @@ fn exists_finds_files_and_directories() {
         assert!(!io.exists(&dir.join("missing")).unwrap(), "{io:?}: missing");
         assert!(!io.exists(&dir.join("missing/deeper")).unwrap(), "{io:?}");
     }
+}
+
+/// `Options::create_if_missing(false)` refuses a directory without a store (missing,
+/// empty, or holding other files) with `InvalidArgument` and creates nothing there,
+/// and opens an existing store as usual, whether it holds a checkpoint or not.
+#[test]
+fn create_if_missing_false_refuses_what_is_not_a_store_and_creates_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let strict = || Options::default().create_if_missing(false);
+    let missing = root.path().join("typo");
+    let err = LogStore::open_with(&missing, strict()).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    assert!(!missing.exists(), "the directory was created");
+
+    let other = root.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "not a store").unwrap();
+    let err = LogStore::open_with(&other, strict()).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+    assert!(err.to_string().contains("no segment files"), "{err}");
+    let names: Vec<_> = std::fs::read_dir(&other).unwrap().collect();
+    assert_eq!(
+        names.len(),
+        1,
+        "open created files in a directory it refused"
+    );
+
+    let store_dir = root.path().join("store");
+    let e = ExecutionId::from("run");
+    let t = TenantId::from("t");
+    let store = LogStore::open(&store_dir).unwrap();
+    store.append_blocking(&e, &t, step_event(1)).unwrap();
+    drop(store);
+    // After a clean close (a checkpoint) and without one (segments only).
+    for checkpoint in [true, false] {
+        if !checkpoint {
+            std::fs::remove_file(store_dir.join("checkpoint.idx")).unwrap();
+        }
+        let store = LogStore::open_with(&store_dir, strict()).unwrap();
+        assert_eq!(store.load_events_blocking(&e).unwrap().len(), 1);
+        store.close().unwrap();
+    }
+    let made = LogStore::open_with(root.path().join("new"), Options::default()).unwrap();
+    assert!(made.path().exists(), "the default still creates");
 }
