@@ -14,8 +14,8 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::io::Io;
-use crate::record::{self, Decoded, Kind, RECORD_ALIGN};
+use crate::io::{Io, Mapped};
+use crate::record::{self, Decoded, Header, Kind, Pos, RECORD_ALIGN};
 use crate::segment::{self, HeaderCheck, SEGMENT_HEADER_LEN};
 use crate::store_dir;
 
@@ -37,6 +37,24 @@ pub fn survey_damage(dir: impl AsRef<Path>) -> Result<Vec<SegmentSurvey>> {
 }
 
 pub(crate) fn survey_with(io: &dyn Io, dir: &Path) -> Result<Vec<SegmentSurvey>> {
+    let mut surveys = Vec::new();
+    for id in segment_ids(io, dir)? {
+        let map = map_segment(io, dir, id)?;
+        let mut readable_events = 0;
+        let damaged = walk_segment(map.as_ref().as_ref(), id, |_, header, _| {
+            readable_events += u64::from(header.kind == Kind::Event);
+        });
+        surveys.push(SegmentSurvey {
+            segment: id,
+            readable_events,
+            damaged,
+        });
+    }
+    Ok(surveys)
+}
+
+/// The ids of the segment files in `dir`, ascending.
+pub(crate) fn segment_ids(io: &dyn Io, dir: &Path) -> Result<Vec<u32>> {
     let mut ids: Vec<u32> = io
         .list(dir)
         .map_err(|e| Error::io("list directory", dir, e))?
@@ -44,10 +62,11 @@ pub(crate) fn survey_with(io: &dyn Io, dir: &Path) -> Result<Vec<SegmentSurvey>>
         .filter_map(|n| store_dir::parse_segment_name(n))
         .collect();
     ids.sort_unstable();
-    ids.iter().map(|&id| survey_segment(io, dir, id)).collect()
+    Ok(ids)
 }
 
-fn survey_segment(io: &dyn Io, dir: &Path, id: u32) -> Result<SegmentSurvey> {
+/// Segment `id` of `dir`, mapped whole through a read-only handle.
+pub(crate) fn map_segment(io: &dyn Io, dir: &Path, id: u32) -> Result<Mapped> {
     let path = store_dir::segment_path(dir, id);
     let file = io
         .open(&path, true)
@@ -55,52 +74,59 @@ fn survey_segment(io: &dyn Io, dir: &Path, id: u32) -> Result<SegmentSurvey> {
     let size = file
         .size()
         .map_err(|e| Error::io("stat segment", &path, e))?;
-    let map = file
-        .map(size.min(u64::from(u32::MAX)))
-        .map_err(|e| Error::io("mmap segment", &path, e))?;
-    let bytes: &[u8] = map.as_ref().as_ref();
-    let mut out = SegmentSurvey {
-        segment: id,
-        ..SegmentSurvey::default()
-    };
+    file.map(size.min(u64::from(u32::MAX)))
+        .map_err(|e| Error::io("mmap segment", &path, e))
+}
+
+/// Calls `each` with every whole record of segment `id`'s `bytes` (position, header,
+/// body), in order, resuming past damage at the next record; returns the damaged
+/// ranges `[from, to)` with the first reason found in each.
+pub(crate) fn walk_segment(
+    bytes: &[u8],
+    id: u32,
+    mut each: impl FnMut(Pos, &Header, &[u8]),
+) -> Vec<(u64, u64, String)> {
+    let mut damaged = Vec::new();
     if let HeaderCheck::Bad(why) = segment::check_header(bytes, id) {
-        out.damaged.push((
-            0,
-            SEGMENT_HEADER_LEN as u64,
-            format!("segment header: {why}"),
-        ));
+        let why = format!("segment header: {why}");
+        damaged.push((0, SEGMENT_HEADER_LEN as u64, why));
     }
     let mut at = SEGMENT_HEADER_LEN;
     while at < bytes.len() {
         match record::decode(&bytes[at..]) {
             Decoded::Record {
-                header, framed_len, ..
+                header,
+                body,
+                framed_len,
             } => {
-                if header.kind == Kind::Event {
-                    out.readable_events += 1;
-                }
+                let offset = u32::try_from(at).unwrap_or(u32::MAX);
+                each(
+                    Pos {
+                        segment: id,
+                        offset,
+                    },
+                    &header,
+                    body,
+                );
                 at += framed_len;
             }
             Decoded::Empty => {
                 // Zeros: the end of the data, unless a record follows further on.
-                match next_record(bytes, at) {
-                    Some(next) => {
-                        let why = "zeros where records continue later".to_string();
-                        out.damaged.push((at as u64, next as u64, why));
-                        at = next;
-                    }
-                    None => break,
-                }
+                let Some(next) = next_record(bytes, at) else {
+                    break;
+                };
+                let why = "zeros where records continue later".to_string();
+                damaged.push((at as u64, next as u64, why));
+                at = next;
             }
             Decoded::Invalid(why) => {
-                let next = next_record(bytes, at + RECORD_ALIGN);
-                let to = next.unwrap_or(bytes.len());
-                out.damaged.push((at as u64, to as u64, why.to_string()));
+                let to = next_record(bytes, at + RECORD_ALIGN).unwrap_or(bytes.len());
+                damaged.push((at as u64, to as u64, why.to_string()));
                 at = to;
             }
         }
     }
-    Ok(out)
+    damaged
 }
 
 /// The first 8-byte boundary at or after `from` where a whole, CRC-valid record starts.

@@ -619,3 +619,196 @@ fn import_refuses_a_directory_of_other_files_and_a_url_without_postgres() {
         }
     }
 }
+
+/// Salvage's store: 64 KiB segments; `run-0` to `run-5` written one after the other
+/// (40 events of about 1 KB each, tenants `t-0` and `t-1` alternating), so each spans
+/// a segment or so; `fork-2` shares `run-2`'s first 20 events and adds 3; `run-4` and
+/// tenant `t-1`'s executions as they stood (run-1, run-3, run-5) deleted. Closed.
+fn salvage_store(dir: &Path) -> Vec<ExecutionId> {
+    let store = LogStore::open_with(dir, common::small_segments()).expect("open");
+    let ids: Vec<ExecutionId> = (0..6)
+        .map(|i| ExecutionId::from(format!("run-{i}")))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        let tenant = TenantId::from(format!("t-{}", i % 2));
+        for n in 0..40 {
+            let event = common::crash_image::kilobyte_event(n);
+            store.append_blocking(id, &tenant, event).expect("append");
+        }
+    }
+    let fork = ExecutionId::from("fork-2");
+    store
+        .fork_execution_blocking(&ids[2], 20, &fork)
+        .expect("fork");
+    for n in 0..3 {
+        let event = common::crash_image::kilobyte_event(100 + n);
+        store
+            .append_blocking(&fork, &TenantId::from("t-0"), event)
+            .expect("append");
+    }
+    store.delete_execution_blocking(&ids[4]).expect("delete");
+    store
+        .delete_tenant_blocking(&TenantId::from("t-1"))
+        .expect("delete tenant");
+    store.close().expect("close");
+    vec![ids[0].clone(), ids[2].clone(), fork]
+}
+
+/// Salvage of an intact store returns exactly what the store serves, oldest first,
+/// and none of the deleted executions; a flipped byte inside one event makes that
+/// execution come back up to the event before it, every other one whole (the fork
+/// too: it shares only events before the damage), the damage and the events after it
+/// in the report.
+#[test]
+fn salvage_returns_each_execution_up_to_its_first_damaged_event() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let live = salvage_store(dir.path());
+    let store = LogStore::open_read_only(dir.path()).expect("open");
+    let served: Vec<Vec<StoredEvent>> = live
+        .iter()
+        .map(|id| store.load_events_blocking(id).expect("load"))
+        .collect();
+    drop(store);
+
+    let whole = execlog::salvage(dir.path()).expect("salvage");
+    assert!(whole.report().is_whole(), "{:?}", whole.report());
+    assert_eq!(whole.report().deleted_executions, 4);
+    let got: Vec<_> = whole
+        .executions()
+        .map(|s| s.events.expect("reads back"))
+        .collect();
+    assert_eq!(got, served, "an intact store salvages as it serves");
+
+    // A byte inside the body of run-2's 30th event: run-0 and run-1 wrote the first
+    // 80 records, one per event.
+    let (segment, offset) = nth_record(dir.path(), 2 * 40 + 29);
+    let path = common::segment_files::segment_path(dir.path(), segment);
+    let mut bytes = std::fs::read(&path).expect("read");
+    bytes[offset + 200] ^= 0x40;
+    std::fs::write(&path, bytes).expect("write");
+    std::fs::remove_file(dir.path().join("checkpoint.idx")).expect("remove checkpoint");
+    let refused = LogStore::open_read_only(dir.path()).expect_err("the damage is found");
+    assert!(
+        matches!(refused, execlog::Error::Corrupt { .. }),
+        "{refused:?}"
+    );
+
+    let damaged = execlog::salvage(dir.path()).expect("salvage");
+    let report = damaged.report().clone();
+    assert!(!report.is_whole());
+    let ranges: Vec<_> = report.segments.iter().flat_map(|s| &s.damaged).collect();
+    assert_eq!(ranges.len(), 1, "{report:?}");
+    let got: Vec<_> = damaged.executions().collect();
+    let names: Vec<&str> = got.iter().map(|s| s.execution_id.as_str()).collect();
+    assert_eq!(names, ["run-0", "run-2", "fork-2"]);
+    let events = |i: usize| got[i].events.as_ref().expect("reads back");
+    assert_eq!(events(0), &served[0]);
+    assert_eq!(
+        events(1),
+        &served[1][..29],
+        "run-2 up to the event before the damage"
+    );
+    assert_eq!(
+        events(2),
+        &served[2],
+        "the fork shares only events before the damage"
+    );
+    assert_eq!(
+        report.events_after_gaps,
+        40 - 30,
+        "run-2's events after the damaged one"
+    );
+    assert_eq!((report.lost_executions, report.unnamed_executions), (0, 0));
+}
+
+/// The record `n` records into the log (0-based), counting every record: its segment
+/// and offset.
+fn nth_record(dir: &Path, n: usize) -> (u32, usize) {
+    let mut left = n;
+    for segment in 1.. {
+        let path = common::segment_files::segment_path(dir, segment);
+        let bytes = std::fs::read(&path).expect("segment");
+        let offsets = common::segment_files::record_offsets(&bytes);
+        match offsets.get(left) {
+            Some(&offset) => return (segment, offset),
+            None => left -= offsets.len(),
+        }
+    }
+    unreachable!()
+}
+
+/// `execlog export --salvage` writes what salvage finds as an export `execlog import`
+/// takes: exit 0 and everything for an intact store; exit 1, the damage said on
+/// stderr, and the surviving events for a damaged one that does not open. Here the
+/// damage is in run-2's 10th event, which the fork shares: the fork is lost whole.
+#[test]
+fn export_salvage_feeds_import() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let live = salvage_store(dir.path());
+    let exported = ok(&["export", "--salvage", path(dir.path())], "");
+    assert_eq!(
+        exported,
+        ok(&["export", path(dir.path())], ""),
+        "intact: the same export"
+    );
+
+    let (segment, offset) = nth_record(dir.path(), 2 * 40 + 9);
+    let file = common::segment_files::segment_path(dir.path(), segment);
+    let mut bytes = std::fs::read(&file).expect("read");
+    bytes[offset + 200] ^= 0x40;
+    std::fs::write(&file, bytes).expect("write");
+    std::fs::remove_file(dir.path().join("checkpoint.idx")).expect("remove checkpoint");
+    let out = execlog(&["export", "--salvage", path(dir.path())], "");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    let said = [
+        "damaged: segment",
+        "1 executions whose first events are lost",
+        "33 events after a gap",
+    ];
+    assert!(said.iter().all(|s| err.contains(s)), "{err}");
+    let copy = tempfile::tempdir().expect("tempdir");
+    ok(&["import", path(copy.path())], &text(&out.stdout));
+    let store = LogStore::open(copy.path()).expect("open copy");
+    let counts: Vec<usize> = live
+        .iter()
+        .map(|id| store.load_events_blocking(id).expect("load").len())
+        .collect();
+    assert_eq!(counts, [40, 9, 0]);
+}
+
+/// A batch is salvaged whole or not at all: damage in its third event takes its first
+/// two with it, and the events before the batch come back.
+#[test]
+fn salvage_keeps_batches_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = ExecutionId::from("batched");
+    let tenant = TenantId::from("t");
+    let store = LogStore::open(dir.path()).expect("open");
+    for n in 0..3 {
+        store
+            .append_blocking(&id, &tenant, step_event(n))
+            .expect("append");
+    }
+    let batch: Vec<_> = (3..8).map(step_event).collect();
+    store
+        .append_batch_blocking(&id, &tenant, batch)
+        .expect("batch");
+    let served = store.load_events_blocking(&id).expect("load");
+    store.close().expect("close");
+    let (segment, offset) = nth_record(dir.path(), 5);
+    let file = common::segment_files::segment_path(dir.path(), segment);
+    let mut bytes = std::fs::read(&file).expect("read");
+    bytes[offset + 60] ^= 0x01;
+    std::fs::write(&file, bytes).expect("write");
+
+    let salvaged = execlog::salvage(dir.path()).expect("salvage");
+    let got: Vec<_> = salvaged.executions().collect();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].events.as_ref().expect("reads back"), &served[..3]);
+    assert_eq!(
+        salvaged.report().events_after_gaps,
+        4,
+        "2 before the damage, 2 after"
+    );
+}

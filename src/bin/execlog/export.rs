@@ -41,6 +41,11 @@ pub struct Args {
     /// With a URL: the PostgreSQL schema holding execlog's tables (default: execlog).
     #[arg(long, value_name = "NAME")]
     schema: Option<String>,
+    /// Read a damaged store that does not open (a directory), without opening it:
+    /// every execution up to its first damaged or missing event. Exits 1 if anything
+    /// was left out (said on stderr); the export is complete for what survived.
+    #[arg(long, conflicts_with_all = ["tenant", "execution", "schema"])]
+    salvage: bool,
 }
 
 /// The location `arg` names, or the exit code of a build that cannot open it.
@@ -56,6 +61,9 @@ pub fn parse_location(
 }
 
 pub fn run(args: &Args) -> Result<ExitCode, String> {
+    if args.salvage {
+        return salvage(&args.store);
+    }
     let location = match parse_location(&args.store, args.schema.as_deref())? {
         Ok(location) => location,
         Err(code) => return Ok(code),
@@ -107,6 +115,62 @@ pub fn run(args: &Args) -> Result<ExitCode, String> {
         chosen.len()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--salvage`: what `execlog::salvage` finds in the store at `dir`, as an export.
+fn salvage(dir: &Path) -> Result<ExitCode, String> {
+    let scanned = execlog::salvage(dir).map_err(|e| format!("salvaging {}: {e}", dir.display()))?;
+    let mut out = Output(BufWriter::new(std::io::stdout().lock()));
+    out.line(&format!(r#"{{"execlog_export":{VERSION}}}"#))?;
+    let (mut executions, mut events, mut unreadable) = (0u64, 0u64, 0u64);
+    for salvaged in scanned.executions() {
+        let id = &salvaged.execution_id;
+        let page = match salvaged.events {
+            Ok(page) => page,
+            Err(why) => {
+                eprintln!("execlog: left out execution {id}: {why}");
+                unreadable += 1;
+                continue;
+            }
+        };
+        for e in &page {
+            faithful(e)?;
+            let line = serde_json::to_string(e)
+                .map_err(|why| format!("cannot print event {} of {id}: {why}", e.sequence))?;
+            out.line(&line)?;
+        }
+        executions += 1;
+        events += page.len() as u64;
+    }
+    out.line(&format!(
+        r#"{{"execlog_export_end":{{"executions":{executions},"events":{events}}}}}"#
+    ))?;
+    out.flush()?;
+    let report = scanned.report();
+    for s in &report.segments {
+        for (from, to, reason) in &s.damaged {
+            eprintln!(
+                "execlog: damaged: segment {} bytes {from}..{to}: {reason}",
+                s.segment
+            );
+        }
+    }
+    eprintln!(
+        "execlog: salvaged {executions} executions, {events} events from {}; left out: \
+         {} executions whose first events are lost, {unreadable} whose chain did not \
+         read back, {} without their first record, {} events after a gap; {} deleted \
+         executions skipped",
+        dir.display(),
+        report.lost_executions,
+        report.unnamed_executions,
+        report.events_after_gaps,
+        report.deleted_executions
+    );
+    Ok(if report.is_whole() && unreadable == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Writes the events of `id` up to sequence `last`, a page at a time.
