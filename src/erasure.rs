@@ -234,13 +234,18 @@ fn erase(
             continue;
         }
         let mut j = i;
-        if plan.spannable(&first.header) {
+        if plan.spannable(&first.header) && starts_batch(&found, i) {
             while found.get(j + 1).is_some_and(|next| {
                 plan.dead(&next.header)
                     && next.header.execution == first.header.execution
                     && next.header.group_start == first.header.group_start
             }) {
                 j += 1;
+            }
+            // A span stands for whole batches (docs/FORMAT.md): a record erased by an
+            // earlier pass can end the dead run inside a batch.
+            while j > i && found[j].header.batch_remaining != 0 {
+                j -= 1;
             }
         }
         let last = &found[j];
@@ -294,6 +299,15 @@ fn erase(
         i = j + 1;
     }
     Ok(image.map(|image| (image, spans)))
+}
+
+/// Whether `found[i]` is the first record of its batch: batches are consecutive
+/// records of one commit group, so the record before it ended a batch (or it is the
+/// segment's first).
+fn starts_batch(found: &[Found], i: usize) -> bool {
+    i.checked_sub(1)
+        .and_then(|before| found.get(before))
+        .is_none_or(|before| before.header.batch_remaining == 0)
 }
 
 /// Writes `image` as segment `id`'s new file (sparse, durable) and renames it over the
@@ -449,6 +463,11 @@ fn rewrite(shared: &Shared, id: u32, plan: &Plan, report: &mut CompactReport) ->
     let Some((image, spans)) = erase(id, bytes, plan, report)? else {
         return Ok(());
     };
+    // Every build reads the new image back before it replaces anything: a record the
+    // readers would refuse must fail this pass, not the next open.
+    records(id, &image).map_err(|e| {
+        Error::corrupt(id, 0, format!("erasure built a segment that does not read back: {e}"))
+    })?;
     forget_checkpoint(shared)?;
     let (file, written) = replace(shared, id, &image)?;
     shared.segments.replace(id, file);

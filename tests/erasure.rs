@@ -533,3 +533,52 @@ fn reads_and_subscriptions_stay_correct_while_erasure_runs() {
     let found = files_holding(dir.path(), CANARY.as_bytes());
     assert!(found.is_empty(), "the canary is still in {found:?}");
 }
+
+/// (Found by the adversarial review.) A batch of 3 events; a fork shares the first 2; the source is deleted and compacted
+/// (its 3rd record erased alone: the source is not spannable while a fork reads it);
+/// then the fork is deleted and compacted again: records 1 and 2 are dead, record 3 is
+/// erased already, so a span of 1..=2 would end inside the batch: they are erased one
+/// by one, and the store reopens and verifies clean.
+#[test]
+fn compaction_after_fork_inside_a_batch_and_fork_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = || common::small_segments().erasure_interval(None);
+    let t = TenantId::from("t");
+    let id = |s: &str| ExecutionId::from(s);
+    let store = LogStore::open_with(dir.path(), opts()).unwrap();
+    store
+        .append_batch_blocking(
+            &id("x"),
+            &t,
+            vec![
+                common::step_event(1),
+                common::step_event(2),
+                common::step_event(3),
+            ],
+        )
+        .unwrap();
+    store
+        .fork_execution_blocking(&id("x"), 2, &id("f"))
+        .unwrap();
+    store
+        .append_blocking(&id("other"), &t, common::step_event(4))
+        .unwrap();
+    assert!(store.delete_execution_blocking(&id("x")).unwrap());
+    store.compact_now().unwrap();
+    assert_eq!(store.load_events_blocking(&id("f")).unwrap().len(), 2);
+    assert!(store.delete_execution_blocking(&id("f")).unwrap());
+    store.compact_now().unwrap();
+    store
+        .append_blocking(&id("other"), &t, common::step_event(5))
+        .unwrap();
+    store.close().unwrap();
+    drop(store);
+    let store = LogStore::open_with(dir.path(), opts().index_checkpoint(false))
+        .expect("reopens after compaction");
+    assert_eq!(
+        store.get_latest_sequence_blocking(&id("other")).unwrap(),
+        Some(2)
+    );
+    let v = store.verify(|_, _| {});
+    assert!(v.is_clean(), "{v:?}");
+}
