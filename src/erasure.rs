@@ -466,7 +466,10 @@ fn rewrite(shared: &Shared, id: u32, plan: &Plan, report: &mut CompactReport) ->
     // Every build reads the new image back before it replaces anything: a record the
     // readers would refuse must fail this pass, not the next open.
     records(id, &image).map_err(|e| {
-        Error::corrupt(id, 0, format!("erasure built a segment that does not read back: {e}"))
+        Error::Internal(format!(
+            "erasure built an image of segment {id} that does not read back, so the \
+             segment was left as it was: {e}"
+        ))
     })?;
     forget_checkpoint(shared)?;
     let (file, written) = replace(shared, id, &image)?;
