@@ -732,13 +732,11 @@ impl LogStore {
     }
 }
 
-/// Refuses `dir` unless it holds a store: a checkpoint or a segment file. Read-only
-/// opens and [`Options::create_if_missing`]`(false)` create nothing, so a directory
-/// without one is a mistake to report, not a store to start.
+/// Refuses `dir` unless it holds a store: a segment file. Read-only opens and
+/// [`Options::create_if_missing`]`(false)` create nothing, so a directory without one
+/// is a mistake to report, not a store to start. A checkpoint alone is not a store:
+/// one whose segments were lost would otherwise open as a new, empty store.
 fn require_store(io: &dyn Io, dir: &Path) -> Result<()> {
-    if io.exists(&dir.join(store_dir::CHECKPOINT)).unwrap_or(false) {
-        return Ok(());
-    }
     let names = io.list(dir).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::InvalidArgument(format!(
             "{} does not exist: not an execlog store",

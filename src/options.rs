@@ -434,8 +434,8 @@ impl Options {
     /// where there is none. With `false`, a directory that does not exist, or holds
     /// no segment file, is refused with [`Error::InvalidArgument`] and nothing is
     /// created, so a mistyped path fails instead of opening a new, empty store
-    /// beside the one meant. Checking costs a listing of the directory unless it
-    /// holds a checkpoint. Default `true` (read-only opens never create).
+    /// beside the one meant. Checking costs a listing of the directory. Default
+    /// `true` (read-only opens never create).
     #[must_use]
     pub fn create_if_missing(mut self, enabled: bool) -> Self {
         self.create_if_missing = enabled;
