@@ -365,8 +365,7 @@ impl Index {
         if let Some(e) = self.executions.get_mut(no as usize) {
             debug_assert!(sequence > e.durable_seq && sequence <= e.reserved_seq);
             if e.visible() {
-                self.tally
-                    .made_durable(sequence.saturating_sub(e.durable_seq));
+                self.tally.made_durable(e.tenant, e.durable_seq, sequence);
             }
             e.durable_seq = sequence;
             e.durable_pos = pos;
@@ -620,14 +619,12 @@ impl Index {
     /// tally against.
     #[cfg(test)]
     pub(crate) fn recount(&self) -> (usize, u64, usize, usize) {
-        let visible = || self.executions.iter().filter(|e| e.visible());
+        let listed = |e: &Execution| e.visible() && e.durable_seq > 0;
+        let visible = || self.executions.iter().filter(|e| listed(e));
         let tenants = self
             .tenant_executions
             .iter()
-            .filter(|list| {
-                list.iter()
-                    .any(|&no| self.executions[no as usize].visible())
-            })
+            .filter(|list| list.iter().any(|&no| listed(&self.executions[no as usize])))
             .count();
         let heap_capacity = self
             .executions
@@ -668,6 +665,11 @@ mod tests {
     fn the_summary_equals_a_recount_after_every_change() {
         let mut index = Index::new(2);
         let a = index.create(ExecutionId::from("a"), &TenantId::from("t1"), at(0));
+        check(&index);
+        let listed = |index: &Index| (index.summary().executions, index.summary().tenants);
+        assert_eq!(listed(&index), (0, 0), "nothing durable is listed yet");
+        index.make_durable(a, 1, at(0));
+        assert_eq!(listed(&index), (1, 1));
         check(&index);
         for seq in 2..=7 {
             index.reserve(a, seq, at(seq as u32 * 8));

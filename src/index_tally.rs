@@ -9,9 +9,9 @@
 //! the index's content alone, and equality ignores that one, so two indexes with equal
 //! executions have equal tallies however they were built (rebuilt from records, whose
 //! vectors grew, or decoded from a checkpoint, whose vectors are exact); `visible`
-//! counts and sums only executions whose deletion is not durable; `tenant_visible[t]`
-//! is the number of such executions tenant `t` owns, and `tenants_visible` the number
-//! of tenants with one.
+//! counts and sums only what readers can list: executions with a durable event whose
+//! deletion is not durable; `tenant_visible[t]` is the number of such executions
+//! tenant `t` owns, and `tenants_visible` the number of tenants with one.
 
 use std::mem::size_of;
 
@@ -74,8 +74,8 @@ impl Tally {
         self.tenant_bytes += tenant.as_str().len();
     }
 
-    /// A new execution of `tenant`, visible, with `durable_seq` events durable and
-    /// room for `heap_capacity` entry points beyond its first.
+    /// A new execution of `tenant`, with `durable_seq` events durable and room for
+    /// `heap_capacity` entry points beyond its first.
     pub(crate) fn execution_added(
         &mut self,
         id_len: usize,
@@ -85,12 +85,7 @@ impl Tally {
     ) {
         self.id_bytes += id_len;
         self.heap_capacity += heap_capacity;
-        self.visible_executions += 1;
-        self.visible_events += durable_seq;
-        if let Some(n) = self.tenant_visible.get_mut(tenant as usize) {
-            self.tenants_visible += usize::from(*n == 0);
-            *n += 1;
-        }
+        self.made_durable(tenant, 0, durable_seq);
     }
 
     /// An execution's vector of entry points grew from `before` to `after` entries of
@@ -99,13 +94,26 @@ impl Tally {
         self.heap_capacity += after.saturating_sub(before);
     }
 
-    /// A visible execution's durable cursor moved `events` sequences on.
-    pub(crate) fn made_durable(&mut self, events: u64) {
-        self.visible_events += events;
+    /// The durable cursor of a live execution of `tenant` moved from `before` to
+    /// `after`: it is listed from its first durable event on.
+    pub(crate) fn made_durable(&mut self, tenant: u32, before: u64, after: u64) {
+        self.visible_events += after.saturating_sub(before);
+        if before > 0 || after == 0 {
+            return;
+        }
+        self.visible_executions += 1;
+        if let Some(n) = self.tenant_visible.get_mut(tenant as usize) {
+            self.tenants_visible += usize::from(*n == 0);
+            *n += 1;
+        }
     }
 
-    /// A visible execution of `tenant` with `durable_seq` durable events is deleted.
+    /// A listed execution of `tenant` with `durable_seq` durable events is deleted
+    /// (one with none is never deleted: deletion needs a durable event).
     pub(crate) fn deleted(&mut self, tenant: u32, durable_seq: u64) {
+        if durable_seq == 0 {
+            return;
+        }
         self.visible_executions = self.visible_executions.saturating_sub(1);
         self.visible_events = self.visible_events.saturating_sub(durable_seq);
         if let Some(n) = self.tenant_visible.get_mut(tenant as usize) {
