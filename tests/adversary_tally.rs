@@ -120,10 +120,9 @@ fn random_op(store: &LogStore, rng: &mut Rng, made: &mut Vec<ExecutionId>, step:
                 .ok()
                 .flatten()
                 .unwrap_or(1);
-            // At a batch end: a fork point inside a batch trips the erasure bug
-            // tested in adversary_erasure_span.rs, which would end this test early.
-            let _ = rng.below(latest);
-            let at = latest;
+            // Anywhere, inside batches too (erasure must then keep spans whole:
+            // tests/erasure.rs::compaction_after_fork_inside_a_batch_and_fork_deleted).
+            let at = 1 + rng.below(latest);
             if store.fork_execution_blocking(&source, at, &fork).is_ok() {
                 made.push(fork.clone());
                 if rng.below(2) == 0 {
