@@ -139,8 +139,9 @@ impl fmt::Display for Error {
                 reason,
             } => write!(
                 f,
-                "corrupt store: segment {segment} at offset {offset}: {reason}; acknowledged data is damaged, \
-                 restore the segment from a backup or inspect it with `execlog verify`"
+                "corrupt store: segment {segment} at offset {offset}: {reason}; acknowledged data is damaged: \
+                 restore the segment from a backup, survey it with `execlog verify`, or copy \
+                 out what survived with `execlog export --salvage`"
             ),
             Error::UnsupportedFormat { path, version } => write!(
                 f,

@@ -736,7 +736,7 @@ impl LogStore {
 /// [`Options::create_if_missing`]`(false)` create nothing, so a directory without one
 /// is a mistake to report, not a store to start. A checkpoint alone is not a store:
 /// one whose segments were lost would otherwise open as a new, empty store.
-fn require_store(io: &dyn Io, dir: &Path) -> Result<()> {
+pub(crate) fn require_store(io: &dyn Io, dir: &Path) -> Result<()> {
     let names = io.list(dir).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::InvalidArgument(format!(
             "{} does not exist: not an execlog store",

@@ -46,6 +46,9 @@ pub struct SalvageReport {
     /// Executions whose first record survived but whose first event (or, for a fork,
     /// an event it shares) is missing or damaged: nothing of them can be returned.
     pub lost_executions: u64,
+    /// Every execution that lost events, by id, oldest first: how many events it keeps
+    /// (0 for a lost one) and how many intact events after its gap were left out.
+    pub cut: Vec<(ExecutionId, u64, u64)>,
     /// Executions a surviving tombstone deleted or erasure rewrote: not returned.
     pub deleted_executions: u64,
     /// Events found intact but left out because an earlier event of the same
@@ -83,7 +86,8 @@ pub struct Salvage {
     report: SalvageReport,
 }
 
-/// Scans the store in `dir` (see the module docs). Fails only if the directory or a
+/// Scans the store in `dir` (see the module docs). Fails if the directory does not
+/// exist or holds no segment file (`InvalidArgument`, as a read-only open), or if a
 /// segment file cannot be read; damage is in the report.
 pub fn salvage(dir: impl AsRef<Path>) -> Result<Salvage> {
     salvage_with(&RealIo, dir.as_ref())
@@ -93,6 +97,7 @@ pub(crate) fn salvage_with(io: &dyn Io, dir: &Path) -> Result<Salvage> {
     let mut maps = BTreeMap::new();
     let mut follow = Follow::default();
     let mut segments = Vec::new();
+    crate::log_store::require_store(io, dir)?;
     for id in damage::segment_ids(io, dir)? {
         let map = damage::map_segment(io, dir, id)?;
         let mut readable_events = 0;
@@ -325,10 +330,14 @@ impl Follow {
             match (&t.name, t.gone) {
                 (_, true) => report.deleted_executions += 1,
                 (None, false) => report.unnamed_executions += 1,
-                (Some(_), false) => {
+                (Some((id, _)), false) => {
+                    let left_out = t.after_gap + (t.reached.0 - t.whole.0);
                     report.executions += u64::from(t.whole.0 > 0);
                     report.lost_executions += u64::from(t.whole.0 == 0);
-                    report.events_after_gaps += t.after_gap + (t.reached.0 - t.whole.0);
+                    report.events_after_gaps += left_out;
+                    if t.broken || left_out > 0 || t.whole.0 == 0 {
+                        report.cut.push((id.clone(), t.whole.0, left_out));
+                    }
                 }
             }
         }

@@ -60,6 +60,12 @@ fn demo_then_inspect() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(ids.len(), 5);
+    // A page that does not show everything says so, and where the next starts.
+    let more = text(&out.stderr);
+    assert!(
+        more.contains("showed 5 of") && more.contains("--offset 5"),
+        "{more}"
+    );
     // Each line says how many events, when, and how the execution ended (its last
     // event: the demo completes, fails or cancels each run).
     for line in &ids {
@@ -91,6 +97,7 @@ fn demo_then_inspect() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(every.len(), 40);
+    assert!(text(&out.stderr).is_empty(), "{}", text(&out.stderr));
     assert!(every.iter().all(|l| l["tenant"].is_string()));
     // 40 executions, tenant-1 owns runs 1, 4, …, 37: which is created last depends on
     // thread timing, so just check it is one of them.

@@ -719,6 +719,7 @@ fn salvage_returns_each_execution_up_to_its_first_damaged_event() {
         "run-2's events after the damaged one"
     );
     assert_eq!((report.lost_executions, report.unnamed_executions), (0, 0));
+    assert_eq!(report.cut, [(ExecutionId::from("run-2"), 29, 10)]);
 }
 
 /// The record `n` records into the log (0-based), counting every record: its segment
@@ -745,6 +746,23 @@ fn nth_record(dir: &Path, n: usize) -> (u32, usize) {
 fn export_salvage_feeds_import() {
     let dir = tempfile::tempdir().expect("tempdir");
     let live = salvage_store(dir.path());
+    // What is not a store is said, as other commands say it, not salvaged as empty.
+    let missing = dir.path().join("typo");
+    let err = fails(&execlog(&["export", "--salvage", path(&missing)], ""), 1);
+    assert!(
+        err.contains("does not exist: not an execlog store"),
+        "{err}"
+    );
+    let empty = tempfile::tempdir().expect("tempdir");
+    let err = fails(
+        &execlog(&["export", "--salvage", path(empty.path())], ""),
+        1,
+    );
+    assert!(
+        err.contains("not an execlog store (it holds no segment files)"),
+        "{err}"
+    );
+
     let exported = ok(&["export", "--salvage", path(dir.path())], "");
     assert_eq!(
         exported,
@@ -763,8 +781,9 @@ fn export_salvage_feeds_import() {
     let err = text(&out.stderr);
     let said = [
         "damaged: segment",
-        "1 executions whose first events are lost",
-        "33 events after a gap",
+        "lost: fork-2: its first event is damaged or missing",
+        "cut: run-2 keeps events 1..=9; 30 later events left out",
+        "33 events after a gap, 1 executions whose first event is damaged",
     ];
     assert!(said.iter().all(|s| err.contains(s)), "{err}");
     let copy = tempfile::tempdir().expect("tempdir");

@@ -147,23 +147,33 @@ fn salvage(dir: &Path) -> Result<ExitCode, String> {
     ))?;
     out.flush()?;
     let report = scanned.report();
+    let mut ranges = 0;
     for s in &report.segments {
         for (from, to, reason) in &s.damaged {
             eprintln!(
                 "execlog: damaged: segment {} bytes {from}..{to}: {reason}",
                 s.segment
             );
+            ranges += 1;
+        }
+    }
+    for (id, kept, left_out) in &report.cut {
+        match kept {
+            0 => eprintln!("execlog: lost: {id}: its first event is damaged or missing"),
+            _ => eprintln!(
+                "execlog: cut: {id} keeps events 1..={kept}; {left_out} later events left out"
+            ),
         }
     }
     eprintln!(
-        "execlog: salvaged {executions} executions, {events} events from {}; left out: \
-         {} executions whose first events are lost, {unreadable} whose chain did not \
-         read back, {} without their first record, {} events after a gap; {} deleted \
-         executions skipped",
+        "execlog: salvaged {executions} executions, {events} events from {}; {ranges} \
+         damaged ranges; left out: {} events after a gap, {} executions whose first event \
+         is damaged, {} whose id is unknown (their first record is damaged), {unreadable} \
+         whose chain did not read back; {} deleted executions skipped",
         dir.display(),
+        report.events_after_gaps,
         report.lost_executions,
         report.unnamed_executions,
-        report.events_after_gaps,
         report.deleted_executions
     );
     Ok(if report.is_whole() && unreadable == 0 {

@@ -193,13 +193,23 @@ fn list_all(dir: &Path, limit: usize, offset: usize) -> Result<ExitCode, String>
         eprintln!("execlog: no executions in {}", dir.display());
         return Ok(ExitCode::from(NOT_FOUND));
     }
+    let total = all.len();
     let mut lines = Vec::new();
     for (id, tenant) in all.into_iter().skip(offset).take(limit) {
         let mut line = summary(&store, &id)?;
         line["tenant"] = serde_json::json!(tenant);
         lines.push(line.to_string());
     }
+    say_more(offset, lines.len(), total);
     emit(lines)
+}
+
+/// Says on stderr that a page did not show every execution, and how to see the next.
+fn say_more(offset: usize, shown: usize, total: usize) {
+    let next = offset.saturating_add(shown);
+    if shown > 0 && next < total {
+        eprintln!("execlog: showed {shown} of {total} executions; the next with --offset {next}");
+    }
 }
 
 pub fn list(
@@ -234,6 +244,13 @@ pub fn list(
             let all = count(usize::MAX)?;
             eprintln!("execlog: no executions at offset {offset}: tenant {tenant} has {all}");
         }
+    }
+    if ids.len() == limit {
+        let total = store
+            .list_executions_blocking(&tenant_id, usize::MAX, 0)
+            .map_err(|e| e.to_string())?
+            .len();
+        say_more(offset, ids.len(), total);
     }
     let mut lines = Vec::with_capacity(ids.len());
     for id in ids {
