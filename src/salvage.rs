@@ -18,7 +18,7 @@
 //! execution's events at a time; every event returned passed its record's CRC and
 //! lies on its execution's chain, walked back from the last salvaged record.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use crate::codec;
@@ -241,6 +241,8 @@ impl Track {
 #[derive(Default)]
 struct Follow {
     tracks: BTreeMap<u64, Track>,
+    /// Every id a track was named after.
+    named: HashSet<ExecutionId>,
 }
 
 impl Follow {
@@ -249,14 +251,26 @@ impl Follow {
             Kind::Seal => {}
             Kind::Delete => self.tombstone(header, body),
             Kind::Fork => self.fork(header, body),
-            Kind::Erased | Kind::ErasedSpan => {
+            Kind::Event => self.event(header, body, (header.sequence, pos)),
+            // Erased records stand for events of a deleted execution: its chain goes
+            // on through them (a fork may share what precedes them), it is not returned.
+            Kind::Erased => {
+                self.event(header, body, (header.sequence, pos));
                 self.tracks.entry(header.execution).or_default().gone = true;
             }
-            Kind::Event => self.event(pos, header, body),
+            Kind::ErasedSpan => {
+                if let Ok((last, last_pos, rest)) = crate::erasure::decode_span(header, pos, body) {
+                    self.event(header, rest, (last, last_pos));
+                }
+                self.tracks.entry(header.execution).or_default().gone = true;
+            }
         }
     }
 
-    fn event(&mut self, pos: Pos, header: &Header, body: &[u8]) {
+    /// An event record, or an erased one standing for events up to `end` (the last
+    /// one's sequence and position): names the execution at sequence 1, then
+    /// continues its chain.
+    fn event(&mut self, header: &Header, body: &[u8], end: (u64, Pos)) {
         let declared = match header.sequence {
             1 => codec::decode_prefix(body).ok().and_then(|p| p.declaration),
             _ => None,
@@ -266,17 +280,22 @@ impl Follow {
             && track.name.is_none()
             && track.reached.0 == 0
         {
-            track.name = Some((d.execution_id.into(), d.tenant_id.into()));
+            let id = ExecutionId::from(d.execution_id);
+            // Ids are never reused: a second declaration of one is forged.
+            if self.named.insert(id.clone()) {
+                track.name = Some((id, d.tenant_id.into()));
+            }
         }
         let continues = track.name.is_some()
             && header.sequence == track.reached.0 + 1
-            && header.prev == track.reached.1;
+            && header.prev == track.reached.1
+            && end.0 >= header.sequence;
         if track.broken || !continues {
             track.broken = true;
             track.after_gap += 1;
             return;
         }
-        track.reached = (header.sequence, Some(pos));
+        track.reached = (end.0, Some(end.1));
         if header.batch_remaining == 0 {
             track.whole = track.reached;
         }
@@ -294,7 +313,10 @@ impl Follow {
             track.broken = true;
             return;
         }
-        track.name = tenant.map(|t| (ExecutionId::from(f.id), t));
+        let id = ExecutionId::from(f.id);
+        track.name = tenant
+            .filter(|_| self.named.insert(id.clone()))
+            .map(|t| (id, t));
         track.base = Some((f.source, f.at));
         // A fork whose source lost what it shares cannot be read from sequence 1.
         track.broken = !shares;
