@@ -691,7 +691,9 @@ pub(crate) fn write(io: &dyn Io, dir: &Path, bytes: &[u8], mode: u32) -> Result<
     io.rename(&tmp, &path)
         .map_err(|e| Error::io("rename checkpoint", &path, e))?;
     io.sync_dir(dir)
-        .map_err(|e| Error::io("fsync directory", dir, e))
+        .map_err(|e| Error::io("fsync directory", dir, e))?;
+    crate::refuted_marker::remove(io, dir);
+    Ok(())
 }
 
 /// The position encoded in the 8 bytes of `entry` (segment, offset; little-endian).

@@ -366,6 +366,10 @@ fn remove_refuted(shared: &Shared, why: &str) -> String {
         .io
         .remove(&path)
         .map_err(|e| Error::io("remove refuted checkpoint", &path, e))
+        .map(|()| {
+            let (io, mode) = (shared.io.as_ref(), shared.options.file_mode());
+            crate::refuted_marker::write(io, &shared.dir, why, mode);
+        })
         .and_then(|()| repair::sync_dir(shared.io.as_ref(), &shared.dir));
     if let Err(e) = removed {
         log::error!("{}: {e}", shared.dir.display());

@@ -111,6 +111,7 @@ mod rebuild;
 mod record;
 mod recovery_report;
 mod refresh;
+mod refuted_marker;
 mod repair;
 mod retention;
 mod salvage;

@@ -22,6 +22,7 @@ use crate::rebuild::{HeldTail, Rebuild};
 use crate::recovery_report::RecoveryReport;
 use crate::scan::first_nonzero;
 use crate::segment::{self, HeaderCheck};
+use crate::store_dir::CHECKPOINT;
 use crate::sync::MODEL_CHECKED;
 
 /// Where the scan of the tail starts.
@@ -49,10 +50,19 @@ pub(crate) fn load(
     if !options.index_checkpoint {
         return None;
     }
-    checkpoint::load(io, dir, options.index_stride).unwrap_or_else(|why| {
-        report.checkpoint_ignored = Some(why);
-        None
-    })
+    match checkpoint::load(io, dir, options.index_stride) {
+        Ok(Some(c)) => Some(c),
+        Ok(None) => {
+            report.checkpoint_ignored = crate::refuted_marker::read(io, dir).map(|cause| {
+                format!("an earlier open refuted {CHECKPOINT} and removed it: {cause}")
+            });
+            None
+        }
+        Err(why) => {
+            report.checkpoint_ignored = Some(why);
+            None
+        }
+    }
 }
 
 /// Maps the checkpoint of `dir` for an index decoded after open, if checkpoints are on

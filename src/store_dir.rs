@@ -29,16 +29,19 @@ pub(crate) const CUT_PENDING: &str = "cut.pending";
 /// The durable end a writer publishes for readers in other processes
 /// (`published_end.rs`).
 pub(crate) const PUBLISHED_END: &str = "published.end";
+/// Why an earlier open refuted and removed the checkpoint (`refuted_marker.rs`).
+pub(crate) const CHECKPOINT_REFUTED: &str = "checkpoint.refuted";
 /// Where the background scrubber's pass stands (`scrub_progress.rs`).
 pub(crate) const SCRUB_PROGRESS: &str = "scrub.progress";
 /// Scrub progress being written, renamed over [`SCRUB_PROGRESS`]; never read.
 pub(crate) const SCRUB_PROGRESS_TMP: &str = "scrub.progress.tmp";
 
 /// The files of the store that are neither segments nor leftovers.
-const STORE_FILES: [&str; 7] = [
+const STORE_FILES: [&str; 8] = [
     LOCK,
     CHECKPOINT,
     CHECKPOINT_TMP,
+    CHECKPOINT_REFUTED,
     CUT_PENDING,
     PUBLISHED_END,
     SCRUB_PROGRESS,

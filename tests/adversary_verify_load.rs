@@ -365,7 +365,12 @@ fn a_refutation_in_the_decode() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(no_store_threads_left());
     let reopened = LogStore::open(dir.path()).unwrap();
-    assert!(reopened.recovery_report().checkpoint_ignored.is_none());
+    let said = reopened.recovery_report().checkpoint_ignored.clone();
+    assert!(
+        said.as_deref()
+            .is_some_and(|w| w.contains("does not decode")),
+        "the next open says why it read every record: {said:?}"
+    );
     assert_eq!(answers(&reopened), truth);
 }
 

@@ -176,6 +176,22 @@ fn swapped_ids_are_never_served_and_the_checkpoint_is_refuted() {
     let reopened = LogStore::open_with(dir.path(), after_open(Duration::ZERO)).unwrap();
     assert!(!reopened.recovery_report().checkpoint_verification_deferred);
     assert_eq!(answers(&reopened), truth);
+    // The next open says why it read every record, until a new checkpoint is written.
+    let said = reopened.recovery_report().checkpoint_ignored.clone();
+    let said = said.unwrap_or_default();
+    assert!(
+        said.contains("an earlier open refuted checkpoint.idx")
+            && said.contains("declares another"),
+        "{said}"
+    );
+    reopened.close().unwrap();
+    drop(reopened);
+    assert!(
+        !dir.path().join("checkpoint.refuted").exists(),
+        "kept after a new checkpoint"
+    );
+    let again = LogStore::open_with(dir.path(), after_open(Duration::ZERO)).unwrap();
+    assert_eq!(again.recovery_report().checkpoint_ignored, None);
 }
 
 /// With no delay, the verifier decodes the file for its walk right after the index's
@@ -228,7 +244,13 @@ fn a_deletion_left_off_the_list_is_refuted_and_stays_deleted() {
     );
     s.close().unwrap();
     let reopened = LogStore::open(dir.path()).unwrap();
-    assert!(reopened.recovery_report().checkpoint_ignored.is_none());
+    let said = reopened.recovery_report().checkpoint_ignored.clone();
+    assert!(
+        said.as_deref()
+            .unwrap_or_default()
+            .starts_with("an earlier open refuted"),
+        "{said:?}"
+    );
     assert_eq!(answers(&reopened), truth);
 }
 
