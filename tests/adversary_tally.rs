@@ -18,20 +18,6 @@ fn tenants() -> Vec<TenantId> {
     ["a", "b", "c", "d"].map(TenantId::from).to_vec()
 }
 
-/// (executions, events, tenants with one) counted through the public API.
-fn recount(store: &LogStore, tenants: &[TenantId]) -> (usize, u64, usize) {
-    let (mut executions, mut events, mut with_one) = (0, 0, 0);
-    for t in tenants {
-        let listed = store.list_executions_blocking(t, usize::MAX, 0).unwrap();
-        with_one += usize::from(!listed.is_empty());
-        executions += listed.len();
-        for e in &listed {
-            events += store.get_latest_sequence_blocking(e).unwrap().unwrap_or(0);
-        }
-    }
-    (executions, events, with_one)
-}
-
 fn counts(store: &LogStore) -> (usize, u64, usize) {
     let s = store.stats();
     (s.executions, s.events, s.tenants)
@@ -39,7 +25,7 @@ fn counts(store: &LogStore) -> (usize, u64, usize) {
 
 #[track_caller]
 fn check(store: &LogStore, tenants: &[TenantId], deleted: Option<usize>, ctx: &str) {
-    let want = recount(store, tenants);
+    let want = common::stats_recount(store, tenants);
     assert_eq!(
         counts(store),
         want,
@@ -235,11 +221,11 @@ fn tally_agrees_in_every_open_kind() {
 /// reader's stats with its own recount.
 #[track_caller]
 fn reader_caught_up(reader: &LogStore, writer: &LogStore, ts: &[TenantId], ctx: &str) {
-    let want = recount(writer, ts);
+    let want = common::stats_recount(writer, ts);
     let want_deleted = writer.stats().deleted_executions;
     let started = Instant::now();
     loop {
-        let got = recount(reader, ts);
+        let got = common::stats_recount(reader, ts);
         if got == want && reader.stats().deleted_executions == want_deleted {
             break;
         }

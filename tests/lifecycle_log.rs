@@ -536,21 +536,6 @@ fn tally_options() -> Options {
     common::small_segments().erasure_interval(None)
 }
 
-/// What statistics must report, counted through the public API: visible executions
-/// listed per tenant, their events, and the tenants with one.
-fn recount(store: &LogStore, tenants: &[TenantId]) -> (usize, u64, usize) {
-    let (mut executions, mut events, mut with_one) = (0, 0, 0);
-    for t in tenants {
-        let listed = store.list_executions_blocking(t, usize::MAX, 0).unwrap();
-        with_one += usize::from(!listed.is_empty());
-        executions += listed.len();
-        for e in &listed {
-            events += store.get_latest_sequence_blocking(e).unwrap().unwrap_or(0);
-        }
-    }
-    (executions, events, with_one)
-}
-
 /// Statistics are kept as the index changes (`src/index_tally.rs`) rather than counted
 /// when asked: through appends, forks, deleted executions and tenants, erasure, a
 /// clean reopen (the checkpoint decoded), a reopen without a checkpoint (the index
@@ -609,7 +594,7 @@ fn statistics_agree_with_a_recount_through_deletions_forks_and_reopens() {
                 let image = common::crash_image::copy(dir.path());
                 let crashed = LogStore::open_with(image.path(), tally_options()).unwrap();
                 let s = crashed.stats();
-                let want = recount(&crashed, &tenants);
+                let want = common::stats_recount(&crashed, &tenants);
                 assert_eq!(
                     (s.executions, s.events, s.tenants),
                     want,
@@ -618,7 +603,7 @@ fn statistics_agree_with_a_recount_through_deletions_forks_and_reopens() {
             }
         }
         let s = store.stats();
-        let want = recount(&store, &tenants);
+        let want = common::stats_recount(&store, &tenants);
         assert_eq!(
             (s.executions, s.events, s.tenants),
             want,

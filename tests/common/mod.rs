@@ -207,3 +207,18 @@ pub fn assert_served_survived(served: &[StoredEvent], survived: &[StoredEvent], 
         );
     }
 }
+
+/// What `stats()` must report, counted through the public API: the executions lists
+/// show for `tenants`, their events, and how many of the tenants have one.
+pub fn stats_recount(store: &LogStore, tenants: &[TenantId]) -> (usize, u64, usize) {
+    let (mut executions, mut events, mut with_one) = (0, 0, 0);
+    for t in tenants {
+        let listed = store.list_executions_blocking(t, usize::MAX, 0).unwrap();
+        with_one += usize::from(!listed.is_empty());
+        executions += listed.len();
+        for e in &listed {
+            events += store.get_latest_sequence_blocking(e).unwrap().unwrap_or(0);
+        }
+    }
+    (executions, events, with_one)
+}
