@@ -494,10 +494,10 @@ impl<'a> Walk<'a> {
         self.newest_event_ns = self.newest_event_ns.max(h.timestamp_ns);
         let first_of_batch = self.batch.is_none();
         self.batch = (h.batch_remaining > 0).then_some((h.execution, h.batch_remaining));
-        let index = &self.checkpoint.index;
+        let checkpoint: &'a Checkpoint = self.checkpoint;
+        let index = &checkpoint.index;
         let no = usize::try_from(h.execution).unwrap_or(usize::MAX);
-        let (Some(e), Some(reached)) = (index.executions().get(no), self.reached.get_mut(no))
-        else {
+        let (Some(e), Some(&reached)) = (index.executions().get(no), self.reached.get(no)) else {
             return Err(format!(
                 "record of execution {} not in the index",
                 h.execution
@@ -509,28 +509,10 @@ impl<'a> Walk<'a> {
         if h.sequence != reached.0 + 1 || h.prev != reached.1 {
             return Err("record does not continue its execution's chain".into());
         }
-        let prefix = codec::record_prefix(body, h.sequence, first_of_batch, self.segment_version)?;
-        if let Some(key) = &prefix.key {
-            let hash = self.keys.hash(key);
-            self.keys.insert(no as ExecNo, hash, pos);
-        }
-        if h.sequence == 1 {
-            let declared = prefix
-                .declaration
-                .ok_or_else(|| "first record of an execution has no declaration".to_string())?;
-            if no != self.declared
-                || declared.execution_id != e.id.as_str()
-                || declared.tenant_id != index.tenant_of(e).as_str()
-            {
-                return Err(format!(
-                    "the record declares another execution or tenant than the index's {}",
-                    e.id
-                ));
-            }
-            self.declared += 1;
-            if let Some(owns) = self.tenant_owns.get_mut(e.tenant as usize) {
-                *owns = true;
-            }
+        // Most records have a plain prefix (one zero byte after sequence 1): checked
+        // here, without decoding one, as `codec::record_prefix` would.
+        if h.sequence == 1 || body.first() != Some(&0) {
+            self.prefix(no, pos, h, body, first_of_batch)?;
         }
         let (stride, first) = (index.stride(), index.first_own(no as ExecNo));
         // A fork's own records start after what it shares (its fork record set
@@ -550,7 +532,49 @@ impl<'a> Walk<'a> {
                 }
             }
         }
-        *reached = (last, Some(last_pos));
+        if let Some(reached) = self.reached.get_mut(no) {
+            *reached = (last, Some(last_pos));
+        }
+        Ok(())
+    }
+
+    /// The prefix of the record of execution `no` at `pos`, which holds something: its
+    /// key is filed, and its declaration (exactly in sequence 1) must name the
+    /// execution and tenant of the index's `no`, declared next.
+    fn prefix(
+        &mut self,
+        no: usize,
+        pos: Pos,
+        h: &Header,
+        body: &[u8],
+        first_of_batch: bool,
+    ) -> std::result::Result<(), String> {
+        let prefix = codec::record_prefix(body, h.sequence, first_of_batch, self.segment_version)?;
+        if let Some(key) = &prefix.key {
+            let hash = self.keys.hash(key);
+            self.keys.insert(no as ExecNo, hash, pos);
+        }
+        let Some(declared) = prefix.declaration else {
+            return Ok(());
+        };
+        let index = &self.checkpoint.index;
+        let e = index
+            .executions()
+            .get(no)
+            .ok_or_else(|| format!("record of execution {no} not in the index"))?;
+        if no != self.declared
+            || declared.execution_id != e.id.as_str()
+            || declared.tenant_id != index.tenant_of(e).as_str()
+        {
+            return Err(format!(
+                "the record declares another execution or tenant than the index's {}",
+                e.id
+            ));
+        }
+        self.declared += 1;
+        if let Some(owns) = self.tenant_owns.get_mut(e.tenant as usize) {
+            *owns = true;
+        }
         Ok(())
     }
 
