@@ -277,7 +277,7 @@ pub(crate) fn enqueue_guarded(
     // of them: later appends to the same execution are not stamped before its last
     // imported event, and the clock agrees with what recovery derives from the
     // records (the newest timestamp of any), so a checkpoint written at close passes
-    // `checkpoint::check_records`.
+    // `checkpoint_walk::check_records`.
     let timestamp_ns = match &given {
         None => writer.next_timestamp_ns(),
         Some(g) => {

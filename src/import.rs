@@ -15,7 +15,7 @@
 //!   store's clock moves up to the newest imported timestamp, never down, so later
 //!   appends stay non-decreasing within every execution, and the live clock equals
 //!   what recovery derives from the records (the newest timestamp of any record) and
-//!   what `checkpoint::check_records` expects of a checkpoint (between the newest
+//!   what `checkpoint_walk::check_records` expects of a checkpoint (between the newest
 //!   event's and the seal's): importing old events changes neither what a reopen
 //!   accepts nor the time later appends get. An imported timestamp in the future holds
 //!   the clock there until real time passes it, as a clock step back would.

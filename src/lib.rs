@@ -64,6 +64,7 @@ mod backup;
 mod checkpoint;
 mod checkpoint_directory;
 mod checkpoint_encode;
+mod checkpoint_walk;
 mod checkpointer;
 mod codec;
 mod committer;

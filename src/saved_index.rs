@@ -4,7 +4,7 @@
 //! The file is read and decoded before the segments are mapped (so the I/O calls keep
 //! their order) and verified after, over the maps: every covered segment's digest
 //! (checksum of its records, zeros after those of a sealed one), then the header walk
-//! that proves the index describes the records (`checkpoint::check_records`).
+//! that proves the index describes the records (`checkpoint_walk::check_records`).
 //!
 //! Invariant: a checkpoint changes how long open takes, never what it finds. Any
 //! failure ignores it, with the reason in `RecoveryReport::checkpoint_ignored`, and the
@@ -14,6 +14,7 @@ use std::path::Path;
 
 use crate::checkpoint::{self, Checkpoint, SegmentDigest};
 use crate::checkpoint_directory::Opened;
+use crate::checkpoint_walk;
 use crate::idempotency::KeyTables;
 use crate::index::{ExecNo, Index};
 use crate::io::Io;
@@ -208,7 +209,7 @@ fn trusted(
 }
 
 /// Checks `c` against the segments `maps` (every covered digest, then the walk over
-/// the covered records, `checkpoint::check_records`), filing the covered keyed appends
+/// the covered records, `checkpoint_walk::check_records`), filing the covered keyed appends
 /// in `keys`; returns the executions the covered tombstones deleted, or why `c` cannot
 /// be trusted. Both passes give up between segments once `stopped` says so (an `Err`
 /// that is then no verdict).
@@ -223,11 +224,11 @@ pub(crate) fn check(
     // checksums instead of after them; its verdict counts only if they match.
     if MODEL_CHECKED || total < PARALLEL_DIGEST_BYTES {
         verify_digests(&c.segments, maps, stopped)?;
-        checkpoint::check_records(c, maps, keys, stopped)
+        checkpoint_walk::check_records(c, maps, keys, stopped)
     } else {
         std::thread::scope(|scope| {
             let digests = scope.spawn(|| verify_digests(&c.segments, maps, stopped));
-            let walked = checkpoint::check_records(c, maps, keys, stopped);
+            let walked = checkpoint_walk::check_records(c, maps, keys, stopped);
             let digests = digests
                 .join()
                 .unwrap_or_else(|_| Err("checksum thread panicked".into()));
