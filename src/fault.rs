@@ -324,6 +324,25 @@ impl SimIo {
         w.live_dir.get(path).map(|&i| w.inodes[i].live.clone())
     }
 
+    /// Flips the bits of `mask` in the byte at `offset` of `path` on the disk only:
+    /// the cache keeps the byte as it was, as when a medium goes bad under a cached,
+    /// clean page. Reads through maps see the old byte until a power loss (the cache
+    /// is never evicted here); `read_durable` sees the new one. `false` if the file
+    /// has no durable byte there.
+    pub fn rot(&self, path: &Path, offset: usize, mask: u8) -> bool {
+        let mut w = self.world.lock();
+        let Some(&ino) = w.live_dir.get(path) else {
+            return false;
+        };
+        match w.inodes[ino].durable.get_mut(offset) {
+            Some(byte) => {
+                *byte ^= mask;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Replaces a file's bytes, durably (a test's stand-in for disk damage).
     pub fn write_file(&self, path: &Path, bytes: Vec<u8>) {
         let mut w = self.world.lock();

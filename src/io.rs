@@ -14,6 +14,7 @@
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -279,11 +280,21 @@ impl IoFile for RealFile {
         let unsupported = |e: &io::Error| e.raw_os_error() == Some(einval);
         // The flag's bits fit an i32 (`open(2)` takes an int).
         let o_direct = i32::try_from(rustix::fs::OFlags::DIRECT.bits()).unwrap_or(0);
-        let direct = match OpenOptions::new()
-            .read(true)
-            .custom_flags(o_direct)
-            .open(&self.path)
-        {
+        let open = |path: &Path| {
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(o_direct)
+                .open(path)
+        };
+        // Through this handle's own descriptor: the file it holds, even once another
+        // file was renamed over its path (an erasure's new image). Without `/proc`,
+        // the path.
+        let own = PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()));
+        let direct = match open(&own) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => open(&self.path),
+            opened => opened,
+        };
+        let direct = match direct {
             Ok(file) => file,
             Err(e) if unsupported(&e) => return Ok(None),
             Err(e) => return Err(e),

@@ -25,7 +25,7 @@ use std::sync::atomic::Ordering;
 use crate::damage;
 use crate::error::{Error, Result};
 use crate::log_store::LogStore;
-use crate::record::RECORD_ALIGN;
+use crate::record::{self, RECORD_ALIGN};
 use crate::scan::{Scanner, Step};
 use crate::segment::{self, HeaderCheck, SEGMENT_HEADER_LEN};
 use crate::state::Shared;
@@ -164,24 +164,49 @@ pub(crate) struct Checked {
     pub(crate) end: u64,
     pub(crate) records: u64,
     pub(crate) damaged: Vec<DamagedRange>,
+    /// How many times an erasure had replaced the segment when it was read: a check
+    /// that resumes mid-segment passes it back (`check_part`'s `since`).
+    pub(crate) rewrites: u32,
+    /// The segment was replaced since the check that read its start: nothing was
+    /// checked, and the segment's check starts again at 0 (record boundaries move
+    /// when an erasure spans records).
+    pub(crate) restart: bool,
 }
 
+/// Bytes read from the device beyond a check's budget: room for the record that
+/// crosses the budget's end, so that a window rarely needs a second read.
+const WINDOW_SLACK: u64 = 64 << 10;
+
 /// Checks sealed segment `id` from `offset` (0: its header first) for at least one
-/// record and until about `budget` bytes are covered. `None` if `id` is not sealed.
-/// Damage found is remembered in `shared.scrub` (so reads refuse it) and logged.
+/// record and until about `budget` bytes are covered, reading the bytes the storage
+/// device holds, past the page cache (a file system that has no such reads, tmpfs,
+/// is checked through the map, its cache being all there is). `None` if `id` is not
+/// sealed. `since`: the `rewrites` of the check that read the segment's start, when
+/// this one resumes mid-segment. Damage found is remembered in `shared.scrub` (so
+/// reads refuse it) and logged.
 pub(crate) fn check_part(
     shared: &Shared,
     id: u32,
-    offset: u64,
+    (offset, since): (u64, Option<u32>),
     budget: u64,
 ) -> Result<Option<Checked>> {
     let Some(end) = shared.segments.sealed_end(id) else {
         return Ok(None);
     };
-    let view = shared.segments.view(id, end)?;
-    let all: &[u8] = view.as_ref().as_ref();
-    let bytes = all.get(..end as usize).unwrap_or(all);
-    let checked = check_bytes(id, bytes, offset as usize, budget as usize);
+    let rewrites = shared.segments.rewrites(id);
+    let checked = match check_durable(shared, id, (offset, end), budget)? {
+        Some(checked) => checked,
+        None => check_mapped(shared, id, (offset, end), budget)?,
+    };
+    // Replaced while (or before) it was read: its bytes are another layout's.
+    if since.is_some_and(|s| s != rewrites) || shared.segments.rewrites(id) != rewrites {
+        return Ok(Some(Checked {
+            end,
+            rewrites: shared.segments.rewrites(id),
+            restart: true,
+            ..Checked::default()
+        }));
+    }
     for range in &checked.damaged {
         shared.scrub.note(range);
     }
@@ -189,21 +214,120 @@ pub(crate) fn check_part(
         .scrub
         .scrubbed_bytes
         .fetch_add(checked.next.saturating_sub(offset), Ordering::Relaxed);
-    Ok(Some(checked))
+    Ok(Some(Checked {
+        rewrites,
+        ..checked
+    }))
 }
 
-/// Checks the records of a sealed segment's `bytes` (exactly its data) from `offset`.
-/// Pure: the segment id only labels what it finds.
-fn check_bytes(id: u32, bytes: &[u8], mut offset: usize, budget: usize) -> Checked {
+/// [`check_part`]'s check through the segment's map.
+fn check_mapped(
+    shared: &Shared,
+    id: u32,
+    (offset, end): (u64, u64),
+    budget: u64,
+) -> Result<Checked> {
+    let view = shared.segments.view(id, end)?;
+    let all: &[u8] = view.as_ref().as_ref();
+    let bytes = all.get(..end as usize).unwrap_or(all);
+    Ok(check_bytes(id, bytes, offset as usize, budget as usize))
+}
+
+/// [`check_part`]'s check of the bytes on the device: a window from `offset`, read
+/// through the segment's own handle (the file an erasure may have renamed away is
+/// the one read). `None` if the file system cannot bypass its cache.
+fn check_durable(
+    shared: &Shared,
+    id: u32,
+    (offset, end): (u64, u64),
+    budget: u64,
+) -> Result<Option<Checked>> {
+    let file = shared.segments.file(id)?;
+    let path = crate::store_dir::segment_path(&shared.dir, id);
+    let mut to = end.min(offset.saturating_add(budget).saturating_add(WINDOW_SLACK));
+    loop {
+        let len = usize::try_from(to - offset).unwrap_or(usize::MAX);
+        let Some(bytes) = file
+            .read_durable(offset, len)
+            .map_err(|e| Error::io("scrub a sealed segment", &path, e))?
+        else {
+            return Ok(None);
+        };
+        match check_window(id, &bytes, offset, budget, to == end) {
+            Ok(checked) => return Ok(Some(Checked { end, ..checked })),
+            // The window cut a record, or damage needs the rest of the segment to
+            // find where the next record starts: read more and check again.
+            Err(more) => to = more.clamp(to + 1, end),
+        }
+    }
+}
+
+/// Checks `bytes`, segment `id`'s bytes from `from` (0, or a record boundary), as
+/// [`check_bytes`] checks them in the whole segment; `to_end` says whether they reach
+/// its end. `Err(end)`: the check needs the segment's bytes up to `end` (`u64::MAX`:
+/// all of them), because the window cuts its first record, or holds damage whose
+/// range reaches the next intact record, which may lie past the window. A record the
+/// window cuts after a whole one ends the check before it.
+fn check_window(
+    id: u32,
+    bytes: &[u8],
+    from: u64,
+    budget: u64,
+    to_end: bool,
+) -> std::result::Result<Checked, u64> {
+    let (offset, header) = match from {
+        0 => (SEGMENT_HEADER_LEN, true),
+        _ => (0, false),
+    };
+    let checked = check_records(id, bytes, (offset, header), budget as usize, !to_end)
+        .map_err(|need| need.map_or(u64::MAX, |rel| from + rel as u64))?;
+    Ok(Checked {
+        next: checked.next + from,
+        damaged: checked
+            .damaged
+            .into_iter()
+            .map(|d| DamagedRange {
+                from: d.from + from,
+                to: d.to + from,
+                ..d
+            })
+            .collect(),
+        ..checked
+    })
+}
+
+/// Checks the records of a sealed segment's `bytes` (exactly its data) from `offset`
+/// (0: its header first). Pure: the segment id only labels what it finds.
+fn check_bytes(id: u32, bytes: &[u8], offset: usize, budget: usize) -> Checked {
+    let start = match offset {
+        0 => (SEGMENT_HEADER_LEN, true),
+        _ => (offset, false),
+    };
+    // Over the whole segment no check needs more bytes.
+    check_records(id, bytes, start, budget, false).unwrap_or_default()
+}
+
+/// The records of `bytes` from `offset` (after the segment header's check, if
+/// `header`), until about `budget` bytes are covered. With `window` (the bytes stop
+/// before the segment's end), a record they cut is not damage: `Err(Some(end))` when
+/// it is the first (the bytes up to `end`, relative, are needed), else the check ends
+/// before it; damage is `Err(None)`, to be judged over the whole rest.
+fn check_records(
+    id: u32,
+    bytes: &[u8],
+    (mut offset, header): (usize, bool),
+    budget: usize,
+    window: bool,
+) -> std::result::Result<Checked, Option<usize>> {
+    if window && bytes.len() < offset + record::HEADER_LEN {
+        return Err(Some(offset + record::HEADER_LEN));
+    }
     let mut out = Checked {
         end: bytes.len() as u64,
         ..Checked::default()
     };
-    if offset == 0 {
-        if let HeaderCheck::Bad(why) = segment::check_header(bytes, id) {
-            out.damaged.push(damaged(id, 0, SEGMENT_HEADER_LEN, why));
-        }
-        offset = SEGMENT_HEADER_LEN;
+    if header && let HeaderCheck::Bad(why) = segment::check_header(bytes, id) {
+        out.damaged.push(damaged(id, 0, SEGMENT_HEADER_LEN, why));
     }
     let stop = offset.saturating_add(budget.max(1));
     while offset < bytes.len() && offset < stop {
@@ -212,6 +336,16 @@ fn check_bytes(id: u32, bytes: &[u8], mut offset: usize, budget: usize) -> Check
             Some(Step::Record { .. }) => {
                 out.records += 1;
                 offset = scanner.offset();
+            }
+            Some(Step::End { offset: at } | Step::Invalid { offset: at, .. }) if window => {
+                return match (cut_at(bytes, at), out.records) {
+                    (Some(_), 1..) => Ok(Checked {
+                        next: at as u64,
+                        ..out
+                    }),
+                    (Some(need), 0) => Err(Some(need)),
+                    (None, _) => Err(None),
+                };
             }
             Some(Step::End { offset: at }) => {
                 let to = damage::next_record(bytes, at).unwrap_or(bytes.len());
@@ -228,7 +362,20 @@ fn check_bytes(id: u32, bytes: &[u8], mut offset: usize, budget: usize) -> Check
         }
     }
     out.next = offset.min(bytes.len()) as u64;
-    out
+    Ok(out)
+}
+
+/// Where the record at `at` would end, if `bytes` end before it does (its header or
+/// the length it declares runs past them): the window cut it.
+fn cut_at(bytes: &[u8], at: usize) -> Option<usize> {
+    let rest = bytes.get(at..).unwrap_or_default();
+    let Some(head) = rest.get(..record::HEADER_LEN) else {
+        return Some(at + record::HEADER_LEN);
+    };
+    let len_bytes = head.get(record::BODY_LEN_OFFSET..record::BODY_LEN_OFFSET + 4)?;
+    let body_len = u32::from_le_bytes(len_bytes.try_into().ok()?) as usize;
+    let end = at.saturating_add(record::framed_len(body_len));
+    (end > bytes.len()).then_some(end)
 }
 
 /// The first damaged range of sealed segment `id`'s records (`bytes`, exactly its
@@ -249,8 +396,31 @@ fn damaged(segment: u32, from: usize, to: usize, why: &str) -> DamagedRange {
     }
 }
 
-/// A whole segment at once: `scrub_now` is not paced.
-const UNPACED: u64 = u64::MAX;
+/// The budget of each part of `scrub_now`'s check, which is not paced: the window it
+/// reads from the device, and holds in memory, is about this large.
+const UNPACED_PART: u64 = 4 << 20;
+
+/// Checks all of sealed segment `id`, a part at a time; `None` if it is not sealed.
+fn check_segment(shared: &Shared, id: u32) -> Result<Option<Checked>> {
+    let mut whole = Checked::default();
+    let mut since = None;
+    loop {
+        let Some(part) = check_part(shared, id, (whole.next, since), UNPACED_PART)? else {
+            return Ok(None);
+        };
+        if part.restart {
+            (whole, since) = (Checked::default(), None);
+            continue;
+        }
+        since = Some(part.rewrites);
+        whole.records += part.records;
+        whole.damaged.extend(part.damaged);
+        (whole.next, whole.end) = (part.next, part.end);
+        if whole.next >= whole.end {
+            return Ok(Some(whole));
+        }
+    }
+}
 
 impl LogStore {
     /// Checks every record of every sealed segment now, on the calling thread and
@@ -264,7 +434,7 @@ impl LogStore {
         let shared = self.shared();
         let mut report = ScrubReport::default();
         let mut id = 1;
-        while let Some(checked) = check_part(shared, id, 0, UNPACED)? {
+        while let Some(checked) = check_segment(shared, id)? {
             report.segments += 1;
             report.bytes += checked.next;
             report.records += checked.records;
@@ -341,5 +511,46 @@ mod tests {
         assert_eq!(c.damaged.len(), 1);
         assert_eq!((c.damaged[0].from, c.damaged[0].to), (0, 32));
         assert_eq!(c.records, 2);
+    }
+
+    /// What `check_durable` does, over `bytes` as the device: windows from `offset`,
+    /// grown as `check_window` asks.
+    fn check_through_windows(bytes: &[u8], offset: usize, budget: u64, slack: u64) -> Checked {
+        let end = bytes.len() as u64;
+        let mut to = end.min(offset as u64 + budget + slack);
+        loop {
+            let window = &bytes[offset..to as usize];
+            match check_window(7, window, offset as u64, budget, to == end) {
+                Ok(checked) => return checked,
+                Err(more) => to = more.clamp(to + 1, end),
+            }
+        }
+    }
+
+    #[test]
+    fn windows_of_any_size_check_what_the_whole_segment_checks() {
+        let (clean, starts) = segment_bytes(20);
+        let mut damaged = clean.clone();
+        damaged[starts[7] + 60] ^= 0x10;
+        let mut cut_length = clean.clone();
+        // A length that runs past the segment's end: a cut record, to the end.
+        cut_length[starts[12] + record::BODY_LEN_OFFSET] = 0xff;
+        cut_length[starts[12] + record::BODY_LEN_OFFSET + 2] = 0x7f;
+        for bytes in [&clean, &damaged, &cut_length] {
+            let whole = check_bytes(7, bytes, 0, usize::MAX);
+            assert_eq!(whole.damaged.is_empty(), bytes == &clean);
+            for (budget, slack) in [(1, 0), (8, 1), (100, 3), (300, 64), (1 << 20, 0)] {
+                let (mut at, mut records, mut ranges) = (0, 0, Vec::new());
+                while at < bytes.len() {
+                    let c = check_through_windows(bytes, at, budget, slack);
+                    assert!(c.next as usize > at, "budget {budget}: no progress at {at}");
+                    records += c.records;
+                    ranges.extend(c.damaged);
+                    at = c.next as usize;
+                }
+                assert_eq!(records, whole.records, "budget {budget} slack {slack}");
+                assert_eq!(ranges, whole.damaged, "budget {budget} slack {slack}");
+            }
+        }
     }
 }

@@ -111,6 +111,9 @@ impl Walk {
     /// bytes checked, or `None` if stopped.
     fn pass(&mut self) -> Option<u64> {
         let mut offset = 0;
+        // The segment's `rewrites` when its check started: a replacement since then
+        // restarts it (`scrub::check_part`).
+        let mut rewrites = 0;
         let mut bytes = 0;
         let mut deadline = Instant::now();
         loop {
@@ -120,7 +123,12 @@ impl Walk {
             // behind (a slow disk, a busy machine) does not make up for it in a burst.
             deadline = deadline.max(Instant::now());
             let segment = self.progress.segment;
-            let checked = match scrub::check_part(&self.shared, segment, offset, budget) {
+            let at = (offset, (offset > 0).then_some(rewrites));
+            let checked = match scrub::check_part(&self.shared, segment, at, budget) {
+                Ok(Some(checked)) if checked.restart => {
+                    offset = 0;
+                    continue;
+                }
                 Ok(Some(checked)) => checked,
                 Ok(None) => return Some(bytes),
                 Err(e) => {
@@ -131,6 +139,7 @@ impl Walk {
                 }
             };
             let done = checked.next.saturating_sub(offset);
+            rewrites = checked.rewrites;
             bytes += done;
             offset = checked.next;
             if offset >= checked.end {
