@@ -34,6 +34,9 @@ pub(crate) struct Scanner<'a> {
     verified: Option<&'a AtomicUsize>,
     /// The last value read from `verified`: records ending before it skip their CRC.
     known: usize,
+    /// Where `bytes` start in their segment: offsets are the slice's, but a record's
+    /// `group_start` is a segment offset.
+    base: usize,
 }
 
 impl<'a> Scanner<'a> {
@@ -44,6 +47,16 @@ impl<'a> Scanner<'a> {
             stopped: false,
             verified: None,
             known: 0,
+            base: 0,
+        }
+    }
+
+    /// A scanner of `bytes` that start at offset `base` of their segment (a window
+    /// read from the device), from `offset` within them.
+    pub(crate) fn within(bytes: &'a [u8], offset: usize, base: usize) -> Self {
+        Self {
+            base,
+            ..Self::new(bytes, offset)
         }
     }
 
@@ -101,7 +114,7 @@ impl<'a> Iterator for Scanner<'a> {
                         offset,
                         why: Invalid::BadField("nonzero padding"),
                     }
-                } else if header.group_start as usize > offset {
+                } else if header.group_start as usize > self.base + offset {
                     Step::Invalid {
                         offset,
                         why: Invalid::BadField("commit group starts after its record"),

@@ -279,8 +279,14 @@ fn check_window(
         0 => (SEGMENT_HEADER_LEN, true),
         _ => (0, false),
     };
-    let checked = check_records(id, bytes, (offset, header), budget as usize, !to_end)
-        .map_err(|need| need.map_or(u64::MAX, |rel| from + rel as u64))?;
+    let checked = check_records(
+        (id, from as usize),
+        bytes,
+        (offset, header),
+        budget as usize,
+        !to_end,
+    )
+    .map_err(|need| need.map_or(u64::MAX, |rel| from + rel as u64))?;
     Ok(Checked {
         next: checked.next + from,
         damaged: checked
@@ -304,16 +310,16 @@ fn check_bytes(id: u32, bytes: &[u8], offset: usize, budget: usize) -> Checked {
         _ => (offset, false),
     };
     // Over the whole segment no check needs more bytes.
-    check_records(id, bytes, start, budget, false).unwrap_or_default()
+    check_records((id, 0), bytes, start, budget, false).unwrap_or_default()
 }
 
-/// The records of `bytes` from `offset` (after the segment header's check, if
-/// `header`), until about `budget` bytes are covered. With `window` (the bytes stop
+/// The records of `bytes`, which start at offset `base` of segment `id`, from
+/// `offset` (after the segment header's check, if `header`), until about `budget` bytes are covered. With `window` (the bytes stop
 /// before the segment's end), a record they cut is not damage: `Err(Some(end))` when
 /// it is the first (the bytes up to `end`, relative, are needed), else the check ends
 /// before it; damage is `Err(None)`, to be judged over the whole rest.
 fn check_records(
-    id: u32,
+    (id, base): (u32, usize),
     bytes: &[u8],
     (mut offset, header): (usize, bool),
     budget: usize,
@@ -331,7 +337,7 @@ fn check_records(
     }
     let stop = offset.saturating_add(budget.max(1));
     while offset < bytes.len() && offset < stop {
-        let mut scanner = Scanner::new(bytes, offset);
+        let mut scanner = Scanner::within(bytes, offset, base);
         match scanner.next() {
             Some(Step::Record { .. }) => {
                 out.records += 1;
@@ -458,7 +464,8 @@ mod tests {
             starts.push(bytes.len());
             let h = Header {
                 kind: Kind::Event,
-                group_start: 0,
+                // Each record its own commit group, as in a log of single appends.
+                group_start: bytes.len() as u32,
                 execution: 0,
                 sequence: seq,
                 timestamp_ns: 1,
