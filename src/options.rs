@@ -442,8 +442,9 @@ impl Options {
         self
     }
 
-    /// How fast a writable store re-reads its sealed segments in the background to
-    /// check every record's CRC (docs/DESIGN.md, "Scrubber"). A damaged range it finds
+    /// How fast a writable store re-reads its sealed segments in the background, from
+    /// the storage device past the page cache, to check every record's CRC
+    /// (docs/DESIGN.md, "Scrubber"). A damaged range it finds
     /// is refused by every later read ([`Error::Corrupt`]), logged at error level and
     /// counted in [`Stats::scrub`](crate::Stats::scrub). The scrubber is one thread
     /// that sleeps between chunks of at most 256 KiB to keep to the rate; it holds no

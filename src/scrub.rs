@@ -5,13 +5,17 @@
 //! A sealed segment is one the log has moved past: the next segment holds a durable
 //! record, so its durable end (which the commit thread raised before that record's
 //! group was published) is final and no byte below it changes. The scrubber reads
-//! only such segments, through the same read-only maps as reads, and only below that
-//! end; the active segment is left to the commit thread, which checksums what it
-//! writes, and to open, which scans the unsealed tail.
+//! only such segments, and only below that end, as the storage device holds them:
+//! past the page cache, where a bad sector hides under a cached page (through the
+//! maps where the file system cannot bypass its cache). The active segment is left to
+//! the commit thread, which checksums what it writes, and to open, which scans the
+//! unsealed tail.
 //!
 //! Invariants:
-//! - A check reads mapped bytes only: it takes the segment list's lock just to get a
-//!   view, never the store lock, and never holds a lock while it reads.
+//! - A check takes the segment list's lock just to get a file handle or a view, never
+//!   the store lock, and never holds a lock while it reads.
+//! - A check reports only what one file holds: a segment an erasure replaced under a
+//!   check in progress is checked again from its start (record boundaries moved).
 //! - A damaged range, once found, stays refused for the life of the open store, even
 //!   if its bytes later read well again (a medium that returned bad bytes once is not
 //!   trusted to return good ones; the next open verifies the segments anew and refuses
@@ -434,7 +438,9 @@ impl LogStore {
     /// reads and counted in [`Stats::scrub`](crate::Stats::scrub), as the background
     /// scrubber's is ([`Options::scrub`](crate::Options::scrub)). It does not move the
     /// background scrubber's position and writes nothing, so it works on every kind of
-    /// open, readers included. Fails only if a segment cannot be mapped.
+    /// open, readers included. It reads what the storage device holds, past the page
+    /// cache (as the background scrubber does), 4 MiB at a time. Fails only if a
+    /// segment cannot be opened, read or mapped.
     pub fn scrub_now(&self) -> Result<ScrubReport> {
         self.check_open()?;
         let shared = self.shared();
