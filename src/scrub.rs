@@ -567,3 +567,192 @@ mod tests {
         }
     }
 }
+
+/// Adversary review (adv31): the device windows against the whole-segment check, over
+/// random segments (commit groups of several records, bodies long enough for small
+/// windows to cut) with random damage (flips anywhere, forged lengths to 4 GiB, past
+/// the end, short, zero runs at any offset, zeroed headers, nonzero padding, a commit
+/// group forged to start after its record with a valid CRC), at many budgets and
+/// slacks, including slacks around one record header.
+#[cfg(test)]
+mod adversary_window_tests {
+    use super::*;
+    use crate::record::{BODY_LEN_OFFSET, Header, Kind, Pos, encode};
+
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+    }
+
+    /// Segment 7 with `n` records, bodies of 1..=`max_body` bytes, in commit groups of
+    /// 1 to 4 records; one record in 40 carries a group start after itself (valid CRC).
+    fn segment(rng: &mut Rng, n: u64, max_body: u64) -> (Vec<u8>, Vec<usize>) {
+        let mut bytes = segment::encode_header(7).to_vec();
+        let mut starts = Vec::new();
+        let (mut group_start, mut left) = (0u32, 0);
+        for seq in 1..=n {
+            if left == 0 {
+                group_start = bytes.len() as u32;
+                left = 1 + rng.below(4);
+            }
+            left -= 1;
+            starts.push(bytes.len());
+            let len = 1 + rng.below(max_body) as usize;
+            let body: Vec<u8> = (0..len).map(|_| 1 + rng.below(255) as u8).collect();
+            let forged_group = rng.below(40) == 0;
+            let h = Header {
+                kind: Kind::Event,
+                group_start: if forged_group {
+                    bytes.len() as u32 + 8
+                } else {
+                    group_start
+                },
+                execution: 0,
+                sequence: seq,
+                timestamp_ns: 1,
+                prev: (seq > 1).then_some(Pos {
+                    segment: 7,
+                    offset: 32,
+                }),
+                batch_remaining: 0,
+            };
+            encode(&h, &[&body], &mut bytes);
+        }
+        (bytes, starts)
+    }
+
+    fn set_len(bytes: &mut [u8], at: usize, len: u32) {
+        bytes[at + BODY_LEN_OFFSET..at + BODY_LEN_OFFSET + 4].copy_from_slice(&len.to_le_bytes());
+    }
+
+    fn damage(rng: &mut Rng, bytes: &mut [u8], starts: &[usize]) {
+        let n = bytes.len();
+        let s = starts[rng.below(starts.len() as u64) as usize];
+        match rng.below(9) {
+            0 => {
+                let i = rng.below(n as u64) as usize;
+                bytes[i] ^= 1 << rng.below(8);
+            }
+            1 => set_len(bytes, s, rng.next() as u32),
+            2 => set_len(
+                bytes,
+                s,
+                [u32::MAX, 0xFFFF_FFF8, 1 << 31][rng.below(3) as usize],
+            ),
+            3 => {
+                // Runs just past the segment's end.
+                let past = (n - s - record::HEADER_LEN) as u64 + 1 + rng.below(16);
+                set_len(bytes, s, past as u32);
+            }
+            4 => {
+                let from = rng.below(n as u64) as usize;
+                let to = (from + 1 + rng.below(300) as usize).min(n);
+                bytes[from..to].fill(0);
+            }
+            5 => set_len(bytes, s, rng.below(64) as u32),
+            6 => {
+                // A padding byte (no CRC covers it), where the record has padding.
+                let len = u32::from_le_bytes(
+                    bytes[s + BODY_LEN_OFFSET..s + BODY_LEN_OFFSET + 4]
+                        .try_into()
+                        .unwrap_or_default(),
+                ) as usize;
+                let pad = s + record::HEADER_LEN + len;
+                if len % 8 != 0 && pad < n {
+                    bytes[pad] = 0x5a;
+                }
+            }
+            7 => {
+                let to = (s + record::HEADER_LEN).min(n);
+                bytes[s..to].fill(0);
+            }
+            _ => {
+                let i = s + rng.below(8) as usize;
+                bytes[i] ^= 0x80;
+            }
+        }
+    }
+
+    /// `check_durable` over `bytes` as the device: windows from `offset`, grown as
+    /// `check_window` asks; also returns how many reads the part took.
+    fn through_windows(bytes: &[u8], offset: usize, budget: u64, slack: u64) -> (Checked, u32) {
+        let end = bytes.len() as u64;
+        let mut to = end.min(offset as u64 + budget + slack);
+        let mut reads = 0;
+        loop {
+            reads += 1;
+            assert!(
+                reads <= 64,
+                "a part that never ends: offset {offset} budget {budget}"
+            );
+            let window = &bytes[offset..to as usize];
+            match check_window(7, window, offset as u64, budget, to == end) {
+                Ok(checked) => return (checked, reads),
+                Err(more) => to = more.clamp(to + 1, end),
+            }
+        }
+    }
+
+    #[test]
+    fn adversary_windows_report_what_the_whole_segment_check_reports() {
+        let budgets_slacks = [
+            (1, 0),
+            (1, 55),
+            (1, 56),
+            (1, 57),
+            (7, 8),
+            (64, 1),
+            (300, 64),
+            (2000, 100),
+            (1, 4096),
+            (50_000, 0),
+            (u64::from(u32::MAX), 0),
+        ];
+        let mut damaged_seen = 0;
+        for seed in 1..=2500u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            let n = 1 + rng.below(30);
+            let max_body = [8, 64, 700, 3000][rng.below(4) as usize];
+            let (mut bytes, starts) = segment(&mut rng, n, max_body);
+            for _ in 0..rng.below(4) {
+                damage(&mut rng, &mut bytes, &starts);
+            }
+            let whole = check_bytes(7, &bytes, 0, usize::MAX);
+            damaged_seen += usize::from(!whole.damaged.is_empty());
+            for &(budget, slack) in &budgets_slacks {
+                let ctx = format!("seed {seed} budget {budget} slack {slack}");
+                let (mut at, mut records, mut ranges) = (0usize, 0, Vec::new());
+                let (mut mapped_at, mut mapped_ranges) = (0usize, Vec::new());
+                while at < bytes.len() {
+                    let (c, reads) = through_windows(&bytes, at, budget, slack);
+                    assert!(c.next as usize > at, "{ctx}: no progress at {at}");
+                    assert!(reads <= 4, "{ctx}: {reads} reads for the part at {at}");
+                    records += c.records;
+                    ranges.extend(c.damaged);
+                    at = c.next as usize;
+                }
+                assert_eq!(at, bytes.len(), "{ctx}");
+                while mapped_at < bytes.len() {
+                    let c = check_bytes(7, &bytes, mapped_at, budget as usize);
+                    assert!(c.next as usize > mapped_at, "{ctx}: mapped, no progress");
+                    mapped_ranges.extend(c.damaged);
+                    mapped_at = c.next as usize;
+                }
+                assert_eq!(records, whole.records, "{ctx}");
+                assert_eq!(ranges, whole.damaged, "{ctx}");
+                assert_eq!(mapped_ranges, whole.damaged, "{ctx}: the maps' parts");
+            }
+        }
+        assert!(damaged_seen > 1000, "{damaged_seen}");
+    }
+}
