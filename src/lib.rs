@@ -120,6 +120,7 @@ mod saved_index;
 mod scan;
 mod scrub;
 mod scrub_progress;
+mod scrub_window;
 mod scrubber;
 mod segment;
 mod segment_maps;

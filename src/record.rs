@@ -373,6 +373,19 @@ pub(crate) fn plausible(bytes: &[u8]) -> Option<Header> {
     fields(head).ok()
 }
 
+/// The framed length the record at `bytes[0]` declares, if its header passes what
+/// [`plausible`] checks but whether that length fits in `bytes`: a search through a
+/// window of a segment asks for more bytes instead of skipping the record.
+pub(crate) fn plausible_head(bytes: &[u8]) -> Option<usize> {
+    let head = bytes.get(..HEADER_LEN)?;
+    let body_len = le_u32(head, BODY_LEN_OFFSET) as usize;
+    if body_len == 0 {
+        return None;
+    }
+    fields(head).ok()?;
+    Some(framed_len(body_len))
+}
+
 /// Decodes and checks the fixed fields of a header (everything but length and CRC).
 fn fields(head: &[u8]) -> Result<Header, Invalid> {
     let kind = match le_u16(head, KIND_OFFSET) {

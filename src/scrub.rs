@@ -26,12 +26,10 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::damage;
 use crate::error::{Error, Result};
 use crate::log_store::LogStore;
-use crate::record::{self, RECORD_ALIGN};
-use crate::scan::{Scanner, Step};
-use crate::segment::{self, HeaderCheck, SEGMENT_HEADER_LEN};
+use crate::scrub_window::{DeviceWindow, check_from_device, check_records};
+use crate::segment::SEGMENT_HEADER_LEN;
 use crate::state::Shared;
 use crate::sync::{AtomicBool, AtomicU64, Mutex};
 
@@ -177,33 +175,29 @@ pub(crate) struct Checked {
     pub(crate) restart: bool,
 }
 
-/// Bytes read from the device beyond a check's budget: room for the record that
-/// crosses the budget's end, so that a window rarely needs a second read.
-const WINDOW_SLACK: u64 = 64 << 10;
-
 /// Checks sealed segment `id` from `offset` (0: its header first) for at least one
 /// record and until about `budget` bytes are covered, reading the bytes the storage
-/// device holds, past the page cache (a file system that has no such reads, tmpfs,
-/// is checked through the map, its cache being all there is). `None` if `id` is not
-/// sealed. `since`: the `rewrites` of the check that read the segment's start, when
-/// this one resumes mid-segment. Damage found is remembered in `shared.scrub` (so
-/// reads refuse it) and logged.
+/// device holds, past the page cache, into `window` (`scrub_window.rs`; a file system
+/// that has no such reads is checked through the map, its cache being all there is).
+/// `None` if `id` is not sealed. `since`: the `rewrites` of the check before this one
+/// in the segment, when it resumes mid-segment. Damage found is remembered in
+/// `shared.scrub` (so reads refuse it) and logged.
 pub(crate) fn check_part(
     shared: &Shared,
-    id: u32,
-    (offset, since): (u64, Option<u32>),
+    (id, offset, since): (u32, u64, Option<u32>),
     budget: u64,
+    window: &mut DeviceWindow,
 ) -> Result<Option<Checked>> {
     let Some(end) = shared.segments.sealed_end(id) else {
         return Ok(None);
     };
     let rewrites = shared.segments.rewrites(id);
-    let checked = match check_durable(shared, id, (offset, end), budget)? {
+    let checked = match check_from_device(shared, (id, rewrites), (offset, end), budget, window)? {
         Some(checked) => checked,
         None => check_mapped(shared, id, (offset, end), budget)?,
     };
-    // Replaced while (or before) it was read: its bytes are another layout's.
-    if since.is_some_and(|s| s != rewrites) || shared.segments.rewrites(id) != rewrites {
+    if !same_file(shared, (id, rewrites), (offset, since), &checked) {
+        *window = DeviceWindow::default();
         return Ok(Some(Checked {
             end,
             rewrites: shared.segments.rewrites(id),
@@ -224,6 +218,24 @@ pub(crate) fn check_part(
     }))
 }
 
+/// Whether `checked`, read from segment `id` replaced `rewrites` times, may stand: the
+/// segment was not replaced while it was read, and if it was replaced since the last
+/// check (`since`), the offset this one resumed at is still a record boundary of the
+/// new file (an erasure moves only the boundaries inside the spans it writes; one
+/// inside a span reads as zeros, which is no record).
+fn same_file(
+    shared: &Shared,
+    (id, rewrites): (u32, u32),
+    (offset, since): (u64, Option<u32>),
+    checked: &Checked,
+) -> bool {
+    if shared.segments.rewrites(id) != rewrites {
+        return false;
+    }
+    since.is_none_or(|s| s == rewrites)
+        || checked.records > 0 && checked.damaged.first().is_none_or(|d| d.from > offset)
+}
+
 /// [`check_part`]'s check through the segment's map.
 fn check_mapped(
     shared: &Shared,
@@ -237,75 +249,6 @@ fn check_mapped(
     Ok(check_bytes(id, bytes, offset as usize, budget as usize))
 }
 
-/// [`check_part`]'s check of the bytes on the device: a window from `offset`, read
-/// through the segment's own handle (the file an erasure may have renamed away is
-/// the one read). `None` if the file system cannot bypass its cache.
-fn check_durable(
-    shared: &Shared,
-    id: u32,
-    (offset, end): (u64, u64),
-    budget: u64,
-) -> Result<Option<Checked>> {
-    let file = shared.segments.file(id)?;
-    let path = crate::store_dir::segment_path(&shared.dir, id);
-    let mut to = end.min(offset.saturating_add(budget).saturating_add(WINDOW_SLACK));
-    loop {
-        let len = usize::try_from(to - offset).unwrap_or(usize::MAX);
-        let Some(bytes) = file
-            .read_durable(offset, len)
-            .map_err(|e| Error::io("scrub a sealed segment", &path, e))?
-        else {
-            return Ok(None);
-        };
-        match check_window(id, &bytes, offset, budget, to == end) {
-            Ok(checked) => return Ok(Some(Checked { end, ..checked })),
-            // The window cut a record, or damage needs the rest of the segment to
-            // find where the next record starts: read more and check again.
-            Err(more) => to = more.clamp(to + 1, end),
-        }
-    }
-}
-
-/// Checks `bytes`, segment `id`'s bytes from `from` (0, or a record boundary), as
-/// [`check_bytes`] checks them in the whole segment; `to_end` says whether they reach
-/// its end. `Err(end)`: the check needs the segment's bytes up to `end` (`u64::MAX`:
-/// all of them), because the window cuts its first record, or holds damage whose
-/// range reaches the next intact record, which may lie past the window. A record the
-/// window cuts after a whole one ends the check before it.
-fn check_window(
-    id: u32,
-    bytes: &[u8],
-    from: u64,
-    budget: u64,
-    to_end: bool,
-) -> std::result::Result<Checked, u64> {
-    let (offset, header) = match from {
-        0 => (SEGMENT_HEADER_LEN, true),
-        _ => (0, false),
-    };
-    let checked = check_records(
-        (id, from as usize),
-        bytes,
-        (offset, header),
-        budget as usize,
-        !to_end,
-    )
-    .map_err(|need| need.map_or(u64::MAX, |rel| from + rel as u64))?;
-    Ok(Checked {
-        next: checked.next + from,
-        damaged: checked
-            .damaged
-            .into_iter()
-            .map(|d| DamagedRange {
-                from: d.from + from,
-                to: d.to + from,
-                ..d
-            })
-            .collect(),
-        ..checked
-    })
-}
-
 /// Checks the records of a sealed segment's `bytes` (exactly its data) from `offset`
 /// (0: its header first). Pure: the segment id only labels what it finds.
 fn check_bytes(id: u32, bytes: &[u8], offset: usize, budget: usize) -> Checked {
@@ -317,77 +260,6 @@ fn check_bytes(id: u32, bytes: &[u8], offset: usize, budget: usize) -> Checked {
     check_records((id, 0), bytes, start, budget, false).unwrap_or_default()
 }
 
-/// The records of `bytes`, which start at offset `base` of segment `id`, from
-/// `offset` (after the segment header's check, if `header`), until about `budget` bytes are covered. With `window` (the bytes stop
-/// before the segment's end), a record they cut is not damage: `Err(Some(end))` when
-/// it is the first (the bytes up to `end`, relative, are needed), else the check ends
-/// before it; damage is `Err(None)`, to be judged over the whole rest.
-fn check_records(
-    (id, base): (u32, usize),
-    bytes: &[u8],
-    (mut offset, header): (usize, bool),
-    budget: usize,
-    window: bool,
-) -> std::result::Result<Checked, Option<usize>> {
-    if window && bytes.len() < offset + record::HEADER_LEN {
-        return Err(Some(offset + record::HEADER_LEN));
-    }
-    let mut out = Checked {
-        end: bytes.len() as u64,
-        ..Checked::default()
-    };
-    if header && let HeaderCheck::Bad(why) = segment::check_header(bytes, id) {
-        out.damaged.push(damaged(id, 0, SEGMENT_HEADER_LEN, why));
-    }
-    let stop = offset.saturating_add(budget.max(1));
-    while offset < bytes.len() && offset < stop {
-        let mut scanner = Scanner::within(bytes, offset, base);
-        match scanner.next() {
-            Some(Step::Record { .. }) => {
-                out.records += 1;
-                offset = scanner.offset();
-            }
-            Some(Step::End { offset: at } | Step::Invalid { offset: at, .. }) if window => {
-                return match (cut_at(bytes, at), out.records) {
-                    (Some(_), 1..) => Ok(Checked {
-                        next: at as u64,
-                        ..out
-                    }),
-                    (Some(need), 0) => Err(Some(need)),
-                    (None, _) => Err(None),
-                };
-            }
-            Some(Step::End { offset: at }) => {
-                let to = damage::next_record(bytes, at).unwrap_or(bytes.len());
-                let why = "zeros where the segment's records continue";
-                out.damaged.push(damaged(id, at, to, why));
-                offset = to;
-            }
-            Some(Step::Invalid { offset: at, why }) => {
-                let to = damage::next_record(bytes, at + RECORD_ALIGN).unwrap_or(bytes.len());
-                out.damaged.push(damaged(id, at, to, &why.to_string()));
-                offset = to;
-            }
-            None => break,
-        }
-    }
-    out.next = offset.min(bytes.len()) as u64;
-    Ok(out)
-}
-
-/// Where the record at `at` would end, if `bytes` end before it does (its header or
-/// the length it declares runs past them): the window cut it.
-fn cut_at(bytes: &[u8], at: usize) -> Option<usize> {
-    let rest = bytes.get(at..).unwrap_or_default();
-    let Some(head) = rest.get(..record::HEADER_LEN) else {
-        return Some(at + record::HEADER_LEN);
-    };
-    let len_bytes = head.get(record::BODY_LEN_OFFSET..record::BODY_LEN_OFFSET + 4)?;
-    let body_len = u32::from_le_bytes(len_bytes.try_into().ok()?) as usize;
-    let end = at.saturating_add(record::framed_len(body_len));
-    (end > bytes.len()).then_some(end)
-}
-
 /// The first damaged range of sealed segment `id`'s records (`bytes`, exactly its
 /// data), if a record check finds one: what a checksum over them that differs can name.
 pub(crate) fn first_damage(id: u32, bytes: &[u8]) -> Option<DamagedRange> {
@@ -397,7 +269,7 @@ pub(crate) fn first_damage(id: u32, bytes: &[u8]) -> Option<DamagedRange> {
         .next()
 }
 
-fn damaged(segment: u32, from: usize, to: usize, why: &str) -> DamagedRange {
+pub(crate) fn damaged(segment: u32, from: usize, to: usize, why: &str) -> DamagedRange {
     DamagedRange {
         segment,
         from: from as u64,
@@ -414,8 +286,10 @@ const UNPACED_PART: u64 = 4 << 20;
 fn check_segment(shared: &Shared, id: u32) -> Result<Option<Checked>> {
     let mut whole = Checked::default();
     let mut since = None;
+    let mut window = DeviceWindow::default();
     loop {
-        let Some(part) = check_part(shared, id, (whole.next, since), UNPACED_PART)? else {
+        let Some(part) = check_part(shared, (id, whole.next, since), UNPACED_PART, &mut window)?
+        else {
             return Ok(None);
         };
         if part.restart {
@@ -462,6 +336,8 @@ impl LogStore {
 mod tests {
     use super::*;
     use crate::record::{Header, Kind, encode};
+    use crate::scrub_window::check_window;
+    use crate::{record, segment};
 
     fn segment_bytes(records: u64) -> (Vec<u8>, Vec<usize>) {
         let mut bytes = segment::encode_header(7).to_vec();
@@ -578,6 +454,8 @@ mod tests {
 mod adversary_window_tests {
     use super::*;
     use crate::record::{BODY_LEN_OFFSET, Header, Kind, Pos, encode};
+    use crate::scrub_window::check_window;
+    use crate::{record, segment};
 
     struct Rng(u64);
 
@@ -736,7 +614,12 @@ mod adversary_window_tests {
                 while at < bytes.len() {
                     let (c, reads) = through_windows(&bytes, at, budget, slack);
                     assert!(c.next as usize > at, "{ctx}: no progress at {at}");
-                    assert!(reads <= 4, "{ctx}: {reads} reads for the part at {at}");
+                    // Each read at least doubles the window: logarithmic in the segment.
+                    let doublings = usize::BITS - bytes.len().leading_zeros();
+                    assert!(
+                        reads <= 2 + doublings,
+                        "{ctx}: {reads} reads for the part at {at}"
+                    );
                     records += c.records;
                     ranges.extend(c.damaged);
                     at = c.next as usize;

@@ -25,6 +25,7 @@ use crate::error::Result;
 use crate::options::{MIN_SCRUB_BYTES_PER_SECOND, ScrubRate};
 use crate::scrub;
 use crate::scrub_progress::{self, Progress};
+use crate::scrub_window::DeviceWindow;
 use crate::state::Shared;
 use crate::stop::Stop;
 use crate::sync;
@@ -114,6 +115,8 @@ impl Walk {
         // The segment's `rewrites` when its check started: a replacement since then
         // restarts it (`scrub::check_part`).
         let mut rewrites = 0;
+        // What was read from the device beyond the last check, for the next one.
+        let mut window = DeviceWindow::default();
         let mut bytes = 0;
         let mut deadline = Instant::now();
         loop {
@@ -123,8 +126,8 @@ impl Walk {
             // behind (a slow disk, a busy machine) does not make up for it in a burst.
             deadline = deadline.max(Instant::now());
             let segment = self.progress.segment;
-            let at = (offset, (offset > 0).then_some(rewrites));
-            let checked = match scrub::check_part(&self.shared, segment, at, budget) {
+            let at = (segment, offset, (offset > 0).then_some(rewrites));
+            let checked = match scrub::check_part(&self.shared, at, budget, &mut window) {
                 Ok(Some(checked)) if checked.restart => {
                     offset = 0;
                     continue;
