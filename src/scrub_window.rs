@@ -45,7 +45,7 @@ pub(crate) struct DeviceWindow {
 impl DeviceWindow {
     /// The bytes held from segment offset `offset` on, if they are `id`'s as replaced
     /// `rewrites` times.
-    fn from_offset(&self, (id, rewrites): (u32, u32), offset: u64) -> Option<&[u8]> {
+    fn held_from(&self, (id, rewrites): (u32, u32), offset: u64) -> Option<&[u8]> {
         if (self.id, self.rewrites) != (id, rewrites) || offset < self.from {
             return None;
         }
@@ -69,7 +69,7 @@ pub(crate) fn check_from_device(
             return Ok(None);
         }
         let bytes = window
-            .from_offset((id, rewrites), offset)
+            .held_from((id, rewrites), offset)
             .unwrap_or_default();
         let to = offset + bytes.len() as u64;
         match check_window(id, bytes, offset, budget, to >= end) {
@@ -88,7 +88,7 @@ fn fill(
     (offset, want): (u64, u64),
     window: &mut DeviceWindow,
 ) -> Result<bool> {
-    let held = window.from_offset((id, rewrites), offset).map(<[u8]>::len);
+    let held = window.held_from((id, rewrites), offset).map(<[u8]>::len);
     if held.is_none() {
         *window = DeviceWindow {
             id,
