@@ -546,7 +546,7 @@ mod adversary_window_tests {
                         .unwrap_or_default(),
                 ) as usize;
                 let pad = s + record::HEADER_LEN + len;
-                if len % 8 != 0 && pad < n {
+                if !len.is_multiple_of(8) && pad < n {
                     bytes[pad] = 0x5a;
                 }
             }

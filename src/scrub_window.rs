@@ -68,9 +68,7 @@ pub(crate) fn check_from_device(
         if !fill(shared, (id, rewrites), (offset, want), window)? {
             return Ok(None);
         }
-        let bytes = window
-            .held_from((id, rewrites), offset)
-            .unwrap_or_default();
+        let bytes = window.held_from((id, rewrites), offset).unwrap_or_default();
         let to = offset + bytes.len() as u64;
         match check_window(id, bytes, offset, budget, to >= end) {
             Ok(checked) => return Ok(Some(Checked { end, ..checked })),

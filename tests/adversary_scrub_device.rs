@@ -467,7 +467,7 @@ fn forged_records_where_parts_meet_are_reported_as_a_whole_segment_check_reports
         x = x
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        let len = if (x >> 33) % 10 == 0 {
+        let len = if (x >> 33).is_multiple_of(10) {
             100
         } else {
             100_000 + ((x >> 20) % 300_000) as usize
