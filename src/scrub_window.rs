@@ -131,7 +131,7 @@ pub(crate) fn check_window(
     };
     let base = usize::try_from(from).unwrap_or(usize::MAX);
     let checked = check_records((id, base), bytes, start, budget as usize, !to_end)
-        .map_err(|rel| from + rel as u64)?;
+        .map_err(|rel| from.saturating_add(rel as u64))?;
     let rebase = |d: DamagedRange| DamagedRange {
         from: d.from + from,
         to: d.to + from,
