@@ -14,8 +14,10 @@
 //! Invariants:
 //! - A check takes the segment list's lock just to get a file handle or a view, never
 //!   the store lock, and never holds a lock while it reads.
-//! - A check reports only what one file holds: a segment an erasure replaced under a
-//!   check in progress is checked again from its start (record boundaries moved).
+//! - A check reports only what one file holds: on a segment an erasure replaced under
+//!   a check in progress, the check goes on only where it resumes on a record boundary
+//!   of the new file, else the segment is checked again from its start (an erased
+//!   span moves the boundaries inside it).
 //! - A damaged range, once found, stays refused for the life of the open store, even
 //!   if its bytes later read well again (a medium that returned bad bytes once is not
 //!   trusted to return good ones; the next open verifies the segments anew and refuses
@@ -169,9 +171,10 @@ pub(crate) struct Checked {
     /// How many times an erasure had replaced the segment when it was read: a check
     /// that resumes mid-segment passes it back (`check_part`'s `since`).
     pub(crate) rewrites: u32,
-    /// The segment was replaced since the check that read its start: nothing was
-    /// checked, and the segment's check starts again at 0 (record boundaries move
-    /// when an erasure spans records).
+    /// The segment was replaced while it was read, or since the last check and the
+    /// offset is no record boundary of the new file: nothing was checked, and the
+    /// segment's check starts again at 0 (record boundaries move when an erasure
+    /// spans records).
     pub(crate) restart: bool,
 }
 
@@ -402,8 +405,8 @@ mod tests {
         assert_eq!(c.records, 2);
     }
 
-    /// What `check_durable` does, over `bytes` as the device: windows from `offset`,
-    /// grown as `check_window` asks.
+    /// What `check_from_device` does, over `bytes` as the device: windows from
+    /// `offset`, grown as `check_window` asks.
     fn check_through_windows(bytes: &[u8], offset: usize, budget: u64, slack: u64) -> Checked {
         let end = bytes.len() as u64;
         let mut to = end.min(offset as u64 + budget + slack);
@@ -561,7 +564,7 @@ mod adversary_window_tests {
         }
     }
 
-    /// `check_durable` over `bytes` as the device: windows from `offset`, grown as
+    /// `check_from_device` over `bytes` as the device: windows from `offset`, grown as
     /// `check_window` asks; also returns how many reads the part took.
     fn through_windows(bytes: &[u8], offset: usize, budget: u64, slack: u64) -> (Checked, u32) {
         let end = bytes.len() as u64;

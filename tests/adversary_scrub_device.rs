@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::{small_segments, step_event};
+use common::{fill_a_and_b, small_segments, step_event};
 use execlog::fault::SimIo;
 use execlog::*;
 
@@ -170,24 +170,11 @@ fn sized_event(n: u64, len: usize) -> ExecutionEventData {
     }
 }
 
-/// Appends 40 batches of 25 small events to each of "a" and "b": a few sealed 64 KiB
-/// segments.
-fn fill_small(store: &LogStore) {
-    let t = TenantId::from("t");
-    for batch in 0..40u64 {
-        for name in ["a", "b"] {
-            let events = (1..=25).map(|i| step_event(batch * 25 + i)).collect();
-            store
-                .append_batch_blocking(&ExecutionId::from(name), &t, events)
-                .unwrap();
-        }
-    }
-}
-
 fn filled_small_store() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let store = LogStore::open_with(dir.path(), small_segments().scrub(ScrubRate::Off)).unwrap();
-    fill_small(&store);
+    // 40 batches of 25 small events to each of "a" and "b": a few sealed segments.
+    fill_a_and_b(&store, 40);
     assert!(store.stats().segments >= 3, "{}", store.stats().segments);
     store.close().unwrap();
     dir
@@ -736,7 +723,8 @@ fn a_flipped_byte_is_one_range_on_tmpfs_and_without_direct_reads() {
         let dir = tempfile::tempdir_in(&base).unwrap();
         let store =
             LogStore::open_with(dir.path(), small_segments().scrub(ScrubRate::Off)).unwrap();
-        fill_small(&store);
+        // 40 batches of 25 small events to each of "a" and "b": a few sealed segments.
+        fill_a_and_b(&store, 40);
         assert!(store.stats().segments >= 3, "{}", store.stats().segments);
         store.close().unwrap();
         let fast = ScrubRate::BytesPerSecond(1 << 30);

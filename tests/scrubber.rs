@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{small_segments, step_event};
+use common::{fill_a_and_b, small_segments, step_event};
 use execlog::fault::SimIo;
 use execlog::*;
 
@@ -38,15 +38,7 @@ const EVENTS: u64 = 2500;
 /// Appends 100 batches of 25 events to each of executions "a" and "b", interleaved:
 /// several sealed 64 KiB segments, each holding records of both.
 fn fill(store: &LogStore) {
-    let t = TenantId::from("t");
-    for batch in 0..EVENTS / 25 {
-        for name in ["a", "b"] {
-            let events = (1..=25).map(|i| step_event(batch * 25 + i)).collect();
-            store
-                .append_batch_blocking(&ExecutionId::from(name), &t, events)
-                .unwrap();
-        }
-    }
+    fill_a_and_b(store, EVENTS / 25);
 }
 
 /// A closed store as `fill` leaves it, with at least five sealed segments.

@@ -132,6 +132,21 @@ pub fn every_variant() -> Vec<ExecutionEventData> {
     ]
 }
 
+/// Appends `batches` batches of 25 `step_event`s to each of executions "a" and "b" of
+/// tenant "t", interleaved: with `small_segments`, sealed segments that each hold
+/// records of both.
+pub fn fill_a_and_b(store: &LogStore, batches: u64) {
+    let t = TenantId::from("t");
+    for batch in 0..batches {
+        for name in ["a", "b"] {
+            let events = (1..=25).map(|i| step_event(batch * 25 + i)).collect();
+            store
+                .append_batch_blocking(&ExecutionId::from(name), &t, events)
+                .unwrap();
+        }
+    }
+}
+
 /// A small event with a distinguishing number.
 pub fn step_event(n: u64) -> ExecutionEventData {
     ExecutionEventData::StepCompleted {
