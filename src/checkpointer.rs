@@ -22,13 +22,14 @@
 //! [`Options::index_checkpoint_interval_bytes`]: crate::Options::index_checkpoint_interval_bytes
 //! [`Durable`]: crate::state::Durable
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::checkpoint::{self, SegmentDigest};
 use crate::checkpoint_encode::Encoder;
 use crate::error::{Error, Result};
+use crate::sidecar;
 use crate::state::Shared;
 use crate::sync::{self, AtomicBool, AtomicU64, Condvar, JoinHandle, Mutex};
 
@@ -54,19 +55,67 @@ pub(crate) struct Requests {
     /// checkpoint on disk no longer matches the segments (open would ignore it), so
     /// one is due, and close writes one even if nothing was appended.
     stale: AtomicBool,
+    /// Segments with a sidecar file (`sidecar.rs`) that no checkpoint written since
+    /// covers: removed once one does (close's included).
+    pub(crate) sidecars: Mutex<BTreeSet<u32>>,
+    /// Whether a checkpoint thread that writes sidecars runs: seals are only kept for
+    /// one.
+    listening: AtomicBool,
 }
 
 #[derive(Default)]
 struct Flags {
     due: bool,
     stopped: bool,
+    /// Segments sealed since the thread last looked, for their sidecars.
+    sealed: Vec<u32>,
+}
+
+/// What woke the thread.
+struct Wake {
+    checkpoint: bool,
+    sealed: Vec<u32>,
 }
 
 impl Requests {
+    /// Requests of a store whose directory holds the sidecars of `ids`.
+    pub(crate) fn with_sidecars(ids: impl IntoIterator<Item = u32>) -> Self {
+        Self {
+            sidecars: Mutex::new(ids.into_iter().collect()),
+            ..Self::default()
+        }
+    }
+
+    /// Removes the sidecars no longer needed once a checkpoint covers segments 1 to
+    /// `segments` (close's: all of them).
+    pub(crate) fn checkpoint_covers(
+        &self,
+        io: &dyn crate::io::Io,
+        dir: &std::path::Path,
+        segments: u32,
+    ) {
+        let gone: Vec<u32> = {
+            let mut written = self.sidecars.lock();
+            let kept = written.split_off(&segments.saturating_add(1));
+            std::mem::replace(&mut *written, kept).into_iter().collect()
+        };
+        sidecar::remove_covered(io, dir, gone);
+    }
+
     /// Asks for a checkpoint of what is durable now (the commit thread, after it
     /// published a group that completed an interval).
     pub(crate) fn request(&self) {
         self.flags.lock().due = true;
+        self.cond.notify_all();
+    }
+
+    /// Says that segment `id` is sealed: the next segment holds a durable record (the
+    /// commit thread, after publishing that record's group).
+    pub(crate) fn segment_sealed(&self, id: u32) {
+        if !self.listening.load(Ordering::Relaxed) {
+            return;
+        }
+        self.flags.lock().sealed.push(id);
         self.cond.notify_all();
     }
 
@@ -86,14 +135,17 @@ impl Requests {
         self.cond.notify_all();
     }
 
-    /// Waits for a request; false once stopped.
-    fn wait(&self) -> bool {
+    /// Waits for a request or a seal; `None` once stopped.
+    fn wait(&self) -> Option<Wake> {
         let mut flags = self.flags.lock();
-        while !flags.due && !flags.stopped {
+        while !flags.due && flags.sealed.is_empty() && !flags.stopped {
             self.cond.wait(&mut flags);
         }
-        flags.due = false;
-        !flags.stopped
+        let wake = Wake {
+            checkpoint: std::mem::take(&mut flags.due),
+            sealed: std::mem::take(&mut flags.sealed),
+        };
+        (!flags.stopped).then_some(wake)
     }
 }
 
@@ -109,6 +161,7 @@ pub(crate) fn start(shared: &Arc<Shared>) -> Result<Option<Checkpointer>> {
         return Ok(None);
     }
     let thread_shared = Arc::clone(shared);
+    (shared.checkpoints.listening).store(shared.options.segment_sidecars, Ordering::Relaxed);
     let handle = sync::Builder::new()
         .name("execlog-checkpoint".into())
         .spawn(move || run(&thread_shared))
@@ -121,30 +174,95 @@ pub(crate) fn start(shared: &Arc<Shared>) -> Result<Option<Checkpointer>> {
 
 fn run(shared: &Shared) {
     let mut sealed = SealedDigests::default();
-    while shared.checkpoints.wait() {
+    let mut sidecars = Sidecars::default();
+    while let Some(wake) = shared.checkpoints.wait() {
         // Nothing is saved of an index resting on a checkpoint not verified yet.
         if shared.verification.wait_verified().is_err() {
             return;
         }
-        match write_one(shared, &mut sealed) {
-            Ok(Some(bytes)) => {
-                let checkpoints = &shared.checkpoints;
-                checkpoints.last_bytes.store(bytes, Ordering::Relaxed);
-                checkpoints
-                    .written_bytes
-                    .fetch_add(bytes, Ordering::Relaxed);
-                checkpoints.written.fetch_add(1, Ordering::Relaxed);
+        sidecars.due.extend(wake.sealed);
+        if wake.checkpoint {
+            match write_one(shared, &mut sealed) {
+                Ok(Some((bytes, segments))) => {
+                    let checkpoints = &shared.checkpoints;
+                    checkpoints.last_bytes.store(bytes, Ordering::Relaxed);
+                    checkpoints
+                        .written_bytes
+                        .fetch_add(bytes, Ordering::Relaxed);
+                    checkpoints.written.fetch_add(1, Ordering::Relaxed);
+                    sidecars.covered(shared, segments);
+                }
+                Ok(None) => return,
+                // The next request tries again; open scans more meanwhile, nothing else.
+                Err(e) => log::warn!("could not write a running index checkpoint: {e}"),
             }
-            Ok(None) => return,
-            // The next request tries again; open scans more meanwhile, nothing else.
-            Err(e) => log::warn!("could not write a running index checkpoint: {e}"),
+        }
+        if shared.options.segment_sidecars {
+            sidecars.write_due(shared);
         }
     }
 }
 
-/// Writes a checkpoint of what is durable now; its size, or `None` if the store is
-/// poisoned (no more checkpoints).
-fn write_one(shared: &Shared, sealed: &mut SealedDigests) -> Result<Option<u64>> {
+/// The sidecars of segments sealed while the store runs (`sidecar.rs`).
+#[derive(Default)]
+struct Sidecars {
+    /// Segments 1 to `floor` are covered by the last checkpoint this thread wrote (the
+    /// last one in part): sidecars of these would never be read.
+    floor: u32,
+    /// Sealed segments still without a sidecar.
+    due: BTreeSet<u32>,
+}
+
+impl Sidecars {
+    /// A checkpoint covering segments 1 to `segments` is written: their sidecars go.
+    fn covered(&mut self, shared: &Shared, segments: u32) {
+        self.floor = self.floor.max(segments);
+        self.due.retain(|&id| id > segments);
+        (shared.checkpoints).checkpoint_covers(shared.io.as_ref(), &shared.dir, segments);
+    }
+
+    /// Writes the sidecar of every segment due; one that fails is logged and left
+    /// without (open then scans that segment).
+    fn write_due(&mut self, shared: &Shared) {
+        let floor = self.floor;
+        self.due.retain(|&id| id > floor);
+        for id in std::mem::take(&mut self.due) {
+            match write_sidecar(shared, id) {
+                Ok(true) => {
+                    shared.checkpoints.sidecars.lock().insert(id);
+                }
+                Ok(false) => {}
+                Err(e) => log::warn!("could not write segment {id}'s sidecar: {e}"),
+            }
+        }
+    }
+}
+
+/// Writes sealed segment `id`'s sidecar; false if there is none to write (the store is
+/// poisoned, the segment is not sealed, or an erasure pass rewrote it: a checkpoint is
+/// then due, which covers it).
+fn write_sidecar(shared: &Shared, id: u32) -> Result<bool> {
+    let _no_erasure = shared.erasing.lock();
+    if shared.state.lock().writer.poisoned.is_some() || shared.segments.rewrites(id) != 0 {
+        return Ok(false);
+    }
+    let Some(end) = shared.segments.sealed_end(id) else {
+        return Ok(false);
+    };
+    let view = shared.segments.view(id, end)?;
+    let summary = sidecar::summarize(id, view.as_ref().as_ref(), end)?;
+    sidecar::write(
+        shared.io.as_ref(),
+        &shared.dir,
+        &summary,
+        shared.options.file_mode(),
+    )?;
+    Ok(true)
+}
+
+/// Writes a checkpoint of what is durable now; its size and the segments it covers, or
+/// `None` if the store is poisoned (no more checkpoints).
+fn write_one(shared: &Shared, sealed: &mut SealedDigests) -> Result<Option<(u64, u32)>> {
     let _no_erasure = shared.erasing.lock();
     // No pass rewrites a segment until this one is written (or has failed, which
     // leaves it stale again).
@@ -157,7 +275,7 @@ fn write_one(shared: &Shared, sealed: &mut SealedDigests) -> Result<Option<u64>>
 }
 
 /// [`write_one`] while no erasure pass runs.
-fn write_unerased(shared: &Shared, sealed: &mut SealedDigests) -> Result<Option<u64>> {
+fn write_unerased(shared: &Shared, sealed: &mut SealedDigests) -> Result<Option<(u64, u32)>> {
     let known = {
         let state = shared.state.lock();
         if state.writer.poisoned.is_some() {
@@ -170,7 +288,7 @@ fn write_unerased(shared: &Shared, sealed: &mut SealedDigests) -> Result<Option<
     for (id, digest) in (1..).zip(&known).take(last.saturating_sub(1)) {
         sealed.compute_if_missing(shared, id, *digest)?;
     }
-    let Some(bytes) = encode_in_slices(shared, sealed)? else {
+    let Some((bytes, segments)) = encode_in_slices(shared, sealed)? else {
         return Ok(None);
     };
     checkpoint::write(
@@ -179,14 +297,14 @@ fn write_unerased(shared: &Shared, sealed: &mut SealedDigests) -> Result<Option<
         &bytes,
         shared.options.file_mode(),
     )?;
-    Ok(Some(bytes.len() as u64))
+    Ok(Some((bytes.len() as u64, segments)))
 }
 
 /// Encodes a checkpoint of what is durable now, one slice of executions per hold of the
-/// state lock, over a freeze of the index (`checkpoint_encode.rs`); `None` if the store
-/// is poisoned meanwhile.
-fn encode_in_slices(shared: &Shared, sealed: &SealedDigests) -> Result<Option<Vec<u8>>> {
-    let mut encoder = {
+/// state lock, over a freeze of the index (`checkpoint_encode.rs`), with the number of
+/// segments it covers; `None` if the store is poisoned meanwhile.
+fn encode_in_slices(shared: &Shared, sealed: &SealedDigests) -> Result<Option<(Vec<u8>, u32)>> {
+    let encoder = {
         let mut state = shared.state.lock();
         if state.writer.poisoned.is_some() {
             return Ok(None);
@@ -203,8 +321,13 @@ fn encode_in_slices(shared: &Shared, sealed: &SealedDigests) -> Result<Option<Ve
             ));
         };
         state.index.freeze();
-        Encoder::begin(&state.index, &digests, state.durable.timestamp_ns)
+        let segments = u32::try_from(digests.len()).unwrap_or(u32::MAX);
+        (
+            Encoder::begin(&state.index, &digests, state.durable.timestamp_ns),
+            segments,
+        )
     };
+    let (mut encoder, segments) = encoder;
     let _thaw = Thaw(shared);
     loop {
         let state = shared.state.lock();
@@ -215,7 +338,7 @@ fn encode_in_slices(shared: &Shared, sealed: &SealedDigests) -> Result<Option<Ve
             break;
         }
     }
-    encoder.finish().map(Some)
+    encoder.finish().map(|bytes| Some((bytes, segments)))
 }
 
 /// Ends the freeze of the index however the encode ends.

@@ -72,6 +72,9 @@ pub(crate) struct Committer {
     backoff: u32,
     /// Bytes made durable since the checkpoint thread was last asked for one.
     since_checkpoint: u64,
+    /// The segment the checkpoint thread last heard of as being written: every one
+    /// before it has been announced sealed (for its sidecar, `sidecar.rs`).
+    announced: u32,
 }
 
 impl Committer {
@@ -105,6 +108,7 @@ impl Committer {
             // What open rebuilt from records counts: crash loops of sessions shorter
             // than an interval would otherwise never be checkpointed.
             since_checkpoint: rebuilt_bytes,
+            announced: segment,
         }
     }
 
@@ -150,6 +154,7 @@ impl Committer {
                     // After the acknowledgements: waking followers (a futex call when
                     // one sleeps) is not on the appenders' path.
                     self.shared.watch.advance();
+                    self.announce_sealed();
                     self.ask_for_checkpoint(bytes);
                 }
                 Err(e @ Error::Poisoned { .. }) => {
@@ -222,7 +227,23 @@ impl Committer {
             &self.shared.dir,
             &bytes,
             self.shared.options.file_mode(),
-        )
+        )?;
+        let segments = u32::try_from(digests.len()).unwrap_or(u32::MAX);
+        (self.shared.checkpoints).checkpoint_covers(
+            self.shared.io.as_ref(),
+            &self.shared.dir,
+            segments,
+        );
+        Ok(())
+    }
+
+    /// Tells the checkpoint thread of the segments sealed by the group just published:
+    /// those before the one it wrote into last, whose ends no longer move.
+    fn announce_sealed(&mut self) {
+        while self.announced < self.segment {
+            self.shared.checkpoints.segment_sealed(self.announced);
+            self.announced += 1;
+        }
     }
 
     /// Counts `bytes` made durable and, once they complete an interval, asks the

@@ -332,6 +332,8 @@ fn replace(shared: &Shared, id: u32, image: &[u8]) -> Result<(Arc<dyn crate::io:
     }
     file.sync_data()
         .map_err(|e| Error::io("fdatasync erased segment", &tmp, e))?;
+    // Its sidecar describes the records this file replaces: gone first, durably.
+    crate::sidecar::remove_durably(io, &shared.dir, id)?;
     io.rename(&tmp, &path)
         .map_err(|e| Error::io("rename erased segment", &path, e))?;
     io.sync_dir(&shared.dir)

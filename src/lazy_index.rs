@@ -129,6 +129,7 @@ fn apply_tail(shared: &Shared, state: &mut State, index: Index, tail: &HeldTail)
     let empty = state.keys.sibling();
     let keys = std::mem::replace(&mut state.keys, empty);
     let mut rebuild = Rebuild::resume(index, keys, state.durable.timestamp_ns);
+    crate::sidecar::check_taken(&tail.sidecars, |id, end| shared.segments.view(id, end))?;
     for &(id, from, to) in &tail.ranges {
         let view = shared.segments.view(id, to)?;
         let bytes = view.as_ref().as_ref();

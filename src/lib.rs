@@ -125,6 +125,7 @@ mod scrubber;
 mod segment;
 mod segment_maps;
 mod segments;
+mod sidecar;
 mod state;
 mod stop;
 mod store_dir;

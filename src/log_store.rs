@@ -361,7 +361,9 @@ impl LogStore {
             deletions,
             erasable: Mutex::new(erasable),
             erasing: Mutex::new(()),
-            checkpoints: crate::checkpointer::Requests::default(),
+            checkpoints: crate::checkpointer::Requests::with_sidecars(
+                recovered.sidecar_files.drain(..),
+            ),
             verification: match recovered.trusted_checkpoint_crc {
                 Some(crc) => Verification::pending(crc),
                 None => Verification::verified(),

@@ -27,6 +27,7 @@
 //! commit group can be affected, so a second pass finds the end durable, and a third
 //! is never needed.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -45,6 +46,7 @@ use crate::repair::{self, Cut};
 use crate::saved_index;
 use crate::segment::SEGMENT_HEADER_LEN;
 use crate::segment_maps::{self, SegmentMap};
+use crate::sidecar::{self, Summary};
 use crate::store_dir::{self, Listing};
 use crate::tail_check::{self, LogEnd, Unestablished};
 use crate::tail_scan::{self, Scanned};
@@ -89,6 +91,9 @@ pub(crate) struct Recovered {
     /// The checkpoint whose index is still to decode, with the tail after it, if open
     /// left it to decode (`lazy_index.rs`); `index` is then empty.
     pub(crate) lazy: Option<LazyIndex>,
+    /// The segments with a sidecar file in the directory, if open listed it: removed
+    /// once a checkpoint covers them (`checkpointer.rs`).
+    pub(crate) sidecar_files: Vec<u32>,
 }
 
 /// What the commit thread starts from: the segment appends continue in, and what close
@@ -306,9 +311,13 @@ fn pass_once(
         Tier::Deferred | Tier::Full => (saved_index::load(io, dir, options, &mut report), None),
     };
     let covered = lazy.as_ref().map(|o| o.segments.len());
-    let ids = match covered.map(|n| covered_ids(io, dir, n)).transpose()? {
-        Some(Some(ids)) => ids,
+    let (ids, sidecar_files) = match covered.map(|n| covered_ids(io, dir, n)).transpose()? {
+        Some(Some(ids)) => (ids, Vec::new()),
         _ => list(io, dir, last_segment, &mut report)?,
+    };
+    let sidecars = match covered {
+        Some(n) if options.segment_sidecars => load_sidecars(io, dir, &ids, n),
+        _ => BTreeMap::new(),
     };
     // A reader maps its bounded segment only up to the bound: past it, the live writer
     // is writing.
@@ -344,7 +353,8 @@ fn pass_once(
     };
     let deferred = report.checkpoint_verification_deferred;
     let trusted_crc = start.trusted_crc;
-    let mut scanned = match tail_scan::scan(maps, (start, closed), hidden, &mut report) {
+    let scan_from = (start, closed);
+    let mut scanned = match tail_scan::scan(maps, scan_from, (hidden, &sidecars), &mut report) {
         Err(_) if deferred => return Ok(None),
         scanned => scanned?,
     };
@@ -360,13 +370,14 @@ fn pass_once(
     if !read_only {
         repair_found(io, dir, options, &scanned, &report)?;
     }
-    let held = scanned
-        .rebuild
-        .held
-        .take()
-        .map(|tail| held_ranges(tail, &scanned));
+    let taken = std::mem::take(&mut scanned.sidecars);
+    let held = scanned.rebuild.held.take().map(|mut tail| {
+        tail.sidecars = taken;
+        held_ranges(tail, &scanned)
+    });
     let mut recovered = recovered(scanned, report);
     recovered.trusted_checkpoint_crc = trusted_crc;
+    recovered.sidecar_files = sidecar_files;
     if let (Some((directory, executions)), Some(tail)) = (directory, held) {
         recovered.report.executions = executions as u64 + tail.declared;
         recovered.lazy = Some(LazyIndex::new(directory, tail));
@@ -390,13 +401,32 @@ fn held_ranges(mut tail: HeldTail, scanned: &Scanned) -> HeldTail {
     tail
 }
 
+/// The sidecars of the sealed segments in `ids` after the first `covered` (which a
+/// checkpoint covers), by segment id: only valid ones, each for its own segment
+/// (`sidecar.rs`). Whether the scan takes them is `tail_scan`'s to decide.
+fn load_sidecars(io: &dyn Io, dir: &Path, ids: &[u32], covered: usize) -> BTreeMap<u32, Summary> {
+    let sealed = ids.len().saturating_sub(1);
+    let candidates = ids.get(covered..sealed).unwrap_or_default();
+    let mut found = BTreeMap::new();
+    for &id in candidates {
+        match sidecar::load(io, dir, id) {
+            Some(Ok(s)) => {
+                found.insert(id, s);
+            }
+            Some(Err(why)) => log::debug!("segment {id}'s sidecar is not used: {why}"),
+            None => {}
+        }
+    }
+    found
+}
+
 /// Step 1: the segment ids up to `last_segment`, which must be contiguous from 1.
 fn list(
     io: &dyn Io,
     dir: &Path,
     last_segment: Option<u32>,
     report: &mut RecoveryReport,
-) -> Result<Vec<u32>> {
+) -> Result<(Vec<u32>, Vec<u32>)> {
     let listing = Listing::read(io, dir)?;
     report.ignored_files = listing.ignored();
     let mut ids = listing.segments;
@@ -406,7 +436,7 @@ fn list(
             return Err(Error::corrupt(i as u32 + 1, 0, "segment file is missing"));
         }
     }
-    Ok(ids)
+    Ok((ids, listing.sidecars))
 }
 
 /// Step 1 for an open that leaves its index to decode: segments 1 to `covered`, the
@@ -495,5 +525,6 @@ fn recovered(scanned: Scanned, mut report: RecoveryReport) -> Recovered {
         checkpoint_current,
         trusted_checkpoint_crc: None,
         lazy: None,
+        sidecar_files: Vec::new(),
     }
 }

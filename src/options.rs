@@ -83,6 +83,7 @@ pub struct Options {
     pub(crate) commit_delay_us: u64,
     pub(crate) index_stride: u32,
     pub(crate) index_checkpoint: bool,
+    pub(crate) segment_sidecars: bool,
     /// `None` until set: after open if the checkpoint covers at least
     /// `verify_after_open_from` bytes of records.
     pub(crate) verify_checkpoint_after_open: Option<bool>,
@@ -127,6 +128,7 @@ impl Default for Options {
             commit_delay_us: 0,
             index_stride: 16,
             index_checkpoint: true,
+            segment_sidecars: true,
             verify_checkpoint_after_open: None,
             verify_after_open_from: VERIFY_AFTER_OPEN_FROM_BYTES,
             checkpoint_verification_delay: Duration::ZERO,
@@ -243,6 +245,19 @@ impl Options {
     #[must_use]
     pub fn index_checkpoint(mut self, enabled: bool) -> Self {
         self.index_checkpoint = enabled;
+        self
+    }
+
+    /// Whether the checkpoint thread writes a sidecar (`<segment>.side`) for each segment
+    /// sealed after its newest running checkpoint. Default on; it needs the running
+    /// checkpoints (`index_checkpoint_interval_bytes`). An open after a crash that
+    /// decodes its checkpoint after it returns then takes what it needs of such a
+    /// segment from its sidecar instead of scanning it, and the decode scans it with
+    /// every check (docs/DESIGN.md, "Sidecars"). Off, none is written or read: open
+    /// scans every segment the newest checkpoint does not cover.
+    #[must_use]
+    pub fn segment_sidecars(mut self, enabled: bool) -> Self {
+        self.segment_sidecars = enabled;
         self
     }
 

@@ -67,6 +67,9 @@ pub(crate) struct HeldTail {
     pub(crate) declared: u64,
     /// Where it lies: (segment, from, to), set once the scan has found its ends.
     pub(crate) ranges: Vec<(u32, u64, u64)>,
+    /// The sidecars open took instead of scanning their segments: the decode checks
+    /// each against its segment before it scans the tail (`sidecar::check_taken`).
+    pub(crate) sidecars: Vec<crate::sidecar::Summary>,
 }
 
 impl Rebuild {

@@ -19,6 +19,11 @@ pub struct RecoveryReport {
     /// (`index_decoded_after_open`). Each is opened, and its length and header
     /// checked, when first used; the verification after open checks them all.
     pub segments_left_closed: u32,
+    /// Sealed segments after the checkpoint that open did not scan, counted in
+    /// `segments_scanned` too: their sidecars (`<segment>.side`) said what open needed
+    /// of them, and the decode after open scans them with every check
+    /// (`index_decoded_after_open`).
+    pub segments_from_sidecars: u32,
     /// Valid records found (and indexed).
     pub records: u64,
     /// Executions found.

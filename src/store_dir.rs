@@ -58,6 +58,11 @@ const BROKEN_EXTENSION: &str = "seg.broken";
 /// Extension of a segment's replacement while erasure writes it (`erasure.rs`);
 /// renamed over the segment when durable, removed by the next erasure if left over.
 const COMPACT_EXTENSION: &str = "seg.compact";
+/// Extension of a sealed segment's sidecar (`sidecar.rs`).
+const SIDECAR_EXTENSION: &str = "side";
+/// Extension of a sidecar being written, renamed over the sidecar when whole; never
+/// read, replaced by its next writer.
+const SIDECAR_TMP_EXTENSION: &str = "side.tmp";
 
 /// `0000000042.seg` for segment 42.
 pub(crate) fn segment_name(id: u32) -> String {
@@ -93,6 +98,16 @@ pub(crate) fn compact_path(dir: &Path, id: u32) -> PathBuf {
     segment_path(dir, id).with_extension(COMPACT_EXTENSION)
 }
 
+/// `0000000042.side`: segment 42's sidecar.
+pub(crate) fn sidecar_name(id: u32) -> String {
+    format!("{id:0SEGMENT_DIGITS$}.{SIDECAR_EXTENSION}")
+}
+
+/// The name segment `id`'s sidecar is written under before its rename.
+pub(crate) fn sidecar_tmp_name(id: u32) -> String {
+    format!("{id:0SEGMENT_DIGITS$}.{SIDECAR_TMP_EXTENSION}")
+}
+
 /// Whether `name` is a leftover of an earlier run that open leaves alone: a set-aside
 /// segment or an erasure's unfinished replacement.
 fn is_leftover(name: &str) -> bool {
@@ -110,6 +125,9 @@ pub(crate) struct Listing {
     pub(crate) leftovers: Vec<String>,
     /// Names execlog never writes, ascending.
     pub(crate) unknown: Vec<String>,
+    /// Segment ids with a sidecar file (`sidecar.rs`), ascending; a sidecar being
+    /// written is a file of the store too, but not listed.
+    pub(crate) sidecars: Vec<u32>,
 }
 
 impl Listing {
@@ -119,6 +137,10 @@ impl Listing {
         for name in names {
             if let Some(id) = parse_segment_name(&name) {
                 listing.segments.push(id);
+            } else if let Some(id) = parse_id(&name, SIDECAR_EXTENSION) {
+                listing.sidecars.push(id);
+            } else if parse_id(&name, SIDECAR_TMP_EXTENSION).is_some() {
+                // Replaced by the next write of that sidecar.
             } else if is_leftover(&name) {
                 listing.leftovers.push(name);
             } else if !STORE_FILES.contains(&name.as_str()) {
@@ -126,6 +148,7 @@ impl Listing {
             }
         }
         listing.segments.sort_unstable();
+        listing.sidecars.sort_unstable();
         listing.leftovers.sort();
         listing.unknown.sort();
         listing

@@ -21,6 +21,7 @@
 //! Invariant: nothing here writes or calls the file system; it reads the maps only, and
 //! the prescan helper is joined before [`scan`] returns.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -37,6 +38,7 @@ use crate::scan::{
 };
 use crate::segment::{self, HeaderCheck, SEGMENT_HEADER_LEN};
 use crate::segment_maps::SegmentMap;
+use crate::sidecar::Summary;
 
 /// What the scan found.
 pub(crate) struct Scanned {
@@ -55,6 +57,8 @@ pub(crate) struct Scanned {
     pub(crate) covered: Vec<SegmentDigest>,
     /// Whether that checkpoint has an older layout than the one written.
     pub(crate) outdated: bool,
+    /// The sidecars taken instead of scanning their segments (held for the decode).
+    pub(crate) sidecars: Vec<Summary>,
 }
 
 /// A newest segment whose header never became durable, holding no valid record.
@@ -66,11 +70,13 @@ pub(crate) struct Unfinished {
 }
 
 /// Scans `maps` (the segments after the first `closed`, which open left closed, in id
-/// order) from `start`, leaving out the bytes of `hidden` (segment, from).
+/// order) from `start`, leaving out the bytes of `hidden` (segment, from). A sealed
+/// segment the checkpoint does not cover is taken from its sidecar in `sidecars`
+/// instead, if the tail is held for a decode after open and the sidecar fits.
 pub(crate) fn scan(
     maps: Vec<SegmentMap>,
     (start, closed): (Start, usize),
-    hidden: Option<(u32, u64)>,
+    (hidden, sidecars): (Option<(u32, u64)>, &BTreeMap<u32, Summary>),
     report: &mut RecoveryReport,
 ) -> Result<Scanned> {
     let Start {
@@ -79,10 +85,18 @@ pub(crate) fn scan(
         outdated,
         ..
     } = start;
+    let taken = take_sidecars(&maps, (&covered, closed), rebuild.held.is_some(), sidecars);
     let prescan = Prescan::start(
         maps.iter()
+            .zip(&taken)
             .enumerate()
-            .map(|(j, m)| (Arc::clone(&m.view), start_of(&covered, closed + j)))
+            .map(|(j, (m, s))| {
+                let start = match s {
+                    Some(_) => m.bytes().len(),
+                    None => start_of(&covered, closed + j),
+                };
+                (Arc::clone(&m.view), start)
+            })
             .collect(),
     );
     let mut segments = Vec::with_capacity(maps.len());
@@ -105,19 +119,28 @@ pub(crate) fn scan(
             newest: j + 1 == count,
             prescan: (&prescan, j),
         };
-        let (data_end, digest) = match covered.get(i) {
-            Some(&d) if i + 1 < covered.len() => {
+        let (data_end, digest) = match (covered.get(i), taken.get(j).copied().flatten()) {
+            (Some(&d), _) if i + 1 < covered.len() => {
                 // Wholly covered by the checkpoint, its checksum and zero tail verified.
                 report.bytes_scanned += d.end;
                 (d.end, Some(d))
             }
-            part => match scan_records(&mut rebuild, report, &scan, &m.path, part.copied())? {
-                Outcome::Kept { data_end, digest } => (data_end, digest),
-                Outcome::Unfinished { blank } => {
-                    unfinished = Some(Unfinished { id: m.id, blank });
-                    break;
+            (_, Some(s)) => {
+                // Its records are the decode's to scan; the sidecar says what open needs.
+                s.hold(&mut rebuild);
+                report.bytes_scanned += s.end;
+                report.segments_from_sidecars += 1;
+                (s.end, None)
+            }
+            (part, None) => {
+                match scan_records(&mut rebuild, report, &scan, &m.path, part.copied())? {
+                    Outcome::Kept { data_end, digest } => (data_end, digest),
+                    Outcome::Unfinished { blank } => {
+                        unfinished = Some(Unfinished { id: m.id, blank });
+                        break;
+                    }
                 }
-            },
+            }
         };
         segments.push(RecoveredSegment {
             id: m.id,
@@ -141,7 +164,29 @@ pub(crate) fn scan(
         unfinished,
         covered,
         outdated,
+        sidecars: taken.into_iter().flatten().cloned().collect(),
     })
+}
+
+/// For each of `maps`, the sidecar the scan takes instead of its records: only while
+/// the tail is `held` for a decode after open, only for a sealed segment (not the
+/// newest) that the checkpoint does not cover at all, and only one that fits its map.
+fn take_sidecars<'a>(
+    maps: &[SegmentMap],
+    (covered, closed): (&[SegmentDigest], usize),
+    held: bool,
+    sidecars: &'a BTreeMap<u32, Summary>,
+) -> Vec<Option<&'a Summary>> {
+    let count = maps.len();
+    (maps.iter().enumerate())
+        .map(|(j, m)| {
+            let eligible = held && j + 1 < count && covered.len() <= closed + j;
+            eligible
+                .then(|| sidecars.get(&m.id))
+                .flatten()
+                .filter(|s| s.fits(m.id, m.bytes()))
+        })
+        .collect()
 }
 
 /// Appends continue in the last segment kept, which needs its digest: it is not the

@@ -10,7 +10,8 @@ use execlog::*;
 const CHECKPOINT: &str = "checkpoint.idx";
 
 /// A copy of a live store's directory that a process crash could leave (the page cache
-/// holds every acknowledged byte): the checkpoint first, then the segments newest first.
+/// holds every acknowledged byte): the checkpoint first, then the sidecars, then the
+/// segments newest first.
 /// A segment only grows while it is the newest, so each older one, copied later, holds
 /// at least what the newer ones point back to, and the segments hold at least what the
 /// checkpoint covers. Erasure must not rewrite segments meanwhile: an erased segment
@@ -18,6 +19,13 @@ const CHECKPOINT: &str = "checkpoint.idx";
 pub fn copy(from: &Path) -> tempfile::TempDir {
     let to = tempfile::tempdir().unwrap();
     let _ = fs::copy(from.join(CHECKPOINT), to.path().join(CHECKPOINT));
+    // Sidecars describe sealed segments, which no longer change.
+    for entry in fs::read_dir(from).unwrap() {
+        let name = entry.unwrap().file_name();
+        if name.to_string_lossy().ends_with(".side") {
+            let _ = fs::copy(from.join(&name), to.path().join(&name));
+        }
+    }
     let mut names: Vec<_> = fs::read_dir(from)
         .unwrap()
         .map(|e| e.unwrap().file_name())

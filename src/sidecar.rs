@@ -1,0 +1,341 @@
+//! Segment sidecars (`<segment>.side`): what open would learn by scanning a sealed
+//! segment that no checkpoint covers, saved once so that an open after a crash does
+//! not read the segment (docs/DESIGN.md, "Sidecars: the tail after a crash without
+//! reading it"; layout in docs/FORMAT.md).
+//!
+//! An open that leaves its index to decode (`lazy_index.rs`) scans the tail after its
+//! checkpoint only to learn where it lies and what it changes ([`HeldTail`]): the
+//! decode scans it again, with every check, into the decoded index. For a sealed
+//! segment the checkpoint does not cover, the sidecar gives open that summary instead:
+//! the executions the segment appends to, whether it deletes or forks, how many
+//! executions it declares, its records, its newest timestamp, where its records end.
+//!
+//! Invariants:
+//! - A summary is what the held scan of the same bytes computes ([`summarize`]): the
+//!   writer runs that scan, and the decode runs it again over the segment as it is and
+//!   refutes the checkpoint unless both agree, before anything is served from the
+//!   index. A sidecar can therefore make a read wait, or poison the store, never
+//!   change what a read returns after the decode.
+//! - Written only for a sealed segment, after its records are durable (its end no
+//!   longer moves), whole: to `<segment>.side.tmp`, fdatasync, rename, directory fsync.
+//! - Removed, durably, before erasure replaces its segment's file: a summary never
+//!   describes another file of the same segment.
+//! - Derived data: a missing, short, damaged or foreign sidecar is ignored, and open
+//!   scans the segment as it would without one.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::idempotency::KeyTables;
+use crate::index::Index;
+use crate::io::Io;
+use crate::rebuild::{HeldTail, Rebuild};
+use crate::record::{RECORD_ALIGN, crc32};
+use crate::scan::{Scanner, Step, first_nonzero};
+use crate::segment::{self, HeaderCheck, SEGMENT_HEADER_LEN};
+use crate::store_dir;
+
+/// First bytes of a sidecar.
+const MAGIC: [u8; 8] = *b"EXLGSIDE";
+/// Version of the layout written.
+pub(crate) const VERSION: u32 = 1;
+/// Bytes before the list of touched executions.
+const FIXED_LEN: usize = 8 + 4 + 4 + 8 + 8 + 8 + 8 + 4 + 4 + 4;
+/// Bytes of the trailing CRC.
+const CRC_LEN: usize = 4;
+/// Flag: the segment holds a tombstone or a fork.
+const CHANGES_OTHERS: u32 = 1;
+/// Flag: the segment holds a record (`tail_group_start` is meaningful).
+const HAS_RECORDS: u32 = 2;
+
+/// What the held scan of one whole sealed segment found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Summary {
+    pub(crate) segment: u32,
+    /// Where its records end.
+    pub(crate) end: u64,
+    /// Records (events, erased spans' events included), as the scan counts them.
+    pub(crate) records: u64,
+    /// Executions it declares, forks included.
+    pub(crate) declared: u64,
+    /// Its newest timestamp (0 if it holds no record).
+    pub(crate) last_timestamp_ns: i64,
+    /// The commit group start of its last record, if it holds one.
+    pub(crate) tail_group_start: Option<u32>,
+    /// Whether it holds a tombstone or a fork.
+    pub(crate) changes_others: bool,
+    /// The executions its records append to, ascending.
+    pub(crate) touched: Vec<u64>,
+}
+
+impl Summary {
+    /// Adds this segment to `held`, the tail an open holds for the decode, as the held
+    /// scan of the segment would have.
+    pub(crate) fn hold(&self, rebuild: &mut Rebuild) {
+        if let Some(held) = &mut rebuild.held {
+            held.touched.extend(self.touched.iter().copied());
+            held.changes_others |= self.changes_others;
+            held.declared += self.declared;
+        }
+        rebuild.records += self.records;
+        rebuild.last_timestamp_ns = rebuild.last_timestamp_ns.max(self.last_timestamp_ns);
+        if let Some(group_start) = self.tail_group_start {
+            rebuild.tail = Some((self.segment, group_start));
+        }
+    }
+
+    /// Whether open may take this summary for `bytes` (segment `id`'s map) without
+    /// scanning them: its segment, a valid header, its end on the record grid and
+    /// inside the file. What the summary says of the records is the decode's to check.
+    pub(crate) fn fits(&self, id: u32, bytes: &[u8]) -> bool {
+        self.segment == id
+            && self.end <= bytes.len() as u64
+            && segment::check_header(bytes, id) == HeaderCheck::Valid
+    }
+}
+
+/// The summary of segment `id` (`bytes`, its whole file, sealed with its records
+/// ending at `end`): the held scan of its records, with every check that scan makes
+/// (CRCs, batches), which must reach `end` exactly, with zeros after it.
+pub(crate) fn summarize(id: u32, bytes: &[u8], end: u64) -> Result<Summary> {
+    let corrupt = |at: u64, why: String| Error::corrupt(id, at, why);
+    if segment::check_header(bytes, id) != HeaderCheck::Valid {
+        return Err(corrupt(0, "no valid segment header".into()));
+    }
+    let records = usize::try_from(end)
+        .ok()
+        .and_then(|end| bytes.get(..end))
+        .ok_or_else(|| corrupt(end, "the records end past the file".into()))?;
+    // The held scan applies nothing to the index or the keys: empty stand-ins.
+    let mut rebuild = Rebuild::resume(Index::new(1), KeyTables::new(0), 0);
+    rebuild.held = Some(HeldTail::default());
+    rebuild.segment_version = segment::version_of(bytes);
+    for step in Scanner::new(records, SEGMENT_HEADER_LEN) {
+        match step {
+            Step::Record {
+                offset,
+                header,
+                body,
+            } => rebuild.add(id, offset as u64, header, body)?,
+            Step::End { offset } if offset < records.len() => {
+                return Err(corrupt(offset as u64, "the records end early".into()));
+            }
+            Step::End { .. } => break,
+            Step::Invalid { offset, why } => return Err(corrupt(offset as u64, why.to_string())),
+        }
+    }
+    if let Some(start) = rebuild.batch_start {
+        return Err(corrupt(start, "the last batch is incomplete".into()));
+    }
+    if let Some(at) = first_nonzero(bytes, records.len()) {
+        return Err(corrupt(at as u64, "bytes after the last record".into()));
+    }
+    let held = rebuild.held.take().unwrap_or_default();
+    Ok(summary_of(id, end, &rebuild, held))
+}
+
+fn summary_of(segment: u32, end: u64, rebuild: &Rebuild, held: HeldTail) -> Summary {
+    let mut touched: Vec<u64> = held.touched.into_iter().collect();
+    touched.sort_unstable();
+    Summary {
+        segment,
+        end,
+        records: rebuild.records,
+        declared: held.declared,
+        last_timestamp_ns: rebuild.last_timestamp_ns,
+        tail_group_start: rebuild.tail.map(|(_, group_start)| group_start),
+        changes_others: held.changes_others,
+        touched,
+    }
+}
+
+/// The bytes of a sidecar holding `s`.
+pub(crate) fn encode(s: &Summary) -> Vec<u8> {
+    let mut b = Vec::with_capacity(FIXED_LEN + 8 * s.touched.len() + CRC_LEN);
+    let flags = u32::from(s.changes_others) * CHANGES_OTHERS
+        + u32::from(s.tail_group_start.is_some()) * HAS_RECORDS;
+    b.extend_from_slice(&MAGIC);
+    b.extend_from_slice(&VERSION.to_le_bytes());
+    b.extend_from_slice(&s.segment.to_le_bytes());
+    b.extend_from_slice(&s.end.to_le_bytes());
+    b.extend_from_slice(&s.records.to_le_bytes());
+    b.extend_from_slice(&s.declared.to_le_bytes());
+    b.extend_from_slice(&s.last_timestamp_ns.to_le_bytes());
+    b.extend_from_slice(&s.tail_group_start.unwrap_or(0).to_le_bytes());
+    b.extend_from_slice(&flags.to_le_bytes());
+    b.extend_from_slice(&(s.touched.len() as u32).to_le_bytes());
+    for no in &s.touched {
+        b.extend_from_slice(&no.to_le_bytes());
+    }
+    let crc = crc32(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// The summary `bytes` hold, or why they are not a valid sidecar.
+pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Summary, String> {
+    let (body, crc) = bytes
+        .split_last_chunk::<CRC_LEN>()
+        .filter(|(body, _)| body.len() >= FIXED_LEN)
+        .ok_or("shorter than a sidecar")?;
+    if u32::from_le_bytes(*crc) != crc32(body) {
+        return Err("CRC mismatch".into());
+    }
+    let mut r = Fields(body);
+    if r.take::<8>() != MAGIC {
+        return Err("not a sidecar (magic)".into());
+    }
+    let version = r.u32();
+    if version != VERSION {
+        return Err(format!("unknown sidecar version {version}"));
+    }
+    let segment = r.u32();
+    let end = r.u64();
+    let records = r.u64();
+    let declared = r.u64();
+    let last_timestamp_ns = i64::from_le_bytes(r.take::<8>());
+    let group_start = r.u32();
+    let flags = r.u32();
+    let count = r.u32() as usize;
+    if r.0.len() != count.saturating_mul(8) {
+        return Err("the list of executions does not fill the file".into());
+    }
+    if flags & !(CHANGES_OTHERS | HAS_RECORDS) != 0 {
+        return Err(format!("unknown flags {flags:#x}"));
+    }
+    if end < SEGMENT_HEADER_LEN as u64 || !end.is_multiple_of(RECORD_ALIGN as u64) {
+        return Err(format!("records end at {end}, off the record grid"));
+    }
+    let touched: Vec<u64> = (0..count).map(|_| r.u64()).collect();
+    if !touched.windows(2).all(|w| w[0] < w[1]) {
+        return Err("the executions are not strictly ascending".into());
+    }
+    let has_records = flags & HAS_RECORDS != 0;
+    Ok(Summary {
+        segment,
+        end,
+        records,
+        declared,
+        last_timestamp_ns,
+        tail_group_start: has_records.then_some(group_start),
+        changes_others: flags & CHANGES_OTHERS != 0,
+        touched,
+    })
+}
+
+/// A cursor over a sidecar whose length is already checked.
+struct Fields<'a>(&'a [u8]);
+
+impl Fields<'_> {
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        let mut out = [0u8; N];
+        if let Some((head, rest)) = self.0.split_first_chunk::<N>() {
+            out = *head;
+            self.0 = rest;
+        }
+        out
+    }
+
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.take())
+    }
+
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.take())
+    }
+}
+
+/// Path of segment `id`'s sidecar in `dir`.
+pub(crate) fn path(dir: &Path, id: u32) -> PathBuf {
+    dir.join(store_dir::sidecar_name(id))
+}
+
+/// Segment `id`'s sidecar in `dir`, if there is a valid one for that segment; why not
+/// otherwise (`None`: there is none).
+pub(crate) fn load(
+    io: &dyn Io,
+    dir: &Path,
+    id: u32,
+) -> Option<std::result::Result<Summary, String>> {
+    let path = path(dir, id);
+    let file = match io.open(&path, true) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => return Some(Err(format!("open: {e}"))),
+    };
+    let read = file
+        .size()
+        .and_then(|len| file.read_at(0, usize::try_from(len).unwrap_or(usize::MAX)))
+        .map_err(|e| format!("read: {e}"));
+    Some(read.and_then(|bytes| decode(&bytes)).and_then(|s| {
+        (s.segment == id)
+            .then_some(s)
+            .ok_or_else(|| "it names another segment".to_string())
+    }))
+}
+
+/// Writes `s` as its segment's sidecar, durably (see the module docs).
+pub(crate) fn write(io: &dyn Io, dir: &Path, s: &Summary, mode: u32) -> Result<()> {
+    let name = store_dir::sidecar_name(s.segment);
+    let tmp = store_dir::sidecar_tmp_name(s.segment);
+    let path = dir.join(&name);
+    crate::io::replace_file(io, dir, (&tmp, &name), &encode(s), mode)
+        .map_err(|e| Error::io("write sidecar", &path, e))?;
+    io.sync_dir(dir)
+        .map_err(|e| Error::io("fsync directory", dir, e))
+}
+
+/// Removes segment `id`'s sidecar, if there is one, durably: before its segment's file
+/// is replaced.
+pub(crate) fn remove_durably(io: &dyn Io, dir: &Path, id: u32) -> Result<()> {
+    let path = path(dir, id);
+    match io.remove(&path) {
+        Ok(()) => io
+            .sync_dir(dir)
+            .map_err(|e| Error::io("fsync directory", dir, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove sidecar", &path, e)),
+    }
+}
+
+/// Removes the sidecars of `ids`, which a checkpoint now covers; not synced (one that
+/// comes back after a crash names a covered segment, which open does not ask about).
+pub(crate) fn remove_covered(io: &dyn Io, dir: &Path, ids: impl IntoIterator<Item = u32>) {
+    for id in ids {
+        let path = path(dir, id);
+        if let Err(e) = io.remove(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            log::debug!("could not remove {}: {e}", path.display());
+        }
+    }
+}
+
+/// Checks the sidecars an open took against the segments as they are now: each must
+/// equal the summary of its segment's bytes (`view`: segment id to its map, the
+/// whole file as open mapped it).
+pub(crate) fn check_taken(
+    taken: &[Summary],
+    mut view: impl FnMut(u32, u64) -> Result<crate::io::Mapped>,
+) -> Result<()> {
+    let mut seen = HashSet::new();
+    for s in taken {
+        if !seen.insert(s.segment) {
+            return Err(Error::Internal(format!(
+                "segment {}'s sidecar taken twice",
+                s.segment
+            )));
+        }
+        let map = view(s.segment, s.end)?;
+        let found = summarize(s.segment, map.as_ref().as_ref(), s.end)?;
+        if &found != s {
+            return Err(Error::corrupt(
+                s.segment,
+                0,
+                "its sidecar does not describe its records",
+            ));
+        }
+    }
+    Ok(())
+}
