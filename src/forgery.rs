@@ -8,3 +8,9 @@
 pub fn reseal_checkpoint(bytes: &mut [u8]) {
     crate::checkpoint::reseal(bytes);
 }
+
+/// Makes a segment sidecar changed in place consistent again: its trailing CRC
+/// recomputed over the rest.
+pub fn reseal_sidecar(bytes: &mut [u8]) {
+    crate::sidecar::reseal(bytes);
+}

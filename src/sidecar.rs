@@ -224,6 +224,14 @@ pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Summary, String> {
     })
 }
 
+/// Recomputes the trailing CRC of `bytes` (for `forgery.rs`).
+pub(crate) fn reseal(bytes: &mut [u8]) {
+    if let Some(body_len) = bytes.len().checked_sub(CRC_LEN) {
+        let crc = crc32(&bytes[..body_len]);
+        bytes[body_len..].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
 /// A cursor over a sidecar whose length is already checked.
 struct Fields<'a>(&'a [u8]);
 

@@ -99,6 +99,15 @@ fn answers(store: &LogStore) -> String {
     out
 }
 
+/// Asserts that two sets of answers are the same, showing where they differ.
+fn same(found: &str, expected: &str) {
+    for (i, (f, e)) in found.lines().zip(expected.lines()).enumerate() {
+        let short = |l: &str| l.chars().take(300).collect::<String>();
+        assert!(f == e, "line {i} differs:\n{}\n{}", short(f), short(e));
+    }
+    assert_eq!(found.lines().count(), expected.lines().count());
+}
+
 /// What a full scan (no checkpoint, no sidecar) of a copy of `dir` answers.
 fn full_scan(dir: &Path) -> String {
     let image = crash_image::copy(dir);
@@ -115,9 +124,9 @@ fn an_open_after_a_crash_takes_sealed_segments_from_their_sidecars_and_answers_a
     let report = store.recovery_report();
     assert!(report.index_decoded_after_open, "{report:?}");
     assert!(report.segments_from_sidecars >= 2, "{report:?}");
-    assert_eq!(answers(&store), expected);
+    same(&answers(&store), &expected);
     wait_for_verdict(&store);
-    assert_eq!(answers(&store), expected);
+    same(&answers(&store), &expected);
     // Appends go on where the log ends.
     let next = store
         .append_blocking(&ExecutionId::from("b"), &t(), step_event(9_999))
@@ -134,5 +143,172 @@ fn without_sidecars_the_same_open_scans_the_segments() {
     let report = store.recovery_report();
     assert!(report.index_decoded_after_open, "{report:?}");
     assert_eq!(report.segments_from_sidecars, 0, "{report:?}");
-    assert_eq!(answers(&store), expected);
+    same(&answers(&store), &expected);
+}
+
+/// Byte offsets in a sidecar (docs/FORMAT.md, "Segment sidecars").
+const END_AT: usize = 16;
+const COUNT_AT: usize = 56;
+const FIXED_LEN: usize = 60;
+
+fn sidecar_path(dir: &Path, segment: u32) -> PathBuf {
+    dir.join(format!("{segment:010}.side"))
+}
+
+/// Changes segment `segment`'s sidecar with `change` and recomputes its CRC.
+fn forge(dir: &Path, segment: u32, change: impl FnOnce(&mut Vec<u8>)) {
+    let path = sidecar_path(dir, segment);
+    let mut bytes = fs::read(&path).unwrap();
+    change(&mut bytes);
+    execlog::forgery::reseal_sidecar(&mut bytes);
+    fs::write(&path, bytes).unwrap();
+}
+
+fn is_poisoned(store: &LogStore) -> bool {
+    match store.append_blocking(&ExecutionId::from("probe"), &t(), step_event(1)) {
+        Ok(_) => false,
+        Err(e) => matches!(e, Error::Poisoned { .. }) || panic!("{e:?}"),
+    }
+}
+
+/// A sidecar that leaves out the executions its segment appends to, CRC recomputed:
+/// open takes it, the decode finds that it does not describe the records, refutes the
+/// checkpoint (the store poisoned), and the next open scans and answers as a full scan.
+#[test]
+fn a_forged_list_of_executions_is_refuted_by_the_decode_and_the_next_open_scans() {
+    let image = crashed();
+    let expected = full_scan(image.path());
+    forge(image.path(), 3, |b| {
+        b.truncate(FIXED_LEN);
+        b[COUNT_AT..COUNT_AT + 4].fill(0);
+        b.extend_from_slice(&[0; 4]);
+    });
+    let store = LogStore::open_with(image.path(), options()).unwrap();
+    assert!(store.recovery_report().segments_from_sidecars >= 2);
+    wait_for_verdict(&store);
+    assert!(is_poisoned(&store));
+    drop(store);
+    let store = LogStore::open_with(image.path(), options()).unwrap();
+    assert_eq!(store.recovery_report().segments_from_sidecars, 0);
+    same(&answers(&store), &expected);
+}
+
+/// A sidecar whose end is forged one record early, CRC recomputed, would hide the
+/// segment's last record: the decode finds bytes after the end it states.
+#[test]
+fn a_forged_end_is_refuted_by_the_decode() {
+    let image = crashed();
+    let expected = full_scan(image.path());
+    forge(image.path(), 3, |b| {
+        let end = u64::from_le_bytes(b[END_AT..END_AT + 8].try_into().unwrap());
+        b[END_AT..END_AT + 8].copy_from_slice(&(end - 8).to_le_bytes());
+    });
+    let store = LogStore::open_with(image.path(), options()).unwrap();
+    assert!(store.recovery_report().segments_from_sidecars >= 2);
+    wait_for_verdict(&store);
+    assert!(is_poisoned(&store));
+    drop(store);
+    let store = LogStore::open_with(image.path(), options()).unwrap();
+    same(&answers(&store), &expected);
+}
+
+/// Every flipped bit of a sidecar (one in seven), and every cut (one in five), makes
+/// open ignore it and scan its segment: the same answers, and no refutation.
+#[test]
+fn a_damaged_or_cut_sidecar_is_ignored_and_its_segment_scanned() {
+    let image = crashed();
+    let expected = full_scan(image.path());
+    let path = sidecar_path(image.path(), 3);
+    let good = fs::read(&path).unwrap();
+    let mut cases: Vec<Vec<u8>> = (0..good.len() * 8)
+        .step_by(7)
+        .map(|bit| {
+            let mut b = good.clone();
+            b[bit / 8] ^= 1 << (bit % 8);
+            b
+        })
+        .collect();
+    cases.extend((0..good.len()).step_by(5).map(|len| good[..len].to_vec()));
+    for bytes in cases {
+        let copy = crash_image::copy(image.path());
+        fs::write(sidecar_path(copy.path(), 3), &bytes).unwrap();
+        let store = LogStore::open_with(copy.path(), options()).unwrap();
+        let report = store.recovery_report();
+        assert!(report.segments_from_sidecars >= 1, "{report:?}");
+        same(&answers(&store), &expected);
+        wait_for_verdict(&store);
+        same(&answers(&store), &expected);
+        assert!(!is_poisoned(&store));
+    }
+}
+
+/// A sidecar copied over another segment's (valid CRC, wrong segment) is ignored.
+#[test]
+fn another_segments_sidecar_is_ignored() {
+    let image = crashed();
+    let expected = full_scan(image.path());
+    fs::copy(sidecar_path(image.path(), 2), sidecar_path(image.path(), 3)).unwrap();
+    let store = LogStore::open_with(image.path(), options()).unwrap();
+    same(&answers(&store), &expected);
+    wait_for_verdict(&store);
+    assert!(!is_poisoned(&store));
+}
+
+/// Damage to a record of a segment open took from its sidecar is found by the decode
+/// (the checkpoint refuted, the store poisoned); the next open scans, and refuses the
+/// store with the segment and offset, as a full scan does.
+#[test]
+fn damage_in_a_segment_taken_from_its_sidecar_is_found_by_the_decode() {
+    let image = crashed();
+    let segment = image.path().join(format!("{:010}.seg", 3));
+    let mut bytes = fs::read(&segment).unwrap();
+    bytes[20_000] ^= 0x40;
+    fs::write(&segment, bytes).unwrap();
+    let store = LogStore::open_with(image.path(), options()).unwrap();
+    assert!(store.recovery_report().segments_from_sidecars >= 2);
+    wait_for_verdict(&store);
+    assert!(is_poisoned(&store));
+    drop(store);
+    let Err(e) = LogStore::open_with(image.path(), options()) else {
+        panic!("damage was not found");
+    };
+    assert!(matches!(e, Error::Corrupt { segment: 3, .. }), "{e:?}");
+}
+
+/// A clean close writes a checkpoint covering every segment: the sidecars go.
+#[test]
+fn a_clean_close_removes_the_sidecars() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open_with(dir.path(), options()).unwrap();
+    fill(&store, &["b", "c"], 200, 0);
+    wait_for_sidecars(dir.path(), 2);
+    store.close().unwrap();
+    assert_eq!(sidecars(dir.path()), Vec::<PathBuf>::new());
+}
+
+/// Erasure replaces sealed segments' files: a crash right after the pass never opens
+/// with a sidecar of a replaced file (the pass removes it, and the checkpoint, first).
+#[test]
+fn a_crash_after_an_erasure_pass_answers_as_a_full_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open_with(dir.path(), options()).unwrap();
+    fill(&store, &["b", "c", "d"], 150, 0);
+    store.close().unwrap();
+    let store = LogStore::open_with(dir.path(), options()).unwrap();
+    fill(&store, &["b", "c", "d"], 150, 150);
+    let segments = store.stats().segments;
+    wait_for_sidecars(dir.path(), segments - 3);
+    store
+        .delete_execution_blocking(&ExecutionId::from("d"))
+        .unwrap();
+    let report = store.compact_now().unwrap();
+    assert!(report.segments_rewritten >= 2, "{report:?}");
+    let image = crash_image::copy(dir.path());
+    let expected = full_scan(image.path());
+    let reopened = LogStore::open_with(image.path(), options()).unwrap();
+    same(&answers(&reopened), &expected);
+    wait_for_verdict(&reopened);
+    same(&answers(&reopened), &expected);
+    assert!(!is_poisoned(&reopened));
+    store.close().unwrap();
 }
