@@ -14,3 +14,13 @@ pub fn reseal_checkpoint(bytes: &mut [u8]) {
 pub fn reseal_sidecar(bytes: &mut [u8]) {
     crate::sidecar::reseal(bytes);
 }
+
+/// The sidecar the checkpoint thread would write for segment `id` if its records
+/// ended at `end` (`bytes`: the segment's file): what a forger who knows the format
+/// writes to make a sidecar consistent with a part of its segment. `Err` if the bytes
+/// up to `end` do not scan as a sealed segment's would.
+pub fn sidecar_for(id: u32, bytes: &[u8], end: u64) -> Result<Vec<u8>, String> {
+    crate::sidecar::summarize_part(id, bytes, end)
+        .map(|s| crate::sidecar::encode(&s))
+        .map_err(|e| e.to_string())
+}

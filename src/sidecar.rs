@@ -97,8 +97,20 @@ impl Summary {
 
 /// The summary of segment `id` (`bytes`, its whole file, sealed with its records
 /// ending at `end`): the held scan of its records, with every check that scan makes
-/// (CRCs, batches), which must reach `end` exactly, with zeros after it.
+/// (CRCs, batches), which must reach `end` exactly, with zeros after it (a record
+/// after `end` would otherwise be left out of the tail held for the decode).
 pub(crate) fn summarize(id: u32, bytes: &[u8], end: u64) -> Result<Summary> {
+    let summary = summarize_part(id, bytes, end)?;
+    let records = usize::try_from(end).unwrap_or(usize::MAX);
+    if let Some(at) = first_nonzero(bytes, records) {
+        let why = "bytes after the end of the records";
+        return Err(Error::corrupt(id, at as u64, why));
+    }
+    Ok(summary)
+}
+
+/// [`summarize`] of the records before `end` only, whatever follows them.
+pub(crate) fn summarize_part(id: u32, bytes: &[u8], end: u64) -> Result<Summary> {
     let corrupt = |at: u64, why: String| Error::corrupt(id, at, why);
     if segment::check_header(bytes, id) != HeaderCheck::Valid {
         return Err(corrupt(0, "no valid segment header".into()));
@@ -127,9 +139,6 @@ pub(crate) fn summarize(id: u32, bytes: &[u8], end: u64) -> Result<Summary> {
     }
     if let Some(start) = rebuild.batch_start {
         return Err(corrupt(start, "the last batch is incomplete".into()));
-    }
-    if let Some(at) = first_nonzero(bytes, records.len()) {
-        return Err(corrupt(at as u64, "bytes after the last record".into()));
     }
     let held = rebuild.held.take().unwrap_or_default();
     Ok(summary_of(id, end, &rebuild, held))
@@ -225,6 +234,7 @@ pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Summary, String> {
 }
 
 /// Recomputes the trailing CRC of `bytes` (for `forgery.rs`).
+#[cfg(any(test, feature = "fault-injection"))]
 pub(crate) fn reseal(bytes: &mut [u8]) {
     if let Some(body_len) = bytes.len().checked_sub(CRC_LEN) {
         let crc = crc32(&bytes[..body_len]);
@@ -346,4 +356,77 @@ pub(crate) fn check_taken(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Summary {
+        Summary {
+            segment: 7,
+            end: 65_536,
+            records: 812,
+            declared: 3,
+            last_timestamp_ns: 1_764_000_000_000_000_000,
+            tail_group_start: Some(64_000),
+            changes_others: true,
+            touched: vec![0, 4, 9, 1 << 33],
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let s = sample();
+        assert_eq!(decode(&encode(&s)), Ok(s.clone()));
+        let empty = Summary {
+            tail_group_start: None,
+            changes_others: false,
+            touched: Vec::new(),
+            ..s
+        };
+        assert_eq!(decode(&encode(&empty)), Ok(empty));
+    }
+
+    #[test]
+    fn every_flipped_bit_and_every_cut_is_refused() {
+        let bytes = encode(&sample());
+        for bit in 0..bytes.len() * 8 {
+            let mut b = bytes.clone();
+            b[bit / 8] ^= 1 << (bit % 8);
+            assert!(decode(&b).is_err(), "bit {bit}");
+        }
+        for len in 0..bytes.len() {
+            assert!(decode(&bytes[..len]).is_err(), "cut at {len}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode(&longer).is_err());
+    }
+
+    /// Fields a forger sets, CRC recomputed, that no writer produces.
+    #[test]
+    fn forged_fields_with_a_valid_crc_are_refused() {
+        let forged = |change: &dyn Fn(&mut Summary)| {
+            let mut s = sample();
+            change(&mut s);
+            decode(&encode(&s))
+        };
+        assert!(forged(&|s| s.touched = vec![4, 4]).is_err());
+        assert!(forged(&|s| s.touched = vec![9, 4]).is_err());
+        assert!(forged(&|s| s.end = 8).is_err());
+        assert!(forged(&|s| s.end = 65_537).is_err());
+        let mut bytes = encode(&sample());
+        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+        reseal(&mut bytes);
+        assert!(decode(&bytes).unwrap_err().contains("version"));
+        let mut bytes = encode(&sample());
+        bytes[52..56].copy_from_slice(&4u32.to_le_bytes());
+        reseal(&mut bytes);
+        assert!(decode(&bytes).unwrap_err().contains("flags"));
+        let mut bytes = encode(&sample());
+        bytes[56..60].copy_from_slice(&u32::MAX.to_le_bytes());
+        reseal(&mut bytes);
+        assert!(decode(&bytes).is_err());
+    }
 }

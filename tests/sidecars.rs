@@ -212,6 +212,29 @@ fn a_forged_end_is_refuted_by_the_decode() {
     same(&answers(&store), &expected);
 }
 
+/// A sidecar forged to describe its segment up to the start of its last commit group,
+/// consistent in every field, would hide that group's events: the decode finds the
+/// records after the end it states, refutes, and says so.
+#[test]
+fn a_sidecar_consistent_with_a_prefix_of_its_segment_is_refuted() {
+    let image = crashed();
+    let expected = full_scan(image.path());
+    let good = fs::read(sidecar_path(image.path(), 3)).unwrap();
+    let last_group = u32::from_le_bytes(good[48..52].try_into().unwrap());
+    let segment = fs::read(image.path().join(format!("{:010}.seg", 3))).unwrap();
+    let forged = execlog::forgery::sidecar_for(3, &segment, u64::from(last_group)).unwrap();
+    fs::write(sidecar_path(image.path(), 3), forged).unwrap();
+    let store = LogStore::open_with(image.path(), options()).unwrap();
+    assert!(store.recovery_report().segments_from_sidecars >= 2);
+    wait_for_verdict(&store);
+    assert!(is_poisoned(&store));
+    drop(store);
+    let why = fs::read_to_string(image.path().join("checkpoint.refuted")).unwrap();
+    assert!(why.contains("bytes after the end of the records"), "{why}");
+    let store = LogStore::open_with(image.path(), options()).unwrap();
+    same(&answers(&store), &expected);
+}
+
 /// Every flipped bit of a sidecar (one in seven), and every cut (one in five), makes
 /// open ignore it and scan its segment: the same answers, and no refutation.
 #[test]
