@@ -135,6 +135,40 @@ fn an_open_after_a_crash_takes_sealed_segments_from_their_sidecars_and_answers_a
     store.close().unwrap();
 }
 
+/// An execution whose only records after the checkpoint lie in a segment taken from
+/// its sidecar is not served from the checkpoint's directory before the decode: the
+/// sidecar names it, so its read waits for the decoded index.
+#[test]
+fn an_execution_appended_to_only_in_a_segment_taken_from_its_sidecar_waits_for_the_decode() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open_with(dir.path(), options()).unwrap();
+    fill(&store, &["a", "b"], 4, 0);
+    store.close().unwrap();
+    let store = LogStore::open_with(dir.path(), options()).unwrap();
+    let until_segment = |n: usize, name: &str, from: &mut u64| {
+        while store.stats().segments < n {
+            fill(&store, &[name], 1, *from);
+            *from += 1;
+        }
+    };
+    let mut next = 4;
+    until_segment(2, "a", &mut next);
+    fill(&store, &["b"], 3, next);
+    next += 3;
+    until_segment(4, "a", &mut next);
+    wait_for_sidecars(dir.path(), 3);
+    let image = crash_image::copy(dir.path());
+    drop(store);
+    let expected = full_scan(image.path());
+    let hold = options().checkpoint_decode_hold(Duration::from_millis(300));
+    let store = LogStore::open_with(image.path(), hold).unwrap();
+    let report = store.recovery_report();
+    assert!(report.segments_from_sidecars >= 2, "{report:?}");
+    let b = ExecutionId::from("b");
+    assert_eq!(store.get_latest_sequence_blocking(&b).unwrap(), Some(35));
+    same(&answers(&store), &expected);
+}
+
 #[test]
 fn without_sidecars_the_same_open_scans_the_segments() {
     let image = crashed();
