@@ -16,6 +16,7 @@
 mod asyncpath;
 mod baseline;
 mod checkpoint_stall;
+mod crash_tail;
 mod erasure;
 mod follow;
 mod memory;
@@ -175,6 +176,19 @@ fn parse_args() -> Config {
                 let dir = PathBuf::from(value());
                 let times = value().parse().expect("--open-loop DIR TIMES");
                 scale::open_loop(&dir, times);
+                std::process::exit(0);
+            }
+            "--crash-tail-fill" => {
+                let dir = PathBuf::from(value());
+                let executions = value().parse().expect("--crash-tail-fill DIR EXECUTIONS EVENTS");
+                let events = value().parse().expect("--crash-tail-fill DIR EXECUTIONS EVENTS");
+                crash_tail::fill(&dir, executions, events);
+            }
+            "--crash-tail-open" => crash_tail::open_once(&PathBuf::from(value())),
+            "--crash-tail" => {
+                let dir = PathBuf::from(value());
+                let times = value().parse().expect("--crash-tail DIR TIMES");
+                crash_tail::run(&dir, times);
                 std::process::exit(0);
             }
             "--stats-cost" => {

@@ -63,6 +63,9 @@ pub fn execlog_options() -> execlog::Options {
     if let Some(v) = var("EXECLOG_BENCH_SEGMENT_BYTES") {
         options = options.segment_size_bytes(parse("EXECLOG_BENCH_SEGMENT_BYTES", &v));
     }
+    if let Some(v) = var("EXECLOG_BENCH_SIDECARS") {
+        options = options.segment_sidecars(v != "off");
+    }
     if let Some(v) = var("EXECLOG_BENCH_SCRUB") {
         options = options.scrub(match v.as_str() {
             "off" => execlog::ScrubRate::Off,
