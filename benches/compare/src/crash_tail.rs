@@ -87,3 +87,27 @@ pub fn run(dir: &Path, times: usize) {
         println!("sidecars {name}: median open {:.2} ms of {times}", runs[i][times / 2]);
     }
 }
+
+/// Durable ingest with and without sidecars, alternating (`--sidecar-ingest DIR
+/// SECONDS REPEATS`): `writers` threads of single-event appends into a fresh store each
+/// run, so that segments seal and the checkpoint thread writes their sidecars.
+pub fn ingest_ab(dir: &Path, writers: &[usize], seconds: f64, repeats: usize) {
+    for &w in writers {
+        let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        for _ in 0..repeats {
+            for (i, on) in [true, false].into_iter().enumerate() {
+                let store = crate::fresh(&dir.join("sidecar-ingest"));
+                let options = crate::systems::execlog_options().segment_sidecars(on);
+                let sys = crate::systems::execlog_with(&store, options);
+                let s = crate::ingest(sys.as_ref(), w, seconds);
+                rates[i].push(s.events as f64 / s.elapsed.as_secs_f64());
+            }
+        }
+        let runs = |v: &[f64]| v.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ");
+        println!("{w} writers: with sidecars {} events/s; without {}", runs(&rates[0]), runs(&rates[1]));
+        let ratios: Vec<String> = (rates[0].iter().zip(&rates[1]))
+            .map(|(a, b)| format!("{:.2}", a / b))
+            .collect();
+        println!("{w} writers: ratios (with / without, same round) {}", ratios.join(", "));
+    }
+}

@@ -184,6 +184,13 @@ fn parse_args() -> Config {
                 let events = value().parse().expect("--crash-tail-fill DIR EXECUTIONS EVENTS");
                 crash_tail::fill(&dir, executions, events);
             }
+            "--sidecar-ingest" => {
+                let dir = PathBuf::from(value());
+                let seconds = value().parse().expect("--sidecar-ingest DIR SECONDS REPEATS");
+                let repeats = value().parse().expect("--sidecar-ingest DIR SECONDS REPEATS");
+                crash_tail::ingest_ab(&dir, &[16, 64], seconds, repeats);
+                std::process::exit(0);
+            }
             "--crash-tail-open" => crash_tail::open_once(&PathBuf::from(value())),
             "--crash-tail" => {
                 let dir = PathBuf::from(value());
@@ -301,7 +308,7 @@ where
 }
 
 /// W writers, each appending single durable events to its own executions of 100.
-fn ingest(sys: &dyn systems::System, writers: usize, seconds: f64) -> Sample {
+pub fn ingest(sys: &dyn systems::System, writers: usize, seconds: f64) -> Sample {
     run_writers(writers, seconds, |w, stop| {
         let mut lat = Vec::new();
         let mut n = 0u64;
