@@ -24,3 +24,10 @@ pub fn sidecar_for(id: u32, bytes: &[u8], end: u64) -> Result<Vec<u8>, String> {
         .map(|s| crate::sidecar::encode(&s))
         .map_err(|e| e.to_string())
 }
+
+/// Makes a segment sidecar changed in place consistent again with its segment's file
+/// `segment` as well: the CRC of the segment's bytes before the end it states, then
+/// its own CRC (a forger who can read the segment).
+pub fn reseal_sidecar_against(bytes: &mut [u8], segment: &[u8]) {
+    crate::sidecar::reseal_against(bytes, segment);
+}

@@ -100,6 +100,12 @@ pub(crate) fn decode(
     match decoded {
         Ok(c) => {
             let (c, _) = crate::saved_index::deferred(c, &shared.options);
+            let view = |id, end| shared.segments.view(id, end);
+            if let Err(why) = crate::sidecar::check_taken(&lazy.tail.sidecars, view) {
+                refute(&mut state, &format!("a sidecar open took: {why}"));
+                lazy.decoded.store(true, Ordering::Release);
+                return;
+            }
             if let Err(e) = apply_tail(shared, &mut state, c.index, &lazy.tail) {
                 refute(
                     &mut state,
@@ -129,7 +135,6 @@ fn apply_tail(shared: &Shared, state: &mut State, index: Index, tail: &HeldTail)
     let empty = state.keys.sibling();
     let keys = std::mem::replace(&mut state.keys, empty);
     let mut rebuild = Rebuild::resume(index, keys, state.durable.timestamp_ns);
-    crate::sidecar::check_taken(&tail.sidecars, |id, end| shared.segments.view(id, end))?;
     for &(id, from, to) in &tail.ranges {
         let view = shared.segments.view(id, to)?;
         let bytes = view.as_ref().as_ref();

@@ -315,10 +315,6 @@ fn pass_once(
         Some(Some(ids)) => (ids, Vec::new()),
         _ => list(io, dir, last_segment, &mut report)?,
     };
-    let sidecars = match covered {
-        Some(n) if options.segment_sidecars => load_sidecars(io, dir, &ids, n),
-        _ => BTreeMap::new(),
-    };
     // A reader maps its bounded segment only up to the bound: past it, the live writer
     // is writing.
     let bound = hidden.filter(|&(s, _)| last_segment == Some(s));
@@ -334,6 +330,10 @@ fn pass_once(
         read_only,
         bound,
     )?;
+    let sidecars = match covered {
+        Some(n) if options.segment_sidecars => load_sidecars(io, dir, &maps, n),
+        _ => BTreeMap::new(),
+    };
     let (start, directory) = {
         let bytes: Vec<&[u8]> = maps.iter().map(SegmentMap::bytes).collect();
         match lazy {
@@ -379,7 +379,7 @@ fn pass_once(
     recovered.trusted_checkpoint_crc = trusted_crc;
     recovered.sidecar_files = sidecar_files;
     if let (Some((directory, executions)), Some(tail)) = (directory, held) {
-        recovered.report.executions = executions as u64 + tail.declared;
+        recovered.report.executions = (executions as u64).saturating_add(tail.declared);
         recovered.lazy = Some(LazyIndex::new(directory, tail));
     }
     Ok(Some(Pass::Done(Box::new(recovered))))
@@ -401,19 +401,24 @@ fn held_ranges(mut tail: HeldTail, scanned: &Scanned) -> HeldTail {
     tail
 }
 
-/// The sidecars of the sealed segments in `ids` after the first `covered` (which a
-/// checkpoint covers), by segment id: only valid ones, each for its own segment
-/// (`sidecar.rs`). Whether the scan takes them is `tail_scan`'s to decide.
-fn load_sidecars(io: &dyn Io, dir: &Path, ids: &[u32], covered: usize) -> BTreeMap<u32, Summary> {
-    let sealed = ids.len().saturating_sub(1);
-    let candidates = ids.get(covered..sealed).unwrap_or_default();
+/// The sidecars of the sealed segments in `maps` after the first `covered` (which a
+/// checkpoint covers), by segment id: only valid ones, each for its own segment and no
+/// longer than one of that segment can be (`sidecar.rs`). Whether the scan takes them
+/// is `tail_scan`'s to decide.
+fn load_sidecars(
+    io: &dyn Io,
+    dir: &Path,
+    maps: &[SegmentMap],
+    covered: usize,
+) -> BTreeMap<u32, Summary> {
+    let sealed = maps.split_last().map_or(&[][..], |(_, sealed)| sealed);
     let mut found = BTreeMap::new();
-    for &id in candidates {
-        match sidecar::load(io, dir, id) {
+    for m in sealed.iter().filter(|m| m.id as usize > covered) {
+        match sidecar::load(io, dir, (m.id, m.bytes().len() as u64)) {
             Some(Ok(s)) => {
-                found.insert(id, s);
+                found.insert(m.id, s);
             }
-            Some(Err(why)) => log::debug!("segment {id}'s sidecar is not used: {why}"),
+            Some(Err(why)) => log::debug!("segment {}'s sidecar is not used: {why}", m.id),
             None => {}
         }
     }

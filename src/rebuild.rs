@@ -281,7 +281,9 @@ impl Rebuild {
                 held.touched.insert(h.execution);
                 held.declared += u64::from(w.execution_id.is_some());
                 self.last_timestamp_ns = self.last_timestamp_ns.max(h.timestamp_ns);
-                self.records += 1 + span;
+                // Saturating: a sidecar's count (`sidecar.rs`) may come before, unchecked
+                // until the decode.
+                self.records = self.records.saturating_add(1 + span);
                 self.tail = Some((w.pos.segment, h.group_start));
             }
             self.batch_start = None;

@@ -31,7 +31,7 @@ use crate::idempotency::KeyTables;
 use crate::index::Index;
 use crate::io::Io;
 use crate::rebuild::{HeldTail, Rebuild};
-use crate::record::{RECORD_ALIGN, crc32};
+use crate::record::{self, RECORD_ALIGN, crc32};
 use crate::scan::{Scanner, Step, first_nonzero};
 use crate::segment::{self, HeaderCheck, SEGMENT_HEADER_LEN};
 use crate::store_dir;
@@ -41,7 +41,10 @@ const MAGIC: [u8; 8] = *b"EXLGSIDE";
 /// Version of the layout written.
 pub(crate) const VERSION: u32 = 1;
 /// Bytes before the list of touched executions.
-const FIXED_LEN: usize = 8 + 4 + 4 + 8 + 8 + 8 + 8 + 4 + 4 + 4;
+const FIXED_LEN: usize = 8 + 4 + 4 + 8 + 8 + 8 + 8 + 4 + 4 + 4 + 4;
+/// Bytes before `end` whose CRC binds a sidecar to its segment's file (fewer if the
+/// records are shorter).
+const TAIL_CHECK_LEN: u64 = 4096;
 /// Bytes of the trailing CRC.
 const CRC_LEN: usize = 4;
 /// Flag: the segment holds a tombstone or a fork.
@@ -67,18 +70,23 @@ pub(crate) struct Summary {
     pub(crate) changes_others: bool,
     /// The executions its records append to, ascending.
     pub(crate) touched: Vec<u64>,
+    /// The CRC-32 of the segment's last bytes before `end` ([`tail_crc`]): what open
+    /// checks, for the price of one page, that the sidecar was written for this file.
+    pub(crate) tail_crc: u32,
 }
 
 impl Summary {
     /// Adds this segment to `held`, the tail an open holds for the decode, as the held
     /// scan of the segment would have.
     pub(crate) fn hold(&self, rebuild: &mut Rebuild) {
+        // Saturating: the counts are the decode's to check, and a forged one must not
+        // overflow before it does.
         if let Some(held) = &mut rebuild.held {
             held.touched.extend(self.touched.iter().copied());
             held.changes_others |= self.changes_others;
-            held.declared += self.declared;
+            held.declared = held.declared.saturating_add(self.declared);
         }
-        rebuild.records += self.records;
+        rebuild.records = rebuild.records.saturating_add(self.records);
         rebuild.last_timestamp_ns = rebuild.last_timestamp_ns.max(self.last_timestamp_ns);
         if let Some(group_start) = self.tail_group_start {
             rebuild.tail = Some((self.segment, group_start));
@@ -86,12 +94,46 @@ impl Summary {
     }
 
     /// Whether open may take this summary for `bytes` (segment `id`'s map) without
-    /// scanning them: its segment, a valid header, its end on the record grid and
-    /// inside the file. What the summary says of the records is the decode's to check.
+    /// scanning them: its segment, a valid header, its end inside the file, and the
+    /// CRC of the bytes before its end: a sidecar of another file of the same segment
+    /// id (another store's, an older one's) is then ignored, not refuted. What the
+    /// summary says of the records is the decode's to check.
     pub(crate) fn fits(&self, id: u32, bytes: &[u8]) -> bool {
         self.segment == id
             && self.end <= bytes.len() as u64
             && segment::check_header(bytes, id) == HeaderCheck::Valid
+            && tail_crc(bytes, self.end) == Some(self.tail_crc)
+    }
+}
+
+/// The CRC-32 of the bytes of `bytes` in `[end - 4096, end)` (from the first record
+/// if `end` is nearer), `None` if `end` is outside them.
+fn tail_crc(bytes: &[u8], end: u64) -> Option<u32> {
+    let from = end
+        .saturating_sub(TAIL_CHECK_LEN)
+        .max(SEGMENT_HEADER_LEN as u64);
+    let range = usize::try_from(from).ok()?..usize::try_from(end).ok()?;
+    bytes.get(range).map(crc32)
+}
+
+/// Most records (or declarations, or executions touched) the records up to `end` can
+/// hold: each takes at least an empty record's bytes.
+fn most_records_before(end: u64) -> u64 {
+    end.saturating_sub(SEGMENT_HEADER_LEN as u64) / record::framed_len(0) as u64
+}
+
+/// Longest valid sidecar of a segment whose file is `file_len` bytes long: open reads
+/// no more than that.
+pub(crate) fn longest_for(file_len: u64) -> u64 {
+    (FIXED_LEN + CRC_LEN) as u64 + 8 * most_records_before(file_len)
+}
+
+impl Summary {
+    /// Whether the counts fit in `end` bytes of records: declarations and executions
+    /// each need a record (events of an erased span need none, so `records` is free).
+    fn plausible(&self) -> bool {
+        let most = most_records_before(self.end);
+        self.declared <= most && self.touched.len() as u64 <= most
     }
 }
 
@@ -141,10 +183,11 @@ pub(crate) fn summarize_part(id: u32, bytes: &[u8], end: u64) -> Result<Summary>
         return Err(corrupt(start, "the last batch is incomplete".into()));
     }
     let held = rebuild.held.take().unwrap_or_default();
-    Ok(summary_of(id, end, &rebuild, held))
+    let tail = tail_crc(bytes, end).unwrap_or_default();
+    Ok(summary_of(id, end, &rebuild, held, tail))
 }
 
-fn summary_of(segment: u32, end: u64, rebuild: &Rebuild, held: HeldTail) -> Summary {
+fn summary_of(segment: u32, end: u64, rebuild: &Rebuild, held: HeldTail, tail_crc: u32) -> Summary {
     let mut touched: Vec<u64> = held.touched.into_iter().collect();
     touched.sort_unstable();
     Summary {
@@ -156,6 +199,7 @@ fn summary_of(segment: u32, end: u64, rebuild: &Rebuild, held: HeldTail) -> Summ
         tail_group_start: rebuild.tail.map(|(_, group_start)| group_start),
         changes_others: held.changes_others,
         touched,
+        tail_crc,
     }
 }
 
@@ -173,6 +217,7 @@ pub(crate) fn encode(s: &Summary) -> Vec<u8> {
     b.extend_from_slice(&s.last_timestamp_ns.to_le_bytes());
     b.extend_from_slice(&s.tail_group_start.unwrap_or(0).to_le_bytes());
     b.extend_from_slice(&flags.to_le_bytes());
+    b.extend_from_slice(&s.tail_crc.to_le_bytes());
     b.extend_from_slice(&(s.touched.len() as u32).to_le_bytes());
     for no in &s.touched {
         b.extend_from_slice(&no.to_le_bytes());
@@ -206,6 +251,7 @@ pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Summary, String> {
     let last_timestamp_ns = i64::from_le_bytes(r.take::<8>());
     let group_start = r.u32();
     let flags = r.u32();
+    let tail_crc = r.u32();
     let count = r.u32() as usize;
     if r.0.len() != count.saturating_mul(8) {
         return Err("the list of executions does not fill the file".into());
@@ -221,7 +267,7 @@ pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Summary, String> {
         return Err("the executions are not strictly ascending".into());
     }
     let has_records = flags & HAS_RECORDS != 0;
-    Ok(Summary {
+    let summary = Summary {
         segment,
         end,
         records,
@@ -230,7 +276,12 @@ pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<Summary, String> {
         tail_group_start: has_records.then_some(group_start),
         changes_others: flags & CHANGES_OTHERS != 0,
         touched,
-    })
+        tail_crc,
+    };
+    if !summary.plausible() {
+        return Err("more declarations or executions than its records can hold".into());
+    }
+    Ok(summary)
 }
 
 /// Recomputes the trailing CRC of `bytes` (for `forgery.rs`).
@@ -240,6 +291,21 @@ pub(crate) fn reseal(bytes: &mut [u8]) {
         let crc = crc32(&bytes[..body_len]);
         bytes[body_len..].copy_from_slice(&crc.to_le_bytes());
     }
+}
+
+/// Recomputes the tail CRC of `bytes` over `segment` at the end they state, then their
+/// trailing CRC (for `forgery.rs`).
+#[cfg(any(test, feature = "fault-injection"))]
+pub(crate) fn reseal_against(bytes: &mut [u8], segment: &[u8]) {
+    const END_AT: usize = 16;
+    const TAIL_CRC_AT: usize = 56;
+    if bytes.len() >= FIXED_LEN + CRC_LEN {
+        let mut end = [0u8; 8];
+        end.copy_from_slice(&bytes[END_AT..END_AT + 8]);
+        let tail = tail_crc(segment, u64::from_le_bytes(end)).unwrap_or_default();
+        bytes[TAIL_CRC_AT..TAIL_CRC_AT + 4].copy_from_slice(&tail.to_le_bytes());
+    }
+    reseal(bytes);
 }
 
 /// A cursor over a sidecar whose length is already checked.
@@ -269,12 +335,13 @@ pub(crate) fn path(dir: &Path, id: u32) -> PathBuf {
     dir.join(store_dir::sidecar_name(id))
 }
 
-/// Segment `id`'s sidecar in `dir`, if there is a valid one for that segment; why not
-/// otherwise (`None`: there is none).
+/// Segment `id`'s sidecar in `dir`, if there is a valid one for that segment, whose
+/// file is `segment_len` bytes long; why not otherwise (`None`: there is none). A file
+/// longer than any sidecar of that segment is not read.
 pub(crate) fn load(
     io: &dyn Io,
     dir: &Path,
-    id: u32,
+    (id, segment_len): (u32, u64),
 ) -> Option<std::result::Result<Summary, String>> {
     let path = path(dir, id);
     let file = match io.open(&path, true) {
@@ -282,10 +349,13 @@ pub(crate) fn load(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(e) => return Some(Err(format!("open: {e}"))),
     };
-    let read = file
-        .size()
-        .and_then(|len| file.read_at(0, usize::try_from(len).unwrap_or(usize::MAX)))
-        .map_err(|e| format!("read: {e}"));
+    let read = match file.size() {
+        Ok(len) if len > longest_for(segment_len) => Err(format!("{len} bytes, too long")),
+        Ok(len) => file
+            .read_at(0, usize::try_from(len).unwrap_or(usize::MAX))
+            .map_err(|e| format!("read: {e}")),
+        Err(e) => Err(format!("stat: {e}")),
+    };
     Some(read.and_then(|bytes| decode(&bytes)).and_then(|s| {
         (s.segment == id)
             .then_some(s)
@@ -332,26 +402,25 @@ pub(crate) fn remove_covered(io: &dyn Io, dir: &Path, ids: impl IntoIterator<Ite
 
 /// Checks the sidecars an open took against the segments as they are now: each must
 /// equal the summary of its segment's bytes (`view`: segment id to its map, the
-/// whole file as open mapped it).
+/// whole file as open mapped it). `Err` says which and why: a sidecar that does not
+/// describe its segment, or a segment whose records do not scan (its damage).
 pub(crate) fn check_taken(
     taken: &[Summary],
     mut view: impl FnMut(u32, u64) -> Result<crate::io::Mapped>,
-) -> Result<()> {
+) -> std::result::Result<(), String> {
     let mut seen = HashSet::new();
     for s in taken {
         if !seen.insert(s.segment) {
-            return Err(Error::Internal(format!(
-                "segment {}'s sidecar taken twice",
-                s.segment
-            )));
+            return Err(format!("segment {}'s sidecar was taken twice", s.segment));
         }
-        let map = view(s.segment, s.end)?;
-        let found = summarize(s.segment, map.as_ref().as_ref(), s.end)?;
+        let found = view(s.segment, s.end)
+            .and_then(|map| summarize(s.segment, map.as_ref().as_ref(), s.end))
+            .map_err(|e| e.to_string())?;
         if &found != s {
-            return Err(Error::corrupt(
-                s.segment,
-                0,
-                "its sidecar does not describe its records",
+            return Err(format!(
+                "segment {}'s sidecar (a file derived from the segment) does not describe \
+                 its records",
+                s.segment
             ));
         }
     }
@@ -372,6 +441,7 @@ mod tests {
             tail_group_start: Some(64_000),
             changes_others: true,
             touched: vec![0, 4, 9, 1 << 33],
+            tail_crc: 0xDEAD_BEEF,
         }
     }
 
@@ -425,8 +495,13 @@ mod tests {
         reseal(&mut bytes);
         assert!(decode(&bytes).unwrap_err().contains("flags"));
         let mut bytes = encode(&sample());
-        bytes[56..60].copy_from_slice(&u32::MAX.to_le_bytes());
+        bytes[60..64].copy_from_slice(&u32::MAX.to_le_bytes());
         reseal(&mut bytes);
         assert!(decode(&bytes).is_err());
+        // More declarations or executions than 65,536 bytes of records can hold.
+        assert!(forged(&|s| s.declared = u64::MAX - 1).is_err());
+        assert!(forged(&|s| s.declared = 65_536 / 56 + 1).is_err());
+        assert!(forged(&|s| s.touched = (0..65_536 / 56 + 1).collect()).is_err());
+        assert!(forged(&|s| s.declared = (65_536 - 32) / 56).is_ok());
     }
 }

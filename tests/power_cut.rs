@@ -179,7 +179,10 @@ fn prerequisites() -> Result<(), String> {
 fn power_cut_child_writer() {
     // Runs only as the child of `kernel_power_cuts_lose_nothing`.
     if let Ok(dir) = std::env::var("EXECLOG_POWER_CUT_CHILD") {
-        writer::child_erasing(Path::new(&dir), true);
+        // Sidecar cuts leave erasure out: each pass asks for a checkpoint covering
+        // every segment, which leaves no sealed segment for a sidecar to describe.
+        let erase = std::env::var("EXECLOG_CHECKPOINT_INTERVAL_BYTES").is_err();
+        writer::child_erasing(Path::new(&dir), erase);
     }
 }
 
@@ -198,6 +201,10 @@ struct Totals {
     /// Counted appends missing after the reopen (where it could be counted).
     lost: usize,
     from_checkpoint: usize,
+    /// Sealed segments reopens took from their sidecars instead of scanning them.
+    from_sidecars: u64,
+    /// Sidecar files on the disk after the cuts, before the reopens.
+    sidecar_files: usize,
     /// Bytes the reopens after the cuts held, and of them those rebuilt from records
     /// (not covered by a checkpoint: the writer's running ones, or the previous close's).
     reopened_bytes: u64,
@@ -218,6 +225,8 @@ impl Totals {
         self.excluded_missing += other.excluded_missing;
         self.lost += other.lost;
         self.from_checkpoint += other.from_checkpoint;
+        self.from_sidecars += other.from_sidecars;
+        self.sidecar_files += other.sidecar_files;
         self.reopened_bytes += other.reopened_bytes;
         self.rebuilt_bytes += other.rebuilt_bytes;
         self.deletions += other.deletions;
@@ -231,6 +240,7 @@ impl Totals {
              after the shutdown was issued; {} of them after xfs_io had finished; {} of them \
              missing after reopen), {} counted appends lost, {} cuts lost data; {} reopens \
              started from an index checkpoint ({} of {} bytes rebuilt from records); {} \
+             sidecar files found after the cuts, {} sealed segments taken from them; {} \
              acknowledged deletions still deleted, {} executions erased before the cut \
              found in no file",
             self.cuts,
@@ -243,6 +253,8 @@ impl Totals {
             self.from_checkpoint,
             self.rebuilt_bytes,
             self.reopened_bytes,
+            self.sidecar_files,
+            self.from_sidecars,
             self.deletions,
             self.erased,
         );
@@ -271,11 +283,20 @@ fn cuts_on(kind: &str, cuts: u64, rng: &mut u64) -> Totals {
         // Alternate small segments (rolls) and large ones (zeroing ahead mid-segment).
         let segment_bytes = if n % 2 == 0 { 256 << 10 } else { 24 << 20 };
         let spawned_ns = writer::monotonic_ns();
-        let mut child = writer::spawn(
+        // One cut in four: running checkpoints too far apart to cover what the writer
+        // seals (and no erasure, whose passes ask for checkpoints), so its sealed
+        // segments get sidecars, and a reopen that verifies after open takes them
+        // instead of scanning.
+        let sidecar_cut = n % 4 == 2;
+        let interval = [(
+            "EXECLOG_CHECKPOINT_INTERVAL_BYTES",
+            (64u64 << 20).to_string(),
+        )];
+        let mut child = writer::spawn_with(
             "power_cut_child_writer",
-            "EXECLOG_POWER_CUT_CHILD",
-            &dir,
+            ("EXECLOG_POWER_CUT_CHILD", &dir),
             segment_bytes,
+            if sidecar_cut { &interval } else { &[] },
         );
         let reader = writer::collect_acks(&mut child);
         let cutter = fs
@@ -315,12 +336,21 @@ fn cuts_on(kind: &str, cuts: u64, rng: &mut u64) -> Totals {
         fs.unmount()
             .unwrap_or_else(|e| panic!("{kind} cut {n}: {e}"));
         fs.mount().unwrap_or_else(|e| panic!("{kind} cut {n}: {e}"));
-        let excluded_missing = match writer::verify(&dir, &acks) {
+        t.sidecar_files += std::fs::read_dir(&dir).map_or(0, |d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "side"))
+            })
+            .count()
+        });
+        let reopen = writer::options().verify_checkpoint_after_open(sidecar_cut);
+        let excluded_missing = match writer::verify_with(&dir, &acks, reopen) {
             Ok(store) => {
                 // The previous cut's verification closed the store cleanly: its
                 // checkpoint covers a prefix, the scan the writer's appends since.
                 let report = store.recovery_report();
                 t.from_checkpoint += usize::from(report.checkpoint_bytes > 0);
+                t.from_sidecars += u64::from(report.segments_from_sidecars);
                 let bytes = store.stats().data_bytes;
                 t.reopened_bytes += bytes;
                 t.rebuilt_bytes += bytes.saturating_sub(report.checkpoint_bytes);

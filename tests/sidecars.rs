@@ -182,8 +182,8 @@ fn without_sidecars_the_same_open_scans_the_segments() {
 
 /// Byte offsets in a sidecar (docs/FORMAT.md, "Segment sidecars").
 const END_AT: usize = 16;
-const COUNT_AT: usize = 56;
-const FIXED_LEN: usize = 60;
+const COUNT_AT: usize = 60;
+const FIXED_LEN: usize = 64;
 
 fn sidecar_path(dir: &Path, segment: u32) -> PathBuf {
     dir.join(format!("{segment:010}.side"))
@@ -194,7 +194,8 @@ fn forge(dir: &Path, segment: u32, change: impl FnOnce(&mut Vec<u8>)) {
     let path = sidecar_path(dir, segment);
     let mut bytes = fs::read(&path).unwrap();
     change(&mut bytes);
-    execlog::forgery::reseal_sidecar(&mut bytes);
+    let file = fs::read(dir.join(format!("{segment:010}.seg"))).unwrap();
+    execlog::forgery::reseal_sidecar_against(&mut bytes, &file);
     fs::write(&path, bytes).unwrap();
 }
 

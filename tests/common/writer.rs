@@ -44,6 +44,14 @@ pub fn options() -> Options {
     let mut options = Options::default()
         .segment_size_bytes(bytes)
         .write_path(write_path);
+    // Running checkpoints this far apart leave sealed segments after the newest one,
+    // with their sidecars, for a reopen to take (`tests/power_cut.rs`).
+    if let Some(bytes) = std::env::var("EXECLOG_CHECKPOINT_INTERVAL_BYTES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        options = options.index_checkpoint_interval_bytes(Some(bytes));
+    }
     // Groups this large grow the file (`Options::grow_group_min_bytes`).
     if let Some(min) = std::env::var("EXECLOG_GROW_MIN_BYTES")
         .ok()
@@ -375,10 +383,21 @@ pub type Acks = HashMap<String, Vec<Ack>>;
 /// Starts the child writer: this test binary, running only `test_name`, with
 /// `env_var` set to the store directory.
 pub fn spawn(test_name: &str, env_var: &str, dir: &Path, segment_bytes: u64) -> Child {
+    spawn_with(test_name, (env_var, dir), segment_bytes, &[])
+}
+
+/// [`spawn`] with more environment variables for the child.
+pub fn spawn_with(
+    test_name: &str,
+    (env_var, dir): (&str, &Path),
+    segment_bytes: u64,
+    more: &[(&str, String)],
+) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
         .env(env_var, dir)
         .env("EXECLOG_SEGMENT_BYTES", segment_bytes.to_string())
+        .envs(more.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -470,7 +489,12 @@ pub fn count_missing(store: &LogStore, acks: &Acks) -> Result<usize, String> {
 /// Opens the store and checks: sequences contiguous, no partial batch, every
 /// acknowledged event present with identical content.
 pub fn verify(dir: &Path, acks: &Acks) -> Result<LogStore, String> {
-    let store = LogStore::open_with(dir, options()).map_err(|e| format!("reopen failed: {e}"))?;
+    verify_with(dir, acks, options())
+}
+
+/// [`verify`], reopening with `options`.
+pub fn verify_with(dir: &Path, acks: &Acks, options: Options) -> Result<LogStore, String> {
+    let store = LogStore::open_with(dir, options).map_err(|e| format!("reopen failed: {e}"))?;
     for x in 0..EXECUTIONS {
         let e = ExecutionId::from(format!("exec-{x}"));
         let events = store.load_events_blocking(&e).map_err(|e| e.to_string())?;
