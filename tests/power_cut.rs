@@ -305,7 +305,10 @@ fn cuts_on(kind: &str, cuts: u64, rng: &mut u64) -> Totals {
         *rng ^= *rng << 13;
         *rng ^= *rng >> 7;
         *rng ^= *rng << 17;
-        std::thread::sleep(Duration::from_millis(150 + *rng % 250));
+        // Sidecar cuts write longer, so that segments sealed before the cut have
+        // their sidecars on the disk.
+        let before = if sidecar_cut { 700 } else { 150 };
+        std::thread::sleep(Duration::from_millis(before + *rng % 250));
         let cut = cutter
             .cut()
             .unwrap_or_else(|e| panic!("{kind} cut {n}: {e}"));
