@@ -254,7 +254,13 @@ impl Options {
     /// decodes its checkpoint after it returns then takes what it needs of such a
     /// segment from its sidecar instead of scanning it, and the decode scans it with
     /// every check (docs/DESIGN.md, "Sidecars"). Off, none is written or read: open
-    /// scans every segment the newest checkpoint does not cover.
+    /// scans every segment the newest checkpoint does not cover (sidecars an earlier
+    /// session left are still removed once a checkpoint covers their segments).
+    ///
+    /// They matter only to opens that verify the checkpoint after returning (past
+    /// 64 MiB of covered records by default, or `verify_checkpoint_after_open(true)`),
+    /// and only when segments seal between two running checkpoints: in stores of
+    /// many executions, whose checkpoints are large and so written further apart.
     #[must_use]
     pub fn segment_sidecars(mut self, enabled: bool) -> Self {
         self.segment_sidecars = enabled;

@@ -24,11 +24,15 @@ pub struct RecoveryReport {
     /// of them, and the decode after open scans them with every check
     /// (`index_decoded_after_open`).
     pub segments_from_sidecars: u32,
-    /// Valid records found (and indexed).
+    /// Valid records found (and indexed); with `index_decoded_after_open`, only those
+    /// after the checkpoint, including the ones of segments taken from sidecars (as
+    /// their sidecars count them; the decode checks the count).
     pub records: u64,
     /// Executions found.
     pub executions: u64,
-    /// Bytes of data scanned, segment headers included.
+    /// Bytes of data scanned, segment headers included. The bytes a checkpoint covers
+    /// (`checkpoint_bytes`) and those of segments taken from sidecars
+    /// (`segments_from_sidecars`) count too, although open did not read them.
     pub bytes_scanned: u64,
     /// Where a torn tail was cut: (segment id, offset), if one was.
     pub truncated_at: Option<(u32, u64)>,
