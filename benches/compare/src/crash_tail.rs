@@ -31,7 +31,9 @@ pub fn fill(dir: &Path, executions: u64, events: u64) -> ! {
                     let id = ExecutionId::from(format!("exec-{e:09}"));
                     let tenant = TenantId::from(format!("tenant-{}", e % 10));
                     let batch = (0..10).map(|i| crate::event(x.wrapping_add(i))).collect();
-                    store.append_batch_blocking(&id, &tenant, batch).expect("append");
+                    store
+                        .append_batch_blocking(&id, &tenant, batch)
+                        .expect("append");
                 }
             });
         }
@@ -76,15 +78,24 @@ pub fn run(dir: &Path, times: usize) {
                 .env("EXECLOG_BENCH_SIDECARS", sidecars)
                 .output()
                 .expect("run the open");
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            println!("sidecars {sidecars}: {line} (open ms, segments from sidecars, bytes after the checkpoint not read from it, decoded after open, records scanned)");
+            println!(
+                "sidecars {sidecars}: {line} (open ms, segments taken from sidecars, bytes after the checkpoint, scanned or taken, decoded after open, records after the checkpoint)"
+            );
             runs[i].push(line.split(' ').next().unwrap().parse().unwrap());
         }
     }
     for (i, name) in ["on", "off"].iter().enumerate() {
         runs[i].sort_by(f64::total_cmp);
-        println!("sidecars {name}: median open {:.2} ms of {times}", runs[i][times / 2]);
+        println!(
+            "sidecars {name}: median open {:.2} ms of {times}",
+            runs[i][times / 2]
+        );
     }
 }
 
@@ -103,11 +114,23 @@ pub fn ingest_ab(dir: &Path, writers: &[usize], seconds: f64, repeats: usize) {
                 rates[i].push(s.events as f64 / s.elapsed.as_secs_f64());
             }
         }
-        let runs = |v: &[f64]| v.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ");
-        println!("{w} writers: with sidecars {} events/s; without {}", runs(&rates[0]), runs(&rates[1]));
+        let runs = |v: &[f64]| {
+            v.iter()
+                .map(|r| format!("{r:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "{w} writers: with sidecars {} events/s; without {}",
+            runs(&rates[0]),
+            runs(&rates[1])
+        );
         let ratios: Vec<String> = (rates[0].iter().zip(&rates[1]))
             .map(|(a, b)| format!("{:.2}", a / b))
             .collect();
-        println!("{w} writers: ratios (with / without, same round) {}", ratios.join(", "));
+        println!(
+            "{w} writers: ratios (with / without, same round) {}",
+            ratios.join(", ")
+        );
     }
 }

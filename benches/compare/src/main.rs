@@ -180,14 +180,22 @@ fn parse_args() -> Config {
             }
             "--crash-tail-fill" => {
                 let dir = PathBuf::from(value());
-                let executions = value().parse().expect("--crash-tail-fill DIR EXECUTIONS EVENTS");
-                let events = value().parse().expect("--crash-tail-fill DIR EXECUTIONS EVENTS");
+                let executions = value()
+                    .parse()
+                    .expect("--crash-tail-fill DIR EXECUTIONS EVENTS");
+                let events = value()
+                    .parse()
+                    .expect("--crash-tail-fill DIR EXECUTIONS EVENTS");
                 crash_tail::fill(&dir, executions, events);
             }
             "--sidecar-ingest" => {
                 let dir = PathBuf::from(value());
-                let seconds = value().parse().expect("--sidecar-ingest DIR SECONDS REPEATS");
-                let repeats = value().parse().expect("--sidecar-ingest DIR SECONDS REPEATS");
+                let seconds = value()
+                    .parse()
+                    .expect("--sidecar-ingest DIR SECONDS REPEATS");
+                let repeats = value()
+                    .parse()
+                    .expect("--sidecar-ingest DIR SECONDS REPEATS");
                 crash_tail::ingest_ab(&dir, &[16, 64], seconds, repeats);
                 std::process::exit(0);
             }
