@@ -4,7 +4,8 @@
 //!
 //! Recovery has already verified every record's CRC and chain link while opening; this
 //! pass adds what recovery skips for speed (decoding every body) and checks the index
-//! against the log from the other side (through the read path).
+//! against the log from the other side (through the read path), and checks that each
+//! sealed segment's sidecar, if open would take it, describes the segment.
 
 use crate::error::Error;
 use crate::log_store::LogStore;
@@ -84,6 +85,41 @@ impl LogStore {
             }
             progress(done as u64 + 1, total);
         }
+        report.problems.extend(sidecar_problems(self.shared()));
         report
     }
+}
+
+/// Sidecars (`sidecar.rs`) that an open after a crash would take for their segment but
+/// that do not describe it: derived files, yet such a sidecar makes the session that
+/// takes it refute its checkpoint. Sidecars open would ignore (damaged, of another
+/// file, of a segment still written) are not reported.
+fn sidecar_problems(shared: &crate::state::Shared) -> Vec<String> {
+    let io = shared.io.as_ref();
+    let Ok(listing) = crate::store_dir::Listing::read(io, &shared.dir) else {
+        return Vec::new();
+    };
+    let mut problems = Vec::new();
+    for id in listing.sidecars {
+        let Some(end) = shared.segments.sealed_end(id) else {
+            continue;
+        };
+        let Ok(view) = shared.segments.view(id, end) else {
+            continue;
+        };
+        let bytes = view.as_ref().as_ref();
+        let Some(Ok(s)) = crate::sidecar::load(io, &shared.dir, (id, bytes.len() as u64)) else {
+            continue;
+        };
+        let matches = crate::sidecar::summarize(id, bytes, s.end).is_ok_and(|found| found == s);
+        if s.fits(id, bytes) && !matches {
+            problems.push(format!(
+                "segment {id}: its sidecar ({}) does not describe the segment's records; it \
+                 is derived data: remove it (an open after a crash that took it would refute \
+                 its checkpoint)",
+                crate::store_dir::sidecar_name(id)
+            ));
+        }
+    }
+    problems
 }

@@ -228,6 +228,31 @@ fn a_forged_list_of_executions_is_refuted_by_the_decode_and_the_next_open_scans(
     same(&answers(&store), &expected);
 }
 
+/// `verify` reports a sidecar that open would take but that does not describe its
+/// segment, and nothing for honest ones.
+#[test]
+fn verify_reports_a_sidecar_that_does_not_describe_its_segment() {
+    let image = crashed();
+    let report = LogStore::open_read_only(image.path())
+        .unwrap()
+        .verify(|_, _| {});
+    assert!(report.is_clean(), "{:?}", report.problems);
+    forge(image.path(), 3, |b| {
+        b.truncate(FIXED_LEN);
+        b[COUNT_AT..COUNT_AT + 4].fill(0);
+        b.extend_from_slice(&[0; 4]);
+    });
+    let report = LogStore::open_read_only(image.path())
+        .unwrap()
+        .verify(|_, _| {});
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert!(
+        report.problems[0].contains("0000000003.side"),
+        "{:?}",
+        report.problems
+    );
+}
+
 /// A sidecar whose end is forged one record early, CRC recomputed, would hide the
 /// segment's last record: the decode finds bytes after the end it states.
 #[test]
