@@ -90,11 +90,11 @@ impl Rebuild {
     }
 
     /// Scans the records of `bytes` (segment `segment`, from `from` to its end) into
-    /// the index: the decode's second scan of a tail open held ([`HeldTail`]), with
-    /// every check, CRCs included, of a scan at open. The records must reach the end
-    /// of `bytes`, where open found them to end.
+    /// the index, with every check, CRCs included, of a scan at open: the decode's
+    /// second scan of a tail open held ([`HeldTail`]), or (held) a sealed segment's
+    /// scan for its sidecar (`sidecar.rs`). The records must reach the end of `bytes`,
+    /// where they were found to end.
     pub(crate) fn replay(&mut self, segment: u32, bytes: &[u8], from: u64) -> Result<()> {
-        debug_assert!(self.held.is_none());
         self.segment_version = segment::version_of(bytes);
         let from = usize::try_from(from).unwrap_or(usize::MAX);
         for step in Scanner::new(bytes, from) {
@@ -108,7 +108,8 @@ impl Rebuild {
                     return Err(Error::corrupt(
                         segment,
                         offset as u64,
-                        "the tail open scanned ends earlier now: the segment changed since open",
+                        "the records end here, before where they were found to end: the \
+                         segment changed",
                     ));
                 }
                 Step::End { .. } => break,

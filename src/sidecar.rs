@@ -32,7 +32,7 @@ use crate::index::Index;
 use crate::io::Io;
 use crate::rebuild::{HeldTail, Rebuild};
 use crate::record::{self, RECORD_ALIGN, crc32};
-use crate::scan::{Scanner, Step, first_nonzero};
+use crate::scan::first_nonzero;
 use crate::segment::{self, HeaderCheck, SEGMENT_HEADER_LEN};
 use crate::store_dir;
 
@@ -164,21 +164,7 @@ pub(crate) fn summarize_part(id: u32, bytes: &[u8], end: u64) -> Result<Summary>
     // The held scan applies nothing to the index or the keys: empty stand-ins.
     let mut rebuild = Rebuild::resume(Index::new(1), KeyTables::new(0), 0);
     rebuild.held = Some(HeldTail::default());
-    rebuild.segment_version = segment::version_of(bytes);
-    for step in Scanner::new(records, SEGMENT_HEADER_LEN) {
-        match step {
-            Step::Record {
-                offset,
-                header,
-                body,
-            } => rebuild.add(id, offset as u64, header, body)?,
-            Step::End { offset } if offset < records.len() => {
-                return Err(corrupt(offset as u64, "the records end early".into()));
-            }
-            Step::End { .. } => break,
-            Step::Invalid { offset, why } => return Err(corrupt(offset as u64, why.to_string())),
-        }
-    }
+    rebuild.replay(id, records, SEGMENT_HEADER_LEN as u64)?;
     if let Some(start) = rebuild.batch_start {
         return Err(corrupt(start, "the last batch is incomplete".into()));
     }

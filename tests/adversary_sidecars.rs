@@ -92,6 +92,7 @@ use std::time::{Duration, Instant};
 
 use common::crash_image;
 use common::crash_image::kilobyte_event;
+use common::sidecars::{forge, full_scan, is_poisoned, options, same, sidecar_path};
 use common::step_event;
 use common::verify_after_open::wait_for_verdict;
 use execlog::fault::{Rng, SimIo};
@@ -103,18 +104,6 @@ fn t() -> TenantId {
 
 fn id(name: &str) -> ExecutionId {
     ExecutionId::from(name)
-}
-
-/// Small segments, the checkpoint decoded after open, running checkpoints too rare to
-/// cover what a test seals: only a clean close writes one.
-fn options() -> Options {
-    common::small_segments()
-        .verify_checkpoint_after_open(true)
-        .index_checkpoint_interval_bytes(Some(1 << 40))
-}
-
-fn sidecar_path(dir: &Path, segment: u32) -> PathBuf {
-    dir.join(format!("{segment:010}.side"))
 }
 
 fn segment_path(dir: &Path, segment: u32) -> PathBuf {
@@ -188,29 +177,6 @@ fn answers(store: &LogStore) -> String {
     out
 }
 
-fn same(found: &str, expected: &str) {
-    for (i, (f, e)) in found.lines().zip(expected.lines()).enumerate() {
-        let short = |l: &str| l.chars().take(300).collect::<String>();
-        assert!(f == e, "line {i} differs:\n{}\n{}", short(f), short(e));
-    }
-    assert_eq!(found.lines().count(), expected.lines().count());
-}
-
-/// What a full scan (no checkpoint, no sidecar) of a copy of `dir` answers.
-fn full_scan(dir: &Path) -> String {
-    let image = crash_image::copy(dir);
-    let options = common::small_segments().index_checkpoint(false);
-    let store = LogStore::open_with(image.path(), options).unwrap();
-    answers(&store)
-}
-
-fn is_poisoned(store: &LogStore) -> bool {
-    match store.append_blocking(&id("probe"), &t(), step_event(1)) {
-        Ok(_) => false,
-        Err(e) => matches!(e, Error::Poisoned { .. }) || panic!("{e:?}"),
-    }
-}
-
 /// A crash image: "a".."d" closed cleanly, then a session appending to "b" and "c"
 /// until segment 5 is being written (segments 2 to 4 sealed with sidecars, segment 1
 /// covered in part by close's checkpoint).
@@ -246,16 +212,6 @@ fn set64(b: &mut [u8], at: usize, v: u64) {
     b[at..at + 8].copy_from_slice(&v.to_le_bytes());
 }
 
-/// Changes segment `segment`'s sidecar with `change` and recomputes its CRC.
-fn forge(dir: &Path, segment: u32, change: impl FnOnce(&mut Vec<u8>)) {
-    let path = sidecar_path(dir, segment);
-    let mut bytes = fs::read(&path).unwrap();
-    change(&mut bytes);
-    let file = fs::read(dir.join(format!("{segment:010}.seg"))).unwrap();
-    execlog::forgery::reseal_sidecar_against(&mut bytes, &file);
-    fs::write(&path, bytes).unwrap();
-}
-
 /// Opens `image` (whose sidecar was forged), checks the open took sidecars, that the
 /// decode refutes, and that the next open answers `expected` and takes appends.
 fn refuted_then_scanned(image: &Path, expected: &str, what: &str) {
@@ -282,7 +238,7 @@ fn refuted_then_scanned(image: &Path, expected: &str, what: &str) {
 #[test]
 fn every_forged_field_is_refuted_and_the_next_open_answers_as_a_scan() {
     let base = crashed();
-    let expected = full_scan(base.path());
+    let expected = full_scan(base.path(), answers);
     let seg3 = fs::read(segment_path(base.path(), 3)).unwrap();
     let good = fs::read(sidecar_path(base.path(), 3)).unwrap();
     let end = le64(&good, END_AT);
@@ -395,7 +351,7 @@ fn a_forged_declared_count_does_not_panic_open() {
 #[test]
 fn a_huge_sidecar_file_is_not_read() {
     let image = crashed();
-    let expected = full_scan(image.path());
+    let expected = full_scan(image.path(), answers);
     let file = fs::OpenOptions::new()
         .write(true)
         .open(sidecar_path(image.path(), 3))
@@ -431,7 +387,7 @@ fn a_sidecar_of_another_store_is_ignored() {
         store.close().unwrap();
         bytes
     };
-    let expected = full_scan(ours.path());
+    let expected = full_scan(ours.path(), answers);
     fs::write(sidecar_path(ours.path(), 3), foreign).unwrap();
     let store = LogStore::open_with(ours.path(), options()).unwrap();
     let taken = store.recovery_report().segments_from_sidecars;
@@ -450,7 +406,7 @@ fn a_sidecar_of_another_store_is_ignored() {
 #[test]
 fn sidecars_of_the_newest_and_of_covered_segments_are_never_taken() {
     let image = crashed();
-    let expected = full_scan(image.path());
+    let expected = full_scan(image.path(), answers);
     let newest = 5;
     assert!(segment_path(image.path(), newest).exists());
     assert!(!segment_path(image.path(), newest + 1).exists());
@@ -500,7 +456,7 @@ fn crashed_with_lifecycle() -> (tempfile::TempDir, String) {
     wait_for_sidecars_up_to(dir.path(), 3);
     let image = crash_image::copy(dir.path());
     drop(store);
-    let expected = full_scan(image.path());
+    let expected = full_scan(image.path(), answers);
     (image, expected)
 }
 
@@ -658,7 +614,7 @@ fn close_racing_sidecar_writes_leaves_no_sidecar() {
         let left = sidecar_ids(dir.path());
         assert!(left.is_empty(), "round {round}: {left:?} left after close");
     }
-    let expected = full_scan(dir.path());
+    let expected = full_scan(dir.path(), answers);
     let store = LogStore::open_with(dir.path(), options()).unwrap();
     same(&answers(&store), &expected);
     wait_for_verdict(&store);

@@ -15,20 +15,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::crash_image;
+use common::sidecars::{forge, full_scan, is_poisoned, options, same, sidecar_path};
 use common::step_event;
 use common::verify_after_open::wait_for_verdict;
 use execlog::*;
 
 fn t() -> TenantId {
     TenantId::from("t")
-}
-
-/// Small segments, the checkpoint decoded after open, and running checkpoints too rare
-/// to cover the segments a test seals: only a clean close writes one.
-fn options() -> Options {
-    common::small_segments()
-        .verify_checkpoint_after_open(true)
-        .index_checkpoint_interval_bytes(Some(1 << 40))
 }
 
 fn sidecars(dir: &Path) -> Vec<PathBuf> {
@@ -99,27 +92,10 @@ fn answers(store: &LogStore) -> String {
     out
 }
 
-/// Asserts that two sets of answers are the same, showing where they differ.
-fn same(found: &str, expected: &str) {
-    for (i, (f, e)) in found.lines().zip(expected.lines()).enumerate() {
-        let short = |l: &str| l.chars().take(300).collect::<String>();
-        assert!(f == e, "line {i} differs:\n{}\n{}", short(f), short(e));
-    }
-    assert_eq!(found.lines().count(), expected.lines().count());
-}
-
-/// What a full scan (no checkpoint, no sidecar) of a copy of `dir` answers.
-fn full_scan(dir: &Path) -> String {
-    let image = crash_image::copy(dir);
-    let options = common::small_segments().index_checkpoint(false);
-    let store = LogStore::open_with(image.path(), options).unwrap();
-    answers(&store)
-}
-
 #[test]
 fn an_open_after_a_crash_takes_sealed_segments_from_their_sidecars_and_answers_as_a_scan() {
     let image = crashed();
-    let expected = full_scan(image.path());
+    let expected = full_scan(image.path(), answers);
     let store = LogStore::open_with(image.path(), options()).unwrap();
     let report = store.recovery_report();
     assert!(report.index_decoded_after_open, "{report:?}");
@@ -159,7 +135,7 @@ fn an_execution_appended_to_only_in_a_segment_taken_from_its_sidecar_waits_for_t
     wait_for_sidecars(dir.path(), 3);
     let image = crash_image::copy(dir.path());
     drop(store);
-    let expected = full_scan(image.path());
+    let expected = full_scan(image.path(), answers);
     let hold = options().checkpoint_decode_hold(Duration::from_millis(300));
     let store = LogStore::open_with(image.path(), hold).unwrap();
     let report = store.recovery_report();
@@ -172,7 +148,7 @@ fn an_execution_appended_to_only_in_a_segment_taken_from_its_sidecar_waits_for_t
 #[test]
 fn without_sidecars_the_same_open_scans_the_segments() {
     let image = crashed();
-    let expected = full_scan(image.path());
+    let expected = full_scan(image.path(), answers);
     let store = LogStore::open_with(image.path(), options().segment_sidecars(false)).unwrap();
     let report = store.recovery_report();
     assert!(report.index_decoded_after_open, "{report:?}");
@@ -185,34 +161,13 @@ const END_AT: usize = 16;
 const COUNT_AT: usize = 60;
 const FIXED_LEN: usize = 64;
 
-fn sidecar_path(dir: &Path, segment: u32) -> PathBuf {
-    dir.join(format!("{segment:010}.side"))
-}
-
-/// Changes segment `segment`'s sidecar with `change` and recomputes its CRC.
-fn forge(dir: &Path, segment: u32, change: impl FnOnce(&mut Vec<u8>)) {
-    let path = sidecar_path(dir, segment);
-    let mut bytes = fs::read(&path).unwrap();
-    change(&mut bytes);
-    let file = fs::read(dir.join(format!("{segment:010}.seg"))).unwrap();
-    execlog::forgery::reseal_sidecar_against(&mut bytes, &file);
-    fs::write(&path, bytes).unwrap();
-}
-
-fn is_poisoned(store: &LogStore) -> bool {
-    match store.append_blocking(&ExecutionId::from("probe"), &t(), step_event(1)) {
-        Ok(_) => false,
-        Err(e) => matches!(e, Error::Poisoned { .. }) || panic!("{e:?}"),
-    }
-}
-
 /// A sidecar that leaves out the executions its segment appends to, CRC recomputed:
 /// open takes it, the decode finds that it does not describe the records, refutes the
 /// checkpoint (the store poisoned), and the next open scans and answers as a full scan.
 #[test]
 fn a_forged_list_of_executions_is_refuted_by_the_decode_and_the_next_open_scans() {
     let image = crashed();
-    let expected = full_scan(image.path());
+    let expected = full_scan(image.path(), answers);
     forge(image.path(), 3, |b| {
         b.truncate(FIXED_LEN);
         b[COUNT_AT..COUNT_AT + 4].fill(0);
@@ -258,7 +213,7 @@ fn verify_reports_a_sidecar_that_does_not_describe_its_segment() {
 #[test]
 fn a_forged_end_is_refuted_by_the_decode() {
     let image = crashed();
-    let expected = full_scan(image.path());
+    let expected = full_scan(image.path(), answers);
     forge(image.path(), 3, |b| {
         let end = u64::from_le_bytes(b[END_AT..END_AT + 8].try_into().unwrap());
         b[END_AT..END_AT + 8].copy_from_slice(&(end - 8).to_le_bytes());
@@ -278,7 +233,7 @@ fn a_forged_end_is_refuted_by_the_decode() {
 #[test]
 fn a_sidecar_consistent_with_a_prefix_of_its_segment_is_refuted() {
     let image = crashed();
-    let expected = full_scan(image.path());
+    let expected = full_scan(image.path(), answers);
     let good = fs::read(sidecar_path(image.path(), 3)).unwrap();
     let last_group = u32::from_le_bytes(good[48..52].try_into().unwrap());
     let segment = fs::read(image.path().join(format!("{:010}.seg", 3))).unwrap();
@@ -300,7 +255,7 @@ fn a_sidecar_consistent_with_a_prefix_of_its_segment_is_refuted() {
 #[test]
 fn a_damaged_or_cut_sidecar_is_ignored_and_its_segment_scanned() {
     let image = crashed();
-    let expected = full_scan(image.path());
+    let expected = full_scan(image.path(), answers);
     let path = sidecar_path(image.path(), 3);
     let good = fs::read(&path).unwrap();
     let mut cases: Vec<Vec<u8>> = (0..good.len() * 8)
@@ -329,7 +284,7 @@ fn a_damaged_or_cut_sidecar_is_ignored_and_its_segment_scanned() {
 #[test]
 fn another_segments_sidecar_is_ignored() {
     let image = crashed();
-    let expected = full_scan(image.path());
+    let expected = full_scan(image.path(), answers);
     fs::copy(sidecar_path(image.path(), 2), sidecar_path(image.path(), 3)).unwrap();
     let store = LogStore::open_with(image.path(), options()).unwrap();
     same(&answers(&store), &expected);
@@ -387,7 +342,7 @@ fn a_crash_after_an_erasure_pass_answers_as_a_full_scan() {
     let report = store.compact_now().unwrap();
     assert!(report.segments_rewritten >= 2, "{report:?}");
     let image = crash_image::copy(dir.path());
-    let expected = full_scan(image.path());
+    let expected = full_scan(image.path(), answers);
     let reopened = LogStore::open_with(image.path(), options()).unwrap();
     same(&answers(&reopened), &expected);
     wait_for_verdict(&reopened);

@@ -7,6 +7,7 @@ pub mod crash_image;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod segment_files;
+pub mod sidecars;
 pub mod verify_after_open;
 pub mod writer;
 
